@@ -1,0 +1,124 @@
+// Package ctl implements mailfwdctl, the operator's command line: kubectl's
+// conventions (-o, --dry-run, --yes), sendmail's vocabulary.
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+// Exit codes scripts can trust.
+const (
+	ExitOK       = 0
+	ExitFailure  = 1 // the operation failed
+	ExitUsage    = 2 // bad flags or arguments
+	ExitRejected = 3 // the server refused (send: a recipient or the message was rejected)
+)
+
+// ExitError carries an exit code.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+type globals struct {
+	natsURL   string
+	natsCreds string
+	timeout   time.Duration
+	out       io.Writer
+	errOut    io.Writer
+}
+
+// NewRoot builds the mailfwdctl command tree.
+func NewRoot(out, errOut io.Writer) *cobra.Command {
+	g := &globals{out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:           "mailfwdctl",
+		Short:         "Operate mailfwd: queue setup, test messages",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.natsURL, "nats-url", envOr("MAILFWD_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env MAILFWD_NATS_URL)")
+	pf.StringVar(&g.natsCreds, "nats-creds", os.Getenv("MAILFWD_NATS_CREDS"), "NATS credentials file (env MAILFWD_NATS_CREDS)")
+	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
+	root.AddCommand(newBootstrap(g), newSend(g))
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func newBootstrap(g *globals) *cobra.Command {
+	var blobURL string
+	var ackWait time.Duration
+	var replicas int
+	cmd := &cobra.Command{
+		Use:   "bootstrap",
+		Short: "Create or update the JetStream stream, consumer and KV bucket, and the body store bucket (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl", AckWait: ackWait, Replicas: replicas})
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			if err := q.Bootstrap(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", g.natsURL)
+			if blobURL != "" {
+				s, err := blob.Open(ctx, blobURL)
+				if err != nil {
+					return &ExitError{Code: ExitUsage, Err: err}
+				}
+				if err := blob.Bootstrap(ctx, s); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "body store: ready\n")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store URL to bootstrap too (env MAILFWD_BLOB_STORE)")
+	cmd.Flags().DurationVar(&ackWait, "ack-wait", 2*time.Minute, "ack wait of the workers' consumer")
+	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
+	return cmd
+}
+
+// Execute runs mailfwdctl and returns the process exit code.
+func Execute(ctx context.Context, args []string, out, errOut io.Writer) int {
+	root := NewRoot(out, errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintf(errOut, "mailfwdctl: %v\n", err)
+	if ee, ok := err.(*ExitError); ok {
+		return ee.Code
+	}
+	if isUsage(err) {
+		return ExitUsage
+	}
+	return ExitFailure
+}

@@ -1,0 +1,220 @@
+// Package daemon wires mailfwd's processes: it turns flags into the queue,
+// body store, SMTP servers and workers, and runs them under one errgroup with
+// graceful shutdown. cmd/ingress, cmd/worker and the dev all-in-one use it.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/ingress"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+// Common is what every process needs.
+type Common struct {
+	NATSURL   string
+	NATSCreds string
+	BlobStore string
+	HTTPAddr  string
+	Bootstrap bool
+	AckWait   time.Duration
+	Replicas  int
+	Logging   config.Logging
+}
+
+func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
+	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
+	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
+	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
+	fs.DurationVar(&c.AckWait, "ack-wait", 2*time.Minute, "JetStream ack wait of the workers' consumer (set at bootstrap)")
+	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas for the stream and bucket (set at bootstrap)")
+	c.Logging.Register(fs)
+}
+
+func (c *Common) validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if c.BlobStore == "" {
+		errs = append(errs, errors.New("--blob-store is required (file:///path or s3://bucket?endpoint=…)"))
+	}
+	if c.AckWait < 5*time.Second {
+		errs = append(errs, errors.New("--ack-wait must be at least 5s"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Common) queueConfig(name string) queue.Config {
+	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
+}
+
+// connect opens the queue and body store, bootstrapping them when asked.
+// NATS may still be starting: bootstrap is retried until ctx ends.
+func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*queue.Queue, blob.Store, error) {
+	q, err := queue.Connect(ctx, c.queueConfig(name))
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := blob.Open(ctx, c.BlobStore)
+	if err != nil {
+		q.Close()
+		return nil, nil, err
+	}
+	if !c.Bootstrap {
+		return q, store, nil
+	}
+	wait := 200 * time.Millisecond
+	for {
+		err := q.Bootstrap(ctx)
+		if err == nil {
+			err = blob.Bootstrap(ctx, store)
+		}
+		if err == nil {
+			return q, store, nil
+		}
+		log.Warn("bootstrap failed; retrying", "err", err, "wait", wait)
+		select {
+		case <-ctx.Done():
+			q.Close()
+			return nil, nil, fmt.Errorf("bootstrap: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// Ingress is the ingress process's configuration.
+type Ingress struct {
+	Common
+	Listen          string
+	TLSCert, TLSKey string
+	RelayNetworks   config.StringList
+	RelayDomains    config.StringList
+	ShutdownTimeout time.Duration
+	SMTP            ingress.Config
+}
+
+// Register adds the ingress flags.
+func (o *Ingress) Register(fs *flag.FlagSet) {
+	o.Common.register(fs, ":8080")
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:2525", "SMTP listen address")
+	fs.StringVar(&o.SMTP.Hostname, "hostname", config.Hostname(), "host name in the greeting, EHLO and Received: headers")
+	fs.StringVar(&o.SMTP.Banner, "banner", "ESMTP mailfwd", "greeting text after the host name (may be empty, as sendmail's confSMTP_LOGIN_MSG)")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for STARTTLS")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM key for STARTTLS")
+	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
+	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")
+	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command or data line")
+	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed while reading a command or data")
+	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
+	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
+	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
+	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
+	fs.Var(&o.RelayDomains, "relay-domains", "recipient domains any client may send to (and their subdomains), comma-separated")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
+}
+
+// Validate checks the configuration before anything starts.
+func (o *Ingress) Validate() error {
+	errs := []error{o.Common.validate()}
+	if o.Listen == "" {
+		errs = append(errs, errors.New("--listen is required"))
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if o.SMTP.MaxMessageBytes < 1024 {
+		errs = append(errs, errors.New("--max-message-size must be at least 1024"))
+	}
+	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
+		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// RunIngress runs an ingress until ctx is cancelled, then drains it.
+// ready, if not nil, receives the SMTP address once it listens.
+func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.TracerProvider, ready func(smtpAddr string)) error {
+	if err := o.Validate(); err != nil {
+		return &ConfigError{err}
+	}
+	if len(o.RelayNetworks) == 0 {
+		o.RelayNetworks = config.StringList{"127.0.0.0/8", "::1"}
+	}
+	nets, _ := ingress.ParseNetworks(o.RelayNetworks)
+	o.SMTP.Policy = &ingress.StaticRelay{Networks: nets, Domains: o.RelayDomains}
+	o.SMTP.Logger = log
+	o.SMTP.TracerProvider = tp
+	if o.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		o.SMTP.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	q, store, err := o.connect(ctx, "mailfwd-ingress", log)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	srv, err := ingress.New(o.SMTP, q, store)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.Listen, err)
+	}
+	log.Info("ingress listening", "component", "ingress", "smtp", ln.Addr().String(), "hostname", o.SMTP.Hostname,
+		"relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(), "starttls", o.SMTP.TLSConfig != nil)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(ln) })
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.ShutdownTimeout)
+		defer cancel()
+		log.Info("ingress draining: no new sessions, open ones may finish", "component", "ingress", "sessions", srv.Sessions(), "timeout", o.ShutdownTimeout)
+		return srv.Shutdown(sctx)
+	})
+	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check})
+	return g.Wait()
+}
+
+func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, log *slog.Logger, checks map[string]config.Check) {
+	if addr == "" {
+		return
+	}
+	h := config.NewHealth(addr, checks)
+	g.Go(func() error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("health listener %s: %w", addr, err)
+		}
+		log.Info("health endpoints", "addr", ln.Addr().String())
+		return h.Serve(ln)
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return h.Shutdown(sctx)
+	})
+}

@@ -1,0 +1,125 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/mxresolve"
+	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/worker"
+)
+
+// Worker is the worker process's configuration.
+type Worker struct {
+	Common
+	DNSServers config.StringList
+	DNSTimeout time.Duration
+	SMTPPort   uint
+	Routes     config.StringList
+	NoTLS      bool
+	Delivery   delivery.Config
+	Engine     worker.Config
+}
+
+// Register adds the worker flags.
+func (o *Worker) Register(fs *flag.FlagSet) {
+	o.Common.register(fs, ":8081")
+	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
+	fs.DurationVar(&o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
+	fs.UintVar(&o.SMTPPort, "smtp-port", 25, "destination SMTP port for MX and routes without a port")
+	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
+	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
+	fs.BoolVar(&o.NoTLS, "no-starttls", false, "never use STARTTLS towards destinations (default: opportunistic)")
+	fs.DurationVar(&o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
+	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
+	fs.DurationVar(&o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
+	fs.IntVar(&o.Delivery.MaxConnsPerHost, "max-conns-per-host", 10, "concurrent connections per destination address")
+	fs.IntVar(&o.Delivery.MaxMsgsPerConn, "max-msgs-per-conn", 100, "transactions per connection before it is closed")
+	fs.DurationVar(&o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
+	fs.DurationVar(&o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
+	fs.IntVar(&o.Engine.Concurrency, "concurrency", 64, "envelopes delivered at once by this process")
+	fs.DurationVar(&o.Engine.AttemptTimeout, "attempt-timeout", 15*time.Minute, "limit of one delivery attempt")
+	fs.DurationVar(&o.Engine.RetryFirst, "retry-first", 5*time.Minute, "delay before the first retry")
+	fs.Float64Var(&o.Engine.RetryFactor, "retry-factor", 2, "retry delay growth factor")
+	fs.DurationVar(&o.Engine.RetryMax, "retry-max", time.Hour, "longest retry delay")
+	fs.DurationVar(&o.Engine.QueueReturn, "queue-return", 5*24*time.Hour, "give up on a message after this long (sendmail Timeout.queuereturn)")
+	fs.DurationVar(&o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
+}
+
+// Validate checks the configuration before anything starts.
+func (o *Worker) Validate() error {
+	errs := []error{o.Common.validate()}
+	if o.SMTPPort == 0 || o.SMTPPort > 65535 {
+		errs = append(errs, errors.New("--smtp-port must be 1-65535"))
+	}
+	if _, err := o.routeTable(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Delivery.HeloName == "" {
+		errs = append(errs, errors.New("--helo-name is required"))
+	}
+	if o.Engine.Heartbeat == 0 {
+		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Worker) routeTable() (*route.Table, error) {
+	t := route.NewTable()
+	for _, r := range o.Routes {
+		k, v, ok := strings.Cut(r, "=")
+		if !ok {
+			return nil, fmt.Errorf("--route %q: want domain=destination", r)
+		}
+		if err := t.Add(k, v); err != nil {
+			return nil, fmt.Errorf("--route %q: %w", r, err)
+		}
+	}
+	return t, nil
+}
+
+// RunWorker runs a worker until ctx is cancelled, then drains it.
+func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerProvider) error {
+	if err := o.Validate(); err != nil {
+		return &ConfigError{err}
+	}
+	table, _ := o.routeTable()
+	res, err := mxresolve.New(mxresolve.Config{Servers: o.DNSServers, Timeout: o.DNSTimeout})
+	if err != nil {
+		return err
+	}
+	o.Delivery.StartTLS = !o.NoTLS
+	o.Delivery.Logger = log.With("component", "delivery")
+	client, err := delivery.New(o.Delivery)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	q, store, err := o.connect(ctx, "mailfwd-worker", log)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	cons, err := q.Consumer(ctx)
+	if err != nil {
+		return err
+	}
+	o.Engine.Logger = log
+	o.Engine.TracerProvider = tp
+	w := worker.New(o.Engine, cons, q, store, &route.Router{Table: table, Resolver: res, Port: uint16(o.SMTPPort)}, client)
+	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Len(), "dns", o.DNSServers.String())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx) })
+	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check})
+	return g.Wait()
+}

@@ -1,0 +1,338 @@
+// Package delivery is mailfwd's outbound SMTP client: it runs one SMTP
+// transaction per message against an ordered list of hops (MX fallback on
+// connection-level failures), keeps per-recipient outcomes, and pools
+// connections per destination address.
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Hop is one address to try.
+type Hop struct {
+	Name string // host name for logs/TLS SNI ("mx1.example.com" or "[10.1.1.1]")
+	Addr netip.AddrPort
+}
+
+// Message is what Deliver sends.
+type Message struct {
+	QueueID    string
+	From       string   // "" = null reverse-path
+	Recipients []string // verbatim addresses
+	Body       []byte   // complete RFC 5322 message, CRLF line endings
+	EightBit   bool     // client used BODY=8BITMIME
+	UTF8       bool     // SMTPUTF8 needed
+}
+
+// Outcome is the result of one Deliver call.
+type Outcome struct {
+	Hop      Hop          // the hop the transaction ran on (zero if none connected)
+	Statuses []RcptStatus // one per Message.Recipients, same order
+	Reply    string       // final DATA reply text without reply code, for logs ("stat=Sent (...)")
+}
+
+// Config configures a Client.
+type Config struct {
+	HeloName        string        // required
+	ConnectTimeout  time.Duration // default 30s
+	CommandTimeout  time.Duration // default 5m (per command incl. greeting)
+	DataTimeout     time.Duration // default 10m (whole DATA transfer + final reply)
+	MaxConnsPerHost int           // default 10: cap of concurrent connections per Hop.Addr
+	MaxMsgsPerConn  int           // default 100: close a connection after this many transactions
+	IdleTimeout     time.Duration // default 30s: idle pooled connections closed after this
+	StartTLS        bool          // opportunistic STARTTLS when advertised
+	// TLSConfig is used for STARTTLS; nil means InsecureSkipVerify (opportunistic
+	// TLS). ServerName is filled from Hop.Name when that is a host name.
+	TLSConfig *tls.Config
+	// HostDownTTL: after a connect failure to an Addr, further Deliver calls
+	// skip that Addr for this long with the remembered error; 0 disables.
+	HostDownTTL time.Duration
+	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil → net.Dialer
+	Logger      *slog.Logger                                                      // nil → discard
+}
+
+const (
+	// noTLSTTL is how long an Addr whose TLS handshake failed is contacted
+	// without STARTTLS.
+	noTLSTTL = 30 * time.Minute
+	// checkTimeout bounds the NOOP that checks a pooled connection.
+	checkTimeout = 30 * time.Second
+	// quitTimeout bounds the QUIT sent when a connection is retired.
+	quitTimeout = 10 * time.Second
+	// pruneAt is the size at which the host-status maps are swept of
+	// expired entries.
+	pruneAt = 512
+)
+
+// Client delivers messages over SMTP. It is safe for concurrent use.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	closedCh chan struct{}
+
+	mu     sync.Mutex
+	closed bool
+	hosts  map[netip.AddrPort]*hostState
+	down   map[netip.AddrPort]downEntry
+	noTLS  map[netip.AddrPort]time.Time
+}
+
+type downEntry struct {
+	until time.Time
+	r     result
+}
+
+// New validates cfg, fills defaults and returns a Client.
+func New(cfg Config) (*Client, error) {
+	if strings.TrimSpace(cfg.HeloName) == "" {
+		return nil, errors.New("delivery: HeloName is required")
+	}
+	if strings.ContainsAny(cfg.HeloName, " \t\r\n") {
+		return nil, fmt.Errorf("delivery: HeloName %q contains white space", cfg.HeloName)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 30 * time.Second
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = 5 * time.Minute
+	}
+	if cfg.DataTimeout <= 0 {
+		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.MaxConnsPerHost <= 0 {
+		cfg.MaxConnsPerHost = 10
+	}
+	if cfg.MaxMsgsPerConn <= 0 {
+		cfg.MaxMsgsPerConn = 100
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if cfg.HostDownTTL < 0 {
+		cfg.HostDownTTL = 0
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	dial := cfg.Dial
+	if dial == nil {
+		d := &net.Dialer{}
+		dial = d.DialContext
+	}
+	return &Client{
+		cfg:      cfg,
+		log:      logger.With("component", "delivery"),
+		dial:     dial,
+		closedCh: make(chan struct{}),
+		hosts:    make(map[netip.AddrPort]*hostState),
+		down:     make(map[netip.AddrPort]downEntry),
+		noTLS:    make(map[netip.AddrPort]time.Time),
+	}, nil
+}
+
+// Deliver runs one SMTP transaction for msg, trying hops in order. A hop that
+// cannot be connected, or whose greeting/EHLO fails, is skipped; once MAIL
+// FROM was sent on a hop its result is final for this call. It never returns
+// nil, and Statuses always has one entry per recipient.
+func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome {
+	out := &Outcome{Statuses: make([]RcptStatus, len(msg.Recipients))}
+	fill := func(r result) {
+		for i, rcpt := range msg.Recipients {
+			out.Statuses[i] = r.forRcpt(rcpt)
+		}
+	}
+	if len(msg.Recipients) == 0 {
+		return out
+	}
+	if c.isClosed() {
+		fill(closedResult)
+		return out
+	}
+	if len(hops) == 0 {
+		fill(result{Enhanced: "4.4.4", Text: "No hosts to deliver to."})
+		return out
+	}
+	log := c.log.With("queue_id", msg.QueueID)
+	var last result
+	for _, hop := range hops {
+		if ctx.Err() != nil {
+			last = result{Enhanced: "4.4.1", Text: fmt.Sprintf("Delivery aborted before connecting to %s: %v", hop.Name, context.Cause(ctx))}
+			break
+		}
+		cn, r, ok := c.getConn(ctx, hop, log)
+		if !ok {
+			log.Debug("hop failed", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
+			last = r
+			continue
+		}
+		out.Hop = hop
+		reusable := c.transact(ctx, cn, msg, out)
+		c.finish(cn, reusable)
+		return out
+	}
+	fill(last)
+	return out
+}
+
+// Close closes idle pooled connections (with QUIT) and makes later Deliver
+// calls fail temporarily. Connections in use are closed when their
+// transaction ends.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.closedCh)
+	var idle []*conn
+	for addr, hs := range c.hosts {
+		for _, cn := range hs.idle {
+			cn.timer.Stop()
+			idle = append(idle, cn)
+		}
+		hs.open -= len(hs.idle)
+		hs.idle = nil
+		if hs.open == 0 {
+			delete(c.hosts, addr)
+		}
+	}
+	c.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, cn := range idle {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cn.quit()
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+var closedResult = result{Enhanced: "4.3.2", Text: "Delivery client is shut down."}
+
+// transact runs MAIL/RCPT/DATA on cn and fills out.Statuses. It reports
+// whether cn is still in a clean state and may be reused.
+func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outcome) (reusable bool) {
+	name := cn.hop.Name
+	final := make([]bool, len(msg.Recipients))
+	set := func(i int, r result) {
+		out.Statuses[i] = r.forRcpt(msg.Recipients[i])
+		final[i] = true
+	}
+	setRest := func(r result) {
+		for i := range final {
+			if !final[i] {
+				set(i, r)
+			}
+		}
+	}
+
+	if msg.UTF8 {
+		if ok, _ := cn.sc.Extension("SMTPUTF8"); !ok {
+			setRest(result{Code: 553, Enhanced: "5.6.7",
+				Text: fmt.Sprintf("SMTPUTF8 is required, but was not offered by host %s.", name)})
+			return true
+		}
+	}
+	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && len(msg.Body) > limit {
+		setRest(result{Code: 552, Enhanced: "5.3.4",
+			Text: fmt.Sprintf("Message is too large; %d bytes max at %s.", limit, name)})
+		return true
+	}
+	if strings.ContainsAny(msg.From, "\r\n") {
+		setRest(result{Code: 553, Enhanced: "5.1.7", Text: "Invalid sender address."})
+		return true
+	}
+
+	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	defer func() {
+		if !stop() {
+			reusable = false // ctx closed the connection
+		}
+	}()
+
+	cn.msgs++
+	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
+	// server advertises 8BITMIME (harmless for 7-bit bodies).
+	opts := &smtp.MailOptions{Size: int64(len(msg.Body)), UTF8: msg.UTF8}
+	if err := cn.sc.Mail(msg.From, opts); err != nil {
+		r, isReply := stepError(ctx, name, "MAIL FROM", err)
+		setRest(r)
+		return isReply && r.Code != 421
+	}
+
+	var accepted int
+	for i, rcpt := range msg.Recipients {
+		if strings.ContainsAny(rcpt, "\r\n") {
+			set(i, result{Code: 553, Enhanced: "5.1.3", Text: "Invalid recipient address."})
+			continue
+		}
+		err := cn.sc.Rcpt(rcpt, nil)
+		if err == nil {
+			accepted++
+			continue
+		}
+		r, isReply := stepError(ctx, name, "RCPT TO", err)
+		if !isReply || r.Code == 421 {
+			setRest(r)
+			return false
+		}
+		set(i, r)
+	}
+	if accepted == 0 {
+		return cn.reset(c.cfg.HeloName) == nil
+	}
+
+	w, err := cn.sc.Data()
+	if err != nil {
+		r, isReply := stepError(ctx, name, "DATA", err)
+		setRest(r)
+		out.Reply = r.Text
+		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil
+	}
+	deadline := time.Now().Add(c.cfg.DataTimeout)
+	if err := cn.raw.SetDeadline(deadline); err != nil {
+		setRest(lostResult(ctx, name, "DATA", err))
+		return false
+	}
+	if _, err := w.Write(msg.Body); err != nil {
+		setRest(lostResult(ctx, name, "message transfer", err))
+		return false
+	}
+	cn.sc.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
+	resp, err := w.CloseWithResponse()
+	cn.sc.SubmissionTimeout = c.cfg.DataTimeout
+	if err != nil {
+		r, isReply := stepError(ctx, name, "end of DATA", err)
+		setRest(r)
+		out.Reply = r.Text
+		return isReply && r.Code != 421
+	}
+	r := okResult(resp.StatusText)
+	setRest(r)
+	out.Reply = r.Text
+	return true
+}

@@ -1,0 +1,436 @@
+package delivery
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// hostState is the connection bookkeeping for one destination address.
+type hostState struct {
+	open int           // connections open (in use + idle), at most MaxConnsPerHost
+	idle []*conn       // pooled connections, most recently used last
+	wake chan struct{} // closed and replaced when a slot or idle conn frees up
+}
+
+// conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
+type conn struct {
+	raw   net.Conn // the TCP connection; closing it aborts any operation
+	sc    *smtp.Client
+	hop   Hop
+	tls   bool
+	msgs  int         // transactions started on this connection
+	timer *time.Timer // idle expiry while pooled
+}
+
+// reset sends RSET and then EHLO again (go-smtp forgets the EHLO state on
+// Reset), leaving the session ready for a new transaction.
+func (cn *conn) reset(helo string) error {
+	if err := cn.sc.Reset(); err != nil {
+		return err
+	}
+	return cn.sc.Hello(helo)
+}
+
+// quit sends QUIT (bounded) and closes the connection.
+func (cn *conn) quit() {
+	cn.sc.CommandTimeout = min(cn.sc.CommandTimeout, quitTimeout)
+	_ = cn.sc.Quit()
+	_ = cn.sc.Close()
+	_ = cn.raw.Close()
+}
+
+// getConn returns a ready connection to hop: a live pooled one or a new one.
+// On failure the result describes why the hop could not be used.
+func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn, result, bool) {
+	purged := false
+	for range 3 {
+		cn, r, ok := c.acquire(ctx, hop)
+		if !ok {
+			return nil, r, false
+		}
+		if cn == nil { // a slot was reserved: dial
+			return c.connect(ctx, hop, log)
+		}
+		err := c.check(ctx, cn)
+		if err == nil {
+			log.Debug("reusing connection", "relay", hop.Name, "addr", hop.Addr, "tls", cn.tls)
+			return cn, result{}, true
+		}
+		log.Debug("pooled connection is dead", "relay", hop.Name, "addr", hop.Addr, "err", err)
+		c.discard(cn)
+		if ctx.Err() != nil {
+			return nil, lostResult(ctx, hop.Name, "connection check", err), false
+		}
+		if !purged {
+			c.purgeIdle(hop.Addr)
+			purged = true
+		}
+	}
+	return nil, result{Enhanced: "4.4.2", Text: fmt.Sprintf("No usable connection to %s.", hop.Name)}, false
+}
+
+// acquire takes an idle pooled connection for hop.Addr, or reserves a
+// connection slot (nil conn, ok), waiting for one while the cap is reached.
+// It fails fast while the address is marked down.
+func (c *Client) acquire(ctx context.Context, hop Hop) (*conn, result, bool) {
+	addr := hop.Addr
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, closedResult, false
+		}
+		hs := c.hosts[addr]
+		if hs != nil && len(hs.idle) > 0 {
+			n := len(hs.idle)
+			cn := hs.idle[n-1]
+			hs.idle[n-1] = nil
+			hs.idle = hs.idle[:n-1]
+			cn.timer.Stop()
+			c.mu.Unlock()
+			return cn, result{}, true
+		}
+		if d, ok := c.down[addr]; ok {
+			if time.Now().Before(d.until) {
+				c.mu.Unlock()
+				return nil, d.r, false
+			}
+			delete(c.down, addr)
+		}
+		if hs == nil {
+			hs = &hostState{wake: make(chan struct{})}
+			c.hosts[addr] = hs
+		}
+		if hs.open < c.cfg.MaxConnsPerHost {
+			hs.open++
+			c.mu.Unlock()
+			return nil, result{}, true
+		}
+		wake := hs.wake
+		c.mu.Unlock()
+
+		select {
+		case <-wake:
+		case <-c.closedCh:
+			return nil, closedResult, false
+		case <-ctx.Done():
+			return nil, result{Enhanced: "4.4.5", Text: fmt.Sprintf(
+				"Gave up waiting for a free connection to %s (%d in use): %v",
+				hop.Name, c.cfg.MaxConnsPerHost, context.Cause(ctx))}, false
+		}
+	}
+}
+
+// release gives back the slot of a connection that was closed.
+func (c *Client) release(addr netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hs := c.hosts[addr]
+	if hs == nil {
+		return
+	}
+	hs.open--
+	hs.wakeLocked()
+	if hs.open <= 0 {
+		delete(c.hosts, addr)
+	}
+}
+
+func (hs *hostState) wakeLocked() {
+	close(hs.wake)
+	hs.wake = make(chan struct{})
+}
+
+// discard closes cn without QUIT and frees its slot.
+func (c *Client) discard(cn *conn) {
+	_ = cn.raw.Close()
+	c.release(cn.hop.Addr)
+}
+
+// retire sends QUIT, closes cn and frees its slot.
+func (c *Client) retire(cn *conn) {
+	cn.quit()
+	c.release(cn.hop.Addr)
+}
+
+// finish returns cn to the pool after a transaction, or retires it.
+func (c *Client) finish(cn *conn, reusable bool) {
+	if !reusable {
+		c.discard(cn)
+		return
+	}
+	if cn.msgs >= c.cfg.MaxMsgsPerConn {
+		c.retire(cn)
+		return
+	}
+	c.mu.Lock()
+	hs := c.hosts[cn.hop.Addr]
+	if c.closed || hs == nil {
+		c.mu.Unlock()
+		c.retire(cn)
+		return
+	}
+	cn.timer = time.AfterFunc(c.cfg.IdleTimeout, func() { c.expire(cn) })
+	hs.idle = append(hs.idle, cn)
+	hs.wakeLocked()
+	c.mu.Unlock()
+}
+
+// expire retires cn if it is still idle in the pool.
+func (c *Client) expire(cn *conn) {
+	c.mu.Lock()
+	hs := c.hosts[cn.hop.Addr]
+	found := false
+	if hs != nil {
+		for i, x := range hs.idle {
+			if x == cn {
+				hs.idle = append(hs.idle[:i], hs.idle[i+1:]...)
+				found = true
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	if found {
+		c.log.Debug("closing idle connection", "relay", cn.hop.Name, "addr", cn.hop.Addr)
+		c.retire(cn)
+	}
+}
+
+// purgeIdle closes every idle connection to addr (after one was found dead,
+// the others likely are too).
+func (c *Client) purgeIdle(addr netip.AddrPort) {
+	c.mu.Lock()
+	hs := c.hosts[addr]
+	var idle []*conn
+	if hs != nil {
+		idle = hs.idle
+		hs.idle = nil
+		for _, cn := range idle {
+			cn.timer.Stop()
+		}
+	}
+	c.mu.Unlock()
+	for _, cn := range idle {
+		c.discard(cn)
+	}
+}
+
+// check verifies a pooled connection with NOOP.
+func (c *Client) check(ctx context.Context, cn *conn) error {
+	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	old := cn.sc.CommandTimeout
+	cn.sc.CommandTimeout = min(old, checkTimeout)
+	err := cn.sc.Noop()
+	cn.sc.CommandTimeout = old
+	if !stop() && err == nil {
+		err = fmt.Errorf("connection check aborted: %w", context.Cause(ctx))
+	}
+	return err
+}
+
+// connect opens a new session to hop in a reserved slot; the slot is
+// released on failure. A failed STARTTLS handshake leads to one plaintext
+// reconnect, and the address is remembered as "no TLS" for a while.
+func (c *Client) connect(ctx context.Context, hop Hop, log *slog.Logger) (*conn, result, bool) {
+	tryTLS := c.cfg.StartTLS && !c.isNoTLS(hop.Addr)
+	cn, r, tlsFailed := c.open(ctx, hop, tryTLS, log)
+	if cn == nil && tlsFailed && ctx.Err() == nil {
+		c.markNoTLS(hop.Addr)
+		log.Debug("STARTTLS failed, reconnecting without TLS", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
+		cn, r, _ = c.open(ctx, hop, false, log)
+	}
+	if cn == nil {
+		c.release(hop.Addr)
+		return nil, r, false
+	}
+	return cn, result{}, true
+}
+
+// open dials hop, reads the greeting, says EHLO and, when tryTLS and
+// advertised, upgrades with STARTTLS. tlsFailed reports a failure in the TLS
+// upgrade (the connection is closed then).
+func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logger) (_ *conn, _ result, tlsFailed bool) {
+	name := hop.Name
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	raw, err := c.dial(dctx, "tcp", hop.Addr.String())
+	cancel()
+	if err != nil {
+		r := connectResult(ctx, name, err)
+		if ctx.Err() == nil {
+			c.markDown(hop.Addr, r)
+		}
+		log.Debug("connect failed", "relay", name, "addr", hop.Addr, "err", err)
+		return nil, r, false
+	}
+	c.clearDown(hop.Addr)
+	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", raw.LocalAddr().String())
+
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	fail := func(r result, tlsFailed bool) (*conn, result, bool) {
+		stop()
+		raw.Close()
+		return nil, r, tlsFailed
+	}
+
+	sc := c.newSMTP(raw)
+	if err := sc.Hello(c.cfg.HeloName); err != nil {
+		r, _ := stepError(ctx, name, "greeting", err)
+		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
+		return fail(r, false)
+	}
+	cn := &conn{raw: raw, sc: sc, hop: hop}
+	if ok, _ := sc.Extension("STARTTLS"); ok && tryTLS {
+		tc, err := c.startTLS(ctx, raw, hop)
+		if err != nil {
+			log.Debug("STARTTLS failed", "relay", name, "addr", hop.Addr, "err", err)
+			return fail(lostResult(ctx, name, "STARTTLS", err), true)
+		}
+		sc = c.newSMTP(&greetedConn{Conn: tc, pending: []byte("220 TLS established\r\n")})
+		if err := sc.Hello(c.cfg.HeloName); err != nil {
+			r, _ := stepError(ctx, name, "EHLO after STARTTLS", err)
+			log.Debug("EHLO after STARTTLS failed", "relay", name, "addr", hop.Addr, "status", r.String())
+			return fail(r, true)
+		}
+		st := tc.ConnectionState()
+		log.Debug("STARTTLS established", "relay", name, "addr", hop.Addr,
+			"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
+		cn.sc, cn.tls = sc, true
+	}
+	if !stop() {
+		raw.Close()
+		return nil, lostResult(ctx, name, "connection setup", ctx.Err()), false
+	}
+	return cn, result{}, false
+}
+
+func (c *Client) newSMTP(nc net.Conn) *smtp.Client {
+	sc := smtp.NewClient(nc)
+	sc.CommandTimeout = c.cfg.CommandTimeout
+	sc.SubmissionTimeout = c.cfg.DataTimeout
+	return sc
+}
+
+// startTLS sends STARTTLS on raw (whose EHLO exchange is complete, so no
+// input is pending) and runs the TLS handshake. go-smtp's client has no
+// exported STARTTLS that keeps our EHLO name, hence the manual exchange.
+func (c *Client) startTLS(ctx context.Context, raw net.Conn, hop Hop) (*tls.Conn, error) {
+	if err := raw.SetDeadline(time.Now().Add(c.cfg.CommandTimeout)); err != nil {
+		return nil, fmt.Errorf("set deadline: %w", err)
+	}
+	if _, err := io.WriteString(raw, "STARTTLS\r\n"); err != nil {
+		return nil, fmt.Errorf("send STARTTLS: %w", err)
+	}
+	br := bufio.NewReader(raw)
+	if _, msg, err := textproto.NewReader(br).ReadResponse(220); err != nil {
+		var pe *textproto.Error
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("STARTTLS refused: %d %s", pe.Code, oneLine(pe.Msg))
+		}
+		return nil, fmt.Errorf("read STARTTLS reply: %w", err)
+	} else if br.Buffered() > 0 {
+		return nil, fmt.Errorf("unexpected data after STARTTLS reply %q", msg)
+	}
+	tc := tls.Client(raw, c.tlsConfig(hop))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if err := raw.SetDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("clear deadline: %w", err)
+	}
+	return tc, nil
+}
+
+func (c *Client) tlsConfig(hop Hop) *tls.Config {
+	var cfg *tls.Config
+	if c.cfg.TLSConfig == nil {
+		cfg = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // opportunistic TLS
+	} else {
+		cfg = c.cfg.TLSConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		if n := strings.TrimSuffix(hop.Name, "."); n != "" && !strings.HasPrefix(n, "[") {
+			if _, err := netip.ParseAddr(n); err != nil {
+				cfg.ServerName = n
+			}
+		}
+	}
+	return cfg
+}
+
+func (c *Client) markDown(addr netip.AddrPort, r result) {
+	if c.cfg.HostDownTTL <= 0 {
+		return
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.down) >= pruneAt {
+		for a, d := range c.down {
+			if !now.Before(d.until) {
+				delete(c.down, a)
+			}
+		}
+	}
+	c.down[addr] = downEntry{until: now.Add(c.cfg.HostDownTTL), r: r}
+}
+
+func (c *Client) clearDown(addr netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.down, addr)
+}
+
+func (c *Client) markNoTLS(addr netip.AddrPort) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.noTLS) >= pruneAt {
+		for a, until := range c.noTLS {
+			if !now.Before(until) {
+				delete(c.noTLS, a)
+			}
+		}
+	}
+	c.noTLS[addr] = now.Add(noTLSTTL)
+}
+
+func (c *Client) isNoTLS(addr netip.AddrPort) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.noTLS[addr]
+	if ok && !time.Now().Before(until) {
+		delete(c.noTLS, addr)
+		return false
+	}
+	return ok
+}
+
+// greetedConn replays a synthetic greeting before the real stream, so a
+// fresh go-smtp Client can be put on a connection whose greeting was already
+// consumed (after STARTTLS there is none).
+type greetedConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (g *greetedConn) Read(p []byte) (int, error) {
+	if len(g.pending) > 0 {
+		n := copy(p, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(p)
+}

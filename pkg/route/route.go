@@ -1,0 +1,278 @@
+// Package route decides where mail for a recipient domain goes: a static
+// route (sendmail mailertable semantics) or the domain's MX hosts.
+package route
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/mxresolve"
+)
+
+// Resolver is the DNS the router needs.
+type Resolver interface {
+	LookupMX(ctx context.Context, domain string) ([]mxresolve.Host, error)
+	LookupHost(ctx context.Context, name string) ([]netip.Addr, error)
+}
+
+// Host is one next hop of a static route.
+type Host struct {
+	Name    string // host name or IP address
+	Literal bool   // [name]: use its addresses, no MX lookup
+	Port    uint16 // 0 = the router's default port
+}
+
+// Entry is a static route: hosts tried in order, or a fixed error.
+type Entry struct {
+	Hosts []Host
+	Error *Error // mailertable "error:" entries
+}
+
+// Error is a routing failure. Permanent ones fail the recipients at once.
+type Error struct {
+	Permanent bool
+	Enhanced  string
+	Msg       string
+	Err       error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Msg + ": " + e.Err.Error()
+	}
+	return e.Msg
+}
+func (e *Error) Unwrap() error { return e.Err }
+
+// Table maps domains to routes like sendmail's mailertable: an exact
+// domain, then ".parent" entries for subdomains, then "." for everything.
+type Table struct {
+	entries map[string]Entry
+}
+
+// NewTable returns an empty table.
+func NewTable() *Table { return &Table{entries: map[string]Entry{}} }
+
+// Add adds key → rhs, where rhs is mailertable syntax: "smtp:[10.1.1.1]:[10.1.1.2]",
+// "esmtp:relay.example.com", "[127.0.0.1]:2526" (the mailer may be omitted),
+// "error:5.1.1:User unknown". A purely numeric ":NNN" segment is the port of the
+// host before it.
+func (t *Table) Add(key, rhs string) error {
+	key = strings.ToLower(strings.TrimSpace(key))
+	if key == "" {
+		return errors.New("route: empty domain")
+	}
+	if key != "." {
+		d := strings.TrimPrefix(key, ".")
+		if _, err := address.Domain(d); err != nil && d != "localhost" {
+			return fmt.Errorf("route: %q: %w", key, err)
+		}
+	}
+	e, err := ParseRHS(rhs)
+	if err != nil {
+		return fmt.Errorf("route %s: %w", key, err)
+	}
+	t.entries[key] = e
+	return nil
+}
+
+// ParseRHS parses a mailertable right-hand side.
+func ParseRHS(rhs string) (Entry, error) {
+	rhs = strings.TrimSpace(rhs)
+	mailer, rest, found := strings.Cut(rhs, ":")
+	switch {
+	case found && (mailer == "smtp" || mailer == "esmtp" || mailer == "smtp8" || mailer == "dsmtp" || mailer == "relay"):
+	case found && mailer == "error":
+		code, text, _ := strings.Cut(rest, ":")
+		code = strings.TrimSpace(code)
+		if strings.HasPrefix(text, "\"") || text == "" {
+			text = strings.Trim(text, "\" ")
+		}
+		if len(code) == 0 || (code[0] != '4' && code[0] != '5') {
+			return Entry{}, fmt.Errorf("error: entry needs a 4.x.x or 5.x.x status, got %q", code)
+		}
+		if text == "" {
+			text = "Routing error"
+		}
+		return Entry{Error: &Error{Permanent: code[0] == '5', Enhanced: code, Msg: text}}, nil
+	case found && strings.HasPrefix(rhs, "["):
+		rest = rhs
+	case found:
+		return Entry{}, fmt.Errorf("unknown mailer %q (smtp, esmtp, relay or error)", mailer)
+	default:
+		rest = rhs
+	}
+	var hosts []Host
+	for _, seg := range splitHosts(rest) {
+		if seg == "" {
+			return Entry{}, fmt.Errorf("empty host in %q", rhs)
+		}
+		if n, err := strconv.ParseUint(seg, 10, 16); err == nil {
+			if len(hosts) == 0 || hosts[len(hosts)-1].Port != 0 || n == 0 {
+				return Entry{}, fmt.Errorf("misplaced port %q in %q", seg, rhs)
+			}
+			hosts[len(hosts)-1].Port = uint16(n)
+			continue
+		}
+		h := Host{Name: seg}
+		if strings.HasPrefix(seg, "[") {
+			if !strings.HasSuffix(seg, "]") {
+				return Entry{}, fmt.Errorf("unbalanced [ in %q", rhs)
+			}
+			h.Name, h.Literal = seg[1:len(seg)-1], true
+			h.Name = strings.TrimPrefix(strings.TrimPrefix(h.Name, "IPv6:"), "ipv6:")
+		}
+		if _, err := netip.ParseAddr(h.Name); err != nil {
+			if _, err := address.Domain(h.Name); err != nil && h.Name != "localhost" {
+				return Entry{}, fmt.Errorf("bad host %q: %v", h.Name, err)
+			}
+		}
+		hosts = append(hosts, h)
+	}
+	if len(hosts) == 0 {
+		return Entry{}, fmt.Errorf("no host in %q", rhs)
+	}
+	return Entry{Hosts: hosts}, nil
+}
+
+// splitHosts splits on ':' outside brackets.
+func splitHosts(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '[':
+			depth++
+		case ']':
+			depth--
+		case ':':
+			if depth == 0 {
+				out = append(out, strings.TrimSpace(s[start:i]))
+				start = i + 1
+			}
+		}
+	}
+	return append(out, strings.TrimSpace(s[start:]))
+}
+
+// Lookup finds the entry for domain (A-labels).
+func (t *Table) Lookup(domain string) (Entry, bool) {
+	if t == nil {
+		return Entry{}, false
+	}
+	d := strings.ToLower(strings.TrimSuffix(domain, "."))
+	if e, ok := t.entries[d]; ok {
+		return e, true
+	}
+	for {
+		i := strings.IndexByte(d, '.')
+		if i < 0 {
+			break
+		}
+		d = d[i+1:]
+		if e, ok := t.entries["."+d]; ok {
+			return e, true
+		}
+	}
+	e, ok := t.entries["."]
+	return e, ok
+}
+
+// Len is the number of entries.
+func (t *Table) Len() int { return len(t.entries) }
+
+// Router turns a domain into hops.
+type Router struct {
+	Table    *Table
+	Resolver Resolver
+	Port     uint16 // destination SMTP port, default 25
+}
+
+// Route returns the hops to try for domain, in order.
+func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, error) {
+	port := r.Port
+	if port == 0 {
+		port = 25
+	}
+	if e, ok := r.Table.Lookup(domain); ok {
+		if e.Error != nil {
+			return nil, e.Error
+		}
+		var hops []delivery.Hop
+		var lastErr error
+		for _, h := range e.Hosts {
+			p := h.Port
+			if p == 0 {
+				p = port
+			}
+			if ip, err := netip.ParseAddr(h.Name); err == nil {
+				hops = append(hops, delivery.Hop{Name: "[" + h.Name + "]", Addr: netip.AddrPortFrom(ip, p)})
+				continue
+			}
+			if h.Literal {
+				addrs, err := r.Resolver.LookupHost(ctx, h.Name)
+				if err != nil {
+					lastErr = err
+					continue
+				}
+				for _, a := range addrs {
+					hops = append(hops, delivery.Hop{Name: h.Name, Addr: netip.AddrPortFrom(a, p)})
+				}
+				continue
+			}
+			mxs, err := r.Resolver.LookupMX(ctx, h.Name)
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			hops = append(hops, hopsFromMX(mxs, p)...)
+		}
+		if len(hops) == 0 {
+			return nil, fromResolve(domain, lastErr)
+		}
+		return hops, nil
+	}
+	if strings.HasPrefix(domain, "[") {
+		ip, err := address.Literal(domain)
+		if err != nil {
+			return nil, &Error{Permanent: true, Enhanced: "5.1.2", Msg: "Bad address literal " + domain}
+		}
+		return []delivery.Hop{{Name: domain, Addr: netip.AddrPortFrom(ip, port)}}, nil
+	}
+	mxs, err := r.Resolver.LookupMX(ctx, domain)
+	if err != nil {
+		return nil, fromResolve(domain, err)
+	}
+	hops := hopsFromMX(mxs, port)
+	if len(hops) == 0 {
+		return nil, &Error{Enhanced: "4.4.3", Msg: "No address for any MX host of " + domain}
+	}
+	return hops, nil
+}
+
+func hopsFromMX(mxs []mxresolve.Host, port uint16) []delivery.Hop {
+	var hops []delivery.Hop
+	for _, mx := range mxs {
+		for _, a := range mx.Addrs {
+			hops = append(hops, delivery.Hop{Name: mx.Name, Addr: netip.AddrPortFrom(a, port)})
+		}
+	}
+	return hops
+}
+
+func fromResolve(domain string, err error) error {
+	var re *mxresolve.Error
+	if errors.As(err, &re) {
+		return &Error{Permanent: re.Permanent, Enhanced: re.Enhanced, Msg: re.Msg, Err: err}
+	}
+	if err == nil {
+		err = errors.New("no usable route")
+	}
+	return &Error{Enhanced: "4.4.3", Msg: "Routing to " + domain + " failed", Err: err}
+}

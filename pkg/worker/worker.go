@@ -1,0 +1,402 @@
+// Package worker consumes ready envelopes, routes them (static route or MX),
+// delivers them over SMTP and records the per-recipient outcome: delivered
+// and permanently failed recipients are final; temporarily failed ones are
+// scheduled for a retry with backoff; the body is deleted when every
+// recipient of the message is final.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/maillog"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/route"
+)
+
+// Source hands out ready jobs.
+type Source interface {
+	Fetch(n int, wait time.Duration, fn func(*queue.Job)) error
+}
+
+// Queue is what the worker needs of the queue besides the jobs.
+type Queue interface {
+	Defer(ctx context.Context, e *envelope.Envelope, at time.Time) error
+	ReleaseBody(ctx context.Context, e *envelope.Envelope) (last bool, err error)
+	PartDone(ctx context.Context, e *envelope.Envelope) (bool, error)
+}
+
+// BodyStore reads and deletes bodies.
+type BodyStore interface {
+	Get(ctx context.Context, key string) ([]byte, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// Router finds the hops for a domain.
+type Router interface {
+	Route(ctx context.Context, domain string) ([]delivery.Hop, error)
+}
+
+// Deliverer runs SMTP transactions.
+type Deliverer interface {
+	Deliver(ctx context.Context, hops []delivery.Hop, msg *delivery.Message) *delivery.Outcome
+}
+
+// Config tunes the worker.
+type Config struct {
+	Concurrency     int           // envelopes in flight in this process, default 64
+	FetchWait       time.Duration // long-poll for new work, default 1s
+	AttemptTimeout  time.Duration // one delivery attempt, default 15m; keep AckWait larger or heartbeats on
+	Heartbeat       time.Duration // InProgress interval during an attempt, default 30s
+	RetryFirst      time.Duration // first retry delay, default 5m
+	RetryFactor     float64       // default 2
+	RetryMax        time.Duration // default 1h
+	QueueReturn     time.Duration // give up after this long in the queue, default 5 days
+	DrainTimeout    time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
+	Logger          *slog.Logger
+	TracerProvider  trace.TracerProvider
+	Now             func() time.Time
+	RepanicForTests bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.FetchWait <= 0 {
+		c.FetchWait = time.Second
+	}
+	if c.AttemptTimeout <= 0 {
+		c.AttemptTimeout = 15 * time.Minute
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 30 * time.Second
+	}
+	if c.RetryFirst <= 0 {
+		c.RetryFirst = 5 * time.Minute
+	}
+	if c.RetryFactor < 1 {
+		c.RetryFactor = 2
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = time.Hour
+	}
+	if c.QueueReturn <= 0 {
+		c.QueueReturn = 5 * 24 * time.Hour
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 25 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = noop.NewTracerProvider()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Worker is one worker process's delivery engine.
+type Worker struct {
+	cfg     Config
+	src     Source
+	q       Queue
+	bodies  BodyStore
+	router  Router
+	deliver Deliverer
+	log     *slog.Logger
+	tracer  trace.Tracer
+}
+
+// New builds a worker.
+func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Deliverer) *Worker {
+	cfg.setDefaults()
+	return &Worker{
+		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
+		log:    cfg.Logger.With("component", "worker"),
+		tracer: cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+	}
+}
+
+// Run fetches and processes jobs until ctx is cancelled, then drains: no new
+// fetches, in-flight deliveries get DrainTimeout to finish, and whatever is
+// still running after that is cancelled and handed back to the queue.
+func (w *Worker) Run(ctx context.Context) error {
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	errWait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		free := cap(slots) - len(slots)
+		if free == 0 {
+			select {
+			case slots <- struct{}{}:
+				<-slots
+			case <-ctx.Done():
+			}
+			continue
+		}
+		err := w.src.Fetch(free, w.cfg.FetchWait, func(j *queue.Job) {
+			slots <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				w.process(work, j)
+			}()
+		})
+		if err != nil {
+			w.log.Warn("fetch failed; retrying", "err", err, "wait", errWait)
+			select {
+			case <-time.After(errWait):
+			case <-ctx.Done():
+			}
+			errWait = min(errWait*2, 5*time.Second)
+			continue
+		}
+		errWait = 100 * time.Millisecond
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.DrainTimeout):
+		w.log.Warn("drain timeout; cancelling in-flight deliveries, they go back to the queue")
+		cancelWork()
+		<-done
+	}
+	return nil
+}
+
+// Process handles one job synchronously (exported for tests and tools).
+func (w *Worker) Process(ctx context.Context, j *queue.Job) { w.process(ctx, j) }
+
+func (w *Worker) process(ctx context.Context, j *queue.Job) {
+	if !w.cfg.RepanicForTests {
+		defer func() {
+			if p := recover(); p != nil {
+				w.log.Error("panic processing envelope; returning it to the queue", "subject", j.Subject, "panic", p, "stack", string(debug.Stack()))
+				_ = j.Nak(time.Minute)
+			}
+		}()
+	}
+	if j.DecodeErr != nil {
+		w.log.Error("undecodable envelope dropped", "subject", j.Subject, "err", j.DecodeErr)
+		_ = j.Term("undecodable envelope")
+		return
+	}
+	e := j.Env
+	log := w.log.With("queue_id", e.QueueID, "domain", e.Domain)
+	ctx, span := w.tracer.Start(j.Context(ctx), "mail.deliver", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("mailfwd.queue_id", e.QueueID),
+			attribute.String("mailfwd.domain", e.Domain),
+			attribute.Int("mailfwd.recipients", len(e.Recipients)),
+			attribute.Int("mailfwd.attempt", e.Attempts+1),
+		))
+	defer span.End()
+
+	if err := w.handle(ctx, j, e, log); err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		// Could not record the outcome: the whole envelope goes back to the
+		// queue and is attempted again (recipients already delivered may get a
+		// duplicate; none is lost).
+		log.Error("could not record delivery outcome; envelope returns to the queue", "err", err)
+		_ = j.Nak(30 * time.Second)
+	}
+}
+
+// result of one attempt for one recipient.
+type rcptResult struct {
+	rcpt   envelope.Recipient
+	status delivery.RcptStatus
+}
+
+func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope, log *slog.Logger) error {
+	if j.Delivered > 1 && e.Parts > 1 {
+		done, err := w.q.PartDone(ctx, e)
+		if err != nil {
+			return err
+		}
+		if done {
+			log.Info("redelivered envelope was already completed; dropping the duplicate")
+			return j.Ack(ctx)
+		}
+	}
+	started := w.cfg.Now()
+	actx, cancel := context.WithTimeout(ctx, w.cfg.AttemptTimeout)
+	defer cancel()
+	stopHB := w.heartbeat(actx, j)
+	defer stopHB()
+
+	var out *delivery.Outcome
+	hops, rerr := w.router.Route(actx, e.Domain)
+	if rerr == nil {
+		body, err := w.bodies.Get(actx, e.BodyKey)
+		if errors.Is(err, blob.ErrNotFound) {
+			if e.Parts == 1 && j.Delivered > 1 {
+				log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
+				return j.Ack(ctx)
+			}
+			log.Error("body missing from the store; envelope cannot be delivered", "body", e.BodyKey)
+			return j.Term("body missing")
+		}
+		if err != nil {
+			rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
+		} else {
+			_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
+			out = w.deliver.Deliver(actx, hops, &delivery.Message{
+				QueueID: e.QueueID, From: e.From, Recipients: e.Addrs(), Body: body,
+				EightBit: e.EightBit, UTF8: e.UTF8,
+			})
+			dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
+			dspan.End()
+		}
+	}
+	if ctx.Err() != nil {
+		// Shutting down past the drain timeout: hand the envelope to another
+		// worker now rather than counting this as a failed attempt.
+		log.Info("delivery interrupted by shutdown; envelope returns to the queue")
+		return j.Nak(0)
+	}
+	ended := w.cfg.Now()
+	results := make([]rcptResult, len(e.Recipients))
+	for i, r := range e.Recipients {
+		results[i].rcpt = r
+		if out != nil && i < len(out.Statuses) {
+			results[i].status = out.Statuses[i]
+			continue
+		}
+		st := delivery.RcptStatus{Rcpt: r.Addr, Code: 451, Enhanced: "4.4.3", Text: "Deferred"}
+		var re *route.Error
+		if errors.As(rerr, &re) {
+			st.Enhanced, st.Text = re.Enhanced, re.Msg
+			if re.Err != nil && re.Msg == "Body store unavailable" {
+				st.Text = re.Msg
+			}
+			if re.Permanent {
+				st.Code = 550
+			}
+		} else if rerr != nil {
+			st.Text = rerr.Error()
+		}
+		results[i].status = st
+	}
+
+	// Log every recipient attempt, decide what remains.
+	expired := ended.Sub(e.Arrived) >= w.cfg.QueueReturn
+	var remaining []envelope.Recipient
+	for _, r := range results {
+		st := r.status
+		a := maillog.Attempt{
+			QueueID: e.QueueID, To: r.rcpt.Addr, Arrived: e.Arrived, Started: started, Ended: ended,
+			Size: e.Size, NRcpts: len(e.Recipients), Attempts: r.rcpt.Attempts + 1, DSN: st.Enhanced,
+		}
+		if out != nil && out.Hop.Name != "" {
+			a.RelayHost, a.RelayAddr = out.Hop.Name, out.Hop.Addr.Addr().String()
+		}
+		switch {
+		case st.Delivered():
+			text := out.Reply
+			if text == "" {
+				text = st.Text
+			}
+			a.Stat = "Sent (" + text + ")"
+		case st.Permanent():
+			a.Stat = fmt.Sprintf("Failed: %s", replyText(st))
+		case expired:
+			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", maillog.Delay(w.cfg.QueueReturn), replyText(st))
+			if a.DSN == "" || a.DSN[0] != '5' {
+				a.DSN = "4.4.7"
+			}
+		default:
+			a.Stat = "Deferred: " + replyText(st)
+			next := r.rcpt
+			next.Attempts++
+			next.LastError = replyText(st)
+			remaining = append(remaining, next)
+		}
+		maillog.LogAttempt(ctx, log, a)
+	}
+
+	if len(remaining) > 0 {
+		d := *e
+		d.Recipients = remaining
+		d.Attempts = e.Attempts + 1
+		d.LastError = remaining[0].LastError
+		at := ended.Add(w.backoff(d.Attempts))
+		if err := w.q.Defer(ctx, &d, at); err != nil {
+			return err
+		}
+		return j.Ack(ctx)
+	}
+	last, err := w.q.ReleaseBody(ctx, e)
+	if err != nil {
+		return err
+	}
+	if last {
+		if err := w.bodies.Delete(ctx, e.BodyKey); err != nil {
+			// The envelope is final; an orphaned body is a leak, not a loss.
+			log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
+		}
+	}
+	return j.Ack(ctx)
+}
+
+func replyText(st delivery.RcptStatus) string {
+	if st.Code == 0 {
+		return st.Text
+	}
+	return fmt.Sprintf("%d %s %s", st.Code, st.Enhanced, st.Text)
+}
+
+// backoff is the delay before attempt n+1 (n ≥ 1 attempts made): RetryFirst·
+// RetryFactor^(n-1), capped at RetryMax, ±20% jitter so that a backlog that
+// failed together does not retry together.
+func (w *Worker) backoff(n int) time.Duration {
+	d := float64(w.cfg.RetryFirst)
+	for i := 1; i < n && d < float64(w.cfg.RetryMax); i++ {
+		d *= w.cfg.RetryFactor
+	}
+	d = min(d, float64(w.cfg.RetryMax))
+	d *= 0.8 + 0.4*rand.Float64()
+	return time.Duration(d)
+}
+
+// heartbeat keeps the job's ack deadline ahead of a long attempt.
+func (w *Worker) heartbeat(ctx context.Context, j *queue.Job) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(w.cfg.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = j.InProgress()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
