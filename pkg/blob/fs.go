@@ -1,0 +1,230 @@
+package blob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// Temp and probe files start with '~', which keys cannot contain, so they never
+// collide with a stored body.
+const (
+	fsTempPattern  = "~put-*"
+	fsProbePattern = "~check-*"
+	fsShards       = 256
+	fsDirPerm      = 0o750
+)
+
+// FS is a Store backed by a directory. Bodies live in <dir>/<shard>/<key>,
+// where shard is two lowercase hex digits of the FNV-1a hash of the key (256
+// subdirectories). Writes go to a temp file in the shard directory that is
+// renamed over the final name, so readers see either the old or the new body,
+// never a partial one.
+type FS struct {
+	dir   string
+	fsync bool
+}
+
+var _ Store = (*FS)(nil)
+var _ Bootstrapper = (*FS)(nil)
+
+// NewFS returns a Store keeping bodies under dir, creating dir if missing.
+// With fsync true (what production wants) Put returns only once the body and
+// its directory entry are on stable storage; false trades that for speed
+// (tests, throwaway setups).
+func NewFS(dir string, fsync bool) (*FS, error) {
+	if dir == "" {
+		return nil, errors.New("blob: fs: empty directory")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("blob: fs: resolve directory %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, fsDirPerm); err != nil {
+		return nil, fmt.Errorf("blob: fs: create directory: %w", err)
+	}
+	return &FS{dir: abs, fsync: fsync}, nil
+}
+
+// Dir returns the absolute root directory.
+func (f *FS) Dir() string { return f.dir }
+
+// String describes the store for logs.
+func (f *FS) String() string { return "file://" + filepath.ToSlash(f.dir) }
+
+func fsShard(key string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return fmt.Sprintf("%02x", h.Sum32()&0xff)
+}
+
+func (f *FS) path(key string) (dir, file string) {
+	dir = filepath.Join(f.dir, fsShard(key))
+	return dir, filepath.Join(dir, key)
+}
+
+// Put implements Store.
+func (f *FS) Put(ctx context.Context, key string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("blob: fs: put %q: %w", key, err)
+	}
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	dir, final := f.path(key)
+	tmp, err := os.CreateTemp(dir, fsTempPattern)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Shard directory not created yet (no Bootstrap, or it was removed).
+		if err = f.mkdirShard(dir); err != nil {
+			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+		}
+		tmp, err = os.CreateTemp(dir, fsTempPattern)
+	}
+	if err != nil {
+		return fmt.Errorf("blob: fs: put %q: create temp file: %w", key, err)
+	}
+	tmpName := tmp.Name()
+	committed := false
+	defer func() {
+		if !committed {
+			_ = tmp.Close()
+			_ = os.Remove(tmpName)
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("blob: fs: put %q: write: %w", key, err)
+	}
+	if f.fsync {
+		if err := tmp.Sync(); err != nil {
+			return fmt.Errorf("blob: fs: put %q: fsync: %w", key, err)
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("blob: fs: put %q: close: %w", key, err)
+	}
+	if err := os.Rename(tmpName, final); err != nil {
+		return fmt.Errorf("blob: fs: put %q: rename: %w", key, err)
+	}
+	committed = true
+	if f.fsync {
+		if err := syncDir(dir); err != nil {
+			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+		}
+	}
+	return nil
+}
+
+// Get implements Store.
+func (f *FS) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("blob: fs: get %q: %w", key, err)
+	}
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	_, file := f.path(key)
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob: fs: get %q: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob: fs: get %q: %w", key, err)
+	}
+	return data, nil
+}
+
+// Delete implements Store. The removal is not fsync'd: after a crash a deleted
+// body may reappear, which only costs disk space.
+func (f *FS) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("blob: fs: delete %q: %w", key, err)
+	}
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	_, file := f.path(key)
+	if err := os.Remove(file); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("blob: fs: delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// Check implements Store: the root must be a directory in which a file can be
+// created and written.
+func (f *FS) Check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("blob: fs: check: %w", err)
+	}
+	st, err := os.Stat(f.dir)
+	if err != nil {
+		return fmt.Errorf("blob: fs: check: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("blob: fs: check: %s is not a directory", f.dir)
+	}
+	probe, err := os.CreateTemp(f.dir, fsProbePattern)
+	if err != nil {
+		return fmt.Errorf("blob: fs: check: directory not writable: %w", err)
+	}
+	name := probe.Name()
+	_, werr := probe.Write([]byte("ok"))
+	cerr := probe.Close()
+	rerr := os.Remove(name)
+	if err := errors.Join(werr, cerr, rerr); err != nil {
+		return fmt.Errorf("blob: fs: check: probe file %s: %w", name, err)
+	}
+	return nil
+}
+
+// Bootstrap creates the root and all shard directories. Idempotent and safe to
+// run concurrently.
+func (f *FS) Bootstrap(ctx context.Context) error {
+	if err := os.MkdirAll(f.dir, fsDirPerm); err != nil {
+		return fmt.Errorf("blob: fs: bootstrap: %w", err)
+	}
+	for i := range fsShards {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("blob: fs: bootstrap: %w", err)
+		}
+		if err := os.Mkdir(filepath.Join(f.dir, fmt.Sprintf("%02x", i)), fsDirPerm); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("blob: fs: bootstrap: %w", err)
+		}
+	}
+	if f.fsync {
+		if err := syncDir(f.dir); err != nil {
+			return fmt.Errorf("blob: fs: bootstrap: %w", err)
+		}
+	}
+	return nil
+}
+
+// mkdirShard creates a shard directory and makes its entry durable.
+func (f *FS) mkdirShard(dir string) error {
+	if err := os.MkdirAll(dir, fsDirPerm); err != nil {
+		return fmt.Errorf("create shard directory: %w", err)
+	}
+	if f.fsync {
+		return syncDir(f.dir)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory for fsync: %w", err)
+	}
+	serr := d.Sync()
+	cerr := d.Close()
+	if serr != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, serr)
+	}
+	if cerr != nil {
+		return fmt.Errorf("close directory %s: %w", dir, cerr)
+	}
+	return nil
+}

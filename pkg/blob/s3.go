@@ -1,0 +1,185 @@
+package blob
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+)
+
+// S3Config configures an S3 store.
+type S3Config struct {
+	// Endpoint is host[:port] of the S3 API, without scheme.
+	Endpoint string
+	// Bucket holds the bodies.
+	Bucket string
+	// Prefix is prepended to every key ("mail" and "mail/" both store key k
+	// as "mail/k"). Empty means the bucket root.
+	Prefix string
+	// Region is optional; empty lets the client discover it.
+	Region string
+	// AccessKey and SecretKey are static credentials; both empty means
+	// anonymous requests.
+	AccessKey, SecretKey string
+	// Secure selects https.
+	Secure bool
+}
+
+// S3 is a Store backed by an S3-compatible object store.
+type S3 struct {
+	client *minio.Client
+	core   minio.Core
+	bucket string
+	prefix string
+	region string
+	desc   string
+}
+
+var _ Store = (*S3)(nil)
+var _ Bootstrapper = (*S3)(nil)
+
+// NewS3 returns a Store using cfg. It does not contact the server; use Check
+// or Bootstrap for that.
+func NewS3(cfg S3Config) (*S3, error) {
+	if cfg.Endpoint == "" {
+		return nil, errors.New("blob: s3: missing endpoint")
+	}
+	if strings.Contains(cfg.Endpoint, "/") {
+		return nil, fmt.Errorf("blob: s3: endpoint %q must be host[:port] without scheme or path", cfg.Endpoint)
+	}
+	if cfg.Bucket == "" {
+		return nil, errors.New("blob: s3: missing bucket")
+	}
+	if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("blob: s3: invalid bucket %q: %w", cfg.Bucket, err)
+	}
+	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
+		return nil, errors.New("blob: s3: access key and secret key must be given together")
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+		if err := s3utils.CheckValidObjectNamePrefix(prefix); err != nil {
+			return nil, fmt.Errorf("blob: s3: invalid prefix %q: %w", cfg.Prefix, err)
+		}
+	}
+	client, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure: cfg.Secure,
+		Region: cfg.Region,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("blob: s3: client for %s: %w", cfg.Endpoint, err)
+	}
+	scheme := "https"
+	if !cfg.Secure {
+		scheme = "http"
+	}
+	return &S3{
+		client: client,
+		core:   minio.Core{Client: client},
+		bucket: cfg.Bucket,
+		prefix: prefix,
+		region: cfg.Region,
+		desc:   fmt.Sprintf("s3 %s://%s/%s/%s", scheme, cfg.Endpoint, cfg.Bucket, prefix),
+	}, nil
+}
+
+// String describes the store for logs (no credentials).
+func (s *S3) String() string { return s.desc }
+
+func (s *S3) object(key string) string { return s.prefix + key }
+
+// Put implements Store.
+func (s *S3) Put(ctx context.Context, key string, data []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	_, err := s.client.PutObject(ctx, s.bucket, s.object(key), bytes.NewReader(data), int64(len(data)),
+		minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return fmt.Errorf("blob: s3: put %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get implements Store.
+func (s *S3) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	body, info, _, err := s.core.GetObject(ctx, s.bucket, s.object(key), minio.GetObjectOptions{})
+	if err != nil {
+		if minio.ToErrorResponse(err).Code == minio.NoSuchKey {
+			return nil, fmt.Errorf("blob: s3: get %q: %w", key, ErrNotFound)
+		}
+		return nil, fmt.Errorf("blob: s3: get %q: %w", key, err)
+	}
+	defer body.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, max(info.Size, 0)+bytes.MinRead))
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, fmt.Errorf("blob: s3: get %q: read body: %w", key, err)
+	}
+	if info.Size >= 0 && int64(buf.Len()) != info.Size {
+		return nil, fmt.Errorf("blob: s3: get %q: read %d bytes, object has %d: %w", key, buf.Len(), info.Size, io.ErrUnexpectedEOF)
+	}
+	return buf.Bytes(), nil
+}
+
+// Delete implements Store.
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	err := s.client.RemoveObject(ctx, s.bucket, s.object(key), minio.RemoveObjectOptions{})
+	if err != nil && minio.ToErrorResponse(err).Code != minio.NoSuchKey {
+		return fmt.Errorf("blob: s3: delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// Check implements Store: the bucket must exist and be accessible with the
+// configured credentials (one HEAD request).
+func (s *S3) Check(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("blob: s3: check bucket %q: %w", s.bucket, err)
+	}
+	if !ok {
+		return fmt.Errorf("blob: s3: check: bucket %q does not exist (run bootstrap)", s.bucket)
+	}
+	return nil
+}
+
+// Bootstrap creates the bucket if it does not exist. Idempotent; concurrent
+// callers racing to create it all succeed.
+func (s *S3) Bootstrap(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("blob: s3: bootstrap: check bucket %q: %w", s.bucket, err)
+	}
+	if ok {
+		return nil
+	}
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region})
+	if err == nil {
+		return nil
+	}
+	switch minio.ToErrorResponse(err).Code {
+	case minio.BucketAlreadyOwnedByYou:
+		return nil
+	case minio.BucketAlreadyExists:
+		// Either another pod won the race (fine) or someone else owns the
+		// name; the second BucketExists tells which.
+		if ok, eerr := s.client.BucketExists(ctx, s.bucket); eerr == nil && ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("blob: s3: bootstrap: create bucket %q: %w", s.bucket, err)
+}

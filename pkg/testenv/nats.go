@@ -1,0 +1,68 @@
+package testenv
+
+import (
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/mailfwd/mailfwd/pkg/natsembed"
+)
+
+// NATS is an embedded nats-server with JetStream on disk, on loopback.
+type NATS struct {
+	t    testing.TB
+	Port int
+	Dir  string
+	srv  *server.Server
+}
+
+// StartNATS starts an embedded JetStream server on a free 127.0.0.1 port
+// with its store in a temp dir; t.Cleanup stops it.
+func StartNATS(t testing.TB) *NATS {
+	t.Helper()
+	n := &NATS{t: t, Port: freePort(t), Dir: filepath.Join(t.TempDir(), "jetstream")}
+	n.Start()
+	t.Cleanup(n.Stop)
+	return n
+}
+
+// URL is the client URL.
+func (n *NATS) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(n.Port) }
+
+// Stop shuts the server down (a NATS outage for the code under test).
+func (n *NATS) Stop() {
+	if n.srv == nil {
+		return
+	}
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+	n.srv = nil
+}
+
+// Start starts it again on the same port with the same store.
+func (n *NATS) Start() {
+	n.t.Helper()
+	var err error
+	for i := 0; i < 50; i++ {
+		n.srv, err = natsembed.Start(natsembed.Options{Port: n.Port, StoreDir: n.Dir})
+		if err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.t.Fatalf("start nats on port %d: %v", n.Port, err)
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
