@@ -39,7 +39,7 @@ type Address struct {
 	UTF8   bool   // the address contains non-ASCII characters
 }
 
-var profile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false), idna.StrictDomainName(true))
+var profile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false), idna.StrictDomainName(true), idna.VerifyDNSLength(true))
 
 // Parse checks a mailbox such as "+4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs".
 // The empty string is not a mailbox (the null reverse-path is handled by the caller).
@@ -148,6 +148,13 @@ func Domain(d string) (string, error) {
 	ascii, err := profile.ToASCII(d)
 	if err != nil {
 		return "", fmt.Errorf("invalid domain %q: %v", d, err)
+	}
+	ascii = strings.TrimSuffix(ascii, ".") // a mapped root dot, e.g. U+3002
+	for _, label := range strings.Split(ascii, ".") {
+		if label == "" || len(label) > 63 {
+			// Empty labels would also make empty NATS subject tokens.
+			return "", fmt.Errorf("invalid domain %q: empty or over-long label", d)
+		}
 	}
 	if !strings.Contains(ascii, ".") && ascii != "localhost" {
 		// A dotless name is almost always a typo on a relay; sendmail would

@@ -15,6 +15,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
+	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
 	"github.com/mailfwd/mailfwd/pkg/worker"
 )
@@ -110,9 +111,18 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		return err
 	}
 	defer q.Close()
-	cons, err := q.Consumer(ctx)
-	if err != nil {
-		return err
+	var cons *queue.Consumer
+	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
+		cons, err = q.Consumer(ctx)
+		if err == nil {
+			break
+		}
+		log.Warn("cannot bind to the workers' consumer; retrying", "err", err, "wait", wait)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("worker: %w", err)
+		case <-time.After(wait):
+		}
 	}
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp

@@ -69,9 +69,15 @@ func (t *Table) Add(key, rhs string) error {
 		return errors.New("route: empty domain")
 	}
 	if key != "." {
-		d := strings.TrimPrefix(key, ".")
-		if _, err := address.Domain(d); err != nil && d != "localhost" {
+		d, parent := strings.CutPrefix(key, ".")
+		ascii, err := address.Domain(d)
+		if err != nil {
 			return fmt.Errorf("route: %q: %w", key, err)
+		}
+		// Store the form Lookup is given: A-labels, no trailing dot.
+		key = ascii
+		if parent {
+			key = "." + ascii
 		}
 	}
 	e, err := ParseRHS(rhs)
@@ -94,7 +100,7 @@ func ParseRHS(rhs string) (Entry, error) {
 		if strings.HasPrefix(text, "\"") || text == "" {
 			text = strings.Trim(text, "\" ")
 		}
-		if len(code) == 0 || (code[0] != '4' && code[0] != '5') {
+		if !validStatus(code) {
 			return Entry{}, fmt.Errorf("error: entry needs a 4.x.x or 5.x.x status, got %q", code)
 		}
 		if text == "" {
@@ -139,6 +145,21 @@ func ParseRHS(rhs string) (Entry, error) {
 		return Entry{}, fmt.Errorf("no host in %q", rhs)
 	}
 	return Entry{Hosts: hosts}, nil
+}
+
+// validStatus reports whether code is an RFC 3463 status "4.x.x" or "5.x.x"
+// (subject and detail of 1-3 digits).
+func validStatus(code string) bool {
+	parts := strings.Split(code, ".")
+	if len(parts) != 3 || (parts[0] != "4" && parts[0] != "5") {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if len(p) < 1 || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // splitHosts splits on ':' outside brackets.

@@ -1,0 +1,264 @@
+package envelope
+
+import (
+	"encoding/json"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/xid"
+)
+
+func fullEnvelope() *Envelope {
+	return &Envelope{
+		QueueID: "cv0s6tbp0n8g00c2s6rg",
+		From:    "+4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs",
+		Domain:  "xn--bcher-kva.example",
+		Recipients: []Recipient{
+			{Addr: "jörg@bücher.example"},
+			{Addr: `"john doe"@bücher.example`, Attempts: 2, LastError: "451 4.3.0 try later"},
+		},
+		BodyKey:     "bodies/cv0s6tbp0n8g00c2s6rg",
+		Size:        123456,
+		EightBit:    true,
+		UTF8:        true,
+		MsgID:       "<abc@example.com>",
+		ClientAddr:  "127.0.0.1:53412",
+		ClientHelo:  "client.example.com",
+		Arrived:     time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC),
+		Parts:       3,
+		Attempts:    2,
+		NextAttempt: time.Date(2024, 5, 6, 7, 38, 9, 0, time.UTC),
+		LastError:   "451 4.4.1 Connection refused",
+	}
+}
+
+func TestMarshalRoundTrip(t *testing.T) {
+	minimal := &Envelope{
+		QueueID:    "cv0s6tbp0n8g00c2s6rg",
+		Domain:     "[192.0.2.1]",
+		Recipients: []Recipient{{Addr: "user@[192.0.2.1]"}},
+		BodyKey:    "b",
+		Parts:      1,
+		Arrived:    time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	for name, e := range map[string]*Envelope{"full": fullEnvelope(), "minimal null sender": minimal} {
+		t.Run(name, func(t *testing.T) {
+			b, err := e.Marshal()
+			if err != nil {
+				t.Fatalf("Marshal: %v", err)
+			}
+			got, err := Unmarshal(b)
+			if err != nil {
+				t.Fatalf("Unmarshal(%s): %v", b, err)
+			}
+			if !reflect.DeepEqual(got, e) {
+				t.Errorf("round trip:\n got %+v\nwant %+v", got, e)
+			}
+		})
+	}
+}
+
+func TestMarshalFieldNames(t *testing.T) {
+	b, err := fullEnvelope().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"qid", "from", "domain", "rcpts", "body", "size", "8bit", "utf8", "msgid",
+		"client_addr", "client_helo", "arrived", "parts", "attempts", "next_attempt", "last_error"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON has no %q field: %s", k, b)
+		}
+	}
+	rcpts, _ := m["rcpts"].([]any)
+	if len(rcpts) != 2 {
+		t.Fatalf("rcpts = %v", m["rcpts"])
+	}
+	first, _ := rcpts[0].(map[string]any)
+	if _, ok := first["attempts"]; ok {
+		t.Errorf("zero recipient attempts not omitted: %v", first)
+	}
+	second, _ := rcpts[1].(map[string]any)
+	if second["addr"] != `"john doe"@bücher.example` || second["attempts"] != float64(2) || second["last_error"] == nil {
+		t.Errorf("second recipient = %v", second)
+	}
+	// The null reverse-path must survive as "from":"" (not be dropped).
+	e := fullEnvelope()
+	e.From = ""
+	b, _ = e.Marshal()
+	if !strings.Contains(string(b), `"from":""`) {
+		t.Errorf("null sender not encoded as \"from\":\"\": %s", b)
+	}
+}
+
+func TestTimesKeepTheInstant(t *testing.T) {
+	e := fullEnvelope()
+	zone := time.FixedZone("CEST", 2*60*60)
+	e.Arrived = time.Date(2024, 5, 6, 9, 8, 9, 1, zone)
+	b, err := e.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Arrived.Equal(e.Arrived) {
+		t.Errorf("Arrived = %v, want %v", got.Arrived, e.Arrived)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Envelope)
+		want   string // substring of the error; "" = valid
+	}{
+		{"valid", func(*Envelope) {}, ""},
+		{"null sender is valid", func(e *Envelope) { e.From = "" }, ""},
+		{"address literal domain is valid", func(e *Envelope) { e.Domain = "[192.0.2.1]" }, ""},
+		{"missing queue id", func(e *Envelope) { e.QueueID = "" }, "missing queue id"},
+		{"missing domain", func(e *Envelope) { e.Domain = "" }, "missing domain"},
+		{"nil recipients", func(e *Envelope) { e.Recipients = nil }, "no recipients"},
+		{"empty recipients", func(e *Envelope) { e.Recipients = []Recipient{} }, "no recipients"},
+		{"missing body key", func(e *Envelope) { e.BodyKey = "" }, "missing body key"},
+		{"zero parts", func(e *Envelope) { e.Parts = 0 }, "parts must be at least 1"},
+		{"negative parts", func(e *Envelope) { e.Parts = -1 }, "parts must be at least 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := fullEnvelope()
+			tt.modify(e)
+			err := e.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate succeeded, want error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Validate error %q, want it to contain %q", err, tt.want)
+			}
+			if e.QueueID != "" && !strings.Contains(err.Error(), e.QueueID) {
+				t.Errorf("Validate error %q does not name queue id %s", err, e.QueueID)
+			}
+			// Unmarshal applies the same checks.
+			b, merr := e.Marshal()
+			if merr != nil {
+				t.Fatal(merr)
+			}
+			if got, uerr := Unmarshal(b); uerr == nil || got != nil {
+				t.Errorf("Unmarshal of an invalid envelope = %v, %v; want nil and an error", got, uerr)
+			}
+		})
+	}
+}
+
+func TestUnmarshalErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{"empty", "", "envelope:"},
+		{"not JSON", "hello", "envelope:"},
+		{"truncated", `{"qid":"x","domain":`, "envelope:"},
+		{"wrong type", `{"qid":1}`, "envelope:"},
+		{"JSON null", `null`, "missing queue id"},
+		{"empty object", `{}`, "missing queue id"},
+		{"no recipients", `{"qid":"q1","domain":"example.com","body":"b","parts":1}`, "no recipients"},
+		{"no parts", `{"qid":"q1","domain":"example.com","rcpts":[{"addr":"a@example.com"}],"body":"b"}`, "parts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := Unmarshal([]byte(tt.in))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Unmarshal(%q) = %v, %v; want error containing %q", tt.in, e, err, tt.want)
+			}
+			if e != nil {
+				t.Errorf("Unmarshal(%q) returned an envelope with the error", tt.in)
+			}
+		})
+	}
+}
+
+func TestUnmarshalIgnoresUnknownFields(t *testing.T) {
+	in := `{"qid":"q1","domain":"example.com","rcpts":[{"addr":"a@example.com","future":1}],"body":"b","parts":1,"new_field":true}`
+	e, err := Unmarshal([]byte(in))
+	if err != nil {
+		t.Fatalf("Unmarshal: %v", err)
+	}
+	if e.QueueID != "q1" || len(e.Recipients) != 1 || e.Recipients[0].Addr != "a@example.com" {
+		t.Errorf("Unmarshal = %+v", e)
+	}
+}
+
+func TestAddrs(t *testing.T) {
+	e := fullEnvelope()
+	want := []string{"jörg@bücher.example", `"john doe"@bücher.example`}
+	if got := e.Addrs(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Addrs() = %q, want %q", got, want)
+	}
+	if got := (&Envelope{}).Addrs(); got == nil || len(got) != 0 {
+		t.Errorf("Addrs() of no recipients = %#v, want an empty slice", got)
+	}
+}
+
+var queueIDRE = regexp.MustCompile(`^[0-9a-v]{20}$`)
+
+func TestNewQueueID(t *testing.T) {
+	const n = 10000
+	seen := make(map[string]bool, n)
+	var prev time.Time
+	for i := 0; i < n; i++ {
+		id := NewQueueID()
+		if !queueIDRE.MatchString(id) {
+			t.Fatalf("NewQueueID() = %q, want [0-9a-v]{20}", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewQueueID() returned %q twice within %d ids", id, i+1)
+		}
+		seen[id] = true
+		// Ids are time-ordered: the embedded time never goes backwards.
+		x, err := xid.FromString(id)
+		if err != nil {
+			t.Fatalf("NewQueueID() = %q is not an xid: %v", id, err)
+		}
+		if x.Time().Before(prev) {
+			t.Fatalf("NewQueueID() = %q has time %v before the previous id's %v", id, x.Time(), prev)
+		}
+		prev = x.Time()
+	}
+}
+
+func TestNewQueueIDConcurrent(t *testing.T) {
+	const workers, per = 8, 1000
+	out := make(chan []string, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			ids := make([]string, per)
+			for i := range ids {
+				ids[i] = NewQueueID()
+			}
+			out <- ids
+		}()
+	}
+	seen := make(map[string]bool, workers*per)
+	for w := 0; w < workers; w++ {
+		for _, id := range <-out {
+			if seen[id] {
+				t.Fatalf("duplicate queue id %q across goroutines", id)
+			}
+			seen[id] = true
+		}
+	}
+}
