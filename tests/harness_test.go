@@ -111,7 +111,7 @@ type envOptions struct {
 }
 
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	nats    *testenv.NATS
 	minio   *testenv.Minio
 	dns     *testenv.DNSServer
@@ -125,7 +125,7 @@ type env struct {
 	done    chan error
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter(), done: make(chan error, 2)}
 	e.nats = testenv.StartNATS(t)
@@ -322,7 +322,7 @@ func send(addr, localIP, from string, rcpts []string, body []byte, opts *smtp.Ma
 }
 
 // waitFor polls cond until it is true or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
