@@ -69,6 +69,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions int
+	conns    map[*conn]struct{} // open sessions, closed by Shutdown at its deadline
 }
 
 // New builds an ingress server.
@@ -112,6 +113,7 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 		bodies: bodies,
 		log:    cfg.Logger.With("component", "ingress"),
 		tracer: cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/ingress"),
+		conns:  map[*conn]struct{}{},
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
@@ -141,13 +143,28 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.smtp.Shutdown(ctx)
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		s.smtp.Close()
+		// smtp.Server.Close is a no-op once Shutdown has run (it returns
+		// ErrServerClosed without touching connections), so close them here.
+		s.closeSessions()
 		return nil
 	}
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// closeSessions closes every open session's connection.
+func (s *Server) closeSessions() {
+	s.mu.Lock()
+	open := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		open = append(open, c)
+	}
+	s.mu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
 }
 
 // Sessions returns the number of open sessions.
@@ -400,7 +417,11 @@ func (l *listener) Accept() (net.Conn, error) {
 		if l.s.cfg.Banner != "" {
 			greeting += " " + l.s.cfg.Banner
 		}
-		return &conn{Conn: c, s: l.s, greeting: greeting + "\r\n"}, nil
+		cn := &conn{Conn: c, s: l.s, greeting: greeting + "\r\n"}
+		l.s.mu.Lock()
+		l.s.conns[cn] = struct{}{}
+		l.s.mu.Unlock()
+		return cn, nil
 	}
 }
 
@@ -432,6 +453,7 @@ func (c *conn) Close() error {
 	c.once.Do(func() {
 		c.s.mu.Lock()
 		c.s.sessions--
+		delete(c.s.conns, c)
 		c.s.mu.Unlock()
 	})
 	return c.Conn.Close()
