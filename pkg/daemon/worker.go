@@ -6,12 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
@@ -28,6 +31,7 @@ type Worker struct {
 	SMTPPort   uint
 	Routes     config.StringList
 	NoTLS      bool
+	Limits     config.StringList
 	Delivery   delivery.Config
 	Engine     worker.Config
 }
@@ -55,6 +59,11 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Engine.RetryMax, "retry-max", time.Hour, "longest retry delay")
 	fs.DurationVar(&o.Engine.QueueReturn, "queue-return", 5*24*time.Hour, "give up on a message after this long (sendmail Timeout.queuereturn)")
 	fs.DurationVar(&o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
+	fs.DurationVar(&o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
+	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
+	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B' (also covers subdomains; repeatable)")
+	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
+	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
 }
 
 // Validate checks the configuration before anything starts.
@@ -68,6 +77,9 @@ func (o *Worker) Validate() error {
 	}
 	if o.Delivery.HeloName == "" {
 		errs = append(errs, errors.New("--helo-name is required"))
+	}
+	if _, err := ParseDomainLimits(o.Limits); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Engine.Heartbeat == 0 {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
@@ -87,6 +99,43 @@ func (o *Worker) routeTable() (*route.Table, error) {
 		}
 	}
 	return t, nil
+}
+
+// ParseDomainLimits parses --domain-limit values.
+func ParseDomainLimits(list []string) (map[string]worker.DomainLimit, error) {
+	out := map[string]worker.DomainLimit{}
+	for _, item := range list {
+		dom, spec, ok := strings.Cut(item, ":")
+		if !ok {
+			return nil, fmt.Errorf("--domain-limit %q: want DOMAIN:concurrency=N,rate=R/s", item)
+		}
+		d, err := address.Domain(strings.TrimPrefix(strings.TrimSpace(dom), "."))
+		if err != nil {
+			return nil, fmt.Errorf("--domain-limit %q: %w", item, err)
+		}
+		var l worker.DomainLimit
+		for _, kv := range strings.Split(spec, ",") {
+			k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
+			switch k {
+			case "concurrency":
+				l.Concurrency, err = strconv.Atoi(v)
+			case "rate":
+				l.Rate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
+			case "burst":
+				l.Burst, err = strconv.Atoi(v)
+			default:
+				err = fmt.Errorf("unknown limit %q (concurrency, rate, burst)", k)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
+			}
+		}
+		if l.Concurrency < 0 || l.Rate < 0 || l.Burst < 0 {
+			return nil, fmt.Errorf("--domain-limit %q: negative value", item)
+		}
+		out[d] = l
+	}
+	return out, nil
 }
 
 // RunWorker runs a worker until ctx is cancelled, then drains it.
@@ -126,10 +175,36 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	}
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp
+	o.Engine.Hostname = o.Delivery.HeloName
+	o.Engine.DomainLimits, _ = ParseDomainLimits(o.Limits)
+	var holds atomic.Pointer[map[string]queue.Hold]
+	o.Engine.Held = func(domain string) bool {
+		h := holds.Load()
+		return h != nil && queue.IsHeld(*h, domain)
+	}
 	w := worker.New(o.Engine, cons, q, store, &route.Router{Table: table, Resolver: res, Port: uint16(o.SMTPPort)}, client)
 	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Len(), "dns", o.DNSServers.String())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error {
+		// Follow operators' domain holds; re-establish the watch if NATS restarts.
+		for gctx.Err() == nil {
+			err := q.WatchHolds(gctx, func(m map[string]queue.Hold) {
+				holds.Store(&m)
+				if len(m) > 0 {
+					log.Info("domains on hold", "component", "worker", "count", len(m))
+				}
+			})
+			if err != nil && gctx.Err() == nil {
+				log.Warn("watching holds failed; retrying", "err", err)
+				select {
+				case <-gctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}
+		return nil
+	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check})
 	return g.Wait()
 }

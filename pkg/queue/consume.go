@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,6 +23,8 @@ type Job struct {
 	DecodeErr error
 	// Delivered counts deliveries of this message by the consumer (1 the first time).
 	Delivered uint64
+	// Seq is the stream sequence of this copy (unique, used to dedupe its successors).
+	Seq uint64
 	Subject   string
 }
 
@@ -47,6 +50,9 @@ func (j *Job) Term(reason string) error { return j.msg.TermWithReason(reason) }
 
 // InProgress extends the ack deadline.
 func (j *Job) InProgress() error { return j.msg.InProgress() }
+
+// Key is a dedupe key for what this job publishes next.
+func (j *Job) Key() string { return strconv.FormatUint(j.Seq, 10) }
 
 // Header returns the message headers.
 func (j *Job) Header() nats.Header { return j.msg.Headers() }
@@ -77,6 +83,7 @@ func (c *Consumer) Fetch(n int, wait time.Duration, fn func(*Job)) error {
 		j := &Job{msg: m, q: c.q, Subject: m.Subject()}
 		if md, err := m.Metadata(); err == nil {
 			j.Delivered = md.NumDelivered
+			j.Seq = md.Sequence.Stream
 		}
 		j.Env, j.DecodeErr = envelope.Unmarshal(m.Data())
 		fn(j)

@@ -4,6 +4,7 @@
 //
 //	mail.ready.<domain>              envelopes due now; the "workers" consumer reads these
 //	mail.deferred.<domain>.<qid>     scheduled retries (Nats-Schedule @at → mail.ready.<domain>)
+//	mail.held.<domain>.<qid>         moved aside while an operator holds the domain
 //
 // <domain> is the recipient domain as reversed A-labels (address.SubjectToken),
 // so "mail.ready.com.example.>" selects example.com's subdomains. Deferred
@@ -18,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,6 +33,7 @@ import (
 const (
 	ReadyPrefix    = "mail.ready"
 	DeferredPrefix = "mail.deferred"
+	HeldPrefix     = "mail.held"
 )
 
 // Config says where the queue is and how it is laid out.
@@ -43,6 +44,7 @@ type Config struct {
 	Stream     string        // default "MAIL"
 	Consumer   string        // default "workers"
 	RefsBucket string        // default "MAIL_REFS"
+	HoldsBucket string       // default "MAIL_HOLDS"
 	Replicas   int           // default 1
 	AckWait    time.Duration // default 2m; workers heartbeat with InProgress during long sends
 	// MaxAckPending bounds the messages handed out and not yet acked across all workers.
@@ -60,6 +62,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RefsBucket == "" {
 		c.RefsBucket = "MAIL_REFS"
+	}
+	if c.HoldsBucket == "" {
+		c.HoldsBucket = "MAIL_HOLDS"
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
@@ -127,7 +132,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              q.cfg.Stream,
 		Description:       "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>"},
+		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
 		Retention:         jetstream.WorkQueuePolicy,
 		Storage:           jetstream.FileStorage,
 		Replicas:          q.cfg.Replicas,
@@ -160,6 +165,16 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
 	}
+	_, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      q.cfg.HoldsBucket,
+		Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.cfg.Replicas,
+		History:     5,
+	})
+	if err != nil {
+		return fmt.Errorf("queue: kv %s: %w", q.cfg.HoldsBucket, err)
+	}
 	return nil
 }
 
@@ -177,6 +192,11 @@ func (q *Queue) Check(ctx context.Context) error {
 // ReadySubject is where an envelope for domain waits for a worker.
 func ReadySubject(domain string) string {
 	return ReadyPrefix + "." + address.SubjectToken(domain)
+}
+
+// HeldSubject is where an envelope waits while its domain is held.
+func HeldSubject(domain, qid string) string {
+	return HeldPrefix + "." + address.SubjectToken(domain) + "." + qid
 }
 
 // DeferredSubject is the schedule subject of one deferred envelope.
@@ -244,8 +264,10 @@ func (q *Queue) newMsg(ctx context.Context, subject string, e *envelope.Envelope
 
 // Defer schedules e to be ready again at time at. The schedule is replaced if
 // one exists for the same envelope. The caller acks the current delivery only
-// after Defer returned nil.
-func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time) error {
+// after Defer returned nil. dedupe identifies this deferral (the stream
+// sequence of the copy being deferred): a retried Defer with the same key is
+// not stored twice, and a later deferral of a new copy never collides.
+func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time, dedupe string) error {
 	e.NextAttempt = at
 	m, err := q.newMsg(ctx, DeferredSubject(e.Domain, e.QueueID), e)
 	if err != nil {
@@ -254,7 +276,7 @@ func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time) e
 	_, err = q.js.PublishMsg(ctx, m,
 		jetstream.WithScheduleAt(at),
 		jetstream.WithScheduleTarget(ReadySubject(e.Domain)),
-		jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".a"+strconv.Itoa(e.Attempts)),
+		jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".d"+dedupe),
 	)
 	if err != nil {
 		return fmt.Errorf("queue: defer %s: %w", e.QueueID, err)

@@ -201,7 +201,7 @@ func TestDeferSchedulesAndReplaces(t *testing.T) {
 	e := newEnvelopes(envelope.NewQueueID(), "later.test")[0]
 	e.Attempts = 1
 	at := time.Now().Add(time.Second)
-	if err := f.q.Defer(ctx, e, at); err != nil {
+	if err := f.q.Defer(ctx, e, at, "1"); err != nil {
 		t.Fatalf("defer: %v", err)
 	}
 	if !e.NextAttempt.Equal(at) {
@@ -212,11 +212,11 @@ func TestDeferSchedulesAndReplaces(t *testing.T) {
 	e2 := *e
 	e2.Attempts = 2
 	e2.LastError = "451 4.0.0 second"
-	if err := f.q.Defer(ctx, &e2, time.Now().Add(1500*time.Millisecond)); err != nil {
+	if err := f.q.Defer(ctx, &e2, time.Now().Add(1500*time.Millisecond), "2"); err != nil {
 		t.Fatalf("second defer: %v", err)
 	}
 	// Repeating the same Defer (a retried publish) is a no-op.
-	if err := f.q.Defer(ctx, &e2, time.Now().Add(1500*time.Millisecond)); err != nil {
+	if err := f.q.Defer(ctx, &e2, time.Now().Add(1500*time.Millisecond), "2"); err != nil {
 		t.Fatalf("repeated defer: %v", err)
 	}
 

@@ -12,7 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
-	"sync"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -20,8 +20,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
@@ -35,14 +37,17 @@ type Source interface {
 
 // Queue is what the worker needs of the queue besides the jobs.
 type Queue interface {
-	Defer(ctx context.Context, e *envelope.Envelope, at time.Time) error
+	Defer(ctx context.Context, e *envelope.Envelope, at time.Time, dedupe string) error
 	ReleaseBody(ctx context.Context, e *envelope.Envelope) (last bool, err error)
 	PartDone(ctx context.Context, e *envelope.Envelope) (bool, error)
+	MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe string) error
+	Publish(ctx context.Context, e *envelope.Envelope) error
 }
 
-// BodyStore reads and deletes bodies.
+// BodyStore reads, writes (DSNs) and deletes bodies.
 type BodyStore interface {
 	Get(ctx context.Context, key string) ([]byte, error)
+	Put(ctx context.Context, key string, data []byte) error
 	Delete(ctx context.Context, key string) error
 }
 
@@ -58,15 +63,29 @@ type Deliverer interface {
 
 // Config tunes the worker.
 type Config struct {
-	Concurrency     int           // envelopes in flight in this process, default 64
-	FetchWait       time.Duration // long-poll for new work, default 1s
-	AttemptTimeout  time.Duration // one delivery attempt, default 15m; keep AckWait larger or heartbeats on
-	Heartbeat       time.Duration // InProgress interval during an attempt, default 30s
-	RetryFirst      time.Duration // first retry delay, default 5m
-	RetryFactor     float64       // default 2
-	RetryMax        time.Duration // default 1h
-	QueueReturn     time.Duration // give up after this long in the queue, default 5 days
-	DrainTimeout    time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
+	Concurrency    int           // envelopes in flight in this process, default 64
+	FetchWait      time.Duration // long-poll for new work, default 1s
+	AttemptTimeout time.Duration // one delivery attempt, default 15m; keep AckWait larger or heartbeats on
+	Heartbeat      time.Duration // InProgress interval during an attempt, default 30s
+	RetryFirst     time.Duration // first retry delay, default 5m
+	RetryFactor    float64       // default 2
+	RetryMax       time.Duration // default 1h
+	QueueReturn    time.Duration // give up after this long in the queue, default 5 days
+	DrainTimeout   time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
+	WarnAfter      time.Duration // send a delay-warning DSN after this long (0: never)
+	Hostname       string        // Reporting-MTA of DSNs, default "localhost"
+	// DomainConcurrency caps deliveries in flight per recipient domain in
+	// this process (default 20); DomainLimits override it by domain.
+	DomainConcurrency int
+	DomainLimits      map[string]DomainLimit
+	// StallAfter: a domain whose running deliveries have all been stuck this
+	// long is congested, and its waiting mail goes back to the queue (default 10s).
+	StallAfter time.Duration
+	// BusyDelay is how long mail handed back from a congested domain waits
+	// (±50%, default 30s); it does not count as an attempt.
+	BusyDelay time.Duration
+	// Held reports whether a domain is on hold (nil: no holds).
+	Held            func(domain string) bool
 	Logger          *slog.Logger
 	TracerProvider  trace.TracerProvider
 	Now             func() time.Time
@@ -101,6 +120,21 @@ func (c *Config) setDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 25 * time.Second
 	}
+	if c.Hostname == "" {
+		c.Hostname = "localhost"
+	}
+	if c.DomainConcurrency <= 0 {
+		c.DomainConcurrency = 20
+	}
+	if c.StallAfter <= 0 {
+		c.StallAfter = 10 * time.Second
+	}
+	if c.BusyDelay <= 0 {
+		c.BusyDelay = 30 * time.Second
+	}
+	if c.Held == nil {
+		c.Held = func(string) bool { return false }
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -122,6 +156,7 @@ type Worker struct {
 	deliver Deliverer
 	log     *slog.Logger
 	tracer  trace.Tracer
+	work    context.Context // deliveries run under this; cancelled after the drain timeout
 }
 
 // New builds a worker.
@@ -135,33 +170,37 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 }
 
 // Run fetches and processes jobs until ctx is cancelled, then drains: no new
-// fetches, in-flight deliveries get DrainTimeout to finish, and whatever is
-// still running after that is cancelled and handed back to the queue.
+// fetches, waiting jobs go straight back to the queue, in-flight deliveries
+// get DrainTimeout to finish, and whatever still runs after that is
+// cancelled and handed back too.
 func (w *Worker) Run(ctx context.Context) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	slots := make(chan struct{}, w.cfg.Concurrency)
-	var wg sync.WaitGroup
+	w.work = work
+	s := newScheduler(w)
+	hb := time.NewTicker(w.cfg.Heartbeat)
+	defer hb.Stop()
+	go func() {
+		for {
+			select {
+			case <-work.Done():
+				return
+			case <-hb.C:
+				s.heartbeat()
+			}
+		}
+	}()
 	errWait := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		free := cap(slots) - len(slots)
-		if free == 0 {
+		room := s.room()
+		if room <= 0 {
 			select {
-			case slots <- struct{}{}:
-				<-slots
+			case <-s.changed:
 			case <-ctx.Done():
 			}
 			continue
 		}
-		err := w.src.Fetch(free, w.cfg.FetchWait, func(j *queue.Job) {
-			slots <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				w.process(work, j)
-			}()
-		})
+		err := w.src.Fetch(room, w.cfg.FetchWait, s.add)
 		if err != nil {
 			w.log.Warn("fetch failed; retrying", "err", err, "wait", errWait)
 			select {
@@ -173,16 +212,39 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		errWait = 100 * time.Millisecond
 	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(w.cfg.DrainTimeout):
-		w.log.Warn("drain timeout; cancelling in-flight deliveries, they go back to the queue")
-		cancelWork()
-		<-done
+	s.drainWaiting()
+	deadline := time.After(w.cfg.DrainTimeout)
+	for !s.idle() {
+		select {
+		case <-s.changed:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			w.log.Warn("drain timeout; cancelling in-flight deliveries, they go back to the queue")
+			cancelWork()
+			deadline = nil
+		}
 	}
 	return nil
+}
+
+// handBack defers a job without counting an attempt (congested domain).
+func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
+	if j.Env == nil {
+		w.process(w.work, j)
+		return
+	}
+	e := *j.Env
+	ctx, cancel := context.WithTimeout(w.work, 30*time.Second)
+	defer cancel()
+	if err := w.q.Defer(ctx, &e, time.Now().Add(delay), j.Key()); err != nil {
+		w.log.Warn("could not hand back a congested envelope; it returns to the queue", "queue_id", e.QueueID, "err", err)
+		_ = j.Nak(delay)
+		return
+	}
+	if err := j.Ack(ctx); err != nil {
+		w.log.Warn("ack after hand-back failed; a duplicate may follow", "queue_id", e.QueueID, "err", err)
+	}
+	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay)
 }
 
 // Process handles one job synchronously (exported for tests and tools).
@@ -231,6 +293,14 @@ type rcptResult struct {
 }
 
 func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope, log *slog.Logger) error {
+	if w.cfg.Held(e.Domain) {
+		// Moved aside until an operator releases the domain; no attempt, no expiry.
+		if err := w.q.MoveToHeld(ctx, e, j.Key()); err != nil {
+			return err
+		}
+		log.Info(e.QueueID + ": held: domain " + e.Domain + " is on hold")
+		return j.Ack(ctx)
+	}
 	if j.Delivered > 1 && e.Parts > 1 {
 		done, err := w.q.PartDone(ctx, e)
 		if err != nil {
@@ -248,20 +318,24 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	defer stopHB()
 
 	var out *delivery.Outcome
+	var body []byte
 	hops, rerr := w.router.Route(actx, e.Domain)
-	if rerr == nil {
-		body, err := w.bodies.Get(actx, e.BodyKey)
-		if errors.Is(err, blob.ErrNotFound) {
+	if rerr == nil || isPermanent(rerr) {
+		var err error
+		body, err = w.bodies.Get(actx, e.BodyKey)
+		switch {
+		case errors.Is(err, blob.ErrNotFound):
 			if e.Parts == 1 && j.Delivered > 1 {
 				log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
 				return j.Ack(ctx)
 			}
 			log.Error("body missing from the store; envelope cannot be delivered", "body", e.BodyKey)
 			return j.Term("body missing")
-		}
-		if err != nil {
-			rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
-		} else {
+		case err != nil:
+			if rerr == nil {
+				rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
+			}
+		case rerr == nil:
 			_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
 			out = w.deliver.Deliver(actx, hops, &delivery.Message{
 				QueueID: e.QueueID, From: e.From, Recipients: e.Addrs(), Body: body,
@@ -289,9 +363,6 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		var re *route.Error
 		if errors.As(rerr, &re) {
 			st.Enhanced, st.Text = re.Enhanced, re.Msg
-			if re.Err != nil && re.Msg == "Body store unavailable" {
-				st.Text = re.Msg
-			}
 			if re.Permanent {
 				st.Code = 550
 			}
@@ -302,8 +373,14 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	}
 
 	// Log every recipient attempt, decide what remains.
-	expired := ended.Sub(e.Arrived) >= w.cfg.QueueReturn
+	deadline := e.Deadline(w.cfg.QueueReturn)
+	expired := !ended.Before(deadline)
 	var remaining []envelope.Recipient
+	var failed, delayed []dsn.Recipient
+	remote := ""
+	if out != nil {
+		remote = strings.Trim(out.Hop.Name, "[]")
+	}
 	for _, r := range results {
 		st := r.status
 		a := maillog.Attempt{
@@ -313,6 +390,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		if out != nil && out.Hop.Name != "" {
 			a.RelayHost, a.RelayAddr = out.Hop.Name, out.Hop.Addr.Addr().String()
 		}
+		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: replyText(st), LastAttempt: ended}
 		switch {
 		case st.Delivered():
 			text := out.Reply
@@ -322,28 +400,51 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			a.Stat = "Sent (" + text + ")"
 		case st.Permanent():
 			a.Stat = fmt.Sprintf("Failed: %s", replyText(st))
+			dr.Action = dsn.Failed
+			failed = append(failed, dr)
 		case expired:
-			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", maillog.Delay(w.cfg.QueueReturn), replyText(st))
-			if a.DSN == "" || a.DSN[0] != '5' {
-				a.DSN = "4.4.7"
-			}
+			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", humanDuration(ended.Sub(e.Arrived)), replyText(st))
+			a.DSN = "4.4.7"
+			dr.Action, dr.Status = dsn.Failed, "4.4.7"
+			failed = append(failed, dr)
 		default:
 			a.Stat = "Deferred: " + replyText(st)
 			next := r.rcpt
 			next.Attempts++
 			next.LastError = replyText(st)
 			remaining = append(remaining, next)
+			dr.Action, dr.WillRetryUntil = dsn.Delayed, deadline
+			delayed = append(delayed, dr)
 		}
 		maillog.LogAttempt(ctx, log, a)
 	}
 
+	if len(failed) > 0 {
+		reason := failed[0].Diagnostic
+		if expired {
+			reason = "Cannot send message for " + humanDuration(ended.Sub(e.Arrived))
+		}
+		if err := w.notify(ctx, e, body, failed, reason, log); err != nil {
+			return err
+		}
+	}
 	if len(remaining) > 0 {
 		d := *e
 		d.Recipients = remaining
 		d.Attempts = e.Attempts + 1
 		d.LastError = remaining[0].LastError
+		if w.cfg.WarnAfter > 0 && !e.Warned && ended.Sub(e.Arrived) >= w.cfg.WarnAfter {
+			reason := "Warning: message still undelivered after " + humanDuration(ended.Sub(e.Arrived))
+			if err := w.notify(ctx, e, body, delayed, reason, log); err != nil {
+				return err
+			}
+			d.Warned = true
+		}
 		at := ended.Add(w.backoff(d.Attempts))
-		if err := w.q.Defer(ctx, &d, at); err != nil {
+		if at.After(deadline) {
+			at = deadline // one last attempt at the deadline, then the bounce
+		}
+		if err := w.q.Defer(ctx, &d, at, j.Key()); err != nil {
 			return err
 		}
 		return j.Ack(ctx)
@@ -359,6 +460,65 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		}
 	}
 	return j.Ack(ctx)
+}
+
+func isPermanent(err error) bool {
+	var re *route.Error
+	return errors.As(err, &re) && re.Permanent
+}
+
+// humanDuration says "5 days", "4 hours", "12 minutes" as sendmail does.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%d days", int(d.Hours()/24))
+	case d >= 2*time.Hour:
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	case d >= 2*time.Minute:
+		return fmt.Sprintf("%d minutes", int(d.Minutes()))
+	}
+	return fmt.Sprintf("%d seconds", int(d.Seconds()))
+}
+
+// notify sends a DSN about e to its sender through the queue: the report is
+// stored as a new body and queued with the null sender. Mail from the null
+// sender (DSNs themselves) never gets one.
+func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
+	if e.DSN || !dsn.Returnable(e.From) {
+		log.Info(e.QueueID + ": no DSN for the null sender: " + reason)
+		return nil
+	}
+	now := w.cfg.Now()
+	msg, err := dsn.Build(dsn.Report{
+		ReportingMTA: w.cfg.Hostname, QueueID: e.QueueID, Sender: e.From, Arrival: e.Arrived,
+		Recipients: rcpts, Reason: reason, Original: body, ClientHelo: e.ClientHelo, ClientAddr: e.ClientAddr,
+	}, now)
+	if err != nil {
+		return fmt.Errorf("build DSN: %w", err)
+	}
+	sender, err := address.Parse(e.From)
+	if err != nil {
+		log.Warn(e.QueueID+": sender address cannot receive a DSN", "from", e.From, "err", err)
+		return nil
+	}
+	qid := envelope.NewQueueID()
+	if err := w.bodies.Put(ctx, qid, msg); err != nil {
+		return fmt.Errorf("store DSN: %w", err)
+	}
+	n := &envelope.Envelope{
+		QueueID: qid, From: "", Domain: sender.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
+		BodyKey: qid, Size: int64(len(msg)), UTF8: sender.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
+		ClientHelo: w.cfg.Hostname, ClientAddr: "127.0.0.1",
+	}
+	if err := w.q.Publish(ctx, n); err != nil {
+		return fmt.Errorf("queue DSN: %w", err)
+	}
+	kind := "DSN"
+	if rcpts[0].Action == dsn.Delayed {
+		kind = "delay warning"
+	}
+	log.Info(fmt.Sprintf("%s: %s: sender notify: %s", e.QueueID, qid, reason), "dsn_queue_id", qid, "kind", kind)
+	return nil
 }
 
 func replyText(st delivery.RcptStatus) string {

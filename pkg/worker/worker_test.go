@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -200,7 +201,9 @@ func TestRunDeliversRetriesAndCleansUp(t *testing.T) {
 
 	// Both domains delivered at once (minus the 451 and the 550 recipient),
 	// then the retry for the 451 recipient.
-	if err := snk.WaitCount(ctx, 3); err != nil {
+	// Plus the DSN for the 550 recipient, sent back to the sender (routed to
+	// the same sink by the catch-all route).
+	if err := snk.WaitCount(ctx, 4); err != nil {
 		t.Fatalf("%v; delivered so far: %v", err, snk.RecipientsDelivered())
 	}
 
@@ -222,7 +225,7 @@ func TestRunDeliversRetriesAndCleansUp(t *testing.T) {
 	}
 
 	got := snk.RecipientsDelivered()
-	want := map[string]int{okA: 1, flaky: 1, okC: 1}
+	want := map[string]int{okA: 1, flaky: 1, okC: 1, "sender@src.test": 1}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("delivered recipients = %v, want %v", got, want)
 	}
@@ -237,7 +240,17 @@ func TestRunDeliversRetriesAndCleansUp(t *testing.T) {
 	}
 	msgs := snk.Messages()
 	var retry *sink.Received
+	var bounces int
 	for i, m := range msgs {
+		if m.From == "" && slices.Equal(m.Recipients, []string{"sender@src.test"}) {
+			bounces++
+			for _, want := range []string{"Content-Type: multipart/report; report-type=delivery-status", "Final-Recipient: rfc822; " + rejected, "Action: failed", "Status: 5.1.1", "Subject: worker test"} {
+				if !strings.Contains(string(m.Data), want) {
+					t.Errorf("DSN lacks %q:\n%s", want, m.Data)
+				}
+			}
+			continue
+		}
 		if m.From != "sender@src.test" {
 			t.Errorf("message %d from %q", i, m.From)
 		}
@@ -247,6 +260,9 @@ func TestRunDeliversRetriesAndCleansUp(t *testing.T) {
 		if slices.Equal(m.Recipients, []string{flaky}) {
 			retry = &msgs[i]
 		}
+	}
+	if bounces != 1 {
+		t.Errorf("got %d DSNs to the sender, want 1", bounces)
 	}
 	if retry == nil {
 		t.Errorf("no separate retry transaction for %s; messages: %+v", flaky, msgs)

@@ -1,0 +1,215 @@
+package queue_test
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+func scanIDs(t *testing.T, q *queue.Queue, f queue.Filter) []string {
+	t.Helper()
+	var ids []string
+	if err := q.Scan(ctxT(t), f, func(e queue.Entry) error {
+		ids = append(ids, string(e.State)+":"+e.Env.QueueID+"@"+e.Env.Domain)
+		return nil
+	}); err != nil {
+		t.Fatalf("scan: %v", err)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// seed: q1 ready to a.test and sub.a.test; q2 deferred to a.test and b.test
+// (sender x@s2.test); q3 deferred to c.test.
+func seed(t *testing.T, f *fixture) {
+	t.Helper()
+	ctx := ctxT(t)
+	if err := f.q.Enqueue(ctx, newEnvelopes("q1", "a.test", "sub.a.test")); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	for i, e := range newEnvelopes("q2", "a.test", "b.test") {
+		e.From = "x@s2.test"
+		if err := f.q.Defer(ctx, e, later, "q2-"+string(rune('0'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, e := range newEnvelopes("q3", "c.test") {
+		if err := f.q.Defer(ctx, e, later, "q3"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestScanFilters(t *testing.T) {
+	f := setup(t)
+	seed(t, f)
+	for _, tc := range []struct {
+		name   string
+		filter queue.Filter
+		want   []string
+	}{
+		{"all", queue.Filter{}, []string{"deferred:q2@a.test", "deferred:q2@b.test", "deferred:q3@c.test", "ready:q1@a.test", "ready:q1@sub.a.test"}},
+		{"domain and subdomains", queue.Filter{Domains: []string{"a.test"}}, []string{"deferred:q2@a.test", "ready:q1@a.test", "ready:q1@sub.a.test"}},
+		{"subdomain only", queue.Filter{Domains: []string{"sub.a.test"}}, []string{"ready:q1@sub.a.test"}},
+		{"not domain", queue.Filter{NotDomains: []string{"a.test"}}, []string{"deferred:q2@b.test", "deferred:q3@c.test"}},
+		{"state", queue.Filter{States: []queue.State{queue.StateDeferred}, Domains: []string{"A.TEST"}}, []string{"deferred:q2@a.test"}},
+		{"sender substring (-qS)", queue.Filter{Senders: []string{"S2.test"}}, []string{"deferred:q2@a.test", "deferred:q2@b.test"}},
+		{"not sender (-q!S)", queue.Filter{NotSenders: []string{"s2.test"}}, []string{"deferred:q3@c.test", "ready:q1@a.test", "ready:q1@sub.a.test"}},
+		{"id (-qI)", queue.Filter{IDs: []string{"q3"}}, []string{"deferred:q3@c.test"}},
+		{"recipient substring (-qR)", queue.Filter{Recipients: []string{"@b.te"}}, []string{"deferred:q2@b.test"}},
+		{"not recipient (-q!R)", queue.Filter{NotRecipients: []string{"a.test"}}, []string{"deferred:q2@b.test", "deferred:q3@c.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := scanIDs(t, f.q, tc.filter)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("got %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+	if err := f.q.Scan(ctxT(t), queue.Filter{Domains: []string{"bad..domain"}}, func(queue.Entry) error { return nil }); err == nil {
+		t.Fatal("bad domain in filter accepted")
+	}
+}
+
+func TestStats(t *testing.T) {
+	f := setup(t)
+	seed(t, f)
+	s, err := f.q.Stats(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Total != 5 || s.ByState[queue.StateReady] != 2 || s.ByState[queue.StateDeferred] != 3 || s.ByState[queue.StateHeld] != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+	if s.Pending != 2 {
+		t.Errorf("consumer pending = %d, want 2 (deferred mail must not count as ready work)", s.Pending)
+	}
+	counts := map[string]int{}
+	for _, dc := range s.ByDomain {
+		counts[dc.Domain] = dc.Total
+	}
+	if counts["a.test"] != 2 || counts["sub.a.test"] != 1 || counts["b.test"] != 1 || counts["c.test"] != 1 {
+		t.Fatalf("by domain = %v", counts)
+	}
+	if s.Oldest[queue.StateReady].IsZero() || s.Oldest[queue.StateDeferred].IsZero() {
+		t.Fatalf("oldest not set: %v", s.Oldest)
+	}
+}
+
+func TestMakeDueFlushesOnlyTheMatch(t *testing.T) {
+	f := setup(t)
+	seed(t, f)
+	// Drain the ready ones first.
+	for _, j := range f.fetch(t, 10, time.Second) {
+		_ = j.Ack(ctxT(t))
+	}
+	n := 0
+	err := f.q.Scan(ctxT(t), queue.Filter{States: []queue.State{queue.StateDeferred}, Domains: []string{"b.test"}}, func(e queue.Entry) error {
+		n++
+		return f.q.MakeDue(ctxT(t), e)
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("flush matched %d, err %v", n, err)
+	}
+	var got []*queue.Job
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) == 0 && time.Now().Before(deadline) {
+		got = append(got, f.fetch(t, 10, time.Second)...)
+	}
+	if len(got) != 1 || got[0].Env.Domain != "b.test" || got[0].Env.QueueID != "q2" {
+		t.Fatalf("after flush of b.test got %d jobs: %+v", len(got), got)
+	}
+	_ = got[0].Ack(ctxT(t))
+	if more := f.fetch(t, 10, 1500*time.Millisecond); len(more) != 0 {
+		t.Fatalf("flush released other mail too: %d jobs (%s)", len(more), more[0].Env.Domain)
+	}
+	if ids := scanIDs(t, f.q, queue.Filter{}); !slices.Equal(ids, []string{"deferred:q2@a.test", "deferred:q3@c.test"}) {
+		t.Fatalf("left in the queue: %v", ids)
+	}
+}
+
+func TestHoldMoveAndRequeue(t *testing.T) {
+	f := setup(t)
+	ctx := ctxT(t)
+	if _, err := f.q.SetHold(ctx, "Held.Test", "operator down"); err != nil {
+		t.Fatal(err)
+	}
+	holds, err := f.q.Holds(ctx)
+	if err != nil || len(holds) != 1 || holds[0].Domain != "held.test" || holds[0].Reason != "operator down" {
+		t.Fatalf("holds = %+v, %v", holds, err)
+	}
+	if !queue.IsHeld(map[string]queue.Hold{"x": holds[0]}, "mx.held.test") || queue.IsHeld(map[string]queue.Hold{"x": holds[0]}, "notheld.test") {
+		t.Fatal("IsHeld does not cover exactly the domain and its subdomains")
+	}
+
+	// The watcher sees the current set, then changes.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	updates := make(chan map[string]queue.Hold, 10)
+	go f.q.WatchHolds(wctx, func(m map[string]queue.Hold) { updates <- m })
+	select {
+	case m := <-updates:
+		if len(m) != 1 {
+			t.Fatalf("initial holds %v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no initial holds from the watcher")
+	}
+
+	env := newEnvelopes("q9", "held.test")[0]
+	if err := f.q.MoveToHeld(ctx, env, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	var held []queue.Entry
+	if err := f.q.Scan(ctx, queue.Filter{States: []queue.State{queue.StateHeld}}, func(e queue.Entry) error { held = append(held, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 1 || held[0].Env.HeldAt.IsZero() || held[0].Subject != "mail.held.test.held.q9" {
+		t.Fatalf("held = %+v", held)
+	}
+	if jobs := f.fetch(t, 5, 500*time.Millisecond); len(jobs) != 0 {
+		t.Fatal("held mail is visible to the workers")
+	}
+	if ok, err := f.q.ClearHold(ctx, "held.test"); !ok || err != nil {
+		t.Fatalf("clear hold: %v %v", ok, err)
+	}
+	select {
+	case m := <-updates:
+		if len(m) != 0 {
+			t.Fatalf("holds after release %v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watcher missed the release")
+	}
+	e2 := *held[0].Env
+	e2.HeldAt = time.Time{}
+	e2.ExpireAt = time.Now().Add(10 * 24 * time.Hour)
+	if err := f.q.Requeue(ctx, held[0], &e2); err != nil {
+		t.Fatal(err)
+	}
+	jobs := f.fetch(t, 5, 2*time.Second)
+	if len(jobs) != 1 || jobs[0].Env.QueueID != "q9" || jobs[0].Env.ExpireAt.IsZero() {
+		t.Fatalf("after requeue: %+v", jobs)
+	}
+	if ids := scanIDs(t, f.q, queue.Filter{States: []queue.State{queue.StateHeld}}); len(ids) != 0 {
+		t.Fatalf("held copy left behind: %v", ids)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	arr := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := envelope.Envelope{Arrived: arr}
+	if got := e.Deadline(5 * 24 * time.Hour); !got.Equal(arr.Add(5 * 24 * time.Hour)) {
+		t.Fatalf("deadline %v", got)
+	}
+	e.ExpireAt = arr.Add(10 * 24 * time.Hour)
+	if got := e.Deadline(5 * 24 * time.Hour); !got.Equal(e.ExpireAt) {
+		t.Fatalf("extended deadline %v", got)
+	}
+}
