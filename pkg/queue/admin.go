@@ -249,13 +249,13 @@ type DomainCount struct {
 
 // Stats summarises the queue without reading envelopes (subject counts).
 type Stats struct {
-	Total    int                  `json:"total"`
-	ByState  map[State]int        `json:"by_state"`
-	Oldest   map[State]time.Time  `json:"oldest"`
-	ByDomain []DomainCount        `json:"by_domain"`
-	Holds    []Hold               `json:"holds"`
-	Pending  uint64               `json:"consumer_pending"`     // ready envelopes not yet handed to a worker
-	InFlight int                  `json:"consumer_ack_pending"` // handed out, not yet acked
+	Total    int                 `json:"total"`
+	ByState  map[State]int       `json:"by_state"`
+	Oldest   map[State]time.Time `json:"oldest"`
+	ByDomain []DomainCount       `json:"by_domain"`
+	Holds    []Hold              `json:"holds"`
+	Pending  uint64              `json:"consumer_pending"`     // ready envelopes not yet handed to a worker
+	InFlight int                 `json:"consumer_ack_pending"` // handed out, not yet acked
 	domains  map[string]*DomainCount
 }
 

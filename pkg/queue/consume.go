@@ -24,8 +24,8 @@ type Job struct {
 	// Delivered counts deliveries of this message by the consumer (1 the first time).
 	Delivered uint64
 	// Seq is the stream sequence of this copy (unique, used to dedupe its successors).
-	Seq uint64
-	Subject   string
+	Seq     uint64
+	Subject string
 }
 
 // Context returns ctx carrying the trace context from the message headers.

@@ -38,15 +38,15 @@ const (
 
 // Config says where the queue is and how it is laid out.
 type Config struct {
-	URL        string        // nats://host:4222[,nats://…]
-	CredsFile  string        // NATS .creds file, optional
-	ClientName string        // shown in NATS monitoring
-	Stream     string        // default "MAIL"
-	Consumer   string        // default "workers"
-	RefsBucket string        // default "MAIL_REFS"
-	HoldsBucket string       // default "MAIL_HOLDS"
-	Replicas   int           // default 1
-	AckWait    time.Duration // default 2m; workers heartbeat with InProgress during long sends
+	URL         string        // nats://host:4222[,nats://…]
+	CredsFile   string        // NATS .creds file, optional
+	ClientName  string        // shown in NATS monitoring
+	Stream      string        // default "MAIL"
+	Consumer    string        // default "workers"
+	RefsBucket  string        // default "MAIL_REFS"
+	HoldsBucket string        // default "MAIL_HOLDS"
+	Replicas    int           // default 1
+	AckWait     time.Duration // default 2m; workers heartbeat with InProgress during long sends
 	// MaxAckPending bounds the messages handed out and not yet acked across all workers.
 	MaxAckPending int           // default 20000
 	PublishWait   time.Duration // how long Enqueue waits for PubAcks, default 10s

@@ -509,7 +509,7 @@ func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, 
 	n := &envelope.Envelope{
 		QueueID: qid, From: "", Domain: sender.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
 		BodyKey: qid, Size: int64(len(msg)), UTF8: sender.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
-		EightBit: bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
+		EightBit:   bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
 		ClientHelo: w.cfg.Hostname, ClientAddr: "127.0.0.1",
 	}
 	if err := w.q.Publish(ctx, n); err != nil {
