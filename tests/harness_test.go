@@ -81,6 +81,9 @@ $ORIGIN mcc238.gprs.
 mms.mnc001 60 IN MX 5 mx.alpha.test.
 $ORIGIN null.test.
 @     60 IN MX 0 .
+$ORIGIN dead.test.
+@     60 IN MX 10 mx.dead.test.
+mx    60 IN A 127.0.0.5
 `
 
 // syncBuffer collects log output for assertions.
@@ -108,6 +111,10 @@ type envOptions struct {
 	relayDomains  []string
 	storeTimeout  time.Duration
 	onRcpt        func(rcpt string, seen int) *smtp.SMTPError
+	retryFirst    time.Duration
+	queueReturn   time.Duration
+	warnAfter     time.Duration
+	workerSetup   func(*daemon.Worker)
 }
 
 type env struct {
@@ -175,6 +182,16 @@ func newEnv(t testing.TB, o envOptions) *env {
 	wk.Engine.RetryFirst = 300 * time.Millisecond
 	wk.Engine.RetryMax = time.Second
 	wk.Engine.DrainTimeout = 5 * time.Second
+	if o.retryFirst > 0 {
+		wk.Engine.RetryFirst, wk.Engine.RetryMax = o.retryFirst, o.retryFirst
+	}
+	if o.queueReturn > 0 {
+		wk.Engine.QueueReturn = o.queueReturn
+	}
+	wk.Engine.WarnAfter = o.warnAfter
+	if o.workerSetup != nil {
+		o.workerSetup(&wk)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
@@ -219,7 +236,7 @@ func (e *env) startSinks(onRcpt func(string, int) *smtp.SMTPError) {
 		port := ln.Addr().(*net.TCPAddr).Port
 		lns := []net.Listener{ln}
 		ok := true
-		for _, ip := range []string{"127.0.0.3", "127.0.0.4"} {
+		for _, ip := range []string{"127.0.0.3", "127.0.0.4", "127.0.0.5"} {
 			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 			if err != nil {
 				ok = false
@@ -234,6 +251,25 @@ func (e *env) startSinks(onRcpt func(string, int) *smtp.SMTPError) {
 			continue
 		}
 		e.port = port
+		// 127.0.0.5 (mx.dead.test) accepts connections and never says a word:
+		// a destination that times out.
+		silent := lns[3]
+		e.t.Cleanup(func() { silent.Close() })
+		go func() {
+			var held []net.Conn
+			defer func() {
+				for _, c := range held {
+					c.Close()
+				}
+			}()
+			for {
+				c, err := silent.Accept()
+				if err != nil {
+					return
+				}
+				held = append(held, c)
+			}
+		}()
 		e.sinks = map[string]*sink.Server{}
 		for i, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
 			s := sink.New(sink.Config{Hostname: "sink" + strconv.Itoa(i+2) + ".test", OnRcpt: onRcpt})

@@ -21,6 +21,7 @@ const (
 	ExitFailure  = 1 // the operation failed
 	ExitUsage    = 2 // bad flags or arguments
 	ExitRejected = 3 // the server refused (send: a recipient or the message was rejected)
+	ExitNotFound = 4 // the thing asked for does not exist (queue show of an unknown id)
 )
 
 // ExitError carries an exit code.
@@ -45,7 +46,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	g := &globals{out: out, errOut: errOut}
 	root := &cobra.Command{
 		Use:           "mailfwdctl",
-		Short:         "Operate mailfwd: queue setup, test messages",
+		Short:         "Operate mailfwd: the queue (mailq, sendmail -q…), test messages, bootstrap",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -55,7 +56,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.natsURL, "nats-url", envOr("MAILFWD_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env MAILFWD_NATS_URL)")
 	pf.StringVar(&g.natsCreds, "nats-creds", os.Getenv("MAILFWD_NATS_CREDS"), "NATS credentials file (env MAILFWD_NATS_CREDS)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
-	root.AddCommand(newBootstrap(g), newSend(g))
+	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g))
 	return root
 }
 

@@ -6,7 +6,6 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,8 +20,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/bounce"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
@@ -481,39 +480,17 @@ func humanDuration(d time.Duration) string {
 	return fmt.Sprintf("%d seconds", int(d.Seconds()))
 }
 
-// notify sends a DSN about e to its sender through the queue: the report is
-// stored as a new body and queued with the null sender. Mail from the null
-// sender (DSNs themselves) never gets one.
+// notify sends a DSN about e to its sender through the queue. Mail from the
+// null sender (DSNs themselves) never gets one.
 func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
-	if e.DSN || !dsn.Returnable(e.From) {
+	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q}
+	qid, err := bs.Send(ctx, e, body, rcpts, reason, w.cfg.Now())
+	if errors.Is(err, bounce.ErrNotReturnable) {
 		log.Info(e.QueueID + ": no DSN for the null sender: " + reason)
 		return nil
 	}
-	now := w.cfg.Now()
-	msg, err := dsn.Build(dsn.Report{
-		ReportingMTA: w.cfg.Hostname, QueueID: e.QueueID, Sender: e.From, Arrival: e.Arrived,
-		Recipients: rcpts, Reason: reason, Original: body, ClientHelo: e.ClientHelo, ClientAddr: e.ClientAddr,
-	}, now)
 	if err != nil {
-		return fmt.Errorf("build DSN: %w", err)
-	}
-	sender, err := address.Parse(e.From)
-	if err != nil {
-		log.Warn(e.QueueID+": sender address cannot receive a DSN", "from", e.From, "err", err)
-		return nil
-	}
-	qid := envelope.NewQueueID()
-	if err := w.bodies.Put(ctx, qid, msg); err != nil {
-		return fmt.Errorf("store DSN: %w", err)
-	}
-	n := &envelope.Envelope{
-		QueueID: qid, From: "", Domain: sender.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
-		BodyKey: qid, Size: int64(len(msg)), UTF8: sender.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
-		EightBit:   bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
-		ClientHelo: w.cfg.Hostname, ClientAddr: "127.0.0.1",
-	}
-	if err := w.q.Publish(ctx, n); err != nil {
-		return fmt.Errorf("queue DSN: %w", err)
+		return err
 	}
 	kind := "DSN"
 	if rcpts[0].Action == dsn.Delayed {

@@ -1,0 +1,70 @@
+// Package bounce queues delivery status notifications: it builds the RFC
+// 3464 report (pkg/dsn), stores it as a new body and publishes it with the
+// null sender, so DSNs travel through the same queue as any mail.
+package bounce
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/dsn"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+)
+
+// BodyStore stores the report.
+type BodyStore interface {
+	Put(ctx context.Context, key string, data []byte) error
+}
+
+// Queue publishes the report's envelope.
+type Queue interface {
+	Publish(ctx context.Context, e *envelope.Envelope) error
+}
+
+// ErrNotReturnable is returned for mail that must not get a DSN (null or
+// MAILER-DAEMON sender, or a DSN itself): no loops.
+var ErrNotReturnable = errors.New("bounce: no DSN for the null sender or a DSN")
+
+// Sender queues DSNs.
+type Sender struct {
+	Hostname string // Reporting-MTA
+	Bodies   BodyStore
+	Queue    Queue
+}
+
+// Send reports rcpts of envelope e (original message body, may be nil) to
+// e's sender and returns the DSN's queue id.
+func (s *Sender) Send(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, now time.Time) (string, error) {
+	if e.DSN || !dsn.Returnable(e.From) {
+		return "", ErrNotReturnable
+	}
+	msg, err := dsn.Build(dsn.Report{
+		ReportingMTA: s.Hostname, QueueID: e.QueueID, Sender: e.From, Arrival: e.Arrived,
+		Recipients: rcpts, Reason: reason, Original: body, ClientHelo: e.ClientHelo, ClientAddr: e.ClientAddr,
+	}, now)
+	if err != nil {
+		return "", fmt.Errorf("bounce: build DSN: %w", err)
+	}
+	to, err := address.Parse(e.From)
+	if err != nil {
+		return "", fmt.Errorf("bounce: sender %q cannot receive a DSN: %w", e.From, err)
+	}
+	qid := envelope.NewQueueID()
+	if err := s.Bodies.Put(ctx, qid, msg); err != nil {
+		return "", fmt.Errorf("bounce: store DSN: %w", err)
+	}
+	n := &envelope.Envelope{
+		QueueID: qid, From: "", Domain: to.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
+		BodyKey: qid, Size: int64(len(msg)), UTF8: to.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
+		EightBit:   bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
+		ClientHelo: s.Hostname, ClientAddr: "127.0.0.1",
+	}
+	if err := s.Queue.Publish(ctx, n); err != nil {
+		return "", fmt.Errorf("bounce: queue DSN: %w", err)
+	}
+	return qid, nil
+}

@@ -1,0 +1,736 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/bounce"
+	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/dsn"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/maillog"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+// filterFlags are sendmail's queue-run selectors, by name.
+type filterFlags struct {
+	states                                                                 []string
+	domains, notDomains, rcpts, notRcpts, senders, notSenders, ids, notIDs []string
+}
+
+func (f *filterFlags) register(cmd *cobra.Command, states bool) {
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.domains, "domain", nil, "recipient domain, subdomains included (selected by subject; repeatable)")
+	fl.StringSliceVar(&f.notDomains, "not-domain", nil, "exclude a recipient domain and its subdomains")
+	fl.StringSliceVarP(&f.rcpts, "recipient", "R", nil, "substring of a recipient address (sendmail -qR)")
+	fl.StringSliceVar(&f.notRcpts, "not-recipient", nil, "exclude messages with a recipient containing this (sendmail -q!R)")
+	fl.StringSliceVarP(&f.senders, "sender", "S", nil, "substring of the sender (sendmail -qS)")
+	fl.StringSliceVar(&f.notSenders, "not-sender", nil, "exclude senders containing this (sendmail -q!S)")
+	fl.StringSliceVarP(&f.ids, "id", "I", nil, "substring of the queue id (sendmail -qI)")
+	fl.StringSliceVar(&f.notIDs, "not-id", nil, "exclude queue ids containing this (sendmail -q!I)")
+	if states {
+		fl.StringSliceVar(&f.states, "state", nil, "ready, deferred or held (default: all)")
+	}
+}
+
+func (f *filterFlags) filter(defaultStates ...queue.State) (queue.Filter, error) {
+	qf := queue.Filter{
+		Domains: f.domains, NotDomains: f.notDomains, Recipients: f.rcpts, NotRecipients: f.notRcpts,
+		Senders: f.senders, NotSenders: f.notSenders, IDs: f.ids, NotIDs: f.notIDs, States: defaultStates,
+	}
+	if len(f.states) > 0 {
+		qf.States = nil
+		for _, s := range f.states {
+			qf.States = append(qf.States, queue.State(s))
+		}
+	}
+	if err := qf.Validate(); err != nil {
+		return qf, &ExitError{Code: ExitUsage, Err: err}
+	}
+	return qf, nil
+}
+
+func (f *filterFlags) any() bool {
+	return len(f.domains)+len(f.notDomains)+len(f.rcpts)+len(f.notRcpts)+len(f.senders)+len(f.notSenders)+len(f.ids)+len(f.notIDs) > 0
+}
+
+func (g *globals) connectQueue(ctx context.Context) (*queue.Queue, error) {
+	q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl"})
+	if err != nil {
+		return nil, err
+	}
+	if err := q.Check(ctx); err != nil {
+		q.Close()
+		return nil, fmt.Errorf("%w (is NATS reachable at %s? set --nats-url)", err, g.natsURL)
+	}
+	return q, nil
+}
+
+func newQueueCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Inspect and operate the mail queue (mailq, sendmail -q…)",
+		Long: `Queue operations on JetStream, by sendmail's names:
+
+  mailq                       mailfwdctl queue list
+  mailq | wc -l               mailfwdctl queue stats
+  sendmail -qR example.com    mailfwdctl queue flush --domain example.com     (or -R example.com: substring)
+  sendmail -qS sender         mailfwdctl queue flush -S sender
+  sendmail -qI qid            mailfwdctl queue flush -I qid
+  sendmail -q!R seattle       mailfwdctl queue flush --not-recipient seattle
+  mv mqueue omqueue           mailfwdctl queue hold --domain post.3.dk
+  sendmail -oQ… -O Timeout.queuereturn=10d -qRpost.3.dk
+                              mailfwdctl queue release --domain post.3.dk --extend 5d`,
+	}
+	cmd.AddCommand(newQueueList(g), newQueueStats(g), newQueueShow(g), newQueueFlush(g),
+		newQueueHold(g), newQueueRelease(g), newQueueBounce(g), newQueuePurge(g))
+	return cmd
+}
+
+type listItem struct {
+	QueueID     string    `json:"queue_id"`
+	State       string    `json:"state"`
+	Domain      string    `json:"domain"`
+	Arrived     time.Time `json:"arrived"`
+	Size        int64     `json:"size"`
+	Sender      string    `json:"sender"`
+	Recipients  []string  `json:"recipients"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Subject     string    `json:"subject"`
+	Seq         uint64    `json:"seq"`
+}
+
+func itemOf(e queue.Entry) listItem {
+	it := listItem{State: string(e.State), Domain: e.Domain(), Subject: e.Subject, Seq: e.Seq}
+	if e.Env == nil {
+		it.LastError = "undecodable envelope: " + e.Err.Error()
+		return it
+	}
+	env := e.Env
+	it.QueueID, it.Arrived, it.Size, it.Sender = env.QueueID, env.Arrived, env.Size, env.From
+	it.Recipients, it.Attempts, it.LastError = env.Addrs(), env.Attempts, env.LastError
+	if e.State == queue.StateDeferred {
+		it.NextAttempt = env.NextAttempt
+	}
+	return it
+}
+
+func newQueueList(g *globals) *cobra.Command {
+	var ff filterFlags
+	var out printer
+	var limit int
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls", "mailq"},
+		Short:   "List queued messages (mailq)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := out.validate(); err != nil {
+				return err
+			}
+			f, err := ff.filter()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			items := []listItem{}
+			errStop := errors.New("limit")
+			err = q.Scan(ctx, f, func(e queue.Entry) error {
+				items = append(items, itemOf(e))
+				if limit > 0 && len(items) >= limit {
+					return errStop
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, errStop) {
+				return err
+			}
+			return out.print(g.out, items, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "QUEUE-ID\tSTATE\tARRIVED\tSIZE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS\tLAST-ERROR")
+				for _, it := range items {
+					next := "-"
+					if !it.NextAttempt.IsZero() {
+						next = time.Until(it.NextAttempt).Round(time.Second).String()
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", it.QueueID, it.State,
+						it.Arrived.Local().Format("Jan _2 15:04:05"), it.Size, it.Attempts, next, it.Sender,
+						strings.Join(it.Recipients, ","), truncate(it.LastError, 60))
+				}
+				fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t\nTotal: %d envelopes\n", len(items))
+			})
+		},
+	}
+	ff.register(cmd, true)
+	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	cmd.Flags().IntVar(&limit, "limit", 0, "stop after this many (0: all)")
+	return cmd
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func newQueueStats(g *globals) *cobra.Command {
+	var out printer
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Count queued messages by state and domain, with the oldest age (from subject counts, no scan)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := out.validate(); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			s, err := q.Stats(ctx)
+			if err != nil {
+				return err
+			}
+			return out.print(g.out, s, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "STATE\tCOUNT\tOLDEST\n")
+				for _, st := range queue.AllStates {
+					age := "-"
+					if t, ok := s.Oldest[st]; ok && !t.IsZero() {
+						age = maillog.Delay(time.Since(t))
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%s\n", st, s.ByState[st], age)
+				}
+				fmt.Fprintf(tw, "total\t%d\t\n\n", s.Total)
+				fmt.Fprintf(tw, "workers' consumer: %d waiting, %d being delivered\n\n", s.Pending, s.InFlight)
+				fmt.Fprintf(tw, "DOMAIN\tREADY\tDEFERRED\tHELD\tTOTAL\n")
+				for _, d := range s.ByDomain {
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", d.Domain, d.Counts[queue.StateReady], d.Counts[queue.StateDeferred], d.Counts[queue.StateHeld], d.Total)
+				}
+				if len(s.Holds) > 0 {
+					fmt.Fprintf(tw, "\nHELD DOMAIN\tSINCE\tREASON\n")
+					for _, h := range s.Holds {
+						fmt.Fprintf(tw, "%s\t%s\t%s\n", h.Domain, h.Since.Local().Format(time.RFC3339), h.Reason)
+					}
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	return cmd
+}
+
+type showResult struct {
+	QueueID   string       `json:"queue_id"`
+	Envelopes []listDetail `json:"envelopes"`
+	Headers   string       `json:"headers,omitempty"`
+	BodyError string       `json:"body_error,omitempty"`
+}
+
+type listDetail struct {
+	listItem
+	RecipientHistory []envelope.Recipient `json:"recipient_history"`
+	ClientAddr       string               `json:"client_addr"`
+	ClientHelo       string               `json:"client_helo"`
+	MsgID            string               `json:"msgid"`
+	ExpireAt         time.Time            `json:"expire_at,omitzero"`
+	HeldAt           time.Time            `json:"held_at,omitzero"`
+	Warned           bool                 `json:"warned"`
+}
+
+func newQueueShow(g *globals) *cobra.Command {
+	var out printer
+	var blobURL string
+	cmd := &cobra.Command{
+		Use:   "show QUEUE-ID",
+		Short: "Show one message: envelope per domain, per-recipient history, body headers",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := out.validate(); err != nil {
+				return err
+			}
+			qid := args[0]
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			res := showResult{QueueID: qid, Envelopes: []listDetail{}}
+			err = q.Scan(ctx, queue.Filter{IDs: []string{qid}}, func(e queue.Entry) error {
+				if e.Env == nil || e.Env.QueueID != qid {
+					return nil
+				}
+				res.Envelopes = append(res.Envelopes, listDetail{listItem: itemOf(e), RecipientHistory: e.Env.Recipients,
+					ClientAddr: e.Env.ClientAddr, ClientHelo: e.Env.ClientHelo, MsgID: e.Env.MsgID,
+					ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned})
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if len(res.Envelopes) == 0 {
+				return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("queue id %s is not in the queue (delivered, bounced or never accepted; grep the logs for %q)", qid, qid+":")}
+			}
+			if blobURL != "" {
+				store, err := blob.Open(ctx, blobURL)
+				if err != nil {
+					return &ExitError{Code: ExitUsage, Err: err}
+				}
+				if b, err := store.Get(ctx, res.Envelopes[0].QueueID); err != nil {
+					res.BodyError = err.Error()
+				} else {
+					res.Headers = headerBlock(b)
+				}
+			}
+			return out.print(g.out, res, func(tw *tabwriter.Writer) {
+				for _, d := range res.Envelopes {
+					fmt.Fprintf(tw, "Queue ID:\t%s\nState:\t%s (%s)\nDomain:\t%s\nArrived:\t%s from %s [%s]\nSender:\t<%s>\nSize:\t%d\nMessage-ID:\t%s\nAttempts:\t%d\n",
+						d.QueueID, d.State, d.Subject, d.Domain, d.Arrived.Local().Format(time.RFC1123Z), d.ClientHelo, d.ClientAddr, d.Sender, d.Size, d.MsgID, d.Attempts)
+					if !d.NextAttempt.IsZero() {
+						fmt.Fprintf(tw, "Next attempt:\t%s\n", d.NextAttempt.Local().Format(time.RFC1123Z))
+					}
+					if !d.ExpireAt.IsZero() {
+						fmt.Fprintf(tw, "Expires:\t%s\n", d.ExpireAt.Local().Format(time.RFC1123Z))
+					}
+					if !d.HeldAt.IsZero() {
+						fmt.Fprintf(tw, "Held since:\t%s\n", d.HeldAt.Local().Format(time.RFC1123Z))
+					}
+					for _, r := range d.RecipientHistory {
+						fmt.Fprintf(tw, "  to=<%s>\tattempts=%d\tlast: %s\n", r.Addr, r.Attempts, r.LastError)
+					}
+					fmt.Fprintln(tw)
+				}
+				if res.Headers != "" {
+					fmt.Fprintf(tw, "Headers:\n%s", res.Headers)
+				} else if res.BodyError != "" {
+					fmt.Fprintf(tw, "Body: %s\n", res.BodyError)
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to show the message headers (env MAILFWD_BLOB_STORE)")
+	return cmd
+}
+
+func headerBlock(b []byte) string {
+	s := string(b)
+	if i := strings.Index(s, "\r\n\r\n"); i >= 0 {
+		return s[:i+2]
+	}
+	if i := strings.Index(s, "\n\n"); i >= 0 {
+		return s[:i+1]
+	}
+	return s
+}
+
+// opFlags are shared by the commands that change the queue.
+type opFlags struct {
+	dryRun bool
+	yes    bool
+}
+
+func (o *opFlags) register(cmd *cobra.Command, confirm bool) {
+	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "show what would be changed, change nothing")
+	if confirm {
+		cmd.Flags().BoolVarP(&o.yes, "yes", "y", false, "do not ask for confirmation")
+	}
+}
+
+// confirm asks on the terminal; without one, --yes is required.
+func (g *globals) confirm(cmd *cobra.Command, o *opFlags, question string) error {
+	if o.yes || o.dryRun {
+		return nil
+	}
+	in := cmd.InOrStdin()
+	if f, ok := in.(*os.File); ok {
+		if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+			return &ExitError{Code: ExitUsage, Err: errors.New("refusing without --yes (no terminal to confirm on)")}
+		}
+	}
+	fmt.Fprintf(g.errOut, "%s [y/N] ", question)
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return err
+	}
+	if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+		return &ExitError{Code: ExitFailure, Err: errors.New("aborted")}
+	}
+	return nil
+}
+
+// progress prints a line every 1000 items on stderr for long operations.
+type progress struct {
+	w    io.Writer
+	verb string
+	n    int
+}
+
+func (p *progress) tick() {
+	p.n++
+	if p.n%1000 == 0 {
+		fmt.Fprintf(p.w, "%s %d…\n", p.verb, p.n)
+	}
+}
+
+// collect scans first, so that operations act on a stable list.
+func collect(ctx context.Context, q *queue.Queue, f queue.Filter) ([]queue.Entry, error) {
+	var out []queue.Entry
+	err := q.Scan(ctx, f, func(e queue.Entry) error { out = append(out, e); return nil })
+	return out, err
+}
+
+func newQueueFlush(g *globals) *cobra.Command {
+	var ff filterFlags
+	var of opFlags
+	cmd := &cobra.Command{
+		Use:     "flush",
+		Aliases: []string{"requeue"},
+		Short:   "Make matching deferred messages due now (sendmail -qR/-qS/-qI, negatable)",
+		Example: `  mailfwdctl queue flush --domain cwinters.com     # sendmail -qR cwinters.com
+  mailfwdctl queue flush --not-recipient seattle  # sendmail -q!Rseattle
+  mailfwdctl queue flush                          # sendmail -q: everything deferred`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := ff.filter(queue.StateDeferred)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			entries, err := collect(ctx, q, f)
+			if err != nil {
+				return err
+			}
+			p := progress{w: g.errOut, verb: "flushed"}
+			changed := 0
+			for _, e := range entries {
+				if e.State != queue.StateDeferred {
+					continue
+				}
+				if of.dryRun {
+					fmt.Fprintf(g.out, "would flush %s to %s\n", e.Env.QueueID, e.Domain())
+					continue
+				}
+				if err := q.MakeDue(ctx, e); err != nil {
+					return fmt.Errorf("after %d of %d: %w", changed, len(entries), err)
+				}
+				changed++
+				p.tick()
+			}
+			fmt.Fprintf(g.out, "matched %d deferred envelopes, made %d due now%s\n", len(entries), changed, dry(of.dryRun))
+			return nil
+		},
+	}
+	ff.register(cmd, false)
+	of.register(cmd, false)
+	return cmd
+}
+
+func dry(d bool) string {
+	if d {
+		return " (dry run)"
+	}
+	return ""
+}
+
+func newQueueHold(g *globals) *cobra.Command {
+	var domain, reason string
+	var of opFlags
+	cmd := &cobra.Command{
+		Use:   "hold --domain DOMAIN",
+		Short: "Put a recipient domain on hold: its mail is moved aside, not attempted, and does not expire",
+		Long: `Hold is the scalable form of moving /var/spool/mqueue aside when a destination is
+down for days: mail for the domain (and its subdomains), queued now or arriving later,
+waits on mail.held.<domain>.*, takes no worker capacity and does not expire.
+Release it with "mailfwdctl queue release".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if domain == "" {
+				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateDeferred}}
+			entries, err := collect(ctx, q, f)
+			if err != nil {
+				return &ExitError{Code: ExitUsage, Err: err}
+			}
+			if of.dryRun {
+				fmt.Fprintf(g.out, "would hold %s and move %d deferred envelopes aside (dry run)\n", domain, len(entries))
+				return nil
+			}
+			h, err := q.SetHold(ctx, domain, reason)
+			if err != nil {
+				return err
+			}
+			p := progress{w: g.errOut, verb: "moved"}
+			moved := 0
+			for _, e := range entries {
+				if e.Env == nil {
+					continue
+				}
+				env := *e.Env
+				if err := q.MoveToHeld(ctx, &env, "ctl"+fmt.Sprint(e.Seq)); err != nil {
+					return fmt.Errorf("after %d: %w", moved, err)
+				}
+				if err := q.Remove(ctx, e); err != nil {
+					return err
+				}
+				moved++
+				p.tick()
+			}
+			fmt.Fprintf(g.out, "holding %s since %s: moved %d deferred envelopes aside; ready ones are moved as workers meet them\n",
+				h.Domain, h.Since.Local().Format(time.RFC3339), moved)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, shown by queue stats")
+	of.register(cmd, false)
+	return cmd
+}
+
+func newQueueRelease(g *globals) *cobra.Command {
+	var domain string
+	var extend, queueReturn time.Duration
+	var of opFlags
+	cmd := &cobra.Command{
+		Use:   "release --domain DOMAIN [--extend 5d]",
+		Short: "Release a held domain: its mail is due now, its deadline moved by the time held (plus --extend)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if domain == "" {
+				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			defer cancel()
+			q, err := g.connectQueue(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateHeld}}
+			if of.dryRun {
+				entries, err := collect(ctx, q, f)
+				if err != nil {
+					return &ExitError{Code: ExitUsage, Err: err}
+				}
+				fmt.Fprintf(g.out, "would release %s: %d held envelopes due now, deadlines extended by their held time + %s (dry run)\n", domain, len(entries), extend)
+				return nil
+			}
+			had, err := q.ClearHold(ctx, domain)
+			if err != nil {
+				return &ExitError{Code: ExitUsage, Err: err}
+			}
+			now := time.Now().UTC()
+			p := progress{w: g.errOut, verb: "released"}
+			released := 0
+			// Two passes: workers may still park a message or two while they
+			// learn that the hold is gone.
+			for pass := 0; pass < 2; pass++ {
+				if pass == 1 {
+					time.Sleep(2 * time.Second)
+				}
+				entries, err := collect(ctx, q, f)
+				if err != nil {
+					return err
+				}
+				for _, e := range entries {
+					if e.Env == nil {
+						continue
+					}
+					env := *e.Env
+					held := time.Duration(0)
+					if !env.HeldAt.IsZero() {
+						held = now.Sub(env.HeldAt)
+					}
+					env.ExpireAt = env.Deadline(queueReturn).Add(held + extend)
+					env.HeldAt = time.Time{}
+					env.NextAttempt = now
+					if err := q.Requeue(ctx, e, &env); err != nil {
+						return fmt.Errorf("after %d: %w", released, err)
+					}
+					released++
+					p.tick()
+				}
+			}
+			state := "released"
+			if !had {
+				state = "was not on hold; released leftovers for"
+			}
+			fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline extended by held time + %s)\n", state, domain, released, extend)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
+	cmd.Flags().DurationVar(&extend, "extend", 0, "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
+	cmd.Flags().DurationVar(&queueReturn, "queue-return", 5*24*time.Hour, "the workers' --queue-return, for messages without an explicit deadline")
+	of.register(cmd, false)
+	return cmd
+}
+
+func newQueueBounce(g *globals) *cobra.Command {
+	var ff filterFlags
+	var of opFlags
+	var blobURL, hostname, reason string
+	cmd := &cobra.Command{
+		Use:   "bounce",
+		Short: "Return matching deferred or held messages to their senders now (DSN) and remove them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !ff.any() {
+				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+			}
+			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
+				var body []byte
+				if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
+					body = b
+				}
+				var rcpts []dsn.Recipient
+				for _, r := range e.Env.Recipients {
+					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: "5.0.0", Diagnostic: r.LastError, LastAttempt: time.Now()})
+				}
+				bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
+				_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
+				if errors.Is(err, bounce.ErrNotReturnable) {
+					return nil
+				}
+				return err
+			})
+		},
+	}
+	ff.register(cmd, true)
+	of.register(cmd, true)
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store (env MAILFWD_BLOB_STORE)")
+	cmd.Flags().StringVar(&hostname, "hostname", config.Hostname(), "Reporting-MTA in the DSN")
+	cmd.Flags().StringVar(&reason, "reason", "Message returned by the postmaster", "reason given to the sender")
+	return cmd
+}
+
+func newQueuePurge(g *globals) *cobra.Command {
+	var ff filterFlags
+	var of opFlags
+	var blobURL string
+	cmd := &cobra.Command{
+		Use:   "purge",
+		Short: "Delete matching deferred or held messages without notice",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !ff.any() {
+				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+			}
+			return g.removeMatching(cmd, &ff, &of, blobURL, "purge", nil)
+		},
+	}
+	ff.register(cmd, true)
+	of.register(cmd, true)
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to delete the bodies too (env MAILFWD_BLOB_STORE)")
+	return cmd
+}
+
+// removeMatching runs bounce and purge: select deferred/held envelopes
+// (ready ones are being delivered), confirm, act on each, remove it, and
+// delete its body when it was the last envelope of its message.
+func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlags, blobURL, verb string,
+	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) error {
+	f, err := ff.filter(queue.StateDeferred, queue.StateHeld)
+	if err != nil {
+		return err
+	}
+	for _, s := range f.States {
+		if s == queue.StateReady {
+			return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s works on deferred and held mail; ready mail is being delivered (hold the domain first)", verb)}
+		}
+	}
+	if blobURL == "" && !of.dryRun {
+		return &ExitError{Code: ExitUsage, Err: errors.New("--blob-store is required (bodies are read or deleted)")}
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+	defer cancel()
+	q, err := g.connectQueue(ctx)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	entries, err := collect(ctx, q, f)
+	if err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		fmt.Fprintf(g.out, "matched 0 envelopes; nothing to %s\n", verb)
+		return nil
+	}
+	if of.dryRun {
+		for _, e := range entries {
+			it := itemOf(e)
+			fmt.Fprintf(g.out, "would %s %s (%s) to %s\n", verb, it.QueueID, it.State, strings.Join(it.Recipients, ","))
+		}
+		fmt.Fprintf(g.out, "matched %d envelopes (dry run)\n", len(entries))
+		return nil
+	}
+	if err := g.confirm(cmd, of, fmt.Sprintf("%s %d envelopes?", verb, len(entries))); err != nil {
+		return err
+	}
+	store, err := blob.Open(ctx, blobURL)
+	if err != nil {
+		return &ExitError{Code: ExitUsage, Err: err}
+	}
+	p := progress{w: g.errOut, verb: verb + "d"}
+	done := 0
+	for _, e := range entries {
+		if e.Env == nil {
+			if err := q.Remove(ctx, e); err != nil {
+				return err
+			}
+			continue
+		}
+		if each != nil {
+			if err := each(ctx, q, store, e); err != nil {
+				return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
+			}
+		}
+		if err := q.Remove(ctx, e); err != nil {
+			return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
+		}
+		if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last {
+			_ = store.Delete(ctx, e.Env.BodyKey)
+		}
+		done++
+		p.tick()
+	}
+	fmt.Fprintf(g.out, "matched %d envelopes, %sd %d\n", len(entries), verb, done)
+	return nil
+}

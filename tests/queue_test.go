@@ -1,0 +1,259 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/ctl"
+	"github.com/mailfwd/mailfwd/pkg/daemon"
+)
+
+// ctlRun runs mailfwdctl in-process against the env's NATS.
+func (e *env) ctlRun(args ...string) (string, int) {
+	var out, errOut bytes.Buffer
+	full := append([]string{"--nats-url", e.nats.URL()}, args...)
+	code := ctl.Execute(context.Background(), full, &out, &errOut)
+	return out.String() + errOut.String(), code
+}
+
+func (e *env) mustCtl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, code := e.ctlRun(args...)
+	if code != 0 {
+		t.Fatalf("mailfwdctl %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// TestDestinationDownThenFlushByDomain: alpha.test refuses with 4xx, its mail
+// is deferred (retry timer one hour away); once alpha is back, a flush by
+// domain (sendmail -qR alpha.test) delivers it at once, and beta's deferred
+// mail stays deferred.
+func TestDestinationDownThenFlushByDomain(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	e := newEnv(t, envOptions{blob: "fs", retryFirst: time.Hour, onRcpt: func(rcpt string, _ int) *smtp.SMTPError {
+		if down.Load() {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Service not available"}
+		}
+		return nil
+	}})
+	for _, r := range []string{"x@alpha.test", "y@alpha.test", "z@beta.test"} {
+		if res := send(e.smtp, "", "sender@origin.test", []string{r}, message("down", r, "hello\r\n"), nil); res.FinalCode != 250 {
+			t.Fatalf("send to %s: %d %v", r, res.FinalCode, res.Err)
+		}
+	}
+	waitFor(t, "three deferred envelopes", 30*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"deferred": 3`)
+	})
+	list := e.mustCtl(t, "queue", "list", "--state", "deferred")
+	for _, want := range []string{"x@alpha.test", "y@alpha.test", "z@beta.test", "421 4.4.2 Service not available", "Total: 3 envelopes"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("queue list lacks %q:\n%s", want, list)
+		}
+	}
+	down.Store(false)
+	if out := e.mustCtl(t, "queue", "flush", "--domain", "alpha.test", "--dry-run"); !strings.Contains(out, "matched 2 deferred envelopes, made 0 due now (dry run)") {
+		t.Fatalf("dry run: %s", out)
+	}
+	out := e.mustCtl(t, "queue", "flush", "--domain", "alpha.test")
+	if !strings.Contains(out, "matched 2 deferred envelopes, made 2 due now") {
+		t.Fatalf("flush: %s", out)
+	}
+	alpha := e.sinks["127.0.0.2"]
+	waitFor(t, "alpha mail delivered after the flush", 30*time.Second, func() bool {
+		d := alpha.RecipientsDelivered()
+		return d["x@alpha.test"] == 1 && d["y@alpha.test"] == 1
+	})
+	time.Sleep(time.Second)
+	if n := e.sinks["127.0.0.3"].RecipientsDelivered()["z@beta.test"]; n != 0 {
+		t.Fatalf("beta mail was delivered by a flush of alpha only")
+	}
+	if out := e.mustCtl(t, "queue", "list", "-o", "json"); !strings.Contains(out, "z@beta.test") || strings.Contains(out, "alpha.test") {
+		t.Fatalf("queue after flush: %s", out)
+	}
+	// Negated flush: everything except alpha (sendmail -q!R alpha) releases beta.
+	if out := e.mustCtl(t, "queue", "flush", "--not-recipient", "alpha"); !strings.Contains(out, "made 1 due now") {
+		t.Fatalf("negated flush: %s", out)
+	}
+	waitFor(t, "beta delivered", 30*time.Second, func() bool { return e.sinks["127.0.0.3"].RecipientsDelivered()["z@beta.test"] == 1 })
+}
+
+// TestHoldReleaseAfterDeadline is the seed's moved-queue case: a domain held
+// for longer than the queue-return time must not lose its mail; releasing
+// with --extend delivers it.
+func TestHoldReleaseAfterDeadline(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", queueReturn: 4 * time.Second})
+	if out := e.mustCtl(t, "queue", "hold", "--domain", "beta.test", "--reason", "operator down"); !strings.Contains(out, "holding beta.test") {
+		t.Fatalf("hold: %s", out)
+	}
+	waitFor(t, "workers see the hold", 10*time.Second, func() bool { return strings.Contains(e.logs.String(), "domains on hold") })
+	res := send(e.smtp, "", "sender@alpha.test", []string{"held@beta.test"}, message("held", "held@x", "wait for me\r\n"), nil)
+	if res.FinalCode != 250 {
+		t.Fatalf("send: %d %v", res.FinalCode, res.Err)
+	}
+	waitFor(t, "message parked as held", 20*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"held": 1`)
+	})
+	stats := e.mustCtl(t, "queue", "stats")
+	if !strings.Contains(stats, "beta.test") || !strings.Contains(stats, "operator down") {
+		t.Errorf("stats do not show the hold:\n%s", stats)
+	}
+	time.Sleep(5 * time.Second) // past the 4s queue-return deadline
+	if n := e.sinks["127.0.0.3"].Count(); n != 0 {
+		t.Fatalf("held mail was delivered while held")
+	}
+	out := e.mustCtl(t, "queue", "release", "--domain", "beta.test", "--extend", "1m", "--queue-return", "4s")
+	if !strings.Contains(out, "released beta.test: 1 envelopes due now") {
+		t.Fatalf("release: %s", out)
+	}
+	waitFor(t, "released mail delivered", 30*time.Second, func() bool {
+		return e.sinks["127.0.0.3"].RecipientsDelivered()["held@beta.test"] == 1
+	})
+	if strings.Contains(e.logs.String(), "sender notify") {
+		t.Fatalf("a DSN was sent for mail that was held, not lost:\n%s", e.logs.String())
+	}
+	if n := e.sinks["127.0.0.2"].Count(); n != 0 {
+		t.Fatalf("the sender's domain got %d messages (a bounce?)", n)
+	}
+}
+
+// TestPermanentFailureDSN: a 5xx destination produces an RFC 3464 DSN that
+// reaches the sender's domain; mail from the null sender gets none.
+func TestPermanentFailureDSN(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", onRcpt: func(rcpt string, _ int) *smtp.SMTPError {
+		if strings.HasPrefix(rcpt, "gone@") {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+		}
+		return nil
+	}})
+	orig := message("original subject", "orig@origin.test", "the body must not come back\r\n")
+	if res := send(e.smtp, "", "author@gamma.test", []string{"gone@alpha.test"}, orig, nil); res.FinalCode != 250 {
+		t.Fatalf("send: %d %v", res.FinalCode, res.Err)
+	}
+	if res := send(e.smtp, "", "", []string{"gone@beta.test"}, orig, nil); res.FinalCode != 250 {
+		t.Fatalf("send null sender: %d %v", res.FinalCode, res.Err)
+	}
+	gamma := e.sinks["127.0.0.4"]
+	waitFor(t, "DSN at the sender's domain", 30*time.Second, func() bool { return gamma.Count() >= 1 })
+	m := gamma.Messages()[0]
+	if m.From != "" || len(m.Recipients) != 1 || m.Recipients[0] != "author@gamma.test" {
+		t.Fatalf("DSN envelope: from %q to %v", m.From, m.Recipients)
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Fatalf("Content-Type %q: %v", msg.Header.Get("Content-Type"), err)
+	}
+	if msg.Header.Get("Auto-Submitted") == "" || !strings.Contains(msg.Header.Get("Subject"), "Returned mail") {
+		t.Errorf("headers: %v", msg.Header)
+	}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	var types []string
+	var status, headers string
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(p)
+		ct, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
+		types = append(types, ct)
+		switch ct {
+		case "message/delivery-status":
+			status = string(b)
+		case "text/rfc822-headers":
+			headers = string(b)
+		}
+	}
+	if strings.Join(types, ",") != "text/plain,message/delivery-status,text/rfc822-headers" {
+		t.Fatalf("parts %v", types)
+	}
+	tp := textproto.NewReader(bufio.NewReader(strings.NewReader(status)))
+	perMsg, err := tp.ReadMIMEHeader()
+	if err != nil || !strings.HasPrefix(perMsg.Get("Reporting-MTA"), "dns;") {
+		t.Fatalf("per-message fields %v: %v", perMsg, err)
+	}
+	perRcpt, err := tp.ReadMIMEHeader()
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"Final-Recipient": "rfc822; gone@alpha.test", "Action": "failed", "Status": "5.1.1", "Diagnostic-Code": "smtp; 550 5.1.1 User unknown"} {
+		if got := perRcpt.Get(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if !strings.Contains(headers, "Subject: original subject") || strings.Contains(headers, "must not come back") {
+		t.Errorf("returned headers part: %q", headers)
+	}
+	time.Sleep(time.Second)
+	if n := gamma.Count() + e.sinks["127.0.0.3"].Count(); n != 1 {
+		t.Fatalf("got %d messages in all, want only the one DSN (none for the null sender)", n)
+	}
+	if !strings.Contains(e.logs.String(), "no DSN for the null sender") {
+		t.Errorf("no log line for the suppressed DSN")
+	}
+}
+
+// TestDeadDomainDoesNotSlowOthers: a destination that accepts connections and
+// never answers gets a backlog; mail to healthy domains keeps flowing, and the
+// dead domain's mail ends up deferred (out of the workers' consumer), not
+// occupying workers.
+func TestDeadDomainDoesNotSlowOthers(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", retryFirst: time.Minute, workerSetup: func(w *daemon.Worker) {
+		w.Delivery.CommandTimeout = 3 * time.Second
+		w.Engine.StallAfter = time.Second
+		w.Engine.BusyDelay = 20 * time.Second
+		w.Engine.DomainConcurrency = 5
+	}})
+	const dead = 300
+	c, err := smtp.Dial(e.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range dead {
+		r := "u" + strconv.Itoa(i) + "@dead.test"
+		if err := c.SendMail("sender@origin.test", []string{r}, bytes.NewReader(message("dead", r, "x\r\n"))); err != nil {
+			t.Fatalf("send %s: %v", r, err)
+		}
+	}
+	c.Close()
+	alpha := e.sinks["127.0.0.2"]
+	for i := range 20 {
+		if res := send(e.smtp, "", "sender@origin.test", []string{"live" + strconv.Itoa(i) + "@alpha.test"}, message("live", "live"+strconv.Itoa(i), "x\r\n"), nil); res.FinalCode != 250 {
+			t.Fatalf("send live: %d %v", res.FinalCode, res.Err)
+		}
+	}
+	// Healthy mail arrives although hundreds of dead-domain envelopes were ahead of it.
+	liveSent := time.Now()
+	defer func() { t.Logf("healthy domain: 20 messages delivered %s after sending", alpha.Messages()[19].At.Sub(liveSent).Round(time.Millisecond)) }()
+	waitFor(t, "healthy domain delivered despite the dead backlog", 30*time.Second, func() bool { return alpha.Count() >= 20 })
+	// The dead domain's mail leaves the workers' consumer: deferred, not ready.
+	waitFor(t, "dead-domain mail parked as deferred", 60*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"deferred": `+strconv.Itoa(dead)) && strings.Contains(out, `"consumer_pending": 0`) && strings.Contains(out, `"consumer_ack_pending": 0`)
+	})
+	t.Logf("dead domain: %d envelopes handed back while congested, %d attempts logged as deferred",
+		strings.Count(e.logs.String(), "handed back to the queue"), strings.Count(e.logs.String(), "@dead.test>, delay="))
+}
