@@ -247,7 +247,9 @@ func TestDeadDomainDoesNotSlowOthers(t *testing.T) {
 	}
 	// Healthy mail arrives although hundreds of dead-domain envelopes were ahead of it.
 	liveSent := time.Now()
-	defer func() { t.Logf("healthy domain: 20 messages delivered %s after sending", alpha.Messages()[19].At.Sub(liveSent).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("healthy domain: 20 messages delivered %s after sending", alpha.Messages()[19].At.Sub(liveSent).Round(time.Millisecond))
+	}()
 	waitFor(t, "healthy domain delivered despite the dead backlog", 30*time.Second, func() bool { return alpha.Count() >= 20 })
 	// The dead domain's mail leaves the workers' consumer: deferred, not ready.
 	waitFor(t, "dead-domain mail parked as deferred", 60*time.Second, func() bool {
