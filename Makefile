@@ -8,10 +8,16 @@ BIN       := bin
 TOOLS_DIR ?= $(HOME)/.cache/mailfwd/bin
 MINIO_VERSION       := v0.0.0-20260212201848-7aac2a2c5b7c
 NATS_SERVER_VERSION := v2.15.2
+KUBE_VERSION        := v1.32.13
+ETCD_VERSION        := v3.5.21
 MINIO       := $(TOOLS_DIR)/minio-$(MINIO_VERSION)
 NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)
+KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)
+KUBE_ETCD      := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)
+KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 TEST_TIMEOUT ?= 15m
-TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER)
+TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1
 
 .PHONY: help
 help: ## Show this help
@@ -29,13 +35,18 @@ run: ## Start a complete forwarder on this machine (embedded NATS, ./var body st
 	$(GO) run ./cmd/dev --dir var
 
 .PHONY: tools
-tools: $(MINIO) $(NATS_SERVER) ## Build the pinned MinIO and nats-server used by the tests (cached in ~/.cache/mailfwd)
+tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd and kubectl used by the tests (cached in ~/.cache/mailfwd)
 
 $(MINIO):
 	@mkdir -p $(TOOLS_DIR)
 	@echo "building MinIO $(MINIO_VERSION) (first time only, a few minutes)"
 	GOBIN=$(TOOLS_DIR)/.minio-build $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 	mv $(TOOLS_DIR)/.minio-build/minio $@
+
+# One script run builds all three (a grouped target).
+$(KUBE_APISERVER) $(KUBE_ETCD) $(KUBECTL) &:
+	@echo "building kube-apiserver/kubectl $(KUBE_VERSION) and etcd $(ETCD_VERSION) (first time only, ~5 min)"
+	bash scripts/kube-tools.sh $(TOOLS_DIR)
 
 $(NATS_SERVER):
 	@mkdir -p $(TOOLS_DIR)
