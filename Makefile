@@ -74,7 +74,7 @@ bench: tools ## Run the Go benchmarks (ingress accept rate, end-to-end rate)
 fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg | xargs -n1 dirname | sort -u); do \
 	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$t/*_test.go | cut -c6-); do \
-	    echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-20s} ./$$t || exit 1; \
+	    echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-20s} -fuzzminimizetime 3s ./$$t || exit 1; \
 	  done; done
 
 .PHONY: lint

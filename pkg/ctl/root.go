@@ -22,6 +22,7 @@ const (
 	ExitUsage    = 2 // bad flags or arguments
 	ExitRejected = 3 // the server refused (send: a recipient or the message was rejected)
 	ExitNotFound = 4 // the thing asked for does not exist (queue show of an unknown id)
+	// ExitInvalid = 5 (policy.go): a policy that does not validate
 )
 
 // ExitError carries an exit code.
@@ -56,7 +57,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.natsURL, "nats-url", envOr("MAILFWD_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env MAILFWD_NATS_URL)")
 	pf.StringVar(&g.natsCreds, "nats-creds", os.Getenv("MAILFWD_NATS_CREDS"), "NATS credentials file (env MAILFWD_NATS_CREDS)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
-	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g))
+	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g))
 	return root
 }
 

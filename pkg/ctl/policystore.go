@@ -1,0 +1,208 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
+var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings"}
+
+// policyStore is where the policy lives: a ConfigMap, or a directory.
+type policyStore interface {
+	// Load returns the files and a version for optimistic concurrency.
+	Load(ctx context.Context) (map[string][]byte, string, error)
+	// Save replaces every key with files; version guards against a
+	// concurrent writer (a conflict error if it changed).
+	Save(ctx context.Context, files map[string][]byte, version string) error
+	Where() string
+}
+
+var errConflict = errors.New("the policy changed while this command ran")
+
+type dirStore struct{ dir string }
+
+func (d dirStore) Where() string { return "directory " + d.dir }
+
+func (d dirStore) Load(context.Context) (map[string][]byte, string, error) {
+	files := map[string][]byte{}
+	for _, k := range PolicyKeys {
+		b, err := os.ReadFile(filepath.Join(d.dir, k))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		files[k] = b
+	}
+	return files, fingerprint(files), nil
+}
+
+func (d dirStore) Save(ctx context.Context, files map[string][]byte, version string) error {
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		return err
+	}
+	if _, cur, err := d.Load(ctx); err == nil && version != "" && cur != version {
+		return errConflict
+	}
+	for _, k := range PolicyKeys {
+		path := filepath.Join(d.dir, k)
+		b, ok := files[k]
+		if !ok {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		tmp, err := os.CreateTemp(d.dir, "."+k+".tmp*")
+		if err != nil {
+			return err
+		}
+		if _, err := tmp.Write(b); err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := tmp.Close(); err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fingerprint(files map[string][]byte) string {
+	keys := make([]string, 0, len(files))
+	for k := range files {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s:%d:%x;", k, len(files[k]), files[k])
+	}
+	return b.String()
+}
+
+type configMapStore struct {
+	client    kubernetes.Interface
+	namespace string
+	name      string
+}
+
+func (c configMapStore) Where() string {
+	return fmt.Sprintf("ConfigMap %s/%s", c.namespace, c.name)
+}
+
+func (c configMapStore) Load(ctx context.Context) (map[string][]byte, string, error) {
+	cm, err := c.client.CoreV1().ConfigMaps(c.namespace).Get(ctx, c.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return map[string][]byte{}, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", c.Where(), err)
+	}
+	files := map[string][]byte{}
+	for k, v := range cm.Data {
+		files[k] = []byte(v)
+	}
+	return files, cm.ResourceVersion, nil
+}
+
+func (c configMapStore) Save(ctx context.Context, files map[string][]byte, version string) error {
+	data := map[string]string{}
+	for k, v := range files {
+		data[k] = string(v)
+	}
+	cms := c.client.CoreV1().ConfigMaps(c.namespace)
+	if version == "" {
+		cm := &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: c.namespace, Labels: map[string]string{
+				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy"}},
+			Data: data,
+		}
+		_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mailfwdctl"})
+		if apierrors.IsAlreadyExists(err) {
+			return errConflict
+		}
+		if err != nil {
+			return fmt.Errorf("create %s: %w", c.Where(), err)
+		}
+		return nil
+	}
+	cm, err := cms.Get(ctx, c.name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", c.Where(), err)
+	}
+	if cm.ResourceVersion != version {
+		return errConflict
+	}
+	cm.Data = data
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
+		if apierrors.IsConflict(err) {
+			return errConflict
+		}
+		return fmt.Errorf("update %s: %w", c.Where(), err)
+	}
+	return nil
+}
+
+// kubeFlags are kubectl's connection flags.
+type kubeFlags struct {
+	kubeconfig, context, namespace, configMap, dir string
+}
+
+func (k *kubeFlags) register(pf interface {
+	StringVar(*string, string, string, string)
+	StringVarP(*string, string, string, string, string)
+}) {
+	pf.StringVar(&k.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config, or in-cluster)")
+	pf.StringVar(&k.context, "context", "", "kubeconfig context to use")
+	pf.StringVarP(&k.namespace, "namespace", "n", "", "namespace of the policy ConfigMap (default: the context's)")
+	pf.StringVar(&k.configMap, "configmap", "mailfwd-policy", "name of the policy ConfigMap")
+	pf.StringVar(&k.dir, "dir", os.Getenv("MAILFWD_POLICY_DIR"), "use a local policy directory instead of a ConfigMap (make run uses var/policy; env MAILFWD_POLICY_DIR)")
+}
+
+func (k *kubeFlags) store() (policyStore, error) {
+	if k.dir != "" {
+		return dirStore{dir: k.dir}, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = k.kubeconfig
+	overrides := &clientcmd.ConfigOverrides{CurrentContext: k.context}
+	if k.namespace != "" {
+		overrides.Context.Namespace = k.namespace
+	}
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
+	rc, err := cc.ClientConfig()
+	if err != nil {
+		return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("kubeconfig: %w (or use --dir for a local policy directory)", err)}
+	}
+	ns, _, err := cc.Namespace()
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	return configMapStore{client: cs, namespace: ns, name: k.configMap}, nil
+}
