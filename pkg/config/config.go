@@ -96,7 +96,11 @@ type Check func(ctx context.Context) error
 // Health serves /healthz (the process is up) and /readyz (every check passes).
 type Health struct {
 	srv *http.Server
+	mux *http.ServeMux
 }
+
+// Handle adds an endpoint (e.g. /metrics).
+func (h *Health) Handle(pattern string, handler http.Handler) { h.mux.Handle(pattern, handler) }
 
 // NewHealth builds the health server; readiness runs checks with a short timeout.
 func NewHealth(addr string, checks map[string]Check) *Health {
@@ -120,7 +124,7 @@ func NewHealth(addr string, checks map[string]Check) *Health {
 		w.WriteHeader(status)
 		io.WriteString(w, b.String())
 	})
-	return &Health{srv: &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	return &Health{mux: mux, srv: &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
 }
 
 // Serve listens until Shutdown.

@@ -19,7 +19,9 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
 // Common is what every process needs.
@@ -105,6 +107,8 @@ type Ingress struct {
 	TLSCert, TLSKey string
 	RelayNetworks   config.StringList
 	RelayDomains    config.StringList
+	PolicyDir       string
+	DNSServer       string
 	ShutdownTimeout time.Duration
 	SMTP            ingress.Config
 }
@@ -125,6 +129,8 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
 	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
+	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap: access, aliases, virtusertable, local-host-names…), hot-reloaded; replaces --relay-networks/--relay-domains")
+	fs.StringVar(&o.DNSServer, "dns-server", "", "DNS server host:port for client reverse lookups (Connect: host name rules); default: the system resolver")
 	fs.Var(&o.RelayDomains, "relay-domains", "recipient domains any client may send to (and their subdomains), comma-separated")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
 }
@@ -141,6 +147,9 @@ func (o *Ingress) Validate() error {
 	if o.SMTP.MaxMessageBytes < 1024 {
 		errs = append(errs, errors.New("--max-message-size must be at least 1024"))
 	}
+	if o.PolicyDir != "" && (len(o.RelayNetworks) > 0 || len(o.RelayDomains) > 0) {
+		errs = append(errs, errors.New("--policy-dir replaces --relay-networks/--relay-domains (put Connect:/To: RELAY entries in its access file)"))
+	}
 	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
 	}
@@ -153,11 +162,36 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	if err := o.Validate(); err != nil {
 		return &ConfigError{err}
 	}
-	if len(o.RelayNetworks) == 0 {
-		o.RelayNetworks = config.StringList{"127.0.0.0/8", "::1"}
+	metrics := telemetry.NewMetrics()
+	o.SMTP.Metrics = metrics
+	var watcher *policy.Watcher
+	if o.PolicyDir != "" {
+		var err error
+		watcher, err = policy.NewWatcher(o.PolicyDir, 5*time.Second, func(p *policy.Policy) {
+			log.Info("policy loaded", "component", "ingress", "version", p.Version, "dir", o.PolicyDir, "from_whitelist", p.Settings.FromWhitelist)
+			metrics.PolicyReload(true, p.Version)
+		}, func(err error) {
+			log.Error("policy update refused; the last good policy stays in force", "component", "ingress", "err", err)
+			metrics.PolicyReload(false, "")
+		})
+		if err != nil {
+			return &ConfigError{fmt.Errorf("--policy-dir: %w", err)}
+		}
+		o.SMTP.Policy = &ingress.SendmailPolicy{Current: watcher.Current}
+	} else {
+		if len(o.RelayNetworks) == 0 {
+			o.RelayNetworks = config.StringList{"127.0.0.0/8", "::1"}
+		}
+		nets, _ := ingress.ParseNetworks(o.RelayNetworks)
+		o.SMTP.Policy = &ingress.StaticRelay{Networks: nets, Domains: o.RelayDomains}
 	}
-	nets, _ := ingress.ParseNetworks(o.RelayNetworks)
-	o.SMTP.Policy = &ingress.StaticRelay{Networks: nets, Domains: o.RelayDomains}
+	if o.DNSServer != "" {
+		server := o.DNSServer
+		o.SMTP.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, server)
+		}}
+	}
 	o.SMTP.Logger = log
 	o.SMTP.TracerProvider = tp
 	if o.TLSCert != "" {
@@ -181,12 +215,15 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
 	log.Info("ingress listening", "component", "ingress", "smtp", ln.Addr().String(), "hostname", o.SMTP.Hostname,
-		"relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(), "starttls", o.SMTP.TLSConfig != nil)
+		"relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(), "policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(ln) })
+	if watcher != nil {
+		g.Go(func() error { watcher.Run(gctx); return nil })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.ShutdownTimeout)
@@ -194,15 +231,16 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		log.Info("ingress draining: no new sessions, open ones may finish", "component", "ingress", "sessions", srv.Sessions(), "timeout", o.ShutdownTimeout)
 		return srv.Shutdown(sctx)
 	})
-	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check})
+	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }
 
-func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, log *slog.Logger, checks map[string]config.Check) {
+func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, log *slog.Logger, checks map[string]config.Check, m *telemetry.Metrics) {
 	if addr == "" {
 		return
 	}
 	h := config.NewHealth(addr, checks)
+	h.Handle("/metrics", m.Handler())
 	g.Go(func() error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {

@@ -18,8 +18,10 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 	"github.com/mailfwd/mailfwd/pkg/worker"
 )
 
@@ -32,6 +34,7 @@ type Worker struct {
 	Routes     config.StringList
 	NoTLS      bool
 	Limits     config.StringList
+	PolicyDir  string
 	Delivery   delivery.Config
 	Engine     worker.Config
 }
@@ -42,6 +45,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
 	fs.DurationVar(&o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
 	fs.UintVar(&o.SMTPPort, "smtp-port", 25, "destination SMTP port for MX and routes without a port")
+	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap); its mailertable is used, hot-reloaded; --route entries override it")
 	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
 	fs.BoolVar(&o.NoTLS, "no-starttls", false, "never use STARTTLS towards destinations (default: opportunistic)")
@@ -143,7 +147,26 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	if err := o.Validate(); err != nil {
 		return &ConfigError{err}
 	}
-	table, _ := o.routeTable()
+	metrics := telemetry.NewMetrics()
+	o.Engine.Metrics = metrics
+	flagRoutes, _ := o.routeTable()
+	var table atomic.Pointer[route.Table]
+	table.Store(flagRoutes)
+	var watcher *policy.Watcher
+	if o.PolicyDir != "" {
+		var err error
+		watcher, err = policy.NewWatcher(o.PolicyDir, 5*time.Second, func(p *policy.Policy) {
+			table.Store(p.Mailertable.Merge(flagRoutes))
+			log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
+			metrics.PolicyReload(true, p.Version)
+		}, func(err error) {
+			log.Error("policy update refused; the last good policy stays in force", "component", "worker", "err", err)
+			metrics.PolicyReload(false, "")
+		})
+		if err != nil {
+			return &ConfigError{fmt.Errorf("--policy-dir: %w", err)}
+		}
+	}
 	res, err := mxresolve.New(mxresolve.Config{Servers: o.DNSServers, Timeout: o.DNSTimeout})
 	if err != nil {
 		return err
@@ -182,10 +205,13 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		h := holds.Load()
 		return h != nil && queue.IsHeld(*h, domain)
 	}
-	w := worker.New(o.Engine, cons, q, store, &route.Router{Table: table, Resolver: res, Port: uint16(o.SMTPPort)}, client)
-	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Len(), "dns", o.DNSServers.String())
+	w := worker.New(o.Engine, cons, q, store, &route.Router{Current: table.Load, Resolver: res, Port: uint16(o.SMTPPort)}, client)
+	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Load().Len(), "dns", o.DNSServers.String())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	if watcher != nil {
+		g.Go(func() error { watcher.Run(gctx); return nil })
+	}
 	g.Go(func() error {
 		// Follow operators' domain holds; re-establish the watch if NATS restarts.
 		for gctx.Err() == nil {
@@ -205,6 +231,6 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		}
 		return nil
 	})
-	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check})
+	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

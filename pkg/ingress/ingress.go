@@ -28,6 +28,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
 // Queue takes the envelopes of one accepted message.
@@ -53,9 +54,17 @@ type Config struct {
 	StoreTimeout    time.Duration // body PUT + publish acks; a 451 after it
 	TLSConfig       *tls.Config   // enables STARTTLS when set
 	Policy          Policy
+	Resolver        HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
+	Metrics         *telemetry.Metrics // nil: none
 	Logger          *slog.Logger
 	TracerProvider  trace.TracerProvider
 	RepanicForTests bool // let panics through instead of answering 451
+}
+
+// HostResolver does the forward-confirmed reverse lookup of clients.
+type HostResolver interface {
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // Server is one ingress.
@@ -106,6 +115,9 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	}
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
 	}
 	s := &Server{
 		cfg:    cfg,
@@ -178,10 +190,37 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	ap, _ := netip.ParseAddrPort(c.Conn().RemoteAddr().String())
 	_, isTLS := c.TLSConnectionState()
 	cl := Client{Addr: ap.Addr().Unmap(), Helo: c.Hostname(), TLS: isTLS}
+	if s.cfg.Policy.NeedsClientHostname() {
+		cl.Hostname = s.verifiedHostname(cl.Addr)
+	}
 	if err := s.cfg.Policy.CheckConnect(context.Background(), cl); err != nil {
 		return nil, reply(err, "")
 	}
 	return &session{s: s, conn: c, client: cl}, nil
+}
+
+// verifiedHostname is the client's forward-confirmed reverse DNS name (a
+// PTR name that resolves back to the address), or "".
+func (s *Server) verifiedHostname(ip netip.Addr) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	names, err := s.cfg.Resolver.LookupAddr(ctx, ip.String())
+	if err != nil {
+		return ""
+	}
+	for _, n := range names {
+		n = strings.TrimSuffix(n, ".")
+		addrs, err := s.cfg.Resolver.LookupNetIP(ctx, "ip", n)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if a.Unmap() == ip {
+				return strings.ToLower(n)
+			}
+		}
+	}
+	return ""
 }
 
 type session struct {
@@ -194,13 +233,14 @@ type session struct {
 	hasFrom  bool
 	eightBit bool
 	utf8     bool
-	rcpts    []address.Address
+	rcpts    []address.Address // as the client gave them
+	targets  []address.Address // what is queued: after aliases/virtusertable, without discarded ones
 }
 
 var _ smtp.Session = (*session)(nil)
 
 func (ss *session) Reset() {
-	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts = "", "", false, false, false, nil
+	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets = "", "", false, false, false, nil, nil
 }
 
 func (ss *session) Logout() error { return nil }
@@ -240,11 +280,40 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if a.UTF8 && !ss.utf8 {
 		return reply(Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"), ss.qid)
 	}
-	if err := ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a); err != nil {
+	targets, err := ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
+	if err != nil {
 		ss.s.log.Info("recipient refused", "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to, "reason", err)
+		ss.s.cfg.Metrics.Recipient("rejected")
 		return reply(err, ss.qid)
 	}
+	var parsed []address.Address
+	for _, t := range targets {
+		ta, err := address.Parse(t)
+		if err != nil {
+			ss.s.log.Error("policy expanded a recipient to an unusable address", "queue_id", ss.qid, "to", to, "target", t, "err", err)
+			return reply(fmt.Errorf("expansion of %s: %w", to, err), ss.qid)
+		}
+		parsed = append(parsed, ta)
+	}
+	if len(targets) == 0 {
+		ss.s.log.Info(ss.qid+": to=<"+to+">: discarded by policy", "queue_id", ss.qid)
+	} else if len(targets) > 1 || targets[0] != to {
+		ss.s.log.Info(ss.qid+": to=<"+to+">: expanded to "+strings.Join(targets, ", "), "queue_id", ss.qid)
+	}
+	ss.s.cfg.Metrics.Recipient("accepted")
 	ss.rcpts = append(ss.rcpts, a)
+	for _, ta := range parsed {
+		dup := false
+		for _, have := range ss.targets {
+			if have.Raw == ta.Raw {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			ss.targets = append(ss.targets, ta)
+		}
+	}
 	return nil
 }
 
@@ -267,11 +336,19 @@ func (ss *session) Data(r io.Reader) (err error) {
 	}
 	body := buf.Bytes()
 	size := int64(len(body) - hdrLen)
+	if len(ss.targets) == 0 {
+		// Every recipient was discarded by policy (DISCARD): accept, keep nothing.
+		ss.s.log.Info(ss.qid+": discarded: every recipient matched a DISCARD rule", "queue_id", ss.qid, "size", size)
+		ss.s.cfg.Metrics.Message("discarded")
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.StoreTimeout)
 	defer cancel()
 	if err := ss.s.accept(ctx, ss, body, size); err != nil {
+		ss.s.cfg.Metrics.Message("tempfail")
 		return reply(err, ss.qid)
 	}
+	ss.s.cfg.Metrics.Message("accepted")
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
 }
 
@@ -330,7 +407,7 @@ func (s *Server) accept(ctx context.Context, ss *session, body []byte, size int6
 	byDomain := map[string]*envelope.Envelope{}
 	now := time.Now().UTC()
 	msgid := messageID(body)
-	for _, a := range ss.rcpts {
+	for _, a := range ss.targets {
 		e := byDomain[a.ASCII]
 		if e == nil {
 			e = &envelope.Envelope{
@@ -360,7 +437,7 @@ func (s *Server) accept(ctx context.Context, ss *session, body []byte, size int6
 		return fail("queue publish failed; answering 451", err)
 	}
 	maillog.LogReceived(ctx, s.log, maillog.Received{
-		QueueID: ss.qid, From: ss.from, Size: size, NRcpts: len(ss.rcpts), MsgID: msgid,
+		QueueID: ss.qid, From: ss.from, Size: size, NRcpts: len(ss.targets), MsgID: msgid,
 		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
 	})
 	return nil

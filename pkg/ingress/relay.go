@@ -2,26 +2,34 @@ package ingress
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 )
 
 // Client describes the SMTP client of a session, for policy decisions.
 type Client struct {
-	Addr netip.Addr
-	Helo string
-	TLS  bool
+	Addr     netip.Addr
+	Hostname string // forward-confirmed reverse DNS name, "" if unknown or not looked up
+	Helo     string
+	TLS      bool
 }
 
-// Policy decides who may relay where. It is the seam for the sendmail-style
-// access map; StaticRelay is the flag-driven implementation.
+// Policy decides who may relay where. SendmailPolicy (the access map,
+// aliases and virtusertable) and StaticRelay (flags) implement it.
 type Policy interface {
 	// CheckConnect runs when a client connects; an error refuses the session.
 	CheckConnect(ctx context.Context, c Client) error
-	// CheckRcpt runs for each RCPT TO; an *Error rejects that recipient.
-	CheckRcpt(ctx context.Context, c Client, from string, rcpt address.Address) error
+	// CheckRcpt runs for each RCPT TO. It returns the addresses to queue for
+	// this recipient (itself, or its alias/virtusertable expansion; none for
+	// a DISCARD), or an *Error that rejects it.
+	CheckRcpt(ctx context.Context, c Client, from string, rcpt address.Address) ([]string, error)
+	// NeedsClientHostname says whether CheckRcpt looks at Client.Hostname,
+	// so the ingress does a reverse lookup only when it matters.
+	NeedsClientHostname() bool
 }
 
 // StaticRelay allows relaying for clients in Networks to any domain, and for
@@ -37,19 +45,60 @@ var _ Policy = (*StaticRelay)(nil)
 // CheckConnect accepts every client: relay is decided per recipient.
 func (p *StaticRelay) CheckConnect(context.Context, Client) error { return nil }
 
+// NeedsClientHostname implements Policy.
+func (p *StaticRelay) NeedsClientHostname() bool { return false }
+
 // CheckRcpt implements Policy.
-func (p *StaticRelay) CheckRcpt(_ context.Context, c Client, _ string, rcpt address.Address) error {
+func (p *StaticRelay) CheckRcpt(_ context.Context, c Client, _ string, rcpt address.Address) ([]string, error) {
 	for _, n := range p.Networks {
 		if n.Contains(c.Addr.Unmap()) {
-			return nil
+			return []string{rcpt.Raw}, nil
 		}
 	}
 	for _, d := range p.Domains {
 		if rcpt.ASCII == d || strings.HasSuffix(rcpt.ASCII, "."+d) {
-			return nil
+			return []string{rcpt.Raw}, nil
 		}
 	}
-	return ErrRelayDenied
+	return nil, ErrRelayDenied
+}
+
+// SendmailPolicy applies the sendmail-style policy in force (hot-reloaded:
+// Current is called for every decision).
+type SendmailPolicy struct {
+	Current func() *policy.Policy
+}
+
+var _ Policy = (*SendmailPolicy)(nil)
+
+// CheckConnect accepts every client: as with FEATURE(delay_checks), Connect:
+// entries are applied at RCPT time, where From: entries can waive them.
+func (p *SendmailPolicy) CheckConnect(context.Context, Client) error { return nil }
+
+// NeedsClientHostname implements Policy.
+func (p *SendmailPolicy) NeedsClientHostname() bool { return p.Current().NeedsClientHostname() }
+
+// CheckRcpt implements Policy: access map, then virtusertable and aliases.
+func (p *SendmailPolicy) CheckRcpt(_ context.Context, c Client, from string, rcpt address.Address) ([]string, error) {
+	pol := p.Current()
+	v := pol.CheckRcpt(policy.Client{Addr: c.Addr, Hostname: c.Hostname}, from, rcpt.Raw)
+	if v.Reject != nil {
+		return nil, fromReply(v.Reject, v.Rule)
+	}
+	if v.Discard {
+		return nil, nil
+	}
+	x := pol.Expand(rcpt.Raw)
+	if x.Reject != nil {
+		return nil, fromReply(x.Reject, strings.Join(x.Steps, "; "))
+	}
+	return x.Addrs, nil
+}
+
+func fromReply(r *policy.Reply, rule string) *Error {
+	e := Reject(r.Code, r.Enhanced, r.Text)
+	e.Err = errors.New(rule)
+	return e
 }
 
 // ParseNetworks parses CIDRs or single addresses ("127.0.0.1", "10.0.0.0/8").

@@ -205,14 +205,40 @@ func (t *Table) Lookup(domain string) (Entry, bool) {
 	return e, ok
 }
 
+// Merge returns a new table with t's entries, overridden by over's.
+func (t *Table) Merge(over *Table) *Table {
+	out := NewTable()
+	if t != nil {
+		for k, v := range t.entries {
+			out.entries[k] = v
+		}
+	}
+	if over != nil {
+		for k, v := range over.entries {
+			out.entries[k] = v
+		}
+	}
+	return out
+}
+
 // Len is the number of entries.
 func (t *Table) Len() int { return len(t.entries) }
 
 // Router turns a domain into hops.
 type Router struct {
-	Table    *Table
+	Table *Table
+	// Current, when set, is called for every lookup instead of using Table
+	// (a hot-reloaded mailertable).
+	Current  func() *Table
 	Resolver Resolver
 	Port     uint16 // destination SMTP port, default 25
+}
+
+func (r *Router) table() *Table {
+	if r.Current != nil {
+		return r.Current()
+	}
+	return r.Table
 }
 
 // Route returns the hops to try for domain, in order.
@@ -221,7 +247,7 @@ func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, erro
 	if port == 0 {
 		port = 25
 	}
-	if e, ok := r.Table.Lookup(domain); ok {
+	if e, ok := r.table().Lookup(domain); ok {
 		if e.Error != nil {
 			return nil, e.Error
 		}

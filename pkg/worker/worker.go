@@ -28,6 +28,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
 // Source hands out ready jobs.
@@ -84,6 +85,7 @@ type Config struct {
 	// BusyDelay is how long mail handed back from a congested domain waits
 	// (±50%, default 30s); it does not count as an attempt.
 	BusyDelay time.Duration
+	Metrics   *telemetry.Metrics // nil: none
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -244,6 +246,7 @@ func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
 	if err := j.Ack(ctx); err != nil {
 		w.log.Warn("ack after hand-back failed; a duplicate may follow", "queue_id", e.QueueID, "err", err)
 	}
+	w.cfg.Metrics.HandBack()
 	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay)
 }
 
@@ -299,6 +302,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			return err
 		}
 		log.Info(e.QueueID + ": held: domain " + e.Domain + " is on hold")
+		w.cfg.Metrics.Held()
 		return j.Ack(ctx)
 	}
 	if j.Delivered > 1 && e.Parts > 1 {
@@ -393,21 +397,25 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: replyText(st), LastAttempt: ended}
 		switch {
 		case st.Delivered():
+			w.cfg.Metrics.Delivery("sent")
 			text := out.Reply
 			if text == "" {
 				text = st.Text
 			}
 			a.Stat = "Sent (" + text + ")"
 		case st.Permanent():
+			w.cfg.Metrics.Delivery("failed")
 			a.Stat = fmt.Sprintf("Failed: %s", replyText(st))
 			dr.Action = dsn.Failed
 			failed = append(failed, dr)
 		case expired:
+			w.cfg.Metrics.Delivery("expired")
 			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", humanDuration(ended.Sub(e.Arrived)), replyText(st))
 			a.DSN = "4.4.7"
 			dr.Action, dr.Status = dsn.Failed, "4.4.7"
 			failed = append(failed, dr)
 		default:
+			w.cfg.Metrics.Delivery("deferred")
 			a.Stat = "Deferred: " + replyText(st)
 			next := r.rcpt
 			next.Attempts++
@@ -496,6 +504,7 @@ func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, 
 	if rcpts[0].Action == dsn.Delayed {
 		kind = "delay warning"
 	}
+	w.cfg.Metrics.DSN(string(rcpts[0].Action))
 	log.Info(fmt.Sprintf("%s: %s: sender notify: %s", e.QueueID, qid, reason), "dsn_queue_id", qid, "kind", kind)
 	return nil
 }
