@@ -184,12 +184,19 @@ func splitHosts(s string) []string {
 
 // Lookup finds the entry for domain (A-labels).
 func (t *Table) Lookup(domain string) (Entry, bool) {
+	_, e, ok := t.LookupKey(domain)
+	return e, ok
+}
+
+// LookupKey is Lookup that also says which key matched ("example.com",
+// ".example.com" or ".").
+func (t *Table) LookupKey(domain string) (string, Entry, bool) {
 	if t == nil {
-		return Entry{}, false
+		return "", Entry{}, false
 	}
 	d := strings.ToLower(strings.TrimSuffix(domain, "."))
 	if e, ok := t.entries[d]; ok {
-		return e, true
+		return d, e, true
 	}
 	for {
 		i := strings.IndexByte(d, '.')
@@ -198,11 +205,30 @@ func (t *Table) Lookup(domain string) (Entry, bool) {
 		}
 		d = d[i+1:]
 		if e, ok := t.entries["."+d]; ok {
-			return e, true
+			return "." + d, e, true
 		}
 	}
 	e, ok := t.entries["."]
-	return e, ok
+	return ".", e, ok
+}
+
+// String renders an entry as mailertable text.
+func (e Entry) String() string {
+	if e.Error != nil {
+		return "error:" + e.Error.Enhanced + ":" + e.Error.Msg
+	}
+	parts := make([]string, 0, len(e.Hosts))
+	for _, h := range e.Hosts {
+		s := h.Name
+		if h.Literal {
+			s = "[" + s + "]"
+		}
+		if h.Port != 0 {
+			s += ":" + strconv.Itoa(int(h.Port))
+		}
+		parts = append(parts, s)
+	}
+	return "smtp:" + strings.Join(parts, ":")
 }
 
 // Merge returns a new table with t's entries, overridden by over's.
