@@ -58,10 +58,14 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 	if err != nil {
 		return err
 	}
-	for _, d := range []string{"nats", "bodies", "sink"} {
+	for _, d := range []string{"nats", "bodies", "sink", "policy"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
 			return err
 		}
+	}
+	policyDir := filepath.Join(dir, "policy")
+	if err := seedPolicy(policyDir, o); err != nil {
+		return err
 	}
 	ns, err := natsembed.Start(natsembed.Options{Port: o.natsPort, StoreDir: filepath.Join(dir, "nats")})
 	if err != nil {
@@ -78,8 +82,6 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 		if err != nil {
 			return fmt.Errorf("sink listen %s: %w", o.sinkAddr, err)
 		}
-		host, port, _ := net.SplitHostPort(ln.Addr().String())
-		routes = append(routes, ".=smtp:["+host+"]:"+port)
 		g.Go(func() error { return sk.Serve(ln) })
 		g.Go(func() error { <-gctx.Done(); return sk.Close() })
 	}
@@ -88,11 +90,12 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 
 	var in daemon.Ingress
 	in.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))
-	in.Common, in.Listen = common, o.smtp
+	in.Common, in.Listen, in.PolicyDir = common, o.smtp, policyDir
 	var wk daemon.Worker
 	wk.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))
 	wk.Common = common
 	wk.Routes = routes
+	wk.PolicyDir = policyDir
 	wk.Engine.RetryFirst = 30 * time.Second // dev: retry soon
 
 	ready := make(chan string, 1)
@@ -104,16 +107,44 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 		p, _ := strconv.Atoi(port)
 		fmt.Fprintf(os.Stderr, `
 mailfwd dev is running
-  SMTP ingress   %s   (relays for 127.0.0.0/8)
+  SMTP ingress   %s   (policy in %s: relays for 127.0.0.1)
   NATS           %s   (JetStream store in %s)
   bodies         %s
-  sink           %s   (every domain is routed here; mailbox in %s)
+  sink           %s   (the mailertable routes every domain here; mailbox in %s)
 Send a test message:
   go run ./cmd/ctl send --server 127.0.0.1:%d --from me@example.com --to you@example.net
-then look in %s (and for "stat=Sent" in the log above). Ctrl-C stops.
+then look in %s (and for "stat=Sent" in the log above).
+Policy: go run ./cmd/ctl policy --dir %s get   (changes apply within seconds)
+Queue:  go run ./cmd/ctl queue list            Ctrl-C stops.
 
-`, addr, natsURL, filepath.Join(dir, "nats"), blobURL, o.sinkAddr, filepath.Join(dir, "sink"), p, filepath.Join(dir, "sink"))
+`, addr, policyDir, natsURL, filepath.Join(dir, "nats"), blobURL, o.sinkAddr, filepath.Join(dir, "sink"), p, filepath.Join(dir, "sink"), policyDir)
 	case <-gctx.Done():
 	}
 	return g.Wait()
+}
+
+// seedPolicy writes a starting policy the first time: relay for local
+// clients only, and every domain routed to the sink.
+func seedPolicy(dir string, o options) error {
+	seed := map[string]string{
+		"access": "# sendmail access map: who may relay where (mailfwdctl policy --dir " + dir + " edit access)\n" +
+			"Connect:127.0.0.1\tRELAY\nConnect:localhost\tRELAY\n",
+	}
+	if !o.noSink {
+		host, port, err := net.SplitHostPort(o.sinkAddr)
+		if err != nil {
+			return fmt.Errorf("--sink %q: %w", o.sinkAddr, err)
+		}
+		seed["mailertable"] = "# every domain goes to the dev sink\n.\tsmtp:[" + host + "]:" + port + "\n"
+	}
+	for k, v := range seed {
+		path := filepath.Join(dir, k)
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }

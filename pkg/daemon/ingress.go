@@ -108,6 +108,7 @@ type Ingress struct {
 	RelayNetworks   config.StringList
 	RelayDomains    config.StringList
 	PolicyDir       string
+	PolicyInterval  time.Duration
 	DNSServer       string
 	ShutdownTimeout time.Duration
 	SMTP            ingress.Config
@@ -129,6 +130,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
 	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
+	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap: access, aliases, virtusertable, local-host-names…), hot-reloaded; replaces --relay-networks/--relay-domains")
 	fs.StringVar(&o.DNSServer, "dns-server", "", "DNS server host:port for client reverse lookups (Connect: host name rules); default: the system resolver")
 	fs.Var(&o.RelayDomains, "relay-domains", "recipient domains any client may send to (and their subdomains), comma-separated")
@@ -167,7 +169,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
-		watcher, err = policy.NewWatcher(o.PolicyDir, 5*time.Second, func(p *policy.Policy) {
+		watcher, err = policy.NewWatcher(o.PolicyDir, o.PolicyInterval, func(p *policy.Policy) {
 			log.Info("policy loaded", "component", "ingress", "version", p.Version, "dir", o.PolicyDir, "from_whitelist", p.Settings.FromWhitelist)
 			metrics.PolicyReload(true, p.Version)
 		}, func(err error) {
@@ -177,6 +179,9 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		if err != nil {
 			return &ConfigError{fmt.Errorf("--policy-dir: %w", err)}
 		}
+		p := watcher.Current()
+		log.Info("policy loaded", "component", "ingress", "version", p.Version, "dir", o.PolicyDir, "from_whitelist", p.Settings.FromWhitelist)
+		metrics.PolicyReload(true, p.Version)
 		o.SMTP.Policy = &ingress.SendmailPolicy{Current: watcher.Current}
 	} else {
 		if len(o.RelayNetworks) == 0 {

@@ -28,15 +28,16 @@ import (
 // Worker is the worker process's configuration.
 type Worker struct {
 	Common
-	DNSServers config.StringList
-	DNSTimeout time.Duration
-	SMTPPort   uint
-	Routes     config.StringList
-	NoTLS      bool
-	Limits     config.StringList
-	PolicyDir  string
-	Delivery   delivery.Config
-	Engine     worker.Config
+	DNSServers     config.StringList
+	DNSTimeout     time.Duration
+	SMTPPort       uint
+	Routes         config.StringList
+	NoTLS          bool
+	Limits         config.StringList
+	PolicyDir      string
+	PolicyInterval time.Duration
+	Delivery       delivery.Config
+	Engine         worker.Config
 }
 
 // Register adds the worker flags.
@@ -45,6 +46,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
 	fs.DurationVar(&o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
 	fs.UintVar(&o.SMTPPort, "smtp-port", 25, "destination SMTP port for MX and routes without a port")
+	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap); its mailertable is used, hot-reloaded; --route entries override it")
 	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
@@ -155,7 +157,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
-		watcher, err = policy.NewWatcher(o.PolicyDir, 5*time.Second, func(p *policy.Policy) {
+		watcher, err = policy.NewWatcher(o.PolicyDir, o.PolicyInterval, func(p *policy.Policy) {
 			table.Store(p.Mailertable.Merge(flagRoutes))
 			log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 			metrics.PolicyReload(true, p.Version)
@@ -166,6 +168,10 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		if err != nil {
 			return &ConfigError{fmt.Errorf("--policy-dir: %w", err)}
 		}
+		p := watcher.Current()
+		table.Store(p.Mailertable.Merge(flagRoutes))
+		log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
+		metrics.PolicyReload(true, p.Version)
 	}
 	res, err := mxresolve.New(mxresolve.Config{Servers: o.DNSServers, Timeout: o.DNSTimeout})
 	if err != nil {
