@@ -81,6 +81,10 @@ $ORIGIN mcc238.gprs.
 mms.mnc001 60 IN MX 5 mx.alpha.test.
 $ORIGIN null.test.
 @     60 IN MX 0 .
+$ORIGIN 0.0.127.in-addr.arpa.
+6     60 IN PTR our-mmsc.intra.example.com.
+$ORIGIN intra.example.com.
+our-mmsc 60 IN A 127.0.0.6
 $ORIGIN dead.test.
 @     60 IN MX 10 mx.dead.test.
 mx    60 IN A 127.0.0.5
@@ -115,21 +119,25 @@ type envOptions struct {
 	queueReturn   time.Duration
 	warnAfter     time.Duration
 	workerSetup   func(*daemon.Worker)
+	// policy, when set, runs ingress and worker on a policy directory with
+	// these files ({PORT} is replaced by the destinations' port).
+	policy map[string]string
 }
 
 type env struct {
-	t       testing.TB
-	nats    *testenv.NATS
-	minio   *testenv.Minio
-	dns     *testenv.DNSServer
-	blobURL string
-	smtp    string // ingress address
-	port    int    // destination port on 127.0.0.2-4
-	sinks   map[string]*sink.Server
-	logs    *syncBuffer
-	spans   *tracetest.InMemoryExporter
-	cancel  context.CancelFunc
-	done    chan error
+	t         testing.TB
+	nats      *testenv.NATS
+	minio     *testenv.Minio
+	dns       *testenv.DNSServer
+	blobURL   string
+	smtp      string // ingress address
+	port      int    // destination port on 127.0.0.2-4
+	sinks     map[string]*sink.Server
+	policyDir string
+	logs      *syncBuffer
+	spans     *tracetest.InMemoryExporter
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -170,6 +178,17 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	in.RelayDomains = o.relayDomains
 	in.ShutdownTimeout = 5 * time.Second
+	if o.policy != nil {
+		e.policyDir = filepath.Join(t.TempDir(), "policy")
+		if err := os.MkdirAll(e.policyDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range o.policy {
+			e.writePolicy(k, v)
+		}
+		in.PolicyDir, in.PolicyInterval, in.RelayNetworks = e.policyDir, 200*time.Millisecond, nil
+		in.DNSServer = e.dns.Addr
+	}
 
 	var wk daemon.Worker
 	wk.Register(flag.NewFlagSet("t", flag.ContinueOnError))
@@ -189,6 +208,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		wk.Engine.QueueReturn = o.queueReturn
 	}
 	wk.Engine.WarnAfter = o.warnAfter
+	if o.policy != nil {
+		wk.PolicyDir, wk.PolicyInterval = e.policyDir, 200*time.Millisecond
+	}
 	if o.workerSetup != nil {
 		o.workerSetup(&wk)
 	}
@@ -223,6 +245,19 @@ func newEnv(t testing.TB, o envOptions) *env {
 		}
 	})
 	return e
+}
+
+// writePolicy replaces one policy file atomically (as a ConfigMap update does).
+func (e *env) writePolicy(key, text string) {
+	e.t.Helper()
+	text = strings.ReplaceAll(text, "{PORT}", strconv.Itoa(e.port))
+	tmp := filepath.Join(e.policyDir, "."+key+".tmp")
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(e.policyDir, key)); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // startSinks listens on 127.0.0.2, .3 and .4 at one shared port.

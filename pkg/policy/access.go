@@ -340,7 +340,7 @@ func (m *accessMap) lookupAddr(tag string, a address.Address) *accessRule {
 
 // lookupConnect finds the Connect: entry for a client: its IP address and the
 // networks containing it (longest prefix first), then its host name and the
-// parent domains. A loopback client without a host name is "localhost".
+// parent domains. 127.0.0.1 or ::1 without a host name is "localhost".
 func (m *accessMap) lookupConnect(c Client) *accessRule {
 	if c.Addr.IsValid() {
 		ip := c.Addr.Unmap().WithZone("")
@@ -362,7 +362,8 @@ func (m *accessMap) lookupConnect(c Client) *accessRule {
 		}
 	}
 	host := c.Hostname
-	if host == "" && c.Addr.IsValid() && c.Addr.Unmap().IsLoopback() {
+	if host == "" && c.Addr.IsValid() && (c.Addr.Unmap() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || c.Addr == netip.IPv6Loopback()) {
+		// What /etc/hosts calls localhost; other 127/8 addresses have no name.
 		host = "localhost"
 	}
 	if host == "" {
@@ -386,7 +387,7 @@ func (m *accessMap) lookupConnect(c Client) *accessRule {
 // NeedsClientHostname reports whether access has Connect: host name entries
 // (tagged, or untagged host/domain entries, which apply to Connect too), so
 // the ingress does a PTR lookup only when one can matter. "localhost" does
-// not count: a loopback client without a PTR name is taken as localhost.
+// not count: 127.0.0.1 and ::1 without a PTR name are taken as localhost.
 func (p *Policy) NeedsClientHostname() bool { return p.access.hostNames > 0 }
 
 // Client is the connecting SMTP client.
