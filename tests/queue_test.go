@@ -259,3 +259,101 @@ func TestDeadDomainDoesNotSlowOthers(t *testing.T) {
 	t.Logf("dead domain: %d envelopes handed back while congested, %d attempts logged as deferred",
 		strings.Count(e.logs.String(), "handed back to the queue"), strings.Count(e.logs.String(), "@dead.test>, delay="))
 }
+
+// TestDelayWarningThenExpiry: a destination that keeps answering 4xx; the
+// sender first gets a delay warning, then after the queue-return time the
+// "Cannot send message" DSN, and the message leaves the queue.
+func TestDelayWarningThenExpiry(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", retryFirst: 500 * time.Millisecond, warnAfter: time.Second, queueReturn: 4 * time.Second,
+		onRcpt: func(rcpt string, _ int) *smtp.SMTPError {
+			if strings.HasSuffix(rcpt, "@alpha.test") {
+				return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Out of disk space"}
+			}
+			return nil
+		}})
+	res := send(e.smtp, "", "author@gamma.test", []string{"stuck@alpha.test"}, message("stuck", "stuck@x", "never\r\n"), nil)
+	if res.FinalCode != 250 {
+		t.Fatalf("send: %d %v", res.FinalCode, res.Err)
+	}
+	gamma := e.sinks["127.0.0.4"]
+	waitFor(t, "warning and bounce at the sender's domain", 30*time.Second, func() bool { return gamma.Count() >= 2 })
+	msgs := gamma.Messages()
+	warn, bounce := string(msgs[0].Data), string(msgs[1].Data)
+	for _, want := range []string{"Subject: Warning: could not send message", "Action: delayed", "Status: 4.3.1", "Will-Retry-Until:"} {
+		if !strings.Contains(warn, want) {
+			t.Errorf("delay warning lacks %q:\n%s", want, warn)
+		}
+	}
+	for _, want := range []string{"Subject: Returned mail: see transcript for details", "Action: failed", "Status: 4.4.7", "Cannot send message for"} {
+		if !strings.Contains(bounce, want) {
+			t.Errorf("expiry DSN lacks %q:\n%s", want, bounce)
+		}
+	}
+	if !strings.Contains(e.logs.String(), res.QueueID+": to=<stuck@alpha.test>") || !strings.Contains(e.logs.String(), "dsn=4.4.7, stat=Failed: Cannot send message for") {
+		t.Errorf("no sendmail-style expiry line in the logs")
+	}
+	waitFor(t, "queue empty after the bounce", 10*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"total": 0`)
+	})
+	time.Sleep(time.Second)
+	if gamma.Count() != 2 {
+		t.Errorf("sender got %d notifications, want exactly 2 (one warning, one bounce)", gamma.Count())
+	}
+}
+
+// TestQueueShowBouncePurge: inspect one message, bounce one domain's
+// deferred mail to its senders, purge another's, with --dry-run first.
+func TestQueueShowBouncePurge(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", retryFirst: time.Hour, onRcpt: func(rcpt string, _ int) *smtp.SMTPError {
+		if !strings.HasPrefix(rcpt, "author@") {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Try later"}
+		}
+		return nil
+	}})
+	a := send(e.smtp, "", "author@gamma.test", []string{"one@alpha.test"}, message("to be bounced", "b@x", "x\r\n"), nil)
+	b := send(e.smtp, "", "author@gamma.test", []string{"two@beta.test"}, message("to be purged", "p@x", "x\r\n"), nil)
+	if a.FinalCode != 250 || b.FinalCode != 250 {
+		t.Fatalf("send: %v %v", a.Err, b.Err)
+	}
+	waitFor(t, "both deferred", 30*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"deferred": 2`)
+	})
+	show := e.mustCtl(t, "queue", "show", a.QueueID, "--blob-store", e.blobURL)
+	for _, want := range []string{"Queue ID:", a.QueueID, "State:", "deferred", "to=<one@alpha.test>", "attempts=1", "421 4.4.2 Try later", "Subject: to be bounced"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("queue show lacks %q:\n%s", want, show)
+		}
+	}
+	if out, code := e.ctlRun("queue", "show", "nosuchid"); code != 4 {
+		t.Errorf("show of an unknown id: exit %d\n%s", code, out)
+	}
+	if out, code := e.ctlRun("queue", "purge", "--domain", "beta.test", "--blob-store", e.blobURL); code != 2 || !strings.Contains(out, "--yes") {
+		t.Errorf("purge without --yes and without a terminal: exit %d\n%s", code, out)
+	}
+	if out := e.mustCtl(t, "queue", "purge", "--domain", "beta.test", "--dry-run"); !strings.Contains(out, "would purge "+b.QueueID) {
+		t.Errorf("purge dry run: %s", out)
+	}
+	if out := e.mustCtl(t, "queue", "purge", "--domain", "beta.test", "--blob-store", e.blobURL, "--yes"); !strings.Contains(out, "matched 1 envelopes, purged 1") {
+		t.Errorf("purge: %s", out)
+	}
+	if out := e.mustCtl(t, "queue", "bounce", "--domain", "alpha.test", "--blob-store", e.blobURL, "--yes", "--reason", "Operator gave up"); !strings.Contains(out, "matched 1 envelopes, bounced 1") {
+		t.Errorf("bounce: %s", out)
+	}
+	gamma := e.sinks["127.0.0.4"]
+	waitFor(t, "bounce at the sender's domain", 30*time.Second, func() bool { return gamma.Count() >= 1 })
+	dsnText := string(gamma.Messages()[0].Data)
+	for _, want := range []string{"Final-Recipient: rfc822; one@alpha.test", "Action: failed", "Operator gave up", "Subject: to be bounced"} {
+		if !strings.Contains(dsnText, want) {
+			t.Errorf("bounce DSN lacks %q", want)
+		}
+	}
+	waitFor(t, "queue empty after bounce and purge (the DSN itself delivered)", 10*time.Second, func() bool {
+		out, _ := e.ctlRun("queue", "stats", "-o", "json")
+		return strings.Contains(out, `"total": 0`)
+	})
+	if n := gamma.Count(); n != 1 {
+		t.Errorf("the purged message produced a notification (%d messages)", n)
+	}
+}

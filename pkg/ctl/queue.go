@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/bounce"
@@ -365,10 +366,8 @@ func (g *globals) confirm(cmd *cobra.Command, o *opFlags, question string) error
 		return nil
 	}
 	in := cmd.InOrStdin()
-	if f, ok := in.(*os.File); ok {
-		if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
-			return &ExitError{Code: ExitUsage, Err: errors.New("refusing without --yes (no terminal to confirm on)")}
-		}
+	if f, ok := in.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+		return &ExitError{Code: ExitUsage, Err: errors.New("refusing without --yes (no terminal to confirm on)")}
 	}
 	fmt.Fprintf(g.errOut, "%s [y/N] ", question)
 	line, err := bufio.NewReader(in).ReadString('\n')
