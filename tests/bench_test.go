@@ -1,7 +1,11 @@
 package tests
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -9,6 +13,11 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/daemon"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
 // BenchmarkEndToEnd pushes b.N 1 KiB messages (one recipient each) through
@@ -58,5 +67,88 @@ func BenchmarkEndToEnd(b *testing.B) {
 			b.ReportMetric(float64(b.N)/accepted.Seconds(), "accepted/s")
 			b.ReportMetric(float64(b.N)/total.Seconds(), "delivered/s")
 		})
+	}
+}
+
+// BenchmarkHealthyLatencyDeadBacklog reports the delivery latency (accept
+// → destination) of mail to a healthy domain, alone and with a 10k-message
+// backlog for a dead domain (one that accepts connections and never
+// answers): deferred (waiting for retry), or ready all at once (a burst that
+// the workers meet first). One message per op, sent sequentially.
+func BenchmarkHealthyLatencyDeadBacklog(b *testing.B) {
+	for _, bl := range []struct {
+		name  string
+		n     int
+		ready bool
+	}{{"backlog=none", 0, false}, {"backlog=10k-deferred", 10000, false}, {"backlog=10k-ready", 10000, true}} {
+		b.Run(bl.name, func(b *testing.B) {
+			e := newEnv(b, envOptions{blob: "fs", retryFirst: time.Minute, workerSetup: func(w *daemon.Worker) {
+				w.Delivery.CommandTimeout = 30 * time.Second
+			}})
+			if bl.n > 0 {
+				seedDeadBacklog(b, e, bl.n, bl.ready)
+			}
+			dest := e.sinks["127.0.0.2"]
+			c, err := smtp.Dial(e.smtp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			deadline := time.Now().Add(5 * time.Minute)
+			sent := make([]time.Time, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N && time.Now().Before(deadline); i++ {
+				sent = append(sent, time.Now())
+				body := message("lat", "lat"+strconv.Itoa(i), "x\r\n")
+				if err := c.SendMail("s@origin.test", []string{"h" + strconv.Itoa(i) + "@alpha.test"}, bytes.NewReader(body)); err != nil {
+					b.Fatal(err)
+				}
+				waitFor(b, "healthy message delivered", time.Minute, func() bool { return dest.Count() > i })
+			}
+			b.StopTimer()
+			lat := make([]float64, 0, len(sent))
+			for i, m := range dest.Messages() {
+				if i < len(sent) {
+					lat = append(lat, float64(m.At.Sub(sent[i]).Microseconds())/1000)
+				}
+			}
+			sort.Float64s(lat)
+			if len(lat) > 0 {
+				b.ReportMetric(lat[len(lat)/2], "p50-ms")
+				b.ReportMetric(lat[len(lat)*99/100], "p99-ms")
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// seedDeadBacklog queues n envelopes for dead.test straight into JetStream.
+func seedDeadBacklog(b *testing.B, e *env, n int, ready bool) {
+	b.Helper()
+	ctx := context.Background()
+	q, err := queue.Connect(ctx, queue.Config{URL: e.nats.URL(), ClientName: "bench-seed"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	store, err := blob.Open(ctx, e.blobURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := store.Put(ctx, "deadbody", message("dead", "dead@x", "x\r\n")); err != nil {
+		b.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	for i := range n {
+		env := &envelope.Envelope{QueueID: fmt.Sprintf("dead%06d", i), From: "s@origin.test", Domain: "dead.test",
+			Recipients: []envelope.Recipient{{Addr: fmt.Sprintf("u%d@dead.test", i)}}, BodyKey: "deadbody", Size: 100, Parts: 1, Arrived: time.Now()}
+		if ready {
+			err = q.Enqueue(ctx, []*envelope.Envelope{env})
+		} else {
+			err = q.Defer(ctx, env, later, "seed")
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }
