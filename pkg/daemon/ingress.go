@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -33,6 +35,7 @@ type Common struct {
 	Bootstrap bool
 	AckWait   time.Duration
 	Replicas  int
+	Pprof     bool
 	Logging   config.Logging
 }
 
@@ -44,6 +47,7 @@ func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
 	fs.DurationVar(&c.AckWait, "ack-wait", 2*time.Minute, "JetStream ack wait of the workers' consumer (set at bootstrap)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas for the stream and bucket (set at bootstrap)")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on --http-addr")
 	c.Logging.Register(fs)
 }
 
@@ -236,16 +240,23 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		log.Info("ingress draining: no new sessions, open ones may finish", "component", "ingress", "sessions", srv.Sessions(), "timeout", o.ShutdownTimeout)
 		return srv.Shutdown(sctx)
 	})
-	startHealth(ctx, g, gctx, o.HTTPAddr, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
+	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }
 
-func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, log *slog.Logger, checks map[string]config.Check, m *telemetry.Metrics) {
+func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, pprofOn bool, log *slog.Logger, checks map[string]config.Check, m *telemetry.Metrics) {
 	if addr == "" {
 		return
 	}
 	h := config.NewHealth(addr, checks)
 	h.Handle("/metrics", m.Handler())
+	if pprofOn {
+		h.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		h.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+		h.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		h.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		h.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	}
 	g.Go(func() error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
