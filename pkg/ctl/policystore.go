@@ -115,6 +115,12 @@ func (c configMapStore) Where() string {
 func (c configMapStore) Load(ctx context.Context) (map[string][]byte, string, error) {
 	cm, err := c.client.CoreV1().ConfigMaps(c.namespace).Get(ctx, c.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
+		// A missing ConfigMap is an empty policy, but a missing namespace
+		// (a typo in -n) is an error, not an empty policy. A caller that
+		// may not read namespaces gets the empty policy.
+		if _, nerr := c.client.CoreV1().Namespaces().Get(ctx, c.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
+			return nil, "", fmt.Errorf("read %s: namespace %q not found", c.Where(), c.namespace)
+		}
 		return map[string][]byte{}, "", nil
 	}
 	if err != nil {
