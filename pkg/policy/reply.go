@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"github.com/mailfwd/mailfwd/pkg/route"
 	"strings"
 )
 
@@ -64,7 +65,7 @@ func parseErrorSpec(s string, named bool, defText string) (errSpec, error) {
 			return e, checkText(e.Reply.Text)
 		}
 	}
-	if enh, rest, ok := strings.Cut(s, ":"); ok && validStatus(enh) {
+	if enh, rest, ok := strings.Cut(s, ":"); ok && route.ValidStatus(enh) {
 		rest, err := unquote(strings.TrimSpace(rest))
 		if err != nil {
 			return errSpec{}, err
@@ -147,24 +148,10 @@ func cutCode(s string) (code int, rest string) {
 // cutEnhancedWord splits a leading "D.S.N" word followed by a blank or the end.
 func cutEnhancedWord(s string) (enh, rest string) {
 	w, r := fields(s)
-	if !validStatus(w) {
+	if !route.ValidStatus(w) {
 		return "", s
 	}
 	return w, r
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// validStatus reports whether code is an RFC 3463 status 4.x.x or 5.x.x.
-func validStatus(code string) bool {
-	parts := strings.Split(code, ".")
-	if len(parts) != 3 || (parts[0] != "4" && parts[0] != "5") {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
-			return false
-		}
-	}
-	return true
-}

@@ -296,26 +296,22 @@ func (q *Queue) ReleaseBody(ctx context.Context, e *envelope.Envelope) (last boo
 		return false, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
 	}
 	for range 20 {
-		ent, err := kv.Get(ctx, e.QueueID)
+		doms, rev, err := pendingDomains(ctx, kv, e.QueueID)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return true, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("queue: body refs %s: %w", e.QueueID, err)
-		}
-		var doms []string
-		if err := json.Unmarshal(ent.Value(), &doms); err != nil {
-			return false, fmt.Errorf("queue: body refs %s: %w", e.QueueID, err)
+			return false, err
 		}
 		doms = slices.DeleteFunc(doms, func(d string) bool { return d == e.Domain })
 		if len(doms) == 0 {
-			err = kv.Delete(ctx, e.QueueID, jetstream.LastRevision(ent.Revision()))
+			err = kv.Delete(ctx, e.QueueID, jetstream.LastRevision(rev))
 			if err == nil {
 				return true, nil
 			}
 		} else {
 			b, _ := json.Marshal(doms)
-			_, err = kv.Update(ctx, e.QueueID, b, ent.Revision())
+			_, err = kv.Update(ctx, e.QueueID, b, rev)
 			if err == nil {
 				return false, nil
 			}
@@ -342,18 +338,31 @@ func (q *Queue) PartDone(ctx context.Context, e *envelope.Envelope) (bool, error
 	if err != nil {
 		return false, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
 	}
-	ent, err := kv.Get(ctx, e.QueueID)
+	doms, _, err := pendingDomains(ctx, kv, e.QueueID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("queue: body refs %s: %w", e.QueueID, err)
+		return false, err
+	}
+	return !slices.Contains(doms, e.Domain), nil
+}
+
+// pendingDomains reads the recipient domains of message qid that are not
+// final yet, with the entry's revision for a compare-and-set.
+func pendingDomains(ctx context.Context, kv jetstream.KeyValue, qid string) ([]string, uint64, error) {
+	ent, err := kv.Get(ctx, qid)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, err
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: body refs %s: %w", qid, err)
 	}
 	var doms []string
 	if err := json.Unmarshal(ent.Value(), &doms); err != nil {
-		return false, fmt.Errorf("queue: body refs %s: %w", e.QueueID, err)
+		return nil, 0, fmt.Errorf("queue: body refs %s: %w", qid, err)
 	}
-	return !slices.Contains(doms, e.Domain), nil
+	return doms, ent.Revision(), nil
 }
 
 // HeaderCarrier adapts NATS headers for OpenTelemetry propagation.

@@ -100,7 +100,7 @@ func ParseRHS(rhs string) (Entry, error) {
 		if strings.HasPrefix(text, "\"") || text == "" {
 			text = strings.Trim(text, "\" ")
 		}
-		if !validStatus(code) {
+		if !ValidStatus(code) {
 			return Entry{}, fmt.Errorf("error: entry needs a 4.x.x or 5.x.x status, got %q", code)
 		}
 		if text == "" {
@@ -147,9 +147,9 @@ func ParseRHS(rhs string) (Entry, error) {
 	return Entry{Hosts: hosts}, nil
 }
 
-// validStatus reports whether code is an RFC 3463 status "4.x.x" or "5.x.x"
+// ValidStatus reports whether code is an RFC 3463 status "4.x.x" or "5.x.x"
 // (subject and detail of 1-3 digits).
-func validStatus(code string) bool {
+func ValidStatus(code string) bool {
 	parts := strings.Split(code, ".")
 	if len(parts) != 3 || (parts[0] != "4" && parts[0] != "5") {
 		return false
