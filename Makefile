@@ -67,8 +67,18 @@ test-integration: tools ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench
-bench: tools ## Run the Go benchmarks (ingress accept rate, end-to-end rate)
+bench: tools ## mailfwd vs a private Postfix vs smtp-source→smtp-sink, one run (BENCH_QUICK=1 for ~2 min); CSV in bench-results/
+	@command -v smtp-source >/dev/null || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y postfix; }
+	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) $(GO) run ./bench
+	$(MAKE) --no-print-directory bench-go
+
+.PHONY: bench-go
+bench-go: tools ## In-process Go benchmarks: end-to-end rate, healthy-domain latency with a 10k dead-domain backlog
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 2000x -timeout 20m ./tests/...
+
+.PHONY: chaos
+chaos: tools ## Fault suite with a ledger of every 250: workers, ingress, NATS, MinIO killed; destination down (minutes)
+	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) CHAOS_SUMMARY=bench-results/chaos-summary.txt $(GO) test -tags chaos -count=1 -timeout 15m -v ./tests/chaos/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
@@ -80,6 +90,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
 .PHONY: lint
 lint: ## go vet and gofmt
 	$(GO) vet ./...
+	$(GO) vet -tags chaos ./tests/chaos/
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: clean

@@ -1,0 +1,163 @@
+package rig
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MailfwdConfig describes one mailfwd deployment of separate processes.
+type MailfwdConfig struct {
+	Dir        string // state and logs
+	SyncAlways bool   // nats-server sync_interval: always
+	// Blob is "file" (fsync per body, the default), "file-nofsync" or "s3".
+	Blob        string
+	Minio       *Minio // required for Blob "s3"; not owned by the stack
+	Workers     int    // default 1
+	Route       string // destination host:port for every domain
+	IngressArgs []string
+	WorkerArgs  []string
+	// ProfileDir, if set, passes --cpuprofile DIR/<proc>.pprof (the tools
+	// must be the bench/profiled wrapper).
+	ProfileDir string
+	// NATS, if set, is used instead of starting a server (not owned).
+	NATS *NATS
+}
+
+// Mailfwd is a running nats-server + ingress + workers.
+type Mailfwd struct {
+	Cfg        MailfwdConfig
+	NATS       *NATS
+	Ingress    *Proc
+	Workers    []*Proc
+	SMTPAddr   string
+	BlobURL    string
+	ProfileDir string
+	tools      Tools
+	ownNATS    bool
+}
+
+// StartMailfwd starts the stack and waits until the ingress greets.
+func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("rig: %w", err)
+	}
+	m := &Mailfwd{Cfg: cfg, tools: t, ProfileDir: cfg.ProfileDir}
+	switch cfg.Blob {
+	case "", "file":
+		m.BlobURL = "file://" + filepath.Join(cfg.Dir, "bodies")
+	case "file-nofsync":
+		m.BlobURL = "file://" + filepath.Join(cfg.Dir, "bodies") + "?fsync=false"
+	case "s3":
+		if cfg.Minio == nil {
+			return nil, fmt.Errorf("rig: blob s3 needs a MinIO")
+		}
+		m.BlobURL = cfg.Minio.URL("mailfwd-" + strconv.FormatInt(time.Now().UnixNano(), 36))
+	default:
+		return nil, fmt.Errorf("rig: unknown blob store %q", cfg.Blob)
+	}
+	if cfg.NATS != nil {
+		m.NATS = cfg.NATS
+	} else {
+		n, err := StartNATS(t.NATSServer, filepath.Join(cfg.Dir, "nats"), cfg.SyncAlways)
+		if err != nil {
+			return nil, err
+		}
+		m.NATS, m.ownNATS = n, true
+	}
+	port, err := FreePort()
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	m.SMTPAddr = "127.0.0.1:" + strconv.Itoa(port)
+	args := append(append([]string{}, t.IngressPre...), "--listen", m.SMTPAddr, "--nats-url", m.NATS.URL(), "--blob-store", m.BlobURL,
+		"--http-addr", "", "--relay-networks", "127.0.0.0/8", "--hostname", "ingress.bench.test",
+		"--max-sessions", "1000")
+	args = append(args, cfg.IngressArgs...)
+	if cfg.ProfileDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(cfg.ProfileDir, "ingress.pprof"))
+	}
+	m.Ingress, err = StartProc("ingress", filepath.Join(cfg.Dir, "ingress.log"), nil, t.Ingress, args...)
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := WaitTCP(m.SMTPAddr, 60*time.Second, true); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("%w (see %s)", err, m.Ingress.LogPath)
+	}
+	for i := range cfg.Workers {
+		if err := m.AddWorker(i); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// WorkerArgs is the command line of worker i.
+func (m *Mailfwd) workerArgs(i int) []string {
+	host, port, _ := strings.Cut(m.Cfg.Route, ":")
+	args := append(append([]string{}, m.tools.WorkerPre...), "--nats-url", m.NATS.URL(), "--blob-store", m.BlobURL, "--http-addr", "",
+		"--route", ".=smtp:["+host+"]:"+port, "--no-starttls",
+		"--helo-name", "worker"+strconv.Itoa(i)+".bench.test")
+	args = append(args, m.Cfg.WorkerArgs...)
+	if m.ProfileDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(m.ProfileDir, "worker"+strconv.Itoa(i)+".pprof"))
+	}
+	return args
+}
+
+// AddWorker starts worker process number i.
+func (m *Mailfwd) AddWorker(i int) error {
+	p, err := StartProc("worker"+strconv.Itoa(i), filepath.Join(m.Cfg.Dir, "worker"+strconv.Itoa(i)+".log"), nil, m.tools.Worker, m.workerArgs(i)...)
+	if err != nil {
+		return err
+	}
+	m.Workers = append(m.Workers, p)
+	return nil
+}
+
+// Procs lists every process of the relay (the MinIO of an s3 stack included).
+func (m *Mailfwd) Procs() []*Proc {
+	ps := []*Proc{m.Ingress}
+	ps = append(ps, m.Workers...)
+	if m.NATS != nil {
+		ps = append(ps, m.NATS.Proc)
+	}
+	if m.Cfg.Blob == "s3" && m.Cfg.Minio != nil {
+		ps = append(ps, m.Cfg.Minio.Proc)
+	}
+	return ps
+}
+
+// CPU sums the CPU time of every relay process.
+func (m *Mailfwd) CPU() time.Duration {
+	var d time.Duration
+	for _, p := range m.Procs() {
+		if p != nil {
+			d += p.CPU()
+		}
+	}
+	return d
+}
+
+// Close stops the workers, the ingress and (if owned) nats-server.
+func (m *Mailfwd) Close() {
+	for _, w := range m.Workers {
+		_ = w.Stop(5 * time.Second)
+	}
+	if m.Ingress != nil {
+		_ = m.Ingress.Stop(5 * time.Second)
+	}
+	if m.ownNATS && m.NATS != nil {
+		_ = m.NATS.Stop(5 * time.Second)
+	}
+}
