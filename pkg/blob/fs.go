@@ -27,6 +27,7 @@ const (
 type FS struct {
 	dir   string
 	fsync bool
+	group *groupSync // group commit (Linux); nil: fsync each file and directory
 }
 
 var _ Store = (*FS)(nil)
@@ -47,7 +48,17 @@ func NewFS(dir string, fsync bool) (*FS, error) {
 	if err := os.MkdirAll(abs, fsDirPerm); err != nil {
 		return nil, fmt.Errorf("blob: fs: create directory: %w", err)
 	}
-	return &FS{dir: abs, fsync: fsync}, nil
+	f := &FS{dir: abs, fsync: fsync}
+	if fsync {
+		flush, _, err := newFSFlusher(abs)
+		if err != nil {
+			return nil, fmt.Errorf("blob: fs: %w", err)
+		}
+		if flush != nil {
+			f.group = newGroupSync(flush)
+		}
+	}
+	return f, nil
 }
 
 // Dir returns the absolute root directory.
@@ -98,7 +109,7 @@ func (f *FS) Put(ctx context.Context, key string, data []byte) error {
 	if _, err := tmp.Write(data); err != nil {
 		return fmt.Errorf("blob: fs: put %q: write: %w", key, err)
 	}
-	if f.fsync {
+	if f.fsync && f.group == nil {
 		if err := tmp.Sync(); err != nil {
 			return fmt.Errorf("blob: fs: put %q: fsync: %w", key, err)
 		}
@@ -110,7 +121,14 @@ func (f *FS) Put(ctx context.Context, key string, data []byte) error {
 		return fmt.Errorf("blob: fs: put %q: rename: %w", key, err)
 	}
 	committed = true
-	if f.fsync {
+	switch {
+	case f.group != nil:
+		// Group commit: one syncfs covers this body, its directory entry and
+		// every other Put that finished writing meanwhile.
+		if err := f.group.wait(ctx); err != nil {
+			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+		}
+	case f.fsync:
 		if err := syncDir(dir); err != nil {
 			return fmt.Errorf("blob: fs: put %q: %w", key, err)
 		}
