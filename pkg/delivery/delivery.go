@@ -180,7 +180,19 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			continue
 		}
 		out.Hop = hop
-		reusable := c.transact(ctx, cn, msg, out)
+		reusable, stale := c.transact(ctx, cn, msg, out)
+		if stale {
+			// A pooled connection reused without a check was dead before
+			// anything was sent: try once more on a fresh connection.
+			log.Debug("reused connection was closed by the server; reconnecting", "relay", hop.Name, "addr", hop.Addr)
+			c.discard(cn)
+			c.purgeIdle(hop.Addr)
+			if cn, r, ok = c.getConn(ctx, hop, log); !ok {
+				last = r
+				continue
+			}
+			reusable, _ = c.transact(ctx, cn, msg, out)
+		}
 		c.finish(cn, reusable)
 		return out
 	}
@@ -235,7 +247,10 @@ var closedResult = result{Enhanced: "4.3.2", Text: "Delivery client is shut down
 
 // transact runs MAIL/RCPT/DATA on cn and fills out.Statuses. It reports
 // whether cn is still in a clean state and may be reused.
-func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outcome) (reusable bool) {
+// transact runs one transaction on cn. stale reports a connection reused
+// without a check that failed at MAIL FROM without a reply: nothing was
+// sent, and the caller may retry on a fresh connection.
+func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outcome) (reusable, stale bool) {
 	name := cn.hop.Name
 	final := make([]bool, len(msg.Recipients))
 	set := func(i int, r result) {
@@ -254,17 +269,17 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		if ok, _ := cn.sc.Extension("SMTPUTF8"); !ok {
 			setRest(result{Code: 553, Enhanced: "5.6.7",
 				Text: fmt.Sprintf("SMTPUTF8 is required, but was not offered by host %s.", name)})
-			return true
+			return true, false
 		}
 	}
 	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && len(msg.Body) > limit {
 		setRest(result{Code: 552, Enhanced: "5.3.4",
 			Text: fmt.Sprintf("Message is too large; %d bytes max at %s.", limit, name)})
-		return true
+		return true, false
 	}
 	if strings.ContainsAny(msg.From, "\r\n") {
 		setRest(result{Code: 553, Enhanced: "5.1.7", Text: "Invalid sender address."})
-		return true
+		return true, false
 	}
 
 	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
@@ -280,8 +295,12 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	opts := &smtp.MailOptions{Size: int64(len(msg.Body)), UTF8: msg.UTF8}
 	if err := cn.sc.Mail(msg.From, opts); err != nil {
 		r, isReply := stepError(ctx, name, "MAIL FROM", err)
+		if !isReply && cn.reused && ctx.Err() == nil {
+			cn.msgs--
+			return false, true
+		}
 		setRest(r)
-		return isReply && r.Code != 421
+		return isReply && r.Code != 421, false
 	}
 
 	var accepted int
@@ -298,12 +317,12 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		r, isReply := stepError(ctx, name, "RCPT TO", err)
 		if !isReply || r.Code == 421 {
 			setRest(r)
-			return false
+			return false, false
 		}
 		set(i, r)
 	}
 	if accepted == 0 {
-		return cn.reset(c.cfg.HeloName) == nil
+		return cn.reset(c.cfg.HeloName) == nil, false
 	}
 
 	w, err := cn.sc.Data()
@@ -311,16 +330,16 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		r, isReply := stepError(ctx, name, "DATA", err)
 		setRest(r)
 		out.Reply = r.Text
-		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil
+		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil, false
 	}
 	deadline := time.Now().Add(c.cfg.DataTimeout)
 	if err := cn.raw.SetDeadline(deadline); err != nil {
 		setRest(lostResult(ctx, name, "DATA", err))
-		return false
+		return false, false
 	}
 	if _, err := w.Write(msg.Body); err != nil {
 		setRest(lostResult(ctx, name, "message transfer", err))
-		return false
+		return false, false
 	}
 	cn.sc.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 	resp, err := w.CloseWithResponse()
@@ -329,10 +348,10 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		r, isReply := stepError(ctx, name, "end of DATA", err)
 		setRest(r)
 		out.Reply = r.Text
-		return isReply && r.Code != 421
+		return isReply && r.Code != 421, false
 	}
 	r := okResult(resp.StatusText)
 	setRest(r)
 	out.Reply = r.Text
-	return true
+	return true, false
 }

@@ -32,7 +32,16 @@ type conn struct {
 	tls   bool
 	msgs  int         // transactions started on this connection
 	timer *time.Timer // idle expiry while pooled
+	// pooledAt is when the connection was last put back in the pool. A
+	// connection reused within reuseUnchecked is not probed with NOOP; if it
+	// turns out dead at MAIL FROM, Deliver retries on a fresh one.
+	pooledAt time.Time
+	reused   bool // taken from the pool without a check
 }
+
+// reuseUnchecked: how recently a pooled connection must have been used to be
+// reused without a NOOP round trip.
+const reuseUnchecked = 2 * time.Second
 
 // reset sends RSET and then EHLO again (go-smtp forgets the EHLO state on
 // Reset), leaving the session ready for a new transaction.
@@ -62,6 +71,10 @@ func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 		}
 		if cn == nil { // a slot was reserved: dial
 			return c.connect(ctx, hop, log)
+		}
+		if time.Since(cn.pooledAt) < reuseUnchecked {
+			cn.reused = true
+			return cn, result{}, true
 		}
 		err := c.check(ctx, cn)
 		if err == nil {
@@ -182,6 +195,7 @@ func (c *Client) finish(cn *conn, reusable bool) {
 		c.retire(cn)
 		return
 	}
+	cn.pooledAt, cn.reused = time.Now(), false
 	cn.timer = time.AfterFunc(c.cfg.IdleTimeout, func() { c.expire(cn) })
 	hs.idle = append(hs.idle, cn)
 	hs.wakeLocked()
