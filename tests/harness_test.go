@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 // buildBinary builds ./cmd/<name> once per test run.
 var buildMu sync.Mutex
 
-func buildBinary(t *testing.T, name string) string {
+func buildBinary(t testing.TB, name string) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
