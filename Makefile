@@ -8,6 +8,7 @@ BIN       := bin
 TOOLS_DIR ?= $(HOME)/.cache/mailfwd/bin
 MINIO_VERSION       := v0.0.0-20260212201848-7aac2a2c5b7c
 NATS_SERVER_VERSION := v2.15.2
+HELM_VERSION        := v3.22.0
 KUBE_VERSION        := v1.32.13
 ETCD_VERSION        := v3.5.21
 MINIO       := $(TOOLS_DIR)/minio-$(MINIO_VERSION)
@@ -15,9 +16,10 @@ NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)
 KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)
 KUBE_ETCD      := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
+HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM)
 
 .PHONY: help
 help: ## Show this help
@@ -35,7 +37,7 @@ run: ## Start a complete forwarder on this machine (embedded NATS, ./var body st
 	$(GO) run ./cmd/dev --dir var
 
 .PHONY: tools
-tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd and kubectl used by the tests (cached in ~/.cache/mailfwd)
+tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) $(HELM) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd, kubectl and helm used by the tests (cached in ~/.cache/mailfwd)
 
 $(MINIO):
 	@mkdir -p $(TOOLS_DIR)
@@ -48,10 +50,22 @@ $(KUBE_APISERVER) $(KUBE_ETCD) $(KUBECTL) &:
 	@echo "building kube-apiserver/kubectl $(KUBE_VERSION) and etcd $(ETCD_VERSION) (first time only, ~5 min)"
 	bash scripts/kube-tools.sh $(TOOLS_DIR)
 
+$(HELM):
+	HELM_VERSION=$(HELM_VERSION) bash deploy/scripts/helm-tool.sh $(TOOLS_DIR)
+
 $(NATS_SERVER):
 	@mkdir -p $(TOOLS_DIR)
 	GOBIN=$(TOOLS_DIR)/.nats-build $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 	mv $(TOOLS_DIR)/.nats-build/nats-server $@
+
+.PHONY: image
+image: ## Build the ingress, worker and mailfwdctl OCI image tarballs into dist/images (no Docker needed)
+	$(GO) run ./cmd/image -out dist/images
+
+.PHONY: chart-lint
+chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every examples/*.yaml
+	$(HELM) lint --strict charts/mailfwd
+	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd -f $$f || exit 1; done
 
 .PHONY: test
 test: tools ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
@@ -95,4 +109,4 @@ lint: ## go vet and gofmt
 
 .PHONY: clean
 clean: ## Remove build output and the dev state in ./var
-	rm -rf $(BIN) var
+	rm -rf $(BIN) var dist

@@ -118,8 +118,15 @@ func TestInstallKeepsClusterPolicyEdits(t *testing.T) {
 	env := []string{"KUBECONFIG=" + k.Kubeconfig}
 	base := []string{chartDir(t), "--namespace", namespace, "--no-hooks", "--timeout", "60s"}
 
-	if out, err := runHelm(t, helm, env, append([]string{"install", releaseName}, base...)...); err != nil {
+	out, err := runHelm(t, helm, env, append([]string{"install", releaseName}, base...)...)
+	if err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	// NOTES.txt tells where the policy lives and how it is edited.
+	for _, want := range []string{"NOTES:", "ConfigMap mailfwd-policy", "mailfwdctl policy import /etc/mail -n mail --configmap mailfwd-policy", "Nothing relays"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm install output lacks %q:\n%s", want, out)
+		}
 	}
 	cs := k.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

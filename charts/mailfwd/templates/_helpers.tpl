@@ -1,0 +1,194 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "mailfwd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources: the release name, plus the chart name
+unless the release name already contains it. Truncated to leave room for the
+longest suffix ("-ingress-metrics", 16 characters) within 63.
+*/}}
+{{- define "mailfwd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 47 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mailfwd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "mailfwd.labels" -}}
+helm.sh/chart: {{ include "mailfwd.chart" . }}
+app.kubernetes.io/name: {{ include "mailfwd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mailfwd
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "ingress"). */}}
+{{- define "mailfwd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailfwd.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Labels of one component's resources: (dict "ctx" $ "component" "ingress"). */}}
+{{- define "mailfwd.componentLabels" -}}
+{{ include "mailfwd.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "mailfwd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mailfwd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mailfwd.ctlServiceAccountName" -}}
+{{- printf "%s-ctl" (include "mailfwd.fullname" .) }}
+{{- end }}
+
+{{/* Name of the policy ConfigMap mounted into the pods. */}}
+{{- define "mailfwd.policyConfigMap" -}}
+{{- default (printf "%s-policy" (include "mailfwd.fullname" .)) .Values.policy.existingConfigMap }}
+{{- end }}
+
+{{/* Name of the Secret with the S3 credentials. */}}
+{{- define "mailfwd.s3Secret" -}}
+{{- default (printf "%s-s3" (include "mailfwd.fullname" .)) .Values.s3.existingSecret }}
+{{- end }}
+
+{{- define "mailfwd.s3AccessKeyKey" -}}
+{{- if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.accessKeyId }}{{ else }}AWS_ACCESS_KEY_ID{{ end }}
+{{- end }}
+
+{{- define "mailfwd.s3SecretKeyKey" -}}
+{{- if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.secretAccessKey }}{{ else }}AWS_SECRET_ACCESS_KEY{{ end }}
+{{- end }}
+
+{{/* Image reference of one component: (dict "ctx" $ "name" .Values.image.ingress). */}}
+{{- define "mailfwd.image" -}}
+{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag }}
+{{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.registry) .name $tag }}
+{{- end }}
+
+{{/* The body store URL (no credentials: those come from the Secret as env). */}}
+{{- define "mailfwd.blobStore" -}}
+{{- $s3 := .Values.s3 }}
+{{- $path := $s3.bucket }}
+{{- with $s3.prefix }}{{ $path = printf "%s/%s" $path (trimPrefix "/" .) }}{{ end }}
+{{- $q := printf "endpoint=%s&secure=%t" (tpl $s3.endpoint .) $s3.secure }}
+{{- with $s3.region }}{{ $q = printf "%s&region=%s" $q . }}{{ end }}
+{{- printf "s3://%s?%s" $path $q }}
+{{- end }}
+
+{{- define "mailfwd.natsURL" -}}
+{{- tpl .Values.nats.url . }}
+{{- end }}
+
+{{/* Flags shared by ingress, worker and the bootstrap Job. */}}
+{{- define "mailfwd.queueArgs" -}}
+- {{ printf "--nats-url=%s" (include "mailfwd.natsURL" .) | quote }}
+{{- if .Values.nats.credentials.existingSecret }}
+- {{ printf "--nats-creds=/etc/mailfwd/nats/%s" .Values.nats.credentials.key | quote }}
+{{- end }}
+- {{ printf "--blob-store=%s" (include "mailfwd.blobStore" .) | quote }}
+- {{ printf "--replicas=%v" .Values.queue.replicas | quote }}
+- {{ printf "--ack-wait=%s" .Values.queue.ackWait | quote }}
+{{- end }}
+
+{{/* Environment shared by every container: S3 credentials from the Secret. */}}
+{{- define "mailfwd.s3Env" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mailfwd.s3Secret" . }}
+      key: {{ include "mailfwd.s3AccessKeyKey" . }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mailfwd.s3Secret" . }}
+      key: {{ include "mailfwd.s3SecretKeyKey" . }}
+{{- end }}
+
+{{/* Volumes shared by ingress and worker: /tmp, policy, NATS credentials. */}}
+{{- define "mailfwd.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: policy
+  configMap:
+    name: {{ include "mailfwd.policyConfigMap" . }}
+{{- if .Values.nats.credentials.existingSecret }}
+- name: nats-creds
+  secret:
+    secretName: {{ .Values.nats.credentials.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.nats.credentials.key }}
+        path: {{ .Values.nats.credentials.key }}
+{{- end }}
+{{- end }}
+
+{{- define "mailfwd.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: policy
+  mountPath: /etc/mailfwd/policy
+  readOnly: true
+{{- if .Values.nats.credentials.existingSecret }}
+- name: nats-creds
+  mountPath: /etc/mailfwd/nats
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Probes on the health port: (dict "probe" .Values.ingress.readinessProbe "path" "/readyz"). */}}
+{{- define "mailfwd.probe" -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+{{- range $k, $v := .probe }}
+{{ $k }}: {{ $v }}
+{{- end }}
+{{- end }}
+
+{{/* Topology spread constraints with the component's selector filled in. */}}
+{{- define "mailfwd.topologySpread" -}}
+{{- $sel := include "mailfwd.selectorLabels" (dict "ctx" .ctx "component" .component) | fromYaml }}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $sel) }}
+{{- end }}
+- {{ toYaml $c | indent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Validation of combinations the schema cannot express. */}}
+{{- define "mailfwd.validate" -}}
+{{- if and (not .Values.s3.existingSecret) (or (not .Values.s3.accessKeyId) (not .Values.s3.secretAccessKey)) }}
+{{- fail "s3: set s3.existingSecret, or both s3.accessKeyId and s3.secretAccessKey" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- if and .Values.keda.enabled .Values.worker.autoscaling.enabled }}
+{{- fail "keda.enabled and worker.autoscaling.enabled both create an HPA for the workers: enable one" }}
+{{- end }}
+{{- end }}
