@@ -33,9 +33,12 @@ func (j *Job) Context(ctx context.Context) context.Context {
 	return j.q.cfg.Propagator.Extract(ctx, HeaderCarrier(j.msg.Headers()))
 }
 
-// Ack ends the job: the envelope leaves the ready queue. Ack waits for the
-// server's confirmation so that a "done" job is not redelivered.
-func (j *Job) Ack(ctx context.Context) error { return j.msg.DoubleAck(ctx) }
+// Ack ends the job: the envelope leaves the ready queue. The ack is not
+// confirmed by the server: if it is lost, the envelope is redelivered after
+// the ack wait, and the worker recognises a completed one (its body is gone,
+// or its domain is no longer pending) and drops it; a waited-for ack would
+// end in the same redelivery, one round trip later.
+func (j *Job) Ack(context.Context) error { return j.msg.Ack() }
 
 // Nak returns the job to the queue for another worker after delay.
 func (j *Job) Nak(delay time.Duration) error {
