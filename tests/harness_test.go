@@ -26,6 +26,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/daemon"
+	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/sink"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
@@ -214,6 +215,20 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if o.workerSetup != nil {
 		o.workerSetup(&wk)
 	}
+
+	// Bootstrap once up front: ingress and worker bootstrapping at the same
+	// instant makes the embedded nats-server race with itself under -race
+	// (a stream update against a consumer create, inside the server).
+	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	bq, err := queue.Connect(bctx, queue.Config{URL: common.NATSURL, AckWait: common.AckWait, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bq.Bootstrap(bctx); err != nil {
+		t.Fatal(err)
+	}
+	bq.Close()
+	bcancel()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
