@@ -10,7 +10,7 @@
 //	BENCH_QUICK=1        a subset of the grid with smaller N (a few minutes)
 //	BENCH_RUNS=3         runs per cell and system (the median is reported)
 //	BENCH_N=2000         messages per run (quick: 500)
-//	BENCH_SYSTEMS=...    comma list of ceiling,postfix,mailfwd-file-sync,mailfwd-file,mailfwd-s3-sync,mailfwd-s3
+//	BENCH_SYSTEMS=...    comma list of ceiling,postfix,mailfwd-file-sync,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
 //	BENCH_GROWTH=1       also run the cost-growth section (deferred backlog, worker processes); 0 skips
 //	BENCH_BACKLOG=10000,100000   deferred backlog sizes (quick: 10000)
 //	BENCH_WORKERS=1,2,4  worker process counts
@@ -82,7 +82,7 @@ func readOptions() options {
 	o := options{quick: os.Getenv("BENCH_QUICK") == "1"}
 	o.runs = envInt("BENCH_RUNS", 3)
 	o.n = envInt("BENCH_N", map[bool]int{true: 500, false: 2000}[o.quick])
-	o.systems = []string{"ceiling", "postfix", "mailfwd-file-sync", "mailfwd-file", "mailfwd-s3-sync"}
+	o.systems = []string{"ceiling", "postfix", "mailfwd-file-sync", "mailfwd-file", "mailfwd-inline-sync", "mailfwd-inline", "mailfwd-s3-sync"}
 	if v := os.Getenv("BENCH_SYSTEMS"); v != "" {
 		o.systems = strings.Split(v, ",")
 	}
@@ -276,6 +276,14 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 	case "mailfwd-file":
 		cfg.Blob = "file"
 		s.durability = "body fsync + JetStream default sync (2m)"
+	case "mailfwd-inline-sync":
+		cfg.Blob, cfg.SyncAlways = "file", true
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "65536")
+		s.durability = "bodies ≤64 KiB inline in JetStream, sync always"
+	case "mailfwd-inline":
+		cfg.Blob = "file"
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "65536")
+		s.durability = "bodies ≤64 KiB inline in JetStream, default sync (2m)"
 	case "mailfwd-s3-sync":
 		cfg.Blob, cfg.SyncAlways = "s3", true
 		s.durability = "MinIO + JetStream sync always"

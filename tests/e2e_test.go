@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -239,6 +241,14 @@ func TestIngressRejects(t *testing.T) {
 			t.Errorf("malformed MAIL FROM: got %v, want a 5xx", res.Err)
 		}
 	})
+	t.Run("line too long", func(t *testing.T) {
+		long := message("long", "long@x", strings.Repeat("x", 3000)+"\r\n")
+		res := send(e.smtp, "", "sender@origin.test", []string{"a@alpha.test"}, long, nil)
+		var se *smtp.SMTPError
+		if !errors.As(res.Err, &se) || se.Code != 500 || se.EnhancedCode != (smtp.EnhancedCode{5, 5, 2}) {
+			t.Fatalf("a 3000-character line: got %v, want 500 5.5.2 (permanent, not a retry)", res.Err)
+		}
+	})
 	t.Run("too many recipients", func(t *testing.T) {
 		var rcpts []string
 		for i := range 25 {
@@ -304,4 +314,68 @@ func TestBackendsDown(t *testing.T) {
 			t.Errorf("%s was answered 4xx but delivered %d times (the client will retry it: a duplicate)", never, res)
 		}
 	}
+}
+
+// TestInlineBodies: with --inline-body-max, a small single-domain message
+// rides in its JetStream envelope (the body store stays empty) and is
+// delivered byte for byte, also after a deferral; multi-domain and large
+// messages still go through the body store.
+func TestInlineBodies(t *testing.T) {
+	var refused atomic.Bool
+	e := newEnv(t, envOptions{blob: "fs", inlineMax: 4096, onRcpt: func(rcpt string, seen int) *smtp.SMTPError {
+		if rcpt == "retry@alpha.test" && seen == 0 {
+			refused.Store(true)
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
+		}
+		return nil
+	}})
+	bodyDir := strings.TrimPrefix(e.blobURL, "file://")
+	countBodies := func() int {
+		n := 0
+		_ = filepath.WalkDir(bodyDir, func(_ string, d fs.DirEntry, _ error) error {
+			if d != nil && !d.IsDir() && !strings.HasPrefix(d.Name(), "~") {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	small := message("small", "small@x", "Grüße, inline\r\n.dot\r\n")
+	for _, r := range []string{"one@alpha.test", "retry@alpha.test"} {
+		if res := send(e.smtp, "", "s@origin.test", []string{r}, small, nil); res.FinalCode != 250 {
+			t.Fatalf("send %s: %d %v", r, res.FinalCode, res.Err)
+		}
+	}
+	if n := countBodies(); n != 0 {
+		t.Fatalf("small single-domain messages wrote %d bodies to the store", n)
+	}
+	alpha := e.sinks["127.0.0.2"]
+	waitFor(t, "inline messages delivered (one after a retry)", 30*time.Second, func() bool {
+		d := alpha.RecipientsDelivered()
+		return d["one@alpha.test"] == 1 && d["retry@alpha.test"] == 1
+	})
+	if !refused.Load() {
+		t.Fatal("the retry case was never refused")
+	}
+	checkArrived(t, alpha, "s@origin.test", []string{"one@alpha.test"}, small)
+	checkArrived(t, alpha, "s@origin.test", []string{"retry@alpha.test"}, small)
+
+	// Two domains: the body is stored once, in the body store.
+	if res := send(e.smtp, "", "s@origin.test", []string{"two@alpha.test", "two@beta.test"}, small, nil); res.FinalCode != 250 {
+		t.Fatalf("send multi-domain: %v", res.Err)
+	}
+	// Larger than the limit: body store.
+	big := message("big", "big@x", strings.Repeat(strings.Repeat("x", 70)+"\r\n", 80))
+	if res := send(e.smtp, "", "s@origin.test", []string{"big@gamma.test"}, big, nil); res.FinalCode != 250 {
+		t.Fatalf("send big: %v", res.Err)
+	}
+	waitFor(t, "store-backed messages delivered", 30*time.Second, func() bool {
+		return alpha.RecipientsDelivered()["two@alpha.test"] == 1 && e.sinks["127.0.0.3"].RecipientsDelivered()["two@beta.test"] == 1 &&
+			e.sinks["127.0.0.4"].RecipientsDelivered()["big@gamma.test"] == 1
+	})
+	checkArrived(t, e.sinks["127.0.0.4"], "s@origin.test", []string{"big@gamma.test"}, big)
+	if !strings.Contains(e.logs.String(), "size=") {
+		t.Fatal("no receipt log lines")
+	}
+	waitFor(t, "stored bodies deleted after delivery", 10*time.Second, func() bool { return countBodies() == 0 })
 }

@@ -117,6 +117,7 @@ type envOptions struct {
 	storeTimeout  time.Duration
 	onRcpt        func(rcpt string, seen int) *smtp.SMTPError
 	retryFirst    time.Duration
+	inlineMax     int
 	queueReturn   time.Duration
 	warnAfter     time.Duration
 	workerSetup   func(*daemon.Worker)
@@ -169,6 +170,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		in.SMTP.MaxMessageBytes = o.maxSize
 	}
 	in.SMTP.MaxRecipients = 20
+	in.SMTP.InlineBodyMax = o.inlineMax
 	in.SMTP.StoreTimeout = 3 * time.Second
 	if o.storeTimeout > 0 {
 		in.SMTP.StoreTimeout = o.storeTimeout

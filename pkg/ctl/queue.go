@@ -257,6 +257,7 @@ type listDetail struct {
 	ExpireAt         time.Time            `json:"expire_at,omitzero"`
 	HeldAt           time.Time            `json:"held_at,omitzero"`
 	Warned           bool                 `json:"warned"`
+	inline           []byte
 }
 
 func newQueueShow(g *globals) *cobra.Command {
@@ -285,7 +286,7 @@ func newQueueShow(g *globals) *cobra.Command {
 				}
 				res.Envelopes = append(res.Envelopes, listDetail{listItem: itemOf(e), RecipientHistory: e.Env.Recipients,
 					ClientAddr: e.Env.ClientAddr, ClientHelo: e.Env.ClientHelo, MsgID: e.Env.MsgID,
-					ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned})
+					ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned, inline: e.Env.Body})
 				return nil
 			})
 			if err != nil {
@@ -294,7 +295,9 @@ func newQueueShow(g *globals) *cobra.Command {
 			if len(res.Envelopes) == 0 {
 				return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("queue id %s is not in the queue (delivered, bounced or never accepted; grep the logs for %q)", qid, qid+":")}
 			}
-			if blobURL != "" {
+			if env0 := res.Envelopes[0]; env0.inline != nil {
+				res.Headers = headerBlock(env0.inline)
+			} else if blobURL != "" {
 				store, err := blob.Open(ctx, blobURL)
 				if err != nil {
 					return &ExitError{Code: ExitUsage, Err: err}
@@ -614,9 +617,11 @@ func newQueueBounce(g *globals) *cobra.Command {
 				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
 			}
 			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
-				var body []byte
-				if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
-					body = b
+				body := e.Env.Body
+				if body == nil {
+					if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
+						body = b
+					}
 				}
 				var rcpts []dsn.Recipient
 				for _, r := range e.Env.Recipients {
@@ -724,7 +729,7 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 		if err := q.Remove(ctx, e); err != nil {
 			return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 		}
-		if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last {
+		if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" {
 			_ = store.Delete(ctx, e.Env.BodyKey)
 		}
 		done++

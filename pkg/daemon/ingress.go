@@ -132,6 +132,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed while reading a command or data")
 	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
+	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", 0, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope instead of --blob-store (0: always use the blob store; at most 524288)")
 	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
 	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
 	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
@@ -149,6 +150,9 @@ func (o *Ingress) Validate() error {
 	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if o.SMTP.InlineBodyMax < 0 || o.SMTP.InlineBodyMax > 512*1024 {
+		errs = append(errs, errors.New("--inline-body-max must be 0-524288 (JetStream messages are limited to 1 MB)"))
 	}
 	if o.SMTP.MaxMessageBytes < 1024 {
 		errs = append(errs, errors.New("--max-message-size must be at least 1024"))

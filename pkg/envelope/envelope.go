@@ -21,22 +21,26 @@ type Recipient struct {
 
 // Envelope is the JetStream message body for one recipient domain of a message.
 type Envelope struct {
-	QueueID     string      `json:"qid"`
-	From        string      `json:"from"`   // "" is the null reverse-path
-	Domain      string      `json:"domain"` // recipient domain, A-labels or address literal
-	Recipients  []Recipient `json:"rcpts"`
-	BodyKey     string      `json:"body"`
-	Size        int64       `json:"size"`
-	EightBit    bool        `json:"8bit,omitempty"`
-	UTF8        bool        `json:"utf8,omitempty"`
-	MsgID       string      `json:"msgid,omitempty"`
-	ClientAddr  string      `json:"client_addr,omitempty"`
-	ClientHelo  string      `json:"client_helo,omitempty"`
-	Arrived     time.Time   `json:"arrived"`
-	Parts       int         `json:"parts"` // envelopes sharing the body (recipient domains)
-	Attempts    int         `json:"attempts,omitempty"`
-	NextAttempt time.Time   `json:"next_attempt,omitempty"`
-	LastError   string      `json:"last_error,omitempty"`
+	QueueID    string      `json:"qid"`
+	From       string      `json:"from"`   // "" is the null reverse-path
+	Domain     string      `json:"domain"` // recipient domain, A-labels or address literal
+	Recipients []Recipient `json:"rcpts"`
+	BodyKey    string      `json:"body,omitempty"` // blob store key; "" when the body is inline
+	// Body is the message itself when the ingress kept it inline (a small,
+	// single-domain message with --inline-body-max): it travels and is made
+	// durable with the envelope in JetStream, and no blob store is involved.
+	Body        []byte    `json:"inline,omitempty"`
+	Size        int64     `json:"size"`
+	EightBit    bool      `json:"8bit,omitempty"`
+	UTF8        bool      `json:"utf8,omitempty"`
+	MsgID       string    `json:"msgid,omitempty"`
+	ClientAddr  string    `json:"client_addr,omitempty"`
+	ClientHelo  string    `json:"client_helo,omitempty"`
+	Arrived     time.Time `json:"arrived"`
+	Parts       int       `json:"parts"` // envelopes sharing the body (recipient domains)
+	Attempts    int       `json:"attempts,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
 	// ExpireAt overrides Arrived + the worker's queue-return time (set when an
 	// operator extends the deadline, e.g. on release of a held domain).
 	ExpireAt time.Time `json:"expire_at,omitempty"`
@@ -84,8 +88,10 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("envelope %s: missing domain", e.QueueID)
 	case len(e.Recipients) == 0:
 		return fmt.Errorf("envelope %s: no recipients", e.QueueID)
-	case e.BodyKey == "":
-		return fmt.Errorf("envelope %s: missing body key", e.QueueID)
+	case e.BodyKey == "" && e.Body == nil:
+		return fmt.Errorf("envelope %s: neither a body key nor an inline body", e.QueueID)
+	case e.Body != nil && e.Parts != 1:
+		return fmt.Errorf("envelope %s: an inline body must not be shared by %d envelopes", e.QueueID, e.Parts)
 	case e.Parts < 1:
 		return fmt.Errorf("envelope %s: parts must be at least 1", e.QueueID)
 	}

@@ -66,6 +66,11 @@ func reply(err error, qid string) *smtp.SMTPError {
 	if errors.As(err, &se) {
 		return se
 	}
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		// go-smtp drops the connection after this; a 4xx would only make
+		// the client send the same message again.
+		return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+	}
 	msg := "Temporary local problem, please try again later"
 	if qid != "" {
 		msg += " (" + qid + ")"

@@ -52,7 +52,10 @@ type Config struct {
 	WriteTimeout    time.Duration
 	MaxSessions     int           // concurrent sessions; more get 421
 	StoreTimeout    time.Duration // body PUT + publish acks; a 451 after it
-	TLSConfig       *tls.Config   // enables STARTTLS when set
+	// InlineBodyMax keeps bodies up to this many bytes of single-domain
+	// messages inside the JetStream envelope instead of the blob store (0: never).
+	InlineBodyMax   int
+	TLSConfig       *tls.Config // enables STARTTLS when set
 	Policy          Policy
 	Resolver        HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
 	Metrics         *telemetry.Metrics // nil: none
@@ -424,14 +427,20 @@ func (s *Server) accept(ctx context.Context, ss *session, body []byte, size int6
 		e.Parts = len(envs)
 	}
 
-	pctx, pspan := s.tracer.Start(ctx, "blob.put")
-	err := s.bodies.Put(pctx, ss.qid, body)
-	pspan.End()
-	if err != nil {
-		return fail("body store failed; answering 451", err)
+	if len(envs) == 1 && len(body) <= s.cfg.InlineBodyMax {
+		// Small and for one domain: the body rides in the envelope, stored
+		// (and synced, and replicated) by the same JetStream write.
+		envs[0].Body, envs[0].BodyKey = body, ""
+	} else {
+		pctx, pspan := s.tracer.Start(ctx, "blob.put")
+		err := s.bodies.Put(pctx, ss.qid, body)
+		pspan.End()
+		if err != nil {
+			return fail("body store failed; answering 451", err)
+		}
 	}
 	qctx, qspan := s.tracer.Start(ctx, "queue.publish", trace.WithSpanKind(trace.SpanKindProducer))
-	err = s.queue.Enqueue(qctx, envs)
+	err := s.queue.Enqueue(qctx, envs)
 	qspan.End()
 	if err != nil {
 		return fail("queue publish failed; answering 451", err)

@@ -326,7 +326,11 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	hops, rerr := w.router.Route(actx, e.Domain)
 	if rerr == nil || isPermanent(rerr) {
 		var err error
-		body, err = w.bodies.Get(actx, e.BodyKey)
+		if e.Body != nil {
+			body = e.Body
+		} else {
+			body, err = w.bodies.Get(actx, e.BodyKey)
+		}
 		switch {
 		case errors.Is(err, blob.ErrNotFound):
 			if e.Parts == 1 && j.Delivered > 1 {
@@ -461,7 +465,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	if err != nil {
 		return err
 	}
-	if last {
+	if last && e.BodyKey != "" {
 		if err := w.bodies.Delete(ctx, e.BodyKey); err != nil {
 			// The envelope is final; an orphaned body is a leak, not a loss.
 			log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
