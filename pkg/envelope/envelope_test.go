@@ -127,7 +127,9 @@ func TestValidate(t *testing.T) {
 		{"missing domain", func(e *Envelope) { e.Domain = "" }, "missing domain"},
 		{"nil recipients", func(e *Envelope) { e.Recipients = nil }, "no recipients"},
 		{"empty recipients", func(e *Envelope) { e.Recipients = []Recipient{} }, "no recipients"},
-		{"missing body key", func(e *Envelope) { e.BodyKey = "" }, "missing body key"},
+		{"neither body key nor inline body", func(e *Envelope) { e.BodyKey = "" }, "neither a body key nor an inline body"},
+		{"inline body, one part", func(e *Envelope) { e.BodyKey, e.Body, e.Parts = "", []byte("Subject: x\r\n\r\nhi\r\n"), 1 }, ""},
+		{"inline body shared by two domains", func(e *Envelope) { e.BodyKey, e.Body, e.Parts = "", []byte("x"), 2 }, "inline body must not be shared"},
 		{"zero parts", func(e *Envelope) { e.Parts = 0 }, "parts must be at least 1"},
 		{"negative parts", func(e *Envelope) { e.Parts = -1 }, "parts must be at least 1"},
 	}
