@@ -491,7 +491,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		if !full {
 			l.s.sessions++
 		}
+		open := l.s.sessions
 		l.s.mu.Unlock()
+		l.s.cfg.Metrics.Sessions(open)
 		if full {
 			_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			fmt.Fprintf(c, "421 4.3.2 %s Too many sessions, try again later\r\n", l.s.cfg.Hostname)
@@ -539,8 +541,10 @@ func (c *conn) Close() error {
 	c.once.Do(func() {
 		c.s.mu.Lock()
 		c.s.sessions--
+		open := c.s.sessions
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
+		c.s.cfg.Metrics.Sessions(open)
 	})
 	return c.Conn.Close()
 }

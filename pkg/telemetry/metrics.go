@@ -22,6 +22,7 @@ type Metrics struct {
 	handBacks     prometheus.Counter
 	held          prometheus.Counter
 	dsns          *prometheus.CounterVec
+	sessions      prometheus.Gauge
 }
 
 // NewMetrics registers mailfwd's metrics and the Go/process collectors.
@@ -54,7 +55,10 @@ func NewMetrics() *Metrics {
 	m.dsns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailfwd_dsn_total", Help: "Delivery status notifications queued, by kind (failed, delayed).",
 	}, []string{"kind"})
-	for _, c := range []prometheus.Collector{m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
+	m.sessions = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mailfwd_ingress_sessions", Help: "Open SMTP sessions (a scaling signal for the ingress; compare with --max-sessions).",
+	})
+	for _, c := range []prometheus.Collector{m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
 		f(c)
 	}
 	return m
@@ -121,5 +125,12 @@ func (m *Metrics) Held() {
 func (m *Metrics) DSN(kind string) {
 	if m != nil {
 		m.dsns.WithLabelValues(kind).Inc()
+	}
+}
+
+// Sessions sets the number of open SMTP sessions.
+func (m *Metrics) Sessions(n int) {
+	if m != nil {
+		m.sessions.Set(float64(n))
 	}
 }
