@@ -95,11 +95,8 @@ chaos: tools ## Fault suite with a ledger of every 250: workers, ingress, NATS, 
 	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) CHAOS_SUMMARY=bench-results/chaos-summary.txt $(GO) test -tags chaos -count=1 -timeout 15m -v ./tests/chaos/
 
 .PHONY: fuzz
-fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
-	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg | xargs -n1 dirname | sort -u); do \
-	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$t/*_test.go | cut -c6-); do \
-	    echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-20s} -fuzzminimizetime 3s ./$$t || exit 1; \
-	  done; done
+fuzz: ## Run every fuzz target for FUZZTIME each (default 20s): addresses, policy parsers, SMTP session, DSN, resolver
+	GO=$(GO) FUZZTIME=$${FUZZTIME:-20s} bash scripts/fuzz.sh
 
 .PHONY: lint
 lint: ## go vet and gofmt
