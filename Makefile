@@ -92,7 +92,7 @@ bench-go: tools ## In-process Go benchmarks: end-to-end rate, healthy-domain lat
 
 .PHONY: chaos
 chaos: tools ## Fault suite with a ledger of every 250: workers, ingress, NATS, MinIO killed; destination down (minutes)
-	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) CHAOS_SUMMARY=bench-results/chaos-summary.txt $(GO) test -tags chaos -count=1 -timeout 15m -v ./tests/chaos/
+	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) CHAOS_SUMMARY=$(CURDIR)/bench-results/chaos-summary.txt $(GO) test -tags chaos -count=1 -timeout 15m -v ./tests/chaos/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 20s): addresses, policy parsers, SMTP session, DSN, resolver
