@@ -65,6 +65,18 @@ func (f *filterFlags) any() bool {
 	return len(f.domains)+len(f.notDomains)+len(f.rcpts)+len(f.notRcpts)+len(f.senders)+len(f.notSenders)+len(f.ids)+len(f.notIDs) > 0
 }
 
+// withQueue runs fn with a queue connection, under the command's timeout.
+func (g *globals) withQueue(cmd *cobra.Command, fn func(ctx context.Context, q *queue.Queue) error) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+	defer cancel()
+	q, err := g.connectQueue(ctx)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return fn(ctx, q)
+}
+
 func (g *globals) connectQueue(ctx context.Context) (*queue.Queue, error) {
 	q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl"})
 	if err != nil {
@@ -145,37 +157,32 @@ func newQueueList(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			items := []listItem{}
-			errStop := errors.New("limit")
-			err = q.Scan(ctx, f, func(e queue.Entry) error {
-				items = append(items, itemOf(e))
-				if limit > 0 && len(items) >= limit {
-					return errStop
-				}
-				return nil
-			})
-			if err != nil && !errors.Is(err, errStop) {
-				return err
-			}
-			return out.print(g.out, items, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "QUEUE-ID\tSTATE\tARRIVED\tSIZE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS\tLAST-ERROR")
-				for _, it := range items {
-					next := "-"
-					if !it.NextAttempt.IsZero() {
-						next = time.Until(it.NextAttempt).Round(time.Second).String()
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				items := []listItem{}
+				errStop := errors.New("limit")
+				err := q.Scan(ctx, f, func(e queue.Entry) error {
+					items = append(items, itemOf(e))
+					if limit > 0 && len(items) >= limit {
+						return errStop
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", it.QueueID, it.State,
-						it.Arrived.Local().Format("Jan _2 15:04:05"), it.Size, it.Attempts, next, it.Sender,
-						strings.Join(it.Recipients, ","), truncate(it.LastError, 60))
+					return nil
+				})
+				if err != nil && !errors.Is(err, errStop) {
+					return err
 				}
-				fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t\nTotal: %d envelopes\n", len(items))
+				return out.print(g.out, items, func(tw *tabwriter.Writer) {
+					fmt.Fprintln(tw, "QUEUE-ID\tSTATE\tARRIVED\tSIZE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS\tLAST-ERROR")
+					for _, it := range items {
+						next := "-"
+						if !it.NextAttempt.IsZero() {
+							next = time.Until(it.NextAttempt).Round(time.Second).String()
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", it.QueueID, it.State,
+							it.Arrived.Local().Format("Jan _2 15:04:05"), it.Size, it.Attempts, next, it.Sender,
+							strings.Join(it.Recipients, ","), truncate(it.LastError, 60))
+					}
+					fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t\nTotal: %d envelopes\n", len(items))
+				})
 			})
 		},
 	}
@@ -202,38 +209,33 @@ func newQueueStats(g *globals) *cobra.Command {
 			if err := out.validate(); err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			s, err := q.Stats(ctx)
-			if err != nil {
-				return err
-			}
-			return out.print(g.out, s, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "STATE\tCOUNT\tOLDEST\n")
-				for _, st := range queue.AllStates {
-					age := "-"
-					if t, ok := s.Oldest[st]; ok && !t.IsZero() {
-						age = maillog.Delay(time.Since(t))
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				s, err := q.Stats(ctx)
+				if err != nil {
+					return err
+				}
+				return out.print(g.out, s, func(tw *tabwriter.Writer) {
+					fmt.Fprintf(tw, "STATE\tCOUNT\tOLDEST\n")
+					for _, st := range queue.AllStates {
+						age := "-"
+						if t, ok := s.Oldest[st]; ok && !t.IsZero() {
+							age = maillog.Delay(time.Since(t))
+						}
+						fmt.Fprintf(tw, "%s\t%d\t%s\n", st, s.ByState[st], age)
 					}
-					fmt.Fprintf(tw, "%s\t%d\t%s\n", st, s.ByState[st], age)
-				}
-				fmt.Fprintf(tw, "total\t%d\t\n\n", s.Total)
-				fmt.Fprintf(tw, "workers' consumer: %d waiting, %d being delivered\n\n", s.Pending, s.InFlight)
-				fmt.Fprintf(tw, "DOMAIN\tREADY\tDEFERRED\tHELD\tTOTAL\n")
-				for _, d := range s.ByDomain {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", d.Domain, d.Counts[queue.StateReady], d.Counts[queue.StateDeferred], d.Counts[queue.StateHeld], d.Total)
-				}
-				if len(s.Holds) > 0 {
-					fmt.Fprintf(tw, "\nHELD DOMAIN\tSINCE\tREASON\n")
-					for _, h := range s.Holds {
-						fmt.Fprintf(tw, "%s\t%s\t%s\n", h.Domain, h.Since.Local().Format(time.RFC3339), h.Reason)
+					fmt.Fprintf(tw, "total\t%d\t\n\n", s.Total)
+					fmt.Fprintf(tw, "workers' consumer: %d waiting, %d being delivered\n\n", s.Pending, s.InFlight)
+					fmt.Fprintf(tw, "DOMAIN\tREADY\tDEFERRED\tHELD\tTOTAL\n")
+					for _, d := range s.ByDomain {
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", d.Domain, d.Counts[queue.StateReady], d.Counts[queue.StateDeferred], d.Counts[queue.StateHeld], d.Total)
 					}
-				}
+					if len(s.Holds) > 0 {
+						fmt.Fprintf(tw, "\nHELD DOMAIN\tSINCE\tREASON\n")
+						for _, h := range s.Holds {
+							fmt.Fprintf(tw, "%s\t%s\t%s\n", h.Domain, h.Since.Local().Format(time.RFC3339), h.Reason)
+						}
+					}
+				})
 			})
 		},
 	}
@@ -272,65 +274,60 @@ func newQueueShow(g *globals) *cobra.Command {
 				return err
 			}
 			qid := args[0]
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			res := showResult{QueueID: qid, Envelopes: []listDetail{}}
-			err = q.Scan(ctx, queue.Filter{IDs: []string{qid}}, func(e queue.Entry) error {
-				if e.Env == nil || e.Env.QueueID != qid {
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				res := showResult{QueueID: qid, Envelopes: []listDetail{}}
+				err := q.Scan(ctx, queue.Filter{IDs: []string{qid}}, func(e queue.Entry) error {
+					if e.Env == nil || e.Env.QueueID != qid {
+						return nil
+					}
+					res.Envelopes = append(res.Envelopes, listDetail{listItem: itemOf(e), RecipientHistory: e.Env.Recipients,
+						ClientAddr: e.Env.ClientAddr, ClientHelo: e.Env.ClientHelo, MsgID: e.Env.MsgID,
+						ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned, inline: e.Env.Body})
 					return nil
-				}
-				res.Envelopes = append(res.Envelopes, listDetail{listItem: itemOf(e), RecipientHistory: e.Env.Recipients,
-					ClientAddr: e.Env.ClientAddr, ClientHelo: e.Env.ClientHelo, MsgID: e.Env.MsgID,
-					ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned, inline: e.Env.Body})
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if len(res.Envelopes) == 0 {
-				return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("queue id %s is not in the queue (delivered, bounced or never accepted; grep the logs for %q)", qid, qid+":")}
-			}
-			if env0 := res.Envelopes[0]; env0.inline != nil {
-				res.Headers = headerBlock(env0.inline)
-			} else if blobURL != "" {
-				store, err := blob.Open(ctx, blobURL)
+				})
 				if err != nil {
-					return &ExitError{Code: ExitUsage, Err: err}
+					return err
 				}
-				if b, err := store.Get(ctx, res.Envelopes[0].QueueID); err != nil {
-					res.BodyError = err.Error()
-				} else {
-					res.Headers = headerBlock(b)
+				if len(res.Envelopes) == 0 {
+					return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("queue id %s is not in the queue (delivered, bounced or never accepted; grep the logs for %q)", qid, qid+":")}
 				}
-			}
-			return out.print(g.out, res, func(tw *tabwriter.Writer) {
-				for _, d := range res.Envelopes {
-					fmt.Fprintf(tw, "Queue ID:\t%s\nState:\t%s (%s)\nDomain:\t%s\nArrived:\t%s from %s [%s]\nSender:\t<%s>\nSize:\t%d\nMessage-ID:\t%s\nAttempts:\t%d\n",
-						d.QueueID, d.State, d.Subject, d.Domain, d.Arrived.Local().Format(time.RFC1123Z), d.ClientHelo, d.ClientAddr, d.Sender, d.Size, d.MsgID, d.Attempts)
-					if !d.NextAttempt.IsZero() {
-						fmt.Fprintf(tw, "Next attempt:\t%s\n", d.NextAttempt.Local().Format(time.RFC1123Z))
+				if env0 := res.Envelopes[0]; env0.inline != nil {
+					res.Headers = headerBlock(env0.inline)
+				} else if blobURL != "" {
+					store, err := blob.Open(ctx, blobURL)
+					if err != nil {
+						return &ExitError{Code: ExitUsage, Err: err}
 					}
-					if !d.ExpireAt.IsZero() {
-						fmt.Fprintf(tw, "Expires:\t%s\n", d.ExpireAt.Local().Format(time.RFC1123Z))
+					if b, err := store.Get(ctx, res.Envelopes[0].QueueID); err != nil {
+						res.BodyError = err.Error()
+					} else {
+						res.Headers = headerBlock(b)
 					}
-					if !d.HeldAt.IsZero() {
-						fmt.Fprintf(tw, "Held since:\t%s\n", d.HeldAt.Local().Format(time.RFC1123Z))
-					}
-					for _, r := range d.RecipientHistory {
-						fmt.Fprintf(tw, "  to=<%s>\tattempts=%d\tlast: %s\n", r.Addr, r.Attempts, r.LastError)
-					}
-					fmt.Fprintln(tw)
 				}
-				if res.Headers != "" {
-					fmt.Fprintf(tw, "Headers:\n%s", res.Headers)
-				} else if res.BodyError != "" {
-					fmt.Fprintf(tw, "Body: %s\n", res.BodyError)
-				}
+				return out.print(g.out, res, func(tw *tabwriter.Writer) {
+					for _, d := range res.Envelopes {
+						fmt.Fprintf(tw, "Queue ID:\t%s\nState:\t%s (%s)\nDomain:\t%s\nArrived:\t%s from %s [%s]\nSender:\t<%s>\nSize:\t%d\nMessage-ID:\t%s\nAttempts:\t%d\n",
+							d.QueueID, d.State, d.Subject, d.Domain, d.Arrived.Local().Format(time.RFC1123Z), d.ClientHelo, d.ClientAddr, d.Sender, d.Size, d.MsgID, d.Attempts)
+						if !d.NextAttempt.IsZero() {
+							fmt.Fprintf(tw, "Next attempt:\t%s\n", d.NextAttempt.Local().Format(time.RFC1123Z))
+						}
+						if !d.ExpireAt.IsZero() {
+							fmt.Fprintf(tw, "Expires:\t%s\n", d.ExpireAt.Local().Format(time.RFC1123Z))
+						}
+						if !d.HeldAt.IsZero() {
+							fmt.Fprintf(tw, "Held since:\t%s\n", d.HeldAt.Local().Format(time.RFC1123Z))
+						}
+						for _, r := range d.RecipientHistory {
+							fmt.Fprintf(tw, "  to=<%s>\tattempts=%d\tlast: %s\n", r.Addr, r.Attempts, r.LastError)
+						}
+						fmt.Fprintln(tw)
+					}
+					if res.Headers != "" {
+						fmt.Fprintf(tw, "Headers:\n%s", res.Headers)
+					} else if res.BodyError != "" {
+						fmt.Fprintf(tw, "Body: %s\n", res.BodyError)
+					}
+				})
 			})
 		},
 	}
@@ -420,35 +417,30 @@ func newQueueFlush(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			entries, err := collect(ctx, q, f)
-			if err != nil {
-				return err
-			}
-			p := progress{w: g.errOut, verb: "flushed"}
-			changed := 0
-			for _, e := range entries {
-				if e.State != queue.StateDeferred {
-					continue
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				entries, err := collect(ctx, q, f)
+				if err != nil {
+					return err
 				}
-				if of.dryRun {
-					fmt.Fprintf(g.out, "would flush %s to %s\n", e.Env.QueueID, e.Domain())
-					continue
+				p := progress{w: g.errOut, verb: "flushed"}
+				changed := 0
+				for _, e := range entries {
+					if e.State != queue.StateDeferred {
+						continue
+					}
+					if of.dryRun {
+						fmt.Fprintf(g.out, "would flush %s to %s\n", e.Env.QueueID, e.Domain())
+						continue
+					}
+					if err := q.MakeDue(ctx, e); err != nil {
+						return fmt.Errorf("after %d of %d: %w", changed, len(entries), err)
+					}
+					changed++
+					p.tick()
 				}
-				if err := q.MakeDue(ctx, e); err != nil {
-					return fmt.Errorf("after %d of %d: %w", changed, len(entries), err)
-				}
-				changed++
-				p.tick()
-			}
-			fmt.Fprintf(g.out, "matched %d deferred envelopes, made %d due now%s\n", len(entries), changed, dry(of.dryRun))
-			return nil
+				fmt.Fprintf(g.out, "matched %d deferred envelopes, made %d due now%s\n", len(entries), changed, dry(of.dryRun))
+				return nil
+			})
 		},
 	}
 	ff.register(cmd, false)
@@ -478,45 +470,40 @@ Release it with "mailfwdctl queue release".`,
 			if domain == "" {
 				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateDeferred}}
-			entries, err := collect(ctx, q, f)
-			if err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			if of.dryRun {
-				fmt.Fprintf(g.out, "would hold %s and move %d deferred envelopes aside (dry run)\n", domain, len(entries))
-				return nil
-			}
-			h, err := q.SetHold(ctx, domain, reason)
-			if err != nil {
-				return err
-			}
-			p := progress{w: g.errOut, verb: "moved"}
-			moved := 0
-			for _, e := range entries {
-				if e.Env == nil {
-					continue
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateDeferred}}
+				entries, err := collect(ctx, q, f)
+				if err != nil {
+					return &ExitError{Code: ExitUsage, Err: err}
 				}
-				env := *e.Env
-				if err := q.MoveToHeld(ctx, &env, "ctl"+fmt.Sprint(e.Seq)); err != nil {
-					return fmt.Errorf("after %d: %w", moved, err)
+				if of.dryRun {
+					fmt.Fprintf(g.out, "would hold %s and move %d deferred envelopes aside (dry run)\n", domain, len(entries))
+					return nil
 				}
-				if err := q.Remove(ctx, e); err != nil {
+				h, err := q.SetHold(ctx, domain, reason)
+				if err != nil {
 					return err
 				}
-				moved++
-				p.tick()
-			}
-			fmt.Fprintf(g.out, "holding %s since %s: moved %d deferred envelopes aside; ready ones are moved as workers meet them\n",
-				h.Domain, h.Since.Local().Format(time.RFC3339), moved)
-			return nil
+				p := progress{w: g.errOut, verb: "moved"}
+				moved := 0
+				for _, e := range entries {
+					if e.Env == nil {
+						continue
+					}
+					env := *e.Env
+					if err := q.MoveToHeld(ctx, &env, "ctl"+fmt.Sprint(e.Seq)); err != nil {
+						return fmt.Errorf("after %d: %w", moved, err)
+					}
+					if err := q.Remove(ctx, e); err != nil {
+						return err
+					}
+					moved++
+					p.tick()
+				}
+				fmt.Fprintf(g.out, "holding %s since %s: moved %d deferred envelopes aside; ready ones are moved as workers meet them\n",
+					h.Domain, h.Since.Local().Format(time.RFC3339), moved)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
@@ -537,64 +524,59 @@ func newQueueRelease(g *globals) *cobra.Command {
 			if domain == "" {
 				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-			defer cancel()
-			q, err := g.connectQueue(ctx)
-			if err != nil {
-				return err
-			}
-			defer q.Close()
-			f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateHeld}}
-			if of.dryRun {
-				entries, err := collect(ctx, q, f)
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateHeld}}
+				if of.dryRun {
+					entries, err := collect(ctx, q, f)
+					if err != nil {
+						return &ExitError{Code: ExitUsage, Err: err}
+					}
+					fmt.Fprintf(g.out, "would release %s: %d held envelopes due now, deadlines extended by their held time + %s (dry run)\n", domain, len(entries), extend)
+					return nil
+				}
+				had, err := q.ClearHold(ctx, domain)
 				if err != nil {
 					return &ExitError{Code: ExitUsage, Err: err}
 				}
-				fmt.Fprintf(g.out, "would release %s: %d held envelopes due now, deadlines extended by their held time + %s (dry run)\n", domain, len(entries), extend)
+				now := time.Now().UTC()
+				p := progress{w: g.errOut, verb: "released"}
+				released := 0
+				// Two passes: workers may still park a message or two while they
+				// learn that the hold is gone.
+				for pass := 0; pass < 2; pass++ {
+					if pass == 1 {
+						time.Sleep(2 * time.Second)
+					}
+					entries, err := collect(ctx, q, f)
+					if err != nil {
+						return err
+					}
+					for _, e := range entries {
+						if e.Env == nil {
+							continue
+						}
+						env := *e.Env
+						held := time.Duration(0)
+						if !env.HeldAt.IsZero() {
+							held = now.Sub(env.HeldAt)
+						}
+						env.ExpireAt = env.Deadline(queueReturn).Add(held + extend)
+						env.HeldAt = time.Time{}
+						env.NextAttempt = now
+						if err := q.Requeue(ctx, e, &env); err != nil {
+							return fmt.Errorf("after %d: %w", released, err)
+						}
+						released++
+						p.tick()
+					}
+				}
+				state := "released"
+				if !had {
+					state = "was not on hold; released leftovers for"
+				}
+				fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline extended by held time + %s)\n", state, domain, released, extend)
 				return nil
-			}
-			had, err := q.ClearHold(ctx, domain)
-			if err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			now := time.Now().UTC()
-			p := progress{w: g.errOut, verb: "released"}
-			released := 0
-			// Two passes: workers may still park a message or two while they
-			// learn that the hold is gone.
-			for pass := 0; pass < 2; pass++ {
-				if pass == 1 {
-					time.Sleep(2 * time.Second)
-				}
-				entries, err := collect(ctx, q, f)
-				if err != nil {
-					return err
-				}
-				for _, e := range entries {
-					if e.Env == nil {
-						continue
-					}
-					env := *e.Env
-					held := time.Duration(0)
-					if !env.HeldAt.IsZero() {
-						held = now.Sub(env.HeldAt)
-					}
-					env.ExpireAt = env.Deadline(queueReturn).Add(held + extend)
-					env.HeldAt = time.Time{}
-					env.NextAttempt = now
-					if err := q.Requeue(ctx, e, &env); err != nil {
-						return fmt.Errorf("after %d: %w", released, err)
-					}
-					released++
-					p.tick()
-				}
-			}
-			state := "released"
-			if !had {
-				state = "was not on hold; released leftovers for"
-			}
-			fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline extended by held time + %s)\n", state, domain, released, extend)
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
@@ -682,59 +664,54 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 	if blobURL == "" && !of.dryRun {
 		return &ExitError{Code: ExitUsage, Err: errors.New("--blob-store is required (bodies are read or deleted)")}
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
-	defer cancel()
-	q, err := g.connectQueue(ctx)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	entries, err := collect(ctx, q, f)
-	if err != nil {
-		return err
-	}
-	if len(entries) == 0 {
-		fmt.Fprintf(g.out, "matched 0 envelopes; nothing to %s\n", verb)
-		return nil
-	}
-	if of.dryRun {
-		for _, e := range entries {
-			it := itemOf(e)
-			fmt.Fprintf(g.out, "would %s %s (%s) to %s\n", verb, it.QueueID, it.State, strings.Join(it.Recipients, ","))
+	return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+		entries, err := collect(ctx, q, f)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(g.out, "matched %d envelopes (dry run)\n", len(entries))
-		return nil
-	}
-	if err := g.confirm(cmd, of, fmt.Sprintf("%s %d envelopes?", verb, len(entries))); err != nil {
-		return err
-	}
-	store, err := blob.Open(ctx, blobURL)
-	if err != nil {
-		return &ExitError{Code: ExitUsage, Err: err}
-	}
-	p := progress{w: g.errOut, verb: verb + "d"}
-	done := 0
-	for _, e := range entries {
-		if e.Env == nil {
-			if err := q.Remove(ctx, e); err != nil {
-				return err
+		if len(entries) == 0 {
+			fmt.Fprintf(g.out, "matched 0 envelopes; nothing to %s\n", verb)
+			return nil
+		}
+		if of.dryRun {
+			for _, e := range entries {
+				it := itemOf(e)
+				fmt.Fprintf(g.out, "would %s %s (%s) to %s\n", verb, it.QueueID, it.State, strings.Join(it.Recipients, ","))
 			}
-			continue
+			fmt.Fprintf(g.out, "matched %d envelopes (dry run)\n", len(entries))
+			return nil
 		}
-		if each != nil {
-			if err := each(ctx, q, store, e); err != nil {
+		if err := g.confirm(cmd, of, fmt.Sprintf("%s %d envelopes?", verb, len(entries))); err != nil {
+			return err
+		}
+		store, err := blob.Open(ctx, blobURL)
+		if err != nil {
+			return &ExitError{Code: ExitUsage, Err: err}
+		}
+		p := progress{w: g.errOut, verb: verb + "d"}
+		done := 0
+		for _, e := range entries {
+			if e.Env == nil {
+				if err := q.Remove(ctx, e); err != nil {
+					return err
+				}
+				continue
+			}
+			if each != nil {
+				if err := each(ctx, q, store, e); err != nil {
+					return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
+				}
+			}
+			if err := q.Remove(ctx, e); err != nil {
 				return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 			}
+			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" {
+				_ = store.Delete(ctx, e.Env.BodyKey)
+			}
+			done++
+			p.tick()
 		}
-		if err := q.Remove(ctx, e); err != nil {
-			return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
-		}
-		if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" {
-			_ = store.Delete(ctx, e.Env.BodyKey)
-		}
-		done++
-		p.tick()
-	}
-	fmt.Fprintf(g.out, "matched %d envelopes, %sd %d\n", len(entries), verb, done)
-	return nil
+		fmt.Fprintf(g.out, "matched %d envelopes, %sd %d\n", len(entries), verb, done)
+		return nil
+	})
 }

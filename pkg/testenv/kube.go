@@ -179,8 +179,8 @@ func StartKube(t testing.TB) *Kube {
 // The returned processes are non-nil once started, even with an error.
 func (k *Kube) startOnce(t testing.TB, bins KubeBins, pki kubePKI, attempt int, etcdOut, apiOut *tailBuffer) (etcd, api *kubeProc, err error) {
 	t.Helper()
-	clientURL := "http://" + kubeFreeAddr(t)
-	peerURL := "http://" + kubeFreeAddr(t)
+	clientURL := "http://" + freeLoopbackAddr(t)
+	peerURL := "http://" + freeLoopbackAddr(t)
 	etcdDir := filepath.Join(k.dir, fmt.Sprintf("etcd-%d", attempt))
 	etcd, err = startKubeProc("etcd", bins.Etcd, etcdOut,
 		"--name=mailfwd-test",
@@ -204,7 +204,7 @@ func (k *Kube) startOnce(t testing.TB, bins KubeBins, pki kubePKI, attempt int, 
 		return etcd, nil, err
 	}
 
-	apiAddr := kubeFreeAddr(t)
+	apiAddr := freeLoopbackAddr(t)
 	_, port, _ := net.SplitHostPort(apiAddr)
 	k.Server = "https://" + apiAddr
 	api, err = startKubeProc("kube-apiserver", bins.APIServer, apiOut,
@@ -555,17 +555,4 @@ next:
 		env = append(env, kv)
 	}
 	return env
-}
-
-func kubeFreeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testenv: kube: find free port: %v", err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("testenv: kube: release port: %v", err)
-	}
-	return addr
 }

@@ -293,11 +293,11 @@ func freeLoopbackAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testenv: minio: find free port: %v", err)
+		t.Fatalf("testenv: find free port: %v", err)
 	}
 	addr := l.Addr().String()
 	if err := l.Close(); err != nil {
-		t.Fatalf("testenv: minio: release port: %v", err)
+		t.Fatalf("testenv: release port: %v", err)
 	}
 	return addr
 }

@@ -59,10 +59,7 @@ func (n *NATS) Start() {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(freeLoopbackAddr(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }
