@@ -116,6 +116,7 @@ type envOptions struct {
 	relayDomains  []string
 	storeTimeout  time.Duration
 	onRcpt        func(rcpt string, seen int) *smtp.SMTPError
+	dataDelay     func() time.Duration // the destinations' DataDelay hook
 	retryFirst    time.Duration
 	inlineMax     int
 	queueReturn   time.Duration
@@ -154,7 +155,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		e.blobURL = e.minio.URL("mailfwd-bodies")
 	}
 	e.dns = testenv.StartDNS(t, zones)
-	e.startSinks(o.onRcpt)
+	e.startSinks(o.onRcpt, o.dataDelay)
 
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(e.spans))
@@ -278,7 +279,7 @@ func (e *env) writePolicy(key, text string) {
 }
 
 // startSinks listens on 127.0.0.2, .3 and .4 at one shared port.
-func (e *env) startSinks(onRcpt func(string, int) *smtp.SMTPError) {
+func (e *env) startSinks(onRcpt func(string, int) *smtp.SMTPError, dataDelay func() time.Duration) {
 	e.t.Helper()
 	for try := 0; try < 20; try++ {
 		ln, err := net.Listen("tcp", "127.0.0.2:0")
@@ -324,7 +325,7 @@ func (e *env) startSinks(onRcpt func(string, int) *smtp.SMTPError) {
 		}()
 		e.sinks = map[string]*sink.Server{}
 		for i, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
-			s := sink.New(sink.Config{Hostname: "sink" + strconv.Itoa(i+2) + ".test", OnRcpt: onRcpt})
+			s := sink.New(sink.Config{Hostname: "sink" + strconv.Itoa(i+2) + ".test", OnRcpt: onRcpt, DataDelay: dataDelay})
 			e.sinks[ip] = s
 			l := lns[i]
 			go s.Serve(l)

@@ -357,3 +357,52 @@ func TestQueueShowBouncePurge(t *testing.T) {
 		t.Errorf("the purged message produced a notification (%d messages)", n)
 	}
 }
+
+// TestDomainLimits: --domain-limit caps one domain's concurrency and
+// messages per connection, and paces another (mail beyond what the rate
+// allows waits in the queue, not in the worker); everything is delivered.
+func TestDomainLimits(t *testing.T) {
+	var inData, peak atomic.Int32
+	e := newEnv(t, envOptions{blob: "fs", dataDelay: func() time.Duration {
+		// Deliveries in their DATA phase at once; 20 ms each, so an
+		// uncapped domain fed 30 messages in a row overlaps.
+		now := inData.Add(1)
+		for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+		}
+		time.Sleep(20 * time.Millisecond)
+		inData.Add(-1)
+		return 0
+	}, workerSetup: func(w *daemon.Worker) {
+		w.Limits = []string{"alpha.test:concurrency=1,msgs-per-conn=3", "beta.test:rate=10/s"}
+		w.Engine.StallAfter = 500 * time.Millisecond
+		w.Engine.BusyDelay = 300 * time.Millisecond
+	}})
+	sendN := func(domain string, n int) {
+		c, err := smtp.Dial(e.smtp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for i := range n {
+			r := "r" + strconv.Itoa(i) + "@" + domain
+			if err := c.SendMail("s@origin.test", []string{r}, bytes.NewReader(message("lim", r, "x\r\n"))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const n = 30
+	alpha, beta := e.sinks["127.0.0.2"], e.sinks["127.0.0.3"]
+	sendN("alpha.test", n)
+	waitFor(t, "capped domain delivered", 60*time.Second, func() bool { return alpha.Count() >= n })
+	if p := peak.Load(); p != 1 {
+		t.Errorf("%d deliveries to alpha.test ran at once, want 1 (concurrency=1)", p)
+	}
+	if got := alpha.Connections(); got < n/3 {
+		t.Errorf("%d connections for %d messages, want at least %d (msgs-per-conn=3)", got, n, n/3)
+	}
+	sendN("beta.test", n)
+	waitFor(t, "rate-limited domain delivered", 60*time.Second, func() bool { return beta.Count() >= n })
+	if !strings.Contains(e.logs.String(), `reason="domain rate limit"`) {
+		t.Errorf("no envelope was handed back by the rate limit (30 messages at 10/s with 0.5 s of waiting allowed)")
+	}
+}

@@ -67,7 +67,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
 	fs.DurationVar(&o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
-	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B' (also covers subdomains; repeatable)")
+	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
 }
@@ -129,14 +129,16 @@ func ParseDomainLimits(list []string) (map[string]worker.DomainLimit, error) {
 				l.Rate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
 			case "burst":
 				l.Burst, err = strconv.Atoi(v)
+			case "msgs-per-conn":
+				l.MsgsPerConn, err = strconv.Atoi(v)
 			default:
-				err = fmt.Errorf("unknown limit %q (concurrency, rate, burst)", k)
+				err = fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
 			}
 			if err != nil {
 				return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
 			}
 		}
-		if l.Concurrency < 0 || l.Rate < 0 || l.Burst < 0 {
+		if l.Concurrency < 0 || l.Rate < 0 || l.Burst < 0 || l.MsgsPerConn < 0 {
 			return nil, fmt.Errorf("--domain-limit %q: negative value", item)
 		}
 		out[d] = l

@@ -32,7 +32,10 @@ type Message struct {
 	Recipients []string // verbatim addresses
 	Body       []byte   // complete RFC 5322 message, CRLF line endings
 	EightBit   bool     // client used BODY=8BITMIME
-	UTF8       bool     // SMTPUTF8 needed
+	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
+	// connection this message used (a per-domain limit).
+	MaxMsgsPerConn int
+	UTF8           bool // SMTPUTF8 needed
 }
 
 // Outcome is the result of one Deliver call.
@@ -290,6 +293,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	}()
 
 	cn.msgs++
+	cn.limit = msg.MaxMsgsPerConn
 	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
 	// server advertises 8BITMIME (harmless for 7-bit bodies).
 	opts := &smtp.MailOptions{Size: int64(len(msg.Body)), UTF8: msg.UTF8}

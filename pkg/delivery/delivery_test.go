@@ -242,6 +242,23 @@ func TestMaxMsgsPerConn(t *testing.T) {
 	waitFor(t, "retired connections to close", func() bool { return s.ActiveConnections() == 1 })
 }
 
+// A message's MaxMsgsPerConn (a per-domain limit) overrides the client's.
+func TestMaxMsgsPerConnPerMessage(t *testing.T) {
+	s, addr := startSink(t, sink.Config{})
+	c := newClient(t, nil) // default 100 per connection
+	hops := []delivery.Hop{hopFor(t, "mx", addr)}
+	for i := range 6 {
+		m := msg(testBody, "r@example.org")
+		m.MaxMsgsPerConn = 3
+		if out := c.Deliver(testCtx(t), hops, m); !out.Statuses[0].Delivered() {
+			t.Fatalf("message %d: %+v", i, out.Statuses[0])
+		}
+	}
+	if s.Count() != 6 || s.Connections() != 2 {
+		t.Errorf("Count %d Connections %d, want 6 and 2", s.Count(), s.Connections())
+	}
+}
+
 func TestMaxConnsPerHost(t *testing.T) {
 	const limit = 3
 	s, addr := startSink(t, sink.Config{

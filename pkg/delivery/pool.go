@@ -31,6 +31,7 @@ type conn struct {
 	hop   Hop
 	tls   bool
 	msgs  int         // transactions started on this connection
+	limit int         // the last message's MaxMsgsPerConn (0: the Config's)
 	timer *time.Timer // idle expiry while pooled
 	// pooledAt is when the connection was last put back in the pool. A
 	// connection reused within reuseUnchecked is not probed with NOOP; if it
@@ -184,7 +185,11 @@ func (c *Client) finish(cn *conn, reusable bool) {
 		c.discard(cn)
 		return
 	}
-	if cn.msgs >= c.cfg.MaxMsgsPerConn {
+	limit := c.cfg.MaxMsgsPerConn
+	if cn.limit > 0 {
+		limit = cn.limit
+	}
+	if cn.msgs >= limit {
 		c.retire(cn)
 		return
 	}

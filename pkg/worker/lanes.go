@@ -17,6 +17,7 @@ type DomainLimit struct {
 	Concurrency int     // deliveries in flight at once (0: the default)
 	Rate        float64 // messages per second (0: unlimited)
 	Burst       int     // token bucket size for Rate (default 1)
+	MsgsPerConn int     // SMTP transactions per connection (0: the worker's --max-msgs-per-conn)
 }
 
 // lane is the per-recipient-domain queue inside one worker process. A lane

@@ -345,9 +345,10 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			}
 		case rerr == nil:
 			_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
+			lim, _ := w.limitFor(e.Domain)
 			out = w.deliver.Deliver(actx, hops, &delivery.Message{
 				QueueID: e.QueueID, From: e.From, Recipients: e.Addrs(), Body: body,
-				EightBit: e.EightBit, UTF8: e.UTF8,
+				EightBit: e.EightBit, UTF8: e.UTF8, MaxMsgsPerConn: lim.MsgsPerConn,
 			})
 			dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 			dspan.End()
