@@ -146,3 +146,13 @@ func Hostname() string {
 	}
 	return h
 }
+
+// MailDomain is a domain for default addresses (postmaster@…): the host name
+// when it is fully qualified, else "localhost" (a dotless name is refused
+// in envelope addresses).
+func MailDomain() string {
+	if h := Hostname(); strings.Contains(strings.Trim(h, "."), ".") {
+		return strings.TrimSuffix(h, ".")
+	}
+	return "localhost"
+}

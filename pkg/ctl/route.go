@@ -136,7 +136,7 @@ hosts in preference order with their addresses, and what a worker would do.`,
 	f.StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
 	f.StringVar(&client, "client", "127.0.0.1", "client IP address the mail would come from")
 	f.StringVar(&clientHost, "client-hostname", "", "the client's (verified) host name, for Connect: name rules")
-	f.StringVar(&from, "from", "postmaster@"+config.Hostname(), "envelope sender")
+	f.StringVar(&from, "from", "postmaster@"+config.MailDomain(), "envelope sender")
 	f.StringSliceVar(&dns, "dns-server", nil, "DNS server host:port (default /etc/resolv.conf)")
 	f.Uint16Var(&port, "smtp-port", 25, "destination port, as the workers' --smtp-port")
 	f.StringArrayVar(&routes, "route", nil, "extra static routes, as the workers' --route")

@@ -67,7 +67,7 @@ func newSend(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&server, "server", "127.0.0.1:2525", "SMTP server host:port")
-	f.StringVar(&from, "from", "postmaster@"+config.Hostname(), "envelope sender (\"\" for the null sender)")
+	f.StringVar(&from, "from", "postmaster@"+config.MailDomain(), "envelope sender (\"\" for the null sender)")
 	f.StringArrayVar(&to, "to", nil, "recipient (repeatable)")
 	f.StringVar(&subject, "subject", "mailfwd test message", "Subject: header")
 	f.StringVar(&bodyFile, "body-file", "", "message text (a complete message if it starts with headers), - for stdin")
