@@ -3,7 +3,6 @@ package blob
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 )
 
@@ -68,26 +67,6 @@ func (g *groupSync) wait(ctx context.Context) error {
 	for _, f := range g.failed {
 		if my > f.from && my <= f.to {
 			return fmt.Errorf("flush to stable storage: %w", f.err)
-		}
-	}
-	return nil
-}
-
-// fsyncAll is the portable flush: fsync every path given (files, then
-// directories). Used where syncfs(2) is not available.
-func fsyncAll(paths ...string) error {
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		serr := f.Sync()
-		cerr := f.Close()
-		if serr != nil {
-			return serr
-		}
-		if cerr != nil {
-			return cerr
 		}
 	}
 	return nil

@@ -324,18 +324,28 @@ func (m *accessMap) lookupAddr(tag string, a address.Address) *accessRule {
 	keys = append(keys, parents(a.ASCII)...)
 	keys = append(keys, local+"@")
 	for _, k := range keys {
-		r := m.names[nameKey{tag, k}]
-		if r == nil {
-			r = m.names[nameKey{"", k}]
-		}
-		if r != nil {
-			if r.Act == actSkip {
-				return nil
-			}
+		if r, found := pick(m.names[nameKey{tag, k}], m.names[nameKey{"", k}]); found {
 			return r
 		}
 	}
 	return nil
+}
+
+// pick is one step of a longest-match search: the tagged entry for a key
+// beats the untagged one; found ends the search, and SKIP ends it with no
+// result.
+func pick(tagged, untagged *accessRule) (r *accessRule, found bool) {
+	r = tagged
+	if r == nil {
+		r = untagged
+	}
+	switch {
+	case r == nil:
+		return nil, false
+	case r.Act == actSkip:
+		return nil, true
+	}
+	return r, true
 }
 
 // lookupConnect finds the Connect: entry for a client: its IP address and the
@@ -349,14 +359,7 @@ func (m *accessMap) lookupConnect(c Client) *accessRule {
 			if err != nil {
 				break
 			}
-			r := m.nets[netKey{tagConnect, pfx}]
-			if r == nil {
-				r = m.nets[netKey{"", pfx}]
-			}
-			if r != nil {
-				if r.Act == actSkip {
-					return nil
-				}
+			if r, found := pick(m.nets[netKey{tagConnect, pfx}], m.nets[netKey{"", pfx}]); found {
 				return r
 			}
 		}
@@ -370,14 +373,7 @@ func (m *accessMap) lookupConnect(c Client) *accessRule {
 		return nil
 	}
 	for _, k := range parents(normDomain(host)) {
-		r := m.names[nameKey{tagConnect, k}]
-		if r == nil {
-			r = m.names[nameKey{"", k}]
-		}
-		if r != nil {
-			if r.Act == actSkip {
-				return nil
-			}
+		if r, found := pick(m.names[nameKey{tagConnect, k}], m.names[nameKey{"", k}]); found {
 			return r
 		}
 	}

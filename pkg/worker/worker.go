@@ -250,9 +250,6 @@ func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
 	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay)
 }
 
-// Process handles one job synchronously (exported for tests and tools).
-func (w *Worker) Process(ctx context.Context, j *queue.Job) { w.process(ctx, j) }
-
 func (w *Worker) process(ctx context.Context, j *queue.Job) {
 	if !w.cfg.RepanicForTests {
 		defer func() {
