@@ -67,10 +67,13 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 	if err := seedPolicy(policyDir, o); err != nil {
 		return err
 	}
-	ns, err := natsembed.Start(natsembed.Options{Port: o.natsPort, StoreDir: filepath.Join(dir, "nats")})
+	// Sync always: every envelope is on disk before its PubAck, so a 250 from
+	// the dev ingress survives a crash of the machine (one node, one replica).
+	ns, err := natsembed.Start(natsembed.Options{Port: o.natsPort, StoreDir: filepath.Join(dir, "nats"), SyncAlways: true})
 	if err != nil {
 		return err
 	}
+	log.Info("embedded NATS: JetStream fsyncs every write before its PubAck (sync always)", "component", "dev", "store", filepath.Join(dir, "nats"))
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	natsURL := ns.ClientURL()
 

@@ -81,16 +81,24 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 		q.Close()
 		return nil, nil, err
 	}
+	q.DeleteBodiesOfFailedAccepts(store)
 	if !c.Bootstrap {
 		return q, store, nil
 	}
 	wait := 200 * time.Millisecond
 	for {
 		err := q.Bootstrap(ctx)
+		if errors.Is(err, queue.ErrUnsafeStream) {
+			q.Close()
+			return nil, nil, &ConfigError{err}
+		}
 		if err == nil {
 			err = blob.Bootstrap(ctx, store)
 		}
 		if err == nil {
+			if w := q.DurabilityWarning(ctx); w != "" {
+				log.Warn(w, "component", name)
+			}
 			return q, store, nil
 		}
 		log.Warn("bootstrap failed; retrying", "err", err, "wait", wait)

@@ -5,6 +5,7 @@ package natsembed
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -16,9 +17,17 @@ type Options struct {
 	Host     string // default 127.0.0.1
 	Port     int    // -1 picks a free port
 	StoreDir string // JetStream file store directory (required)
-	// SyncAlways fsyncs every JetStream write (durability comparable to
-	// Postfix's fsync per queue file); default: nats-server's periodic sync.
+	// SyncAlways fsyncs every JetStream write before its PubAck (durability
+	// comparable to Postfix's fsync per queue file); without it nats-server
+	// syncs every 2 minutes and a crash of the machine can lose mail that
+	// was answered 250. `make run` (cmd/dev) sets it.
 	SyncAlways bool
+	// Cluster, when ClusterPort is set: this server joins the JetStream
+	// cluster ClusterName through Routes (nats-route://127.0.0.1:port).
+	ServerName  string // default mailfwd-embedded
+	ClusterName string
+	ClusterPort int
+	Routes      []string
 }
 
 // Start starts the server and waits until it accepts connections.
@@ -29,14 +38,27 @@ func Start(o Options) (*server.Server, error) {
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
 	}
+	if o.ServerName == "" {
+		o.ServerName = "mailfwd-embedded"
+	}
 	opts := &server.Options{
-		ServerName: "mailfwd-embedded",
+		ServerName: o.ServerName,
 		Host:       o.Host,
 		Port:       o.Port,
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
 		SyncAlways: o.SyncAlways,
+	}
+	if o.ClusterPort != 0 {
+		opts.Cluster = server.ClusterOpts{Name: o.ClusterName, Host: o.Host, Port: o.ClusterPort}
+		for _, r := range o.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("natsembed: route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

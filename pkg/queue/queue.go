@@ -18,7 +18,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -85,10 +88,23 @@ func (c *Config) setDefaults() {
 
 // Queue is a connection to the mail stream.
 type Queue struct {
-	cfg Config
-	nc  *nats.Conn
-	js  jetstream.JetStream
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	bodies BodyDeleter // optional: removes the body of an accept that failed
 }
+
+// BodyDeleter removes a stored message body (blob.Store has this method).
+type BodyDeleter interface {
+	Delete(ctx context.Context, key string) error
+}
+
+// DeleteBodiesOfFailedAccepts makes Enqueue remove the stored body of a
+// message whose envelopes were certainly not queued (the ingress answers
+// 4xx and the client sends it again under a new queue id). When the outcome
+// is unknown (the commit's PubAck never came), the body stays: the envelopes
+// may be stored, and the orphan sweeper removes it later if they are not.
+func (q *Queue) DeleteBodiesOfFailedAccepts(b BodyDeleter) { q.bodies = b }
 
 // Connect dials NATS. It keeps reconnecting forever in the background, so a
 // NATS restart shows as failed publishes (a 4xx at the ingress), not a crash.
@@ -126,24 +142,58 @@ func (q *Queue) Close() {
 	}
 }
 
+// ErrUnsafeStream marks a Bootstrap refusal: the existing stream's settings
+// would lose mail (or lower its replicas). Retrying does not help; an
+// operator must fix the stream or the flags.
+var ErrUnsafeStream = errors.New("unsafe stream settings")
+
+// DedupeWindow is how long the stream remembers a message id: longer than
+// the ack wait, so that a publish retried after a redelivery (one ack wait
+// later, by another worker) is still recognised as a duplicate.
+func DedupeWindow(ackWait time.Duration) time.Duration {
+	return max(2*ackWait, 2*time.Minute)
+}
+
 // Bootstrap creates or updates the stream, the workers' consumer and the
 // KV buckets. It is idempotent and safe from several pods; what already has
 // the wanted configuration is left untouched (no write on every pod start).
+// It refuses an existing stream whose limits would make JetStream drop
+// queued mail on its own, and never lowers an existing stream's replicas.
 func (q *Queue) Bootstrap(ctx context.Context) error {
 	want := jetstream.StreamConfig{
-		Name:              q.cfg.Stream,
-		Description:       "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
-		Retention:         jetstream.WorkQueuePolicy,
-		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
-		Duplicates:        2 * time.Minute,
-		AllowMsgSchedules: true,
-		AllowDirect:       true,
+		Name:               q.cfg.Stream,
+		Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
+		Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
+		Retention:          jetstream.WorkQueuePolicy,
+		Storage:            jetstream.FileStorage,
+		Replicas:           q.cfg.Replicas,
+		Duplicates:         DedupeWindow(q.cfg.AckWait),
+		AllowMsgSchedules:  true,
+		AllowAtomicPublish: true,
+		AllowDirect:        true,
 	}
-	if st, err := q.js.Stream(ctx, q.cfg.Stream); err != nil || !streamConfigured(st.CachedInfo().Config, want) {
-		if _, err := q.js.CreateOrUpdateStream(ctx, want); err != nil {
-			return fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
+	st, err := q.js.Stream(ctx, q.cfg.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if _, err := q.js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("queue: create stream %s: %w", q.cfg.Stream, err)
+		}
+	case err != nil:
+		return fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
+	default:
+		have := st.CachedInfo().Config
+		if err := checkStreamKeepsMail(have); err != nil {
+			return err
+		}
+		if have.Replicas > want.Replicas {
+			return fmt.Errorf("queue: %w: stream %s has %d replicas; refusing to lower them to %d (set --replicas %d, "+
+				"or lower them deliberately with `nats stream edit %s --replicas N`)",
+				ErrUnsafeStream, have.Name, have.Replicas, want.Replicas, have.Replicas, have.Name)
+		}
+		if !streamConfigured(have, want) {
+			if _, err := q.js.UpdateStream(ctx, want); err != nil {
+				return fmt.Errorf("queue: update stream %s: %w", q.cfg.Stream, err)
+			}
 		}
 	}
 	wantC := jetstream.ConsumerConfig{
@@ -167,7 +217,13 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
 			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
 	} {
-		if _, err := q.js.KeyValue(ctx, kv.Bucket); err == nil {
+		if b, err := q.js.KeyValue(ctx, kv.Bucket); err == nil {
+			if s, err := b.Status(ctx); err == nil {
+				if r := kvReplicas(s); r > kv.Replicas {
+					return fmt.Errorf("queue: %w: kv %s has %d replicas; refusing to lower them to %d (set --replicas %d)",
+						ErrUnsafeStream, kv.Bucket, r, kv.Replicas, r)
+				}
+			}
 			continue
 		}
 		if _, err := q.js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
@@ -177,15 +233,73 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	return nil
 }
 
+func kvReplicas(s jetstream.KeyValueStatus) int {
+	if b, ok := s.(*jetstream.KeyValueBucketStatus); ok {
+		return b.StreamInfo().Config.Replicas
+	}
+	return 0
+}
+
+// checkStreamKeepsMail refuses stream settings under which JetStream removes
+// envelopes by itself (an age limit, a size or count limit that discards
+// the oldest, retention other than work queue): mail that was answered 250
+// would vanish without a trace, no DSN, no log line.
+func checkStreamKeepsMail(c jetstream.StreamConfig) error {
+	var bad []string
+	if c.Retention != jetstream.WorkQueuePolicy {
+		bad = append(bad, fmt.Sprintf("retention %s (want workqueue)", c.Retention))
+	}
+	if c.MaxAge > 0 {
+		bad = append(bad, fmt.Sprintf("max_age %s deletes queued mail older than that", c.MaxAge))
+	}
+	discardsOld := c.Discard != jetstream.DiscardNew
+	if c.MaxMsgs > 0 && discardsOld {
+		bad = append(bad, fmt.Sprintf("max_msgs %d with discard old deletes the oldest mail when full", c.MaxMsgs))
+	}
+	if c.MaxBytes > 0 && discardsOld {
+		bad = append(bad, fmt.Sprintf("max_bytes %d with discard old deletes the oldest mail when full", c.MaxBytes))
+	}
+	if c.MaxMsgsPerSubject > 0 && !(c.Discard == jetstream.DiscardNew && c.DiscardNewPerSubject) {
+		bad = append(bad, fmt.Sprintf("max_msgs_per_subject %d deletes the oldest mail of a domain", c.MaxMsgsPerSubject))
+	}
+	if c.Sealed {
+		bad = append(bad, "sealed (refuses all new mail)")
+	}
+	if c.NoAck {
+		bad = append(bad, "no_ack (publishes are never confirmed)")
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("queue: %w: stream %s would lose or refuse mail: %s; fix it with `nats stream edit %s` "+
+		"(or remove the stream and let the bootstrap create it)", ErrUnsafeStream, c.Name, strings.Join(bad, "; "), c.Name)
+}
+
 func streamConfigured(have, want jetstream.StreamConfig) bool {
 	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention && have.Storage == want.Storage &&
 		have.Replicas == want.Replicas && have.Duplicates == want.Duplicates &&
-		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowDirect == want.AllowDirect
+		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowAtomicPublish == want.AllowAtomicPublish &&
+		have.AllowDirect == want.AllowDirect
 }
 
 func consumerConfigured(have, want jetstream.ConsumerConfig) bool {
 	return have.FilterSubject == want.FilterSubject && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
 		have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending && have.DeliverPolicy == want.DeliverPolicy
+}
+
+// DurabilityWarning says, for a stream with one replica, what a 250 does not
+// promise: JetStream answers the PubAck before the write reaches the disk
+// unless nats-server syncs every write, so a crash of the NATS node (not
+// just of nats-server) can lose acknowledged mail. It is empty for
+// replicated streams, whose PubAck waits for a quorum of nodes.
+func (q *Queue) DurabilityWarning(ctx context.Context) string {
+	st, err := q.js.Stream(ctx, q.cfg.Stream)
+	if err != nil || st.CachedInfo().Config.Replicas > 1 {
+		return ""
+	}
+	return fmt.Sprintf("stream %s has 1 replica: accepted mail survives a crash of the NATS node only if nats-server "+
+		"fsyncs every write (jetstream { sync_interval: always }); its default syncs every 2 minutes. "+
+		"Run a 3-node cluster with --replicas 3, or set sync_interval: always", q.cfg.Stream)
 }
 
 // Check reports whether the queue can take mail now (readiness).
@@ -214,11 +328,49 @@ func DeferredSubject(domain, qid string) string {
 	return DeferredPrefix + "." + address.SubjectToken(domain) + "." + qid
 }
 
-// Enqueue publishes every envelope of one message and waits for all PubAcks.
-// It returns nil only when JetStream has stored every envelope; the message
-// id (queue id + domain) makes a retried publish a no-op, not a second copy.
-// Trace context from ctx travels in the message headers.
+// MaxEnvelopesPerMessage is how many envelopes (recipient domains) one
+// message may have: nats-server's default limit of messages in one atomic
+// batch. The ingress's recipient limit keeps messages far below it.
+const MaxEnvelopesPerMessage = 1000
+
+// msgID is the dedupe id of the first copy of envelope e.
+func msgID(e *envelope.Envelope) string { return e.QueueID + "." + address.SubjectToken(e.Domain) }
+
+// Enqueue stores every envelope of one message, all or nothing, and returns
+// nil only when JetStream has stored every one of them (and, with sync
+// always or replicas, made them durable). The envelopes of a message with
+// several recipient domains are one JetStream atomic batch: either all are
+// committed or none is, so a failed accept (answered 4xx, sent again by the
+// client under a new queue id) never leaves a domain that would be
+// delivered twice. On a failure that certainly stored nothing, Enqueue also
+// removes the message's refs entry and (see DeleteBodiesOfFailedAccepts) its
+// body. When the outcome is unknown (no PubAck within PublishWait), the
+// batch is sent again with the same message ids: JetStream's dedupe then
+// answers for the first one. Trace context from ctx travels in the headers.
 func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
+	if len(envs) == 0 {
+		return errors.New("queue: enqueue of a message without envelopes")
+	}
+	if len(envs) > MaxEnvelopesPerMessage {
+		return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
+			len(envs), envs[0].QueueID, MaxEnvelopesPerMessage))
+	}
+	msgs := make([]*nats.Msg, len(envs))
+	for i, e := range envs {
+		m, err := q.newMsg(ctx, ReadySubject(e.Domain), e)
+		if err != nil {
+			return q.failedAccept(ctx, envs, false, err)
+		}
+		m.Header.Set(jetstream.MsgIDHeader, msgID(e))
+		// Checked before anything is sent: a batch cut short by the client
+		// would hold one of the stream's in-flight batch slots until the
+		// server's batch timeout.
+		if size := len(m.Data) + headerBytes(m.Header) + batchHeaderBytes; int64(size) > q.nc.MaxPayload() {
+			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: envelope %s for %s is %d bytes, over the server's max_payload %d",
+				e.QueueID, e.Domain, size, q.nc.MaxPayload()))
+		}
+		msgs[i] = m
+	}
 	if len(envs) > 1 {
 		doms := make([]string, len(envs))
 		for i, e := range envs {
@@ -227,38 +379,170 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 		b, _ := json.Marshal(doms)
 		kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
 		if err != nil {
-			return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err))
 		}
 		if _, err := kv.Put(ctx, envs[0].QueueID, b); err != nil {
-			return fmt.Errorf("queue: body refs for %s: %w", envs[0].QueueID, err)
+			// An unanswered Put may still have stored the entry; the refs
+			// are removed below either way (no envelope points to them).
+			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: body refs for %s: %w", envs[0].QueueID, err))
 		}
 	}
-	futs := make([]jetstream.PubAckFuture, 0, len(envs))
-	for _, e := range envs {
-		m, err := q.newMsg(ctx, ReadySubject(e.Domain), e)
-		if err != nil {
-			return err
-		}
-		f, err := q.js.PublishMsgAsync(m, jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)))
-		if err != nil {
-			return fmt.Errorf("queue: publish %s: %w", m.Subject, err)
-		}
-		futs = append(futs, f)
-	}
-	timer := time.NewTimer(q.cfg.PublishWait)
-	defer timer.Stop()
-	for _, f := range futs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("queue: publish %s: %w", f.Msg().Subject, err)
-		case <-ctx.Done():
-			return fmt.Errorf("queue: waiting for publish ack: %w", ctx.Err())
-		case <-timer.C:
-			return fmt.Errorf("queue: no publish ack for %s within %s", f.Msg().Subject, q.cfg.PublishWait)
-		}
+	unknown, err := q.publishAtomically(ctx, msgs)
+	if err != nil {
+		return q.failedAccept(ctx, envs, unknown, err)
 	}
 	return nil
+}
+
+// failedAccept removes what a failed Enqueue stored, unless the envelopes
+// may have been stored after all (unknown): then everything stays for the
+// deliveries (or, if nothing was stored, for the orphan sweeper).
+func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unknown bool, err error) error {
+	if unknown || len(envs) == 0 {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	e := envs[0]
+	errs := []error{err}
+	if len(envs) > 1 {
+		if kv, kerr := q.js.KeyValue(cctx, q.cfg.RefsBucket); kerr != nil {
+			errs = append(errs, fmt.Errorf("queue: remove refs of failed accept %s: %w", e.QueueID, kerr))
+		} else if derr := kv.Purge(cctx, e.QueueID); derr != nil && !errors.Is(derr, jetstream.ErrKeyNotFound) {
+			errs = append(errs, fmt.Errorf("queue: remove refs of failed accept %s: %w", e.QueueID, derr))
+		}
+	}
+	if q.bodies != nil && e.BodyKey != "" {
+		if derr := q.bodies.Delete(cctx, e.BodyKey); derr != nil {
+			errs = append(errs, fmt.Errorf("queue: remove body of failed accept %s: %w", e.QueueID, derr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Batch headers (ADR-50); the stream needs AllowAtomicPublish.
+const (
+	hdrBatchID       = "Nats-Batch-Id"
+	hdrBatchSeq      = "Nats-Batch-Sequence"
+	hdrBatchCommit   = "Nats-Batch-Commit"
+	batchHeaderBytes = 128 // room for the batch headers in the size check
+)
+
+// JetStream error codes that say the batch was not stored and trying again
+// may succeed.
+const (
+	errCodeBatchIncomplete    = 10176
+	errCodeBatchDuplicate     = 10201
+	errCodeBatchTooManyFlight = 10210
+	errCodeStreamTooManyReqs  = 10077
+)
+
+func headerBytes(h nats.Header) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+type pubAckResponse struct {
+	Error  *jetstream.APIError `json:"error,omitempty"`
+	Stream string              `json:"stream"`
+	Seq    uint64              `json:"seq"`
+	Count  int                 `json:"count,omitempty"`
+}
+
+// publishAtomically publishes msgs as one atomic batch (one message: a plain
+// publish) and waits for the PubAck, trying again within PublishWait while
+// the server says nothing was stored or may have been. unknown reports, on
+// error, that a copy may have been stored anyway.
+func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknown bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.PublishWait)
+	defer cancel()
+	wait := 10 * time.Millisecond
+	for {
+		res, perr := q.publishBatchOnce(ctx, msgs)
+		switch {
+		case perr == nil && res.Error == nil:
+			return false, nil
+		case perr == nil && res.Error.ErrorCode == errCodeBatchDuplicate:
+			// Every message id of a batch is stored together: this one was
+			// committed by an earlier attempt whose PubAck was lost.
+			return false, nil
+		case perr == nil && !retryableBatchError(res.Error.ErrorCode):
+			return unknown, fmt.Errorf("queue: publish %s: %w", msgs[0].Subject, res.Error)
+		case perr != nil && !errors.Is(perr, nats.ErrNoResponders) && !errors.Is(perr, errNotSent):
+			// No answer: the batch may or may not be stored.
+			unknown = true
+			err = perr
+		case perr != nil:
+			err = perr // no stream listening, or the batch never left: nothing was stored
+		default:
+			err = res.Error
+		}
+		if ctx.Err() != nil {
+			return unknown, fmt.Errorf("queue: no publish ack for %s within %s: %w", msgs[0].Subject, q.cfg.PublishWait, err)
+		}
+		select {
+		case <-ctx.Done():
+			return unknown, fmt.Errorf("queue: no publish ack for %s within %s: %w", msgs[0].Subject, q.cfg.PublishWait, err)
+		case <-time.After(wait/2 + rand.N(wait)):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// errNotSent: a batch message could not be sent, so no commit followed and
+// nothing of the batch is stored.
+var errNotSent = errors.New("batch not sent")
+
+func retryableBatchError(code jetstream.ErrorCode) bool {
+	switch code {
+	case errCodeBatchIncomplete, errCodeBatchTooManyFlight, errCodeStreamTooManyReqs:
+		return true
+	}
+	return false
+}
+
+// publishBatchOnce sends msgs with fresh batch headers, the last one as the
+// commit, and returns the server's answer to the commit.
+func (q *Queue) publishBatchOnce(ctx context.Context, msgs []*nats.Msg) (*pubAckResponse, error) {
+	var last *nats.Msg
+	if len(msgs) == 1 {
+		last = msgs[0]
+		last.Header.Del(hdrBatchID)
+		last.Header.Del(hdrBatchSeq)
+		last.Header.Del(hdrBatchCommit)
+	} else {
+		id := envelope.NewQueueID()
+		for i, m := range msgs {
+			m.Header.Set(hdrBatchID, id)
+			m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
+			if i == len(msgs)-1 {
+				m.Header.Set(hdrBatchCommit, "1")
+				last = m
+				break
+			}
+			m.Header.Del(hdrBatchCommit)
+			if err := q.nc.PublishMsg(m); err != nil {
+				return nil, fmt.Errorf("%w: %w", errNotSent, err)
+			}
+		}
+	}
+	resp, err := q.nc.RequestMsgWithContext(ctx, last)
+	if err != nil {
+		return nil, err
+	}
+	var r pubAckResponse
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("queue: undecodable publish ack %q: %w", resp.Data, err)
+	}
+	if r.Error == nil && r.Stream == "" {
+		return nil, fmt.Errorf("queue: publish ack without stream: %q", resp.Data)
+	}
+	return &r, nil
 }
 
 func (q *Queue) newMsg(ctx context.Context, subject string, e *envelope.Envelope) (*nats.Msg, error) {
@@ -297,6 +581,11 @@ func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time, d
 // ReleaseBody records that envelope e is final. It reports whether e was the
 // last pending envelope of its message, in which case the caller deletes the
 // body. Envelopes of single-domain messages are always the last.
+//
+// The pending domains are one KV entry updated by compare-and-set. Under
+// contention (many domains of one message finishing together) a conflict is
+// retried after a jittered, growing pause, for as long as ctx lasts: a
+// give-up would hand the whole domain back for another delivery.
 func (q *Queue) ReleaseBody(ctx context.Context, e *envelope.Envelope) (last bool, err error) {
 	if e.Parts <= 1 {
 		return true, nil
@@ -305,13 +594,17 @@ func (q *Queue) ReleaseBody(ctx context.Context, e *envelope.Envelope) (last boo
 	if err != nil {
 		return false, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
 	}
-	for range 20 {
+	pause := 2 * time.Millisecond
+	for conflicts := 0; ; conflicts++ {
 		doms, rev, err := pendingDomains(ctx, kv, e.QueueID)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return true, nil
 		}
 		if err != nil {
 			return false, err
+		}
+		if !slices.Contains(doms, e.Domain) {
+			return false, nil // released before (a redelivery); not the last now
 		}
 		doms = slices.DeleteFunc(doms, func(d string) bool { return d == e.Domain })
 		if len(doms) == 0 {
@@ -329,8 +622,13 @@ func (q *Queue) ReleaseBody(ctx context.Context, e *envelope.Envelope) (last boo
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
 			return false, fmt.Errorf("queue: body refs %s: %w", e.QueueID, err)
 		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("queue: body refs %s: %d conflicting updates: %w", e.QueueID, conflicts+1, ctx.Err())
+		case <-time.After(pause/2 + rand.N(pause)):
+		}
+		pause = min(2*pause, 200*time.Millisecond)
 	}
-	return false, fmt.Errorf("queue: body refs %s: too much contention", e.QueueID)
 }
 
 func isWrongSequence(err error) bool {
