@@ -265,6 +265,11 @@ func (f *FS) Check(ctx context.Context) error {
 	if !st.IsDir() {
 		return fmt.Errorf("blob: fs: check: %s is not a directory", f.dir)
 	}
+	if f.group != nil {
+		if err := f.group.err(); err != nil {
+			return fmt.Errorf("blob: fs: check: a flush to stable storage failed; restart to take bodies again: %w", err)
+		}
+	}
 	probe, err := os.CreateTemp(f.dir, fsProbePattern)
 	if err != nil {
 		return fmt.Errorf("blob: fs: check: directory not writable: %w", err)

@@ -13,6 +13,14 @@ import (
 // one. Under load N concurrent Puts cost about one flush instead of 2N
 // fsyncs, with the same guarantee: Put returns only when the body and its
 // directory entry are on stable storage.
+//
+// A failed flush fails the store for good (until the process restarts):
+// syncfs(2) reports a writeback error once, to the next flush of the
+// filesystem, not to the writer whose pages were lost. A body whose
+// background writeback failed before its own round began is reported to an
+// earlier round, and its own round would see success. Failing every later
+// wait is the only way to tell that writer too; the ingress answers 4xx,
+// readiness fails (Check), and a restarted pod starts with fresh state.
 type groupSync struct {
 	flush func() error // syncfs of the store's filesystem (or an equivalent)
 
@@ -21,12 +29,7 @@ type groupSync struct {
 	seq     uint64 // writes registered
 	synced  uint64 // writes covered by a completed flush
 	running bool
-	failed  []failedRound // recent flushes that failed
-}
-
-type failedRound struct {
-	from, to uint64 // registrations covered: from < seq <= to
-	err      error
+	failed  error // the first failed flush; sticky
 }
 
 func newGroupSync(flush func() error) *groupSync {
@@ -35,13 +38,21 @@ func newGroupSync(flush func() error) *groupSync {
 	return g
 }
 
-// wait returns once a flush that started after the call has completed.
+// err reports the sticky failure, if any.
+func (g *groupSync) err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failed
+}
+
+// wait returns once a flush that started after the call has completed; an
+// error if that flush or any flush before it failed.
 func (g *groupSync) wait(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.seq++
 	my := g.seq
-	for g.synced < my {
+	for g.synced < my && g.failed == nil {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -50,24 +61,19 @@ func (g *groupSync) wait(ctx context.Context) error {
 			continue
 		}
 		g.running = true
-		from, to := g.synced, g.seq
+		to := g.seq
 		g.mu.Unlock()
 		err := g.flush()
 		g.mu.Lock()
 		g.running = false
 		g.synced = to
-		if err != nil {
-			g.failed = append(g.failed, failedRound{from: from, to: to, err: err})
-			if len(g.failed) > 64 {
-				g.failed = g.failed[len(g.failed)-64:]
-			}
+		if err != nil && g.failed == nil {
+			g.failed = err
 		}
 		g.cond.Broadcast()
 	}
-	for _, f := range g.failed {
-		if my > f.from && my <= f.to {
-			return fmt.Errorf("flush to stable storage: %w", f.err)
-		}
+	if g.failed != nil {
+		return fmt.Errorf("flush to stable storage failed; the store takes no more bodies until restarted: %w", g.failed)
 	}
 	return nil
 }
