@@ -106,7 +106,7 @@ func newQueueCmd(g *globals) *cobra.Command {
                               mailfwdctl queue release --domain post.3.dk --extend 5d`,
 	}
 	cmd.AddCommand(newQueueList(g), newQueueStats(g), newQueueShow(g), newQueueFlush(g),
-		newQueueHold(g), newQueueRelease(g), newQueueBounce(g), newQueuePurge(g))
+		newQueueHold(g), newQueueRelease(g), newQueueBounce(g), newQueuePurge(g), newQueueOrphans(g))
 	return cmd
 }
 
@@ -534,6 +534,19 @@ func newQueueRelease(g *globals) *cobra.Command {
 					fmt.Fprintf(g.out, "would release %s: %d held envelopes due now, deadlines extended by their held time + %s (dry run)\n", domain, len(entries), extend)
 					return nil
 				}
+				// The deadline is the workers' (their --queue-return), not a
+				// guess of mailfwdctl's own.
+				source := "mailfwdctl's --queue-return"
+				if d, ok, err := q.WorkersQueueReturn(ctx); err != nil {
+					fmt.Fprintf(g.errOut, "warning: %v; using --queue-return %s\n", err, queueReturn)
+				} else if ok {
+					if cmd.Flags().Changed("queue-return") && d != queueReturn {
+						fmt.Fprintf(g.errOut, "note: the workers run with --queue-return %s; using that, not %s\n", d, queueReturn)
+					}
+					queueReturn, source = d, "the workers' --queue-return"
+				} else {
+					fmt.Fprintf(g.errOut, "warning: no worker has recorded its --queue-return; using %s\n", queueReturn)
+				}
 				had, err := q.ClearHold(ctx, domain)
 				if err != nil {
 					return &ExitError{Code: ExitUsage, Err: err}
@@ -574,14 +587,15 @@ func newQueueRelease(g *globals) *cobra.Command {
 				if !had {
 					state = "was not on hold; released leftovers for"
 				}
-				fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline extended by held time + %s)\n", state, domain, released, extend)
+				fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline: arrival + %s %s + held time + %s)\n",
+					state, domain, released, source, queueReturn, extend)
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
 	cmd.Flags().DurationVar(&extend, "extend", 0, "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
-	cmd.Flags().DurationVar(&queueReturn, "queue-return", 5*24*time.Hour, "the workers' --queue-return, for messages without an explicit deadline")
+	cmd.Flags().DurationVar(&queueReturn, "queue-return", 5*24*time.Hour, "fallback for the workers' --queue-return when no worker has recorded it")
 	of.register(cmd, false)
 	return cmd
 }

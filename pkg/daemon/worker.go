@@ -38,6 +38,13 @@ type Worker struct {
 	PolicyInterval time.Duration
 	Delivery       delivery.Config
 	Engine         worker.Config
+	Sweep          SweepConfig
+}
+
+// SweepConfig is the orphan sweeper's (bodies and refs no envelope refers to).
+type SweepConfig struct {
+	Interval time.Duration
+	MinAge   time.Duration
 }
 
 // Register adds the worker flags.
@@ -70,6 +77,8 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
+	fs.DurationVar(&o.Sweep.Interval, "orphan-sweep-interval", 15*time.Minute, "how often to remove bodies and refs that no queued envelope refers to; 0 disables")
+	fs.DurationVar(&o.Sweep.MinAge, "orphan-min-age", time.Hour, "only bodies and refs older than this can be orphans (longer than any accept takes)")
 }
 
 // Validate checks the configuration before anything starts.
@@ -86,6 +95,12 @@ func (o *Worker) Validate() error {
 	}
 	if _, err := ParseDomainLimits(o.Limits); err != nil {
 		errs = append(errs, err)
+	}
+	if o.Sweep.Interval < 0 {
+		errs = append(errs, errors.New("--orphan-sweep-interval must not be negative"))
+	}
+	if o.Sweep.MinAge < time.Minute {
+		errs = append(errs, errors.New("--orphan-min-age must be at least 1m (an accept in progress must never look orphaned)"))
 	}
 	if o.Engine.Heartbeat == 0 {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
@@ -191,6 +206,9 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		return err
 	}
 	defer q.Close()
+	if err := q.AnnounceQueueReturn(ctx, o.Engine.QueueReturn); err != nil {
+		log.Warn("cannot record --queue-return for mailfwdctl", "component", "worker", "err", err)
+	}
 	var cons *queue.Consumer
 	for wait := 200 * time.Millisecond; ; wait = min(wait*2, 5*time.Second) {
 		cons, err = q.Consumer(ctx)
@@ -239,6 +257,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		}
 		return nil
 	})
+	if o.Sweep.Interval > 0 {
+		sw := &queue.Sweeper{Queue: q, Bodies: store, Interval: o.Sweep.Interval, MinAge: o.Sweep.MinAge,
+			Log: log, Removed: metrics.OrphansRemoved()}
+		g.Go(func() error { sw.Run(gctx); return nil })
+	}
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }
