@@ -431,6 +431,7 @@ const (
 // JetStream error codes that say the batch was not stored and trying again
 // may succeed.
 const (
+	errCodeAtomicDisabled     = 10174
 	errCodeBatchIncomplete    = 10176
 	errCodeBatchDuplicate     = 10201
 	errCodeBatchTooManyFlight = 10210
@@ -471,6 +472,9 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 			// Every message id of a batch is stored together: this one was
 			// committed by an earlier attempt whose PubAck was lost.
 			return false, nil
+		case perr == nil && res.Error.ErrorCode == errCodeAtomicDisabled:
+			return unknown, fmt.Errorf("queue: publish %s: %w (stream %s predates atomic batches: run the bootstrap, "+
+				"e.g. mailfwdctl bootstrap)", msgs[0].Subject, res.Error, q.cfg.Stream)
 		case perr == nil && !retryableBatchError(res.Error.ErrorCode):
 			return unknown, fmt.Errorf("queue: publish %s: %w", msgs[0].Subject, res.Error)
 		case perr != nil && !errors.Is(perr, nats.ErrNoResponders) && !errors.Is(perr, errNotSent):
