@@ -464,7 +464,11 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 	defer cancel()
 	wait := 10 * time.Millisecond
 	for {
-		res, perr := q.publishBatchOnce(ctx, msgs)
+		// Half the budget per attempt: an unanswered commit (a connection
+		// cut, a leader change) leaves time to send the batch again.
+		actx, acancel := context.WithTimeout(ctx, q.cfg.PublishWait/2)
+		res, perr := q.publishBatchOnce(actx, msgs)
+		acancel()
 		switch {
 		case perr == nil && res.Error == nil:
 			return false, nil

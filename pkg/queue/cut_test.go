@@ -1,0 +1,140 @@
+package queue_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+// cutProxy forwards NATS connections to target; when armed, it cuts the
+// client's connection just before the second envelope publish reaches the
+// server (the server gone between two envelopes of one message).
+type cutProxy struct {
+	ln    net.Listener
+	armed atomic.Bool
+	cuts  atomic.Int32
+	wg    sync.WaitGroup
+}
+
+func startCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln}
+	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.wg.Add(2)
+			go func() { defer p.wg.Done(); _, _ = io.Copy(c, s); c.Close() }()
+			go func() { defer p.wg.Done(); p.forward(c, s); s.Close(); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) forward(c, s net.Conn) {
+	marker := []byte("HPUB mail.ready.")
+	seen := 0
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		chunk := buf[:n]
+		if p.armed.Load() {
+			for off := 0; ; {
+				i := bytes.Index(chunk[off:], marker)
+				if i < 0 {
+					break
+				}
+				seen++
+				if seen == 2 {
+					_, _ = s.Write(chunk[:off+i])
+					p.armed.Store(false)
+					p.cuts.Add(1)
+					return
+				}
+				off += i + len(marker)
+			}
+		}
+		if n > 0 {
+			if _, werr := s.Write(chunk); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// The connection to NATS breaks after the first envelope of a message went
+// out and before the second: the message is either queued whole (the
+// batch sent again after the reconnect) or not at all — never one domain
+// of it, which a client retry under a new queue id would deliver again.
+func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing.T) {
+	f := setup(t)
+	ctx := ctxT(t)
+	px := startCutProxy(t, f.nats.URL()[len("nats://"):])
+	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
+		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test", "c.test")
+	px.armed.Store(true)
+	err = q.Enqueue(ctx, envs)
+	if px.cuts.Load() != 1 {
+		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
+	}
+	// A partial count would show at once; look a few times for a late one.
+	st, serr := f.js.Stream(ctx, "MAIL")
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	var stored uint64
+	for range 3 {
+		info, ierr := st.Info(ctx, jetstream.WithSubjectFilter("mail.ready.>"))
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		stored = info.State.Msgs
+		if stored != 0 && stored != 3 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	switch {
+	case err == nil && stored == 3:
+		t.Logf("queued whole after the reconnect")
+	case err != nil && stored == 0:
+		t.Logf("refused whole: %v", err)
+	default:
+		t.Fatalf("enqueue returned %v with %d of 3 envelopes stored", err, stored)
+	}
+}
