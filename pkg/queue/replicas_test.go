@@ -18,7 +18,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var out []int
 	var lns []net.Listener
@@ -38,7 +38,7 @@ func freePorts(t *testing.T, n int) []int {
 
 // startCluster runs a 3-node JetStream cluster in this process on loopback
 // and returns the client URLs.
-func startCluster(t *testing.T) []string {
+func startCluster(t testing.TB) []string {
 	t.Helper()
 	ports := freePorts(t, 6)
 	var routes []string
