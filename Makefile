@@ -11,12 +11,15 @@ NATS_SERVER_VERSION := v2.15.2
 HELM_VERSION        := v3.22.0
 KUBE_VERSION        := v1.32.13
 ETCD_VERSION        := v3.5.21
+# maddy, a third system in make bench, built from the module proxy by scripts/maddy.sh.
+MADDY_VERSION       := v0.8.1
 MINIO       := $(TOOLS_DIR)/minio-$(MINIO_VERSION)
 NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)
 KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)
 KUBE_ETCD      := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
+MADDY          := $(TOOLS_DIR)/maddy-$(MADDY_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
 	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM)
@@ -81,9 +84,10 @@ test-integration: tools ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench
-bench: tools ## mailfwd vs a private Postfix vs smtp-source→smtp-sink, one run (BENCH_QUICK=1 for ~2 min); CSV in bench-results/
+bench: tools ## mailfwd (single node, chart, R3) vs a private Postfix vs maddy vs smtp-source→smtp-sink, interleaved (BENCH_QUICK=1 for a few minutes); CSV in bench-results/
 	@command -v smtp-source >/dev/null || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y postfix; }
-	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) $(GO) run ./bench
+	GO=$(GO) TOOLS_DIR=$(TOOLS_DIR) MADDY_VERSION=$(MADDY_VERSION) bash scripts/maddy.sh
+	MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) MAILFWD_MADDY_BIN=$(MADDY) $(GO) run ./bench
 	$(MAKE) --no-print-directory bench-go
 
 .PHONY: bench-go

@@ -21,7 +21,7 @@ import (
 )
 
 // growthCell is the healthy-domain workload of the cost-growth section.
-var growthCell = cell{sizeKiB: 1, sessions: 10, rcpts: 1}
+var growthCell = cell{sizeKiB: 1, sessions: 10, rcpts: 1, reuse: true}
 
 // growth measures (1) the healthy-domain rate with a deferred backlog of a
 // dead domain and (2) the rate with 1, 2, 4 worker processes.
@@ -67,7 +67,7 @@ func growth(ctx context.Context, tools rig.Tools, work string, o options, rec *r
 	m.Close()
 	_ = sink.Kill()
 
-	fmt.Printf("\n  %-28s %10s %10s %12s   (%s)\n", "worker processes", "accept/s", "e2e/s", "cpu ms/msg", cell{1, 50, 1})
+	fmt.Printf("\n  %-28s %10s %10s %12s   (%s)\n", "worker processes", "accept/s", "e2e/s", "cpu ms/msg", cell{1, 50, 1, true})
 	for _, k := range o.workers {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -103,7 +103,7 @@ func workersRun(tools rig.Tools, dir string, k int, o options, rec *recorder) (s
 	}
 	defer m.Close()
 	sys := &system{name: fmt.Sprintf("mailfwd-file workers=%d", k), durability: "body fsync + JetStream default sync (2m)", addr: m.SMTPAddr, sink: sink, cpu: m.CPU}
-	c := cell{1, 50, 1}
+	c := cell{1, 50, 1, true}
 	var smps []sample
 	for r := range o.runs {
 		smp := measure(tools, sys, c, o.n)
@@ -178,9 +178,15 @@ func streamMsgs(ctx context.Context, natsURL string) (uint64, error) {
 	return info.State.Msgs, nil
 }
 
-// profile runs the mailfwd-file-sync system with CPU-profiled ingress and
-// worker under the 1 KiB / 10 sessions workload and prints the top of each
-// profile (go tool pprof -top).
+// profileCells are the workloads profiled in each configuration: the
+// per-message cost (1 KiB) and the per-byte cost (100 KiB), both with a new
+// connection per message.
+var profileCells = []cell{{1, 10, 1, false}, {100, 10, 1, false}}
+
+// profile runs each mailfwd configuration (single node with sync always,
+// the chart's MinIO + R3 cluster, R3 with file bodies) with CPU-profiled
+// ingress and worker under each profile cell and prints the CPU split per
+// process and the top of each profile (go tool pprof -top).
 func profile(ctx context.Context, work string, o options, stamp string) error {
 	tools := rig.FindTools()
 	bin := filepath.Join(work, "profiled")
@@ -196,55 +202,89 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 	if err := os.MkdirAll(profDir, 0o755); err != nil {
 		return err
 	}
-	for _, variant := range []struct {
-		name string
-		sync bool
-	}{{"sync-always", true}, {"default", false}} {
-		dir := filepath.Join(work, "profile-"+variant.name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		sink, err := rig.StartSink(tools.SMTPSink, dir)
-		if err != nil {
-			return err
-		}
-		pdir := filepath.Join(profDir, variant.name)
-		_ = os.MkdirAll(pdir, 0o755)
-		m, err := rig.StartMailfwd(tools, rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Blob: "file", SyncAlways: variant.sync, ProfileDir: pdir})
-		if err != nil {
-			_ = sink.Kill()
-			return err
-		}
-		sys := &system{name: "mailfwd-file-" + variant.name + " (profiled)", addr: m.SMTPAddr, sink: sink, cpu: m.CPU}
-		n := max(o.n, 3000)
-		// CPU split per process.
-		cpu0 := map[string]time.Duration{}
-		for _, p := range m.Procs() {
-			cpu0[p.Name] = p.CPU()
-		}
-		smp := measure(tools, sys, cell{1, 10, 1}, n)
-		var split []string
-		for _, p := range m.Procs() {
-			split = append(split, fmt.Sprintf("%s %.3f", p.Name, float64((p.CPU()-cpu0[p.Name]).Microseconds())/1000/float64(n)))
-		}
-		m.Close()
-		_ = sink.Kill()
-		if smp.err != nil {
-			return smp.err
-		}
-		sort.Strings(split)
-		fmt.Printf("\n== profile, JetStream sync %s: %d msgs, accept %.0f/s, e2e %.0f/s, CPU ms/msg %.3f (per process: %s)\n",
-			variant.name, n, smp.acceptRate(n), smp.e2eRate(n), smp.cpuPerMsg(n), strings.Join(split, ", "))
-		for _, p := range []string{"ingress", "worker0"} {
-			file := filepath.Join(pdir, p+".pprof")
-			out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=25", file).CombinedOutput()
-			if err != nil {
-				fmt.Printf("  pprof %s: %v\n%s\n", file, err, out)
-				continue
+	var minio *rig.Minio
+	for _, variant := range []string{"single-sync", "chart", "r3"} {
+		for _, c := range profileCells {
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
-			fmt.Printf("-- %s (%s)\n%s\n", p, file, out)
-			cum, _ := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", file).CombinedOutput()
-			_ = os.WriteFile(filepath.Join(pdir, p+"-cum.txt"), cum, 0o644)
+			name := variant + "-" + strings.ReplaceAll(c.String(), "/", "-")
+			dir := filepath.Join(work, "profile-"+name)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			sink, err := rig.StartSink(tools.SMTPSink, dir)
+			if err != nil {
+				return err
+			}
+			pdir := filepath.Join(profDir, name)
+			_ = os.MkdirAll(pdir, 0o755)
+			cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Blob: "file", ProfileDir: pdir}
+			var cluster *rig.NATSCluster
+			switch variant {
+			case "single-sync":
+				cfg.SyncAlways = true
+			case "chart", "r3":
+				if variant == "chart" {
+					if minio == nil {
+						if minio, err = rig.StartMinio(tools.Minio, filepath.Join(work, "profile-minio")); err != nil {
+							_ = sink.Kill()
+							return err
+						}
+						defer minio.Stop(10 * time.Second)
+					}
+					cfg.Blob, cfg.Minio = "s3", minio
+				}
+				if cluster, err = rig.StartNATSCluster(tools.NATSServer, filepath.Join(dir, "nats"), 3, false); err != nil {
+					_ = sink.Kill()
+					return err
+				}
+				cfg.Cluster, cfg.Replicas = cluster, 3
+			}
+			m, err := rig.StartMailfwd(tools, cfg)
+			if err != nil {
+				if cluster != nil {
+					cluster.Stop()
+				}
+				_ = sink.Kill()
+				return err
+			}
+			sys := &system{name: "mailfwd-" + name + " (profiled)", addr: m.SMTPAddr, sink: sink, cpu: m.CPU}
+			n := o.n
+			if c.sizeKiB < 10 {
+				n = max(o.n, 3000)
+			}
+			cpu0 := map[string]time.Duration{}
+			for _, p := range m.Procs() {
+				cpu0[p.Name] = p.CPU()
+			}
+			smp := measure(tools, sys, c, n)
+			var split []string
+			for _, p := range m.Procs() {
+				split = append(split, fmt.Sprintf("%s %.3f", p.Name, float64((p.CPU()-cpu0[p.Name]).Microseconds())/1000/float64(n)))
+			}
+			m.Close()
+			if cluster != nil {
+				cluster.Stop()
+			}
+			_ = sink.Kill()
+			if smp.err != nil {
+				return smp.err
+			}
+			sort.Strings(split)
+			fmt.Printf("\n== profile %s, %s: %d msgs, accept %.0f/s, e2e %.0f/s, CPU ms/msg %.3f (per process: %s)\n",
+				variant, c, n, smp.acceptRate(n), smp.e2eRate(n), smp.cpuPerMsg(n), strings.Join(split, ", "))
+			for _, p := range []string{"ingress", "worker0"} {
+				file := filepath.Join(pdir, p+".pprof")
+				out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=25", file).CombinedOutput()
+				if err != nil {
+					fmt.Printf("  pprof %s: %v\n%s\n", file, err, out)
+					continue
+				}
+				fmt.Printf("-- %s (%s)\n%s\n", p, file, out)
+				cum, _ := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=40", file).CombinedOutput()
+				_ = os.WriteFile(filepath.Join(pdir, p+"-cum.txt"), cum, 0o644)
+			}
 		}
 	}
 	return nil

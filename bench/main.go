@@ -1,25 +1,42 @@
-// Command bench measures mailfwd side by side with a private Postfix and
-// with the smtp-source → smtp-sink ceiling, using Postfix's own load
-// generator (smtp-source) and sink (smtp-sink), all on loopback.
+// Command bench measures mailfwd side by side with a private Postfix, with
+// maddy (a queueing relay in Go) and with the smtp-source → smtp-sink
+// ceiling, using Postfix's own load generator (smtp-source) and sink
+// (smtp-sink), all on loopback, interleaved run by run.
 //
-//	go run ./bench            # full grid (1/10/100 KiB × 1/10/50 sessions × 1/10 recipients)
+//	go run ./bench            # full grid: a connection per message and reused sessions
+//	                          # × 1/10/100 KiB × 10/50 sessions × 1/10 recipients
 //	BENCH_QUICK=1 go run ./bench
+//
+// Configurations of mailfwd measured by default (see docs/benchmarks.md):
+//
+//	mailfwd-file-sync   single node with Postfix's durability: one nats-server with
+//	                    sync_interval always (what make run uses), bodies fsynced to files
+//	mailfwd-chart       what the chart ships: bodies in a real MinIO, NATS as the
+//	                    quickstart deploys it (3-node JetStream cluster, R3, default sync)
+//	mailfwd-r3          a 3-node JetStream cluster on loopback, R3 streams, file bodies
 //
 // Environment:
 //
 //	BENCH_QUICK=1        a subset of the grid with smaller N (a few minutes)
 //	BENCH_RUNS=3         runs per cell and system (the median is reported)
-//	BENCH_N=2000         messages per run (quick: 500)
-//	BENCH_SYSTEMS=...    comma list of ceiling,postfix,mailfwd-file-sync,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
+//	BENCH_N=1000         messages per run (quick: 300)
+//	BENCH_MODES=conn,reuse   connection modes: conn = a new connection per message
+//	                     (smtp-source's default), reuse = sessions reused (smtp-source -d)
+//	BENCH_SYSTEMS=...    comma list of ceiling,postfix,maddy,mailfwd-file-sync,mailfwd-chart,
+//	                     mailfwd-r3,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
+//	BENCH_MAX_MINUTES=120   stop the grid after this long (the summary covers what ran)
 //	BENCH_GROWTH=1       also run the cost-growth section (deferred backlog, worker processes); 0 skips
 //	BENCH_BACKLOG=10000,100000   deferred backlog sizes (quick: 10000)
 //	BENCH_WORKERS=1,2,4  worker process counts
-//	BENCH_PROFILE=1      also run a CPU-profiled mailfwd (ingress and worker) and print the top functions
+//	BENCH_PROFILE=1      also run a CPU-profiled mailfwd (ingress and worker) in one cell of
+//	                     each configuration and print the top functions
 //	BENCH_OUT=bench-results   directory for the CSV files and profiles
 //
 // It must run as root if the postfix system is measured (Postfix's master
 // needs it); the system Postfix is never touched: a private instance with
-// its own config, queue and data directories is started and stopped.
+// its own config, queue and data directories is started and stopped. maddy
+// is built by scripts/maddy.sh (make bench runs it); without the binary the
+// maddy system is skipped with a note.
 package main
 
 import (
@@ -55,6 +72,8 @@ type options struct {
 	workers  []int
 	profile  bool
 	out      string
+	modes    []bool // reuse sessions?
+	maxTime  time.Duration
 }
 
 func envInt(name string, def int) int {
@@ -81,8 +100,16 @@ func envInts(name string, def []int) []int {
 func readOptions() options {
 	o := options{quick: os.Getenv("BENCH_QUICK") == "1"}
 	o.runs = envInt("BENCH_RUNS", 3)
-	o.n = envInt("BENCH_N", map[bool]int{true: 500, false: 2000}[o.quick])
-	o.systems = []string{"ceiling", "postfix", "mailfwd-file-sync", "mailfwd-file", "mailfwd-inline-sync", "mailfwd-inline", "mailfwd-s3-sync"}
+	o.n = envInt("BENCH_N", map[bool]int{true: 300, false: 1000}[o.quick])
+	o.systems = []string{"ceiling", "postfix", "maddy", "mailfwd-file-sync", "mailfwd-chart", "mailfwd-r3"}
+	o.modes = []bool{false, true}
+	if v := os.Getenv("BENCH_MODES"); v != "" {
+		o.modes = nil
+		for _, m := range strings.Split(v, ",") {
+			o.modes = append(o.modes, strings.TrimSpace(m) == "reuse")
+		}
+	}
+	o.maxTime = time.Duration(envInt("BENCH_MAX_MINUTES", 120)) * time.Minute
 	if v := os.Getenv("BENCH_SYSTEMS"); v != "" {
 		o.systems = strings.Split(v, ",")
 	}
@@ -100,21 +127,33 @@ func readOptions() options {
 // cell is one workload.
 type cell struct {
 	sizeKiB, sessions, rcpts int
+	reuse                    bool // smtp-source -d: sessions reused; else a new connection per message
+}
+
+func (c cell) mode() string {
+	if c.reuse {
+		return "reuse"
+	}
+	return "conn"
 }
 
 func (c cell) String() string {
-	return fmt.Sprintf("%dKiB/%ds/%dr", c.sizeKiB, c.sessions, c.rcpts)
+	return fmt.Sprintf("%s/%dKiB/%ds/%dr", c.mode(), c.sizeKiB, c.sessions, c.rcpts)
 }
 
-func grid(quick bool) []cell {
-	if quick {
-		return []cell{{1, 10, 1}, {10, 10, 1}, {1, 50, 10}}
-	}
+// grid is every cell of the goal (≥ 10 sessions) in each mode.
+func grid(quick bool, modes []bool) []cell {
 	var out []cell
-	for _, size := range []int{1, 10, 100} {
-		for _, s := range []int{1, 10, 50} {
-			for _, r := range []int{1, 10} {
-				out = append(out, cell{size, s, r})
+	for _, reuse := range modes {
+		if quick {
+			out = append(out, cell{1, 10, 1, reuse}, cell{100, 10, 1, reuse}, cell{10, 10, 10, reuse})
+			continue
+		}
+		for _, size := range []int{1, 10, 100} {
+			for _, s := range []int{10, 50} {
+				for _, r := range []int{1, 10} {
+					out = append(out, cell{size, s, r, reuse})
+				}
 			}
 		}
 	}
@@ -128,7 +167,10 @@ type system struct {
 	addr       string
 	sink       *rig.Sink
 	cpu        func() time.Duration // nil: not a relay (the ceiling)
-	close      func()
+	// rss is the memory reported per cell in KiB: the ingress process for
+	// mailfwd, the whole relay (every process) for Postfix and maddy.
+	rss   func() int64
+	close func()
 }
 
 func run() error {
@@ -170,7 +212,7 @@ func run() error {
 	var minio *rig.Minio
 	needMinio := false
 	for _, s := range o.systems {
-		needMinio = needMinio || strings.HasPrefix(s, "mailfwd-s3")
+		needMinio = needMinio || strings.HasPrefix(s, "mailfwd-s3") || s == "mailfwd-chart"
 	}
 	if needMinio {
 		if tools.Minio == "" {
@@ -189,6 +231,10 @@ func run() error {
 		}
 	}()
 	for _, name := range o.systems {
+		if name == "maddy" && rig.FindMaddy() == "" {
+			fmt.Println("maddy: no binary (run scripts/maddy.sh, which make bench does); skipped")
+			continue
+		}
 		s, err := startSystem(tools, work, name, minio)
 		if err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
@@ -196,9 +242,15 @@ func run() error {
 		systems = append(systems, s)
 	}
 
-	cells := grid(o.quick)
+	cells := grid(o.quick, o.modes)
 	results := map[string][]sample{} // key cell|system
+	deadline := time.Now().Add(o.maxTime)
 	for ci, c := range cells {
+		if time.Now().After(deadline) {
+			fmt.Printf("\nBENCH_MAX_MINUTES=%d reached: %d of %d cells measured\n", int(o.maxTime.Minutes()), ci, len(cells))
+			cells = cells[:ci]
+			break
+		}
 		for r := range o.runs {
 			// Alternate: rotate the system order run by run.
 			for k := range systems {
@@ -257,6 +309,17 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		s.addr = sink.Addr
 		s.close = func() { _ = sink.Kill() }
 		return s, nil
+	case "maddy":
+		md, err := rig.StartMaddy(rig.FindMaddy(), dir, sink.Addr)
+		if err != nil {
+			_ = sink.Kill()
+			return nil, err
+		}
+		s.durability = "queue: 3 files fsynced before the 250 (not the directory)"
+		s.addr, s.cpu = md.SMTPAddr, md.CPU
+		s.rss = func() int64 { return rig.TreeRSS(md.Pid()) }
+		s.close = func() { _ = md.Stop(10 * time.Second); _ = sink.Kill() }
+		return s, nil
 	case "postfix":
 		pf, err := rig.StartPostfix(tools.Postfix, dir, sink.Addr)
 		if err != nil {
@@ -265,11 +328,33 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		}
 		s.durability = "fsync queue file before 250"
 		s.addr, s.cpu = pf.SMTPAddr, pf.CPU
+		s.rss = func() int64 { return rig.TreeRSS(pf.MasterPid()) }
 		s.close = func() { pf.Stop(); _ = sink.Kill() }
 		return s, nil
 	}
 	cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Minio: minio}
+	var cluster *rig.NATSCluster
+	startCluster := func() error {
+		var err error
+		cluster, err = rig.StartNATSCluster(tools.NATSServer, filepath.Join(dir, "nats"), 3, false)
+		cfg.Cluster, cfg.Replicas = cluster, 3
+		return err
+	}
 	switch name {
+	case "mailfwd-chart":
+		if err := startCluster(); err != nil {
+			_ = sink.Kill()
+			return nil, err
+		}
+		cfg.Blob = "s3"
+		s.durability = "body in MinIO; envelope on a quorum of 3 JetStream nodes (R3, default sync) before the 250"
+	case "mailfwd-r3":
+		if err := startCluster(); err != nil {
+			_ = sink.Kill()
+			return nil, err
+		}
+		cfg.Blob = "file"
+		s.durability = "body fsynced to a file; envelope on a quorum of 3 JetStream nodes (R3, default sync)"
 	case "mailfwd-file-sync":
 		cfg.Blob, cfg.SyncAlways = "file", true
 		s.durability = "body fsync + JetStream sync always"
@@ -296,11 +381,20 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 	}
 	m, err := rig.StartMailfwd(tools, cfg)
 	if err != nil {
+		if cluster != nil {
+			cluster.Stop()
+		}
 		_ = sink.Kill()
 		return nil, err
 	}
-	s.addr, s.cpu = m.SMTPAddr, m.CPU
-	s.close = func() { m.Close(); _ = sink.Kill() }
+	s.addr, s.cpu, s.rss = m.SMTPAddr, m.CPU, m.IngressRSS
+	s.close = func() {
+		m.Close()
+		if cluster != nil {
+			cluster.Stop()
+		}
+		_ = sink.Kill()
+	}
 	return s, nil
 }
 
@@ -309,6 +403,7 @@ type sample struct {
 	accept, e2e time.Duration
 	cpu         time.Duration // relay CPU for the run (0 for the ceiling)
 	machine     time.Duration // whole-machine busy CPU (/proc/stat) over the run, any process
+	rssKiB      int64         // peak of system.rss sampled during the run
 	err         error
 }
 
@@ -351,23 +446,53 @@ func measure(tools rig.Tools, s *system, c cell, n int) sample {
 		cpu0 = s.cpu()
 	}
 	m0 := machineBusy()
-	args := []string{"-d", "-s", strconv.Itoa(c.sessions), "-m", strconv.Itoa(n),
-		"-l", strconv.Itoa(c.sizeKiB * 1024), "-r", strconv.Itoa(c.rcpts),
-		"-M", "client.bench.test", "-f", "sender@client.bench.test", "-t", "rcpt@dest.bench.test", s.addr}
+	var args []string
+	if c.reuse {
+		args = append(args, "-d")
+	}
+	args = append(args, "-s", strconv.Itoa(c.sessions), "-m", strconv.Itoa(n),
+		"-l", strconv.Itoa(c.sizeKiB*1024), "-r", strconv.Itoa(c.rcpts),
+		"-M", "client.bench.test", "-f", "sender@client.bench.test", "-t", "rcpt@dest.bench.test", s.addr)
+	peak := sampleRSS(s.rss)
 	start := time.Now()
 	out, err := exec.Command(tools.SMTPSource, args...).CombinedOutput()
 	accept := time.Since(start)
 	if err != nil {
+		peak()
 		return sample{err: fmt.Errorf("smtp-source: %w: %s", err, strings.TrimSpace(string(out)))}
 	}
 	timeout := 2*time.Minute + time.Duration(n)*50*time.Millisecond
 	at, err := s.sink.WaitCount(before+int64(n), timeout)
-	smp := sample{accept: accept, e2e: at.Sub(start), err: err}
+	smp := sample{accept: accept, e2e: at.Sub(start), err: err, rssKiB: peak()}
 	if s.cpu != nil {
 		smp.cpu = settleCPU(s.cpu) - cpu0
 	}
 	smp.machine = machineBusy() - m0
 	return smp
+}
+
+// sampleRSS polls rss every 50 ms until the returned function is called,
+// which stops it and returns the peak (KiB).
+func sampleRSS(rss func() int64) func() int64 {
+	if rss == nil {
+		return func() int64 { return 0 }
+	}
+	stop, done := make(chan struct{}), make(chan int64)
+	go func() {
+		peak := rss()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- max(peak, rss())
+				return
+			case <-t.C:
+				peak = max(peak, rss())
+			}
+		}
+	}()
+	return func() int64 { close(stop); return <-done }
 }
 
 // settleCPU waits until the relay's CPU counter stops moving (acks, body

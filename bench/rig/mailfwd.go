@@ -25,6 +25,10 @@ type MailfwdConfig struct {
 	ProfileDir string
 	// NATS, if set, is used instead of starting a server (not owned).
 	NATS *NATS
+	// Cluster, if set, is a JetStream cluster used instead of one server
+	// (not owned); the stream and buckets get Replicas replicas.
+	Cluster  *NATSCluster
+	Replicas int // --replicas for ingress and workers; 0: the daemons' default (1)
 }
 
 // Mailfwd is a running nats-server + ingress + workers.
@@ -38,6 +42,26 @@ type Mailfwd struct {
 	ProfileDir string
 	tools      Tools
 	ownNATS    bool
+	natsURL    string
+}
+
+// NATSURL is the client URL (list) the daemons use.
+func (m *Mailfwd) NATSURL() string { return m.natsURL }
+
+// replicasArgs passes --replicas when the configuration sets it.
+func (m *Mailfwd) replicasArgs() []string {
+	if m.Cfg.Replicas <= 0 {
+		return nil
+	}
+	return []string{"--replicas", strconv.Itoa(m.Cfg.Replicas)}
+}
+
+// IngressRSS is the ingress process's resident set size in KiB.
+func (m *Mailfwd) IngressRSS() int64 {
+	if m.Ingress == nil {
+		return 0
+	}
+	return RSS(m.Ingress.Pid())
 }
 
 // StartMailfwd starts the stack and waits until the ingress greets.
@@ -62,14 +86,20 @@ func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
 	default:
 		return nil, fmt.Errorf("rig: unknown blob store %q", cfg.Blob)
 	}
-	if cfg.NATS != nil {
+	switch {
+	case cfg.Cluster != nil:
+		m.natsURL = cfg.Cluster.URLs()
+	case cfg.NATS != nil:
 		m.NATS = cfg.NATS
-	} else {
+	default:
 		n, err := StartNATS(t.NATSServer, filepath.Join(cfg.Dir, "nats"), cfg.SyncAlways)
 		if err != nil {
 			return nil, err
 		}
 		m.NATS, m.ownNATS = n, true
+	}
+	if m.NATS != nil {
+		m.natsURL = m.NATS.URL()
 	}
 	port, err := FreePort()
 	if err != nil {
@@ -77,9 +107,10 @@ func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
 		return nil, err
 	}
 	m.SMTPAddr = "127.0.0.1:" + strconv.Itoa(port)
-	args := append(append([]string{}, t.IngressPre...), "--listen", m.SMTPAddr, "--nats-url", m.NATS.URL(), "--blob-store", m.BlobURL,
+	args := append(append([]string{}, t.IngressPre...), "--listen", m.SMTPAddr, "--nats-url", m.natsURL, "--blob-store", m.BlobURL,
 		"--http-addr", "", "--relay-networks", "127.0.0.0/8", "--hostname", "ingress.bench.test",
 		"--max-sessions", "1000")
+	args = append(args, m.replicasArgs()...)
 	args = append(args, cfg.IngressArgs...)
 	if cfg.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(cfg.ProfileDir, "ingress.pprof"))
@@ -105,9 +136,10 @@ func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
 // WorkerArgs is the command line of worker i.
 func (m *Mailfwd) workerArgs(i int) []string {
 	host, port, _ := strings.Cut(m.Cfg.Route, ":")
-	args := append(append([]string{}, m.tools.WorkerPre...), "--nats-url", m.NATS.URL(), "--blob-store", m.BlobURL, "--http-addr", "",
+	args := append(append([]string{}, m.tools.WorkerPre...), "--nats-url", m.natsURL, "--blob-store", m.BlobURL, "--http-addr", "",
 		"--route", ".=smtp:["+host+"]:"+port, "--no-starttls",
 		"--helo-name", "worker"+strconv.Itoa(i)+".bench.test")
+	args = append(args, m.replicasArgs()...)
 	args = append(args, m.Cfg.WorkerArgs...)
 	if m.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(m.ProfileDir, "worker"+strconv.Itoa(i)+".pprof"))
@@ -131,6 +163,9 @@ func (m *Mailfwd) Procs() []*Proc {
 	ps = append(ps, m.Workers...)
 	if m.NATS != nil {
 		ps = append(ps, m.NATS.Proc)
+	}
+	if m.Cfg.Cluster != nil {
+		ps = append(ps, m.Cfg.Cluster.Procs()...)
 	}
 	if m.Cfg.Blob == "s3" && m.Cfg.Minio != nil {
 		ps = append(ps, m.Cfg.Minio.Proc)
