@@ -256,7 +256,10 @@ type Stats struct {
 	Holds    []Hold              `json:"holds"`
 	Pending  uint64              `json:"consumer_pending"`     // ready envelopes not yet handed to a worker
 	InFlight int                 `json:"consumer_ack_pending"` // handed out, not yet acked
-	domains  map[string]*DomainCount
+	// Accepting counts accept records (multi-domain messages) not yet fanned
+	// out to their domains; their envelopes are in no state (and no scan) yet.
+	Accepting int `json:"accept_records"`
+	domains   map[string]*DomainCount
 }
 
 // Stats counts envelopes by state and domain.
@@ -287,6 +290,11 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 			if raw, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(state.prefix()+".>")); err == nil {
 				s.Oldest[state] = raw.Time
 			}
+		}
+	}
+	if info, err := st.Info(ctx, jetstream.WithSubjectFilter(AcceptPrefix+".>")); err == nil {
+		for _, n := range info.State.Subjects {
+			s.Accepting += int(n)
 		}
 	}
 	for _, dc := range s.domains {

@@ -32,6 +32,7 @@ func seed(t *testing.T, f *fixture) {
 	if err := f.q.Enqueue(ctx, newEnvelopes("q1", "a.test", "sub.a.test")); err != nil {
 		t.Fatal(err)
 	}
+	f.fannedOut(t)
 	later := time.Now().Add(time.Hour)
 	for i, e := range newEnvelopes("q2", "a.test", "b.test") {
 		e.From = "x@s2.test"

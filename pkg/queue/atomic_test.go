@@ -136,6 +136,7 @@ func TestReleaseBody100DomainsConcurrently(t *testing.T) {
 	if err := f.q.Enqueue(ctx, envs); err != nil {
 		t.Fatalf("enqueue: %v", err)
 	}
+	f.fannedOut(t)
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex

@@ -2,9 +2,12 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,12 +70,170 @@ type Consumer struct {
 }
 
 // Consumer binds to the workers' durable consumer (created by Bootstrap).
+// It also starts, once per Queue, the fan-out of accept records (see
+// fanOut) on the accepts consumer: whoever consumes envelopes also makes
+// the envelopes of multi-domain messages ready. It stops when the Queue is
+// closed.
 func (q *Queue) Consumer(ctx context.Context) (*Consumer, error) {
 	c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.Consumer)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consumer %s on %s: %w (run the bootstrap first)", q.cfg.Consumer, q.cfg.Stream, err)
 	}
+	if err := q.startFanOut(ctx); err != nil {
+		return nil, err
+	}
 	return &Consumer{q: q, cons: c}, nil
+}
+
+func (q *Queue) startFanOut(ctx context.Context) error {
+	q.fanMu.Lock()
+	defer q.fanMu.Unlock()
+	if q.fanout != nil {
+		return nil
+	}
+	c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.AcceptConsumer)
+	if err != nil {
+		return fmt.Errorf("queue: consumer %s on %s: %w (run the bootstrap first)", q.cfg.AcceptConsumer, q.cfg.Stream, err)
+	}
+	cc, err := c.Consume(q.fanOut, jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("queue: consume %s: %w", q.cfg.AcceptConsumer, err)
+	}
+	q.fanout = cc
+	return nil
+}
+
+// fanOut publishes the envelopes of one accept record to their ready
+// subjects and then acks the record. It is idempotent, so a record
+// redelivered after a crash, a cut connection or a lost ack is fanned out
+// again without a second copy of any domain:
+//
+//   - the refs entry (pending domains) is created before any envelope is
+//     published, so no release can find it missing while domains are
+//     pending; a redelivered record whose refs entry is gone (deleted when
+//     the last domain was final) is done and only acked; one whose entry is
+//     live publishes only the domains still pending;
+//   - every envelope carries the same Nats-Msg-Id as a batch would
+//     (qid.domain), so JetStream drops the copies an earlier attempt stored
+//     within the dedupe window (twice the ack wait, the redelivery delay);
+//   - the record is acked (and the ack confirmed) only after every PubAck.
+//
+// A failure leaves the record for a redelivery (nak with a pause).
+func (q *Queue) fanOut(m jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.PublishWait)
+	defer cancel()
+	var rec acceptRecord
+	if err := json.Unmarshal(m.Data(), &rec); err != nil || rec.QueueID == "" || len(rec.Envelopes) == 0 {
+		// No worker can ever read it; it stays visible in the stream's
+		// advisories (and the consumer's terminated count).
+		_ = m.TermWithReason("undecodable accept record")
+		return
+	}
+	envs := make([]*envelope.Envelope, len(rec.Envelopes))
+	for i, raw := range rec.Envelopes {
+		e, err := envelope.Unmarshal(raw)
+		if err != nil {
+			_ = m.TermWithReason(fmt.Sprintf("accept record %s: envelope %d: %v", rec.QueueID, i, err))
+			return
+		}
+		envs[i] = e
+	}
+	redelivered := false
+	if md, err := m.Metadata(); err == nil {
+		redelivered = md.NumDelivered > 1
+	}
+	pending, err := q.fanOutRefs(ctx, rec.QueueID, envs, redelivered)
+	if err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(pending))
+	for _, e := range pending {
+		pm := nats.NewMsg(ReadySubject(e.Domain))
+		pm.Data = rec.Envelopes[slices.Index(envs, e)]
+		for k, vs := range m.Headers() {
+			if !strings.HasPrefix(k, "Nats-") {
+				pm.Header[k] = vs
+			}
+		}
+		pm.Header.Set(jetstream.MsgIDHeader, msgID(e))
+		f, err := q.js.PublishMsgAsync(pm)
+		if err != nil {
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case <-f.Err():
+			_ = m.NakWithDelay(time.Second)
+			return
+		case <-ctx.Done():
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+	}
+	// Unconfirmed, a lost ack redelivers the record: fanned out again,
+	// idempotently, but a round of work for nothing.
+	_ = m.DoubleAck(ctx)
+}
+
+// fanOutRefs makes sure the refs entry of message qid exists and returns
+// the envelopes still to publish: all of them on a first delivery, those
+// whose domain is still pending on a redelivery, none when the message is
+// already complete.
+func (q *Queue) fanOutRefs(ctx context.Context, qid string, envs []*envelope.Envelope, redelivered bool) ([]*envelope.Envelope, error) {
+	kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+	}
+	if redelivered {
+		// The last word on the key, a delete or purge marker included
+		// (kv.Get hides those, and kv.Create writes over them).
+		st, err := q.js.Stream(ctx, "KV_"+q.cfg.RefsBucket)
+		if err != nil {
+			return nil, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+		}
+		raw, err := st.GetLastMsgForSubject(ctx, "$KV."+q.cfg.RefsBucket+"."+qid)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			// never created: a first attempt that stopped before it
+		case err != nil:
+			return nil, fmt.Errorf("queue: body refs %s: %w", qid, err)
+		case raw.Header.Get("KV-Operation") != "":
+			return nil, nil // deleted when the last domain was final: complete
+		default:
+			return pendingOf(raw.Data, envs, qid)
+		}
+	}
+	_, err = kv.Create(ctx, qid, domainsJSON(envs))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		ent, gerr := kv.Get(ctx, qid)
+		if gerr != nil {
+			return nil, fmt.Errorf("queue: body refs %s: %w", qid, gerr)
+		}
+		return pendingOf(ent.Value(), envs, qid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: body refs %s: %w", qid, err)
+	}
+	return envs, nil
+}
+
+func pendingOf(refs []byte, envs []*envelope.Envelope, qid string) ([]*envelope.Envelope, error) {
+	var doms []string
+	if err := json.Unmarshal(refs, &doms); err != nil {
+		return nil, fmt.Errorf("queue: body refs %s: %w", qid, err)
+	}
+	var out []*envelope.Envelope
+	for _, e := range envs {
+		if slices.Contains(doms, e.Domain) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // Fetch asks for up to n jobs, waiting at most wait, and calls fn for each

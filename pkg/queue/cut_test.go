@@ -18,21 +18,32 @@ import (
 
 // cutProxy forwards NATS connections to target; when armed, it cuts the
 // client's connection just before the second envelope publish reaches the
-// server (the server gone between two envelopes of one message).
+// server (the server gone between two envelopes of one message). marker,
+// nth and extra change where: before the nth occurrence of marker, plus
+// extra bytes of it.
 type cutProxy struct {
-	ln    net.Listener
-	armed atomic.Bool
-	cuts  atomic.Int32
-	wg    sync.WaitGroup
+	ln     net.Listener
+	armed  atomic.Bool
+	cuts   atomic.Int32
+	wg     sync.WaitGroup
+	marker []byte
+	nth    int
+	extra  int
 }
 
 func startCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	return startCutProxyAt(t, target, nil, 0, 0)
+}
+
+// startCutProxyAt is startCutProxy cutting before the nth marker (+extra bytes).
+func startCutProxyAt(t *testing.T, target string, marker []byte, nth, extra int) *cutProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln}
+	p := &cutProxy{ln: ln, marker: marker, nth: nth, extra: extra}
 	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
 	p.wg.Add(1)
 	go func() {
@@ -56,7 +67,10 @@ func startCutProxy(t *testing.T, target string) *cutProxy {
 }
 
 func (p *cutProxy) forward(c, s net.Conn) {
-	marker := []byte("HPUB mail.ready.")
+	marker, nth := []byte("HPUB mail.ready."), 2
+	if p.marker != nil {
+		marker, nth = p.marker, p.nth
+	}
 	seen := 0
 	buf := make([]byte, 64<<10)
 	for {
@@ -69,8 +83,8 @@ func (p *cutProxy) forward(c, s net.Conn) {
 					break
 				}
 				seen++
-				if seen == 2 {
-					_, _ = s.Write(chunk[:off+i])
+				if seen == nth {
+					_, _ = s.Write(chunk[:min(n, off+i+p.extra)])
 					p.armed.Store(false)
 					p.cuts.Add(1)
 					return
@@ -93,6 +107,10 @@ func (p *cutProxy) forward(c, s net.Conn) {
 // out and before the second: the message is either queued whole (the
 // batch sent again after the reconnect) or not at all — never one domain
 // of it, which a client retry under a new queue id would deliver again.
+// The envelopes are large enough (3 × 400 KB) that they do not fit in one
+// accept record, so Enqueue sends them as an atomic batch, one message per
+// envelope (TestEnqueueIsAllOrNothingWhenTheConnectionBreaksMidRecord
+// covers the record).
 func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing.T) {
 	f := setup(t)
 	ctx := ctxT(t)
@@ -107,6 +125,9 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing
 		t.Fatal(err)
 	}
 	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test", "c.test")
+	for _, e := range envs {
+		bigRecipients(e, 400<<10)
+	}
 	px.armed.Store(true)
 	err = q.Enqueue(ctx, envs)
 	if px.cuts.Load() != 1 {

@@ -5,6 +5,9 @@
 //	mail.ready.<domain>              envelopes due now; the "workers" consumer reads these
 //	mail.deferred.<domain>.<qid>     scheduled retries (Nats-Schedule @at → mail.ready.<domain>)
 //	mail.held.<domain>.<qid>         moved aside while an operator holds the domain
+//	mail.accept.<qid>                one accepted message with several recipient domains:
+//	                                 every envelope in one record, fanned out to
+//	                                 mail.ready.<domain> by the "accepts" consumer
 //
 // <domain> is the recipient domain as reversed A-labels (address.SubjectToken),
 // so "mail.ready.com.example.>" selects example.com's subdomains. Deferred
@@ -22,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,19 +41,22 @@ const (
 	ReadyPrefix    = "mail.ready"
 	DeferredPrefix = "mail.deferred"
 	HeldPrefix     = "mail.held"
+	AcceptPrefix   = "mail.accept"
 )
 
 // Config says where the queue is and how it is laid out.
 type Config struct {
-	URL         string        // nats://host:4222[,nats://…]
-	CredsFile   string        // NATS .creds file, optional
-	ClientName  string        // shown in NATS monitoring
-	Stream      string        // default "MAIL"
-	Consumer    string        // default "workers"
-	RefsBucket  string        // default "MAIL_REFS"
-	HoldsBucket string        // default "MAIL_HOLDS"
-	Replicas    int           // default 1
-	AckWait     time.Duration // default 2m; workers heartbeat with InProgress during long sends
+	URL        string // nats://host:4222[,nats://…]
+	CredsFile  string // NATS .creds file, optional
+	ClientName string // shown in NATS monitoring
+	Stream     string // default "MAIL"
+	Consumer   string // default "workers"
+	// AcceptConsumer fans accept records out to the ready subjects.
+	AcceptConsumer string        // default "accepts"
+	RefsBucket     string        // default "MAIL_REFS"
+	HoldsBucket    string        // default "MAIL_HOLDS"
+	Replicas       int           // default 1
+	AckWait        time.Duration // default 2m; workers heartbeat with InProgress during long sends
 	// MaxAckPending bounds the messages handed out and not yet acked across all workers.
 	MaxAckPending int           // default 20000
 	PublishWait   time.Duration // how long Enqueue waits for PubAcks, default 10s
@@ -62,6 +69,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Consumer == "" {
 		c.Consumer = "workers"
+	}
+	if c.AcceptConsumer == "" {
+		c.AcceptConsumer = "accepts"
 	}
 	if c.RefsBucket == "" {
 		c.RefsBucket = "MAIL_REFS"
@@ -92,6 +102,9 @@ type Queue struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	bodies BodyDeleter // optional: removes the body of an accept that failed
+
+	fanMu  sync.Mutex
+	fanout jetstream.ConsumeContext // the accept records' fan-out, once started
 }
 
 // BodyDeleter removes a stored message body (blob.Store has this method).
@@ -137,6 +150,11 @@ func Connect(ctx context.Context, cfg Config) (*Queue, error) {
 
 // Close drains and closes the connection.
 func (q *Queue) Close() {
+	q.fanMu.Lock()
+	if q.fanout != nil {
+		q.fanout.Stop()
+	}
+	q.fanMu.Unlock()
 	if err := q.nc.Drain(); err != nil {
 		q.nc.Close()
 	}
@@ -163,7 +181,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	want := jetstream.StreamConfig{
 		Name:               q.cfg.Stream,
 		Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
+		Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>", AcceptPrefix + ".>"},
 		Retention:          jetstream.WorkQueuePolicy,
 		Storage:            jetstream.FileStorage,
 		Replicas:           q.cfg.Replicas,
@@ -206,9 +224,24 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		MaxAckPending: q.cfg.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
-	if c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.Consumer); err != nil || !consumerConfigured(c.CachedInfo().Config, wantC) {
-		if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, wantC); err != nil {
-			return fmt.Errorf("queue: consumer %s: %w", q.cfg.Consumer, err)
+	// Accept records have their own consumer: a worker of an older release
+	// never sees one (it could not decode it), and a record waits in the
+	// stream until a worker that fans it out runs.
+	wantA := jetstream.ConsumerConfig{
+		Durable:       q.cfg.AcceptConsumer,
+		Description:   "mailfwd workers: fan accept records out to the ready subjects",
+		FilterSubject: AcceptPrefix + ".>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       q.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: q.cfg.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	for _, want := range []jetstream.ConsumerConfig{wantC, wantA} {
+		if c, err := q.js.Consumer(ctx, q.cfg.Stream, want.Durable); err != nil || !consumerConfigured(c.CachedInfo().Config, want) {
+			if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, want); err != nil {
+				return fmt.Errorf("queue: consumer %s: %w", want.Durable, err)
+			}
 		}
 	}
 	for _, kv := range []jetstream.KeyValueConfig{
@@ -338,66 +371,96 @@ func msgID(e *envelope.Envelope) string { return e.QueueID + "." + address.Subje
 
 // Enqueue stores every envelope of one message, all or nothing, and returns
 // nil only when JetStream has stored every one of them (and, with sync
-// always or replicas, made them durable). The envelopes of a message with
-// several recipient domains are one JetStream atomic batch: either all are
-// committed or none is, so a failed accept (answered 4xx, sent again by the
+// always or replicas, made them durable). A message with one recipient
+// domain is one envelope, one publish. A message with several is one
+// accept record carrying every envelope (one publish, one write, like a
+// single-domain message), which the workers' accepts consumer fans out to
+// the per-domain ready subjects (see fanOut); a record too large for one
+// NATS message is sent as one JetStream atomic batch of its envelopes
+// instead. Either way a failed accept (answered 4xx, sent again by the
 // client under a new queue id) never leaves a domain that would be
-// delivered twice. On a failure that certainly stored nothing, Enqueue also
-// removes the message's refs entry and (see DeleteBodiesOfFailedAccepts) its
-// body. When the outcome is unknown (no PubAck within PublishWait), the
-// batch is sent again with the same message ids: JetStream's dedupe then
-// answers for the first one. Trace context from ctx travels in the headers.
+// delivered twice. On a failure that certainly stored nothing, Enqueue
+// also removes what it stored besides (the refs entry of a batch) and (see
+// DeleteBodiesOfFailedAccepts) the body. When the outcome is unknown (no
+// PubAck within PublishWait), the record or batch is sent again with the
+// same message ids: JetStream's dedupe then answers for the first one.
+// Trace context from ctx travels in the headers.
 func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 	if len(envs) == 0 {
 		return errors.New("queue: enqueue of a message without envelopes")
 	}
 	if len(envs) > MaxEnvelopesPerMessage {
-		return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
+		return q.failedAccept(ctx, envs, false, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
 			len(envs), envs[0].QueueID, MaxEnvelopesPerMessage))
 	}
 	msgs := make([]*nats.Msg, len(envs))
 	for i, e := range envs {
 		m, err := q.newMsg(ctx, ReadySubject(e.Domain), e)
 		if err != nil {
-			return q.failedAccept(ctx, envs, false, err)
+			return q.failedAccept(ctx, envs, false, false, err)
 		}
 		m.Header.Set(jetstream.MsgIDHeader, msgID(e))
 		// Checked before anything is sent: a batch cut short by the client
 		// would hold one of the stream's in-flight batch slots until the
 		// server's batch timeout.
 		if size := len(m.Data) + headerBytes(m.Header) + batchHeaderBytes; int64(size) > q.nc.MaxPayload() {
-			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: envelope %s for %s is %d bytes, over the server's max_payload %d",
+			return q.failedAccept(ctx, envs, false, false, fmt.Errorf("queue: envelope %s for %s is %d bytes, over the server's max_payload %d",
 				e.QueueID, e.Domain, size, q.nc.MaxPayload()))
 		}
 		msgs[i] = m
 	}
-	if len(envs) > 1 {
-		doms := make([]string, len(envs))
-		for i, e := range envs {
-			doms[i] = e.Domain
-		}
-		b, _ := json.Marshal(doms)
-		kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
+	if len(envs) == 1 {
+		unknown, err := q.publishAtomically(ctx, msgs)
 		if err != nil {
-			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err))
+			return q.failedAccept(ctx, envs, unknown, false, err)
 		}
-		if _, err := kv.Put(ctx, envs[0].QueueID, b); err != nil {
-			// An unanswered Put may still have stored the entry; the refs
-			// are removed below either way (no envelope points to them).
-			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: body refs for %s: %w", envs[0].QueueID, err))
+		return nil
+	}
+	if rec := q.acceptRecord(ctx, envs, msgs); rec != nil {
+		unknown, err := q.publishAtomically(ctx, []*nats.Msg{rec})
+		if err != nil {
+			return q.failedAccept(ctx, envs, unknown, false, err)
 		}
+		return nil
+	}
+	if err := q.putRefs(ctx, envs); err != nil {
+		// An unanswered Put may still have stored the entry; the refs
+		// are removed below either way (no envelope points to them).
+		return q.failedAccept(ctx, envs, false, true, err)
 	}
 	unknown, err := q.publishAtomically(ctx, msgs)
 	if err != nil {
-		return q.failedAccept(ctx, envs, unknown, err)
+		return q.failedAccept(ctx, envs, unknown, true, err)
 	}
 	return nil
 }
 
+// putRefs stores the pending recipient domains of a multi-domain message.
+func (q *Queue) putRefs(ctx context.Context, envs []*envelope.Envelope) error {
+	kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
+	if err != nil {
+		return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+	}
+	if _, err := kv.Put(ctx, envs[0].QueueID, domainsJSON(envs)); err != nil {
+		return fmt.Errorf("queue: body refs for %s: %w", envs[0].QueueID, err)
+	}
+	return nil
+}
+
+func domainsJSON(envs []*envelope.Envelope) []byte {
+	doms := make([]string, len(envs))
+	for i, e := range envs {
+		doms[i] = e.Domain
+	}
+	b, _ := json.Marshal(doms)
+	return b
+}
+
 // failedAccept removes what a failed Enqueue stored, unless the envelopes
 // may have been stored after all (unknown): then everything stays for the
-// deliveries (or, if nothing was stored, for the orphan sweeper).
-func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unknown bool, err error) error {
+// deliveries (or, if nothing was stored, for the orphan sweeper). refs says
+// whether Enqueue wrote (or tried to write) the message's refs entry.
+func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unknown, refs bool, err error) error {
 	if unknown || len(envs) == 0 {
 		return err
 	}
@@ -405,7 +468,7 @@ func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unk
 	defer cancel()
 	e := envs[0]
 	errs := []error{err}
-	if len(envs) > 1 {
+	if refs {
 		if kv, kerr := q.js.KeyValue(cctx, q.cfg.RefsBucket); kerr != nil {
 			errs = append(errs, fmt.Errorf("queue: remove refs of failed accept %s: %w", e.QueueID, kerr))
 		} else if derr := kv.Purge(cctx, e.QueueID); derr != nil && !errors.Is(derr, jetstream.ErrKeyNotFound) {
@@ -418,6 +481,40 @@ func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unk
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// AcceptSubject is where the accept record of message qid waits for its
+// fan-out.
+func AcceptSubject(qid string) string { return AcceptPrefix + "." + qid }
+
+// acceptRecord is every envelope of one multi-domain message in one stream
+// message. qid and body are at the top, as in an envelope, so the orphan
+// sweeper sees the body and refs a pending record refers to.
+type acceptRecord struct {
+	QueueID   string            `json:"qid"`
+	BodyKey   string            `json:"body,omitempty"`
+	Envelopes []json.RawMessage `json:"envelopes"`
+}
+
+// acceptRecord builds the record of envs (msgs are their encoded
+// envelopes), or returns nil if it would not fit in one NATS message.
+func (q *Queue) acceptRecord(ctx context.Context, envs []*envelope.Envelope, msgs []*nats.Msg) *nats.Msg {
+	r := acceptRecord{QueueID: envs[0].QueueID, BodyKey: envs[0].BodyKey, Envelopes: make([]json.RawMessage, len(msgs))}
+	for i, m := range msgs {
+		r.Envelopes[i] = m.Data
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil
+	}
+	m := nats.NewMsg(AcceptSubject(r.QueueID))
+	m.Data = b
+	q.cfg.Propagator.Inject(ctx, HeaderCarrier(m.Header))
+	m.Header.Set(jetstream.MsgIDHeader, r.QueueID+".accept")
+	if int64(len(m.Data)+headerBytes(m.Header)) > q.nc.MaxPayload() {
+		return nil
+	}
+	return m
 }
 
 // Batch headers (ADR-50); the stream needs AllowAtomicPublish.

@@ -75,6 +75,29 @@ func (f *fixture) streamMsgs(t *testing.T) uint64 {
 	return info.State.Msgs
 }
 
+// fannedOut waits (at most 10 s) until the accepts consumer has fanned
+// every accept record out to the ready subjects: what a worker sees of a
+// multi-domain message (its envelopes and refs entry) exists only then.
+func (f *fixture) fannedOut(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := f.js.Stream(ctx, "MAIL")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	for {
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(queue.AcceptPrefix+".>"))
+		if err != nil {
+			t.Fatalf("accept records not fanned out: %v", err)
+		}
+		if len(info.State.Subjects) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // fetch collects up to n jobs, waiting at most wait.
 func (f *fixture) fetch(t *testing.T, n int, wait time.Duration) []*queue.Job {
 	t.Helper()
@@ -120,6 +143,7 @@ func TestEnqueuePublishesOneMessagePerEnvelopeWithTraceContext(t *testing.T) {
 	if err := f.q.Enqueue(ctx, envs); err != nil {
 		t.Fatalf("enqueue: %v", err)
 	}
+	f.fannedOut(t)
 	if got := f.streamMsgs(t); got != 2 {
 		t.Fatalf("stream has %d messages, want 2", got)
 	}
@@ -182,6 +206,7 @@ func TestEnqueueIsDeduplicated(t *testing.T) {
 	if err := f.q.Enqueue(ctx, envs); err != nil {
 		t.Fatalf("enqueue: %v", err)
 	}
+	f.fannedOut(t)
 	if got := f.streamMsgs(t); got != 2 {
 		t.Fatalf("stream has %d messages, want 2", got)
 	}
@@ -191,6 +216,7 @@ func TestEnqueueIsDeduplicated(t *testing.T) {
 			t.Fatalf("re-enqueue %d: %v", i, err)
 		}
 	}
+	f.fannedOut(t)
 	if got := f.streamMsgs(t); got != 2 {
 		t.Fatalf("after re-enqueue stream has %d messages, want 2", got)
 	}
@@ -287,6 +313,7 @@ func TestReleaseBodyAndPartDone(t *testing.T) {
 	if err := f.q.Enqueue(ctx, envs); err != nil {
 		t.Fatalf("enqueue: %v", err)
 	}
+	f.fannedOut(t)
 	for _, e := range envs {
 		done, err := f.q.PartDone(ctx, e)
 		if err != nil || done {
@@ -335,6 +362,7 @@ func TestReleaseBodyConcurrent(t *testing.T) {
 		if err := f.q.Enqueue(ctx, envs); err != nil {
 			t.Fatalf("enqueue: %v", err)
 		}
+		f.fannedOut(t)
 		var (
 			wg    sync.WaitGroup
 			mu    sync.Mutex
