@@ -25,6 +25,7 @@
 //	BENCH_SYSTEMS=...    comma list of ceiling,postfix,maddy,mailfwd-file-sync,mailfwd-chart,
 //	                     mailfwd-r3,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
 //	BENCH_MAX_MINUTES=120   stop the grid after this long (the summary covers what ran)
+//	BENCH_GRID=0         skip the grid (e.g. only BENCH_PROFILE=1 or the cost growth)
 //	BENCH_GROWTH=1       also run the cost-growth section (deferred backlog, worker processes); 0 skips
 //	BENCH_BACKLOG=10000,100000   deferred backlog sizes (quick: 10000)
 //	BENCH_WORKERS=1,2,4  worker process counts
@@ -243,6 +244,9 @@ func run() error {
 	}
 
 	cells := grid(o.quick, o.modes)
+	if os.Getenv("BENCH_GRID") == "0" {
+		cells = nil
+	}
 	results := map[string][]sample{} // key cell|system
 	deadline := time.Now().Add(o.maxTime)
 	for ci, c := range cells {
