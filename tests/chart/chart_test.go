@@ -444,32 +444,38 @@ func TestKEDAScaledObject(t *testing.T) {
 	if spec["minReplicaCount"] != float64(0) || spec["maxReplicaCount"] != float64(12) {
 		t.Errorf("replica counts = %v..%v, want 0..12", spec["minReplicaCount"], spec["maxReplicaCount"])
 	}
+	// Two triggers: ready envelopes (consumer workers), and accept records of
+	// multi-domain messages (consumer accepts), which only a running worker
+	// fans out — scaled to zero on the first alone, a multi-domain message
+	// would wait forever.
 	triggers := spec["triggers"].([]any)
-	if len(triggers) != 1 {
-		t.Fatalf("%d triggers, want 1", len(triggers))
+	if len(triggers) != 2 {
+		t.Fatalf("%d triggers, want 2 (consumers workers and accepts)", len(triggers))
 	}
-	tr := triggers[0].(map[string]any)
-	if tr["type"] != "nats-jetstream" {
-		t.Errorf("trigger type = %v, want nats-jetstream", tr["type"])
-	}
-	md := tr["metadata"].(map[string]any)
-	want := map[string]string{
-		"natsServerMonitoringEndpoint": "nats.mail.svc:8222",
-		"account":                      "$G",
-		"stream":                       "MAIL",
-		"consumer":                     "workers",
-		"lagThreshold":                 "150",
-		"activationLagThreshold":       "5",
-		"useHttps":                     "false",
-	}
-	for k, v := range want {
-		if md[k] != v {
-			t.Errorf("trigger metadata %s = %#v, want %q (KEDA metadata values are strings)", k, md[k], v)
+	for i, consumer := range []string{"workers", "accepts"} {
+		tr := triggers[i].(map[string]any)
+		if tr["type"] != "nats-jetstream" {
+			t.Errorf("trigger %d type = %v, want nats-jetstream", i, tr["type"])
 		}
-	}
-	for k := range md {
-		if _, ok := want[k]; !ok {
-			t.Errorf("unexpected trigger metadata %s", k)
+		md := tr["metadata"].(map[string]any)
+		want := map[string]string{
+			"natsServerMonitoringEndpoint": "nats.mail.svc:8222",
+			"account":                      "$G",
+			"stream":                       "MAIL",
+			"consumer":                     consumer,
+			"lagThreshold":                 "150",
+			"activationLagThreshold":       "5",
+			"useHttps":                     "false",
+		}
+		for k, v := range want {
+			if md[k] != v {
+				t.Errorf("trigger %d metadata %s = %#v, want %q (KEDA metadata values are strings)", i, k, md[k], v)
+			}
+		}
+		for k := range md {
+			if _, ok := want[k]; !ok {
+				t.Errorf("unexpected trigger %d metadata %s", i, k)
+			}
 		}
 	}
 	// KEDA owns the worker replicas: no HPA of our own, no replicas in the Deployment.
