@@ -129,13 +129,22 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 		_ = m.TermWithReason("undecodable accept record")
 		return
 	}
+	if len(rec.Envelopes) > MaxEnvelopesPerMessage {
+		_ = m.TermWithReason(fmt.Sprintf("accept record %s: %d envelopes, at most %d", rec.QueueID, len(rec.Envelopes), MaxEnvelopesPerMessage))
+		return
+	}
 	envs := make([]*envelope.Envelope, len(rec.Envelopes))
+	seen := make(map[string]bool, len(rec.Envelopes))
 	for i, raw := range rec.Envelopes {
 		e, err := envelope.Unmarshal(raw)
+		if err == nil && (e.QueueID != rec.QueueID || seen[e.Domain]) {
+			err = fmt.Errorf("queue id %s or domain %s does not belong in it", e.QueueID, e.Domain)
+		}
 		if err != nil {
 			_ = m.TermWithReason(fmt.Sprintf("accept record %s: envelope %d: %v", rec.QueueID, i, err))
 			return
 		}
+		seen[e.Domain] = true
 		envs[i] = e
 	}
 	redelivered := false

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -305,5 +306,35 @@ func TestFanOutOfACompletedMessageRepublishesNothing(t *testing.T) {
 	}
 	if info.Delivered.Consumer < 2 {
 		t.Errorf("accepts consumer delivered the record %d times; want it redelivered after the lost ack", info.Delivered.Consumer)
+	}
+}
+
+// A record that Enqueue cannot have written (published by anyone with
+// rights on the subject) is dropped whole: an envelope of another message
+// in it, or a domain twice, queues nothing.
+func TestFanOutDropsARecordWithForeignEnvelopes(t *testing.T) {
+	f := setupFan(t)
+	ctx := ctxT(t)
+	_, _ = f.worker(t, f.nats.URL())
+	for name, envs := range map[string][]*envelope.Envelope{
+		"foreign qid":  append(newEnvelopes("qa", "a.test"), newEnvelopes("qb", "b.test")...),
+		"domain twice": append(newEnvelopes("qc", "a.test"), newEnvelopes("qc", "a.test")...),
+	} {
+		var raws []string
+		for _, e := range envs {
+			b, err := e.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, string(b))
+		}
+		data := `{"qid":"` + envs[0].QueueID + `","envelopes":[` + strings.Join(raws, ",") + `]}`
+		if _, err := f.js.Publish(ctx, queue.AcceptSubject(envs[0].QueueID), []byte(data)); err != nil {
+			t.Fatalf("%s: publish: %v", name, err)
+		}
+		f.settled(t)
+		if got := f.subjects(t, queue.ReadyPrefix+".>"); len(got) != 0 {
+			t.Errorf("%s: ready envelopes %v; want none", name, got)
+		}
 	}
 }
