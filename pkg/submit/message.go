@@ -37,7 +37,7 @@ func ReadMessage(r io.Reader, limit int64, ignoreDots bool) ([]byte, error) {
 			out.Write(line)
 			continue
 		}
-		if t := bytes.TrimRight(line, "\r\n"); string(t) == "." && (len(line) > 1 || err == nil) {
+		if t := bytes.TrimRight(line, "\r\n"); string(t) == "." {
 			return out.Bytes(), nil
 		}
 		out.Write(line)

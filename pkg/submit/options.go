@@ -109,10 +109,10 @@ func Parse(prog string, args []string) (*Invocation, error) {
 			inv.Recipients = append(inv.Recipients, a)
 			continue
 		}
-	letters:
 		for j := 1; j < len(a); j++ {
 			c, rest := a[j], a[j+1:]
 			var err error
+			consumed := false // the option took the rest of this argument
 			var v string
 			switch c {
 			case 't':
@@ -132,12 +132,12 @@ func Parse(prog string, args []string) (*Invocation, error) {
 				if v, err = next(c, rest); err == nil {
 					inv.From, inv.FromSet = strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">"), true
 				}
-				break letters
+				consumed = true
 			case 'F':
 				if v, err = next(c, rest); err == nil {
 					inv.FullName = v
 				}
-				break letters
+				consumed = true
 			case 'B':
 				if v, err = next(c, rest); err == nil {
 					switch strings.ToUpper(v) {
@@ -147,12 +147,12 @@ func Parse(prog string, args []string) (*Invocation, error) {
 						err = fmt.Errorf("-B %s: want 7BIT or 8BITMIME", v)
 					}
 				}
-				break letters
+				consumed = true
 			case 'N':
 				if v, err = next(c, rest); err == nil {
 					inv.DSNNotify = v
 				}
-				break letters
+				consumed = true
 			case 'R':
 				if v, err = next(c, rest); err == nil {
 					switch strings.ToLower(v) {
@@ -162,48 +162,48 @@ func Parse(prog string, args []string) (*Invocation, error) {
 						err = fmt.Errorf("-R %s: want full or hdrs", v)
 					}
 				}
-				break letters
+				consumed = true
 			case 'V':
 				if v, err = next(c, rest); err == nil {
 					inv.EnvID = v
 				}
-				break letters
+				consumed = true
 			case 'C':
 				if v, err = next(c, rest); err == nil {
 					inv.ConfigFile = v
 				}
-				break letters
+				consumed = true
 			case 'd':
 				inv.Debug = true
 				if rest == "" && i+1 < len(args) && len(args[i+1]) > 0 && args[i+1][0] >= '0' && args[i+1][0] <= '9' {
 					i++
 				}
-				break letters
+				consumed = true
 			case 'h', 'L', 'p', 'A', 'e':
 				if _, err = next(c, rest); err == nil {
 					inv.Notes = append(inv.Notes, fmt.Sprintf("-%c has no effect", c))
 				}
-				break letters
+				consumed = true
 			case 'b':
 				if v, err = next(c, rest); err == nil {
 					err = parseB(inv, v, setMode)
 				}
-				break letters
+				consumed = true
 			case 'o':
 				if v, err = next(c, rest); err == nil {
 					err = parseO(inv, v)
 				}
-				break letters
+				consumed = true
 			case 'O':
 				if v, err = next(c, rest); err == nil {
 					err = parseBigO(inv, v)
 				}
-				break letters
+				consumed = true
 			case 'q':
 				if err = setMode(ModeQueueRun); err == nil {
 					err = parseQ(inv, rest, func() (string, error) { return next('q', "") })
 				}
-				break letters
+				consumed = true
 			case 'X':
 				return nil, fmt.Errorf("-X (traffic log) is not available in mailfwd-sendmail: the ingress and worker logs show each session and delivery")
 			case 'M', 'D', 'Q', 'T':
@@ -213,6 +213,9 @@ func Parse(prog string, args []string) (*Invocation, error) {
 			}
 			if err != nil {
 				return nil, err
+			}
+			if consumed {
+				break
 			}
 		}
 	}

@@ -318,6 +318,11 @@ func connect(ctx context.Context, cfg Config, host string, tw *transcriptWriter)
 		debug(c)
 		if err := c.Hello(cfg.Helo); err != nil {
 			c.Close()
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) {
+				// The handshake runs with the first write after STARTTLS.
+				return nil, fail(ExProtocol, "TLS with %s failed: %v (tls = %s); nothing was sent", cfg.Server, err, cfg.TLS)
+			}
 			return nil, replyError("EHLO", err, false)
 		}
 		return &client{Client: c, tls: true}, nil
