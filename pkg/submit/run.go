@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 
 	"os/user"
 	"strings"
@@ -224,10 +225,11 @@ func routeArgs(cfg Config, inv *Invocation) []string {
 			a = append(a, k, v)
 		}
 	}
+	sender := loginName(os.Getenv)
 	if inv.FromSet {
-		a = append(a, "--from", qualify(inv.From, cfg.QualifyDomain))
+		sender = inv.From
 	}
-	return a
+	return append(a, "--from", qualify(sender, cfg.QualifyDomain))
 }
 
 // maxTestInput bounds what -bt reads from stdin.
