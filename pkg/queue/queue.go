@@ -130,43 +130,20 @@ func (q *Queue) Close() {
 // KV buckets. It is idempotent and safe from several pods; what already has
 // the wanted configuration is left untouched (no write on every pod start).
 func (q *Queue) Bootstrap(ctx context.Context) error {
-	want := jetstream.StreamConfig{
-		Name:              q.cfg.Stream,
-		Description:       "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
-		Retention:         jetstream.WorkQueuePolicy,
-		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
-		Duplicates:        2 * time.Minute,
-		AllowMsgSchedules: true,
-		AllowDirect:       true,
-	}
+	x := q.Expected()
+	want := x.Stream
 	if st, err := q.js.Stream(ctx, q.cfg.Stream); err != nil || !streamConfigured(st.CachedInfo().Config, want) {
 		if _, err := q.js.CreateOrUpdateStream(ctx, want); err != nil {
 			return fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
 		}
 	}
-	wantC := jetstream.ConsumerConfig{
-		Durable:       q.cfg.Consumer,
-		Description:   "mailfwd workers: ready envelopes",
-		FilterSubject: ReadyPrefix + ".>",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: q.cfg.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
+	wantC := x.Consumer
 	if c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.Consumer); err != nil || !consumerConfigured(c.CachedInfo().Config, wantC) {
 		if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, wantC); err != nil {
 			return fmt.Errorf("queue: consumer %s: %w", q.cfg.Consumer, err)
 		}
 	}
-	for _, kv := range []jetstream.KeyValueConfig{
-		{Bucket: q.cfg.RefsBucket, Description: "mailfwd: recipient domains still pending per multi-domain message",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas},
-		{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
-	} {
+	for _, kv := range x.Buckets {
 		if _, err := q.js.KeyValue(ctx, kv.Bucket); err == nil {
 			continue
 		}
@@ -175,17 +152,6 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func streamConfigured(have, want jetstream.StreamConfig) bool {
-	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention && have.Storage == want.Storage &&
-		have.Replicas == want.Replicas && have.Duplicates == want.Duplicates &&
-		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowDirect == want.AllowDirect
-}
-
-func consumerConfigured(have, want jetstream.ConsumerConfig) bool {
-	return have.FilterSubject == want.FilterSubject && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
-		have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending && have.DeliverPolicy == want.DeliverPolicy
 }
 
 // Check reports whether the queue can take mail now (readiness).
