@@ -178,6 +178,11 @@ func Gather(ctx context.Context, nc *nats.Conn, subject string, wait time.Durati
 	for len(out) < MaxReplies {
 		select {
 		case m := <-ch:
+			if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+				// "No responders": no pod subscribes (none running, or none
+				// allowed to subscribe to the control subject).
+				return out, nil
+			}
 			var b Build
 			switch {
 			case len(m.Data) > maxReply:
