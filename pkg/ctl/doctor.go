@@ -163,7 +163,7 @@ func (d *doctor) run(ctx context.Context) doctorReport {
 func (d *doctor) checkNATS() *nats.Conn {
 	nc, err := d.g.dialNATS("mailfwdctl doctor")
 	if err != nil {
-		fix := "check --nats-url (" + d.g.natsURL + ") and that NATS is running and reachable from here"
+		fix := "check --nats-url (" + redactNATSURL(d.g.natsURL) + ") and that NATS is running and reachable from here"
 		if errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "authorization") {
 			fix = "NATS refused the credentials: check --nats-creds (or the user and password in --nats-url) against the server's users"
 		}
@@ -278,13 +278,13 @@ func (d *doctor) checkQueue(ctx context.Context) {
 func (d *doctor) checkBlob(ctx context.Context) {
 	if d.blobURL == "" {
 		d.add("body-store", statusWarn, "not checked: no --blob-store given", "pass the pods' --blob-store (or set MAILFWD_BLOB_STORE)")
-		d.add("disk", statusWarn, "not checked: no --blob-store given", "")
+		d.add("disk", statusWarn, "not checked: no --blob-store given", "pass the pods' --blob-store to check a file store's free space")
 		return
 	}
 	s, err := blob.Open(ctx, d.blobURL)
 	if err != nil {
 		d.add("body-store", statusFail, err.Error(), "fix the --blob-store URL (file:///path or s3://bucket?endpoint=host:port)")
-		d.add("disk", statusWarn, "not checked: the body store URL is invalid", "")
+		d.add("disk", statusWarn, "not checked: the body store URL is invalid", "fix the body-store check first")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.checkTimeout)
@@ -311,7 +311,7 @@ func (d *doctor) checkBlob(ctx context.Context) {
 	}
 	free, inodes, total, err := freeSpace(fsStore.Dir())
 	if err != nil {
-		d.add("disk", statusFail, err.Error(), "")
+		d.add("disk", statusFail, err.Error(), "check that the store's directory exists and is readable")
 		return
 	}
 	detail := fmt.Sprintf("%s: %s free of %s, %d inodes free", fsStore.Dir(), humanBytes(free), humanBytes(total), inodes)

@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -70,9 +71,22 @@ func (g *globals) dialNATS(name string) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(g.natsURL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("NATS %s: %w (set --nats-url, --nats-creds)", g.natsURL, err)
+		return nil, fmt.Errorf("NATS %s: %w (set --nats-url, --nats-creds)", redactNATSURL(g.natsURL), err)
 	}
 	return nc, nil
+}
+
+// redactNATSURL hides passwords in a comma-separated list of NATS URLs.
+func redactNATSURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil {
+			parts[i] = u.Redacted()
+		} else {
+			parts[i] = "(unparsable URL)"
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 func newVersionCmd(g *globals) *cobra.Command {
