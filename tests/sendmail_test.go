@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"net/mail"
 	"os"
@@ -359,5 +360,36 @@ func TestSendmailExitCodesAndQueueModes(t *testing.T) {
 	code, out2, _ = run("", "-d0", "-bt")
 	if code != 0 || !strings.Contains(out2, "Version ") {
 		t.Errorf("-d0 -bt: exit %d\n%s", code, out2)
+	}
+
+	// mailfwdctl version: the running ingress and worker answer on the
+	// control subject; the stream and consumer are shown as configured.
+	var rep struct {
+		Client struct{ Component, Version string }
+		Pods   []struct{ Component, Version, Host string }
+		NATS   struct{ Version string }
+		Stream struct {
+			Name     string
+			Subjects []string
+		}
+		Consumer struct {
+			Name    string
+			AckWait time.Duration `json:"ack_wait"`
+		}
+	}
+	vout := e.mustCtl(t, "version", "-o", "json", "--wait", "500ms")
+	if err := json.Unmarshal([]byte(vout), &rep); err != nil {
+		t.Fatalf("version -o json: %v\n%s", err, vout)
+	}
+	comps := map[string]bool{}
+	for _, p := range rep.Pods {
+		comps[p.Component] = p.Version != "" && p.Host != ""
+	}
+	if rep.Client.Component != "mailfwdctl" || !comps["mailfwd-ingress"] || !comps["mailfwd-worker"] || len(rep.Pods) != 2 ||
+		rep.NATS.Version == "" || rep.Stream.Name != "MAIL" || len(rep.Stream.Subjects) != 3 || rep.Consumer.Name != "workers" || rep.Consumer.AckWait != 10*time.Second {
+		t.Errorf("version report:\n%s", vout)
+	}
+	if out := e.mustCtl(t, "version"); !strings.Contains(out, "mailfwd-ingress") || !strings.Contains(out, "stream MAIL") {
+		t.Errorf("version table:\n%s", out)
 	}
 }
