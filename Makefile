@@ -63,7 +63,7 @@ $(NATS_SERVER):
 	mv $(TOOLS_DIR)/.nats-build/nats-server $@
 
 .PHONY: image
-image: ## Build the ingress, worker and mailfwdctl OCI image tarballs into dist/images (no Docker needed)
+image: ## Build the ingress, worker, mailfwdctl and mailfwd-sendmail OCI image tarballs into dist/images (no Docker needed)
 	$(GO) run ./cmd/image -out dist/images
 
 .PHONY: chart-lint
