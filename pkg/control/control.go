@@ -149,16 +149,21 @@ func respond(m *nats.Msg, self Build) {
 	_ = m.Respond(b)
 }
 
-// MaxReplies bounds how many replies Gather keeps.
-const MaxReplies = 10000
+// DefaultMaxReplies is the default bound on the replies Gather keeps.
+const DefaultMaxReplies = 10000
 
-// maxReply bounds the size of one reply Gather decodes.
+// maxReply bounds the size of one reply Gather decodes; a Build is a few
+// hundred bytes.
 const maxReply = 64 << 10
 
 // Gather sends one request on subject and collects the replies that arrive
-// within wait (at most MaxReplies; oversized or undecodable ones are kept
-// as entries with Error set, so a broken pod still shows up).
-func Gather(ctx context.Context, nc *nats.Conn, subject string, wait time.Duration) ([]Build, error) {
+// within wait, at most maxReplies (DefaultMaxReplies when 0). Oversized or
+// undecodable replies are kept as entries with Error set, so a broken pod
+// still shows up.
+func Gather(ctx context.Context, nc *nats.Conn, subject string, wait time.Duration, maxReplies int) ([]Build, error) {
+	if maxReplies <= 0 {
+		maxReplies = DefaultMaxReplies
+	}
 	inbox := nc.NewRespInbox()
 	ch := make(chan *nats.Msg, 256)
 	sub, err := nc.ChanSubscribe(inbox, ch)
@@ -175,7 +180,7 @@ func Gather(ctx context.Context, nc *nats.Conn, subject string, wait time.Durati
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	out := []Build{}
-	for len(out) < MaxReplies {
+	for len(out) < maxReplies {
 		select {
 		case m := <-ch:
 			if len(m.Data) == 0 && m.Header.Get("Status") == "503" {

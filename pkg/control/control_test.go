@@ -33,7 +33,7 @@ func TestServeAndGather(t *testing.T) {
 
 	// No pod: "no responders" ends the wait at once with nothing.
 	start := time.Now()
-	got, err := Gather(ctx, nc, VersionSubject, 10*time.Second)
+	got, err := Gather(ctx, nc, VersionSubject, 10*time.Second, 0)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("no pods: %v %v", got, err)
 	}
@@ -56,7 +56,7 @@ func TestServeAndGather(t *testing.T) {
 
 	var pods []Build
 	for try := 0; try < 50; try++ {
-		pods, err = Gather(ctx, nc, VersionSubject, 300*time.Millisecond)
+		pods, err = Gather(ctx, nc, VersionSubject, 300*time.Millisecond, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +84,7 @@ func TestServeAndGather(t *testing.T) {
 	}
 
 	// An unknown command is answered with an error, by each pod.
-	other, err := Gather(ctx, nc, Prefix+".frobnicate", 300*time.Millisecond)
+	other, err := Gather(ctx, nc, Prefix+".frobnicate", 300*time.Millisecond, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,6 +96,10 @@ func TestServeAndGather(t *testing.T) {
 	}
 	if unknown != 2 {
 		t.Errorf("unknown command: %+v", other)
+	}
+	// --max-replies: no more than asked for.
+	if few, err := Gather(ctx, nc, VersionSubject, 300*time.Millisecond, 1); err != nil || len(few) != 1 {
+		t.Errorf("max 1 reply: %d, %v", len(few), err)
 	}
 	stop()
 	wg.Wait()

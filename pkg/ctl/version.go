@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -93,6 +94,7 @@ func newVersionCmd(g *globals) *cobra.Command {
 	var out printer
 	var wait time.Duration
 	var clientOnly bool
+	var maxReplies int
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Versions of mailfwdctl, of every running ingress and worker, of the NATS server; the stream and consumer (sendmail -d0 -bt)",
@@ -104,12 +106,15 @@ and the JetStream stream and consumer as they are configured now.`,
 			if err := out.validate(); err != nil {
 				return err
 			}
+			if maxReplies < 1 || wait <= 0 {
+				return &ExitError{Code: ExitUsage, Err: errors.New("--max-replies must be at least 1 and --wait positive")}
+			}
 			rep := versionReport{Client: control.Local("mailfwdctl"), Pods: []control.Build{}}
 			var failed error
 			if !clientOnly {
 				ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 				defer cancel()
-				failed = g.serverVersions(ctx, wait, &rep)
+				failed = g.serverVersions(ctx, wait, maxReplies, &rep)
 			}
 			if err := out.print(g.out, rep, func(tw *tabwriter.Writer) { printVersion(tw, rep) }); err != nil {
 				return err
@@ -120,10 +125,11 @@ and the JetStream stream and consumer as they are configured now.`,
 	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
 	cmd.Flags().DurationVar(&wait, "wait", time.Second, "how long to gather the pods' replies")
 	cmd.Flags().BoolVar(&clientOnly, "client", false, "only mailfwdctl's own version (no NATS)")
+	cmd.Flags().IntVar(&maxReplies, "max-replies", control.DefaultMaxReplies, "pods' replies kept at most")
 	return cmd
 }
 
-func (g *globals) serverVersions(ctx context.Context, wait time.Duration, rep *versionReport) error {
+func (g *globals) serverVersions(ctx context.Context, wait time.Duration, maxReplies int, rep *versionReport) error {
 	nc, err := g.dialNATS("mailfwdctl version")
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
@@ -132,7 +138,7 @@ func (g *globals) serverVersions(ctx context.Context, wait time.Duration, rep *v
 	defer nc.Close()
 	rep.NATS = &natsServer{URL: nc.ConnectedUrlRedacted(), Version: nc.ConnectedServerVersion(), Name: nc.ConnectedServerName(),
 		ID: nc.ConnectedServerId(), Cluster: nc.ConnectedClusterName()}
-	pods, err := control.Gather(ctx, nc, control.VersionSubject, wait)
+	pods, err := control.Gather(ctx, nc, control.VersionSubject, wait, maxReplies)
 	if err != nil {
 		rep.Errors = append(rep.Errors, "pods: "+err.Error())
 	}

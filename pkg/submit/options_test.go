@@ -135,3 +135,17 @@ func TestConfigFile(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add("-ti\x00-f\x00me@x\x00a@b")
+	f.Add("-qR\x00x\x00-v")
+	f.Add("-q!\x00-O\x00Timeout.queuereturn=1d\x00-oQ")
+	f.Add("--server\x00-d\x000\x00-bt")
+	f.Fuzz(func(t *testing.T, s string) {
+		args := strings.Split(s, "\x00")
+		inv, err := Parse("sendmail", args)
+		if err == nil && inv == nil {
+			t.Fatal("nil invocation without an error")
+		}
+	})
+}
