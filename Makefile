@@ -71,10 +71,12 @@ chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every 
 	$(HELM) lint --strict charts/mailfwd
 	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd -f $$f || exit 1; done
 
-# The real mail clients the sendmail tests drive (bsd-mailx, uuencode).
+# The real mail clients the sendmail tests drive (bsd-mailx, uuencode). bsd-mailx pulls in
+# Debian's default MTA (exim4, local delivery only); the tests never use it: they point
+# mailx at mailfwd-sendmail with its "sendmail" variable.
 .PHONY: mail-clients
 mail-clients:
-	@command -v bsd-mailx >/dev/null && command -v uuencode >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils; }
+	@command -v bsd-mailx >/dev/null && command -v uuencode >/dev/null || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils; }
 
 .PHONY: test
 test: tools mail-clients ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
