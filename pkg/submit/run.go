@@ -150,6 +150,10 @@ func printVersion(w io.Writer, cfg Config) {
 }
 
 func deliver(ctx context.Context, inv *Invocation, cfg Config, sio IO) error {
+	if !inv.Extract && len(inv.Recipients) == 0 {
+		// Said before waiting for a message that could not be sent anyway.
+		return fail(ExUsage, "no recipients: give addresses on the command line, or -t to read them from the header")
+	}
 	msg, err := ReadMessage(sio.Stdin, cfg.MaxMessageSize, inv.IgnoreDots)
 	if err != nil {
 		return err

@@ -177,6 +177,12 @@ func TestConfigErrors(t *testing.T) {
 	if code != ExUsage {
 		t.Errorf("unknown option: exit %d, want 64", code)
 	}
+	// No recipients and no -t: refused before reading stdin (a reader that
+	// fails shows it was never read).
+	code = Main(context.Background(), "sendmail", nil, IO{Stdin: failingReader{}, Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }})
+	if code != ExUsage || !strings.Contains(errOut.String(), "no recipients") {
+		t.Errorf("no recipients: exit %d %q, want 64", code, errOut.String())
+	}
 	out.Reset()
 	code = Main(context.Background(), "sendmail", []string{"-d0", "-bt"}, IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }})
 	if code != 0 || !strings.Contains(out.String(), "Version ") {
@@ -191,3 +197,7 @@ func (acceptAll) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (acceptAll) Data(r io.Reader) error               { _, err := io.Copy(io.Discard, r); return err }
 func (acceptAll) Reset()                               {}
 func (acceptAll) Logout() error                        { return nil }
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
