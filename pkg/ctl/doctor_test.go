@@ -226,3 +226,37 @@ func TestDoctorS3(t *testing.T) {
 		t.Errorf("MinIO down: exit %d, body-store %s: %s", code, st["body-store"], detail(rep, "body-store"))
 	}
 }
+
+// TestDoctorNoJetStream: a NATS server without JetStream: the jetstream
+// check fails and says so, the layout checks are not attempted.
+func TestDoctorNoJetStream(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	code, st, rep := doctor(t, "--nats-url", "nats://"+s.Addr().String(), "--check-timeout", "2s")
+	if code != 1 || st["jetstream"] != "FAIL" || st["stream"] != "WARN" || !strings.Contains(detail(rep, "jetstream"), "enable JetStream") {
+		t.Errorf("no JetStream: exit %d %v %s", code, st, detail(rep, "jetstream"))
+	}
+}
+
+// TestVersionWithoutNATS: the client's own version is always shown; an
+// unreachable NATS is an error after it, --client needs no NATS.
+func TestVersionWithoutNATS(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	url := "nats://" + ln.Addr().String()
+	ln.Close()
+	r := runCtl(t, "--nats-url", url, "version")
+	if r.code != 1 || !strings.Contains(r.out, "mailfwdctl") || !strings.Contains(r.errOut, "--nats-url") {
+		t.Errorf("NATS down: %s", r)
+	}
+	r = runCtl(t, "--nats-url", url, "version", "--client", "-o", "yaml")
+	if r.code != 0 || !strings.Contains(r.out, "component: mailfwdctl") || !strings.Contains(r.out, "go_version: go") {
+		t.Errorf("--client: %s", r)
+	}
+}
