@@ -195,9 +195,11 @@ func Prepare(msg []byte, o PrepareOptions) (*Prepared, error) {
 		out.WriteString(nl)
 	}
 	out.Write(add.Bytes())
-	if len(fields) == 0 || len(rest) == 0 {
-		// No header (the whole input is body) or no body: the blank line
-		// that separates them.
+	if len(fields) == 0 || len(rest) == 0 || (rest[0] != '\n' && !bytes.HasPrefix(rest, []byte("\r\n"))) {
+		// No header (the whole input is body), no body, or a header that
+		// runs into the text without a blank line (typed by hand: "Subject:
+		// x" then the text): the blank line that separates them, as
+		// sendmail adds it.
 		out.WriteString(nl)
 	}
 	out.Write(rest)

@@ -76,7 +76,7 @@ func TestPrepare(t *testing.T) {
 			contains: []string{"From: \"ecommvss@cpships.com\" <me@host.test>\n", ">\n\nYour booking ZZZ is complete.\n"}},
 		{name: "seed: Subject typed as the first line", in: "Subject: Booking\nYour booking ZZZ is complete.\n",
 			opts: func(o *PrepareOptions) { o.Args = []string{"d@x.test"} }, rcpts: []string{"d@x.test"},
-			contains: []string{"Subject: Booking\nFrom: <me@host.test>\n", "\nYour booking ZZZ is complete.\n"}},
+			contains: []string{"Subject: Booking\nFrom: <me@host.test>\n", ">\n\nYour booking ZZZ is complete.\n"}},
 		{name: "unqualified recipients (cron to root, mailx to a user)", in: "To: root, Joe <joe>\n\nx\n",
 			opts: func(o *PrepareOptions) { o.Extract = true }, rcpts: []string{"root@host.test", "joe@host.test"}},
 		{name: "MMS address verbatim", in: "Subject: mms\n\nx\n",
