@@ -25,9 +25,22 @@ type doctorOut struct {
 	} `json:"checks"`
 }
 
+// loopbackOnly keeps a doctor run on this machine: a DNS server on
+// loopback instead of /etc/resolv.conf's, an empty policy directory
+// instead of a kubeconfig's cluster.
+func loopbackOnly(t *testing.T) []string {
+	t.Helper()
+	return []string{"--dns-server", testenv.StartDNS(t, "$ORIGIN x.test.\n@ 60 IN A 127.0.0.1\n").Addr, "--dir", t.TempDir()}
+}
+
 // doctor runs mailfwdctl doctor -o json and returns the status per check.
+// Every run names its DNS servers and policy (no traffic off this machine).
 func doctor(t *testing.T, args ...string) (int, map[string]string, doctorOut) {
 	t.Helper()
+	joined := strings.Join(args, " ")
+	if !strings.Contains(joined, "--dns-server") || !strings.Contains(joined, "--dir") {
+		t.Fatalf("doctor %s: give --dns-server and --dir (loopbackOnly) so that nothing leaves this machine", joined)
+	}
 	r := runCtl(t, append(args[:len(args):len(args)], "doctor", "-o", "json")...)
 	var rep doctorOut
 	if err := json.Unmarshal([]byte(r.out), &rep); err != nil {
@@ -196,11 +209,12 @@ func TestDoctorNATSAuth(t *testing.T) {
 	}
 	t.Cleanup(s.Shutdown)
 	port := strconv.Itoa(s.Addr().(*net.TCPAddr).Port)
-	_, st, rep := doctor(t, "--nats-url", "nats://ctl:s3cret@127.0.0.1:"+port)
+	lo := loopbackOnly(t)
+	_, st, rep := doctor(t, append([]string{"--nats-url", "nats://ctl:s3cret@127.0.0.1:" + port}, lo...)...)
 	if st["nats"] != "OK" || !strings.Contains(detail(rep, "nats"), "as user ctl") {
 		t.Errorf("right password: %s %s", st["nats"], detail(rep, "nats"))
 	}
-	code, st, rep := doctor(t, "--nats-url", "nats://ctl:wrong@127.0.0.1:"+port)
+	code, st, rep := doctor(t, append([]string{"--nats-url", "nats://ctl:wrong@127.0.0.1:" + port}, lo...)...)
 	if code != 1 || st["nats"] != "FAIL" || !strings.Contains(detail(rep, "nats"), "credentials") {
 		t.Errorf("wrong password: exit %d %s %s", code, st["nats"], detail(rep, "nats"))
 	}
@@ -216,12 +230,13 @@ func TestDoctorS3(t *testing.T) {
 	bootstrap(t, n.URL(), 2*time.Minute)
 	url := m.URL("doctor-bodies")
 	runCtl(t, "--nats-url", n.URL(), "bootstrap", "--blob-store", url)
-	_, st, rep := doctor(t, "--nats-url", n.URL(), "--blob-store", url)
+	lo := loopbackOnly(t)
+	_, st, rep := doctor(t, append([]string{"--nats-url", n.URL(), "--blob-store", url}, lo...)...)
 	if st["body-store"] != "OK" || st["disk"] != "OK" {
 		t.Errorf("MinIO up: body-store %s, disk %s: %s", st["body-store"], st["disk"], detail(rep, "body-store"))
 	}
 	m.Stop()
-	code, st, rep := doctor(t, "--nats-url", n.URL(), "--blob-store", url, "--check-timeout", "2s")
+	code, st, rep := doctor(t, append([]string{"--nats-url", n.URL(), "--blob-store", url, "--check-timeout", "2s"}, lo...)...)
 	if code != 1 || st["body-store"] != "FAIL" {
 		t.Errorf("MinIO down: exit %d, body-store %s: %s", code, st["body-store"], detail(rep, "body-store"))
 	}
@@ -239,7 +254,7 @@ func TestDoctorNoJetStream(t *testing.T) {
 		t.Fatal("nats not ready")
 	}
 	t.Cleanup(s.Shutdown)
-	code, st, rep := doctor(t, "--nats-url", "nats://"+s.Addr().String(), "--check-timeout", "2s")
+	code, st, rep := doctor(t, append([]string{"--nats-url", "nats://" + s.Addr().String(), "--check-timeout", "2s"}, loopbackOnly(t)...)...)
 	if code != 1 || st["jetstream"] != "FAIL" || st["stream"] != "WARN" || !strings.Contains(detail(rep, "jetstream"), "enable JetStream") {
 		t.Errorf("no JetStream: exit %d %v %s", code, st, detail(rep, "jetstream"))
 	}
