@@ -121,11 +121,10 @@ func Parse(prog string, args []string) (*Invocation, error) {
 				inv.IgnoreDots = true
 			case 'v':
 				inv.Verbose = true
-			case 'm', 's', 'c', 'G', 'U', 'n':
-				if c == 'n' {
-					return nil, fmt.Errorf("-n (no aliasing) is not possible: aliases are applied by the ingress's policy")
-				}
+			case 'm', 's', 'c', 'G', 'U':
 				inv.Notes = append(inv.Notes, fmt.Sprintf("-%c has no effect", c))
+			case 'n':
+				return nil, fmt.Errorf("-n (no aliasing) is not possible: aliases are applied by the ingress's policy")
 			case 'I':
 				err = setMode(ModeAliases)
 			case 'f', 'r':

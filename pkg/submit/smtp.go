@@ -21,7 +21,7 @@ type Envelope struct {
 	From       string
 	Recipients []string
 	Data       []byte
-	Body       string // "", 7BIT or 8BITMIME
+	Body       string // -B: "", 7BIT or 8BITMIME (informational: go-smtp declares BODY=8BITMIME whenever the ingress offers it)
 	DSNNotify  string // -N: never, or success,failure,delay
 	DSNReturn  string // -R: full or hdrs
 	EnvID      string // -V
@@ -293,7 +293,7 @@ func connect(ctx context.Context, cfg Config, host string, tw *transcriptWriter)
 		if dl, ok := ctx.Deadline(); ok {
 			_ = conn.SetDeadline(dl)
 		}
-		return conn, nil
+		return &boundedConn{Conn: conn, left: maxSessionReplies}, nil
 	}
 	debug := func(c *smtp.Client) {
 		if tw != nil {
@@ -346,4 +346,26 @@ func connect(ctx context.Context, cfg Config, host string, tw *transcriptWriter)
 		return withTLS()
 	}
 	return &client{Client: c}, nil
+}
+
+// maxSessionReplies bounds what one session reads from the ingress: its
+// replies are a few hundred bytes; a peer that keeps talking ("250-" lines
+// without end) ends the session instead of growing memory.
+const maxSessionReplies = 1 << 20
+
+type boundedConn struct {
+	net.Conn
+	left int
+}
+
+func (b *boundedConn) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("the ingress sent more than %d bytes of replies", maxSessionReplies)
+	}
+	if len(p) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.Conn.Read(p)
+	b.left -= n
+	return n, err
 }

@@ -201,3 +201,34 @@ func (acceptAll) Logout() error                        { return nil }
 type failingReader struct{}
 
 func (failingReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// TestSubmitEndlessReply: an ingress that never ends its EHLO reply costs a
+// bounded read and a temporary failure, not memory without end.
+func TestSubmitEndlessReply(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line := []byte("250-" + strings.Repeat("x", 500) + "\r\n")
+		_, _ = c.Write([]byte("220 hostile.test ESMTP\r\n"))
+		for i := 0; i < 100000; i++ { // up to 50 MB, far more than the bound
+			if _, err := c.Write(line); err != nil {
+				return // the client gave up: what this test wants
+			}
+		}
+		// Keep the connection open (closing with the client's EHLO unread
+		// would reset it, and the client would see that, not the bound).
+		_, _ = io.Copy(io.Discard, c)
+	}()
+	code, _, stderr := runSendmail(t, ln.Addr().String(), "x\n", "a@x.test")
+	if code != ExTempFail || !strings.Contains(stderr, "more than") {
+		t.Fatalf("exit %d, stderr %q; want 75 naming the bound", code, stderr)
+	}
+}
