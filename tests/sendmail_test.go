@@ -45,7 +45,7 @@ func sendmailEnv(t *testing.T, e *env, home string) []string {
 		t.Fatal(err)
 	}
 	return append(os.Environ(), "HOME="+home, "MAILFWD_SENDMAIL_CONFIG="+conf, "MAILFWD_SENDMAIL_SERVER="+e.smtp,
-		"MAILFWD_SENDMAIL_TIMEOUT=30s", "LC_ALL=C.UTF-8")
+		"MAILFWD_SENDMAIL_TIMEOUT=30s", "LC_ALL=C.UTF-8", "NAME=Test Runner") // NAME: the full name, not the passwd entry's
 }
 
 // mailxRC makes bsd-mailx run mailfwd-sendmail instead of /usr/sbin/sendmail
@@ -109,8 +109,8 @@ func wantSubmitted(t *testing.T, input, got []byte, sender string) []byte {
 		t.Fatalf("delivered header too short:\n%s", got)
 	}
 	added := lines[len(lines)-3:]
-	if string(added[0]) != "From: <"+sender+">" {
-		t.Errorf("added From: %q, want %q", added[0], "From: <"+sender+">")
+	if want := `From: "Test Runner" <` + sender + ">"; string(added[0]) != want {
+		t.Errorf("added From: %q, want %q", added[0], want)
 	}
 	date, ok := bytes.CutPrefix(added[1], []byte("Date: "))
 	if d, err := mail.ParseDate(string(date)); !ok || err != nil || time.Since(d) > time.Hour || time.Since(d) < -time.Minute {
