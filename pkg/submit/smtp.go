@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -59,6 +60,17 @@ func Submit(ctx context.Context, cfg Config, env Envelope, transcript, warn io.W
 	defer c.Close()
 	if c.tls {
 		say("(TLS established)")
+	}
+	if ok, params := c.Extension("LIMITS"); ok {
+		// RFC 9422: more recipients than RCPTMAX would be refused one by one
+		// with 452, which all-or-none turns into a retry that never works.
+		for _, p := range strings.Fields(params) {
+			if v, ok := strings.CutPrefix(strings.ToUpper(p), "RCPTMAX="); ok {
+				if max, err := strconv.Atoi(v); err == nil && max > 0 && len(env.Recipients) > max {
+					return nil, fail(ExUnavailable, "%d recipients, more than the ingress takes in one message (RCPTMAX=%d, its --max-recipients); nothing was sent: split the list", len(env.Recipients), max)
+				}
+			}
+		}
 	}
 	size := int64(len(env.Data)) + int64(bytes.Count(env.Data, []byte("\n"))) // bare LFs become CRLF
 	if max, ok := c.MaxMessageSize(); ok && max > 0 && size > int64(max) {

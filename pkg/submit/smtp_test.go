@@ -232,3 +232,24 @@ func TestSubmitEndlessReply(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want 75 naming the bound", code, stderr)
 	}
 }
+
+// TestSubmitTooManyRecipients: more recipients than the ingress's RCPTMAX
+// is refused before MAIL, as a failure a retry will not fix.
+func TestSubmitTooManyRecipients(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return acceptAll{}, nil }))
+	srv.MaxRecipients = 2
+	srv.Domain = "limits.test"
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	code, _, stderr := runSendmail(t, ln.Addr().String(), "x\n", "a@x.test", "b@x.test", "c@x.test")
+	if code != ExUnavailable || !strings.Contains(stderr, "RCPTMAX=2") {
+		t.Fatalf("exit %d, stderr %q; want 69 naming RCPTMAX", code, stderr)
+	}
+	if code, _, stderr := runSendmail(t, ln.Addr().String(), "x\n", "a@x.test", "b@x.test"); code != 0 {
+		t.Fatalf("two recipients: exit %d %s", code, stderr)
+	}
+}
