@@ -264,7 +264,7 @@ func parseAddressList(s, domain string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", item, err)
 		}
-		out = append(out, a.Address)
+		out = append(out, envelopeForm(a))
 	}
 	return out, nil
 }
@@ -272,9 +272,16 @@ func parseAddressList(s, domain string) ([]string, error) {
 func addrs(l []*mail.Address) []string {
 	out := make([]string, 0, len(l))
 	for _, a := range l {
-		out = append(out, a.Address)
+		out = append(out, envelopeForm(a))
 	}
 	return out
+}
+
+// envelopeForm is an address as it goes in MAIL/RCPT: a local part that
+// needs quotes keeps them ("john doe"@example.com), as net/mail's Address
+// field drops them.
+func envelopeForm(a *mail.Address) string {
+	return strings.TrimSuffix(strings.TrimPrefix((&mail.Address{Address: a.Address}).String(), "<"), ">")
 }
 
 // splitList splits at commas outside quotes, comments and angle brackets.

@@ -81,6 +81,8 @@ func TestPrepare(t *testing.T) {
 			opts: func(o *PrepareOptions) { o.Extract = true }, rcpts: []string{"root@host.test", "joe@host.test"}},
 		{name: "MMS address verbatim", in: "Subject: mms\n\nx\n",
 			opts: func(o *PrepareOptions) { o.Args = []string{"+4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs"} }, rcpts: []string{"+4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs"}},
+		{name: "quoted local part keeps its quotes", in: "To: \"john doe\"@x.test, Joe <\"j d\">\n\nx\n",
+			opts: func(o *PrepareOptions) { o.Extract = true }, rcpts: []string{`"john doe"@x.test`, `"j d"@host.test`}},
 		{name: "group and comma list in one argument", in: "Subject: g\n\nx\n",
 			opts: func(o *PrepareOptions) { o.Args = []string{"a@x.test, b@y.test", "a@x.test"} }, rcpts: []string{"a@x.test", "b@y.test"}},
 		{name: "undisclosed recipients group", in: "To: undisclosed-recipients:;\nBcc: b@y.test\n\nx\n",
