@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"time"
 )
 
 // ErrNotFound is returned (possibly wrapped) by Get when the key is absent.
@@ -26,8 +28,19 @@ type Store interface {
 	// dir fsync'd; s3: PutObject returned OK). Put on an existing key
 	// overwrites.
 	Put(ctx context.Context, key string, data []byte) error
+	// PutStream stores everything r yields under key, with Put's durability,
+	// without holding the whole body in memory. It returns the number of
+	// bytes stored. When r fails, nothing is stored under key (a previous
+	// body under key is left as it was) and the error wraps r's.
+	PutStream(ctx context.Context, key string, r io.Reader) (int64, error)
 	// Get returns the body; errors.Is(err, ErrNotFound) when absent.
 	Get(ctx context.Context, key string) ([]byte, error)
+	// Open returns a reader of the body and its size; errors.Is(err,
+	// ErrNotFound) when absent. The caller closes it.
+	Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
+	// List calls fn for every stored key with its last-modified time, in no
+	// particular order, until fn returns an error (which List returns).
+	List(ctx context.Context, fn func(key string, modified time.Time) error) error
 	// Delete removes key; deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
 	// Check reports whether the store is reachable and writable enough to

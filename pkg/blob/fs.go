@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Temp and probe files start with '~', which keys cannot contain, so they never
@@ -80,23 +82,41 @@ func (f *FS) path(key string) (dir, file string) {
 
 // Put implements Store.
 func (f *FS) Put(ctx context.Context, key string, data []byte) error {
+	_, err := f.put(ctx, key, "put", func(w io.Writer) (int64, error) {
+		n, err := w.Write(data)
+		return int64(n), err
+	})
+	return err
+}
+
+// PutStream implements Store: the body goes from r to a temp file in the
+// shard directory through io.Copy's fixed buffer.
+func (f *FS) PutStream(ctx context.Context, key string, r io.Reader) (int64, error) {
+	return f.put(ctx, key, "put stream", func(w io.Writer) (int64, error) {
+		return io.Copy(w, r)
+	})
+}
+
+// put writes a temp file with write, makes it durable and renames it over
+// the key's file. On any error the temp file is removed and key is untouched.
+func (f *FS) put(ctx context.Context, key, op string, write func(io.Writer) (int64, error)) (int64, error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("blob: fs: put %q: %w", key, err)
+		return 0, fmt.Errorf("blob: fs: %s %q: %w", op, key, err)
 	}
 	if err := ValidateKey(key); err != nil {
-		return err
+		return 0, err
 	}
 	dir, final := f.path(key)
 	tmp, err := os.CreateTemp(dir, fsTempPattern)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Shard directory not created yet (no Bootstrap, or it was removed).
 		if err = f.mkdirShard(dir); err != nil {
-			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+			return 0, fmt.Errorf("blob: fs: %s %q: %w", op, key, err)
 		}
 		tmp, err = os.CreateTemp(dir, fsTempPattern)
 	}
 	if err != nil {
-		return fmt.Errorf("blob: fs: put %q: create temp file: %w", key, err)
+		return 0, fmt.Errorf("blob: fs: %s %q: create temp file: %w", op, key, err)
 	}
 	tmpName := tmp.Name()
 	committed := false
@@ -106,19 +126,20 @@ func (f *FS) Put(ctx context.Context, key string, data []byte) error {
 			_ = os.Remove(tmpName)
 		}
 	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("blob: fs: put %q: write: %w", key, err)
+	n, err := write(tmp)
+	if err != nil {
+		return n, fmt.Errorf("blob: fs: %s %q: write: %w", op, key, err)
 	}
 	if f.fsync && f.group == nil {
 		if err := tmp.Sync(); err != nil {
-			return fmt.Errorf("blob: fs: put %q: fsync: %w", key, err)
+			return n, fmt.Errorf("blob: fs: %s %q: fsync: %w", op, key, err)
 		}
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("blob: fs: put %q: close: %w", key, err)
+		return n, fmt.Errorf("blob: fs: %s %q: close: %w", op, key, err)
 	}
 	if err := os.Rename(tmpName, final); err != nil {
-		return fmt.Errorf("blob: fs: put %q: rename: %w", key, err)
+		return n, fmt.Errorf("blob: fs: %s %q: rename: %w", op, key, err)
 	}
 	committed = true
 	switch {
@@ -126,14 +147,14 @@ func (f *FS) Put(ctx context.Context, key string, data []byte) error {
 		// Group commit: one syncfs covers this body, its directory entry and
 		// every other Put that finished writing meanwhile.
 		if err := f.group.wait(ctx); err != nil {
-			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+			return n, fmt.Errorf("blob: fs: %s %q: %w", op, key, err)
 		}
 	case f.fsync:
 		if err := syncDir(dir); err != nil {
-			return fmt.Errorf("blob: fs: put %q: %w", key, err)
+			return n, fmt.Errorf("blob: fs: %s %q: %w", op, key, err)
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // Get implements Store.
@@ -153,6 +174,66 @@ func (f *FS) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("blob: fs: get %q: %w", key, err)
 	}
 	return data, nil
+}
+
+// Open implements Store.
+func (f *FS) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, fmt.Errorf("blob: fs: open %q: %w", key, err)
+	}
+	if err := ValidateKey(key); err != nil {
+		return nil, 0, err
+	}
+	_, file := f.path(key)
+	fh, err := os.Open(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("blob: fs: open %q: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("blob: fs: open %q: %w", key, err)
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		_ = fh.Close()
+		return nil, 0, fmt.Errorf("blob: fs: open %q: %w", key, err)
+	}
+	return fh, st.Size(), nil
+}
+
+// List implements Store. Temp and probe files are not keys and are skipped.
+func (f *FS) List(ctx context.Context, fn func(key string, modified time.Time) error) error {
+	shards, err := os.ReadDir(f.dir)
+	if err != nil {
+		return fmt.Errorf("blob: fs: list: %w", err)
+	}
+	for _, sh := range shards {
+		if !sh.IsDir() {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(f.dir, sh.Name()))
+		if err != nil {
+			return fmt.Errorf("blob: fs: list: %w", err)
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("blob: fs: list: %w", err)
+			}
+			if !e.Type().IsRegular() || ValidateKey(e.Name()) != nil {
+				continue
+			}
+			info, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted since ReadDir
+			}
+			if err != nil {
+				return fmt.Errorf("blob: fs: list: %w", err)
+			}
+			if err := fn(e.Name(), info.ModTime()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Delete implements Store. The removal is not fsync'd: after a crash a deleted

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -130,6 +131,60 @@ func (s *S3) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("blob: s3: get %q: read %d bytes, object has %d: %w", key, buf.Len(), info.Size, io.ErrUnexpectedEOF)
 	}
 	return buf.Bytes(), nil
+}
+
+// s3StreamPartSize is the multipart part size of PutStream: minio-go holds
+// one part in memory per upload, so this bounds a streamed body's buffer
+// (S3's minimum part size; every part but the last must be at least this).
+const s3StreamPartSize = 5 << 20
+
+// PutStream implements Store with a multipart upload of unknown length; a
+// failed read aborts the upload, so nothing is stored under key.
+func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if err := ValidateKey(key); err != nil {
+		return 0, err
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, s.object(key), r, -1,
+		minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: s3StreamPartSize})
+	if err != nil {
+		return 0, fmt.Errorf("blob: s3: put stream %q: %w", key, err)
+	}
+	return info.Size, nil
+}
+
+// Open implements Store.
+func (s *S3) Open(ctx context.Context, key string) (io.ReadCloser, int64, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, 0, err
+	}
+	body, info, _, err := s.core.GetObject(ctx, s.bucket, s.object(key), minio.GetObjectOptions{})
+	if err != nil {
+		if minio.ToErrorResponse(err).Code == minio.NoSuchKey {
+			return nil, 0, fmt.Errorf("blob: s3: open %q: %w", key, ErrNotFound)
+		}
+		return nil, 0, fmt.Errorf("blob: s3: open %q: %w", key, err)
+	}
+	return body, info.Size, nil
+}
+
+// List implements Store: the objects under the store's prefix whose names
+// are valid keys.
+func (s *S3) List(ctx context.Context, fn func(key string, modified time.Time) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the listing goroutine when fn ends it early
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("blob: s3: list: %w", obj.Err)
+		}
+		key := strings.TrimPrefix(obj.Key, s.prefix)
+		if ValidateKey(key) != nil {
+			continue
+		}
+		if err := fn(key, obj.LastModified); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }
 
 // Delete implements Store.

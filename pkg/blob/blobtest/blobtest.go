@@ -7,10 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
@@ -46,6 +48,110 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 		}
 		for _, tc := range cases {
 			mustGet(t, s, tc.key, tc.data)
+		}
+	})
+
+	t.Run("Stream", func(t *testing.T) {
+		s := newStore(t)
+		// Bodies larger than one S3 part, written and read in small pieces.
+		for _, n := range []int{0, 1, 70_000, 12<<20 + 7} {
+			key := fmt.Sprintf("stream-%d", n)
+			data := randomBytes(n, uint64(n)+3)
+			// Short reads must not be taken for the end of the body.
+			var r io.Reader = &chunkReader{data: data, chunk: 4093}
+			if n < 16 {
+				r = iotest.OneByteReader(bytes.NewReader(data))
+			}
+			got, err := s.PutStream(opCtx(t), key, r)
+			if err != nil {
+				t.Fatalf("PutStream(%q, %d bytes): %v", key, n, err)
+			}
+			if got != int64(n) {
+				t.Fatalf("PutStream(%q) stored %d bytes, want %d", key, got, n)
+			}
+			mustGet(t, s, key, data)
+			rc, size, err := s.Open(opCtx(t), key)
+			if err != nil {
+				t.Fatalf("Open(%q): %v", key, err)
+			}
+			read, err := io.ReadAll(rc)
+			_ = rc.Close()
+			if err != nil || size != int64(n) || !bytes.Equal(read, data) {
+				t.Fatalf("Open(%q): size %d, read %d bytes, err %v; want %d bytes", key, size, len(read), err, n)
+			}
+		}
+	})
+
+	t.Run("StreamReadErrorStoresNothing", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, "kept", []byte("the old body"))
+		boom := errors.New("client went away")
+		for _, key := range []string{"fresh", "kept"} {
+			r := io.MultiReader(bytes.NewReader(randomBytes(6<<20, 9)), iotest.ErrReader(boom))
+			if _, err := s.PutStream(opCtx(t), key, r); !errors.Is(err, boom) {
+				t.Fatalf("PutStream(%q) with a failing reader = %v, want it to wrap %v", key, err, boom)
+			}
+		}
+		mustNotFound(t, s, "fresh")
+		mustGet(t, s, "kept", []byte("the old body"))
+		var keys []string
+		if err := s.List(opCtx(t), func(k string, _ time.Time) error { keys = append(keys, k); return nil }); err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if len(keys) != 1 || keys[0] != "kept" {
+			t.Fatalf("List after failed streams = %q, want only [kept]", keys)
+		}
+	})
+
+	t.Run("OpenMissing", func(t *testing.T) {
+		s := newStore(t)
+		if rc, _, err := s.Open(opCtx(t), "nope"); !errors.Is(err, blob.ErrNotFound) {
+			if rc != nil {
+				_ = rc.Close()
+			}
+			t.Fatalf("Open(missing) = %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("List", func(t *testing.T) {
+		s := newStore(t)
+		before := time.Now().Add(-time.Minute)
+		want := map[string]bool{}
+		for i := range 40 {
+			k := fmt.Sprintf("list-%02d", i)
+			put(t, s, k, []byte(k))
+			want[k] = true
+		}
+		if err := s.Delete(opCtx(t), "list-07"); err != nil {
+			t.Fatal(err)
+		}
+		delete(want, "list-07")
+		got := map[string]bool{}
+		err := s.List(opCtx(t), func(k string, mod time.Time) error {
+			if got[k] {
+				t.Errorf("List returned %q twice", k)
+			}
+			got[k] = true
+			if mod.Before(before) || mod.After(time.Now().Add(time.Minute)) {
+				t.Errorf("List: %q modified %v, want about now", k, mod)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("List returned %d keys, want %d", len(got), len(want))
+		}
+		for k := range want {
+			if !got[k] {
+				t.Errorf("List did not return %q", k)
+			}
+		}
+		stop := errors.New("stop")
+		calls := 0
+		if err := s.List(opCtx(t), func(string, time.Time) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+			t.Fatalf("List with fn failing: err %v after %d calls, want the fn's error after 1", err, calls)
 		}
 	})
 
@@ -278,4 +384,19 @@ func randomBytes(n int, seed uint64) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
+}
+
+// chunkReader yields data in reads of at most chunk bytes.
+type chunkReader struct {
+	data  []byte
+	chunk int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.data)
+	c.data = c.data[n:]
+	return n, nil
 }
