@@ -19,18 +19,22 @@ KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM)
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1
+# The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
 
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build ingress, worker, mailfwdctl and the dev all-in-one into ./bin
-	$(GO) build -o $(BIN)/mailfwd-ingress ./cmd/ingress
-	$(GO) build -o $(BIN)/mailfwd-worker ./cmd/worker
-	$(GO) build -o $(BIN)/mailfwdctl ./cmd/ctl
-	$(GO) build -o $(BIN)/mailfwd-dev ./cmd/dev
+build: ## Build ingress, worker, mailfwdctl, mailfwd-sendmail and the dev all-in-one into ./bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-ingress ./cmd/ingress
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-worker ./cmd/worker
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwdctl ./cmd/ctl
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-sendmail ./cmd/sendmail
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-dev ./cmd/dev
 
 .PHONY: run
 run: ## Start a complete forwarder on this machine (embedded NATS, ./var body store, SMTP sink); Ctrl-C stops
@@ -59,7 +63,7 @@ $(NATS_SERVER):
 	mv $(TOOLS_DIR)/.nats-build/nats-server $@
 
 .PHONY: image
-image: ## Build the ingress, worker and mailfwdctl OCI image tarballs into dist/images (no Docker needed)
+image: ## Build the ingress, worker, mailfwdctl and mailfwd-sendmail OCI image tarballs into dist/images (no Docker needed)
 	$(GO) run ./cmd/image -out dist/images
 
 .PHONY: chart-lint
@@ -67,8 +71,15 @@ chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every 
 	$(HELM) lint --strict charts/mailfwd
 	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd -f $$f || exit 1; done
 
+# The real mail clients the sendmail tests drive (bsd-mailx, uuencode). bsd-mailx pulls in
+# Debian's default MTA (exim4, local delivery only); the tests never use it: they point
+# mailx at mailfwd-sendmail with its "sendmail" variable.
+.PHONY: mail-clients
+mail-clients:
+	@command -v bsd-mailx >/dev/null && command -v uuencode >/dev/null || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils; }
+
 .PHONY: test
-test: tools ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
+test: tools mail-clients ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
 	@$(MAKE) --no-print-directory lint
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
@@ -77,7 +88,7 @@ test-unit: ## Run the package tests only (no tests/ suite)
 	$(TEST_ENV) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
 
 .PHONY: test-integration
-test-integration: tools ## Run the end-to-end suite in tests/
+test-integration: tools mail-clients ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
@@ -251,6 +252,9 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		defer cancel()
 		log.Info("ingress draining: no new sessions, open ones may finish", "component", "ingress", "sessions", srv.Sessions(), "timeout", o.ShutdownTimeout)
 		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "ingress", Logger: log})
 	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/policy"
@@ -262,6 +263,9 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 			Log: log, Removed: metrics.OrphansRemoved()}
 		g.Go(func() error { sw.Run(gctx); return nil })
 	}
+	g.Go(func() error {
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "worker", Logger: log})
+	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

@@ -160,18 +160,8 @@ func DedupeWindow(ackWait time.Duration) time.Duration {
 // It refuses an existing stream whose limits would make JetStream drop
 // queued mail on its own, and never lowers an existing stream's replicas.
 func (q *Queue) Bootstrap(ctx context.Context) error {
-	want := jetstream.StreamConfig{
-		Name:               q.cfg.Stream,
-		Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
-		Retention:          jetstream.WorkQueuePolicy,
-		Storage:            jetstream.FileStorage,
-		Replicas:           q.cfg.Replicas,
-		Duplicates:         DedupeWindow(q.cfg.AckWait),
-		AllowMsgSchedules:  true,
-		AllowAtomicPublish: true,
-		AllowDirect:        true,
-	}
+	x := q.Expected()
+	want := x.Stream
 	st, err := q.js.Stream(ctx, q.cfg.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -196,27 +186,13 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 			}
 		}
 	}
-	wantC := jetstream.ConsumerConfig{
-		Durable:       q.cfg.Consumer,
-		Description:   "mailfwd workers: ready envelopes",
-		FilterSubject: ReadyPrefix + ".>",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: q.cfg.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
+	wantC := x.Consumer
 	if c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.Consumer); err != nil || !consumerConfigured(c.CachedInfo().Config, wantC) {
 		if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, wantC); err != nil {
 			return fmt.Errorf("queue: consumer %s: %w", q.cfg.Consumer, err)
 		}
 	}
-	for _, kv := range []jetstream.KeyValueConfig{
-		{Bucket: q.cfg.RefsBucket, Description: "mailfwd: recipient domains still pending per multi-domain message",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas},
-		{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
-	} {
+	for _, kv := range x.Buckets {
 		if b, err := q.js.KeyValue(ctx, kv.Bucket); err == nil {
 			if s, err := b.Status(ctx); err == nil {
 				if r := kvReplicas(s); r > kv.Replicas {
@@ -273,18 +249,6 @@ func checkStreamKeepsMail(c jetstream.StreamConfig) error {
 	}
 	return fmt.Errorf("queue: %w: stream %s would lose or refuse mail: %s; fix it with `nats stream edit %s` "+
 		"(or remove the stream and let the bootstrap create it)", ErrUnsafeStream, c.Name, strings.Join(bad, "; "), c.Name)
-}
-
-func streamConfigured(have, want jetstream.StreamConfig) bool {
-	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention && have.Storage == want.Storage &&
-		have.Replicas == want.Replicas && have.Duplicates == want.Duplicates &&
-		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowAtomicPublish == want.AllowAtomicPublish &&
-		have.AllowDirect == want.AllowDirect
-}
-
-func consumerConfigured(have, want jetstream.ConsumerConfig) bool {
-	return have.FilterSubject == want.FilterSubject && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
-		have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending && have.DeliverPolicy == want.DeliverPolicy
 }
 
 // DurabilityWarning says, for a stream with one replica, what a 250 does not
