@@ -260,3 +260,28 @@ func dummyFor(h PasswordHash) PasswordHash {
 	}
 	return d
 }
+
+// HashArgon2id hashes with explicit parameters (checked against the bounds
+// ParseHash enforces).
+func HashArgon2id(password string, p Argon2Params) (string, error) {
+	enc, err := hashArgon2id(password, p)
+	if err != nil {
+		return "", err
+	}
+	if _, err := ParseHash(enc); err != nil {
+		return "", err
+	}
+	return enc, nil
+}
+
+// HashBcrypt hashes with an explicit cost (MinBcryptCost..MaxBcryptCost).
+func HashBcrypt(password string, cost int) (string, error) {
+	if cost < MinBcryptCost || cost > MaxBcryptCost {
+		return "", fmt.Errorf("bcrypt cost %d outside %d..%d", cost, MinBcryptCost, MaxBcryptCost)
+	}
+	if len(password) > 72 {
+		return "", errors.New("bcrypt uses only the first 72 bytes of a password; use argon2id for longer ones")
+	}
+	b, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	return string(b), err
+}
