@@ -42,23 +42,34 @@ func ParseUserLine(text string) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("user %s: password: %w", name, err)
 	}
+	senders, err := ParseSenders(f[2:])
+	if err != nil {
+		return User{}, fmt.Errorf("user %s: %w", name, err)
+	}
+	return User{Name: strings.ToLower(name), Hash: h, Senders: senders}, nil
+}
+
+// ParseSenders checks and canonicalizes sender patterns (each word may be
+// a comma-separated list); at least one is required.
+func ParseSenders(words []string) ([]string, error) {
 	var senders []string
-	for _, w := range f[2:] {
+	for _, w := range words {
 		for _, s := range strings.Split(w, ",") {
+			s = strings.TrimSpace(s)
 			if s == "" {
 				continue
 			}
 			c, err := canonicalSender(s)
 			if err != nil {
-				return User{}, fmt.Errorf("user %s: sender %q: %w", name, s, err)
+				return nil, fmt.Errorf("sender %q: %w", s, err)
 			}
 			senders = append(senders, c)
 		}
 	}
 	if len(senders) == 0 {
-		return User{}, fmt.Errorf("user %s: no allowed senders (list domains, .parent domains, addresses, <> or *)", name)
+		return nil, errors.New("no allowed senders (list domains, .parent domains, addresses, <> or *)")
 	}
-	return User{Name: strings.ToLower(name), Hash: h, Senders: senders}, nil
+	return senders, nil
 }
 
 func checkName(name string) error {
