@@ -31,7 +31,9 @@ type Options struct {
 // then the body. The key is chosen by the domain of the first From:
 // address (Keys.For). Write never fails for a message that is not signed,
 // so teeing through it cannot break the store path; Close says whether a
-// signature was made.
+// signature was made. A message that ends inside its header section (no
+// empty line, no body) is signed as if it ended with the empty line; it
+// must be delivered with one.
 type Signer struct {
 	keys *Keys
 	opts Options
