@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -148,4 +149,20 @@ func (g *globals) mutateSecret(ctx context.Context, sf *secretFlags, dryRun bool
 		return nil
 	}
 	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
+}
+
+// readSecretKeys adds the Secret's keys found in dir to files (policy check
+// of a directory that holds both halves, as the pods' mount does).
+func readSecretKeys(dir string, files map[string][]byte) error {
+	for _, k := range policy.SecretKeys() {
+		b, err := os.ReadFile(filepath.Join(dir, k))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return &ExitError{Code: ExitUsage, Err: err}
+		}
+		files[k] = b
+	}
+	return nil
 }

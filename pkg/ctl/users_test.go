@@ -234,3 +234,31 @@ func zoneLine(t *testing.T, out string) string {
 	t.Fatalf("no zone line in:\n%s", out)
 	return ""
 }
+
+// TestPolicyCheckSmarthost: an unknown TLS level and a plain-text password
+// are policy check errors with file:line; the Secret's keys can be checked
+// as files or in a directory.
+func TestPolicyCheckSmarthost(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("tls_policy", "[email-smtp.eu-west-1.amazonaws.com]:587 secure\nexample.com verfy\n")
+	r := mustCtl(t, ctl.ExitInvalid, "policy", "check", filepath.Join(dir, "tls_policy"))
+	mustContain(t, "tls level", r.errOut, `tls_policy:2: example.com: unknown TLS level "verfy" (one of none, may, encrypt, verify, secure)`)
+	write("tls_policy", "[email-smtp.eu-west-1.amazonaws.com]:587 secure\n. may\n")
+	write("users", "app1 hunter2 example.com\n")
+	r = mustCtl(t, ctl.ExitInvalid, "policy", "check", dir)
+	mustContain(t, "users", r.errOut, "users:1: user app1: password: not a bcrypt")
+	h, err := smtpauth.HashBcrypt("pw", smtpauth.MinBcryptCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("users", "app1 "+h+" example.com\n")
+	r = mustCtl(t, 0, "policy", "check", filepath.Join(dir, "tls_policy"), filepath.Join(dir, "users"))
+	mustContain(t, "valid", r.out, "tls_policy (2 entries)", "users (1 entries)")
+}
