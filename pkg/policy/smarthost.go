@@ -138,7 +138,7 @@ func (p *Policy) smarthostFiles(out map[string][]byte) {
 	var b strings.Builder
 	auth := p.TLS.AuthEntries()
 	for _, k := range sortedKeys(auth) {
-		fmt.Fprintf(&b, "%s\t%s:%s\n", k, auth[k].User, auth[k].Password)
+		fmt.Fprintf(&b, "%s\t%s\n", k, auth[k])
 	}
 	out[KeyAuthinfo] = []byte(b.String())
 

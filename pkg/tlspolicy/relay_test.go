@@ -97,7 +97,7 @@ func send(t *testing.T, b *Builder, d Decision, host, addr string) error {
 	}
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	// Before TLS the credentials are refused by the decision itself.
-	if _, err := d.SASL(false, "PLAIN LOGIN"); !errors.Is(err, ErrAuthWithoutTLS) {
+	if _, err := d.SASL(false, "PLAIN LOGIN", nil); !errors.Is(err, ErrAuthWithoutTLS) {
 		t.Fatalf("SASL before TLS: %v", err)
 	}
 	cfg, err := b.Config(d, host)
@@ -120,7 +120,7 @@ func send(t *testing.T, b *Builder, d Decision, host, addr string) error {
 		return errors.New("no TLS after STARTTLS")
 	}
 	_, mechs := c.Extension("AUTH")
-	a, err := d.SASL(true, mechs)
+	a, err := d.SASL(true, mechs, nil)
 	if err != nil {
 		return err
 	}
@@ -165,13 +165,13 @@ func TestRelayhostSTARTTLSAndAUTH(t *testing.T) {
 	}
 	imp.mu.Unlock()
 
-	if a, err := (Decision{}).SASL(true, "PLAIN"); a != nil || err != nil {
+	if a, err := (Decision{}).SASL(true, "PLAIN", nil); a != nil || err != nil {
 		t.Errorf("no credentials: %v %v", a, err)
 	}
-	if _, err := d.SASL(true, "CRAM-MD5"); !errors.Is(err, ErrNoCommonMechanism) {
+	if _, err := d.SASL(true, "CRAM-MD5", nil); !errors.Is(err, ErrNoCommonMechanism) {
 		t.Errorf("no common mechanism: %v", err)
 	}
-	if a, err := d.SASL(true, "login"); err != nil || a == nil {
+	if a, err := d.SASL(true, "login", nil); err != nil || a == nil {
 		t.Errorf("LOGIN only: %v", err)
 	}
 }

@@ -218,18 +218,41 @@ func ParseEntry(rhs string) (Entry, error) {
 	return e, nil
 }
 
-// Credentials are a relayhost's SASL user and password.
+// Credentials are a relayhost's SASL user and password, or (OAuth2 set)
+// an OAuth 2.0 client for XOAUTH2.
 type Credentials struct {
 	User     string
 	Password string
+	OAuth2   *OAuth2
 }
 
-// ParseCredentials parses an authinfo right-hand side "user:password" (the
-// password is everything after the first colon).
+// String formats the credentials as an authinfo right-hand side.
+func (c Credentials) String() string {
+	if o := c.OAuth2; o != nil {
+		s := "xoauth2 user=" + o.User + " token_url=" + o.TokenURL + " client_id=" + o.ClientID + " client_secret=" + o.ClientSecret
+		for _, sc := range o.Scopes {
+			s += " scope=" + sc
+		}
+		return s
+	}
+	return c.User + ":" + c.Password
+}
+
+// ParseCredentials parses an authinfo right-hand side: "user:password"
+// (the password is everything after the first colon), or "xoauth2
+// user=… token_url=https://… client_id=… client_secret=… [scope=…]".
+// Errors never quote the secret.
 func ParseCredentials(rhs string) (Credentials, error) {
+	if rest, ok := strings.CutPrefix(rhs, "xoauth2 "); ok {
+		o, err := parseOAuth2(rest)
+		if err != nil {
+			return Credentials{}, err
+		}
+		return Credentials{User: o.User, OAuth2: o}, nil
+	}
 	user, pw, ok := strings.Cut(rhs, ":")
 	if !ok || user == "" || pw == "" {
-		return Credentials{}, errors.New("want user:password")
+		return Credentials{}, errors.New("want user:password (or xoauth2 user=… token_url=… client_id=… client_secret=…)")
 	}
 	if strings.ContainsAny(user, " \t") {
 		return Credentials{}, errors.New("white space in the user name")
