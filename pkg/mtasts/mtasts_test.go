@@ -207,21 +207,25 @@ func TestLookup(t *testing.T) {
 	}
 	// Record back, host broken, nothing cached: no policy, with the reason.
 	dns.Set(`_mta-sts.example.com. TXT "v=STSv1; id=4;"`)
-	for name, f := range map[string]func(ps *policyServer){
-		"HTTP 500":     func(ps *policyServer) { ps.status = 500 },
-		"redirect":     func(ps *policyServer) { ps.status, ps.redirect = 200, true },
-		"content type": func(ps *policyServer) { ps.redirect, ps.ctype = false, "text/html" },
-		"too large": func(ps *policyServer) {
-			ps.ctype, ps.body = "text/plain", goodPolicy+"x-pad: "+strings.Repeat("a", 70<<10)+"\n"
-		},
-		"bad policy": func(ps *policyServer) { ps.body = "version: STSv1\nmode: sometimes\n" },
+	good := func(ps *policyServer) {
+		ps.body, ps.ctype, ps.status, ps.redirect = goodPolicy, "text/plain; charset=utf-8", 200, false
+	}
+	for _, tc := range []struct {
+		name string
+		f    func(ps *policyServer)
+	}{
+		{"HTTP 500", func(ps *policyServer) { ps.status = 500 }},
+		{"redirect", func(ps *policyServer) { ps.redirect = true }},
+		{"content type", func(ps *policyServer) { ps.ctype = "text/html" }},
+		{"too large", func(ps *policyServer) { ps.body = goodPolicy + "x-pad: " + strings.Repeat("a", 70<<10) + "\n" }},
+		{"bad policy", func(ps *policyServer) { ps.body = "version: STSv1\nmode: sometimes\n" }},
 	} {
-		ps.set(f)
+		ps.set(func(ps *policyServer) { good(ps); tc.f(ps) })
 		if p, err := c.Lookup(ctx, "example.com"); p != nil || err == nil {
-			t.Errorf("%s: policy %v, err %v; want none with an error", name, p, err)
+			t.Errorf("%s: policy %v, err %v; want none with an error", tc.name, p, err)
 		}
 	}
-	ps.set(func(ps *policyServer) { ps.body = goodPolicy })
+	ps.set(good)
 	if p := lookup(); p == nil || p.ID != "4" {
 		t.Fatalf("recovered: %v", p)
 	}

@@ -194,7 +194,7 @@ func (h PasswordHash) check(password string) bool {
 	return false
 }
 
-// sameCost reports whether two hashes take the same work to check.
+// costKey is equal for hashes that take the same work to check.
 func (h PasswordHash) costKey() string {
 	if h.Algorithm == Bcrypt {
 		return fmt.Sprintf("bcrypt/%d", h.cost)
