@@ -3,6 +3,7 @@ package mtasts
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/dnsquery"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 const goodPolicy = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.backup.example.com\r\nmax_age: 86400\r\n"
@@ -295,4 +297,53 @@ func FuzzParsePolicy(f *testing.F) {
 			p.Match(m)
 		}
 	})
+}
+
+// TestApply: under enforce the hop needs a certificate for the MX name
+// that chains to the roots; a self-signed one that "may" would take is
+// refused, and an MX outside the policy is not used.
+func TestApply(t *testing.T) {
+	ca := testenv.NewCA(t)
+	self := testenv.StartTLSServer(t, testenv.SelfSignedCert(t, "mail.example.com"))
+	good := testenv.StartTLSServer(t, ca.Issue(t, "mail.example.com"))
+	p, _ := ParsePolicy([]byte(goodPolicy))
+	d := tlspolicy.New().Lookup(tlspolicy.Hop{Domain: "example.com", Port: 25}) // may
+	if _, err := p.Apply(d, "mx.attacker.example"); !errors.Is(err, ErrMXNotAllowed) {
+		t.Fatalf("MX outside the policy: %v", err)
+	}
+	ed, err := p.Apply(d, "mail.example.com")
+	if err != nil || ed.Level != tlspolicy.Verify {
+		t.Fatalf("enforce: %s %v", ed.Level, err)
+	}
+	b := &tlspolicy.Builder{Roots: ca.Pool()}
+	dialTLS := func(d tlspolicy.Decision, addr string) error {
+		cfg, err := b.Config(d, "mail.example.com")
+		if err != nil {
+			return err
+		}
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	if err := dialTLS(ed, self); err == nil {
+		t.Error("enforce accepted a self-signed certificate")
+	}
+	if err := dialTLS(d, self); err != nil {
+		t.Errorf("may refused: %v", err)
+	}
+	if err := dialTLS(ed, good); err != nil {
+		t.Errorf("enforce refused a good certificate: %v", err)
+	}
+	tp, _ := ParsePolicy([]byte(strings.Replace(goodPolicy, "enforce", "testing", 1)))
+	if td, err := tp.Apply(d, "mx.attacker.example"); err != nil || td.Level != tlspolicy.May {
+		t.Errorf("testing changed the decision: %s %v", td.Level, err)
+	}
+	// A stronger tls_policy level stays.
+	sd := d
+	sd.Level = tlspolicy.Secure
+	if got, _ := p.Apply(sd, "mail.example.com"); got.Level != tlspolicy.Secure {
+		t.Errorf("secure lowered to %s", got.Level)
+	}
 }

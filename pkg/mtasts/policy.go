@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // Mode is the policy mode.
@@ -233,3 +235,27 @@ func ParseTXT(records []string) (id string, ok bool) {
 	}
 	return id, id != ""
 }
+
+// Apply adjusts the hop's TLS decision for one MX host under p: under
+// enforce an MX that no pattern matches is refused (ErrMXNotAllowed: try
+// the next MX, defer when none is left), and the level is raised to at
+// least verify with the certificate checked for the MX host name against
+// the WebPKI roots (RFC 8461 §4.2); testing and none change nothing (the
+// caller logs what enforce would have refused). A nil policy changes
+// nothing.
+func (p *Policy) Apply(d tlspolicy.Decision, mx string) (tlspolicy.Decision, error) {
+	if p == nil || p.Mode != Enforce {
+		return d, nil
+	}
+	if !p.Match(mx) {
+		return d, fmt.Errorf("%w: %s (policy %s)", ErrMXNotAllowed, mx, p)
+	}
+	if d.Level < tlspolicy.Verify {
+		d.Level = tlspolicy.Verify
+		d.Entry = tlspolicy.Entry{Level: tlspolicy.Verify, Match: []string{"hostname"}}
+	}
+	return d, nil
+}
+
+// ErrMXNotAllowed: the MX host is not in the enforced policy's mx list.
+var ErrMXNotAllowed = errors.New("mta-sts: MX host not allowed by the domain's enforced policy")
