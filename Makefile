@@ -19,7 +19,7 @@ KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM)
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_SWAKS=1
 
 .PHONY: help
 help: ## Show this help
@@ -37,7 +37,8 @@ run: ## Start a complete forwarder on this machine (embedded NATS, ./var body st
 	$(GO) run ./cmd/dev --dir var
 
 .PHONY: tools
-tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) $(HELM) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd, kubectl and helm used by the tests (cached in ~/.cache/mailfwd)
+tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) $(HELM) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd, kubectl and helm used by the tests (cached in ~/.cache/mailfwd); install swaks
+	@{ command -v swaks && perl -MNet::SSLeay -e1; } >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y swaks libnet-ssleay-perl; }
 
 $(MINIO):
 	@mkdir -p $(TOOLS_DIR)

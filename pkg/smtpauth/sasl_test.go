@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -81,8 +83,17 @@ func (s *testSession) Reset()                               {}
 func (s *testSession) Logout() error                        { return nil }
 
 func startSMTP(t *testing.T, b *testBackend, implicitTLS bool) string {
+	return startSMTPMode(t, b, implicitTLS, false)
+}
+
+// startSMTPMode: implicit TLS (465 style), or plain with STARTTLS offered
+// when startTLS is set (587 style), or plain only.
+func startSMTPMode(t *testing.T, b *testBackend, implicitTLS, startTLS bool) string {
 	t.Helper()
 	srv := smtp.NewServer(b)
+	if startTLS {
+		srv.TLSConfig = testenv.TLSConfig(t)
+	}
 	srv.Domain = "mx.test"
 	srv.AllowInsecureAuth = true // the Authenticator answers 538 itself
 	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
@@ -212,4 +223,46 @@ func TestLoginServerBounds(t *testing.T) {
 	if _, _, err := s.Next(nil); err == nil {
 		t.Error("Next after the end succeeded")
 	}
+}
+
+// TestAuthenticatorSwaks drives AUTH with swaks (the Debian package the
+// Makefile installs), over STARTTLS as on a submission port.
+func TestAuthenticatorSwaks(t *testing.T) {
+	swaks, err := exec.LookPath("swaks")
+	if err != nil {
+		if os.Getenv("MAILFWD_REQUIRE_SWAKS") == "1" {
+			t.Fatal("swaks not installed (make test installs it) [MAILFWD_REQUIRE_SWAKS=1]")
+		}
+		t.Skip("swaks not installed")
+	}
+	u, err := ParseUserLine("app1 " + mustArgon2(t, "good-pw") + " example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, _ := NewUsers([]User{u})
+	budget, _ := NewFailureBudget(BudgetConfig{MaxFailures: 2})
+	b := &testBackend{users: users, a: &Authenticator{Verifier: NewVerifier(1), Budget: budget}}
+	addr := startSMTPMode(t, b, false, true)
+	run := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		full := append([]string{"--server", addr, "--from", "a@example.com", "--to", "b@example.net", "--quit-after", "AUTH", "--timeout", "20"}, args...)
+		out, _ := exec.CommandContext(ctx, swaks, full...).CombinedOutput() // exit code varies by failure; the dialog is checked
+		return string(out)
+	}
+	want := func(out string, subs ...string) {
+		t.Helper()
+		for _, s := range subs {
+			if !strings.Contains(out, s) {
+				t.Fatalf("swaks output lacks %q:\n%s", s, out)
+			}
+		}
+	}
+	want(run("--auth", "PLAIN", "--auth-user", "app1", "--auth-password", "good-pw"), "538 5.7.11")
+	want(run("--tls", "--auth", "PLAIN", "--auth-user", "app1", "--auth-password", "good-pw"), "235 2.0.0")
+	want(run("--tls", "--auth", "LOGIN", "--auth-user", "app1", "--auth-password", "good-pw"), "235 2.0.0")
+	want(run("--tls", "--auth", "LOGIN", "--auth-user", "app1", "--auth-password", "nope"), "535 5.7.8")
+	want(run("--tls", "--auth", "PLAIN", "--auth-user", "app1", "--auth-password", "nope"), "421 4.7.0")
+	want(run("--tls", "--auth", "PLAIN", "--auth-user", "app1", "--auth-password", "good-pw"), "421 4.7.0")
 }
