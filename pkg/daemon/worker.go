@@ -69,6 +69,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
 	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
+	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
 	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
 }
 
@@ -86,6 +87,9 @@ func (o *Worker) Validate() error {
 	}
 	if _, err := ParseDomainLimits(o.Limits); err != nil {
 		errs = append(errs, err)
+	}
+	if o.Engine.MaxHandlings < 1 {
+		errs = append(errs, errors.New("--max-handlings must be at least 1"))
 	}
 	if o.Engine.Heartbeat == 0 {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)

@@ -64,10 +64,13 @@ func derivedEnhanced(code int) string {
 func replyResult(e *smtp.SMTPError) result {
 	r := result{Code: e.Code, Text: oneLine(e.Message)}
 	ec := e.EnhancedCode
+	r.Enhanced = derivedEnhanced(e.Code)
 	if ec != smtp.EnhancedCodeNotSet && ec != smtp.NoEnhancedCode && ec[0] == e.Code/100 {
-		r.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
-	} else {
-		r.Enhanced = derivedEnhanced(e.Code)
+		// go-smtp parses any digits ("5.1234.1"); RFC 3463 allows 1-3 per
+		// part. An invalid status is clamped to the class's X.0.0.
+		if s := fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2]); isEnhanced(s, byte('0'+ec[0])) {
+			r.Enhanced = s
+		}
 	}
 	return r
 }

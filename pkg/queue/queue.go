@@ -133,7 +133,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	want := jetstream.StreamConfig{
 		Name:              q.cfg.Stream,
 		Description:       "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
+		Subjects:          []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>", FailedPrefix + ".>"},
 		Retention:         jetstream.WorkQueuePolicy,
 		Storage:           jetstream.FileStorage,
 		Replicas:          q.cfg.Replicas,
