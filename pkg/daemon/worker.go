@@ -55,6 +55,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
 	fs.DurationVar(&o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
 	fs.IntVar(&o.Delivery.MaxConnsPerHost, "max-conns-per-host", 10, "concurrent connections per destination address")
+	fs.IntVar(&o.Delivery.MaxReplyBytes, "max-reply-bytes", 64<<10, "bytes one reply of a destination may take (all its lines); beyond it the step fails temporarily and the connection is dropped")
 	fs.IntVar(&o.Delivery.MaxMsgsPerConn, "max-msgs-per-conn", 100, "transactions per connection before it is closed")
 	fs.DurationVar(&o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
 	fs.DurationVar(&o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
@@ -87,6 +88,9 @@ func (o *Worker) Validate() error {
 	}
 	if _, err := ParseDomainLimits(o.Limits); err != nil {
 		errs = append(errs, err)
+	}
+	if o.Delivery.MaxReplyBytes < 1024 {
+		errs = append(errs, errors.New("--max-reply-bytes must be at least 1024"))
 	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))

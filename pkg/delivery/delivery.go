@@ -52,6 +52,10 @@ type Config struct {
 	CommandTimeout  time.Duration // default 5m (per command incl. greeting)
 	DataTimeout     time.Duration // default 10m (whole DATA transfer + final reply)
 	MaxConnsPerHost int           // default 10: cap of concurrent connections per Hop.Addr
+	// MaxReplyBytes bounds what one reply of the remote may take (all its
+	// lines; go-smtp already bounds a line to 2000 bytes), default 64 KiB.
+	// Beyond it the step fails temporarily and the connection is dropped.
+	MaxReplyBytes int
 	MaxMsgsPerConn  int           // default 100: close a connection after this many transactions
 	IdleTimeout     time.Duration // default 30s: idle pooled connections closed after this
 	StartTLS        bool          // opportunistic STARTTLS when advertised
@@ -114,6 +118,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.DataTimeout <= 0 {
 		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.MaxReplyBytes <= 0 {
+		cfg.MaxReplyBytes = 64 << 10
 	}
 	if cfg.MaxConnsPerHost <= 0 {
 		cfg.MaxConnsPerHost = 10

@@ -27,6 +27,7 @@ type hostState struct {
 // conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
 type conn struct {
 	raw   net.Conn // the TCP connection; closing it aborts any operation
+	wire  *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
 	sc    *smtp.Client
 	hop   Hop
 	tls   bool
@@ -284,7 +285,7 @@ func (c *Client) connect(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logger) (_ *conn, _ result, tlsFailed bool) {
 	name := hop.Name
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-	raw, err := c.dial(dctx, "tcp", hop.Addr.String())
+	tcp, err := c.dial(dctx, "tcp", hop.Addr.String())
 	cancel()
 	if err != nil {
 		r := connectResult(ctx, name, err)
@@ -295,7 +296,9 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 		return nil, r, false
 	}
 	c.clearDown(hop.Addr)
-	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", raw.LocalAddr().String())
+	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", tcp.LocalAddr().String())
+	wire := newWireConn(tcp, c.cfg.MaxReplyBytes)
+	var raw net.Conn = wire
 
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	fail := func(r result, tlsFailed bool) (*conn, result, bool) {
@@ -310,7 +313,7 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
 		return fail(r, false)
 	}
-	cn := &conn{raw: raw, sc: sc, hop: hop}
+	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop}
 	if ok, _ := sc.Extension("STARTTLS"); ok && tryTLS {
 		tc, err := c.startTLS(ctx, raw, hop)
 		if err != nil {

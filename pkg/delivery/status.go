@@ -146,6 +146,8 @@ func lostResult(ctx context.Context, name, during string, err error) result {
 	switch {
 	case ctx.Err() != nil:
 		r.Text = fmt.Sprintf("Delivery aborted during %s with %s: %v", during, name, context.Cause(ctx))
+	case errors.Is(err, ErrReplyTooLarge):
+		r.Text = fmt.Sprintf("Reply from %s during %s: %v; connection dropped.", name, during, err)
 	case errors.As(err, &ne) && ne.Timeout():
 		r.Text = fmt.Sprintf("Timeout waiting for input from %s during %s.", name, during)
 	default:
