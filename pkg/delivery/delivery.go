@@ -55,10 +55,10 @@ type Config struct {
 	// MaxReplyBytes bounds what one reply of the remote may take (all its
 	// lines; go-smtp already bounds a line to 2000 bytes), default 64 KiB.
 	// Beyond it the step fails temporarily and the connection is dropped.
-	MaxReplyBytes int
-	MaxMsgsPerConn  int           // default 100: close a connection after this many transactions
-	IdleTimeout     time.Duration // default 30s: idle pooled connections closed after this
-	StartTLS        bool          // opportunistic STARTTLS when advertised
+	MaxReplyBytes  int
+	MaxMsgsPerConn int           // default 100: close a connection after this many transactions
+	IdleTimeout    time.Duration // default 30s: idle pooled connections closed after this
+	StartTLS       bool          // opportunistic STARTTLS when advertised
 	// TLSConfig is used for STARTTLS; nil means InsecureSkipVerify (opportunistic
 	// TLS). ServerName is filled from Hop.Name when that is a host name.
 	TLSConfig *tls.Config

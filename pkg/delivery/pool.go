@@ -26,7 +26,7 @@ type hostState struct {
 
 // conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
 type conn struct {
-	raw   net.Conn // the TCP connection; closing it aborts any operation
+	raw   net.Conn  // the TCP connection; closing it aborts any operation
 	wire  *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
 	sc    *smtp.Client
 	hop   Hop
