@@ -70,6 +70,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
 	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
+	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
 	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
 	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
 }
@@ -91,6 +92,9 @@ func (o *Worker) Validate() error {
 	}
 	if o.Delivery.MaxReplyBytes < 1024 {
 		errs = append(errs, errors.New("--max-reply-bytes must be at least 1024"))
+	}
+	if o.Engine.MaxBodyBytesInFlight < 1<<20 {
+		errs = append(errs, errors.New("--max-body-bytes-in-flight must be at least 1 MiB"))
 	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))

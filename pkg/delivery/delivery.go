@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -31,6 +32,14 @@ type Message struct {
 	From       string   // "" = null reverse-path
 	Recipients []string // verbatim addresses
 	Body       []byte   // complete RFC 5322 message, CRLF line endings
+	// Open, when set, streams the body instead of Body: it is called once
+	// the remote accepted DATA, and what it returns is copied to the remote
+	// and closed. Size is then the body's size (for SIZE=).
+	Open func() (io.ReadCloser, error)
+	Size int64
+	// Activity, when set, is called whenever bytes move on the connection
+	// (progress, as opposed to a destination that does not answer).
+	Activity func()
 	EightBit   bool     // client used BODY=8BITMIME
 	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
 	// connection this message used (a per-domain limit).
@@ -190,6 +199,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			continue
 		}
 		out.Hop = hop
+		cn.wire.setActivity(msg.Activity)
 		reusable, stale := c.transact(ctx, cn, msg, out)
 		if stale {
 			// A pooled connection reused without a check was dead before
@@ -201,13 +211,31 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 				last = r
 				continue
 			}
+			cn.wire.setActivity(msg.Activity)
 			reusable, _ = c.transact(ctx, cn, msg, out)
 		}
+		cn.wire.setActivity(nil)
 		c.finish(cn, reusable)
 		return out
 	}
 	fill(last)
 	return out
+}
+
+// bodyReader marks the errors of the body source, to tell them from
+// errors writing to the remote.
+type bodyReader struct{ r io.Reader }
+
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return e.err.Error() }
+
+func (b bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = bodyError{err}
+	}
+	return n, err
 }
 
 // Close closes idle pooled connections (with QUIT) and makes later Deliver
@@ -282,7 +310,11 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 			return true, false
 		}
 	}
-	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && len(msg.Body) > limit {
+	size := int64(len(msg.Body))
+	if msg.Open != nil {
+		size = msg.Size
+	}
+	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && size > int64(limit) {
 		setRest(result{Code: 552, Enhanced: "5.3.4",
 			Text: fmt.Sprintf("Message is too large; %d bytes max at %s.", limit, name)})
 		return true, false
@@ -303,7 +335,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	cn.limit = msg.MaxMsgsPerConn
 	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
 	// server advertises 8BITMIME (harmless for 7-bit bodies).
-	opts := &smtp.MailOptions{Size: int64(len(msg.Body)), UTF8: msg.UTF8}
+	opts := &smtp.MailOptions{Size: size, UTF8: msg.UTF8}
 	if err := cn.sc.Mail(msg.From, opts); err != nil {
 		r, isReply := stepError(ctx, name, "MAIL FROM", err)
 		if !isReply && cn.reused && ctx.Err() == nil {
@@ -348,9 +380,31 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		setRest(lostResult(ctx, name, "DATA", err))
 		return false, false
 	}
-	if _, err := w.Write(msg.Body); err != nil {
-		setRest(lostResult(ctx, name, "message transfer", err))
-		return false, false
+	if msg.Open == nil {
+		if _, err := w.Write(msg.Body); err != nil {
+			setRest(lostResult(ctx, name, "message transfer", err))
+			return false, false
+		}
+	} else {
+		// The connection is dropped on a body read error: without the final
+		// dot the remote discards what it got.
+		rc, err := msg.Open()
+		if err != nil {
+			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", err)})
+			return false, false
+		}
+		// Closed once the remote answered: the transfer is over only then.
+		defer rc.Close()
+		_, err = io.Copy(w, bodyReader{rc})
+		var be bodyError
+		switch {
+		case errors.As(err, &be):
+			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", be.err)})
+			return false, false
+		case err != nil:
+			setRest(lostResult(ctx, name, "message transfer", err))
+			return false, false
+		}
 	}
 	cn.sc.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 	resp, err := w.CloseWithResponse()

@@ -173,3 +173,13 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 func testBody(qid string) []byte {
 	return []byte("Message-ID: <" + qid + "@client.test>\r\nSubject: poison test\r\n\r\nHello.\r\n")
 }
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}

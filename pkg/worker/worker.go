@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/bounce"
@@ -46,9 +48,9 @@ type Queue interface {
 	Fail(ctx context.Context, e *envelope.Envelope, reason, dedupe string) error
 }
 
-// BodyStore reads, writes (DSNs) and deletes bodies.
+// BodyStore streams, writes (DSNs) and deletes bodies.
 type BodyStore interface {
-	Get(ctx context.Context, key string) ([]byte, error)
+	Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
 	Put(ctx context.Context, key string, data []byte) error
 	Delete(ctx context.Context, key string) error
 }
@@ -90,7 +92,11 @@ type Config struct {
 	// recording an outcome, panics, redeliveries after an ack deadline)
 	// before it goes to the terminal failed state with a DSN (default 10).
 	MaxHandlings int
-	Metrics      *telemetry.Metrics // nil: none
+	// MaxBodyBytesInFlight bounds the body bytes being transferred to
+	// destinations at once in this process (default 256 MiB); a body counts
+	// from the remote's DATA go-ahead to the end of its transfer.
+	MaxBodyBytesInFlight int64
+	Metrics              *telemetry.Metrics // nil: none
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -139,6 +145,9 @@ func (c *Config) setDefaults() {
 	if c.BusyDelay <= 0 {
 		c.BusyDelay = 30 * time.Second
 	}
+	if c.MaxBodyBytesInFlight <= 0 {
+		c.MaxBodyBytesInFlight = 256 << 20
+	}
 	if c.MaxHandlings <= 0 {
 		c.MaxHandlings = 10
 	}
@@ -167,6 +176,8 @@ type Worker struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	work    context.Context // deliveries run under this; cancelled after the drain timeout
+	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
+	inflight *semaphore.Weighted
 }
 
 // New builds a worker.
@@ -174,8 +185,9 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 	cfg.setDefaults()
 	return &Worker{
 		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
-		log:    cfg.Logger.With("component", "worker"),
-		tracer: cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		log:      cfg.Logger.With("component", "worker"),
+		inflight: semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
+		tracer:   cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
 	}
 }
 
@@ -314,11 +326,17 @@ func (w *Worker) failedHandling(ctx context.Context, j *queue.Job, e *envelope.E
 // possible, the envelope kept on the failed subject for an operator, an
 // error log and a metric.
 func (w *Worker) giveUp(ctx context.Context, j *queue.Job, e *envelope.Envelope, cause string, handlings int, log *slog.Logger) {
+	log.Error(e.QueueID+": giving up", "failed_handlings", handlings, "err", cause)
+	w.terminal(ctx, j, e, fmt.Sprintf("Gave up after %d failed handlings: %s", handlings, cause), "5.3.0", log)
+}
+
+// terminal ends e in the failed state for reason; recipients without a
+// known permanent status are reported with status.
+func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelope, reason, status string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	reason := fmt.Sprintf("Gave up after %d failed handlings: %s", handlings, cause)
-	log.Error(e.QueueID+": failed: "+reason, "failed_handlings", handlings)
-	if err := w.giveUpDSN(ctx, e, reason, log); err != nil {
+	log.Error(e.QueueID + ": failed: " + reason)
+	if err := w.giveUpDSN(ctx, e, reason, status, log); err != nil {
 		log.Error("no DSN for the failed envelope", "err", err)
 	}
 	if err := w.q.Fail(ctx, e, reason, j.Key()); err != nil {
@@ -331,7 +349,7 @@ func (w *Worker) giveUp(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 }
 
 // giveUpDSN reports every recipient of e as failed (a panic here is an error).
-func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason string, log *slog.Logger) (err error) {
+func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason, status string, log *slog.Logger) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic building the DSN: %v", p)
@@ -342,19 +360,29 @@ func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason str
 	for _, r := range e.Recipients {
 		st, diag := r.Status, e.RcptError(r)
 		if st == "" {
-			st, diag = "5.3.0", reason
+			st, diag = status, reason
 		}
 		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: diag, LastAttempt: now})
 	}
 	return w.notify(ctx, e, w.headerOf(ctx, e), rcpts, reason, log)
 }
 
-// headerOf returns the start of e's body for a DSN (nil if unavailable).
+// dsnHeaderMax bounds what is read of a stored body for a DSN (which
+// returns the original's header block only).
+const dsnHeaderMax = 256 << 10
+
+// headerOf returns the start of e's body for a DSN (nil if unavailable),
+// at most dsnHeaderMax bytes of it.
 func (w *Worker) headerOf(ctx context.Context, e *envelope.Envelope) []byte {
 	if e.Body != nil {
 		return e.Body
 	}
-	b, err := w.bodies.Get(ctx, e.BodyKey)
+	rc, _, err := w.bodies.Open(ctx, e.BodyKey)
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, dsnHeaderMax))
 	if err != nil {
 		return nil
 	}
@@ -423,39 +451,43 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	defer stopHB()
 
 	var out *delivery.Outcome
-	var body []byte
 	var rerr error
 	if len(try) > 0 {
 		var hops []delivery.Hop
 		hops, rerr = w.router.Route(actx, e.Domain)
-		if rerr == nil || isPermanent(rerr) {
-			var err error
-			if e.Body != nil {
-				body = e.Body
-			} else {
-				body, err = w.bodies.Get(actx, e.BodyKey)
-			}
-			switch {
-			case errors.Is(err, blob.ErrNotFound):
-				if e.Parts == 1 && j.Delivered > 1 {
-					log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
-					return j.Ack(ctx)
-				}
-				log.Error("body missing from the store; envelope cannot be delivered", "body", e.BodyKey)
-				return j.Term("body missing")
-			case err != nil:
-				if rerr == nil {
+		if rerr == nil {
+			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: e.Body,
+				EightBit: e.EightBit, UTF8: e.UTF8, Activity: w.activity(j)}
+			var body *streamedBody
+			if e.Body == nil {
+				// Streamed from the store at DATA time, never loaded whole.
+				rc, size, err := w.bodies.Open(actx, e.BodyKey)
+				switch {
+				case errors.Is(err, blob.ErrNotFound):
+					if e.Parts == 1 && j.Delivered > 1 {
+						log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
+						return j.Ack(ctx)
+					}
+					log.Error("body missing from the store; the sender gets a DSN", "body", e.BodyKey)
+					w.terminal(ctx, j, e, "Message body missing from the store; the message cannot be delivered", "5.3.0", log)
+					return nil
+				case err != nil:
 					rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
+				default:
+					body = &streamedBody{w: w, ctx: actx, rc: rc, size: size}
+					msg.Open, msg.Size = body.open, size
 				}
-			case rerr == nil:
+			}
+			if rerr == nil {
 				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
 				lim, _ := w.limitFor(e.Domain)
-				out = w.deliver.Deliver(actx, hops, &delivery.Message{
-					QueueID: e.QueueID, From: e.From, Recipients: try, Body: body,
-					EightBit: e.EightBit, UTF8: e.UTF8, MaxMsgsPerConn: lim.MsgsPerConn,
-				})
+				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				out = w.deliver.Deliver(actx, hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 				dspan.End()
+			}
+			if body != nil {
+				_ = body.Close()
 			}
 		}
 	}
@@ -561,7 +593,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		if expired {
 			reason = "Cannot send message for " + humanDuration(ended.Sub(e.Arrived))
 		}
-		if err := w.notify(ctx, e, body, failed, reason, log); err != nil {
+		if err := w.notify(ctx, e, w.headerOf(ctx, e), failed, reason, log); err != nil {
 			// Keep what this attempt learnt: delivered recipients leave the
 			// envelope, failed ones keep their status and wait for the DSN.
 			p := *e
@@ -580,7 +612,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		d.Recipients = shareError(&d, remaining)
 		if w.cfg.WarnAfter > 0 && !e.Warned && ended.Sub(e.Arrived) >= w.cfg.WarnAfter {
 			reason := "Warning: message still undelivered after " + humanDuration(ended.Sub(e.Arrived))
-			if err := w.notify(ctx, e, body, delayed, reason, log); err != nil {
+			if err := w.notify(ctx, e, w.headerOf(ctx, e), delayed, reason, log); err != nil {
 				log.Warn("could not queue the delay warning; it is tried again at the next attempt", "err", err)
 			} else {
 				d.Warned = true
