@@ -9,9 +9,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -40,7 +40,7 @@ type Message struct {
 	// Activity, when set, is called whenever bytes move on the connection
 	// (progress, as opposed to a destination that does not answer).
 	Activity func()
-	EightBit   bool     // client used BODY=8BITMIME
+	EightBit bool // client used BODY=8BITMIME
 	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
 	// connection this message used (a per-domain limit).
 	MaxMsgsPerConn int
