@@ -72,7 +72,8 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
 	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
-	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
+	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain or next hop waits (not counted as an attempt); doubles with each hand-back in a row, up to --retry-max")
+	fs.IntVar(&o.Engine.CongestedConcurrency, "congested-concurrency", 0, "deliveries all congested next hops together may hold in this process (stuck ones beyond it are handed back), so healthy mail always has slots; below --concurrency (0: --concurrency/4)")
 }
 
 // Validate checks the configuration before anything starts.
@@ -95,6 +96,9 @@ func (o *Worker) Validate() error {
 	}
 	if o.Engine.MaxBodyBytesInFlight < 1<<20 {
 		errs = append(errs, errors.New("--max-body-bytes-in-flight must be at least 1 MiB"))
+	}
+	if o.Engine.CongestedConcurrency < 0 || (o.Engine.CongestedConcurrency > 0 && o.Engine.CongestedConcurrency >= o.Engine.Concurrency) {
+		errs = append(errs, errors.New("--congested-concurrency must be below --concurrency (0: a quarter of it)"))
 	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))

@@ -85,6 +85,11 @@ type Config struct {
 	// StallAfter: a domain whose running deliveries have all been stuck this
 	// long is congested, and its waiting mail goes back to the queue (default 10s).
 	StallAfter time.Duration
+	// CongestedConcurrency caps the deliveries all congested next hops
+	// together may hold (default Concurrency/4): the rest of the worker
+	// stays free for healthy mail. Deliveries beyond it are preempted and
+	// handed back.
+	CongestedConcurrency int
 	// BusyDelay is how long mail handed back from a congested domain waits
 	// (±50%, default 30s); it does not count as an attempt.
 	BusyDelay time.Duration
@@ -142,6 +147,9 @@ func (c *Config) setDefaults() {
 	if c.StallAfter <= 0 {
 		c.StallAfter = 10 * time.Second
 	}
+	if c.CongestedConcurrency <= 0 {
+		c.CongestedConcurrency = max(c.Concurrency/4, 1)
+	}
 	if c.BusyDelay <= 0 {
 		c.BusyDelay = 30 * time.Second
 	}
@@ -176,6 +184,7 @@ type Worker struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	work    context.Context // deliveries run under this; cancelled after the drain timeout
+	sched   *scheduler      // set by Run
 	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
 	inflight *semaphore.Weighted
 }
@@ -200,6 +209,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelWork()
 	w.work = work
 	s := newScheduler(w)
+	w.sched = s
 	hb := time.NewTicker(w.cfg.Heartbeat)
 	defer hb.Stop()
 	go func() {
@@ -249,13 +259,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// handBack defers a job without counting an attempt (congested domain).
-func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
+// busyDelay is how long mail handed back for the n-th time in a row waits:
+// BusyDelay doubling per hand-back, at most RetryMax, ±50%.
+func (w *Worker) busyDelay(n int) time.Duration {
+	d := float64(w.cfg.BusyDelay)
+	for i := 1; i < n && d < float64(w.cfg.RetryMax); i++ {
+		d *= 2
+	}
+	d = min(d, float64(max(w.cfg.RetryMax, w.cfg.BusyDelay)))
+	return time.Duration(d * (0.5 + rand.Float64()))
+}
+
+// handBack defers a job without counting an attempt (congested domain or
+// next hop); the delay grows with the hand-backs in a row.
+func (w *Worker) handBack(j *queue.Job, why string) {
 	if j.Env == nil {
 		w.process(w.work, j)
 		return
 	}
 	e := *j.Env
+	e.Handbacks++
+	delay := w.busyDelay(e.Handbacks)
 	ctx, cancel := context.WithTimeout(w.work, 30*time.Second)
 	defer cancel()
 	if err := w.q.Defer(ctx, &e, time.Now().Add(delay), j.Key()); err != nil {
@@ -267,7 +291,7 @@ func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
 		w.log.Warn("ack after hand-back failed; a duplicate may follow", "queue_id", e.QueueID, "err", err)
 	}
 	w.cfg.Metrics.HandBack()
-	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay)
+	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay, "handbacks", e.Handbacks)
 }
 
 func (w *Worker) process(ctx context.Context, j *queue.Job) {
@@ -457,7 +481,11 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		hops, rerr = w.router.Route(actx, e.Domain)
 		if rerr == nil {
 			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: e.Body,
-				EightBit: e.EightBit, UTF8: e.UTF8, Activity: w.activity(j)}
+				EightBit: e.EightBit, UTF8: e.UTF8}
+			if w.sched != nil {
+				w.sched.bind(j, hops)
+				msg.Activity = w.sched.activity(j)
+			}
 			var body *streamedBody
 			if e.Body == nil {
 				// Streamed from the store at DATA time, never loaded whole.
@@ -490,6 +518,13 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				_ = body.Close()
 			}
 		}
+	}
+	if errors.Is(context.Cause(ctx), errCongested) && (out == nil || !anyDelivered(out)) {
+		// Preempted: the next hop is congested and holds its share of the
+		// worker already. Not an attempt; the mail waits and comes back.
+		log.Info("delivery preempted: its next hop is not responding; the envelope goes back to the queue")
+		w.handBack(j, "next hop not responding")
+		return nil
 	}
 	if ctx.Err() != nil {
 		// Shutting down past the drain timeout: hand the envelope to another
@@ -665,6 +700,15 @@ func shareError(e *envelope.Envelope, rcpts []envelope.Recipient) []envelope.Rec
 		}
 	}
 	return out
+}
+
+func anyDelivered(out *delivery.Outcome) bool {
+	for _, st := range out.Statuses {
+		if st.Delivered() {
+			return true
+		}
+	}
+	return false
 }
 
 func isPermanent(err error) bool {
