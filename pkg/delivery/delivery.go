@@ -50,6 +50,7 @@ type Message struct {
 // Outcome is the result of one Deliver call.
 type Outcome struct {
 	Hop      Hop          // the hop the transaction ran on (zero if none connected)
+	Tried    Hop          // the last hop tried (connected or not), for logs ("relay=")
 	Statuses []RcptStatus // one per Message.Recipients, same order
 	Reply    string       // final DATA reply text without reply code, for logs ("stat=Sent (...)")
 }
@@ -106,9 +107,11 @@ type Client struct {
 	noTLS  map[netip.AddrPort]time.Time
 }
 
+// downEntry remembers a connect failure of an address; its text is made
+// for the hop asking (several host names may share the address).
 type downEntry struct {
 	until time.Time
-	r     result
+	err   error
 }
 
 // New validates cfg, fills defaults and returns a Client.
@@ -192,6 +195,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			last = result{Enhanced: "4.4.1", Text: fmt.Sprintf("Delivery aborted before connecting to %s: %v", hop.Name, context.Cause(ctx))}
 			break
 		}
+		out.Tried = hop
 		cn, r, ok := c.getConn(ctx, hop, log)
 		if !ok {
 			log.Debug("hop failed", "relay", hop.Name, "addr", hop.Addr, "status", r.String())

@@ -74,6 +74,7 @@ func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 		if cn == nil { // a slot was reserved: dial
 			return c.connect(ctx, hop, log)
 		}
+		cn.hop = hop // same address; the name is this delivery's
 		if time.Since(cn.pooledAt) < reuseUnchecked {
 			cn.reused = true
 			return cn, result{}, true
@@ -120,7 +121,7 @@ func (c *Client) acquire(ctx context.Context, hop Hop) (*conn, result, bool) {
 		if d, ok := c.down[addr]; ok {
 			if time.Now().Before(d.until) {
 				c.mu.Unlock()
-				return nil, d.r, false
+				return nil, connectResult(ctx, hop.Name, d.err), false
 			}
 			delete(c.down, addr)
 		}
@@ -290,7 +291,7 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 	if err != nil {
 		r := connectResult(ctx, name, err)
 		if ctx.Err() == nil {
-			c.markDown(hop.Addr, r)
+			c.markDown(hop.Addr, err)
 		}
 		log.Debug("connect failed", "relay", name, "addr", hop.Addr, "err", err)
 		return nil, r, false
@@ -392,7 +393,7 @@ func (c *Client) tlsConfig(hop Hop) *tls.Config {
 	return cfg
 }
 
-func (c *Client) markDown(addr netip.AddrPort, r result) {
+func (c *Client) markDown(addr netip.AddrPort, err error) {
 	if c.cfg.HostDownTTL <= 0 {
 		return
 	}
@@ -406,7 +407,7 @@ func (c *Client) markDown(addr netip.AddrPort, r result) {
 			}
 		}
 	}
-	c.down[addr] = downEntry{until: now.Add(c.cfg.HostDownTTL), r: r}
+	c.down[addr] = downEntry{until: now.Add(c.cfg.HostDownTTL), err: err}
 }
 
 func (c *Client) clearDown(addr netip.AddrPort) {
