@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -34,6 +36,8 @@ type Worker struct {
 	Routes         config.StringList
 	NoTLS          bool
 	Limits         config.StringList
+	LocalNames     config.StringList
+	LocalAddrs     config.StringList
 	PolicyDir      string
 	PolicyInterval time.Duration
 	Delivery       delivery.Config
@@ -50,6 +54,8 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap); its mailertable is used, hot-reloaded; --route entries override it")
 	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
+	fs.Var(&o.LocalNames, "local-name", "this mail system's own host names (the ingress's --hostname, its MX names), comma-separated: a next hop by one of them is a mail loop, 5.4.6 (default: --helo-name)")
+	fs.Var(&o.LocalAddrs, "local-addr", "this mail system's own listening addresses host:port (the ingress's --listen, its Service/LB addresses; ':25' = every address of this host), comma-separated: a next hop there is a mail loop, 5.4.6 (default: 127.0.0.1:2525)")
 	fs.BoolVar(&o.NoTLS, "no-starttls", false, "never use STARTTLS towards destinations (default: opportunistic)")
 	fs.DurationVar(&o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
 	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
@@ -100,6 +106,9 @@ func (o *Worker) Validate() error {
 	if o.Engine.CongestedConcurrency < 0 || (o.Engine.CongestedConcurrency > 0 && o.Engine.CongestedConcurrency >= o.Engine.Concurrency) {
 		errs = append(errs, errors.New("--congested-concurrency must be below --concurrency (0: a quarter of it)"))
 	}
+	if _, err := o.localAddrs(); err != nil {
+		errs = append(errs, err)
+	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))
 	}
@@ -107,6 +116,30 @@ func (o *Worker) Validate() error {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
 	}
 	return errors.Join(errs...)
+}
+
+// localAddrs parses --local-addr (default: the ingress's default --listen).
+func (o *Worker) localAddrs() ([]netip.AddrPort, error) {
+	list := o.LocalAddrs
+	if len(list) == 0 {
+		list = config.StringList{"127.0.0.1:2525"}
+	}
+	var out []netip.AddrPort
+	for _, a := range list {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("--local-addr %q: %w", a, err)
+		}
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+		if err != nil {
+			return nil, fmt.Errorf("--local-addr %q: want IP:port: %w", a, err)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 func (o *Worker) routeTable() (*route.Table, error) {
@@ -223,6 +256,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp
 	o.Engine.Hostname = o.Delivery.HeloName
+	o.Engine.LocalNames = o.LocalNames
+	if len(o.Engine.LocalNames) == 0 {
+		o.Engine.LocalNames = []string{o.Delivery.HeloName}
+	}
+	o.Engine.LocalAddrs, _ = o.localAddrs()
 	o.Engine.DomainLimits, _ = ParseDomainLimits(o.Limits)
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {

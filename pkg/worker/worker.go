@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -78,6 +79,12 @@ type Config struct {
 	DrainTimeout   time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
 	WarnAfter      time.Duration // send a delay-warning DSN after this long (0: never)
 	Hostname       string        // Reporting-MTA of DSNs, default "localhost"
+	// LocalNames and LocalAddrs are this mail system's own host names and
+	// listening addresses (the ingress's): a route whose next hop is one of
+	// them is a mail loop (5.4.6). An address with an unspecified IP
+	// (":25") stands for every address of this host on that port.
+	LocalNames []string
+	LocalAddrs []netip.AddrPort
 	// DomainConcurrency caps deliveries in flight per recipient domain in
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
@@ -185,6 +192,7 @@ type Worker struct {
 	tracer  trace.Tracer
 	work    context.Context // deliveries run under this; cancelled after the drain timeout
 	sched   *scheduler      // set by Run
+	self    *self
 	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
 	inflight *semaphore.Weighted
 }
@@ -196,6 +204,7 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
 		log:      cfg.Logger.With("component", "worker"),
 		inflight: semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
+		self:     newSelf(cfg.LocalNames, cfg.LocalAddrs),
 		tracer:   cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
 	}
 }
@@ -480,6 +489,9 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		var hops []delivery.Hop
 		hops, rerr = w.router.Route(actx, e.Domain)
 		if rerr == nil {
+			hops, rerr = w.self.notSelf(hops)
+		}
+		if rerr == nil {
 			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: e.Body,
 				EightBit: e.EightBit, UTF8: e.UTF8}
 			if w.sched != nil {
@@ -581,8 +593,16 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			QueueID: e.QueueID, To: r.rcpt.Addr, Arrived: e.Arrived, Started: started, Ended: ended,
 			Size: e.Size, NRcpts: len(e.Recipients), Attempts: r.rcpt.Attempts + 1, DSN: st.Enhanced,
 		}
-		if out != nil && out.Hop.Name != "" {
-			a.RelayHost, a.RelayAddr = out.Hop.Name, out.Hop.Addr.Addr().String()
+		if out != nil {
+			// The host the transaction ran on, else the last one tried (as
+			// sendmail names it: "relay=mx.dead.test. [192.0.2.1]").
+			h := out.Hop
+			if h.Name == "" {
+				h = out.Tried
+			}
+			if h.Name != "" {
+				a.RelayHost, a.RelayAddr = h.Name, h.Addr.Addr().String()
+			}
 		}
 		diag := envelope.TruncateError(replyText(st))
 		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: diag, LastAttempt: ended}
