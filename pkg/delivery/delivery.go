@@ -40,6 +40,9 @@ type Message struct {
 	// Activity, when set, is called whenever bytes move on the connection
 	// (progress, as opposed to a destination that does not answer).
 	Activity func()
+	// DataStarted, when set, is called once the remote accepted DATA: from
+	// then on, aborting may leave a delivered message behind.
+	DataStarted func()
 	EightBit bool // client used BODY=8BITMIME
 	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
 	// connection this message used (a per-domain limit).
@@ -378,6 +381,9 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		setRest(r)
 		out.Reply = r.Text
 		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil, false
+	}
+	if msg.DataStarted != nil {
+		msg.DataStarted()
 	}
 	deadline := time.Now().Add(c.cfg.DataTimeout)
 	if err := cn.raw.SetDeadline(deadline); err != nil {

@@ -111,10 +111,10 @@ func bigBody(size int) []byte {
 // One 20 MB message to many domains must not load a copy of the body per
 // delivery: bodies are streamed from the store.
 func TestBigMessageToManyDomainsIsStreamed(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	const domains = 8
-	r := newRig(t, ctx, delivery.Config{DataTimeout: 60 * time.Second})
+	const domains = 4
+	r := newRig(t, ctx, delivery.Config{DataTimeout: 150 * time.Second})
 	var heapAtBarrier uint64
 	mx := &dataMX{barrier: domains, atBarrier: func() {
 		runtime.GC()
@@ -123,7 +123,9 @@ func TestBigMessageToManyDomainsIsStreamed(t *testing.T) {
 		heapAtBarrier = ms.HeapAlloc
 	}}
 	r.route(".", startDataMX(t, mx))
-	r.run(Config{Concurrency: domains, RepanicForTests: true, MaxBodyBytesInFlight: 1 << 30}, nil, nil)
+	// Stalls at the barrier are expected: nothing may be taken for congestion.
+	r.run(Config{Concurrency: domains, RepanicForTests: true, MaxBodyBytesInFlight: 1 << 30,
+		AttemptTimeout: 150 * time.Second, StallAfter: 5 * time.Minute}, nil, nil)
 
 	rcpts := map[string][]string{}
 	for i := range domains {
@@ -146,7 +148,7 @@ func TestBigMessageToManyDomainsIsStreamed(t *testing.T) {
 	}
 	grown := int64(heapAtBarrier) - int64(base)
 	t.Logf("heap with %d transfers of a 20 MB body in flight: %+d MB over the baseline", domains, grown>>20)
-	if grown > 40<<20 {
+	if grown > 30<<20 {
 		t.Errorf("heap grew by %d MB with %d deliveries of one 20 MB body in flight; the body is loaded per delivery", grown>>20, domains)
 	}
 	if got, want := mx.bytes.Load(), int64(domains)*int64(len(bigBody(20<<20))); got < want {

@@ -51,6 +51,7 @@ type run struct {
 	last      atomic.Int64 // unix nanos of the last byte moved to or from the remote
 	cancel    context.CancelCauseFunc
 	preempted bool
+	inData    atomic.Bool // the remote accepted DATA: never preempted (a duplicate could follow)
 }
 
 // progress is when the run last made progress (its start counts).
@@ -225,6 +226,17 @@ func (s *scheduler) activity(j *queue.Job) func() {
 	return func() { r.last.Store(time.Now().UnixNano()) }
 }
 
+// dataStarted returns the callback marking j's delivery as in DATA.
+func (s *scheduler) dataStarted(j *queue.Job) func() {
+	s.mu.Lock()
+	r := s.runs[j]
+	s.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	return func() { r.inData.Store(true) }
+}
+
 // congestedRuns counts the runs to congested next hops (not yet preempted)
 // and preempts the newest stuck ones beyond the congested share, so that
 // the congested destinations together never hold more than it.
@@ -245,13 +257,27 @@ func (s *scheduler) congestedRuns(now time.Time) int {
 	if len(stuck) <= share {
 		return len(stuck)
 	}
-	// Keep the oldest (they are closest to their own timeout), cancel the rest.
-	slices.SortFunc(stuck, func(a, b *run) int { return a.start.Compare(b.start) })
-	for _, r := range stuck[share:] {
+	// Keep those in DATA (aborting one could duplicate a delivered
+	// message), then the oldest (closest to their own timeout); cancel the rest.
+	slices.SortFunc(stuck, func(a, b *run) int {
+		if a.inData.Load() != b.inData.Load() {
+			if a.inData.Load() {
+				return -1
+			}
+			return 1
+		}
+		return a.start.Compare(b.start)
+	})
+	kept := 0
+	for _, r := range stuck {
+		if kept < share || r.inData.Load() {
+			kept++
+			continue
+		}
 		r.preempted = true
 		r.cancel(errCongested)
 	}
-	return share
+	return kept
 }
 
 // pump starts what may start and hands back what is congested.

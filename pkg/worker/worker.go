@@ -497,6 +497,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			if w.sched != nil {
 				w.sched.bind(j, hops)
 				msg.Activity = w.sched.activity(j)
+				msg.DataStarted = w.sched.dataStarted(j)
 			}
 			var body *streamedBody
 			if e.Body == nil {

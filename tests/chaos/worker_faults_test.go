@@ -133,13 +133,10 @@ func TestPoisonDestination(t *testing.T) {
 	for time.Now().Before(deadline) && dsns() < int(accepted.Load()) {
 		time.Sleep(200 * time.Millisecond)
 	}
-	var left map[string]uint64
-	for time.Now().Before(deadline) {
-		left = streamMsgs(t, m.NATS.URL())
-		if left["mail.ready"]+left["mail.deferred"]+left["mail.failed"] == 0 {
-			break
-		}
+	left := streamMsgs(t, m.NATS.URL())
+	for time.Now().Before(deadline) && left["mail.ready"]+left["mail.deferred"]+left["mail.failed"] != 0 {
 		time.Sleep(200 * time.Millisecond)
+		left = streamMsgs(t, m.NATS.URL())
 	}
 	got := snk.RecipientsDelivered()
 	dups, missing := 0, 0
