@@ -43,7 +43,7 @@ type Message struct {
 	// DataStarted, when set, is called once the remote accepted DATA: from
 	// then on, aborting may leave a delivered message behind.
 	DataStarted func()
-	EightBit bool // client used BODY=8BITMIME
+	EightBit    bool // client used BODY=8BITMIME
 	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
 	// connection this message used (a per-domain limit).
 	MaxMsgsPerConn int
