@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/dsn"
 )
 
 // RcptStatus is the outcome for one recipient.
@@ -90,22 +92,9 @@ func okResult(text string) result {
 	return r
 }
 
+// isEnhanced reports whether s is a valid RFC 3463 status of the class.
 func isEnhanced(s string, class byte) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(parts[0]) != 1 || parts[0][0] != class {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if p == "" || len(p) > 3 {
-			return false
-		}
-		for i := 0; i < len(p); i++ {
-			if p[i] < '0' || p[i] > '9' {
-				return false
-			}
-		}
-	}
-	return true
+	return len(s) > 0 && s[0] == class && dsn.ValidStatus(s)
 }
 
 func oneLine(s string) string {
