@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
 	"github.com/mailfwd/mailfwd/pkg/sink"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
 const sender = "sender@src.test"
@@ -151,7 +153,8 @@ func TestPanicEndsInFailedState(t *testing.T) {
 	snk := sink.New(sink.Config{})
 	r.route(".", snk.Start(t, "127.0.0.1:0"))
 	pr := &panicky{Router: &route.Router{Table: r.table}}
-	r.run(Config{MaxHandlings: 3}, pr, nil)
+	metrics := telemetry.NewMetrics()
+	r.run(Config{MaxHandlings: 3, Metrics: metrics}, pr, nil)
 
 	qid := envelope.NewQueueID()
 	r.message(sender, testBody(qid), map[string][]string{"boom.test": {"x@boom.test"}})
@@ -160,6 +163,11 @@ func TestPanicEndsInFailedState(t *testing.T) {
 	waitFor(t, ctx, "the failed entry", func() bool { return len(r.entries(queue.StateFailed)) == 1 })
 	if h := pr.hits.Load(); h != 3 {
 		t.Errorf("routed %d times, want MaxHandlings = 3", h)
+	}
+	rec := httptest.NewRecorder()
+	metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "mailfwd_worker_failed_total 1") {
+		t.Errorf("metrics lack mailfwd_worker_failed_total 1:\n%s", grep(rec.Body.String(), "mailfwd_worker"))
 	}
 	d := dsnsTo(snk, sender)[0]
 	for _, want := range []string{"Final-Recipient: rfc822; x@boom.test", "Action: failed"} {
