@@ -64,6 +64,11 @@ func derivedEnhanced(code int) string {
 
 // replyResult turns a server reply carried in a *smtp.SMTPError.
 func replyResult(e *smtp.SMTPError) result {
+	if c := e.Code / 100; c != 2 && c != 4 && c != 5 {
+		// Not a reply SMTP allows here (1xx, 3xx, garbage): a protocol
+		// error, temporary, and the connection is not trusted further.
+		return result{Enhanced: "4.5.0", Text: fmt.Sprintf("Unexpected reply %d %s", e.Code, oneLine(e.Message))}
+	}
 	r := result{Code: e.Code, Text: oneLine(e.Message)}
 	ec := e.EnhancedCode
 	r.Enhanced = derivedEnhanced(e.Code)
@@ -150,7 +155,8 @@ func lostResult(ctx context.Context, name, during string, err error) result {
 func stepError(ctx context.Context, name, during string, err error) (r result, isReply bool) {
 	var serr *smtp.SMTPError
 	if errors.As(err, &serr) && ctx.Err() == nil {
-		return replyResult(serr), true
+		r := replyResult(serr)
+		return r, r.Code != 0
 	}
 	return lostResult(ctx, name, during, err), false
 }
