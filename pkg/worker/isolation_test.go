@@ -199,3 +199,34 @@ func TestBusyDelayBacksOff(t *testing.T) {
 		}
 	}
 }
+
+// A delivery whose body was sent and that waits for the final reply is
+// never cancelled for congestion: the remote may already have the message,
+// and a retry would deliver it twice.
+func TestCongestionNeverPreemptsDATA(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := newRig(t, ctx, delivery.Config{})
+	snk := sink.New(sink.Config{DataDelay: func() time.Duration { return 3 * time.Second }})
+	r.route(".", snk.Start(t, "127.0.0.1:0"))
+	var logs syncBuffer
+	r.run(Config{Concurrency: 4, CongestedConcurrency: 1, StallAfter: 300 * time.Millisecond, RepanicForTests: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil, nil)
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		r.message(sender, testBody(d), map[string][]string{d: {"u@" + d}})
+	}
+	if err := snk.WaitCount(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitStreamEmpty(ctx, r.url); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		if n := snk.RecipientsDelivered()["u@"+d]; n != 1 {
+			t.Errorf("u@%s delivered %d times, want 1", d, n)
+		}
+	}
+	if strings.Contains(logs.String(), "preempted") {
+		t.Errorf("a delivery in DATA was preempted:\n%s", grep(logs.String(), "preempted"))
+	}
+}
