@@ -1,0 +1,70 @@
+package smtp_test
+
+import (
+	"io"
+	"testing"
+)
+
+// Tests for the replies mailfwd patches (see PATCHES.md): RFC 5321 §4.2
+// and RFC 3463 codes where upstream v0.25.1 hard-codes others.
+
+func TestPatchedReplies(t *testing.T) {
+	cases := []struct {
+		name  string
+		lines []string // commands; the reply to the last one is checked
+		want  string
+	}{
+		{"MAIL before EHLO", []string{"MAIL FROM:<a@b.test>"}, "503 5.5.1 "},
+		{"RCPT before MAIL", []string{"EHLO c", "RCPT TO:<a@b.test>"}, "503 5.5.1 "},
+		{"DATA before RCPT", []string{"EHLO c", "MAIL FROM:<a@b.test>", "DATA"}, "503 5.5.1 "},
+		{"BDAT before RCPT", []string{"EHLO c", "BDAT 0 LAST"}, "503 5.5.1 "},
+		{"AUTH before EHLO", []string{"AUTH PLAIN"}, "503 5.5.1 "},
+		{"unknown command", []string{"EHLO c", "XYZZY"}, "500 5.5.2 "},
+		{"short command", []string{"EHLO c", "AB"}, "500 5.5.2 "},
+		{"MAIL ok", []string{"EHLO c", "MAIL FROM:<a@b.test>"}, "250 2.1.0 Ok"},
+		{"RCPT ok", []string{"EHLO c", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>"}, "250 2.1.5 Ok"},
+		{"HELO names the server first", []string{"HELO client.test"}, "250 localhost Hello client.test"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, s, c, scanner := testServerGreeted(t)
+			defer s.Close()
+			defer c.Close()
+			var got string
+			for _, l := range tc.lines {
+				io.WriteString(c, l+"\r\n")
+				for scanner.Scan() {
+					got = scanner.Text()
+					if len(got) < 4 || got[3] != '-' {
+						break
+					}
+				}
+			}
+			if len(got) < len(tc.want) || got[:len(tc.want)] != tc.want {
+				t.Fatalf("reply %q, want prefix %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestQuotedLocalPartVerbatim(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	defer c.Close()
+	for _, l := range []string{`MAIL FROM:<"a b"@src.test>`, `RCPT TO:<"x.\"y"@dst.test>`, `RCPT TO:<"a..b"@dst.test>`, "DATA"} {
+		io.WriteString(c, l+"\r\n")
+		scanner.Scan()
+	}
+	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	scanner.Scan()
+	if len(be.messages) != 1 {
+		t.Fatalf("messages = %d (last reply %q)", len(be.messages), scanner.Text())
+	}
+	m := be.messages[0]
+	if m.From != `"a b"@src.test` {
+		t.Errorf("From = %q", m.From)
+	}
+	if len(m.To) != 2 || m.To[0] != `"x.\"y"@dst.test` || m.To[1] != `"a..b"@dst.test` {
+		t.Errorf("To = %q", m.To)
+	}
+}
