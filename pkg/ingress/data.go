@@ -376,4 +376,3 @@ func (s *Server) stream(ctx context.Context, key string, m *message) (int64, err
 	defer pspan.End()
 	return s.bodies.PutStream(pctx, key, m.rest)
 }
-

@@ -157,7 +157,7 @@ func TestCutOffInDataLeavesNothing(t *testing.T) {
 	c := dial(t, f.addr)
 	openData(c)
 	chunk := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 1024) // 64 KiB
-	for range 32 {                                                                                              // 2 MiB: streamed, not inline
+	for range 32 {                                                                                       // 2 MiB: streamed, not inline
 		writeRaw(t, c, chunk)
 	}
 	c.conn.Close()
@@ -429,4 +429,3 @@ func waitFor(tb testing.TB, cond func() bool) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
-

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"golang.org/x/sync/semaphore"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
