@@ -429,3 +429,33 @@ func waitFor(tb testing.TB, cond func() bool) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
+
+// Defect 6 and issue 10 defect 6: a virtual domain without catch-all knows
+// only its entries; an expansion counts against the recipient limit.
+func TestVirtualUsersAndExpansionLimit(t *testing.T) {
+	pol, err := policy.Parse(map[string][]byte{
+		"access":           []byte("To:virt.test RELAY\nTo:local.test RELAY\nTo:dst.test RELAY\n"),
+		"local-host-names": []byte("local.test\n"),
+		"aliases":          []byte("team: a@dst.test, b@dst.test, c@dst.test\n"),
+		"virtusertable":    []byte("known@virt.test sales@dst.test\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, func(c *ingress.Config) {
+		c.MaxRecipients = 2
+		c.Policy = &ingress.SendmailPolicy{Current: func() *policy.Policy { return pol }, MaxExpansion: 2}
+	})
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.test")
+	c.expect(250, "MAIL FROM:<a@src.test>")
+	if r := c.cmd("RCPT TO:<stranger@virt.test>"); r.Code != 550 || !strings.HasPrefix(r.Text(), "5.1.1 ") || !strings.Contains(r.Text(), "User unknown") {
+		t.Errorf("unknown virtual user: %v, want 550 5.1.1 User unknown", r)
+	}
+	if r := c.cmd("RCPT TO:<team@local.test>"); r.Code != 452 || !strings.HasPrefix(r.Text(), "4.5.3 ") {
+		t.Errorf("alias of 3 with a limit of 2: %v, want 452 4.5.3", r)
+	}
+	c.expect(250, "RCPT TO:<known@virt.test>")
+	c.expect(250, "RCPT TO:<x@dst.test>")
+	queueID(t, c.sendData("Subject: v\r\n\r\nx\r\n"))
+}

@@ -346,6 +346,11 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 		parsed = append(parsed, ta)
 	}
+	if n := ss.newTargets(parsed); len(ss.targets)+n > ss.s.cfg.MaxRecipients {
+		// go-smtp counts what the client gave; expansions count too.
+		ss.s.log.Info("recipient refused: its expansion exceeds the recipient limit", "queue_id", ss.qid, "to", to, "targets", len(ss.targets)+n, "max_recipients", ss.s.cfg.MaxRecipients)
+		return reply(Reject(452, "4.5.3", fmt.Sprintf("Too many recipients (more than %d after expansion)", ss.s.cfg.MaxRecipients)), ss.qid)
+	}
 	if len(targets) == 0 {
 		ss.s.log.Info(ss.qid+": to=<"+to+">: discarded by policy", "queue_id", ss.qid)
 	} else if len(targets) > 1 || targets[0] != to {
@@ -366,6 +371,30 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 	}
 	return nil
+}
+
+// newTargets counts the addresses of parsed not yet among the targets.
+func (ss *session) newTargets(parsed []address.Address) int {
+	n := 0
+	for i, ta := range parsed {
+		dup := false
+		for _, have := range ss.targets {
+			if have.Raw == ta.Raw {
+				dup = true
+				break
+			}
+		}
+		for _, prev := range parsed[:i] {
+			if prev.Raw == ta.Raw {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			n++
+		}
+	}
+	return n
 }
 
 func (ss *session) proto() string {
