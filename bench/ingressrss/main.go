@@ -302,10 +302,13 @@ type destSession struct {
 	rcpts []string
 }
 
-func (s *destSession) Reset()                                    { s.rcpts = nil }
-func (s *destSession) Logout() error                             { return nil }
-func (s *destSession) Mail(string, *smtp.MailOptions) error      { return nil }
-func (s *destSession) Rcpt(to string, _ *smtp.RcptOptions) error { s.rcpts = append(s.rcpts, to); return nil }
+func (s *destSession) Reset()                               { s.rcpts = nil }
+func (s *destSession) Logout() error                        { return nil }
+func (s *destSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *destSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
 
 func (s *destSession) Data(r io.Reader) error {
 	br := bufio.NewReaderSize(r, 64<<10)

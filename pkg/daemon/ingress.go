@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -197,6 +199,12 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	}
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Keep the heap near what --max-in-flight-bytes lets live.
+		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)
+		debug.SetMemoryLimit(limit)
+		log.Info("Go soft memory limit set from --max-in-flight-bytes (GOMEMLIMIT overrides)", "component", "ingress", "limit_bytes", limit)
+	}
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error

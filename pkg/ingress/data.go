@@ -20,10 +20,17 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 )
 
-// DefaultMaxInFlightBytes is the default body-buffer budget: a quarter of
-// the chart's 512 Mi memory limit, leaving room for the Go heap's growth
-// (GOGC) and the sessions themselves.
-const DefaultMaxInFlightBytes = 128 << 20
+// DefaultMaxInFlightBytes is the default body-buffer budget: 80 MiB, about
+// 15 concurrent S3 uploads (5 MiB parts) and any number of small or
+// file-store messages; with the Go runtime's soft memory limit set from it
+// (see MemoryLimit) the ingress stays near 150 MB however large and many
+// the messages are, far inside the chart's 512 Mi.
+const DefaultMaxInFlightBytes = 80 << 20
+
+// MemoryLimit is the Go soft memory limit that goes with an in-flight
+// budget: the budget's buffers are live heap, and without a limit the
+// collector lets the heap grow to twice the live set before it runs.
+func MemoryLimit(maxInFlight int64) int64 { return maxInFlight + 48<<20 }
 
 // minPeek is the least the ingress reads of a body before it decides how
 // to store it: bodies up to it are stored with one Put of known size.
