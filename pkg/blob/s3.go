@@ -159,15 +159,15 @@ func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, err
 	buf := *bp
 	obj := s.object(key)
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream"}
-	n, err := io.ReadFull(r, buf)
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	n, eof, err := fill(r, buf)
+	if err != nil {
+		return 0, fmt.Errorf("blob: s3: put stream %q: read: %w", key, err)
+	}
+	if eof {
 		if _, err := s.client.PutObject(ctx, s.bucket, obj, bytes.NewReader(buf[:n]), int64(n), opts); err != nil {
 			return 0, fmt.Errorf("blob: s3: put stream %q: %w", key, err)
 		}
 		return int64(n), nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("blob: s3: put stream %q: read: %w", key, err)
 	}
 	uploadID, err := s.core.NewMultipartUpload(ctx, s.bucket, obj, opts)
 	if err != nil {
@@ -183,7 +183,7 @@ func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, err
 	}()
 	var parts []minio.CompletePart
 	var total int64
-	for last := false; ; {
+	for {
 		if len(parts) == s3MaxParts {
 			return 0, fmt.Errorf("blob: s3: put stream %q: more than %d parts of %d bytes", key, s3MaxParts, s3StreamPartSize)
 		}
@@ -193,17 +193,14 @@ func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, err
 		}
 		parts = append(parts, minio.CompletePart{PartNumber: len(parts) + 1, ETag: p.ETag})
 		total += int64(n)
-		if last {
+		if eof {
 			break
 		}
-		n, err = io.ReadFull(r, buf)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			last = true
-		} else if err != nil {
+		if n, eof, err = fill(r, buf); err != nil {
 			return 0, fmt.Errorf("blob: s3: put stream %q: read: %w", key, err)
+		}
+		if n == 0 {
+			break
 		}
 	}
 	if _, err := s.core.CompleteMultipartUpload(ctx, s.bucket, obj, uploadID, parts, opts); err != nil {
@@ -211,6 +208,23 @@ func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, err
 	}
 	committed = true
 	return total, nil
+}
+
+// fill reads r into buf until buf is full or r ends. Only io.EOF is an end:
+// any other error, io.ErrUnexpectedEOF included (go-smtp's DATA reader
+// returns it when the client goes away), is r's failure and returned.
+func fill(r io.Reader, buf []byte) (n int, eof bool, err error) {
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
 }
 
 // Open implements Store.

@@ -324,6 +324,9 @@ func (s *Server) accept(ss *session, m *message) error {
 		msgid = m.in.msgid
 	default:
 		n, err := s.stream(ctx, ss.qid, m)
+		if err == nil && m.in.err != nil {
+			err = fmt.Errorf("the store took a body whose read failed: %w", m.in.err) // never queue a cut-off message
+		}
 		if err != nil {
 			return fail("body store failed; answering 451", err)
 		}
