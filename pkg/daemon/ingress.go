@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"time"
@@ -113,11 +114,13 @@ type Ingress struct {
 	TLSCert, TLSKey string
 	RelayNetworks   config.StringList
 	RelayDomains    config.StringList
-	PolicyDir       string
-	PolicyInterval  time.Duration
-	DNSServer       string
-	ShutdownTimeout time.Duration
-	SMTP            ingress.Config
+	// ClientLimitExceptions is --client-limit-exceptions (nil: the default).
+	ClientLimitExceptions config.StringList
+	PolicyDir             string
+	PolicyInterval        time.Duration
+	DNSServer             string
+	ShutdownTimeout       time.Duration
+	SMTP                  ingress.Config
 }
 
 // Register adds the ingress flags.
@@ -138,6 +141,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
 	fs.IntVar(&o.SMTP.MaxSessionsPerClient, "max-sessions-per-client", 50, "concurrent SMTP sessions from one client address (IPv6: one /64); more get 421 4.7.0")
 	fs.IntVar(&o.SMTP.MaxConnectionsPerClientPerMinute, "max-connections-per-client-per-minute", 600, "new connections from one client address per minute (token bucket, bursts up to this); more get 421 4.7.0")
+	fs.Var(&o.ClientLimitExceptions, "client-limit-exceptions", "client networks exempt from the per-client session and connection-rate limits (CIDR or address, comma-separated; default 127.0.0.0/8,::1; \"none\" for no exceptions)")
 	fs.IntVar(&o.SMTP.MaxErrorsPerSession, "max-errors-per-session", 20, "error replies (4xx/5xx) after which a session is closed with 421 4.7.0, as Postfix's smtpd_hard_error_limit (0: no limit)")
 	fs.IntVar(&o.SMTP.MaxHops, "max-hops", 25, "Received: headers a message may carry; more get 554 5.4.6 Too many hops (sendmail's MaxHopCount)")
 	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
@@ -185,10 +189,24 @@ func (o *Ingress) Validate() error {
 	if o.PolicyDir != "" && (len(o.RelayNetworks) > 0 || len(o.RelayDomains) > 0) {
 		errs = append(errs, errors.New("--policy-dir replaces --relay-networks/--relay-domains (put Connect:/To: RELAY entries in its access file)"))
 	}
+	if _, err := o.clientLimitExceptions(); err != nil {
+		errs = append(errs, fmt.Errorf("--client-limit-exceptions: %w", err))
+	}
 	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// clientLimitExceptions parses --client-limit-exceptions with its default.
+func (o *Ingress) clientLimitExceptions() ([]netip.Prefix, error) {
+	switch {
+	case len(o.ClientLimitExceptions) == 0:
+		return ingress.ParseNetworks([]string{"127.0.0.0/8", "::1"})
+	case len(o.ClientLimitExceptions) == 1 && o.ClientLimitExceptions[0] == "none":
+		return nil, nil
+	}
+	return ingress.ParseNetworks(o.ClientLimitExceptions)
 }
 
 // RunIngress runs an ingress until ctx is cancelled, then drains it.
@@ -199,6 +217,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	}
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
+	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the heap near what --max-in-flight-bytes lets live.
 		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/textproto"
 	"strings"
 	"sync"
@@ -458,4 +459,16 @@ func TestVirtualUsersAndExpansionLimit(t *testing.T) {
 	c.expect(250, "RCPT TO:<known@virt.test>")
 	c.expect(250, "RCPT TO:<x@dst.test>")
 	queueID(t, c.sendData("Subject: v\r\n\r\nx\r\n"))
+}
+
+// Exempt networks (loopback by default in the daemon) are not limited per client.
+func TestClientLimitExceptions(t *testing.T) {
+	f := start(t, func(c *ingress.Config) {
+		c.MaxSessionsPerClient = 1
+		c.MaxConnectionsPerClientPerMinute = 1
+		c.ClientLimitExceptions = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	for range 3 {
+		dial(t, f.addr).expect(250, "NOOP") // each stays open
+	}
 }

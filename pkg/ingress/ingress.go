@@ -69,6 +69,9 @@ type Config struct {
 	// MaxConnectionsPerClientPerMinute bounds new connections from one
 	// client address (a token bucket of this size refilled over a minute).
 	MaxConnectionsPerClientPerMinute int
+	// ClientLimitExceptions are client networks exempt from the two limits
+	// above (as Postfix's smtpd_client_event_limit_exceptions).
+	ClientLimitExceptions []netip.Prefix
 	// MaxErrorsPerSession closes a session with 421 4.7.0 after this many
 	// error replies (Postfix smtpd_hard_error_limit).
 	MaxErrorsPerSession int

@@ -76,10 +76,20 @@ func (s *Server) admit(c net.Conn) *conn {
 		}
 		s.clients[key] = cs
 	}
+	exempt := false
+	for _, p := range s.cfg.ClientLimitExceptions {
+		if p.Contains(ap.Addr().Unmap()) {
+			exempt = true
+			break
+		}
+	}
 	var refusal, why string
 	switch {
 	case s.sessions >= s.cfg.MaxSessions:
 		refusal, why = "421 4.3.2 "+s.cfg.Hostname+" Too many sessions, try again later", "session limit reached"
+	case exempt:
+		s.sessions++
+		cs.sessions++
 	case cs.sessions >= s.cfg.MaxSessionsPerClient:
 		refusal, why = "421 4.7.0 "+s.cfg.Hostname+" Error: too many sessions from "+ap.Addr().Unmap().String(), "per-client session limit reached"
 	case cs.limiter != nil && !cs.limiter.AllowN(now, 1):
