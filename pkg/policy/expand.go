@@ -353,7 +353,7 @@ type expander struct {
 // Expand applies virtusertable (for domains that have entries) and then
 // aliases (for local-host-names domains), recursively up to 20 levels.
 // Duplicates are removed, order is kept. A loop, an error: target, a
-// .REDIRECT target, a local user without alias or a user of a virtual
+// .REDIRECT target, a local user without alias or a recipient in a virtual
 // domain without entry (and without catch-all) rejects the recipient.
 func (p *Policy) Expand(rcpt string) Expansion { return p.ExpandMax(rcpt, 0) }
 
@@ -429,8 +429,11 @@ func (x *expander) expand(addr string, depth int, chain []string) *Reply {
 			rep = x.alias(local, addr, depth, chain)
 			break
 		}
-		if virtual && !matched {
-			// A virtual domain without a catch-all: only its entries exist.
+		if virtual && !matched && depth == 0 {
+			// A virtual domain without a catch-all accepts only the
+			// addresses it lists (sendmail: User unknown). What the policy
+			// itself expands to (alias and virtusertable targets) is routed
+			// as the operator wrote it.
 			x.steps = append(x.steps, "virtusertable: no entry for "+a.Raw)
 			rep = &Reply{Code: 550, Enhanced: "5.1.1", Text: fmt.Sprintf("<%s>... User unknown", a.Raw)}
 			break

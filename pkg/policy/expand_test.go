@@ -23,6 +23,7 @@ loop-c: loop-a
 self: self@local.example
 list: "quoted user"@example.net, root
 dangling: nobody-here
+to-nocatch: other@nocatch.example
 `
 
 const expandVirtusertable = `# virtual domains
@@ -112,6 +113,8 @@ func TestExpand(t *testing.T) {
 		{rcpt: "stranger@nocatch.example", reject: &Reply{550, "5.1.1", "<stranger@nocatch.example>... User unknown"},
 			steps: []string{"virtusertable: no entry for stranger@nocatch.example"}},
 		{rcpt: "anyone@self.example", addrs: []string{"anyone@self.example"}},
+		// ... but an address the policy expands to is routed as written.
+		{rcpt: "to-nocatch@local.example", addrs: []string{"other@nocatch.example"}},
 		{rcpt: "x@local.example", addrs: []string{"ops@example.com", "oncall@example.com", "second@example.net", "third@example.net"},
 			steps: []string{"virtusertable:19: x@local.example -> team", "aliases:8: team"}},
 	}
