@@ -2,6 +2,8 @@ package ingress_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 	"github.com/mailfwd/mailfwd/pkg/policy"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // Hostile and slow clients (issue 9): every case over a real socket.
@@ -294,14 +297,34 @@ func TestConnectionRatePerClient(t *testing.T) {
 	c.expectClosed()
 }
 
-// Defect 4: an error budget per session (Postfix smtpd_hard_error_limit).
+// Defect 4: an error budget per session (Postfix smtpd_hard_error_limit),
+// in plain text and after STARTTLS.
 func TestErrorBudgetPerSession(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) { testErrorBudget(t, useTLS) })
+	}
+}
+
+func testErrorBudget(t *testing.T, useTLS bool) {
+	serverTLS := testenv.TLSConfig(t)
 	f := start(t, func(c *ingress.Config) {
 		c.MaxErrorsPerSession = 3
 		c.Policy = &ingress.StaticRelay{Domains: []string{"dst.test"}}
+		c.TLSConfig = serverTLS
 	})
 	c := dial(t, f.addr)
 	c.expect(250, "EHLO client.test")
+	if useTLS {
+		c.expect(220, "STARTTLS")
+		roots := x509.NewCertPool()
+		roots.AddCert(serverTLS.Certificates[0].Leaf)
+		tc := tls.Client(c.conn, &tls.Config{ServerName: "localhost", RootCAs: roots, MinVersion: tls.VersionTLS12})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("TLS handshake: %v", err)
+		}
+		c.conn, c.tp = tc, textproto.NewConn(tc)
+		c.expect(250, "EHLO client.test")
+	}
 	c.expect(250, "MAIL FROM:<a@src.test>")
 	c.expect(550, "RCPT TO:<x1@elsewhere.test>")
 	c.expect(550, "RCPT TO:<x2@elsewhere.test>")

@@ -186,6 +186,7 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
+	srv.MaxErrors = cfg.MaxErrorsPerSession
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.TLSConfig = cfg.TLSConfig

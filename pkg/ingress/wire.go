@@ -16,8 +16,9 @@ import (
 
 // The edge of the ingress: every byte from a client passes through conn, so
 // the limits on the input live here, once: the idle timeout per read, the
-// end of a session after a read error, the error budget, and (in listener)
-// the per-client session and connection-rate limits.
+// end of a session after a read error, and (at accept) the per-client
+// session and connection-rate limits. (The error budget is go-smtp's
+// Server.MaxErrors, where every reply is written in plain text.)
 
 // errInputClosed is what reads return after the first read error of a
 // session: nothing more is read from that client. It wraps net.ErrClosed
@@ -163,9 +164,8 @@ type conn struct {
 
 	// Read and Write are called from the session's goroutine only; these
 	// fields need no lock.
-	readErr    error // the first read error; reads after it return errInputClosed
-	nread      int64
-	errReplies int // 4xx/5xx replies written, for MaxErrorsPerSession
+	readErr error // the first read error; reads after it return errInputClosed
+	nread   int64
 
 	// Set by the session's Data, which runs in another goroutine for BDAT.
 	inData     atomic.Bool // a DATA transfer is being read (the session logs what ends it)
@@ -237,9 +237,8 @@ func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t
 // closeAfterReply ends the session once the next reply is written.
 func (c *conn) closeAfterReply() { c.closeAfter.Store(true) }
 
-// Write replaces the first line go-smtp writes (its fixed 220 greeting),
-// counts error replies against MaxErrorsPerSession, and closes the
-// connection after the reply that closeAfterReply asked for.
+// Write replaces the first line go-smtp writes (its fixed 220 greeting) and
+// closes the connection after the reply that closeAfterReply asked for.
 func (c *conn) Write(p []byte) (int, error) {
 	if !c.greeted {
 		c.greeted = true
@@ -257,15 +256,6 @@ func (c *conn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if err != nil {
 		return n, err
-	}
-	// go-smtp writes each reply line with one Write; a final line is "NNN ".
-	if len(p) >= 4 && p[3] == ' ' && (p[0] == '4' || p[0] == '5') && string(p[:3]) != "421" {
-		c.errReplies++
-		if max := c.s.cfg.MaxErrorsPerSession; max > 0 && c.errReplies >= max && !c.closeAfter.Load() {
-			c.s.log.Info("too many errors in one session; closing", "client", c.key.String(), "errors", c.errReplies)
-			_, _ = io.WriteString(c.Conn, "421 4.7.0 "+c.s.cfg.Hostname+" Error: too many errors\r\n")
-			c.closeAfter.Store(true)
-		}
 	}
 	if c.closeAfter.Load() {
 		c.readErr = errInputClosed

@@ -30,6 +30,8 @@ type Conn struct {
 
 	// Number of errors witnessed on this connection
 	errCount int
+	// Number of 4xx/5xx replies sent, for Server.MaxErrors
+	errReplies int
 
 	session    Session
 	locker     sync.Mutex
@@ -1312,6 +1314,14 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
 	} else {
 		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+	}
+
+	if code >= 400 && code != 421 && c.server.MaxErrors > 0 {
+		c.errReplies++
+		if c.errReplies >= c.server.MaxErrors {
+			c.writeResponse(421, EnhancedCode{4, 7, 0}, c.server.Domain+" Error: too many errors")
+			c.Close()
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package smtp_test
 import (
 	"io"
 	"testing"
+
+	"github.com/emersion/go-smtp"
 )
 
 // Tests for the replies mailfwd patches (see PATCHES.md): RFC 5321 §4.2
@@ -66,5 +68,29 @@ func TestQuotedLocalPartVerbatim(t *testing.T) {
 	}
 	if len(m.To) != 2 || m.To[0] != `"x.\"y"@dst.test` || m.To[1] != `"a..b"@dst.test` {
 		t.Errorf("To = %q", m.To)
+	}
+}
+
+func TestMaxErrors(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxErrors = 3 })
+	defer s.Close()
+	defer c.Close()
+	var got []string
+	for _, l := range []string{"EHLO c", "RCPT TO:<a@b.test>", "DATA", "NOOP", "MAIL FROM:<a@b.test> FOO=BAR", "NOOP"} {
+		io.WriteString(c, l+"\r\n")
+		for scanner.Scan() {
+			got = append(got, scanner.Text())
+			if t := scanner.Text(); len(t) < 4 || t[3] != '-' {
+				break
+			}
+		}
+	}
+	// EHLO (multi-line), 503, 503, 250 NOOP, 500 (third error), 421, then closed.
+	last := got[len(got)-1]
+	if last != "421 4.7.0 localhost Error: too many errors" {
+		t.Fatalf("replies %q: want the third error followed by 421 4.7.0", got)
+	}
+	if scanner.Scan() {
+		t.Fatalf("connection still open: %q", scanner.Text())
 	}
 }

@@ -35,6 +35,7 @@ type Server struct {
 	MaxRecipients     int
 	MaxMessageBytes   int64
 	MaxLineLength     int
+	MaxErrors         int // mailfwd: 421 4.7.0 and close after this many 4xx/5xx replies (0: no limit), as Postfix's smtpd_hard_error_limit
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
