@@ -84,7 +84,13 @@ func (ss *session) Data(r io.Reader) (err error) {
 		return reply(errNoBufferSpace, ss.qid)
 	}
 	defer release()
-	buf := make([]byte, peek)
+	bp, _ := ss.s.peekBufs.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < peek {
+		b := make([]byte, peek+1024) // room for longer Received: headers next time
+		bp = &b
+	}
+	defer ss.s.peekBufs.Put(bp) // nothing refers to it once accept returned
+	buf := (*bp)[:peek]
 	copy(buf, received.Bytes())
 	n, err := io.ReadFull(in, buf[received.Len():])
 	buf = buf[:received.Len()+n]

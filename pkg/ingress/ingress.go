@@ -105,7 +105,8 @@ type Server struct {
 	inFlight  atomic.Int64
 	storeBuf  int64 // what one PutStream holds in memory
 	refusing  chan struct{}
-	peekLimit int // body bytes read before deciding inline / Put / PutStream
+	peekLimit int       // body bytes read before deciding inline / Put / PutStream
+	peekBufs  sync.Pool // *[]byte of peekLimit and a Received: header, reused across messages
 
 	mu       sync.Mutex
 	sessions int
