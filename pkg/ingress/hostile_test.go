@@ -495,3 +495,48 @@ func TestClientLimitExceptions(t *testing.T) {
 		dial(t, f.addr).expect(250, "NOOP") // each stays open
 	}
 }
+
+// Defect 1 with CHUNKING: a timeout inside a BDAT chunk ends the session
+// with a 421, and what follows is not read as commands.
+func TestBDATTimeoutEndsSession(t *testing.T) {
+	f := start(t, func(c *ingress.Config) { c.ReadTimeout = 700 * time.Millisecond })
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.test")
+	c.expect(250, "MAIL FROM:<a@src.test>")
+	c.expect(250, "RCPT TO:<b@dst.test>")
+	writeRaw(t, c, "BDAT 1000 LAST\r\nSubject: chunk\r\n\r\n")
+	time.Sleep(1200 * time.Millisecond)
+	writeRaw(t, c, "MAIL FROM:<evil@src.test>\r\nRCPT TO:<victim@dst.test>\r\nDATA\r\nx\r\n.\r\n")
+	r, err := c.readReply()
+	if err != nil || r.Code != 421 {
+		t.Fatalf("after a timeout in BDAT: %v, %v; want 421", r, err)
+	}
+	if strings.Contains(r.Text(), "tcp") || strings.Contains(r.Text(), "timeout") && !strings.Contains(r.Text(), "Error: timeout exceeded") {
+		t.Errorf("reply shows internal error text: %q", r.Text())
+	}
+	c.expectClosed()
+	waitIdle(t, f)
+	if n := f.streamMsgs(); n != 0 {
+		t.Errorf("%d envelopes queued", n)
+	}
+}
+
+// A client that goes away inside a BDAT LAST chunk has sent a truncated
+// message: nothing is stored or queued.
+func TestBDATCutOffLeavesNothing(t *testing.T) {
+	f := start(t, nil)
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.test")
+	c.expect(250, "MAIL FROM:<a@src.test>")
+	c.expect(250, "RCPT TO:<b@dst.test>")
+	writeRaw(t, c, "BDAT 100000 LAST\r\nSubject: chunk\r\n\r\nonly the start of it\r\n")
+	c.conn.Close()
+	waitIdle(t, f)
+	time.Sleep(200 * time.Millisecond)
+	if n := f.streamMsgs(); n != 0 {
+		t.Errorf("%d envelopes queued for a truncated BDAT chunk", n)
+	}
+	if k := f.storedKeys(); len(k) != 0 {
+		t.Errorf("bodies stored: %v", k)
+	}
+}

@@ -1082,7 +1082,23 @@ func (c *Conn) handleBdat(arg string) {
 	}()
 
 	chunk := io.LimitReader(c.text.R, int64(size))
-	_, err = io.Copy(c.bdatPipe, chunk)
+	in := &inputReader{r: chunk}
+	n, err := io.Copy(c.bdatPipe, in)
+	if err == nil && n < int64(size) {
+		in.err = io.ErrUnexpectedEOF // the client went away inside the chunk
+	}
+	if in.err != nil {
+		// mailfwd: the connection failed inside a chunk (a timeout, a
+		// reset): the rest of the chunk must not be read as commands.
+		msg := c.server.Domain + " Error: connection lost"
+		code := EnhancedCode{4, 4, 0}
+		if ne, ok := in.err.(net.Error); ok && ne.Timeout() {
+			msg, code = c.server.Domain+" Error: timeout exceeded", EnhancedCode{4, 4, 2}
+		}
+		c.writeResponse(421, code, msg)
+		c.Close()
+		return
+	}
 	if err != nil {
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
@@ -1124,6 +1140,20 @@ func (c *Conn) handleBdat(arg string) {
 	} else {
 		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
 	}
+}
+
+// inputReader remembers a read error of the connection (mailfwd patch).
+type inputReader struct {
+	r   io.Reader
+	err error
+}
+
+func (r *inputReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
 }
 
 // ErrDataReset is returned by Reader pased to Data function if client does not

@@ -94,3 +94,22 @@ func TestMaxErrors(t *testing.T) {
 		t.Fatalf("connection still open: %q", scanner.Text())
 	}
 }
+
+// A connection that ends inside a BDAT LAST chunk is no complete message.
+func TestBDATTruncatedChunk(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	for _, l := range []string{"MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>"} {
+		io.WriteString(c, l+"\r\n")
+		scanner.Scan()
+	}
+	io.WriteString(c, "BDAT 1000 LAST\r\nSubject: x\r\n\r\nshort")
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	for scanner.Scan() {
+	}
+	c.Close()
+	s.Close()
+	if len(be.messages) != 0 {
+		t.Fatalf("a truncated chunk was taken as a message: %+v", be.messages[0])
+	}
+}
