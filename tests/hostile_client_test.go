@@ -182,3 +182,20 @@ func TestHostileClientHopLimit(t *testing.T) {
 		t.Errorf("destination got %d messages", got)
 	}
 }
+
+// Envelope addresses pass through verbatim, quoted local parts included
+// (go-smtp unquoted them), from the client to the destination.
+func TestHostileClientQuotedLocalPartsVerbatim(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs"})
+	rcpts := []string{`"x y"@alpha.test`, `"a.b"@alpha.test`}
+	res := send(e.smtp, "", `"odd sender"@origin.test`, rcpts, message("quoted", "q@origin.test", "x\r\n"), nil)
+	if res.Err != nil || res.FinalCode != 250 {
+		t.Fatalf("send: %v (%d) %v", res.Err, res.FinalCode, res.RcptErrs)
+	}
+	dest := e.sinks["127.0.0.2"]
+	waitFor(t, "delivery", 30*time.Second, func() bool { return dest.Count() >= 1 })
+	m := dest.Messages()[0]
+	if m.From != `"odd sender"@origin.test` || strings.Join(m.Recipients, " ") != strings.Join(rcpts, " ") {
+		t.Errorf("destination got MAIL FROM %q, RCPT TO %q; want %q, %q", m.From, m.Recipients, `"odd sender"@origin.test`, rcpts)
+	}
+}
