@@ -178,7 +178,7 @@ func FuzzSessionPauses(f *testing.F) {
 		if r := c.read(); r.Code != 220 {
 			t.Fatalf("greeting %v", r)
 		}
-		inData := false
+		inData, protoErrs := false, 0
 		for _, line := range lines {
 			if line == "~" {
 				time.Sleep(700 * time.Millisecond)
@@ -220,6 +220,11 @@ func FuzzSessionPauses(f *testing.F) {
 			}
 			if r.Code == 250 && strings.Contains(r.Text(), "queued as") {
 				queued++
+			}
+			if isProtocolError(r) {
+				if protoErrs++; protoErrs > 3 {
+					break // go-smtp says "Too many errors" and hangs up
+				}
 			}
 			if r.Code == 221 || r.Code == 421 {
 				break
