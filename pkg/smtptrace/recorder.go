@@ -41,6 +41,7 @@ type recorder struct {
 	data      bool  // client lines are the body (DATA … ".")
 	bdat      int64 // body bytes of a BDAT chunk still to come
 	upgrading bool  // STARTTLS accepted, handshake next
+	tlsNoted  int   // layer whose TLS state was noted, plus one
 	bodyLines int   // of the current message, not recorded
 	bodyBytes int64
 	redacted  int64 // body bytes not recorded in the session
@@ -288,13 +289,18 @@ func (r *recorder) note(msg string, args ...any) {
 	r.w.record(slog.LevelInfo, msg, append(r.base[:len(r.base):len(r.base)], args...)...)
 }
 
-// tls notes a finished handshake.
+// tls notes a handshake; st is from VerifyConnection (not yet marked
+// complete) or from a finished conn.
 func (r *recorder) tls(st tls.ConnectionState) {
 	if r.done.Load() {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.tlsNoted == r.layer+1 {
+		return // once per upgrade, however often a caller reports it
+	}
+	r.tlsNoted = r.layer + 1
 	args := []any{"tls_version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite),
 		"server_name", st.ServerName, "resumed", st.DidResume}
 	if len(st.PeerCertificates) > 0 {
@@ -390,11 +396,14 @@ func Continue(tlsConn *tls.Conn, raw net.Conn) net.Conn {
 }
 
 // NoteTLS records the TLS state of a session whose TLS the caller cannot
-// re-wrap (go-smtp's Client.StartTLS swaps the conn inside the client):
+// re-wrap (go-smtp's client swaps the conn inside itself at STARTTLS):
 // conn is the conn the session was dialled with, st from
-// Client.TLSConnectionState. A no-op when conn is not traced.
+// Client.TLSConnectionState. go-smtp's handshake is lazy, so call it after
+// the first command over TLS (after Client.Mail); a state whose handshake
+// is not complete is ignored, and each upgrade is noted once. A no-op when
+// conn is not traced.
 func NoteTLS(conn net.Conn, st tls.ConnectionState) {
-	if t := traced(conn); t != nil {
+	if t := traced(conn); t != nil && st.HandshakeComplete {
 		t.r.tls(st)
 	}
 }
