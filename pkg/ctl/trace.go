@@ -88,7 +88,6 @@ bodies unless --with-bodies.
 	f.StringVar(&s.ID, "id", "", "name of the trace (default: generated)")
 	f.IntVar(&maxTraces, "max-traces", smtptrace.DefaultLimits().MaxTraces, "refuse to start a trace when this many are running (the daemons honour --trace-max-traces)")
 	f.StringVarP(&out.format, "output", "o", "table", "output format: table, json or yaml")
-	cmd.MarkFlagsMutuallyExclusive("client", "destination")
 	cmd.AddCommand(newTraceList(g), newTraceStop(g))
 	return cmd
 }
