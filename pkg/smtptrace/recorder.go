@@ -39,6 +39,7 @@ type recorder struct {
 	pending   []string
 	auth      bool  // client lines are SASL responses
 	data      bool  // client lines are the body (DATA … ".")
+	dataGo    bool  // the server said 354 for this body
 	bdat      int64 // body bytes of a BDAT chunk still to come
 	upgrading bool  // STARTTLS accepted, handshake next
 	tlsNoted  int   // layer whose TLS state was noted, plus one
@@ -145,7 +146,7 @@ func (r *recorder) clientLine(line string, cut int) {
 	case r.data:
 		if line == "." && cut == 0 {
 			r.flushBody()
-			r.data = false
+			r.data, r.dataGo = false, false
 			r.emit("client", ".", 0)
 			r.push(".")
 			return
@@ -191,21 +192,32 @@ func (r *recorder) serverLine(line string, cut int) {
 		code, _ = strconv.Atoi(line[:3])
 	}
 	final := len(line) < 4 || line[3] != '-'
+	// The server's word on what the client sends next is what counts, not
+	// the pairing of replies with commands (a peer can break that): after
+	// a 334 the client's next line is a SASL response, after a 354 the
+	// body; AUTH ends with a final reply that is neither.
 	if code == 334 {
+		r.auth = true
 		r.emit("server", line[:3]+" [redacted: SASL challenge]", 0)
 		return // AUTH goes on; the reply that ends it comes later
 	}
 	r.emit("server", line, cut)
-	if !final || len(r.pending) == 0 {
+	if !final {
+		return
+	}
+	if code == 354 {
+		r.data, r.dataGo = true, true
+	} else {
+		r.auth = false
+	}
+	if len(r.pending) == 0 {
 		return
 	}
 	cmd := r.pending[0]
 	r.pending = r.pending[1:]
 	switch cmd {
-	case "AUTH":
-		r.auth = false
 	case "DATA":
-		if code != 354 {
+		if code != 354 && !r.dataGo {
 			r.data = false
 			r.flushBody() // what came before the refusal stays unrecorded
 		}
@@ -214,7 +226,7 @@ func (r *recorder) serverLine(line string, cut int) {
 			r.upgrading = true
 			r.layer++
 			r.pending = r.pending[:0]
-			r.auth, r.data, r.bdat = false, false, 0
+			r.auth, r.data, r.dataGo, r.bdat = false, false, false, 0
 			r.note("smtp trace: STARTTLS accepted, TLS handshake follows")
 		}
 	}
@@ -315,7 +327,7 @@ func (r *recorder) continued() int {
 	defer r.mu.Unlock()
 	r.layer++
 	r.cli, r.srv, r.body = lineBuf{}, lineBuf{}, lineBuf{}
-	r.auth, r.data, r.bdat = false, false, 0
+	r.auth, r.data, r.dataGo, r.bdat = false, false, false, 0
 	r.pending = r.pending[:0]
 	if !r.upgrading {
 		r.push("<greeting>") // implicit TLS: the greeting comes inside
