@@ -341,6 +341,23 @@ func (r *recorder) close() {
 	r.end.Do(func() {
 		r.mu.Lock()
 		r.flushBody()
+		// A line the peer never ended (the conn closed inside it).
+		for _, x := range []struct {
+			from string
+			lb   *lineBuf
+		}{{"client", &r.cli}, {"server", &r.srv}} {
+			if len(x.lb.b) > 0 || x.lb.cut > 0 {
+				l, cut := x.lb.take()
+				switch {
+				case x.from == "client" && (r.auth || r.data || r.bdat > 0):
+					r.emit(x.from, "[redacted: unterminated line]", 0)
+				case cut == 0:
+					r.emit(x.from, l+" [unterminated]", 0)
+				default:
+					r.emit(x.from, l, cut)
+				}
+			}
+		}
 		r.note("smtp trace: session end", "lines", r.lines, "lines_not_recorded", r.unlogged,
 			"body_bytes_redacted", r.redacted)
 		r.mu.Unlock()
