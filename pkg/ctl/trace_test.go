@@ -108,6 +108,7 @@ func TestTraceUsageErrors(t *testing.T) {
 		{"trace", "--client", "10.1.2.3", "--for", "48h"},
 		{"trace", "--client", "10.1.2.3", "--for", "-1m"},
 		{"trace", "--destination", "bad host!"},
+		{"trace", "--destination", ".com"},
 		{"trace", "--client", "10.1.2.3", "--id", "a b"},
 		{"trace", "stop"},
 		{"trace", "list", "-o", "xml"},

@@ -131,6 +131,9 @@ func parseDestination(s string) (destination, error) {
 			return destination{}, fmt.Errorf("--destination %q: %q is not a DNS label", s, l)
 		}
 	}
+	if d.suffix && !strings.Contains(d.host, ".") {
+		return destination{}, fmt.Errorf("--destination %q: a whole top-level domain traces nearly everyone; name a domain (.example.com)", s)
+	}
 	return d, nil
 }
 

@@ -420,7 +420,9 @@ func flood(t *testing.T, addr string, n int, huge bool) {
 	}
 	fmt.Fprint(bw, "QUIT\r\n")
 	if err := bw.Flush(); err != nil {
-		t.Error(err)
+		// The server may hang up on a flood (go-smtp does after a line
+		// over its limit); what was sent is what the assertions look at.
+		t.Logf("flood: %v", err)
 	}
 	_ = c.(*net.TCPConn).CloseWrite()
 	<-done
