@@ -529,3 +529,91 @@ func TestFloodStaysWithinByteRateAndSessionCount(t *testing.T) {
 	}
 	t.Logf("recorded %d bytes of dialog in %s; dropped %d records", spent, elapsed, w.Stats().DroppedRecords)
 }
+
+func TestDestinationMatching(t *testing.T) {
+	e := newEnv(t)
+	w, _ := e.watcher(t, "worker", smtptrace.DefaultLimits())
+	e.start(t, smtptrace.Setting{ID: "sfx", Destination: ".example.com"}, time.Minute)
+	e.start(t, smtptrace.Setting{ID: "ip", Destination: "[192.0.2.25]"}, time.Minute)
+	eventually(t, "the watcher sees both traces", func() bool { return hasTrace(w, "sfx") && hasTrace(w, "ip") })
+	_, raw := tcpPair(t)
+	for _, c := range []struct {
+		addr, name string
+		traced     bool
+	}{
+		{"198.51.100.1:25", "mx1.example.com", true},
+		{"198.51.100.1:25", "MX1.EXAMPLE.COM.", true},
+		{"198.51.100.1:25", "example.com", false}, // .suffix: hosts under it, as in mailertable
+		{"198.51.100.1:25", "mx.example.net", false},
+		{"192.0.2.25:25", "anything.test", true},
+		{"[::ffff:192.0.2.25]:25", "", true},
+		{"192.0.2.26:25", "", false},
+	} {
+		got := w.Wrap(raw, smtptrace.Delivery, c.addr, c.name)
+		if (got != raw) != c.traced {
+			t.Errorf("%s %s: traced %v, want %v", c.addr, c.name, got != raw, c.traced)
+		}
+		if got != raw {
+			_ = got.Close()
+		}
+	}
+	if got := w.Wrap(raw, smtptrace.Ingress, "192.0.2.25:4000", ""); got != raw {
+		t.Error("a --destination trace matched an ingress session")
+	}
+}
+
+// BDAT chunks (CHUNKING) are bodies too: counted by size, not parsed as lines.
+func TestBDATBodyRedacted(t *testing.T) {
+	for _, withBodies := range []bool{false, true} {
+		t.Run(fmt.Sprint("with-bodies=", withBodies), func(t *testing.T) {
+			e := newEnv(t)
+			w, lb := e.watcher(t, "ingress", smtptrace.DefaultLimits())
+			e.start(t, smtptrace.Setting{ID: "bdat", Client: "127.0.0.1", WithBodies: withBodies}, time.Minute)
+			eventually(t, "the watcher sees the trace", func() bool { return hasTrace(w, "bdat") })
+			addr, be := startSMTP(t, w, false)
+			tp, err := textproto.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tp.Close()
+			step := func(line string, code int) {
+				t.Helper()
+				if line != "" {
+					if err := tp.PrintfLine("%s", line); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, _, err := tp.ReadResponse(code); err != nil {
+					t.Fatalf("%q: %v", line, err)
+				}
+			}
+			step("", 220)
+			step("EHLO bdat.test", 250)
+			step("MAIL FROM:<a@x.test>", 250)
+			step("RCPT TO:<b@y.test>", 250)
+			chunk := "Subject: c\r\n\r\n" + bodyMarker + "\r\nQUIT\r\n" // a command inside a chunk is body
+			if _, err := fmt.Fprintf(tp.W, "BDAT %d LAST\r\n%s", len(chunk), chunk); err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.W.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			step("", 250)
+			step("QUIT", 221)
+			eventually(t, "the session ends", func() bool { return sessionEnds(lb) == 1 })
+			if len(be.bodies) != 1 || !strings.Contains(string(be.bodies[0]), bodyMarker) {
+				t.Fatalf("server got %q", be.bodies)
+			}
+			d := lb.dialog(t)
+			if got := slices.Contains(d, "client: "+bodyMarker); got != withBodies {
+				t.Errorf("body line recorded %v, want %v:\n%s", got, withBodies, strings.Join(d, "\n"))
+			}
+			if n := strings.Count(strings.Join(d, "\n"), "client: QUIT"); n != 1 && !withBodies || n != 2 && withBodies {
+				t.Errorf("QUIT lines %d: the chunk's QUIT must be body, the real one a command:\n%s", n, strings.Join(d, "\n"))
+			}
+			if !withBodies && !slices.Contains(d, fmt.Sprintf("client: [redacted: message body, %d bytes; mailfwdctl trace --with-bodies records it]", len(chunk))) {
+				t.Errorf("no body summary of %d bytes:\n%s", len(chunk), strings.Join(d, "\n"))
+			}
+		})
+	}
+}
