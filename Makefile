@@ -19,7 +19,7 @@ KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1
 # The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
@@ -75,8 +75,9 @@ chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every 
 # Debian's default MTA (exim4, local delivery only); the tests never use it: they point
 # mailx at mailfwd-sendmail with its "sendmail" variable.
 .PHONY: mail-clients
-mail-clients:
-	@command -v bsd-mailx >/dev/null && command -v uuencode >/dev/null || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils; }
+mail-clients: ## Install the real mail clients the tests drive (bsd-mailx, uuencode, swaks with TLS) from Debian
+	@{ command -v bsd-mailx && command -v uuencode && command -v swaks && perl -MNet::SSLeay -e1; } >/dev/null 2>&1 || \
+	  { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils swaks libnet-ssleay-perl; }
 
 .PHONY: test
 test: tools mail-clients ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt

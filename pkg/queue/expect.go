@@ -26,7 +26,7 @@ func (q *Queue) Expected() Expected {
 		Stream: jetstream.StreamConfig{
 			Name:               q.cfg.Stream,
 			Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-			Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>"},
+			Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>", FailedPrefix + ".>"},
 			Retention:          jetstream.WorkQueuePolicy,
 			Storage:            jetstream.FileStorage,
 			Replicas:           q.cfg.Replicas,

@@ -427,6 +427,7 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.PublishWait)
 	defer cancel()
 	wait := 10 * time.Millisecond
+	incomplete := 0
 	for {
 		// Half the budget per attempt: an unanswered commit (a connection
 		// cut, a leader change) leaves time to send the batch again.
@@ -445,6 +446,11 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 				"e.g. mailfwdctl bootstrap)", msgs[0].Subject, res.Error, q.cfg.Stream)
 		case perr == nil && !retryableBatchError(res.Error.ErrorCode):
 			return unknown, fmt.Errorf("queue: publish %s: %w", msgs[0].Subject, res.Error)
+		case perr == nil && res.Error.ErrorCode == errCodeBatchIncomplete && incomplete >= maxIncompleteBatches:
+			// A message lost on its way (a leader change) heals with a resend;
+			// one the stream refuses every time (its size limit) does not.
+			return unknown, fmt.Errorf("queue: publish %s: %w (the stream refused a message of the batch %d times)",
+				msgs[0].Subject, res.Error, incomplete+1)
 		case perr != nil && !errors.Is(perr, nats.ErrNoResponders) && !errors.Is(perr, errNotSent):
 			// No answer: the batch may or may not be stored.
 			unknown = true
@@ -453,6 +459,9 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 			err = perr // no stream listening, or the batch never left: nothing was stored
 		default:
 			err = res.Error
+			if res.Error.ErrorCode == errCodeBatchIncomplete {
+				incomplete++
+			}
 		}
 		if ctx.Err() != nil {
 			return unknown, fmt.Errorf("queue: no publish ack for %s within %s: %w", msgs[0].Subject, q.cfg.PublishWait, err)
@@ -465,6 +474,10 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
+
+// maxIncompleteBatches is how many times a batch the server found
+// incomplete is sent again before the accept fails for good.
+const maxIncompleteBatches = 3
 
 // errNotSent: a batch message could not be sent, so no commit followed and
 // nothing of the batch is stored.
