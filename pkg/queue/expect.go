@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 )
 
 // Expected is the JetStream layout Bootstrap makes for this configuration:
@@ -48,6 +50,7 @@ func (q *Queue) Expected() Expected {
 				Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas},
 			{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
 				Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
+			smtptrace.BucketConfig(q.cfg.Replicas),
 		},
 	}
 }
