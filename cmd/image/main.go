@@ -1,4 +1,4 @@
-// Command image builds mailfwd's container images (ingress, worker, mailfwdctl)
+// Command image builds mailfwd's container images (ingress, worker, mailfwdctl, mailfwd-sendmail)
 // as image tarballs without a container engine: `make image`, or
 //
 //	go run ./cmd/image [-out dist/images] [-registry ghcr.io/mailfwd] [-tag 0.1.0] [-arch amd64] [-only mailfwd-worker]
@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	defer os.RemoveAll(work)
 
-	gb := image.GoBuild{Dir: ".", OS: "linux", Arch: c.arch}
+	gb := image.GoBuild{Dir: ".", OS: "linux", Arch: c.arch, LDFlags: "-X github.com/mailfwd/mailfwd/pkg/control.Version=" + c.tag}
 	for _, comp := range comps {
 		start := time.Now()
 		bin, err := gb.Build(ctx, comp, filepath.Join(work, comp.Name))

@@ -144,6 +144,9 @@ func Domain(d string) (string, error) {
 	if len(d) > MaxDomain {
 		return "", errors.New("domain too long")
 	}
+	if !utf8.ValidString(d) {
+		return "", errors.New("domain is not valid UTF-8")
+	}
 	d = strings.TrimSuffix(d, ".")
 	ascii, err := profile.ToASCII(d)
 	if err != nil {

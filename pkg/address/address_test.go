@@ -344,3 +344,11 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestDomainInvalidUTF8: invalid UTF-8 was mapped by IDNA to an A-label
+// that itself does not parse (found by the tls_policy key fuzzer).
+func TestDomainInvalidUTF8(t *testing.T) {
+	if a, err := Domain("0\x80.0"); err == nil {
+		t.Fatalf("Domain accepted invalid UTF-8 as %q", a)
+	}
+}

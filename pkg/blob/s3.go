@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -133,23 +134,97 @@ func (s *S3) Get(ctx context.Context, key string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// s3StreamPartSize is the multipart part size of PutStream: minio-go holds
-// one part in memory per upload, so this bounds a streamed body's buffer
-// (S3's minimum part size; every part but the last must be at least this).
+// s3StreamPartSize is the multipart part size of PutStream: one part is
+// held in memory per upload, so this bounds a streamed body's buffer (S3's
+// minimum part size; every part but the last must be at least this).
 const s3StreamPartSize = 5 << 20
 
-// PutStream implements Store with a multipart upload of unknown length; a
-// failed read aborts the upload, so nothing is stored under key.
+// s3PartPool recycles part buffers: many concurrent uploads of large
+// bodies would otherwise allocate (and leave to the GC) 5 MiB per upload.
+var s3PartPool = sync.Pool{New: func() any { b := make([]byte, s3StreamPartSize); return &b }}
+
+// s3MaxParts is S3's limit of parts per multipart upload.
+const s3MaxParts = 10000
+
+// PutStream implements Store. A body that fits in one part is one PUT of
+// known size; a longer one a multipart upload, part by part through one
+// pooled buffer. A failed read (or store error) aborts the upload, so
+// nothing is stored under key.
 func (s *S3) PutStream(ctx context.Context, key string, r io.Reader) (int64, error) {
 	if err := ValidateKey(key); err != nil {
 		return 0, err
 	}
-	info, err := s.client.PutObject(ctx, s.bucket, s.object(key), r, -1,
-		minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: s3StreamPartSize})
+	bp := s3PartPool.Get().(*[]byte)
+	defer s3PartPool.Put(bp)
+	buf := *bp
+	obj := s.object(key)
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream"}
+	n, eof, err := fill(r, buf)
 	if err != nil {
-		return 0, fmt.Errorf("blob: s3: put stream %q: %w", key, err)
+		return 0, fmt.Errorf("blob: s3: put stream %q: read: %w", key, err)
 	}
-	return info.Size, nil
+	if eof {
+		if _, err := s.client.PutObject(ctx, s.bucket, obj, bytes.NewReader(buf[:n]), int64(n), opts); err != nil {
+			return 0, fmt.Errorf("blob: s3: put stream %q: %w", key, err)
+		}
+		return int64(n), nil
+	}
+	uploadID, err := s.core.NewMultipartUpload(ctx, s.bucket, obj, opts)
+	if err != nil {
+		return 0, fmt.Errorf("blob: s3: put stream %q: start multipart upload: %w", key, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = s.core.AbortMultipartUpload(actx, s.bucket, obj, uploadID)
+		}
+	}()
+	var parts []minio.CompletePart
+	var total int64
+	for {
+		if len(parts) == s3MaxParts {
+			return 0, fmt.Errorf("blob: s3: put stream %q: more than %d parts of %d bytes", key, s3MaxParts, s3StreamPartSize)
+		}
+		p, err := s.core.PutObjectPart(ctx, s.bucket, obj, uploadID, len(parts)+1, bytes.NewReader(buf[:n]), int64(n), minio.PutObjectPartOptions{})
+		if err != nil {
+			return 0, fmt.Errorf("blob: s3: put stream %q: part %d: %w", key, len(parts)+1, err)
+		}
+		parts = append(parts, minio.CompletePart{PartNumber: len(parts) + 1, ETag: p.ETag})
+		total += int64(n)
+		if eof {
+			break
+		}
+		if n, eof, err = fill(r, buf); err != nil {
+			return 0, fmt.Errorf("blob: s3: put stream %q: read: %w", key, err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if _, err := s.core.CompleteMultipartUpload(ctx, s.bucket, obj, uploadID, parts, opts); err != nil {
+		return 0, fmt.Errorf("blob: s3: put stream %q: complete: %w", key, err)
+	}
+	committed = true
+	return total, nil
+}
+
+// fill reads r into buf until buf is full or r ends. Only io.EOF is an end:
+// any other error, io.ErrUnexpectedEOF included (go-smtp's DATA reader
+// returns it when the client goes away), is r's failure and returned.
+func fill(r io.Reader, buf []byte) (n int, eof bool, err error) {
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
 }
 
 // Open implements Store.

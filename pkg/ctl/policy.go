@@ -396,14 +396,17 @@ func newPolicyCheck(g *globals) *cobra.Command {
 					if err != nil {
 						return err
 					}
+					if err := readSecretKeys(a, fs); err != nil {
+						return err
+					}
 					for k, v := range fs {
 						files[k] = v
 					}
 					continue
 				}
 				k := filepath.Base(a)
-				if err := checkKey(k); err != nil {
-					return err
+				if err := checkKey(k); err != nil && !slices.Contains(policy.SecretKeys(), k) {
+					return err // users, authinfo and dkim (the Secret's keys) can be checked too
 				}
 				b, err := os.ReadFile(a)
 				if err != nil {

@@ -17,7 +17,7 @@ import (
 )
 
 // PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
-var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings"}
+var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings", "tls_policy"}
 
 // policyStore is where the policy lives: a ConfigMap, or a directory.
 type policyStore interface {
@@ -31,13 +31,26 @@ type policyStore interface {
 
 var errConflict = errors.New("the policy changed while this command ran")
 
-type dirStore struct{ dir string }
+// dirStore is a policy directory. keys nil means PolicyKeys (the
+// ConfigMap's); mode 0 means 0644 (secret keys are written 0600).
+type dirStore struct {
+	dir  string
+	keys []string
+	mode os.FileMode
+}
 
 func (d dirStore) Where() string { return "directory " + d.dir }
 
+func (d dirStore) keyList() []string {
+	if d.keys == nil {
+		return PolicyKeys
+	}
+	return d.keys
+}
+
 func (d dirStore) Load(context.Context) (map[string][]byte, string, error) {
 	files := map[string][]byte{}
-	for _, k := range PolicyKeys {
+	for _, k := range d.keyList() {
 		b, err := os.ReadFile(filepath.Join(d.dir, k))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -57,7 +70,7 @@ func (d dirStore) Save(ctx context.Context, files map[string][]byte, version str
 	if _, cur, err := d.Load(ctx); err == nil && version != "" && cur != version {
 		return errConflict
 	}
-	for _, k := range PolicyKeys {
+	for _, k := range d.keyList() {
 		path := filepath.Join(d.dir, k)
 		b, ok := files[k]
 		if !ok {
@@ -79,7 +92,11 @@ func (d dirStore) Save(ctx context.Context, files map[string][]byte, version str
 			os.Remove(tmp.Name())
 			return err
 		}
-		if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		mode := d.mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		if err := os.Chmod(tmp.Name(), mode); err != nil {
 			return err
 		}
 		if err := os.Rename(tmp.Name(), path); err != nil {
@@ -191,6 +208,15 @@ func (k *kubeFlags) store() (policyStore, error) {
 	if k.dir != "" {
 		return dirStore{dir: k.dir}, nil
 	}
+	cs, ns, err := k.clientset()
+	if err != nil {
+		return nil, err
+	}
+	return configMapStore{client: cs, namespace: ns, name: k.configMap}, nil
+}
+
+// clientset connects as kubectl would, and returns the namespace to use.
+func (k *kubeFlags) clientset() (kubernetes.Interface, string, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = k.kubeconfig
 	overrides := &clientcmd.ConfigOverrides{CurrentContext: k.context}
@@ -200,15 +226,15 @@ func (k *kubeFlags) store() (policyStore, error) {
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
 	rc, err := cc.ClientConfig()
 	if err != nil {
-		return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("kubeconfig: %w (or use --dir for a local policy directory)", err)}
+		return nil, "", &ExitError{Code: ExitUsage, Err: fmt.Errorf("kubeconfig: %w (or use --dir for a local policy directory)", err)}
 	}
 	ns, _, err := cc.Namespace()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return configMapStore{client: cs, namespace: ns, name: k.configMap}, nil
+	return cs, ns, nil
 }

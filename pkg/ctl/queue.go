@@ -40,7 +40,7 @@ func (f *filterFlags) register(cmd *cobra.Command, states bool) {
 	fl.StringSliceVarP(&f.ids, "id", "I", nil, "substring of the queue id (sendmail -qI)")
 	fl.StringSliceVar(&f.notIDs, "not-id", nil, "exclude queue ids containing this (sendmail -q!I)")
 	if states {
-		fl.StringSliceVar(&f.states, "state", nil, "ready, deferred or held (default: all)")
+		fl.StringSliceVar(&f.states, "state", nil, "ready, deferred, held or failed (default: all)")
 	}
 }
 
@@ -225,9 +225,9 @@ func newQueueStats(g *globals) *cobra.Command {
 					}
 					fmt.Fprintf(tw, "total\t%d\t\n\n", s.Total)
 					fmt.Fprintf(tw, "workers' consumer: %d waiting, %d being delivered\n\n", s.Pending, s.InFlight)
-					fmt.Fprintf(tw, "DOMAIN\tREADY\tDEFERRED\tHELD\tTOTAL\n")
+					fmt.Fprintf(tw, "DOMAIN\tREADY\tDEFERRED\tHELD\tFAILED\tTOTAL\n")
 					for _, d := range s.ByDomain {
-						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", d.Domain, d.Counts[queue.StateReady], d.Counts[queue.StateDeferred], d.Counts[queue.StateHeld], d.Total)
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\n", d.Domain, d.Counts[queue.StateReady], d.Counts[queue.StateDeferred], d.Counts[queue.StateHeld], d.Counts[queue.StateFailed], d.Total)
 					}
 					if len(s.Holds) > 0 {
 						fmt.Fprintf(tw, "\nHELD DOMAIN\tSINCE\tREASON\n")
@@ -258,6 +258,7 @@ type listDetail struct {
 	MsgID            string               `json:"msgid"`
 	ExpireAt         time.Time            `json:"expire_at,omitzero"`
 	HeldAt           time.Time            `json:"held_at,omitzero"`
+	FailedAt         time.Time            `json:"failed_at,omitzero"`
 	Warned           bool                 `json:"warned"`
 	inline           []byte
 }
@@ -282,7 +283,10 @@ func newQueueShow(g *globals) *cobra.Command {
 					}
 					res.Envelopes = append(res.Envelopes, listDetail{listItem: itemOf(e), RecipientHistory: e.Env.Recipients,
 						ClientAddr: e.Env.ClientAddr, ClientHelo: e.Env.ClientHelo, MsgID: e.Env.MsgID,
-						ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, Warned: e.Env.Warned, inline: e.Env.Body})
+						ExpireAt: e.Env.ExpireAt, HeldAt: e.Env.HeldAt, FailedAt: e.Env.FailedAt, Warned: e.Env.Warned, inline: e.Env.Body})
+					for i, r := range e.Env.Recipients {
+						res.Envelopes[len(res.Envelopes)-1].RecipientHistory[i].LastError = e.Env.RcptError(r)
+					}
 					return nil
 				})
 				if err != nil {
@@ -316,6 +320,9 @@ func newQueueShow(g *globals) *cobra.Command {
 						}
 						if !d.HeldAt.IsZero() {
 							fmt.Fprintf(tw, "Held since:\t%s\n", d.HeldAt.Local().Format(time.RFC1123Z))
+						}
+						if !d.FailedAt.IsZero() {
+							fmt.Fprintf(tw, "Failed:\t%s: %s\n", d.FailedAt.Local().Format(time.RFC1123Z), d.LastError)
 						}
 						for _, r := range d.RecipientHistory {
 							fmt.Fprintf(tw, "  to=<%s>\tattempts=%d\tlast: %s\n", r.Addr, r.Attempts, r.LastError)
@@ -621,7 +628,11 @@ func newQueueBounce(g *globals) *cobra.Command {
 				}
 				var rcpts []dsn.Recipient
 				for _, r := range e.Env.Recipients {
-					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: "5.0.0", Diagnostic: r.LastError, LastAttempt: time.Now()})
+					st := "5.0.0"
+					if r.Status != "" {
+						st = r.Status
+					}
+					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
 				}
 				bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
 				_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
@@ -666,7 +677,7 @@ func newQueuePurge(g *globals) *cobra.Command {
 // delete its body when it was the last envelope of its message.
 func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlags, blobURL, verb string,
 	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) error {
-	f, err := ff.filter(queue.StateDeferred, queue.StateHeld)
+	f, err := ff.filter(queue.StateDeferred, queue.StateHeld, queue.StateFailed)
 	if err != nil {
 		return err
 	}

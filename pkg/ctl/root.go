@@ -58,6 +58,8 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.natsCreds, "nats-creds", os.Getenv("MAILFWD_NATS_CREDS"), "NATS credentials file (env MAILFWD_NATS_CREDS)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g))
+	root.AddCommand(newTraceCmd(g))
 	return root
 }
 
@@ -109,7 +111,16 @@ func newBootstrap(g *globals) *cobra.Command {
 
 // Execute runs mailfwdctl and returns the process exit code.
 func Execute(ctx context.Context, args []string, out, errOut io.Writer) int {
+	return ExecuteIO(ctx, args, nil, out, errOut)
+}
+
+// ExecuteIO is Execute with standard input (nil: os.Stdin), for tests of
+// commands that read it (users add --password-stdin).
+func ExecuteIO(ctx context.Context, args []string, in io.Reader, out, errOut io.Writer) int {
 	root := NewRoot(out, errOut)
+	if in != nil {
+		root.SetIn(in)
+	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

@@ -13,6 +13,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
@@ -119,11 +123,13 @@ type Ingress struct {
 	TLSCert, TLSKey string
 	RelayNetworks   config.StringList
 	RelayDomains    config.StringList
-	PolicyDir       string
-	PolicyInterval  time.Duration
-	DNSServer       string
-	ShutdownTimeout time.Duration
-	SMTP            ingress.Config
+	// ClientLimitExceptions is --client-limit-exceptions (nil: the default).
+	ClientLimitExceptions config.StringList
+	PolicyDir             string
+	PolicyInterval        time.Duration
+	DNSServer             string
+	ShutdownTimeout       time.Duration
+	SMTP                  ingress.Config
 }
 
 // Register adds the ingress flags.
@@ -137,10 +143,16 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
 	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")
 	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command or data line")
-	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed while reading a command or data")
+	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
 	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", 0, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope instead of --blob-store (0: always use the blob store; at most 524288)")
+	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
+	fs.IntVar(&o.SMTP.MaxSessionsPerClient, "max-sessions-per-client", 50, "concurrent SMTP sessions from one client address (IPv6: one /64); more get 421 4.7.0")
+	fs.IntVar(&o.SMTP.MaxConnectionsPerClientPerMinute, "max-connections-per-client-per-minute", 600, "new connections from one client address per minute (token bucket, bursts up to this); more get 421 4.7.0")
+	fs.Var(&o.ClientLimitExceptions, "client-limit-exceptions", "client networks exempt from the per-client session and connection-rate limits (CIDR or address, comma-separated; default 127.0.0.0/8,::1; \"none\" for no exceptions)")
+	fs.IntVar(&o.SMTP.MaxErrorsPerSession, "max-errors-per-session", 20, "error replies (4xx/5xx) after which a session is closed with 421 4.7.0, as Postfix's smtpd_hard_error_limit (0: no limit)")
+	fs.IntVar(&o.SMTP.MaxHops, "max-hops", 25, "Received: headers a message may carry; more get 554 5.4.6 Too many hops (sendmail's MaxHopCount)")
 	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
 	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
 	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
@@ -162,16 +174,48 @@ func (o *Ingress) Validate() error {
 	if o.SMTP.InlineBodyMax < 0 || o.SMTP.InlineBodyMax > 512*1024 {
 		errs = append(errs, errors.New("--inline-body-max must be 0-524288 (JetStream messages are limited to 1 MB)"))
 	}
+	if o.SMTP.MaxInFlightBytes < 1<<20 {
+		errs = append(errs, errors.New("--max-in-flight-bytes must be at least 1048576"))
+	}
+	if o.SMTP.MaxSessionsPerClient < 1 {
+		errs = append(errs, errors.New("--max-sessions-per-client must be at least 1"))
+	}
+	if o.SMTP.MaxConnectionsPerClientPerMinute < 1 {
+		errs = append(errs, errors.New("--max-connections-per-client-per-minute must be at least 1"))
+	}
+	if o.SMTP.MaxErrorsPerSession < 0 {
+		errs = append(errs, errors.New("--max-errors-per-session must be 0 (no limit) or more"))
+	}
+	if o.SMTP.MaxHops < 1 {
+		errs = append(errs, errors.New("--max-hops must be at least 1"))
+	}
+	if o.SMTP.ReadTimeout < time.Second {
+		errs = append(errs, errors.New("--read-timeout must be at least 1s"))
+	}
 	if o.SMTP.MaxMessageBytes < 1024 {
 		errs = append(errs, errors.New("--max-message-size must be at least 1024"))
 	}
 	if o.PolicyDir != "" && (len(o.RelayNetworks) > 0 || len(o.RelayDomains) > 0) {
 		errs = append(errs, errors.New("--policy-dir replaces --relay-networks/--relay-domains (put Connect:/To: RELAY entries in its access file)"))
 	}
+	if _, err := o.clientLimitExceptions(); err != nil {
+		errs = append(errs, fmt.Errorf("--client-limit-exceptions: %w", err))
+	}
 	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// clientLimitExceptions parses --client-limit-exceptions with its default.
+func (o *Ingress) clientLimitExceptions() ([]netip.Prefix, error) {
+	switch {
+	case len(o.ClientLimitExceptions) == 0:
+		return ingress.ParseNetworks([]string{"127.0.0.0/8", "::1"})
+	case len(o.ClientLimitExceptions) == 1 && o.ClientLimitExceptions[0] == "none":
+		return nil, nil
+	}
+	return ingress.ParseNetworks(o.ClientLimitExceptions)
 }
 
 // RunIngress runs an ingress until ctx is cancelled, then drains it.
@@ -182,6 +226,13 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	}
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
+	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Keep the heap near what --max-in-flight-bytes lets live.
+		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)
+		debug.SetMemoryLimit(limit)
+		log.Info("Go soft memory limit set from --max-in-flight-bytes (GOMEMLIMIT overrides)", "component", "ingress", "limit_bytes", limit)
+	}
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
@@ -198,7 +249,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		p := watcher.Current()
 		log.Info("policy loaded", "component", "ingress", "version", p.Version, "dir", o.PolicyDir, "from_whitelist", p.Settings.FromWhitelist)
 		metrics.PolicyReload(true, p.Version)
-		o.SMTP.Policy = &ingress.SendmailPolicy{Current: watcher.Current}
+		o.SMTP.Policy = &ingress.SendmailPolicy{Current: watcher.Current, MaxExpansion: o.SMTP.MaxRecipients}
 	} else {
 		if len(o.RelayNetworks) == 0 {
 			o.RelayNetworks = config.StringList{"127.0.0.0/8", "::1"}
@@ -251,6 +302,9 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		defer cancel()
 		log.Info("ingress draining: no new sessions, open ones may finish", "component", "ingress", "sessions", srv.Sessions(), "timeout", o.ShutdownTimeout)
 		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "ingress", Logger: log})
 	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()

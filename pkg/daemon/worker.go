@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/policy"
@@ -34,6 +37,8 @@ type Worker struct {
 	Routes         config.StringList
 	NoTLS          bool
 	Limits         config.StringList
+	LocalNames     config.StringList
+	LocalAddrs     config.StringList
 	PolicyDir      string
 	PolicyInterval time.Duration
 	Delivery       delivery.Config
@@ -57,11 +62,14 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap); its mailertable is used, hot-reloaded; --route entries override it")
 	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
+	fs.Var(&o.LocalNames, "local-name", "this mail system's own host names (the ingress's --hostname, its MX names), comma-separated: a next hop by one of them is a mail loop, 5.4.6 (default: --helo-name)")
+	fs.Var(&o.LocalAddrs, "local-addr", "this mail system's own listening addresses host:port (the ingress's --listen, its Service/LB addresses; ':25' = every address of this host), comma-separated: a next hop there is a mail loop, 5.4.6 (default: 127.0.0.1:2525)")
 	fs.BoolVar(&o.NoTLS, "no-starttls", false, "never use STARTTLS towards destinations (default: opportunistic)")
 	fs.DurationVar(&o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
 	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
 	fs.DurationVar(&o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
 	fs.IntVar(&o.Delivery.MaxConnsPerHost, "max-conns-per-host", 10, "concurrent connections per destination address")
+	fs.IntVar(&o.Delivery.MaxReplyBytes, "max-reply-bytes", 64<<10, "bytes one reply of a destination may take (all its lines); beyond it the step fails temporarily and the connection is dropped")
 	fs.IntVar(&o.Delivery.MaxMsgsPerConn, "max-msgs-per-conn", 100, "transactions per connection before it is closed")
 	fs.DurationVar(&o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
 	fs.DurationVar(&o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
@@ -76,7 +84,10 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
 	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
-	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain waits (not counted as an attempt)")
+	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
+	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
+	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain or next hop waits (not counted as an attempt); doubles with each hand-back in a row, up to --retry-max")
+	fs.IntVar(&o.Engine.CongestedConcurrency, "congested-concurrency", 0, "deliveries all congested next hops together may hold in this process (stuck ones beyond it are handed back), so healthy mail always has slots; below --concurrency (0: --concurrency/4)")
 	fs.DurationVar(&o.Sweep.Interval, "orphan-sweep-interval", 15*time.Minute, "how often to remove bodies and refs that no queued envelope refers to; 0 disables")
 	fs.DurationVar(&o.Sweep.MinAge, "orphan-min-age", time.Hour, "only bodies and refs older than this can be orphans (longer than any accept takes)")
 }
@@ -102,10 +113,49 @@ func (o *Worker) Validate() error {
 	if o.Sweep.MinAge < time.Minute {
 		errs = append(errs, errors.New("--orphan-min-age must be at least 1m (an accept in progress must never look orphaned)"))
 	}
+	if o.Delivery.MaxReplyBytes < 1024 {
+		errs = append(errs, errors.New("--max-reply-bytes must be at least 1024"))
+	}
+	if o.Engine.MaxBodyBytesInFlight < 1<<20 {
+		errs = append(errs, errors.New("--max-body-bytes-in-flight must be at least 1 MiB"))
+	}
+	if o.Engine.CongestedConcurrency < 0 || (o.Engine.CongestedConcurrency > 0 && o.Engine.CongestedConcurrency >= o.Engine.Concurrency) {
+		errs = append(errs, errors.New("--congested-concurrency must be below --concurrency (0: a quarter of it)"))
+	}
+	if _, err := o.localAddrs(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Engine.MaxHandlings < 1 {
+		errs = append(errs, errors.New("--max-handlings must be at least 1"))
+	}
 	if o.Engine.Heartbeat == 0 {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
 	}
 	return errors.Join(errs...)
+}
+
+// localAddrs parses --local-addr (default: the ingress's default --listen).
+func (o *Worker) localAddrs() ([]netip.AddrPort, error) {
+	list := o.LocalAddrs
+	if len(list) == 0 {
+		list = config.StringList{"127.0.0.1:2525"}
+	}
+	var out []netip.AddrPort
+	for _, a := range list {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("--local-addr %q: %w", a, err)
+		}
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+		if err != nil {
+			return nil, fmt.Errorf("--local-addr %q: want IP:port: %w", a, err)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 func (o *Worker) routeTable() (*route.Table, error) {
@@ -225,6 +275,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp
 	o.Engine.Hostname = o.Delivery.HeloName
+	o.Engine.LocalNames = o.LocalNames
+	if len(o.Engine.LocalNames) == 0 {
+		o.Engine.LocalNames = []string{o.Delivery.HeloName}
+	}
+	o.Engine.LocalAddrs, _ = o.localAddrs()
 	o.Engine.DomainLimits, _ = ParseDomainLimits(o.Limits)
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {
@@ -262,6 +317,9 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 			Log: log, Removed: metrics.OrphansRemoved()}
 		g.Go(func() error { sw.Run(gctx); return nil })
 	}
+	g.Go(func() error {
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "worker", Logger: log})
+	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -31,7 +32,18 @@ type Message struct {
 	From       string   // "" = null reverse-path
 	Recipients []string // verbatim addresses
 	Body       []byte   // complete RFC 5322 message, CRLF line endings
-	EightBit   bool     // client used BODY=8BITMIME
+	// Open, when set, streams the body instead of Body: it is called once
+	// the remote accepted DATA, and what it returns is copied to the remote
+	// and closed. Size is then the body's size (for SIZE=).
+	Open func() (io.ReadCloser, error)
+	Size int64
+	// Activity, when set, is called whenever bytes move on the connection
+	// (progress, as opposed to a destination that does not answer).
+	Activity func()
+	// DataStarted, when set, is called once the remote accepted DATA: from
+	// then on, aborting may leave a delivered message behind.
+	DataStarted func()
+	EightBit    bool // client used BODY=8BITMIME
 	// MaxMsgsPerConn, when > 0, overrides Config.MaxMsgsPerConn for the
 	// connection this message used (a per-domain limit).
 	MaxMsgsPerConn int
@@ -41,6 +53,7 @@ type Message struct {
 // Outcome is the result of one Deliver call.
 type Outcome struct {
 	Hop      Hop          // the hop the transaction ran on (zero if none connected)
+	Tried    Hop          // the last hop tried (connected or not), for logs ("relay=")
 	Statuses []RcptStatus // one per Message.Recipients, same order
 	Reply    string       // final DATA reply text without reply code, for logs ("stat=Sent (...)")
 }
@@ -52,9 +65,13 @@ type Config struct {
 	CommandTimeout  time.Duration // default 5m (per command incl. greeting)
 	DataTimeout     time.Duration // default 10m (whole DATA transfer + final reply)
 	MaxConnsPerHost int           // default 10: cap of concurrent connections per Hop.Addr
-	MaxMsgsPerConn  int           // default 100: close a connection after this many transactions
-	IdleTimeout     time.Duration // default 30s: idle pooled connections closed after this
-	StartTLS        bool          // opportunistic STARTTLS when advertised
+	// MaxReplyBytes bounds what one reply of the remote may take (all its
+	// lines; go-smtp already bounds a line to 2000 bytes), default 64 KiB.
+	// Beyond it the step fails temporarily and the connection is dropped.
+	MaxReplyBytes  int
+	MaxMsgsPerConn int           // default 100: close a connection after this many transactions
+	IdleTimeout    time.Duration // default 30s: idle pooled connections closed after this
+	StartTLS       bool          // opportunistic STARTTLS when advertised
 	// TLSConfig is used for STARTTLS; nil means InsecureSkipVerify (opportunistic
 	// TLS). ServerName is filled from Hop.Name when that is a host name.
 	TLSConfig *tls.Config
@@ -93,9 +110,11 @@ type Client struct {
 	noTLS  map[netip.AddrPort]time.Time
 }
 
+// downEntry remembers a connect failure of an address; its text is made
+// for the hop asking (several host names may share the address).
 type downEntry struct {
 	until time.Time
-	r     result
+	err   error
 }
 
 // New validates cfg, fills defaults and returns a Client.
@@ -114,6 +133,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.DataTimeout <= 0 {
 		cfg.DataTimeout = 10 * time.Minute
+	}
+	if cfg.MaxReplyBytes <= 0 {
+		cfg.MaxReplyBytes = 64 << 10
 	}
 	if cfg.MaxConnsPerHost <= 0 {
 		cfg.MaxConnsPerHost = 10
@@ -176,6 +198,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			last = result{Enhanced: "4.4.1", Text: fmt.Sprintf("Delivery aborted before connecting to %s: %v", hop.Name, context.Cause(ctx))}
 			break
 		}
+		out.Tried = hop
 		cn, r, ok := c.getConn(ctx, hop, log)
 		if !ok {
 			log.Debug("hop failed", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
@@ -183,6 +206,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			continue
 		}
 		out.Hop = hop
+		cn.wire.setActivity(msg.Activity)
 		reusable, stale := c.transact(ctx, cn, msg, out)
 		if stale {
 			// A pooled connection reused without a check was dead before
@@ -194,13 +218,31 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 				last = r
 				continue
 			}
+			cn.wire.setActivity(msg.Activity)
 			reusable, _ = c.transact(ctx, cn, msg, out)
 		}
+		cn.wire.setActivity(nil)
 		c.finish(cn, reusable)
 		return out
 	}
 	fill(last)
 	return out
+}
+
+// bodyReader marks the errors of the body source, to tell them from
+// errors writing to the remote.
+type bodyReader struct{ r io.Reader }
+
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return e.err.Error() }
+
+func (b bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = bodyError{err}
+	}
+	return n, err
 }
 
 // Close closes idle pooled connections (with QUIT) and makes later Deliver
@@ -275,7 +317,11 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 			return true, false
 		}
 	}
-	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && len(msg.Body) > limit {
+	size := int64(len(msg.Body))
+	if msg.Open != nil {
+		size = msg.Size
+	}
+	if limit, ok := cn.sc.MaxMessageSize(); ok && limit > 0 && size > int64(limit) {
 		setRest(result{Code: 552, Enhanced: "5.3.4",
 			Text: fmt.Sprintf("Message is too large; %d bytes max at %s.", limit, name)})
 		return true, false
@@ -296,7 +342,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	cn.limit = msg.MaxMsgsPerConn
 	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
 	// server advertises 8BITMIME (harmless for 7-bit bodies).
-	opts := &smtp.MailOptions{Size: int64(len(msg.Body)), UTF8: msg.UTF8}
+	opts := &smtp.MailOptions{Size: size, UTF8: msg.UTF8}
 	if err := cn.sc.Mail(msg.From, opts); err != nil {
 		r, isReply := stepError(ctx, name, "MAIL FROM", err)
 		if !isReply && cn.reused && ctx.Err() == nil {
@@ -336,14 +382,39 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		out.Reply = r.Text
 		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil, false
 	}
+	if msg.DataStarted != nil {
+		msg.DataStarted()
+	}
 	deadline := time.Now().Add(c.cfg.DataTimeout)
 	if err := cn.raw.SetDeadline(deadline); err != nil {
 		setRest(lostResult(ctx, name, "DATA", err))
 		return false, false
 	}
-	if _, err := w.Write(msg.Body); err != nil {
-		setRest(lostResult(ctx, name, "message transfer", err))
-		return false, false
+	if msg.Open == nil {
+		if _, err := w.Write(msg.Body); err != nil {
+			setRest(lostResult(ctx, name, "message transfer", err))
+			return false, false
+		}
+	} else {
+		// The connection is dropped on a body read error: without the final
+		// dot the remote discards what it got.
+		rc, err := msg.Open()
+		if err != nil {
+			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", err)})
+			return false, false
+		}
+		// Closed once the remote answered: the transfer is over only then.
+		defer rc.Close()
+		_, err = io.Copy(w, bodyReader{rc})
+		var be bodyError
+		switch {
+		case errors.As(err, &be):
+			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", be.err)})
+			return false, false
+		case err != nil:
+			setRest(lostResult(ctx, name, "message transfer", err))
+			return false, false
+		}
 	}
 	cn.sc.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 	resp, err := w.CloseWithResponse()

@@ -26,7 +26,8 @@ type hostState struct {
 
 // conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
 type conn struct {
-	raw   net.Conn // the TCP connection; closing it aborts any operation
+	raw   net.Conn  // the TCP connection; closing it aborts any operation
+	wire  *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
 	sc    *smtp.Client
 	hop   Hop
 	tls   bool
@@ -73,6 +74,7 @@ func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 		if cn == nil { // a slot was reserved: dial
 			return c.connect(ctx, hop, log)
 		}
+		cn.hop = hop // same address; the name is this delivery's
 		if time.Since(cn.pooledAt) < reuseUnchecked {
 			cn.reused = true
 			return cn, result{}, true
@@ -119,7 +121,7 @@ func (c *Client) acquire(ctx context.Context, hop Hop) (*conn, result, bool) {
 		if d, ok := c.down[addr]; ok {
 			if time.Now().Before(d.until) {
 				c.mu.Unlock()
-				return nil, d.r, false
+				return nil, connectResult(ctx, hop.Name, d.err), false
 			}
 			delete(c.down, addr)
 		}
@@ -284,18 +286,20 @@ func (c *Client) connect(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logger) (_ *conn, _ result, tlsFailed bool) {
 	name := hop.Name
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-	raw, err := c.dial(dctx, "tcp", hop.Addr.String())
+	tcp, err := c.dial(dctx, "tcp", hop.Addr.String())
 	cancel()
 	if err != nil {
 		r := connectResult(ctx, name, err)
 		if ctx.Err() == nil {
-			c.markDown(hop.Addr, r)
+			c.markDown(hop.Addr, err)
 		}
 		log.Debug("connect failed", "relay", name, "addr", hop.Addr, "err", err)
 		return nil, r, false
 	}
 	c.clearDown(hop.Addr)
-	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", raw.LocalAddr().String())
+	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", tcp.LocalAddr().String())
+	wire := newWireConn(tcp, c.cfg.MaxReplyBytes)
+	var raw net.Conn = wire
 
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	fail := func(r result, tlsFailed bool) (*conn, result, bool) {
@@ -310,7 +314,7 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
 		return fail(r, false)
 	}
-	cn := &conn{raw: raw, sc: sc, hop: hop}
+	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop}
 	if ok, _ := sc.Extension("STARTTLS"); ok && tryTLS {
 		tc, err := c.startTLS(ctx, raw, hop)
 		if err != nil {
@@ -389,7 +393,7 @@ func (c *Client) tlsConfig(hop Hop) *tls.Config {
 	return cfg
 }
 
-func (c *Client) markDown(addr netip.AddrPort, r result) {
+func (c *Client) markDown(addr netip.AddrPort, err error) {
 	if c.cfg.HostDownTTL <= 0 {
 		return
 	}
@@ -403,7 +407,7 @@ func (c *Client) markDown(addr netip.AddrPort, r result) {
 			}
 		}
 	}
-	c.down[addr] = downEntry{until: now.Add(c.cfg.HostDownTTL), r: r}
+	c.down[addr] = downEntry{until: now.Add(c.cfg.HostDownTTL), err: err}
 }
 
 func (c *Client) clearDown(addr netip.AddrPort) {

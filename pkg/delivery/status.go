@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/dsn"
 )
 
 // RcptStatus is the outcome for one recipient.
@@ -62,12 +64,20 @@ func derivedEnhanced(code int) string {
 
 // replyResult turns a server reply carried in a *smtp.SMTPError.
 func replyResult(e *smtp.SMTPError) result {
+	if c := e.Code / 100; c != 2 && c != 4 && c != 5 {
+		// Not a reply SMTP allows here (1xx, 3xx, garbage): a protocol
+		// error, temporary, and the connection is not trusted further.
+		return result{Enhanced: "4.5.0", Text: fmt.Sprintf("Unexpected reply %d %s", e.Code, oneLine(e.Message))}
+	}
 	r := result{Code: e.Code, Text: oneLine(e.Message)}
 	ec := e.EnhancedCode
+	r.Enhanced = derivedEnhanced(e.Code)
 	if ec != smtp.EnhancedCodeNotSet && ec != smtp.NoEnhancedCode && ec[0] == e.Code/100 {
-		r.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
-	} else {
-		r.Enhanced = derivedEnhanced(e.Code)
+		// go-smtp parses any digits ("5.1234.1"); RFC 3463 allows 1-3 per
+		// part. An invalid status is clamped to the class's X.0.0.
+		if s := fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2]); isEnhanced(s, byte('0'+ec[0])) {
+			r.Enhanced = s
+		}
 	}
 	return r
 }
@@ -87,22 +97,9 @@ func okResult(text string) result {
 	return r
 }
 
+// isEnhanced reports whether s is a valid RFC 3463 status of the class.
 func isEnhanced(s string, class byte) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(parts[0]) != 1 || parts[0][0] != class {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if p == "" || len(p) > 3 {
-			return false
-		}
-		for i := 0; i < len(p); i++ {
-			if p[i] < '0' || p[i] > '9' {
-				return false
-			}
-		}
-	}
-	return true
+	return len(s) > 0 && s[0] == class && dsn.ValidStatus(s)
 }
 
 func oneLine(s string) string {
@@ -143,6 +140,8 @@ func lostResult(ctx context.Context, name, during string, err error) result {
 	switch {
 	case ctx.Err() != nil:
 		r.Text = fmt.Sprintf("Delivery aborted during %s with %s: %v", during, name, context.Cause(ctx))
+	case errors.Is(err, ErrReplyTooLarge):
+		r.Text = fmt.Sprintf("Reply from %s during %s: %v; connection dropped.", name, during, err)
 	case errors.As(err, &ne) && ne.Timeout():
 		r.Text = fmt.Sprintf("Timeout waiting for input from %s during %s.", name, during)
 	default:
@@ -156,7 +155,8 @@ func lostResult(ctx context.Context, name, during string, err error) result {
 func stepError(ctx context.Context, name, during string, err error) (r result, isReply bool) {
 	var serr *smtp.SMTPError
 	if errors.As(err, &serr) && ctx.Err() == nil {
-		return replyResult(serr), true
+		r := replyResult(serr)
+		return r, r.Code != 0
 	}
 	return lostResult(ctx, name, during, err), false
 }

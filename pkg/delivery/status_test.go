@@ -23,6 +23,10 @@ func TestReplyResults(t *testing.T) {
 			result{554, "5.0.0", "x"}},
 		{"reply mismatched class", replyResult(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{5, 0, 0}, Message: "x"}),
 			result{421, "4.0.0", "x"}},
+		{"reply malformed subject clamped", replyResult(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1234, 1}, Message: "x"}),
+			result{550, "5.0.0", "x"}},
+		{"reply malformed detail clamped", replyResult(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 10000}, Message: "x"}),
+			result{451, "4.0.0", "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -81,6 +81,10 @@ const (
 
 var statusRE = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)
 
+// ValidStatus reports whether s is an RFC 3463 status code: class 2, 4 or
+// 5, subject and detail of 1-3 digits ("5.1.1"; not "5.1234.1").
+func ValidStatus(s string) bool { return statusRE.MatchString(s) }
+
 // Returnable reports whether a DSN may be sent for a message from sender:
 // false for the null sender ("" or "<>") and for MAILER-DAEMON senders
 // (local part "mailer-daemon", any case), so that notifications never loop.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/xid"
 )
@@ -262,5 +263,20 @@ func TestNewQueueIDConcurrent(t *testing.T) {
 			}
 			seen[id] = true
 		}
+	}
+}
+
+func TestTruncateError(t *testing.T) {
+	if got := TruncateError("short"); got != "short" {
+		t.Errorf("TruncateError(short) = %q", got)
+	}
+	long := strings.Repeat("ü", MaxErrorLen) // 2 bytes each
+	got := TruncateError(long)
+	if len(got) > MaxErrorLen || !utf8.ValidString(got) || !strings.HasSuffix(got, "…") {
+		t.Errorf("TruncateError: %d bytes, valid UTF-8 %v, %q…", len(got), utf8.ValidString(got), got[:10])
+	}
+	e := &Envelope{LastError: "shared"}
+	if e.RcptError(Recipient{}) != "shared" || e.RcptError(Recipient{LastError: "own"}) != "own" {
+		t.Error("RcptError does not fall back to the envelope's error")
 	}
 }

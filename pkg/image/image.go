@@ -74,6 +74,8 @@ func Components() []Component {
 			Description: "mailfwd delivery worker: delivers queued mail by MX lookup or static route"},
 		{Name: "mailfwdctl", Package: "./cmd/ctl",
 			Description: "mailfwdctl: queue operations, policy ConfigMaps, bootstrap"},
+		{Name: "mailfwd-sendmail", Package: "./cmd/sendmail",
+			Description: "mailfwd-sendmail: a drop-in /usr/sbin/sendmail that submits to a mailfwd ingress (COPY it into application images)"},
 	}
 }
 

@@ -77,3 +77,15 @@ func reply(err error, qid string) *smtp.SMTPError {
 	}
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: msg}
 }
+
+// refusalAttrs are the log attributes of a refusal: the reply the client
+// got and, apart, the rule that decided it (each said once).
+func refusalAttrs(err error, qid string) []any {
+	r := reply(err, qid)
+	attrs := []any{"reply", fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)}
+	var e *Error
+	if errors.As(err, &e) && e.Err != nil {
+		attrs = append(attrs, "rule", e.Err.Error())
+	}
+	return attrs
+}

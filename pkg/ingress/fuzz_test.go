@@ -2,6 +2,7 @@ package ingress_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func isProtocolError(r reply) bool {
 		return false
 	}
 	t := r.Lines[0]
-	return t == "5.5.2 Error: bad syntax" || t == "5.5.2 Bad command" ||
+	return t == "5.5.2 Error: bad syntax" || t == "5.5.2 Error: command not recognized" ||
 		(strings.HasPrefix(t, "5.5.2 Syntax errors, ") && strings.HasSuffix(t, " command unrecognized"))
 }
 
@@ -124,4 +125,132 @@ func FuzzSession(f *testing.F) {
 		_ = c.conn.SetDeadline(time.Now().Add(5 * time.Second))
 		c.cmd("QUIT")
 	})
+}
+
+// FuzzSessionPauses runs fuzzed dialogs in which the client may pause
+// longer than the read timeout ("~" lines), in commands or inside DATA.
+// A pause always ends the session with a 421 and a close, and what follows
+// it is never read: the stream holds exactly the messages the client saw
+// "queued as" for (issue 9 defect 1).
+func FuzzSessionPauses(f *testing.F) {
+	seeds := []string{
+		"EHLO c\nMAIL FROM:<a@src.test>\nRCPT TO:<b@dst.test>\nDATA\nSubject: x\n~\nMAIL FROM:<e@src.test>\nRCPT TO:<v@dst.test>\nDATA\nsmuggled\n.\n",
+		"EHLO c\nMAIL FROM:<a@src.test>\nRCPT TO:<b@dst.test>\nDATA\nSubject: x\n\nbody\n.\nMAIL FROM:<a@src.test>\n~\nRCPT TO:<b@dst.test>",
+		"EHLO c\n~\nNOOP",
+		"EHLO c\nMAIL FROM:<a@src.test>\nRCPT TO:<b@dst.test>\nDATA\nReceived: x\nReceived: y\nReceived: z\n\n.\nQUIT",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	fx := start(f, func(c *ingress.Config) {
+		c.MaxSessions = 10000
+		c.ReadTimeout = 400 * time.Millisecond
+		c.MaxHops = 2
+		c.Policy = &ingress.StaticRelay{Domains: []string{"dst.test"}}
+	})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var lines []string
+		pauses := 0
+		for _, l := range bytes.Split(data, []byte("\n")) {
+			if len(lines) == fuzzMaxLines {
+				break
+			}
+			l = bytes.TrimSuffix(l, []byte("\r"))
+			if len(l) > fuzzMaxLineLen {
+				l = l[:fuzzMaxLineLen]
+			}
+			s := string(l)
+			if len(s) >= 4 && strings.EqualFold(s[:4], "BDAT") {
+				s = "NOOP"
+			}
+			if s == "~" {
+				if pauses == 1 {
+					continue
+				}
+				pauses++
+			}
+			lines = append(lines, s)
+		}
+		before := streamCount(t, fx)
+		queued := uint64(0)
+		c := dialRaw(t, fx.addr)
+		defer c.conn.Close()
+		if r := c.read(); r.Code != 220 {
+			t.Fatalf("greeting %v", r)
+		}
+		inData, protoErrs := false, 0
+		for _, line := range lines {
+			if line == "~" {
+				time.Sleep(700 * time.Millisecond)
+				r, err := c.readReply()
+				if err != nil || r.Code != 421 {
+					t.Fatalf("after a pause (in DATA: %v): %v, %v; want 421", inData, r, err)
+				}
+				// What the client sends now must not be read as commands.
+				_ = c.writeLine("MAIL FROM:<smuggler@src.test>")
+				_ = c.writeLine("RCPT TO:<victim@dst.test>")
+				_ = c.writeLine("DATA")
+				_ = c.writeLine(".")
+				_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if extra, err := c.tp.ReadLine(); err == nil {
+					t.Fatalf("server still talking after the 421: %q", extra)
+				}
+				break
+			}
+			if inData {
+				if strings.HasPrefix(line, ".") && line != "." {
+					line = "." + line
+				}
+				if err := c.writeLine(line); err != nil {
+					break // the server hung up (a 421 the client had not read yet)
+				}
+				if line != "." {
+					continue
+				}
+				inData = false
+			} else if err := c.writeLine(line); err != nil {
+				break // the server hung up (QUIT, too many errors)
+			}
+			r, err := c.readReply()
+			if err != nil {
+				break
+			}
+			if r.Code == 354 {
+				inData = true
+			}
+			if r.Code == 250 && strings.Contains(r.Text(), "queued as") {
+				queued++
+			}
+			if isProtocolError(r) {
+				if protoErrs++; protoErrs > 3 {
+					break // go-smtp says "Too many errors" and hangs up
+				}
+			}
+			if r.Code == 221 || r.Code == 421 {
+				break
+			}
+		}
+		c.conn.Close()
+		for i := 0; fx.srv.Sessions() != 0 && i < 200; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := streamCount(t, fx) - before; got != queued {
+			t.Fatalf("stream grew by %d messages, the client saw %d queued", got, queued)
+		}
+	})
+}
+
+// streamCount is fixture.streamMsgs for use inside a fuzz target.
+func streamCount(t *testing.T, fx *fixture) uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := fx.js.Stream(ctx, "MAIL")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	return info.State.Msgs
 }

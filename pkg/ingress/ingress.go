@@ -5,7 +5,6 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,20 +13,18 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
@@ -39,6 +36,14 @@ type Queue interface {
 // BodyStore keeps message bodies.
 type BodyStore interface {
 	Put(ctx context.Context, key string, data []byte) error
+	// PutStream stores what r yields; when r fails nothing is stored.
+	PutStream(ctx context.Context, key string, r io.Reader) (int64, error)
+}
+
+// streamBuffered is implemented by stores that hold a buffer of their own
+// per PutStream (S3: one multipart part); it is counted in MaxInFlightBytes.
+type streamBuffered interface {
+	StreamBufferBytes() int64
 }
 
 // Config is the ingress's SMTP behaviour.
@@ -54,7 +59,24 @@ type Config struct {
 	StoreTimeout    time.Duration // body PUT + publish acks; a 451 after it
 	// InlineBodyMax keeps bodies up to this many bytes of single-domain
 	// messages inside the JetStream envelope instead of the blob store (0: never).
-	InlineBodyMax   int
+	InlineBodyMax int
+	// MaxInFlightBytes bounds the body bytes all sessions hold in memory at
+	// once (read buffers and the store's upload buffers); beyond it, 452 4.3.1.
+	MaxInFlightBytes int64
+	// MaxSessionsPerClient bounds concurrent sessions from one client
+	// address; more get 421 4.7.0.
+	MaxSessionsPerClient int
+	// MaxConnectionsPerClientPerMinute bounds new connections from one
+	// client address (a token bucket of this size refilled over a minute).
+	MaxConnectionsPerClientPerMinute int
+	// ClientLimitExceptions are client networks exempt from the two limits
+	// above (as Postfix's smtpd_client_event_limit_exceptions).
+	ClientLimitExceptions []netip.Prefix
+	// MaxErrorsPerSession closes a session with 421 4.7.0 after this many
+	// error replies (Postfix smtpd_hard_error_limit).
+	MaxErrorsPerSession int
+	// MaxHops refuses a message with more Received: headers (554 5.4.6).
+	MaxHops         int
 	TLSConfig       *tls.Config // enables STARTTLS when set
 	Policy          Policy
 	Resolver        HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
@@ -79,9 +101,18 @@ type Server struct {
 	tracer trace.Tracer
 	smtp   *smtp.Server
 
+	budget    *semaphore.Weighted // MaxInFlightBytes
+	inFlight  atomic.Int64
+	storeBuf  int64 // what one PutStream holds in memory
+	refusing  chan struct{}
+	peekLimit int       // body bytes read before deciding inline / Put / PutStream
+	peekBufs  sync.Pool // *[]byte of peekLimit and a Received: header, reused across messages
+
 	mu       sync.Mutex
 	sessions int
 	conns    map[*conn]struct{} // open sessions, closed by Shutdown at its deadline
+	clients  map[netip.Addr]*clientState
+	swept    time.Time
 }
 
 // New builds an ingress server.
@@ -110,6 +141,18 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 500
 	}
+	if cfg.MaxSessionsPerClient <= 0 {
+		cfg.MaxSessionsPerClient = cfg.MaxSessions
+	}
+	if cfg.MaxErrorsPerSession < 0 {
+		cfg.MaxErrorsPerSession = 0
+	}
+	if cfg.MaxHops <= 0 {
+		cfg.MaxHops = 25
+	}
+	if cfg.MaxInFlightBytes <= 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = 30 * time.Second
 	}
@@ -129,12 +172,22 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 		log:    cfg.Logger.With("component", "ingress"),
 		tracer: cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/ingress"),
 		conns:  map[*conn]struct{}{},
+
+		clients:   map[netip.Addr]*clientState{},
+		refusing:  make(chan struct{}, maxRefusing),
+		budget:    semaphore.NewWeighted(cfg.MaxInFlightBytes),
+		storeBuf:  32 << 10, // io.Copy's buffer
+		peekLimit: max(cfg.InlineBodyMax, minPeek),
+	}
+	if sb, ok := bodies.(streamBuffered); ok {
+		s.storeBuf = sb.StreamBufferBytes()
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
+	srv.MaxErrors = cfg.MaxErrorsPerSession
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.TLSConfig = cfg.TLSConfig
@@ -285,7 +338,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	targets, err := ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
 	if err != nil {
-		ss.s.log.Info("recipient refused", "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to, "reason", err)
+		ss.s.log.Info("recipient refused", append([]any{"queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to}, refusalAttrs(err, ss.qid)...)...)
 		ss.s.cfg.Metrics.Recipient("rejected")
 		return reply(err, ss.qid)
 	}
@@ -297,6 +350,11 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			return reply(fmt.Errorf("expansion of %s: %w", to, err), ss.qid)
 		}
 		parsed = append(parsed, ta)
+	}
+	if n := ss.newTargets(parsed); len(ss.targets)+n > ss.s.cfg.MaxRecipients {
+		// go-smtp counts what the client gave; expansions count too.
+		ss.s.log.Info("recipient refused: its expansion exceeds the recipient limit", "queue_id", ss.qid, "to", to, "targets", len(ss.targets)+n, "max_recipients", ss.s.cfg.MaxRecipients)
+		return reply(Reject(452, "4.5.3", fmt.Sprintf("Too many recipients (more than %d after expansion)", ss.s.cfg.MaxRecipients)), ss.qid)
 	}
 	if len(targets) == 0 {
 		ss.s.log.Info(ss.qid+": to=<"+to+">: discarded by policy", "queue_id", ss.qid)
@@ -320,39 +378,28 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return nil
 }
 
-func (ss *session) Data(r io.Reader) (err error) {
-	if !ss.s.cfg.RepanicForTests {
-		defer func() {
-			if p := recover(); p != nil {
-				ss.s.log.Error("panic in DATA", "queue_id", ss.qid, "panic", p, "stack", string(debug.Stack()))
-				err = reply(fmt.Errorf("panic: %v", p), ss.qid)
+// newTargets counts the addresses of parsed not yet among the targets.
+func (ss *session) newTargets(parsed []address.Address) int {
+	n := 0
+	for i, ta := range parsed {
+		dup := false
+		for _, have := range ss.targets {
+			if have.Raw == ta.Raw {
+				dup = true
+				break
 			}
-		}()
+		}
+		for _, prev := range parsed[:i] {
+			if prev.Raw == ta.Raw {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			n++
+		}
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, 8192))
-	ss.writeReceived(buf)
-	hdrLen := buf.Len()
-	if _, err := buf.ReadFrom(r); err != nil {
-		// Oversize (552 from go-smtp), a client that went away, a timeout:
-		// nothing is stored or queued.
-		return reply(err, ss.qid)
-	}
-	body := buf.Bytes()
-	size := int64(len(body) - hdrLen)
-	if len(ss.targets) == 0 {
-		// Every recipient was discarded by policy (DISCARD): accept, keep nothing.
-		ss.s.log.Info(ss.qid+": discarded: every recipient matched a DISCARD rule", "queue_id", ss.qid, "size", size)
-		ss.s.cfg.Metrics.Message("discarded")
-		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.StoreTimeout)
-	defer cancel()
-	if err := ss.s.accept(ctx, ss, body, size); err != nil {
-		ss.s.cfg.Metrics.Message("tempfail")
-		return reply(err, ss.qid)
-	}
-	ss.s.cfg.Metrics.Message("accepted")
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
+	return n
 }
 
 func (ss *session) proto() string {
@@ -366,7 +413,7 @@ func (ss *session) proto() string {
 	return p
 }
 
-func (ss *session) writeReceived(w *bytes.Buffer) {
+func (ss *session) writeReceived(w io.Writer) {
 	fmt.Fprintf(w, "Received: from %s ([%s])\r\n\tby %s (mailfwd) with %s id %s", sanitize(ss.client.Helo), ss.client.Addr, ss.s.cfg.Hostname, ss.proto(), ss.qid)
 	if len(ss.rcpts) == 1 {
 		fmt.Fprintf(w, "\r\n\tfor <%s>", ss.rcpts[0].Raw)
@@ -386,167 +433,6 @@ func sanitize(s string) string {
 		return "unknown"
 	}
 	return s
-}
-
-// accept stores the body and publishes the envelopes. nil means durable.
-func (s *Server) accept(ctx context.Context, ss *session, body []byte, size int64) error {
-	ctx, span := s.tracer.Start(ctx, "smtp.receive", trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
-			attribute.String("mailfwd.queue_id", ss.qid),
-			attribute.Int("mailfwd.recipients", len(ss.rcpts)),
-			attribute.Int64("mailfwd.size", size),
-			attribute.String("net.peer.ip", ss.client.Addr.String()),
-		))
-	defer span.End()
-	fail := func(what string, err error) error {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, what)
-		s.log.Error(what, "queue_id", ss.qid, "err", err)
-		return err
-	}
-
-	// Group recipients by domain, keeping the client's order.
-	var envs []*envelope.Envelope
-	byDomain := map[string]*envelope.Envelope{}
-	now := time.Now().UTC()
-	msgid := messageID(body)
-	for _, a := range ss.targets {
-		e := byDomain[a.ASCII]
-		if e == nil {
-			e = &envelope.Envelope{
-				QueueID: ss.qid, From: ss.from, Domain: a.ASCII, BodyKey: ss.qid,
-				Size: int64(len(body)), EightBit: ss.eightBit, UTF8: ss.utf8, MsgID: msgid,
-				ClientAddr: ss.client.Addr.String(), ClientHelo: ss.client.Helo, Arrived: now,
-			}
-			byDomain[a.ASCII] = e
-			envs = append(envs, e)
-		}
-		e.Recipients = append(e.Recipients, envelope.Recipient{Addr: a.Raw})
-	}
-	for _, e := range envs {
-		e.Parts = len(envs)
-	}
-
-	if len(envs) == 1 && len(body) <= s.cfg.InlineBodyMax {
-		// Small and for one domain: the body rides in the envelope, stored
-		// (and synced, and replicated) by the same JetStream write.
-		envs[0].Body, envs[0].BodyKey = body, ""
-	} else {
-		pctx, pspan := s.tracer.Start(ctx, "blob.put")
-		err := s.bodies.Put(pctx, ss.qid, body)
-		pspan.End()
-		if err != nil {
-			return fail("body store failed; answering 451", err)
-		}
-	}
-	qctx, qspan := s.tracer.Start(ctx, "queue.publish", trace.WithSpanKind(trace.SpanKindProducer))
-	err := s.queue.Enqueue(qctx, envs)
-	qspan.End()
-	if err != nil {
-		return fail("queue publish failed; answering 451", err)
-	}
-	maillog.LogReceived(ctx, s.log, maillog.Received{
-		QueueID: ss.qid, From: ss.from, Size: size, NRcpts: len(ss.targets), MsgID: msgid,
-		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
-	})
-	return nil
-}
-
-// messageID returns the Message-ID header value of body, if any.
-func messageID(body []byte) string {
-	for len(body) > 0 {
-		i := bytes.IndexByte(body, '\n')
-		line := body
-		if i >= 0 {
-			line, body = body[:i], body[i+1:]
-		} else {
-			body = nil
-		}
-		line = bytes.TrimRight(line, "\r")
-		if len(line) == 0 {
-			return "" // end of header
-		}
-		if len(line) > 11 && strings.EqualFold(string(line[:11]), "message-id:") {
-			return strings.TrimSpace(string(line[11:]))
-		}
-	}
-	return ""
-}
-
-// listener enforces the session limit (421 beyond it) and writes the
-// configurable greeting in place of go-smtp's fixed one.
-type listener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		l.s.mu.Lock()
-		full := l.s.sessions >= l.s.cfg.MaxSessions
-		if !full {
-			l.s.sessions++
-		}
-		open := l.s.sessions
-		l.s.mu.Unlock()
-		l.s.cfg.Metrics.Sessions(open)
-		if full {
-			_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "421 4.3.2 %s Too many sessions, try again later\r\n", l.s.cfg.Hostname)
-			c.Close()
-			l.s.log.Warn("session limit reached; refused connection", "client", c.RemoteAddr().String(), "limit", l.s.cfg.MaxSessions)
-			continue
-		}
-		greeting := "220 " + l.s.cfg.Hostname
-		if l.s.cfg.Banner != "" {
-			greeting += " " + l.s.cfg.Banner
-		}
-		cn := &conn{Conn: c, s: l.s, greeting: greeting + "\r\n"}
-		l.s.mu.Lock()
-		l.s.conns[cn] = struct{}{}
-		l.s.mu.Unlock()
-		return cn, nil
-	}
-}
-
-type conn struct {
-	net.Conn
-	s        *Server
-	greeting string
-	greeted  bool
-	once     sync.Once
-}
-
-// Write replaces the first line go-smtp writes (its fixed 220 greeting).
-func (c *conn) Write(p []byte) (int, error) {
-	if !c.greeted {
-		c.greeted = true
-		if bytes.HasPrefix(p, []byte("220 ")) {
-			if i := bytes.Index(p, []byte("\r\n")); i >= 0 {
-				if _, err := c.Conn.Write(append([]byte(c.greeting), p[i+2:]...)); err != nil {
-					return 0, err
-				}
-				return len(p), nil
-			}
-		}
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *conn) Close() error {
-	c.once.Do(func() {
-		c.s.mu.Lock()
-		c.s.sessions--
-		open := c.s.sessions
-		delete(c.s.conns, c)
-		c.s.mu.Unlock()
-		c.s.cfg.Metrics.Sessions(open)
-	})
-	return c.Conn.Close()
 }
 
 type slogAdapter struct{ log *slog.Logger }

@@ -578,7 +578,7 @@ func TestRelayPolicy(t *testing.T) {
 		c.expect(250, "EHLO client.test")
 		c.expect(250, "MAIL FROM:<alice@src.test>")
 		c.expect(550, "RCPT TO:<bob@other.test>")
-		c.expect(502, "DATA") // no accepted recipient
+		c.expect(503, "DATA") // no accepted recipient
 	})
 }
 

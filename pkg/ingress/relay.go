@@ -67,6 +67,10 @@ func (p *StaticRelay) CheckRcpt(_ context.Context, c Client, _ string, rcpt addr
 // Current is called for every decision).
 type SendmailPolicy struct {
 	Current func() *policy.Policy
+	// MaxExpansion refuses a recipient whose aliases / virtusertable
+	// expansion has more addresses (452 4.5.3; 0: no limit). The daemon
+	// sets it to the recipient limit.
+	MaxExpansion int
 }
 
 var _ Policy = (*SendmailPolicy)(nil)
@@ -88,7 +92,7 @@ func (p *SendmailPolicy) CheckRcpt(_ context.Context, c Client, from string, rcp
 	if v.Discard {
 		return nil, nil
 	}
-	x := pol.Expand(rcpt.Raw)
+	x := pol.ExpandMax(rcpt.Raw, p.MaxExpansion)
 	if x.Reject != nil {
 		return nil, fromReply(x.Reject, strings.Join(x.Steps, "; "))
 	}

@@ -502,5 +502,5 @@ func (p *Policy) CheckRcpt(c Client, from, rcpt string) Verdict {
 		}
 		return Verdict{Reject: denied, Rule: toRule.ref() + ": sender not whitelisted (from_whitelist: no From: OK/RELAY entry)"}
 	}
-	return Verdict{Reject: denied, Rule: "no entry: relaying denied" + waived}
+	return Verdict{Reject: denied, Rule: "no access entry grants relay" + waived}
 }

@@ -87,9 +87,9 @@ func TestCheckRcptActions(t *testing.T) {
 		{name: "To RELAY", client: stranger, from: "a@b.example", rcpt: "u@relay.example", ruleLike: "=access:2: To:relay.example RELAY"},
 		{name: "To RELAY parent domain", client: stranger, from: "a@b.example", rcpt: "u@a.b.relay.example", ruleLike: "=access:2: To:relay.example RELAY"},
 		{name: "To SKIP stops the search", client: stranger, from: "a@b.example", rcpt: "u@x.sub.relay.example",
-			code: 550, enh: "5.7.1", text: "<u@x.sub.relay.example>... Relaying denied", ruleLike: "=no entry: relaying denied"},
+			code: 550, enh: "5.7.1", text: "<u@x.sub.relay.example>... Relaying denied", ruleLike: "=no access entry grants relay"},
 		// sendmail: "Accept does not mean relay" — To: OK never opens relaying to a non-local domain.
-		{name: "To OK does not grant relay", client: stranger, rcpt: "u@ok.example", code: 550, enh: "5.7.1", text: "<u@ok.example>... Relaying denied", ruleLike: "no entry"},
+		{name: "To OK does not grant relay", client: stranger, rcpt: "u@ok.example", code: 550, enh: "5.7.1", text: "<u@ok.example>... Relaying denied", ruleLike: "no access entry"},
 		{name: "To REJECT", client: stranger, rcpt: "u@reject.example", code: 550, enh: "5.7.1", text: "<u@reject.example>... Access denied", ruleLike: "=access:4: To:reject.example REJECT"},
 		{name: "To DISCARD", client: stranger, rcpt: "u@discard.example", discard: true, ruleLike: "access:5:"},
 		{name: "To ERROR D.S.N:text", client: stranger, rcpt: "u@err1.example", code: 550, enh: "5.7.1", text: "<u@err1.example>... Go away", ruleLike: "=access:6: To:err1.example ERROR:5.7.1:550 Go away"},
@@ -118,7 +118,7 @@ func TestCheckRcptActions(t *testing.T) {
 		{name: "Connect DISCARD waived for friend", client: "192.0.2.68", from: "x@friend.example", rcpt: "u@relay.example", ruleLike: "access:2:"},
 		{name: "Connect OK does not relay", client: "192.0.2.69", rcpt: "u@other.example", code: 550, enh: "5.7.1", text: "<u@other.example>... Relaying denied"},
 		{name: "Connect CIDR RELAY relays anywhere", client: "10.200.3.4", rcpt: "u@other.example", ruleLike: "=access:22: Connect:10.0.0.0/8 RELAY"},
-		{name: "no entry", client: stranger, rcpt: "u@other.example", code: 550, enh: "5.7.1", text: "<u@other.example>... Relaying denied", ruleLike: "=no entry: relaying denied"},
+		{name: "no entry", client: stranger, rcpt: "u@other.example", code: 550, enh: "5.7.1", text: "<u@other.example>... Relaying denied", ruleLike: "=no access entry grants relay"},
 		{name: "invalid recipient", client: stranger, rcpt: "nodomain", code: 553, enh: "5.1.3", text: "<nodomain>... address has no domain (user@domain required)"},
 	})
 }
@@ -251,7 +251,7 @@ func TestMMSExample(t *testing.T) {
 			{name: "inside MMSC by verified PTR relays anywhere", client: "10.9.8.7", host: "our-mmsc.intra.example.com", from: op009, rcpt: "someone@other.example.org", ruleLike: "=access:5: Connect:our-mmsc.intra.example.com RELAY"},
 			{name: "inside MMSC refused for mnc002", client: "10.9.8.7", host: "our-mmsc.intra.example.com", rcpt: plmn002, code: 550, enh: "5.7.1", text: "<" + plmn002 + ">... Access denied"},
 			{name: "unknown client to other domain", client: unknown, from: "a@b.example", rcpt: "x@other.example.org", code: 550, enh: "5.7.1",
-				text: "<x@other.example.org>... Relaying denied", ruleLike: "=no entry: relaying denied"},
+				text: "<x@other.example.org>... Relaying denied", ruleLike: "=no access entry grants relay"},
 			{name: "whitelisted sender does not open relaying", client: unknown, from: op003, rcpt: "x@other.example.org", code: 550, enh: "5.7.1", text: "<x@other.example.org>... Relaying denied"},
 			{name: "unknown client refused for mnc002", client: unknown, from: op003, rcpt: plmn002, code: 550, enh: "5.7.1", text: "<" + plmn002 + ">... Access denied"},
 		}
@@ -312,7 +312,7 @@ func TestEmptyPolicyRelaysForNobody(t *testing.T) {
 	p := Empty()
 	for _, c := range []Client{{Addr: netip.MustParseAddr("127.0.0.1")}, {Addr: netip.MustParseAddr("10.0.0.1"), Hostname: "localhost"}, {}} {
 		v := p.CheckRcpt(c, "a@b.example", "x@y.example")
-		if v.Reject == nil || v.Reject.Code != 550 || v.Rule != "no entry: relaying denied" {
+		if v.Reject == nil || v.Reject.Code != 550 || v.Rule != "no access entry grants relay" {
 			t.Errorf("client %+v: verdict %+v", c, v)
 		}
 	}

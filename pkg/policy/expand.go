@@ -343,6 +343,7 @@ func splitDetail(local string) (user, detail string, plus bool) {
 type expander struct {
 	p     *Policy
 	rcpt  string
+	max   int // 0: no limit
 	out   []string
 	seen  map[string]bool // emitted addresses
 	done  map[string]bool // fully expanded keys
@@ -352,9 +353,14 @@ type expander struct {
 // Expand applies virtusertable (for domains that have entries) and then
 // aliases (for local-host-names domains), recursively up to 20 levels.
 // Duplicates are removed, order is kept. A loop, an error: target, a
-// .REDIRECT target or a local user without alias rejects the recipient.
-func (p *Policy) Expand(rcpt string) Expansion {
-	x := &expander{p: p, rcpt: rcpt, seen: map[string]bool{}, done: map[string]bool{}}
+// .REDIRECT target, a local user without alias or a recipient in a virtual
+// domain without entry (and without catch-all) rejects the recipient.
+func (p *Policy) Expand(rcpt string) Expansion { return p.ExpandMax(rcpt, 0) }
+
+// ExpandMax is Expand that refuses (452 4.5.3) an expansion to more than
+// max addresses (0: no limit), stopping as soon as it gets there.
+func (p *Policy) ExpandMax(rcpt string, max int) Expansion {
+	x := &expander{p: p, rcpt: rcpt, max: max, seen: map[string]bool{}, done: map[string]bool{}}
 	if rep := x.expand(rcpt, 0, nil); rep != nil {
 		return Expansion{Reject: rep, Steps: x.steps}
 	}
@@ -369,12 +375,17 @@ func identity(addr string) string {
 	return strings.ToLower(local) + "@" + normDomain(dom)
 }
 
-func (x *expander) emit(addr string) {
+func (x *expander) emit(addr string) *Reply {
 	k := identity(addr)
 	if !x.seen[k] {
+		if x.max > 0 && len(x.out) >= x.max {
+			x.steps = append(x.steps, fmt.Sprintf("stopped at %s: more than %d recipients", addr, x.max))
+			return &Reply{Code: 452, Enhanced: "4.5.3", Text: fmt.Sprintf("<%s>... Too many recipients: the expansion has more than %d", x.rcpt, x.max)}
+		}
 		x.seen[k] = true
 		x.out = append(x.out, addr)
 	}
+	return nil
 }
 
 func (x *expander) expand(addr string, depth int, chain []string) *Reply {
@@ -401,21 +412,33 @@ func (x *expander) expand(addr string, depth int, chain []string) *Reply {
 	default:
 		a, err := address.Parse(addr)
 		if err != nil {
-			x.emit(addr) // not ours to judge here; CheckRcpt refuses bad syntax
+			rep = x.emit(addr) // not ours to judge here; CheckRcpt refuses bad syntax
 			break
 		}
+		virtual, matched := false, false
 		if _, ok := x.p.virtDomains[a.ASCII]; ok {
+			virtual = true
 			handled, r := x.virtuser(a, depth, chain)
 			if handled {
 				rep = r
 				break
 			}
+			matched = r == errIdentity
 		}
 		if _, ok := x.p.local[a.ASCII]; ok {
 			rep = x.alias(local, addr, depth, chain)
 			break
 		}
-		x.emit(addr)
+		if virtual && !matched && depth == 0 {
+			// A virtual domain without a catch-all accepts only the
+			// addresses it lists (sendmail: User unknown). What the policy
+			// itself expands to (alias and virtusertable targets) is routed
+			// as the operator wrote it.
+			x.steps = append(x.steps, "virtusertable: no entry for "+a.Raw)
+			rep = &Reply{Code: 550, Enhanced: "5.1.1", Text: fmt.Sprintf("<%s>... User unknown", a.Raw)}
+			break
+		}
+		rep = x.emit(addr)
 	}
 	if rep == nil {
 		x.done[key] = true
@@ -423,10 +446,14 @@ func (x *expander) expand(addr string, depth int, chain []string) *Reply {
 	return rep
 }
 
+// errIdentity is virtuser's note that an entry maps the address to itself.
+var errIdentity = &Reply{}
+
 // virtuser looks a up in virtusertable, sendmail's order: user+detail@d,
 // user++@d (non-empty detail), user+*@d, user@d, ++@d, +*@d, @d; without a
 // detail user@d then @d. handled is false when nothing matched (or the entry
-// maps the address to itself), so aliases / pass-through apply.
+// maps the address to itself, then the reply is errIdentity), so aliases /
+// pass-through apply.
 func (x *expander) virtuser(a address.Address, depth int, chain []string) (bool, *Reply) {
 	user, detail, plus := splitDetail(a.Local)
 	lu, ld := strings.ToLower(user), strings.ToLower(detail)
@@ -468,7 +495,7 @@ func (x *expander) virtuser(a address.Address, depth int, chain []string) (bool,
 	}
 	to := subst(v.Target, user, detail, plusDetail)
 	if identity(to) == identity(a.Raw) {
-		return false, nil // identity mapping: passes through
+		return false, errIdentity // identity mapping: passes through
 	}
 	return true, x.expand(to, depth+1, chain)
 }

@@ -23,6 +23,7 @@ loop-c: loop-a
 self: self@local.example
 list: "quoted user"@example.net, root
 dangling: nobody-here
+to-nocatch: other@nocatch.example
 `
 
 const expandVirtusertable = `# virtual domains
@@ -44,6 +45,8 @@ vloop2@virt.example        vloop@virt.example
 same@virt.example          same@virt.example
 @virt.example              error:nouser
 x@local.example            team
+known@nocatch.example      sales@example.net
+@self.example              %1@self.example
 `
 
 func expandPolicy(t *testing.T) *Policy {
@@ -105,6 +108,13 @@ func TestExpand(t *testing.T) {
 		{rcpt: "chain@virt.example", addrs: []string{"sales@example.net"}, steps: []string{"virtusertable:14:", "virtusertable:2:"}},
 		{rcpt: "vloop@virt.example", reject: &Reply{554, "5.4.6", "<vloop@virt.example>... Alias loop"}},
 		{rcpt: "same@virt.example", addrs: []string{"same@virt.example"}},
+		// A virtual domain without a catch-all knows only its entries (sendmail: User unknown).
+		{rcpt: "known@nocatch.example", addrs: []string{"sales@example.net"}},
+		{rcpt: "stranger@nocatch.example", reject: &Reply{550, "5.1.1", "<stranger@nocatch.example>... User unknown"},
+			steps: []string{"virtusertable: no entry for stranger@nocatch.example"}},
+		{rcpt: "anyone@self.example", addrs: []string{"anyone@self.example"}},
+		// ... but an address the policy expands to is routed as written.
+		{rcpt: "to-nocatch@local.example", addrs: []string{"other@nocatch.example"}},
 		{rcpt: "x@local.example", addrs: []string{"ops@example.com", "oncall@example.com", "second@example.net", "third@example.net"},
 			steps: []string{"virtusertable:19: x@local.example -> team", "aliases:8: team"}},
 	}
@@ -163,5 +173,18 @@ func TestExpandDiamondIsLinear(t *testing.T) {
 	}
 	if len(e.Steps) > 100 {
 		t.Fatalf("diamond expanded %d steps", len(e.Steps))
+	}
+}
+
+// An expansion stops at the recipient limit (issue 10 defect 6).
+func TestExpandMax(t *testing.T) {
+	p := expandPolicy(t)
+	if e := p.ExpandMax("team@local.example", 4); e.Reject != nil || len(e.Addrs) != 4 {
+		t.Fatalf("at the limit: %+v", e)
+	}
+	e := p.ExpandMax("team@local.example", 3)
+	want := &Reply{452, "4.5.3", "<team@local.example>... Too many recipients: the expansion has more than 3"}
+	if !reflect.DeepEqual(e.Reject, want) || e.Addrs != nil {
+		t.Fatalf("over the limit: %+v, want %+v", e, want)
 	}
 }

@@ -19,7 +19,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/smtpauth"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // The policy keys (file names in the policy directory / ConfigMap keys).
@@ -34,7 +37,8 @@ const (
 
 // Keys lists every policy key, in the order Files and error reports use.
 func Keys() []string {
-	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings}
+	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings,
+		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM} // smarthost.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
@@ -82,6 +86,13 @@ type Policy struct {
 	// Version identifies the input text: a short hex sha256 over all keys.
 	Version string
 
+	// Smart-host keys (smarthost.go). Users: nil or empty means no AUTH
+	// is offered. TLS: tls_policy and authinfo (never nil). DKIM: nil or
+	// empty means nothing is signed.
+	Users *smtpauth.Users
+	TLS   *tlspolicy.Policy
+	DKIM  *dkim.Keys
+
 	access      accessMap
 	mailertable []mtEntry
 	aliases     map[string]*aliasEntry
@@ -103,6 +114,7 @@ func Empty() *Policy {
 func newPolicy() *Policy {
 	return &Policy{
 		Mailertable: route.NewTable(),
+		TLS:         tlspolicy.New(),
 		access:      newAccessMap(),
 		aliases:     map[string]*aliasEntry{},
 		virt:        map[string]*virtEntry{},
@@ -144,6 +156,10 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		{KeyVirtusertable, (*Policy).parseVirtusertable},
 		{KeyLocalHostNames, (*Policy).parseLocalHostNames},
 		{KeySettings, (*Policy).parseSettings},
+		{KeyTLSPolicy, (*Policy).parseTLSPolicy},
+		{KeyUsers, (*Policy).parseUsers},
+		{KeyAuthinfo, (*Policy).parseAuthinfo},
+		{KeyDKIM, (*Policy).parseDKIM},
 	}
 	for _, ps := range parsers {
 		lines, lerrs := splitLines(ps.key, files[ps.key])
@@ -303,6 +319,7 @@ func (p *Policy) Files() map[string][]byte {
 	out[KeyLocalHostNames] = []byte(b.String())
 
 	out[KeySettings] = []byte(fmt.Sprintf("from_whitelist = %t\n", p.Settings.FromWhitelist))
+	p.smarthostFiles(out)
 	return out
 }
 

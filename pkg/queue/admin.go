@@ -24,10 +24,11 @@ const (
 	StateReady    State = "ready"    // due now: in the workers' consumer
 	StateDeferred State = "deferred" // waiting for its retry time
 	StateHeld     State = "held"     // moved aside by an operator's hold
+	StateFailed   State = "failed"   // terminal: handling failed too often (see Fail)
 )
 
 // AllStates in display order.
-var AllStates = []State{StateReady, StateDeferred, StateHeld}
+var AllStates = []State{StateReady, StateDeferred, StateHeld, StateFailed}
 
 func (s State) prefix() string {
 	switch s {
@@ -35,6 +36,8 @@ func (s State) prefix() string {
 		return DeferredPrefix
 	case StateHeld:
 		return HeldPrefix
+	case StateFailed:
+		return FailedPrefix
 	}
 	return ReadyPrefix
 }
@@ -100,8 +103,8 @@ func (f *Filter) Validate() error {
 		f.NotDomains[i] = a
 	}
 	for _, s := range f.States {
-		if s != StateReady && s != StateDeferred && s != StateHeld {
-			return fmt.Errorf("unknown state %q (ready, deferred, held)", s)
+		if s != StateReady && s != StateDeferred && s != StateHeld && s != StateFailed {
+			return fmt.Errorf("unknown state %q (ready, deferred, held, failed)", s)
 		}
 	}
 	return nil

@@ -178,18 +178,8 @@ func DedupeWindow(ackWait time.Duration) time.Duration {
 // It refuses an existing stream whose limits would make JetStream drop
 // queued mail on its own, and never lowers an existing stream's replicas.
 func (q *Queue) Bootstrap(ctx context.Context) error {
-	want := jetstream.StreamConfig{
-		Name:               q.cfg.Stream,
-		Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
-		Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>", AcceptPrefix + ".>"},
-		Retention:          jetstream.WorkQueuePolicy,
-		Storage:            jetstream.FileStorage,
-		Replicas:           q.cfg.Replicas,
-		Duplicates:         DedupeWindow(q.cfg.AckWait),
-		AllowMsgSchedules:  true,
-		AllowAtomicPublish: true,
-		AllowDirect:        true,
-	}
+	x := q.Expected()
+	want := x.Stream
 	st, err := q.js.Stream(ctx, q.cfg.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -214,42 +204,17 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 			}
 		}
 	}
-	wantC := jetstream.ConsumerConfig{
-		Durable:       q.cfg.Consumer,
-		Description:   "mailfwd workers: ready envelopes",
-		FilterSubject: ReadyPrefix + ".>",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: q.cfg.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
 	// Accept records have their own consumer: a worker of an older release
 	// never sees one (it could not decode it), and a record waits in the
 	// stream until a worker that fans it out runs.
-	wantA := jetstream.ConsumerConfig{
-		Durable:       q.cfg.AcceptConsumer,
-		Description:   "mailfwd workers: fan accept records out to the ready subjects",
-		FilterSubject: AcceptPrefix + ".>",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: q.cfg.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
-	for _, want := range []jetstream.ConsumerConfig{wantC, wantA} {
+	for _, want := range []jetstream.ConsumerConfig{x.Consumer, x.AcceptConsumer} {
 		if c, err := q.js.Consumer(ctx, q.cfg.Stream, want.Durable); err != nil || !consumerConfigured(c.CachedInfo().Config, want) {
 			if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, want); err != nil {
 				return fmt.Errorf("queue: consumer %s: %w", want.Durable, err)
 			}
 		}
 	}
-	for _, kv := range []jetstream.KeyValueConfig{
-		{Bucket: q.cfg.RefsBucket, Description: "mailfwd: recipient domains still pending per multi-domain message",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas},
-		{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
-			Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
-	} {
+	for _, kv := range x.Buckets {
 		if b, err := q.js.KeyValue(ctx, kv.Bucket); err == nil {
 			if s, err := b.Status(ctx); err == nil {
 				if r := kvReplicas(s); r > kv.Replicas {
@@ -306,18 +271,6 @@ func checkStreamKeepsMail(c jetstream.StreamConfig) error {
 	}
 	return fmt.Errorf("queue: %w: stream %s would lose or refuse mail: %s; fix it with `nats stream edit %s` "+
 		"(or remove the stream and let the bootstrap create it)", ErrUnsafeStream, c.Name, strings.Join(bad, "; "), c.Name)
-}
-
-func streamConfigured(have, want jetstream.StreamConfig) bool {
-	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention && have.Storage == want.Storage &&
-		have.Replicas == want.Replicas && have.Duplicates == want.Duplicates &&
-		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowAtomicPublish == want.AllowAtomicPublish &&
-		have.AllowDirect == want.AllowDirect
-}
-
-func consumerConfigured(have, want jetstream.ConsumerConfig) bool {
-	return have.FilterSubject == want.FilterSubject && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
-		have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending && have.DeliverPolicy == want.DeliverPolicy
 }
 
 // DurabilityWarning says, for a stream with one replica, what a 250 does not
@@ -560,6 +513,7 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.PublishWait)
 	defer cancel()
 	wait := 10 * time.Millisecond
+	incomplete := 0
 	for {
 		// Half the budget per attempt: an unanswered commit (a connection
 		// cut, a leader change) leaves time to send the batch again.
@@ -578,6 +532,11 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 				"e.g. mailfwdctl bootstrap)", msgs[0].Subject, res.Error, q.cfg.Stream)
 		case perr == nil && !retryableBatchError(res.Error.ErrorCode):
 			return unknown, fmt.Errorf("queue: publish %s: %w", msgs[0].Subject, res.Error)
+		case perr == nil && res.Error.ErrorCode == errCodeBatchIncomplete && incomplete >= maxIncompleteBatches:
+			// A message lost on its way (a leader change) heals with a resend;
+			// one the stream refuses every time (its size limit) does not.
+			return unknown, fmt.Errorf("queue: publish %s: %w (the stream refused a message of the batch %d times)",
+				msgs[0].Subject, res.Error, incomplete+1)
 		case perr != nil && !errors.Is(perr, nats.ErrNoResponders) && !errors.Is(perr, errNotSent):
 			// No answer: the batch may or may not be stored.
 			unknown = true
@@ -586,6 +545,9 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 			err = perr // no stream listening, or the batch never left: nothing was stored
 		default:
 			err = res.Error
+			if res.Error.ErrorCode == errCodeBatchIncomplete {
+				incomplete++
+			}
 		}
 		if ctx.Err() != nil {
 			return unknown, fmt.Errorf("queue: no publish ack for %s within %s: %w", msgs[0].Subject, q.cfg.PublishWait, err)
@@ -598,6 +560,10 @@ func (q *Queue) publishAtomically(ctx context.Context, msgs []*nats.Msg) (unknow
 		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
+
+// maxIncompleteBatches is how many times a batch the server found
+// incomplete is sent again before the accept fails for good.
+const maxIncompleteBatches = 3
 
 // errNotSent: a batch message could not be sent, so no commit followed and
 // nothing of the batch is stored.

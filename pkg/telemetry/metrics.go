@@ -23,6 +23,7 @@ type Metrics struct {
 	held          prometheus.Counter
 	dsns          *prometheus.CounterVec
 	sessions      prometheus.Gauge
+	failed        prometheus.Counter
 }
 
 // NewMetrics registers mailfwd's metrics and the Go/process collectors.
@@ -58,7 +59,10 @@ func NewMetrics() *Metrics {
 	m.sessions = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "mailfwd_ingress_sessions", Help: "Open SMTP sessions (a scaling signal for the ingress; compare with --max-sessions).",
 	})
-	for _, c := range []prometheus.Collector{m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
+	m.failed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mailfwd_worker_failed_total", Help: "Envelopes moved to the terminal failed state after too many failed handlings (mailfwdctl queue list --state failed).",
+	})
+	for _, c := range []prometheus.Collector{m.failed, m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
 		f(c)
 	}
 	return m
@@ -118,6 +122,13 @@ func (m *Metrics) HandBack() {
 func (m *Metrics) Held() {
 	if m != nil {
 		m.held.Inc()
+	}
+}
+
+// Failed records an envelope moved to the terminal failed state.
+func (m *Metrics) Failed() {
+	if m != nil {
+		m.failed.Inc()
 	}
 }
 

@@ -38,7 +38,13 @@ type DNSServer struct {
 	records  map[string][]dns.RR // lower-case FQDN owner → records
 	exists   map[string]bool     // owners and their ancestors (empty non-terminals)
 	servfail map[string]bool     // lower-case FQDN → answer SERVFAIL
+
+	authenticated atomic.Bool // set AD on answers (SetAuthenticated)
 }
+
+// SetAuthenticated makes the server set the AD bit on its answers, as a
+// DNSSEC-validating resolver does for secure data (DANE tests).
+func (s *DNSServer) SetAuthenticated(on bool) { s.authenticated.Store(on) }
 
 // maxCNAMEChain bounds CNAME following inside the server's data.
 const maxCNAMEChain = 8
@@ -172,6 +178,7 @@ func (s *DNSServer) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp.SetReply(req)
 	resp.Authoritative = true
 	resp.RecursionAvailable = req.RecursionDesired
+	resp.AuthenticatedData = s.authenticated.Load()
 
 	udpSize := dns.MinMsgSize
 	if opt := req.IsEdns0(); opt != nil {

@@ -9,8 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/bounce"
@@ -43,11 +46,12 @@ type Queue interface {
 	PartDone(ctx context.Context, e *envelope.Envelope) (bool, error)
 	MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe string) error
 	Publish(ctx context.Context, e *envelope.Envelope) error
+	Fail(ctx context.Context, e *envelope.Envelope, reason, dedupe string) error
 }
 
-// BodyStore reads, writes (DSNs) and deletes bodies.
+// BodyStore streams, writes (DSNs) and deletes bodies.
 type BodyStore interface {
-	Get(ctx context.Context, key string) ([]byte, error)
+	Open(ctx context.Context, key string) (io.ReadCloser, int64, error)
 	Put(ctx context.Context, key string, data []byte) error
 	Delete(ctx context.Context, key string) error
 }
@@ -75,6 +79,12 @@ type Config struct {
 	DrainTimeout   time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
 	WarnAfter      time.Duration // send a delay-warning DSN after this long (0: never)
 	Hostname       string        // Reporting-MTA of DSNs, default "localhost"
+	// LocalNames and LocalAddrs are this mail system's own host names and
+	// listening addresses (the ingress's): a route whose next hop is one of
+	// them is a mail loop (5.4.6). An address with an unspecified IP
+	// (":25") stands for every address of this host on that port.
+	LocalNames []string
+	LocalAddrs []netip.AddrPort
 	// DomainConcurrency caps deliveries in flight per recipient domain in
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
@@ -82,10 +92,23 @@ type Config struct {
 	// StallAfter: a domain whose running deliveries have all been stuck this
 	// long is congested, and its waiting mail goes back to the queue (default 10s).
 	StallAfter time.Duration
+	// CongestedConcurrency caps the deliveries all congested next hops
+	// together may hold (default Concurrency/4): the rest of the worker
+	// stays free for healthy mail. Deliveries beyond it are preempted and
+	// handed back.
+	CongestedConcurrency int
 	// BusyDelay is how long mail handed back from a congested domain waits
 	// (±50%, default 30s); it does not count as an attempt.
 	BusyDelay time.Duration
-	Metrics   *telemetry.Metrics // nil: none
+	// MaxHandlings bounds the failed handlings of one envelope (errors
+	// recording an outcome, panics, redeliveries after an ack deadline)
+	// before it goes to the terminal failed state with a DSN (default 10).
+	MaxHandlings int
+	// MaxBodyBytesInFlight bounds the body bytes being transferred to
+	// destinations at once in this process (default 256 MiB); a body counts
+	// from the remote's DATA go-ahead to the end of its transfer.
+	MaxBodyBytesInFlight int64
+	Metrics              *telemetry.Metrics // nil: none
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -131,8 +154,17 @@ func (c *Config) setDefaults() {
 	if c.StallAfter <= 0 {
 		c.StallAfter = 10 * time.Second
 	}
+	if c.CongestedConcurrency <= 0 {
+		c.CongestedConcurrency = max(c.Concurrency/4, 1)
+	}
 	if c.BusyDelay <= 0 {
 		c.BusyDelay = 30 * time.Second
+	}
+	if c.MaxBodyBytesInFlight <= 0 {
+		c.MaxBodyBytesInFlight = 256 << 20
+	}
+	if c.MaxHandlings <= 0 {
+		c.MaxHandlings = 10
 	}
 	if c.Held == nil {
 		c.Held = func(string) bool { return false }
@@ -159,6 +191,10 @@ type Worker struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	work    context.Context // deliveries run under this; cancelled after the drain timeout
+	sched   *scheduler      // set by Run
+	self    *self
+	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
+	inflight *semaphore.Weighted
 }
 
 // New builds a worker.
@@ -166,8 +202,10 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 	cfg.setDefaults()
 	return &Worker{
 		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
-		log:    cfg.Logger.With("component", "worker"),
-		tracer: cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		log:      cfg.Logger.With("component", "worker"),
+		inflight: semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
+		self:     newSelf(cfg.LocalNames, cfg.LocalAddrs),
+		tracer:   cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
 	}
 }
 
@@ -180,6 +218,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelWork()
 	w.work = work
 	s := newScheduler(w)
+	w.sched = s
 	hb := time.NewTicker(w.cfg.Heartbeat)
 	defer hb.Stop()
 	go func() {
@@ -229,13 +268,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// handBack defers a job without counting an attempt (congested domain).
-func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
+// busyDelay is how long mail handed back for the n-th time in a row waits:
+// BusyDelay doubling per hand-back, at most RetryMax, ±50%.
+func (w *Worker) busyDelay(n int) time.Duration {
+	d := float64(w.cfg.BusyDelay)
+	for i := 1; i < n && d < float64(w.cfg.RetryMax); i++ {
+		d *= 2
+	}
+	d = min(d, float64(max(w.cfg.RetryMax, w.cfg.BusyDelay)))
+	return time.Duration(d * (0.5 + rand.Float64()))
+}
+
+// handBack defers a job without counting an attempt (congested domain or
+// next hop); the delay grows with the hand-backs in a row.
+func (w *Worker) handBack(j *queue.Job, why string) {
 	if j.Env == nil {
 		w.process(w.work, j)
 		return
 	}
 	e := *j.Env
+	e.Handbacks++
+	delay := w.busyDelay(e.Handbacks)
 	ctx, cancel := context.WithTimeout(w.work, 30*time.Second)
 	defer cancel()
 	if err := w.q.Defer(ctx, &e, time.Now().Add(delay), j.Key()); err != nil {
@@ -247,18 +300,10 @@ func (w *Worker) handBack(j *queue.Job, delay time.Duration, why string) {
 		w.log.Warn("ack after hand-back failed; a duplicate may follow", "queue_id", e.QueueID, "err", err)
 	}
 	w.cfg.Metrics.HandBack()
-	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay)
+	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay, "handbacks", e.Handbacks)
 }
 
 func (w *Worker) process(ctx context.Context, j *queue.Job) {
-	if !w.cfg.RepanicForTests {
-		defer func() {
-			if p := recover(); p != nil {
-				w.log.Error("panic processing envelope; returning it to the queue", "subject", j.Subject, "panic", p, "stack", string(debug.Stack()))
-				_ = j.Nak(time.Minute)
-			}
-		}()
-	}
 	if j.DecodeErr != nil {
 		w.log.Error("undecodable envelope dropped", "subject", j.Subject, "err", j.DecodeErr)
 		_ = j.Term("undecodable envelope")
@@ -266,6 +311,21 @@ func (w *Worker) process(ctx context.Context, j *queue.Job) {
 	}
 	e := j.Env
 	log := w.log.With("queue_id", e.QueueID, "domain", e.Domain)
+	// Failed handlings before this one: those carried in the envelope and
+	// the redeliveries of this copy (a nak, a panic, an ack deadline missed).
+	handled := e.Failures + int(max(j.Delivered, 1)) - 1
+	if handled >= w.cfg.MaxHandlings {
+		w.giveUp(ctx, j, e, fmt.Sprintf("redelivered %d times without a recorded outcome", handled), handled, log)
+		return
+	}
+	if !w.cfg.RepanicForTests {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error("panic processing envelope", "subject", j.Subject, "panic", p, "stack", string(debug.Stack()))
+				w.failedHandling(ctx, j, e, handled, fmt.Errorf("panic: %v", p), log)
+			}
+		}()
+	}
 	ctx, span := w.tracer.Start(j.Context(ctx), "mail.deliver", trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(
 			attribute.String("mailfwd.queue_id", e.QueueID),
@@ -275,24 +335,122 @@ func (w *Worker) process(ctx context.Context, j *queue.Job) {
 		))
 	defer span.End()
 
-	if err := w.handle(ctx, j, e, log); err != nil {
+	if err := w.handle(ctx, j, e, handled, log); err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		// Could not record the outcome: the whole envelope goes back to the
-		// queue and is attempted again (recipients already delivered may get a
-		// duplicate; none is lost).
-		log.Error("could not record delivery outcome; envelope returns to the queue", "err", err)
-		_ = j.Nak(30 * time.Second)
+		w.failedHandling(ctx, j, e, handled, err, log)
 	}
+}
+
+// failedHandling returns a job whose outcome could not be recorded to the
+// queue, or ends it in the failed state once MaxHandlings is reached.
+func (w *Worker) failedHandling(ctx context.Context, j *queue.Job, e *envelope.Envelope, handled int, err error, log *slog.Logger) {
+	if handled+1 >= w.cfg.MaxHandlings {
+		w.giveUp(ctx, j, e, err.Error(), handled+1, log)
+		return
+	}
+	delay := w.backoff(handled + 1)
+	log.Error("could not record delivery outcome; envelope returns to the queue", "err", err,
+		"failed_handlings", handled+1, "max_handlings", w.cfg.MaxHandlings, "retry_in", delay)
+	_ = j.Nak(delay)
+}
+
+// giveUp ends e in the terminal failed state: a DSN to the sender where
+// possible, the envelope kept on the failed subject for an operator, an
+// error log and a metric.
+func (w *Worker) giveUp(ctx context.Context, j *queue.Job, e *envelope.Envelope, cause string, handlings int, log *slog.Logger) {
+	log.Error(e.QueueID+": giving up", "failed_handlings", handlings, "err", cause)
+	w.terminal(ctx, j, e, fmt.Sprintf("Gave up after %d failed handlings: %s", handlings, cause), "5.3.0", log)
+}
+
+// terminal ends e in the failed state for reason; recipients without a
+// known permanent status are reported with status.
+func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelope, reason, status string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	log.Error(e.QueueID + ": failed: " + reason)
+	if err := w.giveUpDSN(ctx, e, reason, status, log); err != nil {
+		log.Error("no DSN for the failed envelope", "err", err)
+	}
+	if err := w.q.Fail(ctx, e, reason, j.Key()); err != nil {
+		log.Error("could not move the envelope to the failed state; it returns to the queue", "err", err)
+		_ = j.Nak(w.cfg.RetryMax)
+		return
+	}
+	w.cfg.Metrics.Failed()
+	_ = j.Ack(ctx)
+}
+
+// giveUpDSN reports every recipient of e as failed (a panic here is an error).
+func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason, status string, log *slog.Logger) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic building the DSN: %v", p)
+		}
+	}()
+	now := w.cfg.Now()
+	var rcpts []dsn.Recipient
+	for _, r := range e.Recipients {
+		st, diag := r.Status, e.RcptError(r)
+		if st == "" {
+			st, diag = status, reason
+		}
+		rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: diag, LastAttempt: now})
+	}
+	return w.notify(ctx, e, w.headerOf(ctx, e), rcpts, reason, log)
+}
+
+// dsnHeaderMax bounds what is read of a stored body for a DSN (which
+// returns the original's header block only).
+const dsnHeaderMax = 256 << 10
+
+// headerOf returns the start of e's body for a DSN (nil if unavailable),
+// at most dsnHeaderMax bytes of it.
+func (w *Worker) headerOf(ctx context.Context, e *envelope.Envelope) []byte {
+	if e.Body != nil {
+		return e.Body
+	}
+	rc, _, err := w.bodies.Open(ctx, e.BodyKey)
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, dsnHeaderMax))
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// persist records the progress of an attempt whose outcome could not be
+// completed (e.g. the DSN could not be queued): p holds only the recipients
+// not delivered, and replaces the current copy. Recipients that got 250 are
+// thereby never delivered again.
+func (w *Worker) persist(ctx context.Context, j *queue.Job, p *envelope.Envelope, handled int, cause error, log *slog.Logger) error {
+	p.Failures = handled + 1
+	p.Recipients = ownErrors(p)
+	p.LastError = envelope.TruncateError("handling failed: " + cause.Error())
+	if p.Failures >= w.cfg.MaxHandlings {
+		w.giveUp(ctx, j, p, cause.Error(), p.Failures, log)
+		return nil
+	}
+	delay := w.backoff(p.Failures)
+	log.Error("could not record the whole outcome; the undelivered recipients are kept and retried", "err", cause,
+		"failed_handlings", p.Failures, "max_handlings", w.cfg.MaxHandlings, "retry_in", delay)
+	if err := w.q.Defer(ctx, p, w.cfg.Now().Add(delay), j.Key()+"p"); err != nil {
+		return errors.Join(cause, err)
+	}
+	return j.Ack(ctx)
 }
 
 // result of one attempt for one recipient.
 type rcptResult struct {
 	rcpt   envelope.Recipient
 	status delivery.RcptStatus
+	known  bool // a permanent failure from an earlier attempt, only to be reported
 }
 
-func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope, log *slog.Logger) error {
+func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope, handled int, log *slog.Logger) error {
 	if w.cfg.Held(e.Domain) {
 		// Moved aside until an operator releases the domain; no attempt, no expiry.
 		if err := w.q.MoveToHeld(ctx, e, j.Key()); err != nil {
@@ -312,6 +470,13 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			return j.Ack(ctx)
 		}
 	}
+	// Recipients whose permanent failure is known wait only for their DSN.
+	var try []string
+	for _, r := range e.Recipients {
+		if r.Status == "" {
+			try = append(try, r.Addr)
+		}
+	}
 	started := w.cfg.Now()
 	actx, cancel := context.WithTimeout(ctx, w.cfg.AttemptTimeout)
 	defer cancel()
@@ -319,37 +484,60 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	defer stopHB()
 
 	var out *delivery.Outcome
-	var body []byte
-	hops, rerr := w.router.Route(actx, e.Domain)
-	if rerr == nil || isPermanent(rerr) {
-		var err error
-		if e.Body != nil {
-			body = e.Body
-		} else {
-			body, err = w.bodies.Get(actx, e.BodyKey)
+	var rerr error
+	if len(try) > 0 {
+		var hops []delivery.Hop
+		hops, rerr = w.router.Route(actx, e.Domain)
+		if rerr == nil {
+			hops, rerr = w.self.notSelf(hops)
 		}
-		switch {
-		case errors.Is(err, blob.ErrNotFound):
-			if e.Parts == 1 && j.Delivered > 1 {
-				log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
-				return j.Ack(ctx)
+		if rerr == nil {
+			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: e.Body,
+				EightBit: e.EightBit, UTF8: e.UTF8}
+			if w.sched != nil {
+				w.sched.bind(j, hops)
+				msg.Activity = w.sched.activity(j)
+				msg.DataStarted = w.sched.dataStarted(j)
 			}
-			log.Error("body missing from the store; envelope cannot be delivered", "body", e.BodyKey)
-			return j.Term("body missing")
-		case err != nil:
+			var body *streamedBody
+			if e.Body == nil {
+				// Streamed from the store at DATA time, never loaded whole.
+				rc, size, err := w.bodies.Open(actx, e.BodyKey)
+				switch {
+				case errors.Is(err, blob.ErrNotFound):
+					if e.Parts == 1 && j.Delivered > 1 {
+						log.Info("body already deleted: redelivered envelope was completed; dropping the duplicate")
+						return j.Ack(ctx)
+					}
+					log.Error("body missing from the store; the sender gets a DSN", "body", e.BodyKey)
+					w.terminal(ctx, j, e, "Message body missing from the store; the message cannot be delivered", "5.3.0", log)
+					return nil
+				case err != nil:
+					rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
+				default:
+					body = &streamedBody{w: w, ctx: actx, rc: rc, size: size}
+					msg.Open, msg.Size = body.open, size
+				}
+			}
 			if rerr == nil {
-				rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
+				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
+				lim, _ := w.limitFor(e.Domain)
+				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				out = w.deliver.Deliver(actx, hops, msg)
+				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
+				dspan.End()
 			}
-		case rerr == nil:
-			_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
-			lim, _ := w.limitFor(e.Domain)
-			out = w.deliver.Deliver(actx, hops, &delivery.Message{
-				QueueID: e.QueueID, From: e.From, Recipients: e.Addrs(), Body: body,
-				EightBit: e.EightBit, UTF8: e.UTF8, MaxMsgsPerConn: lim.MsgsPerConn,
-			})
-			dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
-			dspan.End()
+			if body != nil {
+				_ = body.Close()
+			}
 		}
+	}
+	if errors.Is(context.Cause(ctx), errCongested) && (out == nil || !anyDelivered(out)) {
+		// Preempted: the next hop is congested and holds its share of the
+		// worker already. Not an attempt; the mail waits and comes back.
+		log.Info("delivery preempted: its next hop is not responding; the envelope goes back to the queue")
+		w.handBack(j, "next hop not responding")
+		return nil
 	}
 	if ctx.Err() != nil {
 		// Shutting down past the drain timeout: hand the envelope to another
@@ -359,10 +547,17 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	}
 	ended := w.cfg.Now()
 	results := make([]rcptResult, len(e.Recipients))
+	k := 0 // index into out.Statuses (the recipients tried)
 	for i, r := range e.Recipients {
 		results[i].rcpt = r
-		if out != nil && i < len(out.Statuses) {
-			results[i].status = out.Statuses[i]
+		if r.Status != "" {
+			results[i].known = true
+			results[i].status = delivery.RcptStatus{Rcpt: r.Addr, Code: 550, Enhanced: r.Status, Text: e.RcptError(r)}
+			continue
+		}
+		if out != nil && k < len(out.Statuses) {
+			results[i].status = out.Statuses[k]
+			k++
 			continue
 		}
 		st := delivery.RcptStatus{Rcpt: r.Addr, Code: 451, Enhanced: "4.4.3", Text: "Deferred"}
@@ -381,7 +576,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	// Log every recipient attempt, decide what remains.
 	deadline := e.Deadline(w.cfg.QueueReturn)
 	expired := !ended.Before(deadline)
-	var remaining []envelope.Recipient
+	var remaining, undone []envelope.Recipient // deferred; not delivered (deferred + failed)
 	var failed, delayed []dsn.Recipient
 	remote := ""
 	if out != nil {
@@ -389,14 +584,32 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	}
 	for _, r := range results {
 		st := r.status
+		if r.known {
+			failed = append(failed, dsn.Recipient{Final: r.rcpt.Addr, Action: dsn.Failed, Status: st.Enhanced,
+				Diagnostic: st.Text, LastAttempt: ended})
+			undone = append(undone, r.rcpt)
+			continue
+		}
 		a := maillog.Attempt{
 			QueueID: e.QueueID, To: r.rcpt.Addr, Arrived: e.Arrived, Started: started, Ended: ended,
 			Size: e.Size, NRcpts: len(e.Recipients), Attempts: r.rcpt.Attempts + 1, DSN: st.Enhanced,
 		}
-		if out != nil && out.Hop.Name != "" {
-			a.RelayHost, a.RelayAddr = out.Hop.Name, out.Hop.Addr.Addr().String()
+		if out != nil {
+			// The host the transaction ran on, else the last one tried (as
+			// sendmail names it: "relay=mx.dead.test. [192.0.2.1]").
+			h := out.Hop
+			if h.Name == "" {
+				h = out.Tried
+			}
+			if h.Name != "" {
+				a.RelayHost, a.RelayAddr = h.Name, h.Addr.Addr().String()
+			}
 		}
-		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: replyText(st), LastAttempt: ended}
+		diag := envelope.TruncateError(replyText(st))
+		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: diag, LastAttempt: ended}
+		next := r.rcpt
+		next.Attempts++
+		next.LastError = diag
 		switch {
 		case st.Delivered():
 			w.cfg.Metrics.Delivery("sent")
@@ -410,19 +623,21 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			a.Stat = fmt.Sprintf("Failed: %s", replyText(st))
 			dr.Action = dsn.Failed
 			failed = append(failed, dr)
+			next.Status = st.Enhanced
+			undone = append(undone, next)
 		case expired:
 			w.cfg.Metrics.Delivery("expired")
 			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", humanDuration(ended.Sub(e.Arrived)), replyText(st))
 			a.DSN = "4.4.7"
 			dr.Action, dr.Status = dsn.Failed, "4.4.7"
 			failed = append(failed, dr)
+			next.Status = "4.4.7"
+			undone = append(undone, next)
 		default:
 			w.cfg.Metrics.Delivery("deferred")
 			a.Stat = "Deferred: " + replyText(st)
-			next := r.rcpt
-			next.Attempts++
-			next.LastError = replyText(st)
 			remaining = append(remaining, next)
+			undone = append(undone, next)
 			dr.Action, dr.WillRetryUntil = dsn.Delayed, deadline
 			delayed = append(delayed, dr)
 		}
@@ -434,21 +649,30 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		if expired {
 			reason = "Cannot send message for " + humanDuration(ended.Sub(e.Arrived))
 		}
-		if err := w.notify(ctx, e, body, failed, reason, log); err != nil {
-			return err
+		if err := w.notify(ctx, e, w.headerOf(ctx, e), failed, reason, log); err != nil {
+			// Keep what this attempt learnt: delivered recipients leave the
+			// envelope, failed ones keep their status and wait for the DSN.
+			p := *e
+			p.Recipients = shareError(&p, undone)
+			if len(try) > 0 {
+				p.Attempts = e.Attempts + 1
+			}
+			return w.persist(ctx, j, &p, handled, err, log)
 		}
 	}
 	if len(remaining) > 0 {
 		d := *e
-		d.Recipients = remaining
 		d.Attempts = e.Attempts + 1
-		d.LastError = remaining[0].LastError
+		d.Failures = 0
+		d.Handbacks = 0
+		d.Recipients = shareError(&d, remaining)
 		if w.cfg.WarnAfter > 0 && !e.Warned && ended.Sub(e.Arrived) >= w.cfg.WarnAfter {
 			reason := "Warning: message still undelivered after " + humanDuration(ended.Sub(e.Arrived))
-			if err := w.notify(ctx, e, body, delayed, reason, log); err != nil {
-				return err
+			if err := w.notify(ctx, e, w.headerOf(ctx, e), delayed, reason, log); err != nil {
+				log.Warn("could not queue the delay warning; it is tried again at the next attempt", "err", err)
+			} else {
+				d.Warned = true
 			}
-			d.Warned = true
 		}
 		at := ended.Add(w.backoff(d.Attempts))
 		if at.After(deadline) {
@@ -470,6 +694,42 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		}
 	}
 	return j.Ack(ctx)
+}
+
+// ownErrors gives every recipient its own last error again (before the
+// envelope's LastError is replaced).
+func ownErrors(e *envelope.Envelope) []envelope.Recipient {
+	out := append([]envelope.Recipient(nil), e.Recipients...)
+	for i := range out {
+		out[i].LastError = e.RcptError(out[i])
+	}
+	return out
+}
+
+// shareError stores the most common recipient error once, as e's
+// LastError, and keeps per-recipient errors only where they differ: an
+// error shared by every recipient is not stored once per recipient.
+func shareError(e *envelope.Envelope, rcpts []envelope.Recipient) []envelope.Recipient {
+	out := append([]envelope.Recipient(nil), rcpts...)
+	if len(out) == 0 {
+		return out
+	}
+	e.LastError = out[0].LastError
+	for i := range out {
+		if out[i].LastError == e.LastError {
+			out[i].LastError = ""
+		}
+	}
+	return out
+}
+
+func anyDelivered(out *delivery.Outcome) bool {
+	for _, st := range out.Statuses {
+		if st.Delivered() {
+			return true
+		}
+	}
+	return false
 }
 
 func isPermanent(err error) bool {

@@ -1,0 +1,168 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mailfwd/mailfwd/pkg/policy"
+)
+
+// secretStore is the policy Secret (users, authinfo, dkim): the secret half
+// of the policy directory, mounted beside the ConfigMap by a projected
+// volume.
+type secretStore struct {
+	client    kubernetes.Interface
+	namespace string
+	name      string
+}
+
+func (s secretStore) Where() string { return fmt.Sprintf("Secret %s/%s", s.namespace, s.name) }
+
+func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error) {
+	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, nerr := s.client.CoreV1().Namespaces().Get(ctx, s.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
+			return nil, "", fmt.Errorf("read %s: namespace %q not found", s.Where(), s.namespace)
+		}
+		return map[string][]byte{}, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", s.Where(), err)
+	}
+	files := map[string][]byte{}
+	for k, v := range sec.Data {
+		files[k] = v
+	}
+	return files, sec.ResourceVersion, nil
+}
+
+func (s secretStore) Save(ctx context.Context, files map[string][]byte, version string) error {
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	if version == "" {
+		sec := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.namespace, Labels: map[string]string{
+				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy-secret"}},
+			Type: corev1.SecretTypeOpaque,
+			Data: files,
+		}
+		_, err := secrets.Create(ctx, sec, metav1.CreateOptions{FieldManager: "mailfwdctl"})
+		if apierrors.IsAlreadyExists(err) {
+			return errConflict
+		}
+		if err != nil {
+			return fmt.Errorf("create %s: %w", s.Where(), err)
+		}
+		return nil
+	}
+	sec, err := secrets.Get(ctx, s.name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", s.Where(), err)
+	}
+	if sec.ResourceVersion != version {
+		return errConflict
+	}
+	sec.Data, sec.StringData = files, nil
+	if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
+		if apierrors.IsConflict(err) {
+			return errConflict
+		}
+		return fmt.Errorf("update %s: %w", s.Where(), err)
+	}
+	return nil
+}
+
+// secretFlags are kubectl's connection flags plus the Secret's name.
+type secretFlags struct {
+	kube   kubeFlags
+	secret string
+}
+
+func (f *secretFlags) register(pf interface {
+	StringVar(*string, string, string, string)
+	StringVarP(*string, string, string, string, string)
+}) {
+	pf.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config, or in-cluster)")
+	pf.StringVar(&f.kube.context, "context", "", "kubeconfig context to use")
+	pf.StringVarP(&f.kube.namespace, "namespace", "n", "", "namespace of the policy Secret (default: the context's)")
+	pf.StringVar(&f.secret, "secret", "mailfwd-policy-secret", "name of the policy Secret (users, authinfo, dkim)")
+	pf.StringVar(&f.kube.dir, "dir", os.Getenv("MAILFWD_POLICY_DIR"), "use a local policy directory instead of the Secret (files written 0600; env MAILFWD_POLICY_DIR)")
+}
+
+func (f *secretFlags) store() (policyStore, error) {
+	if f.kube.dir != "" {
+		return dirStore{dir: f.kube.dir, keys: policy.SecretKeys(), mode: 0o600}, nil
+	}
+	cs, ns, err := f.kube.clientset()
+	if err != nil {
+		return nil, err
+	}
+	return secretStore{client: cs, namespace: ns, name: f.secret}, nil
+}
+
+// mutateSecret loads the Secret, applies change, validates the result as
+// policy, and saves it, retrying on a concurrent change. change returns a
+// one-line summary; secrets are never printed as a diff.
+func (g *globals) mutateSecret(ctx context.Context, sf *secretFlags, dryRun bool, change func(files map[string][]byte) (string, error)) error {
+	st, err := sf.store()
+	if err != nil {
+		return err
+	}
+	for range 5 {
+		files, version, err := st.Load(ctx)
+		if err != nil {
+			return err
+		}
+		for k := range files {
+			if !slices.Contains(policy.SecretKeys(), k) {
+				return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
+			}
+		}
+		summary, err := change(files)
+		if err != nil {
+			return err
+		}
+		if _, err := policy.Parse(files); err != nil {
+			return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("invalid policy, nothing written: %w", err)}
+		}
+		fmt.Fprintln(g.out, summary)
+		if dryRun {
+			fmt.Fprintf(g.out, "%s: valid; not written (dry run)\n", st.Where())
+			return nil
+		}
+		err = st.Save(ctx, files, version)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(g.out, "%s: written\n", st.Where())
+		return nil
+	}
+	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
+}
+
+// readSecretKeys adds the Secret's keys found in dir to files (policy check
+// of a directory that holds both halves, as the pods' mount does).
+func readSecretKeys(dir string, files map[string][]byte) error {
+	for _, k := range policy.SecretKeys() {
+		b, err := os.ReadFile(filepath.Join(dir, k))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return &ExitError{Code: ExitUsage, Err: err}
+		}
+		files[k] = b
+	}
+	return nil
+}

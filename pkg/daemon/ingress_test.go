@@ -1,0 +1,49 @@
+package daemon
+
+import (
+	"flag"
+	"strings"
+	"testing"
+)
+
+// The ingress's limits have defaults and are validated once (issue 9).
+func TestIngressLimitFlags(t *testing.T) {
+	parse := func(args ...string) (*Ingress, error) {
+		var o Ingress
+		fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
+		o.Register(fs)
+		if err := fs.Parse(append([]string{"--blob-store", "file:///tmp/x"}, args...)); err != nil {
+			return nil, err
+		}
+		return &o, o.Validate()
+	}
+	o, err := parse()
+	if err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	if o.SMTP.MaxHops != 25 || o.SMTP.MaxSessionsPerClient != 50 || o.SMTP.MaxConnectionsPerClientPerMinute != 600 ||
+		o.SMTP.MaxErrorsPerSession != 20 || o.SMTP.MaxInFlightBytes != 80<<20 {
+		t.Errorf("defaults: %+v", o.SMTP)
+	}
+	if ex, _ := o.clientLimitExceptions(); len(ex) != 2 {
+		t.Errorf("default exceptions %v, want loopback", ex)
+	}
+	if o, _ := parse("--client-limit-exceptions", "none"); o != nil {
+		if ex, _ := o.clientLimitExceptions(); len(ex) != 0 {
+			t.Errorf("none: %v", ex)
+		}
+	}
+	for _, bad := range []struct{ flag, val, want string }{
+		{"--max-hops", "0", "--max-hops"},
+		{"--max-sessions-per-client", "0", "--max-sessions-per-client"},
+		{"--max-connections-per-client-per-minute", "0", "--max-connections-per-client-per-minute"},
+		{"--max-errors-per-session", "-1", "--max-errors-per-session"},
+		{"--max-in-flight-bytes", "1000", "--max-in-flight-bytes"},
+		{"--read-timeout", "10ms", "--read-timeout"},
+		{"--client-limit-exceptions", "10.0.0.0/33", "--client-limit-exceptions"},
+	} {
+		if _, err := parse(bad.flag, bad.val); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s %s: err %v, want it to name %s", bad.flag, bad.val, err, bad.want)
+		}
+	}
+}

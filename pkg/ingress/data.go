@@ -1,0 +1,394 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/maillog"
+)
+
+// DefaultMaxInFlightBytes is the default body-buffer budget: 80 MiB, about
+// 15 concurrent S3 uploads (5 MiB parts) and any number of small or
+// file-store messages; with the Go runtime's soft memory limit set from it
+// (see MemoryLimit) the ingress stays near 150 MB however large and many
+// the messages are, far inside the chart's 512 Mi.
+const DefaultMaxInFlightBytes = 80 << 20
+
+// MemoryLimit is the Go soft memory limit that goes with an in-flight
+// budget: the budget's buffers are live heap, and without a limit the
+// collector lets the heap grow to twice the live set before it runs.
+func MemoryLimit(maxInFlight int64) int64 { return maxInFlight + 48<<20 }
+
+// minPeek is the least the ingress reads of a body before it decides how
+// to store it: bodies up to it are stored with one Put of known size.
+const minPeek = 64 << 10
+
+var (
+	errTooManyHops    = Reject(554, "5.4.6", "Too many hops")
+	errNoBufferSpace  = Reject(452, "4.3.1", "Insufficient system storage, try again later")
+	errHeaderTooLarge = errors.New("header line too long")
+)
+
+// Data streams the body from the client to the store: the first peekLimit
+// bytes are read into a buffer; a body that ends within it is inlined or
+// stored with one Put, a longer one goes to PutStream. Memory per message is
+// bounded by that buffer and the store's own, both counted against
+// MaxInFlightBytes. Received: headers are counted on the way (MaxHops).
+func (ss *session) Data(r io.Reader) (err error) {
+	if !ss.s.cfg.RepanicForTests {
+		defer func() {
+			if p := recover(); p != nil {
+				ss.s.log.Error("panic in DATA", "queue_id", ss.qid, "panic", p, "stack", string(debug.Stack()))
+				err = reply(fmt.Errorf("panic: %v", p), ss.qid)
+			}
+		}()
+	}
+	wire := wireOf(ss.conn.Conn())
+	if wire != nil {
+		wire.inData.Store(true)
+		defer wire.inData.Store(false)
+	}
+	in := &bodyReader{r: r, maxHops: ss.s.cfg.MaxHops}
+
+	if len(ss.targets) == 0 {
+		// Every recipient was discarded by policy (DISCARD): accept, keep nothing.
+		n, err := io.Copy(io.Discard, in)
+		if err != nil {
+			return ss.inputError(wire, err)
+		}
+		ss.s.log.Info(ss.qid+": discarded: every recipient matched a DISCARD rule", "queue_id", ss.qid, "size", n)
+		ss.s.cfg.Metrics.Message("discarded")
+		return ss.queued()
+	}
+
+	var received bytes.Buffer
+	ss.writeReceived(&received)
+	peek := int64(ss.s.peekLimit) + 1 + int64(received.Len())
+	release, err := ss.s.reserve(peek)
+	if err != nil {
+		ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr, "max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes)
+		ss.s.cfg.Metrics.Message("tempfail")
+		return reply(errNoBufferSpace, ss.qid)
+	}
+	defer release()
+	bp, _ := ss.s.peekBufs.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < peek {
+		b := make([]byte, peek+1024) // room for longer Received: headers next time
+		bp = &b
+	}
+	defer ss.s.peekBufs.Put(bp) // nothing refers to it once accept returned
+	buf := (*bp)[:peek]
+	copy(buf, received.Bytes())
+	n, err := io.ReadFull(in, buf[received.Len():])
+	buf = buf[:received.Len()+n]
+	small := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+	if err != nil && !small {
+		return ss.inputError(wire, err)
+	}
+	if small && in.err != nil {
+		return ss.inputError(wire, in.err)
+	}
+	var m message
+	if small {
+		m = message{body: buf, size: int64(len(buf)), in: in}
+	} else {
+		m = message{rest: io.MultiReader(bytes.NewReader(buf), in), in: in}
+	}
+	if err := ss.s.accept(ss, &m); err != nil {
+		if in.err != nil {
+			return ss.inputError(wire, in.err)
+		}
+		ss.s.cfg.Metrics.Message("tempfail")
+		return reply(err, ss.qid)
+	}
+	ss.s.cfg.Metrics.Message("accepted")
+	return ss.queued()
+}
+
+func (ss *session) queued() error {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
+}
+
+// inputError turns a failure to read the body into the reply: hop and size
+// limits are SMTP-level (go-smtp reads on to the final dot); anything else
+// (a timeout, a reset, a line too long) ends the session after the reply,
+// so the rest of the body is never read as commands.
+func (ss *session) inputError(wire *conn, err error) error {
+	switch {
+	case errors.Is(err, errTooManyHops):
+		ss.s.log.Info(ss.qid+": too many hops; refused", "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "max_hops", ss.s.cfg.MaxHops)
+		ss.s.cfg.Metrics.Message("rejected")
+		return reply(errTooManyHops, ss.qid)
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		ss.s.cfg.Metrics.Message("rejected")
+		return smtp.ErrDataTooLarge
+	}
+	if wire != nil {
+		wire.closeAfterReply()
+	}
+	ss.s.cfg.Metrics.Message("tempfail")
+	var ne interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, smtp.ErrTooLongLine), errors.Is(err, errHeaderTooLarge):
+		ss.s.log.Info(ss.qid+": line too long in DATA; closing", "queue_id", ss.qid, "client", ss.client.Addr)
+		return reply(smtp.ErrTooLongLine, ss.qid)
+	case errors.As(err, &ne) && ne.Timeout():
+		ss.s.log.Info(ss.qid+": timeout reading the message; closing", "queue_id", ss.qid, "client", ss.client.Addr, "timeout", ss.s.cfg.ReadTimeout)
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: ss.s.cfg.Hostname + " Error: timeout exceeded"}
+	default:
+		ss.s.log.Info(ss.qid+": lost input channel during DATA", "queue_id", ss.qid, "client", ss.client.Addr, "err", err)
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: ss.s.cfg.Hostname + " Error: connection lost"}
+	}
+}
+
+// reserve takes n bytes from the in-flight budget, waiting up to
+// StoreTimeout for them.
+func (s *Server) reserve(n int64) (release func(), err error) {
+	if n > s.cfg.MaxInFlightBytes {
+		return nil, fmt.Errorf("a message needs %d bytes of buffers, more than --max-in-flight-bytes %d", n, s.cfg.MaxInFlightBytes)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+	defer cancel()
+	if err := s.budget.Acquire(ctx, n); err != nil {
+		return nil, err
+	}
+	s.inFlight.Add(n)
+	var once atomic.Bool
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			s.inFlight.Add(-n)
+			s.budget.Release(n)
+		}
+	}, nil
+}
+
+// InFlightBytes is the part of MaxInFlightBytes in use.
+func (s *Server) InFlightBytes() int64 { return s.inFlight.Load() }
+
+// message is a body on its way to the store: whole in body (small), or
+// streamed from rest.
+type message struct {
+	body []byte
+	rest io.Reader
+	in   *bodyReader
+	size int64 // stored bytes (known before storing only when small)
+}
+
+// bodyReader passes the body through, remembering the first error, and
+// scans the header: Received: lines are counted against maxHops and the
+// Message-ID is kept. A header line longer than maxHeaderLine is refused
+// (RFC 5322 allows 998).
+type bodyReader struct {
+	r       io.Reader
+	err     error
+	maxHops int
+	hops    int
+	msgid   string
+
+	inBody bool
+	line   []byte // the current header line, up to maxHeaderLine
+	prevID bool   // the previous header line was Message-ID (for folding)
+
+	// outside is when the last Read of r returned (unix nanoseconds), or 0
+	// while a Read is waiting for the client: time outside Read is the
+	// store's, which the watchdog in stream bounds.
+	outside atomic.Int64
+}
+
+const maxHeaderLine = 64 << 10
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	b.outside.Store(0)
+	n, err := b.r.Read(p)
+	b.outside.Store(time.Now().UnixNano())
+	if !b.inBody {
+		if serr := b.scan(p[:n]); serr != nil {
+			b.err = serr
+			return 0, serr
+		}
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *bodyReader) scan(p []byte) error {
+	for len(p) > 0 && !b.inBody {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		if len(b.line)+len(chunk) > maxHeaderLine {
+			return errHeaderTooLarge
+		}
+		b.line = append(b.line, chunk...)
+		if i < 0 {
+			return nil
+		}
+		p = p[i+1:]
+		if err := b.headerLine(bytes.TrimSuffix(b.line, []byte("\r"))); err != nil {
+			return err
+		}
+		b.line = b.line[:0]
+	}
+	return nil
+}
+
+func (b *bodyReader) headerLine(l []byte) error {
+	switch {
+	case len(l) == 0:
+		b.inBody, b.line = true, nil
+	case l[0] == ' ' || l[0] == '\t':
+		if b.prevID && b.msgid == "" {
+			b.msgid = strings.TrimSpace(string(l))
+		}
+	default:
+		b.prevID = false
+		name, value, _ := bytes.Cut(l, []byte(":"))
+		switch {
+		case strings.EqualFold(string(bytes.TrimSpace(name)), "received"):
+			b.hops++
+			if b.hops > b.maxHops {
+				return errTooManyHops
+			}
+		case strings.EqualFold(string(name), "message-id") && b.msgid == "":
+			b.msgid, b.prevID = strings.TrimSpace(string(value)), true
+		}
+	}
+	return nil
+}
+
+// accept stores the body and publishes the envelopes. nil means durable.
+func (s *Server) accept(ss *session, m *message) error {
+	ctx, span := s.tracer.Start(context.Background(), "smtp.receive", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("mailfwd.queue_id", ss.qid),
+			attribute.Int("mailfwd.recipients", len(ss.rcpts)),
+			attribute.String("net.peer.ip", ss.client.Addr.String()),
+		))
+	defer span.End()
+	fail := func(what string, err error) error {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, what)
+		if m.in == nil || m.in.err == nil { // a client's failure is logged by the session
+			s.log.Error(what, "queue_id", ss.qid, "err", err)
+		}
+		return err
+	}
+
+	// Group recipients by domain, keeping the client's order.
+	var envs []*envelope.Envelope
+	byDomain := map[string]*envelope.Envelope{}
+	for _, a := range ss.targets {
+		e := byDomain[a.ASCII]
+		if e == nil {
+			e = &envelope.Envelope{
+				QueueID: ss.qid, From: ss.from, Domain: a.ASCII, BodyKey: ss.qid,
+				EightBit: ss.eightBit, UTF8: ss.utf8,
+				ClientAddr: ss.client.Addr.String(), ClientHelo: ss.client.Helo,
+			}
+			byDomain[a.ASCII] = e
+			envs = append(envs, e)
+		}
+		e.Recipients = append(e.Recipients, envelope.Recipient{Addr: a.Raw})
+	}
+
+	var msgid string
+	switch {
+	case m.body != nil && len(envs) == 1 && len(m.body) <= s.cfg.InlineBodyMax:
+		// Small and for one domain: the body rides in the envelope, stored
+		// (and synced, and replicated) by the same JetStream write.
+		envs[0].Body, envs[0].BodyKey = m.body, ""
+		msgid = m.in.msgid
+	case m.body != nil:
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+		pctx, pspan := s.tracer.Start(pctx, "blob.put")
+		err := s.bodies.Put(pctx, ss.qid, m.body)
+		pspan.End()
+		cancel()
+		if err != nil {
+			return fail("body store failed; answering 451", err)
+		}
+		msgid = m.in.msgid
+	default:
+		n, err := s.stream(ctx, ss.qid, m)
+		if err == nil && m.in.err != nil {
+			err = fmt.Errorf("the store took a body whose read failed: %w", m.in.err) // never queue a cut-off message
+		}
+		if err != nil {
+			return fail("body store failed; answering 451", err)
+		}
+		m.size, msgid = n, m.in.msgid
+	}
+	now := time.Now().UTC()
+	for _, e := range envs {
+		e.Parts, e.Size, e.MsgID, e.Arrived = len(envs), m.size, msgid, now
+	}
+	span.SetAttributes(attribute.Int64("mailfwd.size", m.size))
+
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	defer cancel()
+	qctx, qspan := s.tracer.Start(qctx, "queue.publish", trace.WithSpanKind(trace.SpanKindProducer))
+	err := s.queue.Enqueue(qctx, envs)
+	qspan.End()
+	if err != nil {
+		return fail("queue publish failed; answering 451", err)
+	}
+	maillog.LogReceived(ctx, s.log, maillog.Received{
+		QueueID: ss.qid, From: ss.from, Size: m.size, NRcpts: len(ss.targets), MsgID: msgid,
+		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
+	})
+	return nil
+}
+
+// stream runs PutStream with the store's buffer reserved from the budget.
+// The client's pace is bounded per read (ReadTimeout); the store's by a
+// watchdog that cancels the upload when it has held the body for
+// StoreTimeout without asking for more.
+func (s *Server) stream(ctx context.Context, key string, m *message) (int64, error) {
+	release, err := s.reserve(s.storeBuf)
+	if err != nil {
+		return 0, errNoBufferSpace
+	}
+	defer release()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		tick := time.NewTicker(max(s.cfg.StoreTimeout/8, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				if t := m.in.outside.Load(); t != 0 && now.Sub(time.Unix(0, t)) > s.cfg.StoreTimeout {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	pctx, pspan := s.tracer.Start(ctx, "blob.put_stream")
+	defer pspan.End()
+	return s.bodies.PutStream(pctx, key, m.rest)
+}

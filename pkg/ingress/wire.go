@@ -1,0 +1,280 @@
+package ingress
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// The edge of the ingress: every byte from a client passes through conn, so
+// the limits on the input live here, once: the idle timeout per read, the
+// end of a session after a read error, and (at accept) the per-client
+// session and connection-rate limits. (The error budget is go-smtp's
+// Server.MaxErrors, where every reply is written in plain text.)
+
+// errInputClosed is what reads return after the first read error of a
+// session: nothing more is read from that client. It wraps net.ErrClosed
+// so go-smtp ends the session quietly.
+var errInputClosed = fmt.Errorf("ingress: input closed after an earlier read error: %w", net.ErrClosed)
+
+// listener enforces the session limits (421 beyond them) and writes the
+// configurable greeting in place of go-smtp's fixed one.
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+// clientState is what the ingress remembers about one client address.
+type clientState struct {
+	sessions int
+	limiter  *rate.Limiter // nil without a connection rate limit
+}
+
+// clientKey groups IPv6 clients by /64 (one host usually has a whole /64).
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if cn := l.s.admit(c); cn != nil {
+			return cn, nil
+		}
+	}
+}
+
+// admit applies the session limits to a new connection: a *conn to serve,
+// or nil when it was refused (the refusal is written in the background so a
+// client that does not read cannot stall Accept).
+func (s *Server) admit(c net.Conn) *conn {
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	key := clientKey(ap.Addr())
+	now := time.Now()
+	s.mu.Lock()
+	s.sweepClients(now)
+	cs := s.clients[key]
+	if cs == nil {
+		cs = &clientState{}
+		if n := s.cfg.MaxConnectionsPerClientPerMinute; n > 0 {
+			cs.limiter = rate.NewLimiter(rate.Every(time.Minute/time.Duration(n)), n)
+		}
+		s.clients[key] = cs
+	}
+	exempt := false
+	for _, p := range s.cfg.ClientLimitExceptions {
+		if p.Contains(ap.Addr().Unmap()) {
+			exempt = true
+			break
+		}
+	}
+	var refusal, why string
+	switch {
+	case s.sessions >= s.cfg.MaxSessions:
+		refusal, why = "421 4.3.2 "+s.cfg.Hostname+" Too many sessions, try again later", "session limit reached"
+	case exempt:
+		s.sessions++
+		cs.sessions++
+	case cs.sessions >= s.cfg.MaxSessionsPerClient:
+		refusal, why = "421 4.7.0 "+s.cfg.Hostname+" Error: too many sessions from "+ap.Addr().Unmap().String(), "per-client session limit reached"
+	case cs.limiter != nil && !cs.limiter.AllowN(now, 1):
+		refusal, why = "421 4.7.0 "+s.cfg.Hostname+" Error: too many connections from "+ap.Addr().Unmap().String(), "per-client connection rate limit reached"
+	default:
+		s.sessions++
+		cs.sessions++
+	}
+	open := s.sessions
+	s.mu.Unlock()
+	s.cfg.Metrics.Sessions(open)
+	if refusal != "" {
+		s.log.Warn(why+"; refused connection", "client", ap.Addr().Unmap().String(),
+			"max_sessions", s.cfg.MaxSessions, "max_sessions_per_client", s.cfg.MaxSessionsPerClient,
+			"max_connections_per_client_per_minute", s.cfg.MaxConnectionsPerClientPerMinute)
+		s.refuse(c, refusal)
+		return nil
+	}
+	greeting := "220 " + s.cfg.Hostname
+	if s.cfg.Banner != "" {
+		greeting += " " + s.cfg.Banner
+	}
+	cn := &conn{Conn: c, s: s, key: key, greeting: greeting + "\r\n"}
+	s.mu.Lock()
+	s.conns[cn] = struct{}{}
+	s.mu.Unlock()
+	return cn
+}
+
+// refuse writes a 421 and closes c, in the background, with at most
+// maxRefusing such writes at once (beyond that the connection is just closed).
+func (s *Server) refuse(c net.Conn, line string) {
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-s.refusing }()
+		_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		_, _ = io.WriteString(c, line+"\r\n")
+		c.Close()
+	}()
+}
+
+const maxRefusing = 64
+
+// sweepClients forgets clients with no session and a full token bucket,
+// at most once a minute. Called with s.mu held.
+func (s *Server) sweepClients(now time.Time) {
+	if now.Sub(s.swept) < time.Minute {
+		return
+	}
+	s.swept = now
+	for k, cs := range s.clients {
+		if cs.sessions == 0 && (cs.limiter == nil || cs.limiter.TokensAt(now) >= float64(cs.limiter.Burst())) {
+			delete(s.clients, k)
+		}
+	}
+}
+
+// conn is one client connection as go-smtp sees it.
+type conn struct {
+	net.Conn
+	s        *Server
+	key      netip.Addr
+	greeting string
+	greeted  bool
+	once     sync.Once
+
+	// Read and Write are called from the session's goroutine only; these
+	// fields need no lock.
+	readErr error // the first read error; reads after it return errInputClosed
+	nread   int64
+
+	// Set by the session's Data, which runs in another goroutine for BDAT.
+	inData     atomic.Bool // a DATA transfer is being read (the session logs what ends it)
+	closeAfter atomic.Bool // close once the next reply is written
+}
+
+// wireOf finds the ingress's conn under a go-smtp connection (which may be
+// a *tls.Conn after STARTTLS).
+func wireOf(c net.Conn) *conn {
+	for c != nil {
+		switch x := c.(type) {
+		case *conn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// Read is an idle timeout per read (as Postfix's smtpd_timeout and
+// sendmail's Timeout.datablock): a slow but steady client may take as long
+// as it needs, a silent one is cut off. After the first error nothing more
+// is read: the rest of an interrupted DATA is never taken for commands.
+func (c *conn) Read(p []byte) (int, error) {
+	if c.readErr != nil {
+		return 0, errInputClosed
+	}
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.s.cfg.ReadTimeout)); err != nil {
+		c.readErr = err
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	c.nread += int64(n)
+	if err == nil {
+		return n, nil
+	}
+	c.readErr = err
+	var ne net.Error
+	timeout := errors.As(err, &ne) && ne.Timeout()
+	switch {
+	case c.inData.Load():
+		// The session reports it with its queue id.
+	case timeout:
+		c.s.log.Info("timeout waiting for input from client; closing", "client", c.key.String(), "timeout", c.s.cfg.ReadTimeout)
+	case c.nread == 0:
+		// A load balancer's health probe: connect, leave.
+		c.s.log.Debug("client left without a word", "client", c.key.String())
+	default:
+		c.s.log.Debug("client closed the connection", "client", c.key.String(), "err", err)
+	}
+	if errors.Is(err, syscall.ECONNRESET) {
+		// A reset is how many clients say goodbye; go-smtp would log it as
+		// an error.
+		return n, io.EOF
+	}
+	return n, err
+}
+
+// SetReadDeadline is ignored: Read sets the idle deadline itself (go-smtp
+// sets one per command, which would bound a whole DATA transfer).
+func (c *conn) SetReadDeadline(time.Time) error { return nil }
+
+// SetDeadline sets only the write deadline, for the same reason.
+func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+
+// closeAfterReply ends the session once the next reply is written.
+func (c *conn) closeAfterReply() { c.closeAfter.Store(true) }
+
+// Write replaces the first line go-smtp writes (its fixed 220 greeting) and
+// closes the connection after the reply that closeAfterReply asked for.
+func (c *conn) Write(p []byte) (int, error) {
+	if !c.greeted {
+		c.greeted = true
+		if len(p) > 4 && string(p[:4]) == "220 " {
+			for i := 0; i+1 < len(p); i++ {
+				if p[i] == '\r' && p[i+1] == '\n' {
+					if _, err := c.Conn.Write(append([]byte(c.greeting), p[i+2:]...)); err != nil {
+						return 0, err
+					}
+					return len(p), nil
+				}
+			}
+		}
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		return n, err
+	}
+	if c.closeAfter.Load() {
+		c.readErr = errInputClosed
+		c.Close()
+	}
+	return n, nil
+}
+
+func (c *conn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		c.s.sessions--
+		if cs := c.s.clients[c.key]; cs != nil {
+			cs.sessions--
+		}
+		open := c.s.sessions
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.cfg.Metrics.Sessions(open)
+	})
+	return c.Conn.Close()
+}

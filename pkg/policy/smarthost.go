@@ -1,0 +1,168 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/mailfwd/mailfwd/pkg/dkim"
+	"github.com/mailfwd/mailfwd/pkg/smtpauth"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
+)
+
+// The smart-host keys. users, authinfo and dkim hold secrets and belong in
+// the policy Secret; tls_policy in the ConfigMap. A projected volume mounts
+// both into the one policy directory, which LoadDir and the Watcher read
+// as a whole.
+const (
+	KeyUsers     = "users"
+	KeyAuthinfo  = "authinfo"
+	KeyTLSPolicy = "tls_policy"
+	KeyDKIM      = "dkim"
+)
+
+// SecretKeys are the keys that belong in the policy Secret.
+func SecretKeys() []string { return []string{KeyUsers, KeyAuthinfo, KeyDKIM} }
+
+// parseUsers reads "NAME HASH SENDER[,SENDER…]" lines (smtpauth.User).
+// A password that is not a bcrypt or argon2id hash is refused.
+func (p *Policy) parseUsers(lines []line) []error {
+	var errs []error
+	var list []smtpauth.User
+	seen := map[string]int{}
+	for _, l := range lines {
+		u, err := smtpauth.ParseUserLine(stripComment(l.text))
+		if err != nil {
+			errs = append(errs, l.errorf("%v", err))
+			continue
+		}
+		if prev, ok := seen[u.Name]; ok {
+			errs = append(errs, l.errorf("user %s listed twice (first on line %d)", u.Name, prev))
+			continue
+		}
+		seen[u.Name] = l.no
+		list = append(list, u)
+	}
+	us, err := smtpauth.NewUsers(list)
+	if err != nil { // duplicates were reported above
+		return append(errs, &ParseError{File: KeyUsers, Msg: err.Error()})
+	}
+	p.Users = us
+	return errs
+}
+
+// parseAuthinfo reads Postfix sasl_passwd lines: "[host]:port user:password".
+// The password is the rest of the line (no comments: it may hold '#').
+func (p *Policy) parseAuthinfo(lines []line) []error {
+	var errs []error
+	seen := map[string]int{}
+	for _, l := range lines {
+		lhs, rhs := fields(l.text)
+		key, err := tlspolicy.ParseKey(lhs)
+		if err != nil {
+			errs = append(errs, l.errorf("%v", err))
+			continue
+		}
+		c, err := tlspolicy.ParseCredentials(rhs)
+		if err != nil {
+			errs = append(errs, l.errorf("%s: %v", key, err))
+			continue
+		}
+		if prev, ok := seen[key]; ok {
+			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", key, prev))
+			continue
+		}
+		seen[key] = l.no
+		p.TLS.AddAuth(key, c)
+	}
+	return errs
+}
+
+// parseTLSPolicy reads Postfix smtp_tls_policy_maps lines:
+// "NEXTHOP-OR-DOMAIN LEVEL [match=…] [ca=PATH]", "." for the default.
+func (p *Policy) parseTLSPolicy(lines []line) []error {
+	var errs []error
+	seen := map[string]int{}
+	for _, l := range lines {
+		lhs, rhs := fields(stripComment(l.text))
+		key, err := tlspolicy.ParseKey(lhs)
+		if err != nil {
+			errs = append(errs, l.errorf("%v", err))
+			continue
+		}
+		e, err := tlspolicy.ParseEntry(rhs)
+		if err != nil {
+			errs = append(errs, l.errorf("%s: %v", key, err))
+			continue
+		}
+		if prev, ok := seen[key]; ok {
+			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", key, prev))
+			continue
+		}
+		seen[key] = l.no
+		p.TLS.AddTLS(key, e)
+	}
+	return errs
+}
+
+// parseDKIM reads "DOMAIN SELECTOR KEY [h=…]" lines (dkim.Key).
+func (p *Policy) parseDKIM(lines []line) []error {
+	var errs []error
+	var list []dkim.Key
+	seen := map[string]int{}
+	for _, l := range lines {
+		k, err := dkim.ParseKeyLine(stripComment(l.text))
+		if err != nil {
+			errs = append(errs, l.errorf("%v", err))
+			continue
+		}
+		if prev, ok := seen[k.Domain]; ok {
+			errs = append(errs, l.errorf("domain %s has a key already (line %d)", k.Domain, prev))
+			continue
+		}
+		seen[k.Domain] = l.no
+		list = append(list, k)
+	}
+	ks, err := dkim.NewKeys(list)
+	if err != nil {
+		return append(errs, &ParseError{File: KeyDKIM, Msg: err.Error()})
+	}
+	p.DKIM = ks
+	return errs
+}
+
+// smarthostFiles adds the canonical text of the smart-host keys to out.
+func (p *Policy) smarthostFiles(out map[string][]byte) {
+	out[KeyUsers] = []byte(p.Users.Text())
+
+	var b strings.Builder
+	auth := p.TLS.AuthEntries()
+	for _, k := range sortedKeys(auth) {
+		fmt.Fprintf(&b, "%s\t%s\n", k, auth[k])
+	}
+	out[KeyAuthinfo] = []byte(b.String())
+
+	b.Reset()
+	tls := p.TLS.TLSEntries()
+	for _, k := range sortedKeys(tls) {
+		fmt.Fprintf(&b, "%s\t%s\n", k, tls[k])
+	}
+	out[KeyTLSPolicy] = []byte(b.String())
+
+	b.Reset()
+	for _, k := range p.DKIM.List() {
+		if l, err := k.Line(); err == nil {
+			b.WriteString(l + "\n")
+		}
+	}
+	out[KeyDKIM] = []byte(b.String())
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

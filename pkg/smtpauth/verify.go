@@ -1,0 +1,258 @@
+package smtpauth
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Reply is an SMTP reply the ingress sends for an AUTH outcome.
+type Reply struct {
+	Code     int
+	Enhanced string
+	Text     string
+}
+
+func (r Reply) String() string { return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text) }
+
+// The AUTH replies (RFC 4954 §6, RFC 3463).
+var (
+	ReplyEncryptionRequired = Reply{538, "5.7.11", "Encryption required for requested authentication mechanism"}
+	ReplyBadCredentials     = Reply{535, "5.7.8", "Authentication credentials invalid"}
+	ReplyTemporaryFailure   = Reply{454, "4.7.0", "Temporary authentication failure"}
+	ReplyTooManyFailures    = Reply{421, "4.7.0", "Too many failed authentication attempts, closing connection"}
+	ReplySenderNotAllowed   = Reply{553, "5.7.1", "Sender address not allowed for this authenticated user"}
+)
+
+// ErrBadCredentials: unknown user or wrong password (never said which).
+var ErrBadCredentials = errors.New("authentication credentials invalid")
+
+// Verifier checks passwords. Checking a hash costs CPU and, for argon2id,
+// memory (64 MiB by default), so at most maxConcurrent checks run at once;
+// the others wait for a slot or their context.
+type Verifier struct {
+	slots chan struct{}
+}
+
+// NewVerifier returns a Verifier running at most maxConcurrent checks at a
+// time (the ingress's --auth-max-concurrent-checks; at least 1).
+func NewVerifier(maxConcurrent int) *Verifier {
+	return &Verifier{slots: make(chan struct{}, max(maxConcurrent, 1))}
+}
+
+// Verify checks name and password against users (the policy in force). An
+// unknown user costs one check of a dummy hash of the same algorithm and
+// cost as the file's users, so the time taken does not tell which users
+// exist. It returns ErrBadCredentials or, when ctx ends while waiting for a
+// slot, ctx's error (a temporary failure: ReplyTemporaryFailure).
+func (v *Verifier) Verify(ctx context.Context, users *Users, name, password string) (*User, error) {
+	select {
+	case v.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-v.slots }()
+	if users == nil {
+		users = &Users{}
+	}
+	u, ok := users.Lookup(name)
+	if !ok || checkName(name) != nil {
+		users.dummyHash().Check(password)
+		return nil, ErrBadCredentials
+	}
+	if !u.Hash.Check(password) {
+		return nil, ErrBadCredentials
+	}
+	return u, nil
+}
+
+// BudgetConfig bounds failed AUTH attempts per client.
+type BudgetConfig struct {
+	// MaxFailures is how many failed attempts a client has within Window;
+	// the next AUTH (or, for the failure that reaches it, the reply to it)
+	// is ReplyTooManyFailures and the session is closed
+	// (--auth-max-failures, default 5).
+	MaxFailures int
+	// Window is how long a client's failures count, from its first one
+	// (--auth-failure-window, default 15m).
+	Window time.Duration
+	// MaxClients bounds the clients tracked; past it the least recently
+	// failing one is forgotten (--auth-failure-clients, default 100000).
+	MaxClients int
+	// Now is the clock (tests); nil means time.Now.
+	Now func() time.Time
+}
+
+// Defaults of BudgetConfig.
+const (
+	DefaultMaxFailures   = 5
+	DefaultFailureWindow = 15 * time.Minute
+	DefaultMaxClients    = 100000
+)
+
+// Validate checks the configuration (zero values take the defaults).
+func (c *BudgetConfig) Validate() error {
+	if c.MaxFailures == 0 {
+		c.MaxFailures = DefaultMaxFailures
+	}
+	if c.Window == 0 {
+		c.Window = DefaultFailureWindow
+	}
+	if c.MaxClients == 0 {
+		c.MaxClients = DefaultMaxClients
+	}
+	switch {
+	case c.MaxFailures < 1:
+		return fmt.Errorf("--auth-max-failures must be at least 1, got %d", c.MaxFailures)
+	case c.Window < time.Second:
+		return fmt.Errorf("--auth-failure-window must be at least 1s, got %v", c.Window)
+	case c.MaxClients < 1:
+		return fmt.Errorf("--auth-failure-clients must be at least 1, got %d", c.MaxClients)
+	}
+	return nil
+}
+
+// FailureBudget counts failed AUTH attempts per client across sessions (an
+// IPv4 address, or the /64 of an IPv6 address, since one host usually owns
+// a whole /64). It is safe for concurrent use; memory is bounded by
+// MaxClients.
+type FailureBudget struct {
+	cfg BudgetConfig
+	mu  sync.Mutex
+	m   map[netip.Prefix]*list.Element
+	lru *list.List // front: most recent failure
+}
+
+type budgetEntry struct {
+	key   netip.Prefix
+	first time.Time
+	count int
+}
+
+// NewFailureBudget validates cfg and returns an empty budget.
+func NewFailureBudget(cfg BudgetConfig) (*FailureBudget, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &FailureBudget{cfg: cfg, m: map[netip.Prefix]*list.Element{}, lru: list.New()}, nil
+}
+
+// ClientKey is the unit a budget counts: the address itself for IPv4, its
+// /64 for IPv6.
+func ClientKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64)
+	return p
+}
+
+// Limit is the configured MaxFailures.
+func (b *FailureBudget) Limit() int { return b.cfg.MaxFailures }
+
+// Failures returns the client's failures within the window.
+func (b *FailureBudget) Failures(client netip.Addr) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	el, ok := b.m[ClientKey(client)]
+	if !ok {
+		return 0
+	}
+	e := el.Value.(*budgetEntry)
+	if b.cfg.Now().Sub(e.first) >= b.cfg.Window {
+		b.lru.Remove(el)
+		delete(b.m, e.key)
+		return 0
+	}
+	return e.count
+}
+
+// Exhausted reports whether the client has no attempts left: the ingress
+// checks it when AUTH is issued and answers ReplyTooManyFailures.
+func (b *FailureBudget) Exhausted(client netip.Addr) bool {
+	return b.Failures(client) >= b.cfg.MaxFailures
+}
+
+// Fail records one failed attempt and returns the client's failures so far
+// and whether the budget is now exhausted (then the ingress answers
+// ReplyTooManyFailures instead of ReplyBadCredentials and closes).
+func (b *FailureBudget) Fail(client netip.Addr) (failures int, exhausted bool) {
+	key := ClientKey(client)
+	now := b.cfg.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if el, ok := b.m[key]; ok {
+		e := el.Value.(*budgetEntry)
+		if now.Sub(e.first) >= b.cfg.Window {
+			e.first, e.count = now, 0
+		}
+		e.count++
+		b.lru.MoveToFront(el)
+		return e.count, e.count >= b.cfg.MaxFailures
+	}
+	for len(b.m) >= b.cfg.MaxClients {
+		old := b.lru.Back()
+		b.lru.Remove(old)
+		delete(b.m, old.Value.(*budgetEntry).key)
+	}
+	b.m[key] = b.lru.PushFront(&budgetEntry{key: key, first: now, count: 1})
+	return 1, 1 >= b.cfg.MaxFailures
+}
+
+// Succeed forgets the client's failures (a successful AUTH).
+func (b *FailureBudget) Succeed(client netip.Addr) {
+	key := ClientKey(client)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if el, ok := b.m[key]; ok {
+		b.lru.Remove(el)
+		delete(b.m, key)
+	}
+}
+
+// Tracked is the number of clients with failures on record.
+func (b *FailureBudget) Tracked() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.m)
+}
+
+// FailureMessage is the log message of a failed AUTH attempt. The client's
+// address is part of the message itself, which log/slog writes right after
+// time and level, before any attribute a client can influence, so a user
+// name or HELO crafted to look like another address cannot be matched.
+func FailureMessage(client netip.Addr) string {
+	return "SMTP AUTH failed from [" + client.Unmap().String() + "]"
+}
+
+// Fail2banRegex is the failregex for a fail2ban filter over the ingress's
+// log (slog text or JSON handler). <HOST> is fail2ban's address tag.
+const (
+	Fail2banRegexText = `^time=\S+ level=WARN msg="SMTP AUTH failed from \[<HOST>\]"`
+	Fail2banRegexJSON = `^\{"time":"[^"]*","level":"WARN","msg":"SMTP AUTH failed from \[<HOST>\]"`
+)
+
+// maxLoggedUser bounds the user name written to the log.
+const maxLoggedUser = 64
+
+// LogFailure writes the failed-attempt line: message FailureMessage, then
+// mechanism, user (truncated; the handler quotes it), failures and limit.
+func LogFailure(l *slog.Logger, client netip.Addr, mechanism, user string, failures, limit int) {
+	if len(user) > maxLoggedUser {
+		user = user[:maxLoggedUser] + "…"
+	}
+	l.Warn(FailureMessage(client),
+		slog.String("mechanism", mechanism),
+		slog.String("user", user),
+		slog.Int("failures", failures),
+		slog.Int("limit", limit))
+}

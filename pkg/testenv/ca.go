@@ -1,0 +1,147 @@
+package testenv
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+)
+
+// CA is a test certificate authority: a self-signed root that issues
+// server certificates, so tests can check chain and name verification the
+// way a real deployment's CA would be checked.
+type CA struct {
+	Cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// NewCA returns a fresh test CA valid from one hour ago for 24 hours.
+func NewCA(t testing.TB) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("testenv: CA key: %v", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          caSerial(t),
+		Subject:               pkix.Name{CommonName: "mailfwd test CA", Organization: []string{"mailfwd test"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("testenv: CA certificate: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("testenv: CA certificate: %v", err)
+	}
+	return &CA{Cert: cert, key: key}
+}
+
+// Pool returns a pool holding only the CA's root.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
+}
+
+// PEM returns the root in PEM form (a ca= or --tls-ca-file bundle).
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// Issue returns a server certificate for hosts (IP literals become IP
+// SANs), signed by the CA, valid from one hour ago for 24 hours; its chain
+// is leaf then root.
+func (ca *CA) Issue(t testing.TB, hosts ...string) tls.Certificate {
+	t.Helper()
+	return ca.IssueValid(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour), hosts...)
+}
+
+// IssueValid is Issue with an explicit validity period (expired
+// certificates for tests).
+func (ca *CA) IssueValid(t testing.TB, notBefore, notAfter time.Time, hosts ...string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("testenv: leaf key: %v", err)
+	}
+	cn := "mailfwd test server"
+	if len(hosts) > 0 {
+		cn = hosts[0]
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: caSerial(t),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatalf("testenv: leaf certificate: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("testenv: leaf certificate: %v", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+func caSerial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatalf("testenv: serial: %v", err)
+	}
+	return n
+}
+
+// StartTLSServer accepts TLS connections on 127.0.0.1 with cert, completes
+// the handshake, writes "ok\n" and closes; it returns the address. The
+// listener is closed by t.Cleanup.
+func StartTLSServer(t testing.TB, cert tls.Certificate) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("testenv: TLS listen: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := c.(*tls.Conn).Handshake(); err == nil {
+					_, _ = c.Write([]byte("ok\n"))
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}

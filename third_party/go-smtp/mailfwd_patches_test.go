@@ -1,0 +1,115 @@
+package smtp_test
+
+import (
+	"io"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Tests for the replies mailfwd patches (see PATCHES.md): RFC 5321 §4.2
+// and RFC 3463 codes where upstream v0.25.1 hard-codes others.
+
+func TestPatchedReplies(t *testing.T) {
+	cases := []struct {
+		name  string
+		lines []string // commands; the reply to the last one is checked
+		want  string
+	}{
+		{"MAIL before EHLO", []string{"MAIL FROM:<a@b.test>"}, "503 5.5.1 "},
+		{"RCPT before MAIL", []string{"EHLO c", "RCPT TO:<a@b.test>"}, "503 5.5.1 "},
+		{"DATA before RCPT", []string{"EHLO c", "MAIL FROM:<a@b.test>", "DATA"}, "503 5.5.1 "},
+		{"BDAT before RCPT", []string{"EHLO c", "BDAT 0 LAST"}, "503 5.5.1 "},
+		{"AUTH before EHLO", []string{"AUTH PLAIN"}, "503 5.5.1 "},
+		{"unknown command", []string{"EHLO c", "XYZZY"}, "500 5.5.2 "},
+		{"short command", []string{"EHLO c", "AB"}, "500 5.5.2 "},
+		{"MAIL ok", []string{"EHLO c", "MAIL FROM:<a@b.test>"}, "250 2.1.0 Ok"},
+		{"RCPT ok", []string{"EHLO c", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>"}, "250 2.1.5 Ok"},
+		{"HELO names the server first", []string{"HELO client.test"}, "250 localhost Hello client.test"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, s, c, scanner := testServerGreeted(t)
+			defer s.Close()
+			defer c.Close()
+			var got string
+			for _, l := range tc.lines {
+				io.WriteString(c, l+"\r\n")
+				for scanner.Scan() {
+					got = scanner.Text()
+					if len(got) < 4 || got[3] != '-' {
+						break
+					}
+				}
+			}
+			if len(got) < len(tc.want) || got[:len(tc.want)] != tc.want {
+				t.Fatalf("reply %q, want prefix %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestQuotedLocalPartVerbatim(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	defer c.Close()
+	for _, l := range []string{`MAIL FROM:<"a b"@src.test>`, `RCPT TO:<"x.\"y"@dst.test>`, `RCPT TO:<"a..b"@dst.test>`, "DATA"} {
+		io.WriteString(c, l+"\r\n")
+		scanner.Scan()
+	}
+	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	scanner.Scan()
+	if len(be.messages) != 1 {
+		t.Fatalf("messages = %d (last reply %q)", len(be.messages), scanner.Text())
+	}
+	m := be.messages[0]
+	if m.From != `"a b"@src.test` {
+		t.Errorf("From = %q", m.From)
+	}
+	if len(m.To) != 2 || m.To[0] != `"x.\"y"@dst.test` || m.To[1] != `"a..b"@dst.test` {
+		t.Errorf("To = %q", m.To)
+	}
+}
+
+func TestMaxErrors(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxErrors = 3 })
+	defer s.Close()
+	defer c.Close()
+	var got []string
+	for _, l := range []string{"EHLO c", "RCPT TO:<a@b.test>", "DATA", "NOOP", "MAIL FROM:<a@b.test> FOO=BAR", "NOOP"} {
+		io.WriteString(c, l+"\r\n")
+		for scanner.Scan() {
+			got = append(got, scanner.Text())
+			if t := scanner.Text(); len(t) < 4 || t[3] != '-' {
+				break
+			}
+		}
+	}
+	// EHLO (multi-line), 503, 503, 250 NOOP, 500 (third error), 421, then closed.
+	last := got[len(got)-1]
+	if last != "421 4.7.0 localhost Error: too many errors" {
+		t.Fatalf("replies %q: want the third error followed by 421 4.7.0", got)
+	}
+	if scanner.Scan() {
+		t.Fatalf("connection still open: %q", scanner.Text())
+	}
+}
+
+// A connection that ends inside a BDAT LAST chunk is no complete message.
+func TestBDATTruncatedChunk(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	for _, l := range []string{"MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>"} {
+		io.WriteString(c, l+"\r\n")
+		scanner.Scan()
+	}
+	io.WriteString(c, "BDAT 1000 LAST\r\nSubject: x\r\n\r\nshort")
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	for scanner.Scan() {
+	}
+	c.Close()
+	s.Close()
+	if len(be.messages) != 0 {
+		t.Fatalf("a truncated chunk was taken as a message: %+v", be.messages[0])
+	}
+}
