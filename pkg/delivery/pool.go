@@ -28,20 +28,20 @@ type hostState struct {
 
 // conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
 type conn struct {
-	raw   net.Conn  // the TCP connection; closing it aborts any operation
-	wire  *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
-	sc    *smtp.Client
-	hop   Hop
-	tls   bool
+	raw  net.Conn  // the TCP connection; closing it aborts any operation
+	wire *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
+	sc   *smtp.Client
+	hop  Hop
+	tls  bool
 	// key is the security the connection was set up under (security.key):
 	// a pooled connection is reused only by a hop with the same key, so
 	// never across TLS levels, certificate checks or credentials.
 	key     string
-	tlsDesc string // "tls=TLSv1.3 verified=yes" / "tls=none"
-	verify  string // sendmail's verify=: OK, FAIL, NO, NONE
-	msgs  int         // transactions started on this connection
-	limit int         // the last message's MaxMsgsPerConn (0: the Config's)
-	timer *time.Timer // idle expiry while pooled
+	tlsDesc string      // "tls=TLSv1.3 verified=yes" / "tls=none"
+	verify  string      // sendmail's verify=: OK, FAIL, NO, NONE
+	msgs    int         // transactions started on this connection
+	limit   int         // the last message's MaxMsgsPerConn (0: the Config's)
+	timer   *time.Timer // idle expiry while pooled
 	// pooledAt is when the connection was last put back in the pool. A
 	// connection reused within reuseUnchecked is not probed with NOOP; if it
 	// turns out dead at MAIL FROM, Deliver retries on a fresh one.

@@ -13,8 +13,8 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
-	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 func TestParseRHS(t *testing.T) {
