@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailfwd/mailfwd/pkg/dane"
@@ -201,7 +202,7 @@ func (c *Client) auth(cn *conn, sec *security, log *slog.Logger) (result, bool) 
 	if err != nil {
 		return result{Enhanced: "4.7.0", Text: fmt.Sprintf("SASL authentication with %s not attempted: %v", name, err)}, false
 	}
-	if err := cn.sc.Auth(a); err != nil {
+	if err := cn.sc.Auth(&boundedSASL{Client: a, left: maxAuthChallenges}); err != nil {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			log.Warn("SASL authentication failed", "relay", name, "addr", cn.hop.Addr, "authinfo", sec.d.AuthKey,
@@ -213,4 +214,27 @@ func (c *Client) auth(cn *conn, sec *security, log *slog.Logger) (result, bool) 
 	}
 	log.Debug("authenticated", "relay", name, "addr", cn.hop.Addr, "authinfo", sec.d.AuthKey, "user", sec.d.Auth.User)
 	return result{}, true
+}
+
+// maxAuthChallenges bounds the 334 challenges one AUTH exchange answers:
+// PLAIN and XOAUTH2 need at most one, LOGIN two. A relay that keeps
+// challenging (go-sasl's LOGIN client answers every "Password:" with the
+// password, XOAUTH2's every challenge with an empty line) gets the
+// exchange aborted instead of a loop.
+const maxAuthChallenges = 4
+
+// errTooManyChallenges ends an AUTH exchange past maxAuthChallenges.
+var errTooManyChallenges = errors.New("too many AUTH challenges")
+
+type boundedSASL struct {
+	sasl.Client
+	left int
+}
+
+func (b *boundedSASL) Next(challenge []byte) ([]byte, error) {
+	if b.left <= 0 {
+		return nil, errTooManyChallenges
+	}
+	b.left--
+	return b.Client.Next(challenge)
 }

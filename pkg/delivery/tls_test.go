@@ -34,6 +34,8 @@ type relayServer struct {
 	requireAuth  bool
 	insecureAuth bool
 	mechs        []string // offered AUTH mechanisms (nil: PLAIN LOGIN)
+	endlessLogin bool     // LOGIN asks "Password:" forever (hostile)
+	challenges   int      // LOGIN challenges answered by the client
 
 	mu      sync.Mutex
 	conns   int
@@ -80,7 +82,7 @@ func (s *relaySession) Auth(mech string) (sasl.Server, error) {
 		return nil
 	}
 	if mech == sasl.Login {
-		return &loginServer{check: check}, nil
+		return &loginServer{check: check, r: s.r}, nil
 	}
 	return sasl.NewPlainServer(func(_, u, p string) error { return check(u, p) }), nil
 }
@@ -532,11 +534,21 @@ func writeFile(t *testing.T, path string, b []byte) {
 // client): "Username:", "Password:", then the check.
 type loginServer struct {
 	check func(user, pass string) error
+	r     *relayServer
 	step  int
 	user  string
 }
 
 func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	l.r.mu.Lock()
+	endless := l.r.endlessLogin
+	if l.step > 0 {
+		l.r.challenges++
+	}
+	l.r.mu.Unlock()
+	if endless && l.step >= 2 {
+		return []byte("Password:"), false, nil
+	}
 	switch l.step {
 	case 0:
 		l.step++
@@ -549,5 +561,41 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 		return []byte("Password:"), false, nil
 	default:
 		return nil, true, l.check(l.user, string(resp))
+	}
+}
+
+// LOGIN with the relayhost, and a hostile relay that keeps asking for the
+// password: the exchange is cut after a few challenges and the mail
+// deferred, not an endless loop.
+func TestRelayhostLOGINAndEndlessChallenges(t *testing.T) {
+	ca := testenv.NewCA(t)
+	cert := ca.Issue(t, "relay.test")
+	r := &relayServer{user: "u", pass: "p", requireAuth: true, mechs: []string{sasl.Login}}
+	addr := r.start(t, &cert)
+	pol := tlsPolicy(t, map[string]string{"[relay.test]:2525": "verify"}, map[string]string{"[relay.test]:2525": "u:p"})
+	c := newClient(t, func(cfg *delivery.Config) {
+		cfg.TLSPolicy = func() *tlspolicy.Policy { return pol }
+		cfg.TLSBuilder = &tlspolicy.Builder{Roots: ca.Pool()}
+		cfg.MaxMsgsPerConn = 1
+	})
+	hops := []delivery.Hop{relayHop(t, "relay.test", addr, 2525)}
+	if out := c.Deliver(testCtx(t), hops, msg(testBody, "x@example.net")); !out.Statuses[0].Delivered() {
+		t.Fatalf("LOGIN: %+v", out.Statuses[0])
+	}
+	if _, auths, _, _ := r.snapshot(); len(auths) != 1 || auths[0] != "u:p tls=true" {
+		t.Fatalf("LOGIN: relay saw %q", auths)
+	}
+	r.mu.Lock()
+	r.endlessLogin, r.challenges = true, 0
+	r.mu.Unlock()
+	out := c.Deliver(testCtx(t), hops, msg(testBody, "x@example.net"))
+	if st := out.Statuses[0]; st.Delivered() || st.Permanent() {
+		t.Fatalf("endless challenges: %+v, want deferred", st)
+	}
+	r.mu.Lock()
+	n := r.challenges
+	r.mu.Unlock()
+	if n > 5 {
+		t.Errorf("the client answered %d challenges, want the exchange cut after a few", n)
 	}
 }
