@@ -84,6 +84,16 @@ func (s *relaySession) Auth(mech string) (sasl.Server, error) {
 	if mech == sasl.Login {
 		return &loginServer{check: check, r: s.r}, nil
 	}
+	if mech == "XOAUTH2" {
+		// "user=U\x01auth=Bearer TOKEN\x01\x01"; the token is the password.
+		return saslFunc(func(resp []byte) ([]byte, bool, error) {
+			parts := strings.Split(string(resp), "\x01")
+			if len(parts) != 4 || !strings.HasPrefix(parts[0], "user=") || !strings.HasPrefix(parts[1], "auth=Bearer ") {
+				return nil, false, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "bad XOAUTH2"}
+			}
+			return nil, true, check(strings.TrimPrefix(parts[0], "user="), strings.TrimPrefix(parts[1], "auth=Bearer "))
+		}), nil
+	}
 	return sasl.NewPlainServer(func(_, u, p string) error { return check(u, p) }), nil
 }
 
@@ -597,5 +607,57 @@ func TestRelayhostLOGINAndEndlessChallenges(t *testing.T) {
 	r.mu.Unlock()
 	if n > 5 {
 		t.Errorf("the client answered %d challenges, want the exchange cut after a few", n)
+	}
+}
+
+type saslFunc func([]byte) ([]byte, bool, error)
+
+func (f saslFunc) Next(resp []byte) ([]byte, bool, error) { return f(resp) }
+
+// XOAUTH2: an authinfo entry naming an OAuth 2.0 client; the token comes
+// from a loopback token endpoint (client credentials) and authenticates
+// the delivery to a relay that offers only XOAUTH2.
+func TestRelayhostXOAUTH2(t *testing.T) {
+	ca := testenv.NewCA(t)
+	tokenSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, secret, _ := r.BasicAuth()
+		if err := r.ParseForm(); err != nil || r.Form.Get("grant_type") != "client_credentials" || id != "app-1" || secret != "app-secret" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"error":"invalid_client"}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"tok-42","token_type":"Bearer","expires_in":3600}`)
+	}))
+	tokenSrv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "127.0.0.1")}}
+	tokenSrv.StartTLS()
+	t.Cleanup(tokenSrv.Close)
+
+	cert := ca.Issue(t, "smtp.office365.test")
+	r := &relayServer{user: "relay@example.com", pass: "tok-42", requireAuth: true, mechs: []string{"XOAUTH2"}}
+	addr := r.start(t, &cert)
+	entry := func(secret string) string {
+		return "xoauth2 user=relay@example.com token_url=" + tokenSrv.URL + "/token client_id=app-1 client_secret=" + secret + " scope=https://outlook.office365.com/.default"
+	}
+	hops := []delivery.Hop{relayHop(t, "smtp.office365.test", addr, 587)}
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{{"app-secret", true}, {"wrong", false}} {
+		pol := tlsPolicy(t, map[string]string{"[smtp.office365.test]:587": "secure"}, map[string]string{"[smtp.office365.test]:587": entry(tc.secret)})
+		c := newClient(t, func(cfg *delivery.Config) {
+			cfg.TLSPolicy = func() *tlspolicy.Policy { return pol }
+			cfg.TLSBuilder = &tlspolicy.Builder{Roots: ca.Pool()}
+			cfg.Tokens = tlspolicy.NewTokens(ca.Pool(), 10*time.Second)
+		})
+		out := c.Deliver(testCtx(t), hops, msg(testBody, "x@example.net"))
+		st := out.Statuses[0]
+		if tc.ok != st.Delivered() || st.Permanent() {
+			t.Fatalf("client secret %s: %+v", tc.secret, st)
+		}
+	}
+	if _, auths, mails, _ := r.snapshot(); len(auths) != 1 || auths[0] != "relay@example.com:tok-42 tls=true" || len(mails) != 1 {
+		t.Fatalf("relay saw AUTH %q MAIL %q", auths, mails)
 	}
 }
