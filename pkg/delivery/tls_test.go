@@ -127,12 +127,21 @@ func (r *relayServer) snapshot() (conns int, auths, mails []string, authTry int)
 // start serves r on loopback; cert nil: no STARTTLS.
 func (r *relayServer) start(t *testing.T, cert *tls.Certificate) string {
 	t.Helper()
+	return r.startWith(t, cert, nil)
+}
+
+// startWith is start with a change to the server's TLS configuration.
+func (r *relayServer) startWith(t *testing.T, cert *tls.Certificate, mod func(*tls.Config)) string {
+	t.Helper()
 	srv := smtp.NewServer(r)
 	srv.Domain = "relay.test"
 	srv.AllowInsecureAuth = r.insecureAuth
 	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
 	if cert != nil {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+		if mod != nil {
+			mod(srv.TLSConfig)
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -659,5 +668,41 @@ func TestRelayhostXOAUTH2(t *testing.T) {
 	}
 	if _, auths, mails, _ := r.snapshot(); len(auths) != 1 || auths[0] != "relay@example.com:tok-42 tls=true" || len(mails) != 1 {
 		t.Fatalf("relay saw AUTH %q MAIL %q", auths, mails)
+	}
+}
+
+// A handshake that fails (the server demands a client certificate, over
+// TLS 1.2 so the client sees it): encrypt defers without a plain-text
+// retry, may reconnects in plain text as before.
+func TestEncryptFailedHandshakeNeverPlain(t *testing.T) {
+	cert := testenv.SelfSignedCert(t, "mx.example.org")
+	for _, tc := range []struct {
+		level string
+		conns int
+		sent  bool
+	}{{"encrypt", 1, false}, {"may", 2, true}} {
+		t.Run(tc.level, func(t *testing.T) {
+			r := &relayServer{}
+			addr := r.startWith(t, &cert, func(c *tls.Config) {
+				c.MaxVersion = tls.VersionTLS12
+				c.ClientAuth = tls.RequireAnyClientCert
+			})
+			hop := hopFor(t, "mx.example.org", addr)
+			hop.Policy = tlspolicy.Hop{Domain: "example.org"}
+			pol := tlsPolicy(t, map[string]string{"example.org": tc.level}, nil)
+			c := newClient(t, func(cfg *delivery.Config) {
+				cfg.StartTLS = true
+				cfg.TLSPolicy = func() *tlspolicy.Policy { return pol }
+			})
+			out := c.Deliver(testCtx(t), []delivery.Hop{hop}, msg(testBody, "r@example.org"))
+			st := out.Statuses[0]
+			conns, _, mails, _ := r.snapshot()
+			if st.Delivered() != tc.sent || conns != tc.conns || len(mails) != map[bool]int{true: 1}[tc.sent] {
+				t.Fatalf("%s: status %+v, %d connections, mails %q", tc.level, st, conns, mails)
+			}
+			if !tc.sent && (st.Permanent() || st.Enhanced != "4.7.5" || !strings.Contains(st.Text, "handshake")) {
+				t.Errorf("encrypt: %+v, want deferred 4.7.5 naming the handshake", st)
+			}
+		})
 	}
 }
