@@ -118,7 +118,10 @@ func TestRelayhostSES(t *testing.T) {
 		"tls_policy":  fmt.Sprintf("[%s]:%d\tsecure\n[%s]:%d\tsecure\n.\tmay\n", ses, port, ses, impPort),
 		"authinfo": fmt.Sprintf("[%s]:%d\tAKIAIOSFODNN7EXAMPLE:BExample/Smtp+Password\n[%s]:%d\tAKIAIOSFODNN7EXAMPLE:BExample/Smtp+Password\n",
 			ses, port, ses, impPort),
-	}, workerSetup: func(w *daemon.Worker) { w.TLS.CAFile = caFile }})
+	}, workerSetup: func(w *daemon.Worker) {
+		w.TLS.CAFile = caFile
+		w.Delivery.MaxMsgsPerConn = 1 // every message authenticates anew
+	}})
 	e.dns.Set(zones + "\n" + ses + ". 60 IN A 127.0.0.1\n")
 
 	body := message("via SES", "<ses-1@customer.example>", "Hello through the provider.\r\n")
@@ -162,6 +165,30 @@ func TestRelayhostSES(t *testing.T) {
 	}
 	if spanTLS != "tls=TLSv1.3 verified=yes" || spanVerify != "OK" {
 		t.Errorf("smtp.send span: mailfwd.tls=%q mailfwd.tls.verify=%q", spanTLS, spanVerify)
+	}
+
+	// The provider rotates the password; until authinfo follows, mail is
+	// deferred (4.7.8), not bounced and not sent unauthenticated. The new
+	// authinfo is picked up by the hot reload.
+	good.mu.Lock()
+	good.pass = "Rotated/Password"
+	good.mu.Unlock()
+	body = message("after rotation", "<ses-3@customer.example>", "After the rotation.\r\n")
+	if res := send(e.smtp, "", "alerts@customer.example", []string{"rotated@example.net"}, body, nil); res.Err != nil || len(res.RcptErrs) > 0 {
+		t.Fatalf("submit: %+v", res)
+	}
+	waitFor(t, "the deferral with the old password", 30*time.Second, func() bool {
+		return strings.Contains(e.logs.String(), "to=<rotated@example.net>") && strings.Contains(e.logs.String(), "dsn=4.7.8, stat=Deferred")
+	})
+	reloads := strings.Count(e.logs.String(), `msg="policy loaded" component=worker`)
+	e.writePolicy("authinfo", fmt.Sprintf("[%s]:%d\tAKIAIOSFODNN7EXAMPLE:Rotated/Password\n[%s]:%d\tAKIAIOSFODNN7EXAMPLE:BExample/Smtp+Password\n",
+		ses, port, ses, impPort))
+	waitFor(t, "the worker to reload the policy", 10*time.Second, func() bool {
+		return strings.Count(e.logs.String(), `msg="policy loaded" component=worker`) > reloads
+	})
+	waitFor(t, "the retry with the new password", 30*time.Second, func() bool { _, _, d := good.got(); return len(d) == 2 })
+	if auths, _, _ := good.got(); len(auths) != 2 || auths[1] != "AKIAIOSFODNN7EXAMPLE:Rotated/Password tls=true" {
+		t.Errorf("after the rotation the provider saw AUTH %q", auths)
 	}
 
 	// The impostor (a certificate for another name): deferred with the
