@@ -334,6 +334,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	o.Delivery.StartTLS = !o.NoTLS
 	o.Delivery.Logger = log.With("component", "delivery")
 	roots, _ := o.caPool()
+	if roots == nil {
+		// Loaded once: Builder would otherwise copy the system pool for
+		// every certificate it checks.
+		roots, _ = x509.SystemCertPool()
+	}
 	o.Delivery.TLSPolicy = tlsPol.Load
 	o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
 	o.Delivery.Tokens = tlspolicy.NewTokens(nil, o.TLS.TokenTimeout)
