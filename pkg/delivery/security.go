@@ -50,11 +50,13 @@ func (s *security) describe() string {
 }
 
 // makeKey fills s.key from everything that changes how a connection is
-// set up: level, the names and roots a certificate is checked against, the
+// set up: level, host, the names and roots a certificate is checked against, the
 // TLSA records and the credentials (hashed: the key is not a secret store).
 func (s *security) makeKey() {
 	h := sha256.New()
-	fmt.Fprintf(h, "level=%d\x00", s.level())
+	// The host too at every level: what the log says was verified is for
+	// the name the connection was checked against.
+	fmt.Fprintf(h, "level=%d\x00host=%s\x00", s.level(), s.host)
 	if s.d.Level.Verifies() {
 		fmt.Fprintf(h, "names=%s\x00ca=%s\x00", strings.Join(tlspolicy.MatchNames(s.d, s.host), ":"), s.d.Entry.CAFile)
 	}
