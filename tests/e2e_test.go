@@ -105,7 +105,7 @@ func TestEndToEndMultiDomain(t *testing.T) {
 			t.Errorf("no delivery log line %q", want)
 		}
 	}
-	if !strings.Contains(logs, "relay=mx2.beta.test. [127.0.0.3], dsn=2.0.0, stat=Sent (") {
+	if !strings.Contains(logs, "relay=mx2.beta.test. [127.0.0.3], tls=none, verify=NONE, dsn=2.0.0, stat=Sent (") {
 		t.Errorf("no stat=Sent line for beta via its second MX in logs")
 	}
 	if !strings.Contains(logs, res.QueueID+": from=<sender@origin.test>, size=") {

@@ -2,17 +2,21 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/dns"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -20,11 +24,14 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/dnsquery"
+	"github.com/mailfwd/mailfwd/pkg/mtasts"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 	"github.com/mailfwd/mailfwd/pkg/worker"
 )
 
@@ -43,7 +50,18 @@ type Worker struct {
 	PolicyInterval time.Duration
 	Delivery       delivery.Config
 	Engine         worker.Config
+	TLS            WorkerTLS
 	Sweep          SweepConfig
+}
+
+// WorkerTLS is the outbound TLS policy's process-wide part (the per-hop
+// part is tls_policy and authinfo in the policy directory).
+type WorkerTLS struct {
+	CAFile       string        // --tls-ca-file
+	MTASTS       bool          // --mta-sts
+	STS          mtasts.Config // --mta-sts-* bounds (DNS filled at start)
+	DANE         bool          // --dane
+	TokenTimeout time.Duration // --oauth2-token-timeout
 }
 
 // SweepConfig is the orphan sweeper's (bodies and refs no envelope refers to).
@@ -64,7 +82,14 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
 	fs.Var(&o.LocalNames, "local-name", "this mail system's own host names (the ingress's --hostname, its MX names), comma-separated: a next hop by one of them is a mail loop, 5.4.6 (default: --helo-name)")
 	fs.Var(&o.LocalAddrs, "local-addr", "this mail system's own listening addresses host:port (the ingress's --listen, its Service/LB addresses; ':25' = every address of this host), comma-separated: a next hop there is a mail loop, 5.4.6 (default: 127.0.0.1:2525)")
-	fs.BoolVar(&o.NoTLS, "no-starttls", false, "never use STARTTLS towards destinations (default: opportunistic)")
+	fs.BoolVar(&o.NoTLS, "no-starttls", false, "make the default TLS level none instead of may (opportunistic STARTTLS); tls_policy entries and authinfo credentials still apply")
+	fs.StringVar(&o.TLS.CAFile, "tls-ca-file", "", "PEM file of the CA certificates that verify/secure (and MTA-STS enforce) check destination certificates against, instead of the system roots (at most 1 MiB)")
+	fs.BoolVar(&o.TLS.MTASTS, "mta-sts", false, "look up the recipient domain's MTA-STS policy (RFC 8461) for MX delivery: under mode enforce only the listed MX hosts, over verified TLS (needs HTTPS to mta-sts.DOMAIN)")
+	fs.DurationVar(&o.TLS.STS.FetchTimeout, "mta-sts-fetch-timeout", mtasts.DefaultFetchTimeout, "limit of one MTA-STS policy fetch, connect to last byte")
+	fs.Int64Var(&o.TLS.STS.MaxPolicyBytes, "mta-sts-max-policy-bytes", mtasts.DefaultMaxPolicyBytes, "bytes of one MTA-STS policy file")
+	fs.IntVar(&o.TLS.STS.MaxCachedPolicies, "mta-sts-cache-size", mtasts.DefaultMaxCachedPolicies, "MTA-STS policies cached (one per recipient domain)")
+	fs.BoolVar(&o.TLS.DANE, "dane", false, "use DANE TLSA records (RFC 7672) for MX delivery; only answers the resolver marks authenticated (AD) count, so --dns-server must be a validating resolver on a trusted path")
+	fs.DurationVar(&o.TLS.TokenTimeout, "oauth2-token-timeout", tlspolicy.DefaultTokenTimeout, "limit of one XOAUTH2 access token request (authinfo xoauth2 entries)")
 	fs.DurationVar(&o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
 	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
 	fs.DurationVar(&o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
@@ -125,6 +150,17 @@ func (o *Worker) Validate() error {
 	if _, err := o.localAddrs(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.caPool(); err != nil {
+		errs = append(errs, err)
+	}
+	sts := o.TLS.STS
+	sts.DNS = &dnsquery.Client{}
+	if err := sts.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.TLS.TokenTimeout <= 0 {
+		errs = append(errs, errors.New("--oauth2-token-timeout must be positive"))
+	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))
 	}
@@ -132,6 +168,54 @@ func (o *Worker) Validate() error {
 		o.Engine.Heartbeat = max(o.AckWait/4, time.Second)
 	}
 	return errors.Join(errs...)
+}
+
+// caPool reads --tls-ca-file (nil: the system roots).
+func (o *Worker) caPool() (*x509.CertPool, error) {
+	if o.TLS.CAFile == "" {
+		return nil, nil
+	}
+	f, err := os.Open(o.TLS.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca-file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, tlspolicy.MaxCAFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca-file: %w", err)
+	}
+	if len(b) > tlspolicy.MaxCAFileSize {
+		return nil, fmt.Errorf("--tls-ca-file %s: larger than %d bytes", o.TLS.CAFile, tlspolicy.MaxCAFileSize)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--tls-ca-file %s: no PEM certificate in it", o.TLS.CAFile)
+	}
+	return pool, nil
+}
+
+// queryServers are the resolvers the TXT (MTA-STS) and TLSA (DANE) queries
+// go to: --dns-server, else /etc/resolv.conf; "host" means port 53.
+func (o *Worker) queryServers() ([]string, error) {
+	list := []string(o.DNSServers)
+	if len(list) == 0 {
+		cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("read name servers: %w", err)
+		}
+		list = cc.Servers
+	}
+	var out []string
+	for _, s := range list {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			s = net.JoinHostPort(strings.Trim(s, "[]"), "53")
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no name servers")
+	}
+	return out, nil
 }
 
 // localAddrs parses --local-addr (default: the ingress's default --listen).
@@ -221,11 +305,13 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	flagRoutes, _ := o.routeTable()
 	var table atomic.Pointer[route.Table]
 	table.Store(flagRoutes)
+	var tlsPol atomic.Pointer[tlspolicy.Policy] // tls_policy + authinfo, hot-reloaded
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
 		watcher, err = policy.NewWatcher(o.PolicyDir, o.PolicyInterval, func(p *policy.Policy) {
 			table.Store(p.Mailertable.Merge(flagRoutes))
+			tlsPol.Store(p.TLS)
 			log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 			metrics.PolicyReload(true, p.Version)
 		}, func(err error) {
@@ -237,6 +323,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		}
 		p := watcher.Current()
 		table.Store(p.Mailertable.Merge(flagRoutes))
+		tlsPol.Store(p.TLS)
 		log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 		metrics.PolicyReload(true, p.Version)
 	}
@@ -246,6 +333,32 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	}
 	o.Delivery.StartTLS = !o.NoTLS
 	o.Delivery.Logger = log.With("component", "delivery")
+	roots, _ := o.caPool()
+	if roots == nil {
+		// Loaded once: Builder would otherwise copy the system pool for
+		// every certificate it checks.
+		roots, _ = x509.SystemCertPool()
+	}
+	o.Delivery.TLSPolicy = tlsPol.Load
+	o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
+	o.Delivery.Tokens = tlspolicy.NewTokens(nil, o.TLS.TokenTimeout)
+	if o.TLS.MTASTS || o.TLS.DANE {
+		servers, err := o.queryServers()
+		if err != nil {
+			return &ConfigError{fmt.Errorf("--mta-sts/--dane: %w", err)}
+		}
+		q := &dnsquery.Client{Servers: servers, Timeout: o.DNSTimeout}
+		if o.TLS.DANE {
+			o.Delivery.DANE = q
+		}
+		if o.TLS.MTASTS {
+			sts := o.TLS.STS
+			sts.DNS = q
+			if o.Delivery.MTASTS, err = mtasts.New(sts); err != nil {
+				return &ConfigError{err}
+			}
+		}
+	}
 	client, err := delivery.New(o.Delivery)
 	if err != nil {
 		return err
@@ -287,7 +400,8 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		return h != nil && queue.IsHeld(*h, domain)
 	}
 	w := worker.New(o.Engine, cons, q, store, &route.Router{Current: table.Load, Resolver: res, Port: uint16(o.SMTPPort)}, client)
-	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Load().Len(), "dns", o.DNSServers.String())
+	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Load().Len(), "dns", o.DNSServers.String(),
+		"starttls", !o.NoTLS, "tls_ca_file", o.TLS.CAFile, "mta_sts", o.TLS.MTASTS, "dane", o.TLS.DANE)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
 	if watcher != nil {

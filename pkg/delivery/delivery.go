@@ -18,12 +18,23 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/dane"
+	"github.com/mailfwd/mailfwd/pkg/mtasts"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // Hop is one address to try.
 type Hop struct {
 	Name string // host name for logs/TLS SNI ("mx1.example.com" or "[10.1.1.1]")
 	Addr netip.AddrPort
+	// Policy is the hop as the TLS policy and authinfo see it: the
+	// recipient domain and, for a static route, the relay as the
+	// mailertable names it. The zero value finds only the "." entries.
+	Policy tlspolicy.Hop
+	// MX: the hop is one of the recipient domain's MX hosts (not a static
+	// route), so MTA-STS and DANE apply to it.
+	MX bool
 }
 
 // Message is what Deliver sends.
@@ -56,6 +67,15 @@ type Outcome struct {
 	Tried    Hop          // the last hop tried (connected or not), for logs ("relay=")
 	Statuses []RcptStatus // one per Message.Recipients, same order
 	Reply    string       // final DATA reply text without reply code, for logs ("stat=Sent (...)")
+	// TLS says what protected the connection the transaction ran on:
+	// "tls=TLSv1.3 verified=yes", "tls=TLSv1.2 verified=no" or "tls=none"
+	// ("" when no connection was used).
+	TLS string
+	// Verify is sendmail's verify= for the same connection: OK (the
+	// certificate was verified: PKIX for the hop's name, or DANE), FAIL (a
+	// certificate that does not verify, accepted under may/encrypt), NO (no
+	// certificate), NONE (no TLS).
+	Verify string
 }
 
 // Config configures a Client.
@@ -71,10 +91,31 @@ type Config struct {
 	MaxReplyBytes  int
 	MaxMsgsPerConn int           // default 100: close a connection after this many transactions
 	IdleTimeout    time.Duration // default 30s: idle pooled connections closed after this
-	StartTLS       bool          // opportunistic STARTTLS when advertised
-	// TLSConfig is used for STARTTLS; nil means InsecureSkipVerify (opportunistic
-	// TLS). ServerName is filled from Hop.Name when that is a host name.
+	// StartTLS: the built-in default level is may (opportunistic STARTTLS
+	// when advertised); false makes it none. tls_policy entries and
+	// credentials (at least encrypt) override it.
+	StartTLS bool
+	// TLSConfig, when set, replaces the configuration of STARTTLS at the
+	// levels may and encrypt (tests); ServerName is filled from Hop.Name
+	// when that is a host name. verify, secure and DANE always use their own.
 	TLSConfig *tls.Config
+	// TLSPolicy returns the tls_policy and authinfo in force (hot-reloaded
+	// with the policy directory); nil, or a nil result: every hop gets the
+	// default level and no credentials.
+	TLSPolicy func() *tlspolicy.Policy
+	// TLSBuilder makes the tls.Config of each decision and checks
+	// certificates (Roots: --tls-ca-file); nil: the system roots.
+	TLSBuilder *tlspolicy.Builder
+	// Tokens fetches XOAUTH2 access tokens for authinfo entries that name an
+	// OAuth 2.0 client; nil: such entries fail (deferred).
+	Tokens *tlspolicy.Tokens
+	// MTASTS, when set (--mta-sts), looks up the recipient domain's MTA-STS
+	// policy for MX hops: under enforce an MX the policy does not list is
+	// not used and the certificate must verify for the MX name.
+	MTASTS *mtasts.Client
+	// DANE, when set (--dane), looks up TLSA records for MX hops; they are
+	// used only when the resolver sets AD.
+	DANE dane.Resolver
 	// HostDownTTL: after a connect failure to an Addr, further Deliver calls
 	// skip that Addr for this long with the remembered error; 0 disables.
 	HostDownTTL time.Duration
@@ -149,6 +190,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HostDownTTL < 0 {
 		cfg.HostDownTTL = 0
 	}
+	if cfg.TLSBuilder == nil {
+		cfg.TLSBuilder = &tlspolicy.Builder{}
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -192,6 +236,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 		return out
 	}
 	log := c.log.With("queue_id", msg.QueueID)
+	pl := c.newPlanner(hops, log)
 	var last result
 	for _, hop := range hops {
 		if ctx.Err() != nil {
@@ -199,7 +244,13 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			break
 		}
 		out.Tried = hop
-		cn, r, ok := c.getConn(ctx, hop, log)
+		sec, r, ok := pl.plan(ctx, hop)
+		if !ok {
+			log.Info("hop not used", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
+			last = r
+			continue
+		}
+		cn, r, ok := c.getConn(ctx, hop, sec, log)
 		if !ok {
 			log.Debug("hop failed", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
 			last = r
@@ -214,7 +265,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			log.Debug("reused connection was closed by the server; reconnecting", "relay", hop.Name, "addr", hop.Addr)
 			c.discard(cn)
 			c.purgeIdle(hop.Addr)
-			if cn, r, ok = c.getConn(ctx, hop, log); !ok {
+			if cn, r, ok = c.getConn(ctx, hop, sec, log); !ok {
 				last = r
 				continue
 			}
@@ -222,6 +273,7 @@ func (c *Client) Deliver(ctx context.Context, hops []Hop, msg *Message) *Outcome
 			reusable, _ = c.transact(ctx, cn, msg, out)
 		}
 		cn.wire.setActivity(nil)
+		out.TLS, out.Verify = cn.tlsDesc, cn.verify
 		c.finish(cn, reusable)
 		return out
 	}

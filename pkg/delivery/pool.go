@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // hostState is the connection bookkeeping for one destination address.
@@ -26,14 +28,20 @@ type hostState struct {
 
 // conn is one SMTP session, greeted and EHLO'd (and TLS'd when possible).
 type conn struct {
-	raw   net.Conn  // the TCP connection; closing it aborts any operation
-	wire  *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
-	sc    *smtp.Client
-	hop   Hop
-	tls   bool
-	msgs  int         // transactions started on this connection
-	limit int         // the last message's MaxMsgsPerConn (0: the Config's)
-	timer *time.Timer // idle expiry while pooled
+	raw  net.Conn  // the TCP connection; closing it aborts any operation
+	wire *wireConn // raw as the SMTP client reads and writes it (reply bound, activity)
+	sc   *smtp.Client
+	hop  Hop
+	tls  bool
+	// key is the security the connection was set up under (security.key):
+	// a pooled connection is reused only by a hop with the same key, so
+	// never across TLS levels, certificate checks or credentials.
+	key     string
+	tlsDesc string      // "tls=TLSv1.3 verified=yes" / "tls=none"
+	verify  string      // sendmail's verify=: OK, FAIL, NO, NONE
+	msgs    int         // transactions started on this connection
+	limit   int         // the last message's MaxMsgsPerConn (0: the Config's)
+	timer   *time.Timer // idle expiry while pooled
 	// pooledAt is when the connection was last put back in the pool. A
 	// connection reused within reuseUnchecked is not probed with NOOP; if it
 	// turns out dead at MAIL FROM, Deliver retries on a fresh one.
@@ -64,15 +72,15 @@ func (cn *conn) quit() {
 
 // getConn returns a ready connection to hop: a live pooled one or a new one.
 // On failure the result describes why the hop could not be used.
-func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn, result, bool) {
+func (c *Client) getConn(ctx context.Context, hop Hop, sec *security, log *slog.Logger) (*conn, result, bool) {
 	purged := false
 	for range 3 {
-		cn, r, ok := c.acquire(ctx, hop)
+		cn, r, ok := c.acquire(ctx, hop, sec.key)
 		if !ok {
 			return nil, r, false
 		}
 		if cn == nil { // a slot was reserved: dial
-			return c.connect(ctx, hop, log)
+			return c.connect(ctx, hop, sec, log)
 		}
 		cn.hop = hop // same address; the name is this delivery's
 		if time.Since(cn.pooledAt) < reuseUnchecked {
@@ -97,10 +105,12 @@ func (c *Client) getConn(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 	return nil, result{Enhanced: "4.4.2", Text: fmt.Sprintf("No usable connection to %s.", hop.Name)}, false
 }
 
-// acquire takes an idle pooled connection for hop.Addr, or reserves a
-// connection slot (nil conn, ok), waiting for one while the cap is reached.
-// It fails fast while the address is marked down.
-func (c *Client) acquire(ctx context.Context, hop Hop) (*conn, result, bool) {
+// acquire takes an idle pooled connection for hop.Addr set up under the
+// security key, or reserves a connection slot (nil conn, ok), waiting for
+// one while the cap is reached; at the cap an idle connection under another
+// key is closed to make room. It fails fast while the address is marked
+// down.
+func (c *Client) acquire(ctx context.Context, hop Hop, key string) (*conn, result, bool) {
 	addr := hop.Addr
 	for {
 		c.mu.Lock()
@@ -109,14 +119,27 @@ func (c *Client) acquire(ctx context.Context, hop Hop) (*conn, result, bool) {
 			return nil, closedResult, false
 		}
 		hs := c.hosts[addr]
-		if hs != nil && len(hs.idle) > 0 {
-			n := len(hs.idle)
-			cn := hs.idle[n-1]
-			hs.idle[n-1] = nil
-			hs.idle = hs.idle[:n-1]
-			cn.timer.Stop()
-			c.mu.Unlock()
-			return cn, result{}, true
+		if hs != nil {
+			for i := len(hs.idle) - 1; i >= 0; i-- {
+				cn := hs.idle[i]
+				if cn.key != key {
+					continue
+				}
+				hs.idle = append(hs.idle[:i], hs.idle[i+1:]...)
+				cn.timer.Stop()
+				c.mu.Unlock()
+				return cn, result{}, true
+			}
+			if hs.open >= c.cfg.MaxConnsPerHost && len(hs.idle) > 0 {
+				// Only connections under other keys are idle: retire the
+				// oldest and take its slot.
+				old := hs.idle[0]
+				hs.idle = hs.idle[1:]
+				old.timer.Stop()
+				c.mu.Unlock()
+				go old.quit()
+				return nil, result{}, true
+			}
 		}
 		if d, ok := c.down[addr]; ok {
 			if time.Now().Before(d.until) {
@@ -265,13 +288,15 @@ func (c *Client) check(ctx context.Context, cn *conn) error {
 // connect opens a new session to hop in a reserved slot; the slot is
 // released on failure. A failed STARTTLS handshake leads to one plaintext
 // reconnect, and the address is remembered as "no TLS" for a while.
-func (c *Client) connect(ctx context.Context, hop Hop, log *slog.Logger) (*conn, result, bool) {
-	tryTLS := c.cfg.StartTLS && !c.isNoTLS(hop.Addr)
-	cn, r, tlsFailed := c.open(ctx, hop, tryTLS, log)
-	if cn == nil && tlsFailed && ctx.Err() == nil {
+// Only at the level may: above it a failed handshake is final for the hop.
+func (c *Client) connect(ctx context.Context, hop Hop, sec *security, log *slog.Logger) (*conn, result, bool) {
+	lv := sec.level()
+	tryTLS := lv > tlspolicy.May || (lv == tlspolicy.May && !c.isNoTLS(hop.Addr))
+	cn, r, tlsFailed := c.open(ctx, hop, sec, tryTLS, log)
+	if cn == nil && tlsFailed && lv == tlspolicy.May && ctx.Err() == nil {
 		c.markNoTLS(hop.Addr)
 		log.Debug("STARTTLS failed, reconnecting without TLS", "relay", hop.Name, "addr", hop.Addr, "status", r.String())
-		cn, r, _ = c.open(ctx, hop, false, log)
+		cn, r, _ = c.open(ctx, hop, sec, false, log)
 	}
 	if cn == nil {
 		c.release(hop.Addr)
@@ -281,9 +306,12 @@ func (c *Client) connect(ctx context.Context, hop Hop, log *slog.Logger) (*conn,
 }
 
 // open dials hop, reads the greeting, says EHLO and, when tryTLS and
-// advertised, upgrades with STARTTLS. tlsFailed reports a failure in the TLS
-// upgrade (the connection is closed then).
-func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logger) (_ *conn, _ result, tlsFailed bool) {
+// advertised, upgrades with STARTTLS; then it authenticates when sec has
+// credentials. tlsFailed reports a failure in the TLS upgrade (the
+// connection is closed then). Above the level may, TLS not offered or not
+// established fails the hop (4.7.4, 4.7.5), and credentials are never sent
+// without TLS.
+func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, log *slog.Logger) (_ *conn, _ result, tlsFailed bool) {
 	name := hop.Name
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	tcp, err := c.dial(dctx, "tcp", hop.Addr.String())
@@ -314,11 +342,31 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
 		return fail(r, false)
 	}
-	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop}
-	if ok, _ := sc.Extension("STARTTLS"); ok && tryTLS {
-		tc, err := c.startTLS(ctx, raw, hop)
+	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE"}
+	required := sec.level().RequiresTLS()
+	offered, _ := sc.Extension("STARTTLS")
+	if required && !offered {
+		log.Info("TLS is required, but STARTTLS was not offered", "relay", name, "addr", hop.Addr, "tls_level", sec.describe())
+		return fail(result{Enhanced: "4.7.4", Text: fmt.Sprintf(
+			"TLS is required (%s), but was not offered by host %s", sec.describe(), name)}, false)
+	}
+	if offered && tryTLS {
+		tcfg, err := c.secTLSConfig(sec, hop)
 		if err != nil {
-			log.Debug("STARTTLS failed", "relay", name, "addr", hop.Addr, "err", err)
+			return fail(result{Enhanced: "4.7.5", Text: fmt.Sprintf("TLS policy for %s: %v", name, err)}, false)
+		}
+		tc, err := c.startTLS(ctx, raw, tcfg)
+		if err != nil {
+			log.Info("STARTTLS failed", "relay", name, "addr", hop.Addr, "tls_level", sec.describe(), "err", err)
+			if required && ctx.Err() == nil {
+				var ve *tlspolicy.VerifyError
+				what := "the TLS handshake failed"
+				if errors.As(err, &ve) || strings.Contains(err.Error(), "dane:") {
+					what = "the server certificate was not verified"
+				}
+				return fail(result{Enhanced: "4.7.5", Text: fmt.Sprintf(
+					"TLS is required (%s), but %s with host %s: %s", sec.describe(), what, name, oneLine(err.Error()))}, true)
+			}
 			return fail(lostResult(ctx, name, "STARTTLS", err), true)
 		}
 		sc = c.newSMTP(&greetedConn{Conn: tc, pending: []byte("220 TLS established\r\n")})
@@ -328,9 +376,21 @@ func (c *Client) open(ctx context.Context, hop Hop, tryTLS bool, log *slog.Logge
 			return fail(r, true)
 		}
 		st := tc.ConnectionState()
+		cn.tlsDesc, cn.verify = c.verified(sec, st)
 		log.Debug("STARTTLS established", "relay", name, "addr", hop.Addr,
-			"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
+			"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite),
+			"tls_level", sec.describe(), "verify", cn.verify)
 		cn.sc, cn.tls = sc, true
+	}
+	if required && !cn.tls {
+		// Not reached (tryTLS is true above may); kept so that no later
+		// change can make a required-TLS hop go on in plain text.
+		return fail(result{Enhanced: "4.7.4", Text: fmt.Sprintf("TLS is required, but was not established with host %s", name)}, false)
+	}
+	if sec.d.Auth != nil {
+		if r, ok := c.auth(cn, sec, log); !ok {
+			return fail(r, false)
+		}
 	}
 	if !stop() {
 		raw.Close()
@@ -349,7 +409,12 @@ func (c *Client) newSMTP(nc net.Conn) *smtp.Client {
 // startTLS sends STARTTLS on raw (whose EHLO exchange is complete, so no
 // input is pending) and runs the TLS handshake. go-smtp's client has no
 // exported STARTTLS that keeps our EHLO name, hence the manual exchange.
-func (c *Client) startTLS(ctx context.Context, raw net.Conn, hop Hop) (*tls.Conn, error) {
+//
+// The handshake is run here, explicitly, and checked to be complete: with
+// go-smtp's own StartTLS it would happen on the next command, a
+// certificate error would surface there (or be swallowed by Extension),
+// and TLSConnectionState reports ok before any handshake.
+func (c *Client) startTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 	if err := raw.SetDeadline(time.Now().Add(c.cfg.CommandTimeout)); err != nil {
 		return nil, fmt.Errorf("set deadline: %w", err)
 	}
@@ -366,9 +431,12 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn, hop Hop) (*tls.Conn
 	} else if br.Buffered() > 0 {
 		return nil, fmt.Errorf("unexpected data after STARTTLS reply %q", msg)
 	}
-	tc := tls.Client(raw, c.tlsConfig(hop))
+	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if !tc.ConnectionState().HandshakeComplete {
+		return nil, errors.New("TLS handshake did not complete")
 	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		return nil, fmt.Errorf("clear deadline: %w", err)

@@ -51,6 +51,11 @@ type Attempt struct {
 	RelayAddr string // "192.0.2.1"
 	DSN       string // enhanced status, e.g. "2.0.0"
 	Stat      string // "Sent (…)", "Deferred: …", "Failed: …"
+	// TLS and Verify say what protected the hop the transaction ran on
+	// ("tls=TLSv1.3 verified=yes", sendmail's verify=OK|FAIL|NO|NONE);
+	// empty when no connection was used, and then not logged.
+	TLS    string
+	Verify string
 }
 
 // Priority is sendmail's queue priority: size + nrcpts·RecipientFactor +
@@ -86,16 +91,25 @@ func LogAttempt(ctx context.Context, log *slog.Logger, a Attempt) {
 			relay += " [" + a.RelayAddr + "]"
 		}
 	}
-	line := fmt.Sprintf("%s: to=<%s>, delay=%s, xdelay=%s, mailer=esmtp, pri=%d, relay=%s, dsn=%s, stat=%s",
+	sec := ""
+	if a.TLS != "" {
+		sec = ", " + a.TLS + ", verify=" + a.Verify
+	}
+	line := fmt.Sprintf("%s: to=<%s>, delay=%s, xdelay=%s, mailer=esmtp, pri=%d, relay=%s%s, dsn=%s, stat=%s",
 		a.QueueID, a.To, Delay(a.Ended.Sub(a.Arrived)), Delay(a.Ended.Sub(a.Started)),
-		Priority(a.Size, a.NRcpts, a.Attempts), relay, a.DSN, oneLine(a.Stat))
+		Priority(a.Size, a.NRcpts, a.Attempts), relay, sec, a.DSN, oneLine(a.Stat))
 	level := slog.LevelInfo
 	if !strings.HasPrefix(a.DSN, "2") {
 		level = slog.LevelWarn
 	}
-	log.LogAttrs(ctx, level, line,
+	attrs := []slog.Attr{
 		slog.String("queue_id", a.QueueID), slog.String("to", a.To), slog.String("relay", a.RelayHost),
-		slog.String("dsn", a.DSN), slog.Int("attempts", a.Attempts), slog.Duration("delay", a.Ended.Sub(a.Arrived)))
+		slog.String("dsn", a.DSN), slog.Int("attempts", a.Attempts), slog.Duration("delay", a.Ended.Sub(a.Arrived)),
+	}
+	if a.TLS != "" {
+		attrs = append(attrs, slog.String("tls", a.TLS), slog.String("verify", a.Verify))
+	}
+	log.LogAttrs(ctx, level, line, attrs...)
 }
 
 func oneLine(s string) string {

@@ -55,3 +55,19 @@ func TestLogReceived(t *testing.T) {
 		t.Fatalf("got %s", buf.String())
 	}
 }
+
+// What protected the hop follows relay=, as its own fields.
+func TestLogAttemptTLS(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	LogAttempt(context.Background(), log, Attempt{
+		QueueID: "Q1", To: "ops@example.net", Arrived: t0, Started: t0, Ended: t0, Size: 100, NRcpts: 1, Attempts: 1,
+		RelayHost: "email-smtp.eu-west-1.amazonaws.com", RelayAddr: "127.0.0.1", DSN: "2.0.0", Stat: "Sent (Ok)",
+		TLS: "tls=TLSv1.3 verified=yes", Verify: "OK",
+	})
+	want := "relay=email-smtp.eu-west-1.amazonaws.com. [127.0.0.1], tls=TLSv1.3 verified=yes, verify=OK, dsn=2.0.0, stat=Sent (Ok)"
+	if !strings.Contains(buf.String(), want) || !strings.Contains(buf.String(), `tls="tls=TLSv1.3 verified=yes" verify=OK`) {
+		t.Fatalf("log line\n%s\ndoes not contain\n%s", buf.String(), want)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // Resolver is the DNS the router needs.
@@ -284,8 +285,12 @@ func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, erro
 			if p == 0 {
 				p = port
 			}
+			// The TLS policy and authinfo see the relay as the mailertable
+			// names it ("[relay]:587"), whatever its addresses.
+			ph := tlspolicy.Hop{Domain: domain, Relay: h.Name, Literal: h.Literal, Port: p}
 			if ip, err := netip.ParseAddr(h.Name); err == nil {
-				hops = append(hops, delivery.Hop{Name: "[" + h.Name + "]", Addr: netip.AddrPortFrom(ip, p)})
+				ph.Literal = true
+				hops = append(hops, delivery.Hop{Name: "[" + h.Name + "]", Addr: netip.AddrPortFrom(ip, p), Policy: ph})
 				continue
 			}
 			if h.Literal {
@@ -295,7 +300,7 @@ func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, erro
 					continue
 				}
 				for _, a := range addrs {
-					hops = append(hops, delivery.Hop{Name: h.Name, Addr: netip.AddrPortFrom(a, p)})
+					hops = append(hops, delivery.Hop{Name: h.Name, Addr: netip.AddrPortFrom(a, p), Policy: ph})
 				}
 				continue
 			}
@@ -304,7 +309,12 @@ func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, erro
 				lastErr = err
 				continue
 			}
-			hops = append(hops, hopsFromMX(mxs, p)...)
+			// The relay's MX hosts: a static route, so MTA-STS and DANE
+			// (which are about the recipient domain's MX) do not apply.
+			for _, hp := range hopsFromMX(mxs, p) {
+				hp.Policy = ph
+				hops = append(hops, hp)
+			}
 		}
 		if len(hops) == 0 {
 			return nil, fromResolve(domain, lastErr)
@@ -316,13 +326,18 @@ func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, erro
 		if err != nil {
 			return nil, &Error{Permanent: true, Enhanced: "5.1.2", Msg: "Bad address literal " + domain}
 		}
-		return []delivery.Hop{{Name: domain, Addr: netip.AddrPortFrom(ip, port)}}, nil
+		return []delivery.Hop{{Name: domain, Addr: netip.AddrPortFrom(ip, port),
+			Policy: tlspolicy.Hop{Relay: ip.String(), Literal: true, Port: port}}}, nil
 	}
 	mxs, err := r.Resolver.LookupMX(ctx, domain)
 	if err != nil {
 		return nil, fromResolve(domain, err)
 	}
 	hops := hopsFromMX(mxs, port)
+	for i := range hops {
+		hops[i].Policy = tlspolicy.Hop{Domain: domain}
+		hops[i].MX = true
+	}
 	if len(hops) == 0 {
 		return nil, &Error{Enhanced: "4.4.3", Msg: "No address for any MX host of " + domain}
 	}

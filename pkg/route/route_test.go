@@ -14,6 +14,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 func TestParseRHS(t *testing.T) {
@@ -308,6 +309,16 @@ func newRouter(t *testing.T, zone string) (*Router, *testenv.DNSServer) {
 	return &Router{Table: NewTable(), Resolver: res}, srv
 }
 
+// bare drops what the TLS policy sees of each hop (TestRouterTLSPolicyHop
+// checks it), for the tables that compare where mail goes.
+func bare(hops []delivery.Hop) []delivery.Hop {
+	out := make([]delivery.Hop, len(hops))
+	for i, h := range hops {
+		out[i] = delivery.Hop{Name: h.Name, Addr: h.Addr}
+	}
+	return out
+}
+
 func hop(name, addrPort string) delivery.Hop {
 	return delivery.Hop{Name: name, Addr: netip.MustParseAddrPort(addrPort)}
 }
@@ -390,7 +401,7 @@ func TestRouterRoute(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Route(%q): %v", tt.domain, err)
 			}
-			if !reflect.DeepEqual(got, tt.want) {
+			if !reflect.DeepEqual(bare(got), tt.want) {
 				t.Errorf("Route(%q) =\n  %v\nwant\n  %v", tt.domain, got, tt.want)
 			}
 		})
@@ -417,7 +428,7 @@ func TestRouterPort(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Route(%q): %v", tt.domain, err)
 		}
-		if !reflect.DeepEqual(got, tt.want) {
+		if !reflect.DeepEqual(bare(got), tt.want) {
 			t.Errorf("Route(%q) with Port 2500 = %v, want %v", tt.domain, got, tt.want)
 		}
 	}
@@ -605,4 +616,40 @@ func FuzzParseRHS(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The hops carry what tls_policy and authinfo are looked up by: the relay
+// as the mailertable names it (with its port) for static routes, the
+// recipient domain and MX=true (MTA-STS and DANE apply) for MX delivery.
+func TestRouterTLSPolicyHop(t *testing.T) {
+	r, _ := newRouter(t, routeZone)
+	for key, rhs := range map[string]string{
+		"static.test":    "smtp:[10.1.1.1]:2525",
+		"bracketed.test": "smtp:[smarthost.test]:587",
+		"viarelay.test":  "esmtp:relay.test",
+	} {
+		if err := r.Table.Add(key, rhs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for domain, want := range map[string]struct {
+		p  tlspolicy.Hop
+		mx bool
+	}{
+		"example.test":   {tlspolicy.Hop{Domain: "example.test"}, true},
+		"static.test":    {tlspolicy.Hop{Domain: "static.test", Relay: "10.1.1.1", Literal: true, Port: 2525}, false},
+		"bracketed.test": {tlspolicy.Hop{Domain: "bracketed.test", Relay: "smarthost.test", Literal: true, Port: 587}, false},
+		"viarelay.test":  {tlspolicy.Hop{Domain: "viarelay.test", Relay: "relay.test", Port: 25}, false},
+		"[127.0.0.9]":    {tlspolicy.Hop{Relay: "127.0.0.9", Literal: true, Port: 25}, false},
+	} {
+		hops, err := r.Route(context.Background(), domain)
+		if err != nil || len(hops) == 0 {
+			t.Fatalf("Route(%s): %v %v", domain, hops, err)
+		}
+		for _, h := range hops {
+			if h.Policy != want.p || h.MX != want.mx {
+				t.Errorf("Route(%s): hop %s policy %+v mx %v, want %+v mx %v", domain, h.Name, h.Policy, h.MX, want.p, want.mx)
+			}
+		}
+	}
 }

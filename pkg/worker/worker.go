@@ -525,6 +525,10 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				msg.MaxMsgsPerConn = lim.MsgsPerConn
 				out = w.deliver.Deliver(actx, hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
+				if out.TLS != "" {
+					// What protected the hop: "tls=TLSv1.3 verified=yes", verify=OK.
+					dspan.SetAttributes(attribute.String("mailfwd.tls", out.TLS), attribute.String("mailfwd.tls.verify", out.Verify))
+				}
 				dspan.End()
 			}
 			if body != nil {
@@ -604,6 +608,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			if h.Name != "" {
 				a.RelayHost, a.RelayAddr = h.Name, h.Addr.Addr().String()
 			}
+			a.TLS, a.Verify = out.TLS, out.Verify
 		}
 		diag := envelope.TruncateError(replyText(st))
 		dr := dsn.Recipient{Final: r.rcpt.Addr, Status: st.Enhanced, RemoteMTA: remote, Diagnostic: diag, LastAttempt: ended}
