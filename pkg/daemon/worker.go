@@ -30,6 +30,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 	"github.com/mailfwd/mailfwd/pkg/worker"
@@ -52,6 +53,7 @@ type Worker struct {
 	Engine         worker.Config
 	TLS            WorkerTLS
 	Sweep          SweepConfig
+	Trace          smtptrace.Limits // --trace-*: mailfwdctl trace --destination
 }
 
 // WorkerTLS is the outbound TLS policy's process-wide part (the per-hop
@@ -72,6 +74,7 @@ type SweepConfig struct {
 
 // Register adds the worker flags.
 func (o *Worker) Register(fs *flag.FlagSet) {
+	o.Trace.Register(fs)
 	o.Common.register(fs, ":8081")
 	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
 	fs.DurationVar(&o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
@@ -160,6 +163,9 @@ func (o *Worker) Validate() error {
 	}
 	if o.TLS.TokenTimeout <= 0 {
 		errs = append(errs, errors.New("--oauth2-token-timeout must be positive"))
+	}
+	if err := o.Trace.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Engine.MaxHandlings < 1 {
 		errs = append(errs, errors.New("--max-handlings must be at least 1"))
@@ -359,6 +365,12 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 			}
 		}
 	}
+	// Deliveries to a destination named by mailfwdctl trace --destination
+	// record their dialog; the watcher exists once the queue is connected.
+	var tracer atomic.Pointer[smtptrace.Watcher]
+	o.Delivery.Trace = func(conn net.Conn, peerAddr, peerName string) net.Conn {
+		return tracer.Load().Wrap(conn, smtptrace.Delivery, peerAddr, peerName)
+	}
 	client, err := delivery.New(o.Delivery)
 	if err != nil {
 		return err
@@ -406,6 +418,13 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	g.Go(func() error { return w.Run(gctx) })
 	if watcher != nil {
 		g.Go(func() error { watcher.Run(gctx); return nil })
+	}
+	if b, err := q.TraceBucket(ctx); err != nil {
+		log.Warn("SMTP traces are off: no trace settings bucket", "component", "worker", "err", err)
+	} else {
+		tw := smtptrace.NewWatcher(b, log, "worker", o.Trace)
+		tracer.Store(tw)
+		g.Go(func() error { return tw.Run(gctx) })
 	}
 	g.Go(func() error {
 		// Follow operators' domain holds; re-establish the watch if NATS restarts.

@@ -121,6 +121,11 @@ type Config struct {
 	HostDownTTL time.Duration
 	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil → net.Dialer
 	Logger      *slog.Logger                                                      // nil → discard
+	// Trace, when set, may wrap each new connection to record its SMTP
+	// dialog (mailfwdctl trace --destination; pkg/smtptrace's Watcher.Wrap):
+	// it returns conn itself when no trace matches. After STARTTLS the
+	// dialog inside TLS goes on in the same trace (smtptrace.Continue).
+	Trace func(conn net.Conn, peerAddr, peerName string) net.Conn
 }
 
 const (

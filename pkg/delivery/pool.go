@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
@@ -326,7 +327,11 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 	}
 	c.clearDown(hop.Addr)
 	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", tcp.LocalAddr().String())
-	wire := newWireConn(tcp, c.cfg.MaxReplyBytes)
+	traced := tcp // the conn a trace (if any) records; the reply bound sits above it
+	if c.cfg.Trace != nil {
+		traced = c.cfg.Trace(tcp, hop.Addr.String(), name)
+	}
+	wire := newWireConn(traced, c.cfg.MaxReplyBytes)
 	var raw net.Conn = wire
 
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
@@ -369,7 +374,10 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 			}
 			return fail(lostResult(ctx, name, "STARTTLS", err), true)
 		}
-		sc = c.newSMTP(&greetedConn{Conn: tc, pending: []byte("220 TLS established\r\n")})
+		// A traced session records the dialog inside TLS from here on (the
+		// conn below only sees ciphertext); untraced, this is tc itself.
+		inTLS := smtptrace.Continue(tc, traced)
+		sc = c.newSMTP(&greetedConn{Conn: inTLS, pending: []byte("220 TLS established\r\n")})
 		if err := sc.Hello(c.cfg.HeloName); err != nil {
 			r, _ := stepError(ctx, name, "EHLO after STARTTLS", err)
 			log.Debug("EHLO after STARTTLS failed", "relay", name, "addr", hop.Addr, "status", r.String())
