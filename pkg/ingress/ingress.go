@@ -79,8 +79,8 @@ type Config struct {
 	// error replies (Postfix smtpd_hard_error_limit).
 	MaxErrorsPerSession int
 	// MaxHops refuses a message with more Received: headers (554 5.4.6).
-	MaxHops         int
-	TLSConfig       *tls.Config // enables STARTTLS when set (and ServeTLS)
+	MaxHops   int
+	TLSConfig *tls.Config // enables STARTTLS when set (and ServeTLS)
 	// Auth offers SMTP AUTH (PLAIN, LOGIN; over TLS only) to the users
 	// Users returns (the policy in force, hot-reloaded). nil Auth, nil
 	// Users or no users: no AUTH is offered.
