@@ -290,6 +290,14 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return &session{s: s, conn: c, client: cl}, nil
 }
 
+// dkimKeys are the DKIM keys in force (nil: no signing).
+func (s *Server) dkimKeys() *dkim.Keys {
+	if s.cfg.DKIM == nil {
+		return nil
+	}
+	return s.cfg.DKIM()
+}
+
 // verifiedHostname is the client's forward-confirmed reverse DNS name (a
 // PTR name that resolves back to the address), or "".
 func (s *Server) verifiedHostname(ip netip.Addr) string {
