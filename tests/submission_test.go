@@ -288,4 +288,3 @@ func TestSubmissionDKIMSigned(t *testing.T) {
 		t.Fatalf("mail from a domain without a key was signed:\n%.600s", msgs[2].Data)
 	}
 }
-
