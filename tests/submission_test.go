@@ -55,7 +55,7 @@ func swaksPath(t *testing.T) string {
 // newSubmissionEnv: a policy with no relay for loopback (alpha.test is
 // reachable only by AUTH users), users (unless noUsers) and a DKIM key for
 // app.test whose TXT record the loopback DNS serves.
-func newSubmissionEnv(t *testing.T, noUsers bool, maxFailures int) *submissionEnv {
+func newSubmissionEnv(t *testing.T, noUsers bool, maxFailures int, setup ...func(*daemon.Ingress)) *submissionEnv {
 	t.Helper()
 	ca := testenv.NewCA(t)
 	cert := ca.Issue(t, "mx.mailfwd.test")
@@ -109,6 +109,9 @@ func newSubmissionEnv(t *testing.T, noUsers bool, maxFailures int) *submissionEn
 				mu.Lock()
 				listen[kind] = addr
 				mu.Unlock()
+			}
+			for _, f := range setup {
+				f(in)
 			}
 		},
 	})

@@ -205,11 +205,12 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.MaxErrors = cfg.MaxErrorsPerSession
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
-	srv.TLSConfig = cfg.Trace.TLSConfig(cfg.TLSConfig)
+	srv.TLSConfig = cfg.TLSConfig
 	// The session answers AUTH before TLS itself (538 5.7.11) and offers
 	// it in EHLO only over TLS (AuthMechanisms).
 	srv.AllowInsecureAuth = true
-	// After STARTTLS, a traced session goes on recording inside TLS.
+	// After STARTTLS, a traced session goes on recording inside TLS
+	// (smtptrace.Continue also notes the TLS state).
 	srv.WrapTLSConn = func(tc *tls.Conn, under net.Conn) net.Conn { return smtptrace.Continue(tc, under) }
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogAdapter{s.log}
@@ -279,7 +280,10 @@ func (s *Server) Sessions() int {
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	ap, _ := netip.ParseAddrPort(c.Conn().RemoteAddr().String())
-	_, isTLS := c.TLSConnectionState()
+	st, isTLS := c.TLSConnectionState()
+	if isTLS {
+		smtptrace.NoteTLS(c.Conn(), st) // implicit TLS; noted once per upgrade
+	}
 	cl := Client{Addr: ap.Addr().Unmap(), Helo: c.Hostname(), TLS: isTLS}
 	if s.cfg.Policy.NeedsClientHostname() {
 		cl.Hostname = s.verifiedHostname(cl.Addr)
