@@ -48,6 +48,9 @@ var (
 // stored with one Put, a longer one goes to PutStream. Memory per message is
 // bounded by that buffer and the store's own, both counted against
 // MaxInFlightBytes. Received: headers are counted on the way (MaxHops).
+// With DKIM keys in force the same stream (our Received: first) is teed
+// through a signer, whose header buffer is counted too; the signature goes
+// into the envelopes, the body is stored as received.
 func (ss *session) Data(r io.Reader) (err error) {
 	if !ss.s.cfg.RepanicForTests {
 		defer func() {
@@ -78,7 +81,17 @@ func (ss *session) Data(r io.Reader) (err error) {
 	var received bytes.Buffer
 	ss.writeReceived(&received)
 	peek := int64(ss.s.peekLimit) + 1 + int64(received.Len())
-	release, err := ss.s.reserve(peek)
+	// A DKIM signer holds up to the header section (--dkim-max-header-bytes);
+	// that counts against the budget too.
+	keys := ss.s.dkimKeys()
+	var signBytes int64
+	if keys.Len() > 0 {
+		signBytes = int64(ss.s.cfg.DKIMMaxHeaderBytes)
+		if signBytes <= 0 {
+			signBytes = dkim.DefaultMaxHeaderBytes
+		}
+	}
+	release, err := ss.s.reserve(peek + signBytes)
 	if err != nil {
 		ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr, "max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes)
 		ss.s.cfg.Metrics.Message("tempfail")
@@ -105,7 +118,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 	// DKIM: the signer sees the message as stored (after our Received:),
 	// teed from the same stream; it holds at most the header section.
 	var sign *dkim.Signer
-	if keys := ss.s.dkimKeys(); keys.Len() > 0 {
+	if signBytes > 0 {
 		sign = dkim.NewSigner(keys, dkim.Options{MaxHeaderBytes: ss.s.cfg.DKIMMaxHeaderBytes})
 		defer sign.Abort() // after Close it only releases
 	}
