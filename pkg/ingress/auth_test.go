@@ -249,8 +249,8 @@ func TestImplicitTLSListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(body), " with ESMTPS id "+qid) {
-		t.Errorf("Received: does not say ESMTPS: %q", body)
+	if !strings.Contains(string(body), " with ESMTPSA id "+qid) {
+		t.Errorf("Received: does not say ESMTPSA (RFC 3848: TLS and AUTH): %q", body)
 	}
 }
 

@@ -469,6 +469,9 @@ func (ss *session) proto() string {
 	if ss.client.TLS {
 		p += "S"
 	}
+	if ss.user != nil {
+		p += "A" // RFC 3848: ESMTPA, ESMTPSA
+	}
 	return p
 }
 
