@@ -53,7 +53,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func startAuth(t *testing.T, withUsers bool, maxFailures int) *authFixture {
+func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
 	t.Helper()
 	files := map[string][]byte{"access": []byte(authAccess)}
 	if withUsers {
