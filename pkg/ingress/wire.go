@@ -71,7 +71,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		var nc net.Conn = cn
 		if l.tls != nil {
-			nc = tls.Server(cn, l.s.smtp.TLSConfig) // go-smtp runs the handshake (with its timeouts)
+			nc = tls.Server(cn, l.tls) // go-smtp runs the handshake; *conn bounds each read
 		}
 		nc = l.s.cfg.Trace.Wrap(nc, smtptrace.Ingress, c.RemoteAddr().String(), "")
 		return &greetConn{Conn: nc, greeting: cn.greeting}, nil
