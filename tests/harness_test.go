@@ -125,6 +125,10 @@ type envOptions struct {
 	// policy, when set, runs ingress and worker on a policy directory with
 	// these files ({PORT} is replaced by the destinations' port).
 	policy map[string]string
+	// zones are added to the test zones; ingressSetup adjusts the ingress
+	// before it starts.
+	zones        string
+	ingressSetup func(*daemon.Ingress)
 }
 
 type env struct {
@@ -154,7 +158,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		e.minio = testenv.StartMinio(t)
 		e.blobURL = e.minio.URL("mailfwd-bodies")
 	}
-	e.dns = testenv.StartDNS(t, zones)
+	e.dns = testenv.StartDNS(t, zones+o.zones)
 	e.startSinks(o.onRcpt, o.dataDelay)
 
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -192,6 +196,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 		}
 		in.PolicyDir, in.PolicyInterval, in.RelayNetworks = e.policyDir, 200*time.Millisecond, nil
 		in.DNSServer = e.dns.Addr
+	}
+
+	if o.ingressSetup != nil {
+		o.ingressSetup(&in)
 	}
 
 	var wk daemon.Worker

@@ -24,9 +24,12 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/smtpauth"
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
@@ -130,6 +133,20 @@ type Ingress struct {
 	DNSServer             string
 	ShutdownTimeout       time.Duration
 	SMTP                  ingress.Config
+	// SubmissionListen is the submission listener (port 587: STARTTLS,
+	// then AUTH); SMTPSListen the implicit-TLS one (port 465). "" disables.
+	SubmissionListen string
+	SMTPSListen      string
+	// AuthBudget bounds failed SMTP AUTH attempts per client
+	// (--auth-max-failures, --auth-failure-window, --auth-failure-clients).
+	AuthBudget smtpauth.BudgetConfig
+	// AuthMaxConcurrentChecks bounds password-hash checks running at once.
+	AuthMaxConcurrentChecks int
+	// Trace bounds the live SMTP trace (--trace-*).
+	Trace smtptrace.Limits
+	// OnListen, when set, is told each listener's address once it listens
+	// (kind "smtp", "submission" or "smtps"); tests use it with port 0.
+	OnListen func(kind, addr string)
 }
 
 // Register adds the ingress flags.
@@ -160,6 +177,14 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.DNSServer, "dns-server", "", "DNS server host:port for client reverse lookups (Connect: host name rules); default: the system resolver")
 	fs.Var(&o.RelayDomains, "relay-domains", "recipient domains any client may send to (and their subdomains), comma-separated")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
+	fs.StringVar(&o.SubmissionListen, "submission-listen", "", "submission listener (port 587: STARTTLS, then SMTP AUTH); needs --tls-cert; empty disables")
+	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
+	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
+	fs.DurationVar(&o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
+	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once (the least recently failing one is forgotten beyond it)")
+	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
+	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
+	o.Trace.Register(fs)
 }
 
 // Validate checks the configuration before anything starts.
@@ -191,6 +216,21 @@ func (o *Ingress) Validate() error {
 	}
 	if o.SMTP.ReadTimeout < time.Second {
 		errs = append(errs, errors.New("--read-timeout must be at least 1s"))
+	}
+	if (o.SubmissionListen != "" || o.SMTPSListen != "") && o.TLSCert == "" {
+		errs = append(errs, errors.New("--submission-listen and --smtps-listen need --tls-cert and --tls-key (AUTH is offered only over TLS)"))
+	}
+	if err := o.AuthBudget.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.AuthMaxConcurrentChecks < 1 {
+		errs = append(errs, errors.New("--auth-max-concurrent-checks must be at least 1"))
+	}
+	if o.SMTP.DKIMMaxHeaderBytes < 1024 || o.SMTP.DKIMMaxHeaderBytes > 16<<20 {
+		errs = append(errs, errors.New("--dkim-max-header-bytes must be 1024-16777216"))
+	}
+	if err := o.Trace.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.SMTP.MaxMessageBytes < 1024 {
 		errs = append(errs, errors.New("--max-message-size must be at least 1024"))
@@ -250,6 +290,14 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		log.Info("policy loaded", "component", "ingress", "version", p.Version, "dir", o.PolicyDir, "from_whitelist", p.Settings.FromWhitelist)
 		metrics.PolicyReload(true, p.Version)
 		o.SMTP.Policy = &ingress.SendmailPolicy{Current: watcher.Current, MaxExpansion: o.SMTP.MaxRecipients}
+		// users and dkim are keys of the same (hot-reloaded) policy directory.
+		o.SMTP.Users = func() *smtpauth.Users { return watcher.Current().Users }
+		o.SMTP.DKIM = func() *dkim.Keys { return watcher.Current().DKIM }
+		budget, err := smtpauth.NewFailureBudget(o.AuthBudget)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		o.SMTP.Auth = &smtpauth.Authenticator{Verifier: smtpauth.NewVerifier(o.AuthMaxConcurrentChecks), Budget: budget, Log: log.With("component", "ingress")}
 	} else {
 		if len(o.RelayNetworks) == 0 {
 			o.RelayNetworks = config.StringList{"127.0.0.0/8", "::1"}
@@ -278,21 +326,63 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		return err
 	}
 	defer q.Close()
+	var tw *smtptrace.Watcher // nil traces nothing
+	if b, err := q.TraceBucket(ctx); err != nil {
+		log.Warn("live SMTP trace unavailable (mailfwdctl trace records nothing here)", "component", "ingress", "err", err)
+	} else {
+		tw = smtptrace.NewWatcher(b, log, "ingress", o.Trace)
+	}
+	o.SMTP.Trace = tw
 	srv, err := ingress.New(o.SMTP, q, store)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", o.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", o.Listen, err)
+	type listening struct {
+		kind string
+		ln   net.Listener
 	}
-	log.Info("ingress listening", "component", "ingress", "smtp", ln.Addr().String(), "hostname", o.SMTP.Hostname,
-		"relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(), "policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil)
+	var lns []listening
+	closeAll := func() {
+		for _, l := range lns {
+			l.ln.Close()
+		}
+	}
+	for _, l := range []struct{ kind, addr string }{{"smtp", o.Listen}, {"submission", o.SubmissionListen}, {"smtps", o.SMTPSListen}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen %s (%s): %w", l.addr, l.kind, err)
+		}
+		lns = append(lns, listening{l.kind, ln})
+	}
+	attrs := []any{"component", "ingress", "hostname", o.SMTP.Hostname, "relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(),
+		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil}
+	for _, l := range lns {
+		attrs = append(attrs, l.kind, l.ln.Addr().String())
+	}
+	log.Info("ingress listening", attrs...)
+	for _, l := range lns {
+		if o.OnListen != nil {
+			o.OnListen(l.kind, l.ln.Addr().String())
+		}
+	}
 	if ready != nil {
-		ready(ln.Addr().String())
+		ready(lns[0].ln.Addr().String())
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(ln) })
+	for _, l := range lns {
+		if l.kind == "smtps" {
+			g.Go(func() error { return srv.ServeTLS(l.ln) })
+		} else {
+			g.Go(func() error { return srv.Serve(l.ln) })
+		}
+	}
+	if tw != nil {
+		g.Go(func() error { return tw.Run(gctx) })
+	}
 	if watcher != nil {
 		g.Go(func() error { watcher.Run(gctx); return nil })
 	}

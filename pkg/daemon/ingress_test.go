@@ -41,6 +41,14 @@ func TestIngressLimitFlags(t *testing.T) {
 		{"--max-in-flight-bytes", "1000", "--max-in-flight-bytes"},
 		{"--read-timeout", "10ms", "--read-timeout"},
 		{"--client-limit-exceptions", "10.0.0.0/33", "--client-limit-exceptions"},
+		{"--submission-listen", ":587", "--submission-listen"},
+		{"--smtps-listen", ":465", "--smtps-listen"},
+		{"--auth-max-failures", "-1", "--auth-max-failures"},
+		{"--auth-failure-window", "10ms", "--auth-failure-window"},
+		{"--auth-failure-clients", "-5", "--auth-failure-clients"},
+		{"--auth-max-concurrent-checks", "0", "--auth-max-concurrent-checks"},
+		{"--dkim-max-header-bytes", "10", "--dkim-max-header-bytes"},
+		{"--trace-max-line-bytes", "5", "--trace-max-line-bytes"},
 	} {
 		if _, err := parse(bad.flag, bad.val); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s %s: err %v, want it to name %s", bad.flag, bad.val, err, bad.want)

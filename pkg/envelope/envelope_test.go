@@ -21,18 +21,19 @@ func fullEnvelope() *Envelope {
 			{Addr: "jörg@bücher.example"},
 			{Addr: `"john doe"@bücher.example`, Attempts: 2, LastError: "451 4.3.0 try later"},
 		},
-		BodyKey:     "bodies/cv0s6tbp0n8g00c2s6rg",
-		Size:        123456,
-		EightBit:    true,
-		UTF8:        true,
-		MsgID:       "<abc@example.com>",
-		ClientAddr:  "127.0.0.1:53412",
-		ClientHelo:  "client.example.com",
-		Arrived:     time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC),
-		Parts:       3,
-		Attempts:    2,
-		NextAttempt: time.Date(2024, 5, 6, 7, 38, 9, 0, time.UTC),
-		LastError:   "451 4.4.1 Connection refused",
+		BodyKey:       "bodies/cv0s6tbp0n8g00c2s6rg",
+		Size:          123456,
+		EightBit:      true,
+		UTF8:          true,
+		MsgID:         "<abc@example.com>",
+		ClientAddr:    "127.0.0.1:53412",
+		ClientHelo:    "client.example.com",
+		Arrived:       time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC),
+		Parts:         3,
+		Attempts:      2,
+		NextAttempt:   time.Date(2024, 5, 6, 7, 38, 9, 0, time.UTC),
+		LastError:     "451 4.4.1 Connection refused",
+		DKIMSignature: "DKIM-Signature: v=1; d=example.com; s=s1; b=abc\r\n",
 	}
 }
 
@@ -72,7 +73,7 @@ func TestMarshalFieldNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"qid", "from", "domain", "rcpts", "body", "size", "8bit", "utf8", "msgid",
-		"client_addr", "client_helo", "arrived", "parts", "attempts", "next_attempt", "last_error"} {
+		"client_addr", "client_helo", "arrived", "parts", "attempts", "next_attempt", "last_error", "dkim"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON has no %q field: %s", k, b)
 		}
@@ -133,6 +134,17 @@ func TestValidate(t *testing.T) {
 		{"inline body shared by two domains", func(e *Envelope) { e.BodyKey, e.Body, e.Parts = "", []byte("x"), 2 }, "inline body must not be shared"},
 		{"zero parts", func(e *Envelope) { e.Parts = 0 }, "parts must be at least 1"},
 		{"negative parts", func(e *Envelope) { e.Parts = -1 }, "parts must be at least 1"},
+		{"DKIM signature, folded", func(e *Envelope) {
+			e.DKIMSignature = "DKIM-Signature: v=1; a=ed25519-sha256;\r\n d=example.com; b=abc\r\n"
+		}, ""},
+		{"DKIM signature without CRLF", func(e *Envelope) { e.DKIMSignature = "DKIM-Signature: v=1" }, "DKIM-Signature field"},
+		{"DKIM signature that is another field", func(e *Envelope) { e.DKIMSignature = "Subject: pwned\r\n" }, "DKIM-Signature field"},
+		{"DKIM signature smuggling a second field", func(e *Envelope) { e.DKIMSignature = "DKIM-Signature: v=1\r\nBcc: x@y\r\n" }, "DKIM-Signature field"},
+		{"DKIM signature ending the header", func(e *Envelope) { e.DKIMSignature = "DKIM-Signature: v=1\r\n\r\nbody\r\n" }, "DKIM-Signature field"},
+		{"DKIM signature with a bare LF", func(e *Envelope) { e.DKIMSignature = "DKIM-Signature: v=1\nBcc: x\r\n" }, "DKIM-Signature field"},
+		{"DKIM signature too long", func(e *Envelope) {
+			e.DKIMSignature = "DKIM-Signature: " + strings.Repeat("a", MaxSignatureLen) + "\r\n"
+		}, "DKIM-Signature field"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

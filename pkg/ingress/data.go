@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 )
@@ -47,6 +48,9 @@ var (
 // stored with one Put, a longer one goes to PutStream. Memory per message is
 // bounded by that buffer and the store's own, both counted against
 // MaxInFlightBytes. Received: headers are counted on the way (MaxHops).
+// With DKIM keys in force the same stream (our Received: first) is teed
+// through a signer, whose header buffer is counted too; the signature goes
+// into the envelopes, the body is stored as received.
 func (ss *session) Data(r io.Reader) (err error) {
 	if !ss.s.cfg.RepanicForTests {
 		defer func() {
@@ -77,7 +81,17 @@ func (ss *session) Data(r io.Reader) (err error) {
 	var received bytes.Buffer
 	ss.writeReceived(&received)
 	peek := int64(ss.s.peekLimit) + 1 + int64(received.Len())
-	release, err := ss.s.reserve(peek)
+	// A DKIM signer holds up to the header section (--dkim-max-header-bytes);
+	// that counts against the budget too.
+	keys := ss.s.dkimKeys()
+	var signBytes int64
+	if keys.Len() > 0 {
+		signBytes = int64(ss.s.cfg.DKIMMaxHeaderBytes)
+		if signBytes <= 0 {
+			signBytes = dkim.DefaultMaxHeaderBytes
+		}
+	}
+	release, err := ss.s.reserve(peek + signBytes)
 	if err != nil {
 		ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr, "max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes)
 		ss.s.cfg.Metrics.Message("tempfail")
@@ -101,11 +115,29 @@ func (ss *session) Data(r io.Reader) (err error) {
 	if small && in.err != nil {
 		return ss.inputError(wire, in.err)
 	}
+	// DKIM: the signer sees the message as stored (after our Received:),
+	// teed from the same stream; it holds at most the header section.
+	var sign *dkim.Signer
+	if signBytes > 0 {
+		sign = dkim.NewSigner(keys, dkim.Options{MaxHeaderBytes: ss.s.cfg.DKIMMaxHeaderBytes})
+		defer sign.Abort() // after Close it only releases
+	}
 	var m message
 	if small {
-		m = message{body: buf, size: int64(len(buf)), in: in}
+		m = message{body: buf, size: int64(len(buf)), in: in, sign: sign}
+		if sign != nil {
+			if _, err := sign.Write(buf); err != nil {
+				ss.s.log.Error("DKIM signing failed; answering 451", "queue_id", ss.qid, "err", err)
+				ss.s.cfg.Metrics.Message("tempfail")
+				return reply(err, ss.qid)
+			}
+		}
 	} else {
-		m = message{rest: io.MultiReader(bytes.NewReader(buf), in), in: in}
+		var rest io.Reader = io.MultiReader(bytes.NewReader(buf), in)
+		if sign != nil {
+			rest = io.TeeReader(rest, sign)
+		}
+		m = message{rest: rest, in: in, sign: sign}
 	}
 	if err := ss.s.accept(ss, &m); err != nil {
 		if in.err != nil {
@@ -184,7 +216,8 @@ type message struct {
 	body []byte
 	rest io.Reader
 	in   *bodyReader
-	size int64 // stored bytes (known before storing only when small)
+	size int64        // stored bytes (known before storing only when small)
+	sign *dkim.Signer // nil: not signed; fed the whole stored message
 }
 
 // bodyReader passes the body through, remembering the first error, and
@@ -338,9 +371,22 @@ func (s *Server) accept(ss *session, m *message) error {
 		}
 		m.size, msgid = n, m.in.msgid
 	}
+	var signature string
+	if m.sign != nil {
+		if err := m.sign.Close(); err != nil {
+			return fail("DKIM signing failed; answering 451", err)
+		}
+		signature = m.sign.Header()
+		if signature != "" {
+			span.SetAttributes(attribute.String("mailfwd.dkim.domain", m.sign.Domain()))
+		} else {
+			s.log.Debug(ss.qid+": not DKIM-signed: "+m.sign.Reason(), "queue_id", ss.qid)
+		}
+	}
 	now := time.Now().UTC()
 	for _, e := range envs {
 		e.Parts, e.Size, e.MsgID, e.Arrived = len(envs), m.size, msgid, now
+		e.DKIMSignature = signature
 	}
 	span.SetAttributes(attribute.Int64("mailfwd.size", m.size))
 

@@ -7,6 +7,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 )
 
 // Error is a decision or failure with the SMTP reply it deserves. Policy
@@ -57,6 +58,10 @@ func reply(err error, qid string) *smtp.SMTPError {
 	var e *Error
 	if errors.As(err, &e) {
 		return &smtp.SMTPError{Code: e.Code, EnhancedCode: e.Enhanced, Message: e.Msg}
+	}
+	var auth *smtpauth.Error
+	if errors.As(err, &auth) {
+		return &smtp.SMTPError{Code: auth.Reply.Code, EnhancedCode: parseEnhanced(auth.Reply.Enhanced, auth.Reply.Code), Message: auth.Reply.Text}
 	}
 	var ae *address.Error
 	if errors.As(err, &ae) {

@@ -24,7 +24,10 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/smtpauth"
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
@@ -76,8 +79,20 @@ type Config struct {
 	// error replies (Postfix smtpd_hard_error_limit).
 	MaxErrorsPerSession int
 	// MaxHops refuses a message with more Received: headers (554 5.4.6).
-	MaxHops         int
-	TLSConfig       *tls.Config // enables STARTTLS when set
+	MaxHops   int
+	TLSConfig *tls.Config // enables STARTTLS when set (and ServeTLS)
+	// Auth offers SMTP AUTH (PLAIN, LOGIN; over TLS only) to the users
+	// Users returns (the policy in force, hot-reloaded). nil Auth, nil
+	// Users or no users: no AUTH is offered.
+	Auth  *smtpauth.Authenticator
+	Users func() *smtpauth.Users
+	// DKIM returns the signing keys in force (nil func or no keys: mail is
+	// not signed); DKIMMaxHeaderBytes bounds the header a signer holds.
+	DKIM               func() *dkim.Keys
+	DKIMMaxHeaderBytes int
+	// Trace records the sessions a running `mailfwdctl trace --client`
+	// matches (nil: none).
+	Trace           *smtptrace.Watcher
 	Policy          Policy
 	Resolver        HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
 	Metrics         *telemetry.Metrics // nil: none
@@ -191,15 +206,36 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.TLSConfig = cfg.TLSConfig
+	// The session answers AUTH before TLS itself (538 5.7.11) and offers
+	// it in EHLO only over TLS (AuthMechanisms).
+	srv.AllowInsecureAuth = true
+	// After STARTTLS, a traced session goes on recording inside TLS
+	// (smtptrace.Continue also notes the TLS state).
+	srv.WrapTLSConn = func(tc *tls.Conn, under net.Conn) net.Conn { return smtptrace.Continue(tc, under) }
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogAdapter{s.log}
 	s.smtp = srv
 	return s, nil
 }
 
-// Serve accepts sessions on ln until Shutdown.
+// Serve accepts sessions on ln until Shutdown (STARTTLS offered when
+// Config.TLSConfig is set). It may run on several listeners at once (the
+// port 25/2525 one and the submission port 587), sharing every limit.
 func (s *Server) Serve(ln net.Listener) error {
 	err := s.smtp.Serve(&listener{Listener: ln, s: s})
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ServeTLS accepts implicit-TLS sessions on ln (port 465, RFC 8314) until
+// Shutdown: the TLS handshake comes first, then the SMTP greeting.
+func (s *Server) ServeTLS(ln net.Listener) error {
+	if s.cfg.TLSConfig == nil {
+		return errors.New("ingress: implicit TLS needs a TLS configuration")
+	}
+	err := s.smtp.Serve(&listener{Listener: ln, s: s, tls: s.cfg.TLSConfig})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
@@ -244,7 +280,10 @@ func (s *Server) Sessions() int {
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	ap, _ := netip.ParseAddrPort(c.Conn().RemoteAddr().String())
-	_, isTLS := c.TLSConnectionState()
+	st, isTLS := c.TLSConnectionState()
+	if isTLS {
+		smtptrace.NoteTLS(c.Conn(), st) // implicit TLS; noted once per upgrade
+	}
 	cl := Client{Addr: ap.Addr().Unmap(), Helo: c.Hostname(), TLS: isTLS}
 	if s.cfg.Policy.NeedsClientHostname() {
 		cl.Hostname = s.verifiedHostname(cl.Addr)
@@ -253,6 +292,14 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, reply(err, "")
 	}
 	return &session{s: s, conn: c, client: cl}, nil
+}
+
+// dkimKeys are the DKIM keys in force (nil: no signing).
+func (s *Server) dkimKeys() *dkim.Keys {
+	if s.cfg.DKIM == nil {
+		return nil
+	}
+	return s.cfg.DKIM()
 }
 
 // verifiedHostname is the client's forward-confirmed reverse DNS name (a
@@ -291,6 +338,9 @@ type session struct {
 	utf8     bool
 	rcpts    []address.Address // as the client gave them
 	targets  []address.Address // what is queued: after aliases/virtusertable, without discarded ones
+
+	user       *smtpauth.User // after a successful AUTH; kept across transactions
+	authCancel context.CancelFunc
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -299,7 +349,12 @@ func (ss *session) Reset() {
 	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets = "", "", false, false, false, nil, nil
 }
 
-func (ss *session) Logout() error { return nil }
+func (ss *session) Logout() error {
+	if ss.authCancel != nil {
+		ss.authCancel()
+	}
+	return nil
+}
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.Reset()
@@ -322,6 +377,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		if a.UTF8 && !ss.utf8 {
 			return reply(Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"), "")
 		}
+	}
+	if ss.user != nil && !ss.user.MaySend(from) {
+		ss.s.log.Info("sender refused: not allowed for the authenticated user", "client", ss.client.Addr.String(), "user", ss.user.Name, "from", from)
+		return reply(errSenderNotAllowed, "")
 	}
 	ss.from, ss.hasFrom = from, true
 	ss.qid = envelope.NewQueueID()
@@ -409,6 +468,9 @@ func (ss *session) proto() string {
 	}
 	if ss.client.TLS {
 		p += "S"
+	}
+	if ss.user != nil {
+		p += "A" // RFC 3848: ESMTPA, ESMTPSA
 	}
 	return p
 }

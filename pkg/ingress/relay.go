@@ -16,6 +16,7 @@ type Client struct {
 	Hostname string // forward-confirmed reverse DNS name, "" if unknown or not looked up
 	Helo     string
 	TLS      bool
+	User     string // SMTP AUTH user name; "" when not authenticated
 }
 
 // Policy decides who may relay where. SendmailPolicy (the access map,
@@ -32,8 +33,8 @@ type Policy interface {
 	NeedsClientHostname() bool
 }
 
-// StaticRelay allows relaying for clients in Networks to any domain, and for
-// any client to Domains (a domain also covers its subdomains). Everything
+// StaticRelay allows relaying for clients in Networks and SMTP AUTH users
+// to any domain, and for any client to Domains (a domain also covers its subdomains). Everything
 // else is "550 5.7.1 Relaying denied". The zero value relays for nobody.
 type StaticRelay struct {
 	Networks []netip.Prefix
@@ -50,6 +51,9 @@ func (p *StaticRelay) NeedsClientHostname() bool { return false }
 
 // CheckRcpt implements Policy.
 func (p *StaticRelay) CheckRcpt(_ context.Context, c Client, _ string, rcpt address.Address) ([]string, error) {
+	if c.User != "" {
+		return []string{rcpt.Raw}, nil
+	}
 	for _, n := range p.Networks {
 		if n.Contains(c.Addr.Unmap()) {
 			return []string{rcpt.Raw}, nil
@@ -85,7 +89,7 @@ func (p *SendmailPolicy) NeedsClientHostname() bool { return p.Current().NeedsCl
 // CheckRcpt implements Policy: access map, then virtusertable and aliases.
 func (p *SendmailPolicy) CheckRcpt(_ context.Context, c Client, from string, rcpt address.Address) ([]string, error) {
 	pol := p.Current()
-	v := pol.CheckRcpt(policy.Client{Addr: c.Addr, Hostname: c.Hostname}, from, rcpt.Raw)
+	v := pol.CheckRcpt(policy.Client{Addr: c.Addr, Hostname: c.Hostname, User: c.User}, from, rcpt.Raw)
 	if v.Reject != nil {
 		return nil, fromReply(v.Reject, v.Rule)
 	}

@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 )
 
 // The edge of the ingress: every byte from a client passes through conn, so
@@ -25,11 +28,19 @@ import (
 // so go-smtp ends the session quietly.
 var errInputClosed = fmt.Errorf("ingress: input closed after an earlier read error: %w", net.ErrClosed)
 
-// listener enforces the session limits (421 beyond them) and writes the
-// configurable greeting in place of go-smtp's fixed one.
+// listener enforces the session limits (421 beyond them) and builds each
+// session's stack of conns, from the socket up:
+//
+//	*conn       the limits above (reads, close after a reply)
+//	*tls.Conn   implicit TLS only (ServeTLS; STARTTLS adds it later, inside go-smtp)
+//	trace       smtptrace's recorder, when a running trace matches the client
+//	*greetConn  the configurable greeting in place of go-smtp's fixed one
+//
+// so the trace records the plaintext dialog as the client sees it.
 type listener struct {
 	net.Listener
-	s *Server
+	s   *Server
+	tls *tls.Config // implicit TLS when set
 }
 
 // clientState is what the ingress remembers about one client address.
@@ -54,9 +65,16 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if cn := l.s.admit(c); cn != nil {
-			return cn, nil
+		cn := l.s.admit(c)
+		if cn == nil {
+			continue
 		}
+		var nc net.Conn = cn
+		if l.tls != nil {
+			nc = tls.Server(cn, l.tls) // go-smtp runs the handshake; *conn bounds each read
+		}
+		nc = l.s.cfg.Trace.Wrap(nc, smtptrace.Ingress, c.RemoteAddr().String(), "")
+		return &greetConn{Conn: nc, greeting: cn.greeting}, nil
 	}
 }
 
@@ -158,8 +176,7 @@ type conn struct {
 	net.Conn
 	s        *Server
 	key      netip.Addr
-	greeting string
-	greeted  bool
+	greeting string // for the greetConn above
 	once     sync.Once
 
 	// Read and Write are called from the session's goroutine only; these
@@ -172,8 +189,8 @@ type conn struct {
 	closeAfter atomic.Bool // close once the next reply is written
 }
 
-// wireOf finds the ingress's conn under a go-smtp connection (which may be
-// a *tls.Conn after STARTTLS).
+// wireOf finds the ingress's conn under a go-smtp connection (the layers
+// above it, and a *tls.Conn after STARTTLS, expose NetConn).
 func wireOf(c net.Conn) *conn {
 	for c != nil {
 		switch x := c.(type) {
@@ -237,15 +254,26 @@ func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t
 // closeAfterReply ends the session once the next reply is written.
 func (c *conn) closeAfterReply() { c.closeAfter.Store(true) }
 
-// Write replaces the first line go-smtp writes (its fixed 220 greeting) and
-// closes the connection after the reply that closeAfterReply asked for.
-func (c *conn) Write(p []byte) (int, error) {
-	if !c.greeted {
-		c.greeted = true
+// greetConn replaces the first line go-smtp writes (its fixed 220
+// greeting) with the configured one. It sits above TLS, so implicit-TLS
+// sessions get the same greeting.
+type greetConn struct {
+	net.Conn
+	greeting string
+	greeted  bool // Write is called from the session's goroutine only
+}
+
+// NetConn exposes the conn below (wireOf, go-smtp's TLS detection, the
+// trace's lookups).
+func (g *greetConn) NetConn() net.Conn { return g.Conn }
+
+func (g *greetConn) Write(p []byte) (int, error) {
+	if !g.greeted {
+		g.greeted = true
 		if len(p) > 4 && string(p[:4]) == "220 " {
 			for i := 0; i+1 < len(p); i++ {
 				if p[i] == '\r' && p[i+1] == '\n' {
-					if _, err := c.Conn.Write(append([]byte(c.greeting), p[i+2:]...)); err != nil {
+					if _, err := g.Conn.Write(append([]byte(g.greeting), p[i+2:]...)); err != nil {
 						return 0, err
 					}
 					return len(p), nil
@@ -253,6 +281,11 @@ func (c *conn) Write(p []byte) (int, error) {
 			}
 		}
 	}
+	return g.Conn.Write(p)
+}
+
+// Write closes the connection after the reply that closeAfterReply asked for.
+func (c *conn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if err != nil {
 		return n, err

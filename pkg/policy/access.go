@@ -390,6 +390,10 @@ func (p *Policy) NeedsClientHostname() bool { return p.access.hostNames > 0 }
 type Client struct {
 	Addr     netip.Addr
 	Hostname string // forward-confirmed PTR name, "" if unknown
+	// User is the SMTP AUTH user of the session ("" when not
+	// authenticated): an authenticated user may relay; every other access
+	// rule (To:, From:, Connect: REJECT…) still applies.
+	User string
 }
 
 // Verdict is the decision on one recipient.
@@ -491,6 +495,9 @@ func (p *Policy) CheckRcpt(c Client, from, rcpt string) Verdict {
 	}
 	if line, ok := p.virtDomains[ra.ASCII]; ok {
 		return Verdict{Rule: ruleRef(KeyVirtusertable, line, "virtual domain "+ra.ASCII) + waived}
+	}
+	if c.User != "" {
+		return Verdict{Rule: "authenticated as " + c.User + waived}
 	}
 	denied := &Reply{Code: 550, Enhanced: "5.7.1", Text: prefix + "Relaying denied"}
 	if toRule != nil && toRule.Act == actRelay {

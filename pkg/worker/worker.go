@@ -492,7 +492,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			hops, rerr = w.self.notSelf(hops)
 		}
 		if rerr == nil {
-			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: e.Body,
+			msg := &delivery.Message{QueueID: e.QueueID, From: e.From, Recipients: try, Body: signedInline(e),
 				EightBit: e.EightBit, UTF8: e.UTF8}
 			if w.sched != nil {
 				w.sched.bind(j, hops)
@@ -515,6 +515,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				case err != nil:
 					rerr = &route.Error{Enhanced: "4.3.0", Msg: "Body store unavailable", Err: err}
 				default:
+					rc, size = signedStream(e, rc, size) // the ingress's DKIM-Signature, if any
 					body = &streamedBody{w: w, ctx: actx, rc: rc, size: size}
 					msg.Open, msg.Size = body.open, size
 				}

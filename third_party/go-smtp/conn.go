@@ -188,11 +188,27 @@ func (c *Conn) Close() error {
 // TLSConnectionState returns the connection's TLS connection state.
 // Zero values are returned if the connection doesn't use TLS.
 func (c *Conn) TLSConnectionState() (state tls.ConnectionState, ok bool) {
-	tc, ok := c.conn.(*tls.Conn)
-	if !ok {
+	tc := tlsConnOf(c.conn)
+	if tc == nil {
 		return
 	}
 	return tc.ConnectionState(), true
+}
+
+// tlsConnOf finds the *tls.Conn in conn or under the wrappers around it
+// (mailfwd: conns exposing NetConn() net.Conn, as *tls.Conn itself does).
+func tlsConnOf(conn net.Conn) *tls.Conn {
+	for i := 0; i < 8; i++ {
+		switch x := conn.(type) {
+		case *tls.Conn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			conn = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 func (c *Conn) Hostname() string {
@@ -939,7 +955,11 @@ func (c *Conn) handleStartTLS() {
 		return
 	}
 
-	c.conn = tlsConn
+	if c.server.WrapTLSConn != nil {
+		c.conn = c.server.WrapTLSConn(tlsConn, c.conn)
+	} else {
+		c.conn = tlsConn
+	}
 	c.init()
 
 	// Reset all state and close the previous Session.

@@ -1,8 +1,21 @@
 package smtp_test
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -112,4 +125,99 @@ func TestBDATTruncatedChunk(t *testing.T) {
 	if len(be.messages) != 0 {
 		t.Fatalf("a truncated chunk was taken as a message: %+v", be.messages[0])
 	}
+}
+
+// recordingConn keeps what is written to and read from it (patch 8's test).
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (r *recordingConn) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	r.buf.Write(p[:n])
+	r.mu.Unlock()
+	return n, err
+}
+
+func (r *recordingConn) NetConn() net.Conn { return r.Conn }
+
+func (r *recordingConn) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.String()
+}
+
+// Patch 8: Server.WrapTLSConn wraps the conn after STARTTLS, and the
+// session still counts as TLS through the wrapper (no STARTTLS offered
+// again, AUTH offered as over TLS).
+func TestWrapTLSConn(t *testing.T) {
+	keypair := selfSigned(t)
+	var (
+		mu      sync.Mutex
+		wrapped *recordingConn
+		under   net.Conn
+	)
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.AllowInsecureAuth = false
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{keypair}}
+		s.WrapTLSConn = func(tc *tls.Conn, u net.Conn) net.Conn {
+			mu.Lock()
+			defer mu.Unlock()
+			wrapped, under = &recordingConn{Conn: tc}, u
+			return wrapped
+		}
+	})
+	defer s.Close()
+	defer c.Close()
+	io.WriteString(c, "STARTTLS\r\n")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "220 ") {
+		t.Fatalf("STARTTLS reply %q", scanner.Text())
+	}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(tc, "EHLO client.test\r\n")
+	sc := bufio.NewScanner(tc)
+	var caps []string
+	for sc.Scan() {
+		caps = append(caps, sc.Text())
+		if l := sc.Text(); len(l) < 4 || l[3] != '-' {
+			break
+		}
+	}
+	mu.Lock()
+	w, u := wrapped, under
+	mu.Unlock()
+	if w == nil {
+		t.Fatal("WrapTLSConn was not called after STARTTLS")
+	}
+	if u == nil {
+		t.Fatal("WrapTLSConn got no underlying conn")
+	}
+	if got := w.String(); !strings.Contains(got, "EHLO client.test") {
+		t.Fatalf("the wrapper did not see the decrypted dialog: %q", got)
+	}
+	all := strings.Join(caps, "\n")
+	if strings.Contains(all, "STARTTLS") || !strings.Contains(all, "AUTH PLAIN") {
+		t.Fatalf("through the wrapper the session must count as TLS (AUTH offered, no STARTTLS):\n%s", all)
+	}
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -31,11 +31,17 @@ type Server struct {
 	// Enable LMTP mode, as defined in RFC 2033.
 	LMTP bool
 
-	Domain            string
-	MaxRecipients     int
-	MaxMessageBytes   int64
-	MaxLineLength     int
-	MaxErrors         int // mailfwd: 421 4.7.0 and close after this many 4xx/5xx replies (0: no limit), as Postfix's smtpd_hard_error_limit
+	Domain          string
+	MaxRecipients   int
+	MaxMessageBytes int64
+	MaxLineLength   int
+	MaxErrors       int // mailfwd: 421 4.7.0 and close after this many 4xx/5xx replies (0: no limit), as Postfix's smtpd_hard_error_limit
+	// WrapTLSConn, when set, is called after a successful STARTTLS handshake
+	// with the new *tls.Conn and the conn it runs over; the conn it returns
+	// is used for the rest of the session (mailfwd: a trace recorder goes
+	// on inside TLS). A wrapper must expose the *tls.Conn through a
+	// NetConn() net.Conn chain so TLSConnectionState still finds it.
+	WrapTLSConn       func(tlsConn *tls.Conn, under net.Conn) net.Conn
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
@@ -162,7 +168,7 @@ func (s *Server) handleConn(c *Conn) error {
 		s.locker.Unlock()
 	}()
 
-	if tlsConn, ok := c.conn.(*tls.Conn); ok {
+	if tlsConn := tlsConnOf(c.conn); tlsConn != nil {
 		if d := s.ReadTimeout; d != 0 {
 			c.conn.SetReadDeadline(time.Now().Add(d))
 		}
