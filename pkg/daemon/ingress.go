@@ -28,8 +28,10 @@ import (
 
 // Common is what every process needs.
 type Common struct {
-	NATSURL   string
-	NATSCreds string
+	NATSURL      string
+	NATSCreds    string
+	NATSUser     string
+	NATSPassword config.Secret
 	BlobStore string
 	HTTPAddr  string
 	Bootstrap bool
@@ -41,7 +43,9 @@ type Common struct {
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file (JWT + nkey); or use --nats-user")
+	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user name (with --nats-password; the chart sets the quickstart's least-privilege users)")
+	fs.Var(&c.NATSPassword, "nats-password", "NATS password of --nats-user (prefer the environment: MAILFWD_NATS_PASSWORD)")
 	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
@@ -56,6 +60,12 @@ func (c *Common) validate() error {
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("--nats-url is required"))
 	}
+	if c.NATSCreds != "" && c.NATSUser != "" {
+		errs = append(errs, errors.New("--nats-creds and --nats-user exclude each other"))
+	}
+	if c.NATSPassword != "" && c.NATSUser == "" {
+		errs = append(errs, errors.New("--nats-password needs --nats-user"))
+	}
 	if c.BlobStore == "" {
 		errs = append(errs, errors.New("--blob-store is required (file:///path or s3://bucket?endpoint=…)"))
 	}
@@ -66,13 +76,16 @@ func (c *Common) validate() error {
 }
 
 func (c *Common) queueConfig(name string) queue.Config {
-	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
+	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, User: c.NATSUser, Password: c.NATSPassword.Reveal(),
+		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
 }
 
 // connect opens the queue and body store, bootstrapping them when asked.
 // NATS may still be starting: bootstrap is retried until ctx ends.
 func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*queue.Queue, blob.Store, error) {
-	q, err := queue.Connect(ctx, c.queueConfig(name))
+	qc := c.queueConfig(name)
+	qc.Logger = log
+	q, err := queue.Connect(ctx, qc)
 	if err != nil {
 		return nil, nil, err
 	}
