@@ -40,9 +40,9 @@ type globals struct {
 	natsCreds    string
 	natsUser     string
 	natsPassword config.Secret
-	timeout   time.Duration
-	out       io.Writer
-	errOut    io.Writer
+	timeout      time.Duration
+	out          io.Writer
+	errOut       io.Writer
 }
 
 // NewRoot builds the mailfwdctl command tree.

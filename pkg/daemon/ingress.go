@@ -32,13 +32,13 @@ type Common struct {
 	NATSCreds    string
 	NATSUser     string
 	NATSPassword config.Secret
-	BlobStore string
-	HTTPAddr  string
-	Bootstrap bool
-	AckWait   time.Duration
-	Replicas  int
-	Pprof     bool
-	Logging   config.Logging
+	BlobStore    string
+	HTTPAddr     string
+	Bootstrap    bool
+	AckWait      time.Duration
+	Replicas     int
+	Pprof        bool
+	Logging      config.Logging
 }
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
