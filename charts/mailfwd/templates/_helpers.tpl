@@ -130,6 +130,14 @@ A creds file (nats.credentials.existingSecret) replaces the user logins. */}}
 {{- end }}
 {{- end }}
 
+{{/* Tracing: the OTLP endpoint for the ingress and the workers. */}}
+{{- define "mailfwd.otelEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ tpl . $ | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by every container: S3 credentials from the Secret. */}}
 {{- define "mailfwd.s3Env" -}}
 - name: AWS_ACCESS_KEY_ID
