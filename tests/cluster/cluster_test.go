@@ -90,6 +90,7 @@ func TestCluster(t *testing.T) {
 	c.step("burst: KEDA scales the workers; pods deleted under load", c.burst)
 	c.step("operations: policy REJECT, queue hold/release/flush", c.operations)
 	c.step("traces: one message's trace from Jaeger", c.traces)
+	c.step("scale-down: workers back to the minimum after the window", c.scaleDown)
 	t.Logf("cluster test steps took %s", time.Since(start).Round(time.Second))
 }
 
@@ -100,6 +101,7 @@ type cluster struct {
 	natsURL  string
 	ctlPass  string
 	jaeger   string
+	burstEnd time.Time // when the burst backlog was drained
 	ledger   sync.Map // Message-ID → body sent, for every message that got a 250
 	qids     sync.Map // Message-ID → queue id
 }
@@ -667,6 +669,7 @@ func (c *cluster) burst() {
 		return a > 0 && d == a
 	})
 	drained := time.Since(t0)
+	c.burstEnd = time.Now()
 	close(stopTL)
 	<-tlDone
 	a, d, dups := c.check("burst")
@@ -785,4 +788,19 @@ func (c *cluster) traces() {
 	if !status {
 		t.Errorf("no span carries the delivery status")
 	}
+}
+
+// scaleDown waits for KEDA's HPA to bring the workers back to the minimum
+// (keda.behavior: a 5-minute window, then at most 2 pods a minute).
+func (c *cluster) scaleDown() {
+	var tl []string
+	waitUntil(c.t, "workers back to 1 pod", 12*time.Minute, func() bool {
+		r := c.workerReplicas()
+		if n := len(tl); n == 0 || !strings.HasSuffix(tl[n-1], fmt.Sprintf(" %d pods", r)) {
+			tl = append(tl, fmt.Sprintf("t=+%ds after drain: %d pods", int(time.Since(c.burstEnd).Seconds()), r))
+		}
+		time.Sleep(4 * time.Second)
+		return r == 1
+	})
+	c.t.Logf("scale-down:\n  %s", strings.Join(tl, "\n  "))
 }
