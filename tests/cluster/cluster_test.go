@@ -102,8 +102,8 @@ type cluster struct {
 	ctlPass  string
 	jaeger   string
 	burstEnd time.Time // when the burst backlog was drained
-	ledger   sync.Map // Message-ID → body sent, for every message that got a 250
-	qids     sync.Map // Message-ID → queue id
+	ledger   sync.Map  // Message-ID → body sent, for every message that got a 250
+	qids     sync.Map  // Message-ID → queue id
 }
 
 func (c *cluster) step(name string, fn func()) {
