@@ -56,6 +56,26 @@ netns_before="$(ls /run/netns 2>/dev/null || true)"
 # cgroup mounts kubelet and runc need.
 ns() { nsenter --net="/run/netns/$NS" -- "$@"; }
 
+# kill_cgroup_procs: SIGKILL everything in our cgroup tree (containers,
+# containers being started) until two rounds in a row find nothing.
+kill_cgroup_procs() {
+	local empty=0 n procs d
+	for n in $(seq 20); do
+		procs=""
+		for d in "${CG_CONTROLLERS[@]}"; do
+			[[ -d "$d/$NS" ]] && procs+=" $(find "$d/$NS" -name cgroup.procs -exec cat {} + 2>/dev/null)"
+		done
+		if [[ -z "${procs//[[:space:]]/}" ]]; then
+			((++empty >= 2)) && return 0
+		else
+			empty=0
+			log "killing $(wc -w <<<"$procs") processes left in the cgroups (round $n)"
+			xargs -r kill -9 <<<"$procs" 2>/dev/null
+		fi
+		sleep 1
+	done
+}
+
 teardown() {
 	local rc=$?
 	set +e
@@ -68,19 +88,11 @@ teardown() {
 			ns ctr --address "$WORK/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1
 		done
 	fi
-	# Anything left in our cgroup tree (containers, shims), until it is empty.
-	for _ in 1 2 3 4 5 6 7 8 9 10; do
-		local procs=""
-		for d in "${CG_CONTROLLERS[@]}"; do
-			[[ -d "$d/$NS" ]] && procs+=" $(find "$d/$NS" -name cgroup.procs -exec cat {} + 2>/dev/null)"
-		done
-		[[ -z "${procs// /}" ]] && break
-		xargs -r kill -9 <<<"$procs" 2>/dev/null
-		sleep 1
-	done
+	kill_cgroup_procs
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	sleep 2
 	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+	kill_cgroup_procs
 	# Every process still in our netns is one we started (or its child).
 	ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null
 	sleep 1
@@ -91,8 +103,16 @@ teardown() {
 		grep -qx "$n" <<<"$netns_before" || ip netns del "$n" 2>/dev/null
 	done
 	ip netns del "$NS" 2>/dev/null
-	for d in "${CG_CONTROLLERS[@]}"; do
-		[[ -d "$d/$NS" ]] && find "$d/$NS" -depth -type d -exec rmdir {} \; 2>/dev/null
+	# Killed processes leave their cgroup once reaped: retry for a while.
+	for _ in $(seq 15); do
+		local busy=0
+		for d in "${CG_CONTROLLERS[@]}"; do
+			[[ -d "$d/$NS" ]] || continue
+			find "$d/$NS" -depth -type d -exec rmdir {} \; 2>/dev/null
+			[[ -d "$d/$NS" ]] && busy=1
+		done
+		((busy)) || break
+		kill_cgroup_procs
 	done
 	if [[ -n "${MAILFWD_CLUSTER_KEEP_LOGS:-}" ]]; then
 		mkdir -p "$MAILFWD_CLUSTER_KEEP_LOGS" && cp -r "$WORK/logs/." "$MAILFWD_CLUSTER_KEEP_LOGS/" 2>/dev/null
@@ -149,7 +169,9 @@ export KUBECONFIG
 start() {
 	local name="$1"
 	shift
-	ns "$@" >"$WORK/logs/$name.log" 2>&1 &
+	# nsenter directly (not the ns function, which would run in a subshell
+	# whose pid is not the daemon's): nsenter execs the daemon in place.
+	nsenter --net="/run/netns/$NS" -- "$@" >"$WORK/logs/$name.log" 2>&1 &
 	PIDS+=($!)
 	log "started $name (pid $!)"
 }
@@ -283,4 +305,8 @@ log "node $NODE_NAME is Ready ($SECONDS s since start)"
 export MAILFWD_CLUSTER_WORK="$WORK" MAILFWD_CLUSTER_PV_DIR="$WORK/pv" MAILFWD_CLUSTER_CACHE="$cache"
 export MAILFWD_KUBECTL="$bin/kubectl-$KUBE_VERSION" MAILFWD_HELM_BIN="$bin/helm-$HELM_VERSION"
 export MAILFWD_CLUSTER_REPO="$repo" HOME="$WORK" KUBECONFIG
-ns env "$@"
+# In the background, so that a signal reaches the trap at once (bash runs
+# traps only between foreground commands); the teardown kills it.
+nsenter --net="/run/netns/$NS" -- "$@" &
+PIDS+=($!)
+wait $!

@@ -318,7 +318,8 @@ func (c *cluster) keda() {
 	if err := os.WriteFile(kpath, bytes.Replace(kb, []byte("- ../webhooks\n"), nil, 1), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	// Images built by cluster-tools.sh install the binaries in /usr/local/bin.
+	// Images built by cluster-tools.sh install the binaries in /usr/local/bin;
+	// KEDA's manifests say imagePullPolicy Always, and nothing may be pulled.
 	k := `resources: [config/default]
 images:
   - {name: ghcr.io/kedacore/keda, newName: mailfwd.local/keda, newTag: ` + kedaVersion + `}
@@ -327,10 +328,12 @@ patches:
   - target: {kind: Deployment, name: keda-operator}
     patch: |
       - {op: replace, path: /spec/template/spec/containers/0/command, value: [/usr/local/bin/keda]}
+      - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --enable-webhook-patching=false}
   - target: {kind: Deployment, name: keda-operator-metrics-apiserver}
     patch: |
       - {op: replace, path: /spec/template/spec/containers/0/command, value: [/usr/local/bin/keda-adapter]}
+      - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
 `
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		c.t.Fatal(err)
