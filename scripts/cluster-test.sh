@@ -152,6 +152,13 @@ printf 'subjectAltName=IP:%s,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubern
 openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
 	-extfile "$pki/ext" -out "$pki/apiserver.crt" 2>/dev/null
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+# The aggregation layer (KEDA's external metrics API): a front-proxy CA and client.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=mailfwd-ct-front-proxy-ca \
+	-keyout "$pki/fp-ca.key" -out "$pki/fp-ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=front-proxy-client \
+	-keyout "$pki/fp-client.key" -out "$pki/fp-client.csr" 2>/dev/null
+openssl x509 -req -in "$pki/fp-client.csr" -CA "$pki/fp-ca.crt" -CAkey "$pki/fp-ca.key" -CAcreateserial -days 2 \
+	-out "$pki/fp-client.crt" 2>/dev/null
 token="$(openssl rand -hex 24)"
 echo "$token,admin,admin,system:masters" >"$pki/tokens.csv"
 KUBECONFIG="$WORK/kubeconfig"
@@ -200,7 +207,12 @@ start kube-apiserver "$bin/kube-apiserver-$KUBE_VERSION" --etcd-servers http://1
 	--service-account-issuer https://kubernetes.default.svc.cluster.local \
 	--service-account-key-file "$pki/sa.key" --service-account-signing-key-file "$pki/sa.key" \
 	--service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true --profiling=false \
-	--kubelet-preferred-address-types InternalIP
+	--kubelet-preferred-address-types InternalIP \
+	--requestheader-client-ca-file "$pki/fp-ca.crt" --requestheader-allowed-names front-proxy-client \
+	--requestheader-extra-headers-prefix X-Remote-Extra- --requestheader-group-headers X-Remote-Group \
+	--requestheader-username-headers X-Remote-User \
+	--proxy-client-cert-file "$pki/fp-client.crt" --proxy-client-key-file "$pki/fp-client.key" \
+	--enable-aggregator-routing=true
 wait_for "kube-apiserver" 180 kubectl get --raw /readyz
 start kube-controller-manager "$bin/kube-controller-manager-$KUBE_VERSION" --kubeconfig "$KUBECONFIG" \
 	--service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \

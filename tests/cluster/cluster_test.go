@@ -330,7 +330,7 @@ patches:
       - {op: replace, path: /spec/template/spec/containers/0/command, value: [/usr/local/bin/keda]}
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --enable-webhook-patching=false}
-  - target: {kind: Deployment, name: keda-operator-metrics-apiserver}
+  - target: {kind: Deployment, name: keda-metrics-apiserver}
     patch: |
       - {op: replace, path: /spec/template/spec/containers/0/command, value: [/usr/local/bin/keda-adapter]}
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
@@ -349,7 +349,7 @@ patches:
 		c.t.Fatalf("%v\n%s", err, o)
 	}
 	c.kubectl("-n", "keda", "rollout", "status", "deploy/keda-operator", "--timeout=5m")
-	c.kubectl("-n", "keda", "rollout", "status", "deploy/keda-operator-metrics-apiserver", "--timeout=5m")
+	c.kubectl("-n", "keda", "rollout", "status", "deploy/keda-metrics-apiserver", "--timeout=5m")
 	waitUntil(c.t, "the external metrics API", 3*time.Minute, func() bool {
 		_, err := c.kubectlErr("get", "--raw", "/apis/external.metrics.k8s.io/v1beta1")
 		return err == nil
