@@ -119,6 +119,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 20s): addresses, polic
 lint: ## go vet and gofmt
 	$(GO) vet ./...
 	$(GO) vet -tags chaos ./tests/chaos/
+	$(GO) vet -tags cluster ./tests/cluster/
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: clean
