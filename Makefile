@@ -65,6 +65,23 @@ $(NATS_SERVER):
 	GOBIN=$(TOOLS_DIR)/.nats-build $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 	mv $(TOOLS_DIR)/.nats-build/nats-server $@
 
+CLUSTER_DEBS := containerd runc containernetworking-plugins conntrack iptables gcc libc6-dev
+
+.PHONY: cluster-tools
+cluster-tools: ## Build kubelet, controller-manager, scheduler, kube-proxy, CoreDNS, KEDA, Jaeger and their images for test-cluster (cached in ~/.cache/mailfwd; cold ~30 min)
+	@command -v containerd >/dev/null && test -x /usr/lib/cni/bridge && command -v gcc >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(CLUSTER_DEBS); }
+	GO=$(GO) bash scripts/cluster-tools.sh $(dir $(TOOLS_DIR))
+
+.PHONY: test-cluster
+test-cluster: tools cluster-tools ## A real one-node Kubernetes in a network namespace: quickstart + chart, mail via the Service, KEDA burst, faults, mailfwdctl, Jaeger trace (root; ~10 min warm)
+	rm -rf dist/cluster-images && $(GO) run ./cmd/image -out dist/cluster-images -registry mailfwd.local
+	CGO_ENABLED=0 $(GO) build -trimpath -o dist/cluster-bin/sinkd ./tests/cluster/sinkd
+	$(GO) run ./tests/cluster/imagewrap -name mailfwd-sink -tag 0.1.0 -binary dist/cluster-bin/sinkd -port 2525/tcp -port 8080/tcp -out dist/cluster-images/mailfwd-sink.tar
+	$(GO) build -o dist/cluster-bin/mailfwdctl ./cmd/ctl
+	$(GO) test -c -tags cluster -o dist/cluster-bin/cluster.test ./tests/cluster
+	MAILFWD_CTL_BIN=$(CURDIR)/dist/cluster-bin/mailfwdctl bash scripts/cluster-test.sh \
+		$(CURDIR)/dist/cluster-bin/cluster.test -test.v -test.count=1 -test.timeout 40m
+
 .PHONY: image
 image: ## Build the ingress, worker, mailfwdctl and mailfwd-sendmail OCI image tarballs into dist/images (no Docker needed)
 	$(GO) run ./cmd/image -out dist/images
@@ -126,6 +143,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 20s): addresses, polic
 lint: ## go vet and gofmt
 	$(GO) vet ./...
 	$(GO) vet -tags chaos ./tests/chaos/
+	$(GO) vet -tags cluster ./tests/cluster/
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: clean

@@ -84,7 +84,7 @@ func podName() string {
 // Config says how a pod joins the control subject.
 type Config struct {
 	URL       string // NATS URL(s), as the queue's
-	CredsFile string
+	Auth      []nats.Option // credentials, as the queue's (queue.Config.AuthOptions)
 	Component string // "ingress", "worker"
 	Logger    *slog.Logger
 }
@@ -110,9 +110,7 @@ func Serve(ctx context.Context, cfg Config) error {
 			log.Warn("control subject: NATS error (mailfwdctl version will not see this pod)", "err", err, "subject", Prefix+".>")
 		}),
 	}
-	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
-	}
+	opts = append(opts, cfg.Auth...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		log.Warn("control subject: cannot connect; this pod will not answer mailfwdctl version", "err", err)

@@ -186,7 +186,9 @@ func (d *doctor) checkNATS() *nats.Conn {
 }
 
 func (d *doctor) checkQueue(ctx context.Context) {
-	q, err := queue.Connect(ctx, queue.Config{URL: d.g.natsURL, CredsFile: d.g.natsCreds, ClientName: "mailfwdctl doctor", AckWait: d.ackWait, Replicas: d.replicas})
+	qc := d.g.queueConfig()
+	qc.ClientName, qc.AckWait, qc.Replicas = "mailfwdctl doctor", d.ackWait, d.replicas
+	q, err := queue.Connect(ctx, qc)
 	if err != nil {
 		d.add("jetstream", statusFail, err.Error(), "check --nats-url")
 		return

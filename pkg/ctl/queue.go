@@ -78,13 +78,13 @@ func (g *globals) withQueue(cmd *cobra.Command, fn func(ctx context.Context, q *
 }
 
 func (g *globals) connectQueue(ctx context.Context) (*queue.Queue, error) {
-	q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl"})
+	q, err := queue.Connect(ctx, g.queueConfig())
 	if err != nil {
 		return nil, err
 	}
 	if err := q.Check(ctx); err != nil {
 		q.Close()
-		return nil, fmt.Errorf("%w (is NATS reachable at %s? set --nats-url)", err, g.natsURL)
+		return nil, fmt.Errorf("%w (is NATS reachable at %s? set --nats-url)", err, queue.RedactURL(g.natsURL))
 	}
 	return q, nil
 }

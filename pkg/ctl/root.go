@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
@@ -35,11 +36,13 @@ func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
 type globals struct {
-	natsURL   string
-	natsCreds string
-	timeout   time.Duration
-	out       io.Writer
-	errOut    io.Writer
+	natsURL      string
+	natsCreds    string
+	natsUser     string
+	natsPassword config.Secret
+	timeout      time.Duration
+	out          io.Writer
+	errOut       io.Writer
 }
 
 // NewRoot builds the mailfwdctl command tree.
@@ -56,11 +59,19 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.natsURL, "nats-url", envOr("MAILFWD_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env MAILFWD_NATS_URL)")
 	pf.StringVar(&g.natsCreds, "nats-creds", os.Getenv("MAILFWD_NATS_CREDS"), "NATS credentials file (env MAILFWD_NATS_CREDS)")
+	pf.StringVar(&g.natsUser, "nats-user", os.Getenv("MAILFWD_NATS_USER"), "NATS user (env MAILFWD_NATS_USER); the quickstart's admin user is mailfwdctl")
+	g.natsPassword = config.Secret(os.Getenv("MAILFWD_NATS_PASSWORD"))
+	pf.Var(&g.natsPassword, "nats-password", "NATS password of --nats-user (env MAILFWD_NATS_PASSWORD, preferred: flags show in ps)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g))
 	root.AddCommand(newTraceCmd(g))
 	return root
+}
+
+// queueConfig is the connection every subcommand uses.
+func (g *globals) queueConfig() queue.Config {
+	return queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, User: g.natsUser, Password: g.natsPassword.Reveal(), ClientName: "mailfwdctl"}
 }
 
 func envOr(k, def string) string {
@@ -81,7 +92,9 @@ func newBootstrap(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 			defer cancel()
-			q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl", AckWait: ackWait, Replicas: replicas})
+			qc := g.queueConfig()
+			qc.AckWait, qc.Replicas = ackWait, replicas
+			q, err := queue.Connect(ctx, qc)
 			if err != nil {
 				return err
 			}
@@ -89,7 +102,7 @@ func newBootstrap(g *globals) *cobra.Command {
 			if err := q.Bootstrap(ctx); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", g.natsURL)
+			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", queue.RedactURL(g.natsURL))
 			if blobURL != "" {
 				s, err := blob.Open(ctx, blobURL)
 				if err != nil {

@@ -67,9 +67,11 @@ type consumerSum struct {
 // fast (no retry) so a wrong URL is an error now, not a hang.
 func (g *globals) dialNATS(name string) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name(name), nats.Timeout(5 * time.Second)}
-	if g.natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(g.natsCreds))
+	auth, err := g.queueConfig().AuthOptions()
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, auth...)
 	nc, err := nats.Connect(g.natsURL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("NATS %s: %w (set --nats-url, --nats-creds)", redactNATSURL(g.natsURL), err)
@@ -149,7 +151,9 @@ func (g *globals) serverVersions(ctx context.Context, wait time.Duration, maxRep
 		return pods[i].Host < pods[j].Host
 	})
 	rep.Pods = pods
-	q, err := queue.Connect(ctx, queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, ClientName: "mailfwdctl version"})
+	qc := g.queueConfig()
+	qc.ClientName = "mailfwdctl version"
+	q, err := queue.Connect(ctx, qc)
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 		return nil

@@ -35,20 +35,24 @@ import (
 
 // Common is what every process needs.
 type Common struct {
-	NATSURL   string
-	NATSCreds string
-	BlobStore string
-	HTTPAddr  string
-	Bootstrap bool
-	AckWait   time.Duration
-	Replicas  int
-	Pprof     bool
-	Logging   config.Logging
+	NATSURL      string
+	NATSCreds    string
+	NATSUser     string
+	NATSPassword config.Secret
+	BlobStore    string
+	HTTPAddr     string
+	Bootstrap    bool
+	AckWait      time.Duration
+	Replicas     int
+	Pprof        bool
+	Logging      config.Logging
 }
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file (JWT + nkey); or use --nats-user")
+	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user name (with --nats-password; the chart sets the quickstart's least-privilege users)")
+	fs.Var(&c.NATSPassword, "nats-password", "NATS password of --nats-user (prefer the environment: MAILFWD_NATS_PASSWORD)")
 	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
@@ -63,6 +67,12 @@ func (c *Common) validate() error {
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("--nats-url is required"))
 	}
+	if c.NATSCreds != "" && c.NATSUser != "" {
+		errs = append(errs, errors.New("--nats-creds and --nats-user exclude each other"))
+	}
+	if c.NATSPassword != "" && c.NATSUser == "" {
+		errs = append(errs, errors.New("--nats-password needs --nats-user"))
+	}
 	if c.BlobStore == "" {
 		errs = append(errs, errors.New("--blob-store is required (file:///path or s3://bucket?endpoint=…)"))
 	}
@@ -73,13 +83,16 @@ func (c *Common) validate() error {
 }
 
 func (c *Common) queueConfig(name string) queue.Config {
-	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
+	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, User: c.NATSUser, Password: c.NATSPassword.Reveal(),
+		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
 }
 
 // connect opens the queue and body store, bootstrapping them when asked.
 // NATS may still be starting: bootstrap is retried until ctx ends.
 func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*queue.Queue, blob.Store, error) {
-	q, err := queue.Connect(ctx, c.queueConfig(name))
+	qc := c.queueConfig(name)
+	qc.Logger = log
+	q, err := queue.Connect(ctx, qc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -394,7 +407,11 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		return srv.Shutdown(sctx)
 	})
 	g.Go(func() error {
-		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "ingress", Logger: log})
+		auth, err := o.queueConfig("mailfwd-ingress").AuthOptions()
+		if err != nil {
+			return &ConfigError{err}
+		}
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, Auth: auth, Component: "ingress", Logger: log})
 	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()

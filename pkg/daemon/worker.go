@@ -451,7 +451,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		g.Go(func() error { sw.Run(gctx); return nil })
 	}
 	g.Go(func() error {
-		return control.Serve(gctx, control.Config{URL: o.NATSURL, CredsFile: o.NATSCreds, Component: "worker", Logger: log})
+		auth, err := o.queueConfig("mailfwd-worker").AuthOptions()
+		if err != nil {
+			return &ConfigError{err}
+		}
+		return control.Serve(gctx, control.Config{URL: o.NATSURL, Auth: auth, Component: "worker", Logger: log})
 	})
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -46,8 +47,16 @@ const (
 
 // Config says where the queue is and how it is laid out.
 type Config struct {
-	URL        string // nats://host:4222[,nats://…]
-	CredsFile  string // NATS .creds file, optional
+	URL       string // nats://host:4222[,nats://…]
+	CredsFile string // NATS .creds file, optional
+	// User and Password authenticate with a NATS user/password (instead of
+	// CredsFile). With a user, the connection's reply inboxes are
+	// _INBOX_<user>.>, so that server permissions can confine every user's
+	// replies to itself (see deploy/quickstart/nats.yaml).
+	User, Password string
+	// Logger receives the connection's asynchronous errors (a permissions
+	// violation, a slow consumer), which otherwise go unseen; nil drops them.
+	Logger     *slog.Logger
 	ClientName string // shown in NATS monitoring
 	Stream     string // default "MAIL"
 	Consumer   string // default "workers"
@@ -133,12 +142,24 @@ func Connect(ctx context.Context, cfg Config) (*Queue, error) {
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectBufSize(-1), // fail publishes while disconnected instead of buffering them
 	}
-	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	auth, err := cfg.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, auth...)
+	if cfg.Logger != nil {
+		log := cfg.Logger
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Error("NATS error", "component", "queue", "subject", sub.Subject, "err", err)
+				return
+			}
+			log.Error("NATS error", "component", "queue", "err", err)
+		}))
 	}
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("queue: connect %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("queue: connect %s: %w", RedactURL(cfg.URL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

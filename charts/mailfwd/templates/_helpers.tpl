@@ -112,6 +112,32 @@ app.kubernetes.io/component: {{ .component }}
 - {{ printf "--ack-wait=%s" .Values.queue.ackWait | quote }}
 {{- end }}
 
+{{/* NATS login of one component: (dict "ctx" . "role" "ingress"|"worker"|"ctl").
+The user name and the password from the Secret go into the environment
+(the binaries read MAILFWD_NATS_USER and MAILFWD_NATS_PASSWORD), not into args.
+A creds file (nats.credentials.existingSecret) replaces the user logins. */}}
+{{- define "mailfwd.natsEnv" -}}
+{{- $a := .ctx.Values.nats.auth }}
+{{- if and $a.existingSecret (not .ctx.Values.nats.credentials.existingSecret) }}
+{{- $u := index $a .role -}}
+- name: MAILFWD_NATS_USER
+  value: {{ $u.user | quote }}
+- name: MAILFWD_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.existingSecret }}
+      key: {{ $u.passwordKey }}
+{{- end }}
+{{- end }}
+
+{{/* Tracing: the OTLP endpoint for the ingress and the workers. */}}
+{{- define "mailfwd.otelEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ tpl . $ | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by every container: S3 credentials from the Secret. */}}
 {{- define "mailfwd.s3Env" -}}
 - name: AWS_ACCESS_KEY_ID
