@@ -83,9 +83,9 @@ func podName() string {
 
 // Config says how a pod joins the control subject.
 type Config struct {
-	URL       string // NATS URL(s), as the queue's
+	URL       string        // NATS URL(s), as the queue's
 	Auth      []nats.Option // credentials, as the queue's (queue.Config.AuthOptions)
-	Component string // "ingress", "worker"
+	Component string        // "ingress", "worker"
 	Logger    *slog.Logger
 }
 
