@@ -253,10 +253,21 @@ func checkPolicyMounted(t *testing.T, objs []object, pods map[string]corev1.PodS
 	var cmName string
 	for _, d := range []string{"Deployment/mailfwd-ingress", "Deployment/mailfwd-worker"} {
 		ps := pods[d]
+		// The policy directory is one projected volume: the ConfigMap and the
+		// policy Secret (optional, so pods start without it).
 		vols := map[string]string{}
+		secrets := map[string]string{}
 		for _, v := range ps.Volumes {
-			if v.ConfigMap != nil {
-				vols[v.Name] = v.ConfigMap.Name
+			if v.Projected == nil {
+				continue
+			}
+			for _, src := range v.Projected.Sources {
+				if src.ConfigMap != nil {
+					vols[v.Name] = src.ConfigMap.Name
+				}
+				if src.Secret != nil && src.Secret.Optional != nil && *src.Secret.Optional {
+					secrets[v.Name] = src.Secret.Name
+				}
 			}
 		}
 		c := ps.Containers[0]
@@ -265,6 +276,9 @@ func checkPolicyMounted(t *testing.T, objs []object, pods map[string]corev1.PodS
 		for _, m := range c.VolumeMounts {
 			if m.MountPath == dir && vols[m.Name] != "" && m.SubPath == "" {
 				found = vols[m.Name]
+				if secrets[m.Name] == "" {
+					t.Errorf("%s: the policy directory has no optional policy Secret beside ConfigMap %s", d, found)
+				}
 			}
 		}
 		if found == "" {

@@ -68,6 +68,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-policy" (include "mailfwd.fullname" .)) .Values.policy.existingConfigMap }}
 {{- end }}
 
+{{/* Name of the policy Secret (users, authinfo, dkim) projected into the policy directory. */}}
+{{- define "mailfwd.policySecret" -}}
+{{- default (printf "%s-policy-secret" (include "mailfwd.fullname" .)) .Values.policy.existingSecret }}
+{{- end }}
+
+{{/* Host names of this mail system for the worker's loop detection (--local-name):
+the ingress Service's DNS names, ingress.hostname, worker.heloName, worker.localNames. */}}
+{{- define "mailfwd.localNames" -}}
+{{- $svc := printf "%s-ingress" (include "mailfwd.fullname" .) }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) }}
+{{- with .Values.clusterDomain }}{{ $names = append $names (printf "%s.%s.svc.%s" $svc $ns (trimSuffix "." .)) }}{{ end }}
+{{- with .Values.ingress.hostname }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.worker.heloName }}{{ $names = append $names . }}{{ end }}
+{{- range .Values.worker.localNames }}{{ $names = append $names . }}{{ end }}
+{{- join "," (uniq $names) }}
+{{- end }}
+
 {{/* Name of the Secret with the S3 credentials. */}}
 {{- define "mailfwd.s3Secret" -}}
 {{- default (printf "%s-s3" (include "mailfwd.fullname" .)) .Values.s3.existingSecret }}
@@ -157,9 +175,18 @@ A creds file (nats.credentials.existingSecret) replaces the user logins. */}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+# The ConfigMap and the policy Secret as one directory: the kubelet swaps both
+# atomically (..data), so the hot reload sees one consistent policy. The Secret
+# is optional: without it the pods start with the ConfigMap's keys only.
 - name: policy
-  configMap:
-    name: {{ include "mailfwd.policyConfigMap" . }}
+  projected:
+    sources:
+      - configMap:
+          name: {{ include "mailfwd.policyConfigMap" . }}
+      - secret:
+          name: {{ include "mailfwd.policySecret" . }}
+          optional: true
+    defaultMode: 0440
 {{- if .Values.nats.credentials.existingSecret }}
 - name: nats-creds
   secret:
@@ -213,6 +240,20 @@ httpGet:
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- $i := .Values.ingress }}
+{{- if and (or $i.submission.enabled $i.smtps.enabled) (not .Values.tls.enabled) }}
+{{- fail "ingress.submission.enabled and ingress.smtps.enabled need tls.enabled and tls.secretName (AUTH is offered only over TLS)" }}
+{{- end }}
+{{- $ports := list (int $i.containerPort) (int $i.httpPort) }}
+{{- if $i.submission.enabled }}{{ $ports = append $ports (int $i.submission.containerPort) }}{{ end }}
+{{- if $i.smtps.enabled }}{{ $ports = append $ports (int $i.smtps.containerPort) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail "ingress: containerPort, httpPort, submission.containerPort and smtps.containerPort must differ" }}
+{{- end }}
+{{- $ca := .Values.worker.tls.caBundle }}
+{{- if and $ca.secretName $ca.configMapName }}
+{{- fail "worker.tls.caBundle: set secretName or configMapName, not both" }}
 {{- end }}
 {{- if and .Values.keda.enabled .Values.worker.autoscaling.enabled }}
 {{- fail "keda.enabled and worker.autoscaling.enabled both create an HPA for the workers: enable one" }}
