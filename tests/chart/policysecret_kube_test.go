@@ -138,3 +138,33 @@ func TestInstallPolicySecretWithMailfwdctl(t *testing.T) {
 		t.Errorf("hand-made Secret after install: data %q annotations %v, want it untouched", sec.Data, sec.Annotations)
 	}
 }
+
+// TestServerSideDryRunSmarthostValues: the renderings with the AUTH listeners,
+// the CA bundle, MTA-STS/DANE and loop-detection values are accepted by a
+// real kube-apiserver with strict validation (they are not in renderings():
+// the images do not declare the listener ports, see TestChartMatchesImages).
+func TestServerSideDryRunSmarthostValues(t *testing.T) {
+	helm := helmBin(t)
+	k := startKube(t)
+	dir := t.TempDir()
+	for _, tt := range []struct{ name, set string }{
+		{"listeners-secret-ca", "tls.enabled=true,tls.secretName=smtp-tls,ingress.submission.enabled=true,ingress.smtps.enabled=true,networkPolicy.enabled=true,ingress.service.type=NodePort,ingress.service.smtps.nodePort=30465,worker.tls.caBundle.secretName=corp-ca,worker.tls.mtaSts=true,worker.tls.dane=true,worker.localAddrs={203.0.113.25:25}"},
+		{"configmap-ca-existing-secret", "worker.tls.caBundle.configMapName=corp-ca,policy.existingSecret=smarthost,ingress.hostname=relay.example.com,worker.localNames={mx.example.com}"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := template(t, helm, "--set", tt.set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := len(parseManifests(t, out))
+			f := writeFile(t, dir, tt.name+".yaml", out)
+			res, err := k.Kubectl(t, "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", f)
+			if err != nil {
+				t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, res)
+			}
+			if got := strings.Count(res, "(server dry run)"); got != n {
+				t.Errorf("server accepted %d objects, rendered %d:\n%s", got, n, res)
+			}
+		})
+	}
+}
