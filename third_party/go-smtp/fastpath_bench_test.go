@@ -108,3 +108,37 @@ func benchmarkDotWriter(b *testing.B, runs bool) {
 // BenchmarkDotWriterRef net/textproto's DotWriter it replaces.
 func BenchmarkDotWriter(b *testing.B)    { benchmarkDotWriter(b, true) }
 func BenchmarkDotWriterRef(b *testing.B) { benchmarkDotWriter(b, false) }
+
+func benchmarkLineLimitReader(b *testing.B, indexByte bool) {
+	for _, bs := range benchSizes {
+		b.Run(bs.name, func(b *testing.B) {
+			wire := stuffed(benchBody(bs.size))
+			src := bytes.NewReader(wire)
+			buf := make([]byte, 4096) // what bufio.Reader asks for
+			b.SetBytes(int64(bs.size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				src.Reset(wire)
+				var r io.Reader
+				if indexByte {
+					r = &lineLimitReader{R: src, LineLimit: 2000}
+				} else {
+					r = &refLineLimitReader{R: src, LineLimit: 2000}
+				}
+				for {
+					if _, err := r.Read(buf); err == io.EOF {
+						break
+					} else if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLineLimitReader is the MaxLineLength count under the server's
+// bufio.Reader; BenchmarkLineLimitReaderRef the v0.25.1 byte loop.
+func BenchmarkLineLimitReader(b *testing.B)    { benchmarkLineLimitReader(b, true) }
+func BenchmarkLineLimitReaderRef(b *testing.B) { benchmarkLineLimitReader(b, false) }
