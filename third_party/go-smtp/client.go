@@ -35,6 +35,7 @@ type Client struct {
 	didHello   bool              // whether we've said HELO/EHLO/LHLO
 	helloError error             // the error from the hello
 	rcpts      []string          // recipients accumulated for the current transaction
+	dot        *dotWriter        // the open DATA body writer, if any
 
 	// Time to wait for command responses (this includes 3xx reply to DATA).
 	CommandTimeout time.Duration
@@ -255,6 +256,7 @@ func (c *Client) cmd(expectCode int, format string, args ...interface{}) (int, s
 	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
 	defer c.conn.SetDeadline(time.Time{})
 
+	c.closeDot()
 	id, err := c.text.Cmd(format, args...)
 	if err != nil {
 		return 0, "", err
@@ -708,7 +710,8 @@ func (c *Client) Data() (*DataCommand, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DataCommand{client: c, wc: c.text.DotWriter()}, nil
+	c.dot = &dotWriter{c: c, w: c.text.W}
+	return &DataCommand{client: c, wc: c.dot}, nil
 }
 
 // SendMail will use an existing connection to send an email from

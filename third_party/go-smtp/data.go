@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -68,6 +69,26 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// Read states of dataReader. The machine is net/textproto's dotReader with
+// one change: CRLF is not rewritten to LF.
+const (
+	stateBeginLine = iota // beginning of line; initial state; must be zero
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .\r at beginning of line
+	stateCR               // read \r (possibly at end of line)
+	stateData             // reading data in middle of line
+	stateEOF              // reached .\r\n end marker line
+)
+
+// Read dot-unstuffs the DATA stream and stops after the <CR><LF>.<CR><LF>
+// end marker, leaving what follows it (the next command) unread.
+//
+// It runs the same state machine as net/textproto's dotReader, but on the
+// bytes bufio.Reader already holds rather than one ReadByte at a time: in
+// the middle of a line everything up to the next '\r' is copied at once.
+// It asks the bufio.Reader for more only when its buffer is empty, exactly
+// when ReadByte would, so the reads from the connection (and so the line
+// length limit below the bufio.Reader) are the same as byte by byte.
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
@@ -78,64 +99,69 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 	}
 
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
 	for n < len(b) && r.state != stateEOF {
-		var c byte
-		c, err = r.r.ReadByte()
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			break
-		}
-		switch r.state {
-		case stateBeginLine:
-			if c == '.' {
-				r.state = stateDot
-				continue
-			}
-			if c == '\r' {
-				r.state = stateCR
+		if r.r.Buffered() == 0 {
+			// Fills the buffer as ReadByte does: it returns data or an error.
+			if _, err = r.r.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				break
 			}
-			r.state = stateData
-		case stateDot:
-			if c == '\r' {
-				r.state = stateDotCR
-				continue
-			}
-			r.state = stateData
-		case stateDotCR:
-			if c == '\n' {
-				r.state = stateEOF
-				continue
-			}
-			r.state = stateData
-		case stateCR:
-			if c == '\n' {
-				r.state = stateBeginLine
-				break
-			}
-			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
 		}
-		b[n] = c
-		n++
+		buf, _ := r.r.Peek(r.r.Buffered())
+		i := 0
+		for i < len(buf) && n < len(b) && r.state != stateEOF {
+			if r.state == stateData {
+				// Only '\r' leaves stateData: copy the run up to it.
+				run := buf[i:]
+				if room := len(b) - n; len(run) > room {
+					run = run[:room]
+				}
+				if j := bytes.IndexByte(run, '\r'); j >= 0 {
+					run = run[:j+1]
+					r.state = stateCR
+				}
+				n += copy(b[n:], run)
+				i += len(run)
+				continue
+			}
+			c := buf[i]
+			i++
+			switch r.state {
+			case stateBeginLine:
+				if c == '.' {
+					r.state = stateDot
+					continue
+				}
+				if c == '\r' {
+					r.state = stateCR
+					break
+				}
+				r.state = stateData
+			case stateDot:
+				if c == '\r' {
+					r.state = stateDotCR
+					continue
+				}
+				r.state = stateData
+			case stateDotCR:
+				if c == '\n' {
+					r.state = stateEOF
+					continue
+				}
+				r.state = stateData
+			case stateCR:
+				if c == '\n' {
+					r.state = stateBeginLine
+					break
+				}
+				r.state = stateData
+			}
+			b[n] = c
+			n++
+		}
+		r.r.Discard(i)
 	}
 	if err == nil && r.state == stateEOF {
 		err = io.EOF
