@@ -43,8 +43,10 @@ const (
 	minioVer    = "v0.0.0-20260212201848-7aac2a2c5b7c"
 	kedaVersion = "v2.21.0"
 	// burstSize messages are sent as fast as the ingress takes them; the sink
-	// answers each DATA after sinkDelay, so the ready backlog outgrows one worker.
-	burstSize   = 2000
+	// answers each DATA after sinkDelay, so the ready backlog outgrows one worker
+	// for long enough that KEDA's first polls and the HPA's 15 s doubling reach
+	// 3 pods with backlog left (with 2000, one run reached 3 only as it drained).
+	burstSize   = 3000
 	burstConns  = 8
 	sinkDelay   = "400ms"
 	stepTimeout = 5 * time.Minute
@@ -689,6 +691,8 @@ func (c *cluster) burst() {
 	})
 	drained := time.Since(t0)
 	c.burstEnd = time.Now()
+	// The deleted NATS server is back before the next step (its KV watches).
+	c.kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/nats-1", "--timeout=3m")
 	close(stopTL)
 	<-tlDone
 	a, d, dups := c.check("burst")
@@ -719,7 +723,20 @@ func (c *cluster) operations() {
 	if out, err := c.ctl("queue", "hold", "--domain", sinkDomain); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	time.Sleep(3 * time.Second) // the workers' hold watch
+	// Every worker pod applies the hold through its watch of MAIL_HOLDS; mail
+	// sent before a pod has seen it would be delivered, as with sendmail's
+	// queue moved aside while a runner is already working on it.
+	waitUntil(t, "every worker pod to see the hold", 2*time.Minute, func() bool {
+		pods := strings.Fields(c.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=worker",
+			"--field-selector", "status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}"))
+		for _, p := range pods {
+			logs, err := c.kubectlErr("-n", ns, "logs", p, "--since=5m")
+			if err != nil || !strings.Contains(logs, "domains on hold") {
+				return false
+			}
+		}
+		return len(pods) > 0
+	})
 	before := c.sinkCount()
 	var msgs []message
 	for i := range 5 {
