@@ -89,7 +89,8 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 		g.Go(func() error { <-gctx.Done(); return sk.Close() })
 	}
 	blobURL := "file://" + filepath.Join(dir, "bodies")
-	common := daemon.Common{NATSURL: natsURL, BlobStore: blobURL, Bootstrap: true, AckWait: 2 * time.Minute, Replicas: 1, Logging: o.logging}
+	common := daemon.Common{NATSURL: natsURL, BlobStore: blobURL, Bootstrap: true, AckWait: 2 * time.Minute, Replicas: 1, Logging: o.logging,
+		NATSSyncsAlways: true} // natsembed SyncAlways above
 
 	var in daemon.Ingress
 	in.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))

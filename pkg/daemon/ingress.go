@@ -46,6 +46,11 @@ type Common struct {
 	Replicas     int
 	Pprof        bool
 	Logging      config.Logging
+	// NATSSyncsAlways says the NATS server fsyncs every write before its
+	// PubAck (the dev server's embedded one), so the start-up warning about
+	// what a 250 does not promise on a one-replica stream does not apply.
+	// Not a flag: a remote server's sync setting cannot be checked from here.
+	NATSSyncsAlways bool
 }
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
@@ -116,7 +121,7 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 			err = blob.Bootstrap(ctx, store)
 		}
 		if err == nil {
-			if w := q.DurabilityWarning(ctx); w != "" {
+			if w := q.DurabilityWarning(ctx); w != "" && !c.NATSSyncsAlways {
 				log.Warn(w, "component", name)
 			}
 			return q, store, nil
