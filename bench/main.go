@@ -351,19 +351,30 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 			return nil, err
 		}
 		cfg.Blob = "s3"
-		s.durability = "body in MinIO; envelope on a quorum of 3 JetStream nodes (R3, default sync) before the 250"
+		s.durability = "envelope (body inline ≤128 KiB, larger bodies in MinIO) on a quorum of 3 JetStream nodes (R3, default sync) before the 250"
 	case "mailfwd-r3":
 		if err := startCluster(); err != nil {
 			_ = sink.Kill()
 			return nil, err
 		}
 		cfg.Blob = "file"
-		s.durability = "body fsynced to a file; envelope on a quorum of 3 JetStream nodes (R3, default sync)"
+		s.durability = "envelope (body inline ≤128 KiB, larger bodies fsynced files) on a quorum of 3 JetStream nodes (R3, default sync)"
 	case "mailfwd-file-sync":
+		// What make run and the single-node docs use: bodies up to the
+		// default --inline-body-max in the envelope, larger ones in
+		// file://; every accept flushed to disk (syncfs of the server's
+		// store, group commit) before the 250.
+		cfg.Blob, cfg.LocalStore = "file", true
+		s.durability = "on disk before the 250: envelope (body inline ≤128 KiB) written by nats-server, then syncfs of its store (group commit); larger bodies fsynced files"
+	case "mailfwd-jsync":
+		// Round 1's single-node configuration: JetStream fsyncs every
+		// write, bodies in files.
 		cfg.Blob, cfg.SyncAlways = "file", true
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
 		s.durability = "body fsync + JetStream sync always"
 	case "mailfwd-file":
 		cfg.Blob = "file"
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
 		s.durability = "body fsync + JetStream default sync (2m)"
 	case "mailfwd-inline-sync":
 		cfg.Blob, cfg.SyncAlways = "file", true
@@ -375,9 +386,11 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		s.durability = "bodies ≤64 KiB inline in JetStream, default sync (2m)"
 	case "mailfwd-s3-sync":
 		cfg.Blob, cfg.SyncAlways = "s3", true
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
 		s.durability = "MinIO + JetStream sync always"
 	case "mailfwd-s3":
 		cfg.Blob = "s3"
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
 		s.durability = "MinIO + JetStream default sync (2m)"
 	default:
 		_ = sink.Kill()

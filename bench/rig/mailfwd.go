@@ -13,6 +13,9 @@ import (
 type MailfwdConfig struct {
 	Dir        string // state and logs
 	SyncAlways bool   // nats-server sync_interval: always
+	// LocalStore passes --nats-store-dir (the one local server's store_dir)
+	// to ingress and workers: every accept flushed to disk before its 250.
+	LocalStore bool
 	// Blob is "file" (fsync per body, the default), "file-nofsync" or "s3".
 	Blob        string
 	Minio       *Minio // required for Blob "s3"; not owned by the stack
@@ -47,6 +50,14 @@ type Mailfwd struct {
 
 // NATSURL is the client URL (list) the daemons use.
 func (m *Mailfwd) NATSURL() string { return m.natsURL }
+
+// localStoreArgs passes --nats-store-dir when the configuration asks.
+func (m *Mailfwd) localStoreArgs() []string {
+	if !m.Cfg.LocalStore || m.NATS == nil {
+		return nil
+	}
+	return []string{"--nats-store-dir", m.NATS.StoreDir()}
+}
 
 // replicasArgs passes --replicas when the configuration sets it.
 func (m *Mailfwd) replicasArgs() []string {
@@ -111,6 +122,7 @@ func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
 		"--http-addr", "", "--relay-networks", "127.0.0.0/8", "--hostname", "ingress.bench.test",
 		"--max-sessions", "1000")
 	args = append(args, m.replicasArgs()...)
+	args = append(args, m.localStoreArgs()...)
 	args = append(args, cfg.IngressArgs...)
 	if cfg.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(cfg.ProfileDir, "ingress.pprof"))
@@ -140,6 +152,7 @@ func (m *Mailfwd) workerArgs(i int) []string {
 		"--route", ".=smtp:["+host+"]:"+port, "--no-starttls",
 		"--helo-name", "worker"+strconv.Itoa(i)+".bench.test")
 	args = append(args, m.replicasArgs()...)
+	args = append(args, m.localStoreArgs()...)
 	args = append(args, m.Cfg.WorkerArgs...)
 	if m.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(m.ProfileDir, "worker"+strconv.Itoa(i)+".pprof"))

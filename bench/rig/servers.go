@@ -74,6 +74,9 @@ type NATS struct {
 // URL is the client URL.
 func (n *NATS) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(n.Port) }
 
+// StoreDir is the server's JetStream store_dir (--nats-store-dir).
+func (n *NATS) StoreDir() string { return filepath.Join(n.Dir, "js") }
+
 // StartNATS starts nats-server on a free loopback port. syncAlways sets
 // JetStream's sync_interval to "always" (fsync every write); otherwise the
 // server default applies (fsync every 2 minutes; writes reach the OS at once).

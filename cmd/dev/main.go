@@ -67,13 +67,16 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 	if err := seedPolicy(policyDir, o); err != nil {
 		return err
 	}
-	// Sync always: every envelope is on disk before its PubAck, so a 250 from
-	// the dev ingress survives a crash of the machine (one node, one replica).
-	ns, err := natsembed.Start(natsembed.Options{Port: o.natsPort, StoreDir: filepath.Join(dir, "nats"), SyncAlways: true})
+	// Every accepted message is on disk before its 250: the embedded server
+	// writes it to its store before the PubAck, and the ingress flushes that
+	// filesystem (group-committed syncfs) before it answers
+	// (--nats-store-dir, queue.Config.LocalStore).
+	natsDir := filepath.Join(dir, "nats")
+	ns, err := natsembed.Start(natsembed.Options{Port: o.natsPort, StoreDir: natsDir})
 	if err != nil {
 		return err
 	}
-	log.Info("embedded NATS: JetStream fsyncs every write before its PubAck (sync always)", "component", "dev", "store", filepath.Join(dir, "nats"))
+	log.Info("embedded NATS: every accepted message is flushed to disk before its 250 (syncfs of the store, group commit)", "component", "dev", "store", natsDir)
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	natsURL := ns.ClientURL()
 
@@ -90,7 +93,7 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 	}
 	blobURL := "file://" + filepath.Join(dir, "bodies")
 	common := daemon.Common{NATSURL: natsURL, BlobStore: blobURL, Bootstrap: true, AckWait: 2 * time.Minute, Replicas: 1, Logging: o.logging,
-		NATSSyncsAlways: true} // natsembed SyncAlways above
+		NATSStoreDir: natsDir}
 
 	var in daemon.Ingress
 	in.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))

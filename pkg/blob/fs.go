@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/syncfs"
 )
 
 // Temp and probe files start with '~', which keys cannot contain, so they never
@@ -29,7 +31,7 @@ const (
 type FS struct {
 	dir   string
 	fsync bool
-	group *groupSync // group commit (Linux); nil: fsync each file and directory
+	group *syncfs.Group // group commit (Linux); nil: fsync each file and directory
 }
 
 var _ Store = (*FS)(nil)
@@ -52,12 +54,12 @@ func NewFS(dir string, fsync bool) (*FS, error) {
 	}
 	f := &FS{dir: abs, fsync: fsync}
 	if fsync {
-		flush, _, err := newFSFlusher(abs)
+		flush, _, err := syncfs.Flusher(abs)
 		if err != nil {
 			return nil, fmt.Errorf("blob: fs: %w", err)
 		}
 		if flush != nil {
-			f.group = newGroupSync(flush)
+			f.group = syncfs.NewGroup(flush)
 		}
 	}
 	return f, nil
@@ -146,7 +148,7 @@ func (f *FS) put(ctx context.Context, key, op string, write func(io.Writer) (int
 	case f.group != nil:
 		// Group commit: one syncfs covers this body, its directory entry and
 		// every other Put that finished writing meanwhile.
-		if err := f.group.wait(ctx); err != nil {
+		if err := f.group.Wait(ctx); err != nil {
 			return n, fmt.Errorf("blob: fs: %s %q: %w", op, key, err)
 		}
 	case f.fsync:
@@ -266,7 +268,7 @@ func (f *FS) Check(ctx context.Context) error {
 		return fmt.Errorf("blob: fs: check: %s is not a directory", f.dir)
 	}
 	if f.group != nil {
-		if err := f.group.err(); err != nil {
+		if err := f.group.Err(); err != nil {
 			return fmt.Errorf("blob: fs: check: a flush to stable storage failed; restart to take bodies again: %w", err)
 		}
 	}

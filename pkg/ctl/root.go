@@ -39,6 +39,7 @@ type globals struct {
 	natsURL      string
 	natsCreds    string
 	natsUser     string
+	natsStoreDir string
 	natsPassword config.Secret
 	timeout      time.Duration
 	out          io.Writer
@@ -62,6 +63,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.natsUser, "nats-user", os.Getenv("MAILFWD_NATS_USER"), "NATS user (env MAILFWD_NATS_USER); the quickstart's admin user is mailfwdctl")
 	g.natsPassword = config.Secret(os.Getenv("MAILFWD_NATS_PASSWORD"))
 	pf.Var(&g.natsPassword, "nats-password", "NATS password of --nats-user (env MAILFWD_NATS_PASSWORD, preferred: flags show in ps)")
+	pf.StringVar(&g.natsStoreDir, "nats-store-dir", os.Getenv("MAILFWD_NATS_STORE_DIR"), "single node: the local nats-server's store_dir; queue operations that move mail flush it to disk before they remove the old copy (env MAILFWD_NATS_STORE_DIR; what the daemons' --nats-store-dir is)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g))
@@ -71,7 +73,8 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 
 // queueConfig is the connection every subcommand uses.
 func (g *globals) queueConfig() queue.Config {
-	return queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, User: g.natsUser, Password: g.natsPassword.Reveal(), ClientName: "mailfwdctl"}
+	return queue.Config{URL: g.natsURL, CredsFile: g.natsCreds, User: g.natsUser, Password: g.natsPassword.Reveal(), ClientName: "mailfwdctl",
+		LocalStore: g.natsStoreDir}
 }
 
 func envOr(k, def string) string {

@@ -46,10 +46,13 @@ type Common struct {
 	Replicas     int
 	Pprof        bool
 	Logging      config.Logging
+	// NATSStoreDir is --nats-store-dir: the local nats-server's store_dir,
+	// flushed after every durable write (queue.Config.LocalStore).
+	NATSStoreDir string
 	// NATSSyncsAlways says the NATS server fsyncs every write before its
-	// PubAck (the dev server's embedded one), so the start-up warning about
-	// what a 250 does not promise on a one-replica stream does not apply.
-	// Not a flag: a remote server's sync setting cannot be checked from here.
+	// PubAck, so the start-up warning about what a 250 does not promise on
+	// a one-replica stream does not apply. Not a flag: a remote server's
+	// sync setting cannot be checked from here.
 	NATSSyncsAlways bool
 }
 
@@ -58,6 +61,7 @@ func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file (JWT + nkey); or use --nats-user")
 	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user name (with --nats-password; the chart sets the quickstart's least-privilege users)")
 	fs.Var(&c.NATSPassword, "nats-password", "NATS password of --nats-user (prefer the environment: MAILFWD_NATS_PASSWORD)")
+	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", os.Getenv("MAILFWD_NATS_STORE_DIR"), "single node: the store_dir of the nats-server at --nats-url, on this machine; every accepted message (and deferral, move, fan-out) is flushed to disk with it before the 250 (group-committed syncfs; the stream must have 1 replica). Empty: durability is the server's sync interval or the replicas' quorum")
 	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
@@ -89,7 +93,7 @@ func (c *Common) validate() error {
 
 func (c *Common) queueConfig(name string) queue.Config {
 	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, User: c.NATSUser, Password: c.NATSPassword.Reveal(),
-		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas}
+		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas, LocalStore: c.NATSStoreDir}
 }
 
 // connect opens the queue and body store, bootstrapping them when asked.
@@ -121,7 +125,7 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 			err = blob.Bootstrap(ctx, store)
 		}
 		if err == nil {
-			if w := q.DurabilityWarning(ctx); w != "" && !c.NATSSyncsAlways {
+			if w := q.DurabilityWarning(ctx); w != "" && !c.NATSSyncsAlways && !q.FlushesLocalStore() {
 				log.Warn(w, "component", name)
 			}
 			return q, store, nil
@@ -136,6 +140,14 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 		wait = min(wait*2, 5*time.Second)
 	}
 }
+
+// DefaultInlineBodyMax is the default --inline-body-max, 128 KiB: most mail
+// (and the 100 KiB benchmark cells) rides in its JetStream envelope, one
+// write and one flush (or one quorum) per message; the object store's PUT,
+// GET and DELETE per body cost more CPU than replicating the bytes (see
+// docs/benchmarks.md). Bigger bodies, and those shared by several recipient
+// domains, go to --blob-store.
+const DefaultInlineBodyMax = 128 << 10
 
 // Ingress is the ingress process's configuration.
 type Ingress struct {
@@ -181,7 +193,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
 	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
-	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", 0, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope instead of --blob-store (0: always use the blob store; at most 524288)")
+	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", DefaultInlineBodyMax, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope (made durable and replicated with it) instead of --blob-store; larger bodies and those of multi-domain messages go to the blob store (0: always the blob store; at most 524288)")
 	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
 	fs.IntVar(&o.SMTP.MaxSessionsPerClient, "max-sessions-per-client", 50, "concurrent SMTP sessions from one client address (IPv6: one /64); more get 421 4.7.0")
 	fs.IntVar(&o.SMTP.MaxConnectionsPerClientPerMinute, "max-connections-per-client-per-minute", 600, "new connections from one client address per minute (token bucket, bursts up to this); more get 421 4.7.0")

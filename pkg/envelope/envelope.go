@@ -4,6 +4,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,7 +62,12 @@ type Envelope struct {
 	// Body is the message itself when the ingress kept it inline (a small,
 	// single-domain message with --inline-body-max): it travels and is made
 	// durable with the envelope in JetStream, and no blob store is involved.
-	Body        []byte    `json:"inline,omitempty"`
+	// Marshal writes it after the JSON as raw bytes; "inline" (base64 in
+	// the JSON) is what earlier releases wrote, still read.
+	Body []byte `json:"inline,omitempty"`
+	// InlineSize is the length of the raw inline body after the JSON (set
+	// by Marshal, checked and cleared by Unmarshal).
+	InlineSize  int64     `json:"inline_size,omitempty"`
 	Size        int64     `json:"size"`
 	EightBit    bool      `json:"8bit,omitempty"`
 	UTF8        bool      `json:"utf8,omitempty"`
@@ -108,15 +114,45 @@ func (e *Envelope) Deadline(queueReturn time.Duration) time.Time {
 // lower-case base32 characters (safe as a NATS subject token and blob key).
 func NewQueueID() string { return xid.New().String() }
 
-// Marshal encodes e for the queue.
-func (e *Envelope) Marshal() ([]byte, error) { return json.Marshal(e) }
+// Marshal encodes e for the queue: the envelope as one line of JSON and,
+// when the body is inline, a newline and the body's bytes as they are
+// (InlineSize in the JSON says how many). Compact JSON never contains a
+// raw newline, so the first one ends it; a body as raw bytes costs neither
+// base64 (a third more bytes) nor a JSON string scan on either side.
+func (e *Envelope) Marshal() ([]byte, error) {
+	if e.Body == nil {
+		return json.Marshal(e)
+	}
+	h := *e
+	h.Body, h.InlineSize = nil, int64(len(e.Body))
+	b, err := json.Marshal(&h)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(b)+1+len(e.Body))
+	out = append(append(append(out, b...), '\n'), e.Body...)
+	return out, nil
+}
 
-// Unmarshal decodes and checks an envelope read from the queue.
+// Unmarshal decodes and checks an envelope read from the queue. An inline
+// body after the JSON is not copied: e.Body shares b.
 func Unmarshal(b []byte) (*Envelope, error) {
+	head, body, raw := bytes.Cut(b, []byte{'\n'})
 	var e Envelope
-	if err := json.Unmarshal(b, &e); err != nil {
+	if err := json.Unmarshal(head, &e); err != nil {
 		return nil, fmt.Errorf("envelope: %w", err)
 	}
+	switch {
+	case raw && e.Body != nil:
+		return nil, fmt.Errorf("envelope %s: both an encoded and a raw inline body", e.QueueID)
+	case raw && int64(len(body)) != e.InlineSize:
+		return nil, fmt.Errorf("envelope %s: inline body of %d bytes, the envelope says %d", e.QueueID, len(body), e.InlineSize)
+	case raw:
+		e.Body = body[:len(body):len(body)] // non-nil even when empty; appends never write into b
+	case e.InlineSize != 0:
+		return nil, fmt.Errorf("envelope %s: says %d inline bytes follow, and none do", e.QueueID, e.InlineSize)
+	}
+	e.InlineSize = 0
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}

@@ -1,7 +1,9 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"regexp"
 	"strings"
@@ -291,4 +293,104 @@ func TestTruncateError(t *testing.T) {
 	if e.RcptError(Recipient{}) != "shared" || e.RcptError(Recipient{LastError: "own"}) != "own" {
 		t.Error("RcptError does not fall back to the envelope's error")
 	}
+}
+
+func inlineEnvelope(body []byte) *Envelope {
+	return &Envelope{QueueID: "cv0s6tbp0n8g00c2s6rg", Domain: "example.com",
+		Recipients: []Recipient{{Addr: "a@example.com"}}, Body: body, Parts: 1, Size: int64(len(body)),
+		Arrived: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+// An inline body travels after the JSON as raw bytes, not as base64 in it,
+// and comes back byte for byte, newlines, NULs and all.
+func TestInlineBodyIsRawAfterTheJSON(t *testing.T) {
+	body := []byte("Subject: x\r\n\r\nline\n\x00\"{\\}\r\n.\r\n\n")
+	for name, b := range map[string][]byte{"body": body, "empty": {}} {
+		t.Run(name, func(t *testing.T) {
+			e := inlineEnvelope(b)
+			enc, err := e.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, rest, ok := bytes.Cut(enc, []byte("\n"))
+			if !ok || !bytes.Equal(rest, b) {
+				t.Fatalf("encoded %q: want the JSON, a newline and the raw body", enc)
+			}
+			if bytes.Contains(head, []byte(`"inline":`)) || !bytes.Contains(head, []byte(fmt.Sprintf(`"inline_size":%d`, len(b)))) && len(b) > 0 {
+				t.Errorf("JSON part %s: want inline_size and no base64 copy", head)
+			}
+			got, err := Unmarshal(enc)
+			if err != nil {
+				t.Fatalf("Unmarshal: %v", err)
+			}
+			if got.Body == nil || !bytes.Equal(got.Body, b) || got.InlineSize != 0 {
+				t.Fatalf("body %q (size field %d), want %q", got.Body, got.InlineSize, b)
+			}
+			if e.InlineSize != 0 || !bytes.Equal(e.Body, b) {
+				t.Errorf("Marshal changed its envelope: %+v", e)
+			}
+			// Appending to the decoded body must not write into the message.
+			_ = append(got.Body, 'X')
+			if !bytes.Equal(enc[len(head)+1:], b) {
+				t.Errorf("append to Body wrote into the encoded message")
+			}
+		})
+	}
+}
+
+// What earlier releases wrote (the body base64 in "inline") still decodes.
+func TestInlineBodyOfEarlierReleases(t *testing.T) {
+	e := inlineEnvelope([]byte("old\r\n"))
+	old, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Unmarshal(old)
+	if err != nil || string(got.Body) != "old\r\n" {
+		t.Fatalf("Unmarshal(%s) = %+v, %v", old, got, err)
+	}
+}
+
+func TestInlineBodyMismatchesAreRefused(t *testing.T) {
+	enc, err := inlineEnvelope([]byte("0123456789")).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, _, _ := bytes.Cut(enc, []byte("\n"))
+	bothJSON, _ := json.Marshal(inlineEnvelope([]byte("x")))
+	for name, in := range map[string][]byte{
+		"truncated body":    enc[:len(enc)-3],
+		"longer body":       append(append([]byte{}, enc...), "more"...),
+		"size without body": head,
+		"both encodings":    append(append(bothJSON, '\n'), 'x'),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if e, err := Unmarshal(in); err == nil {
+				t.Fatalf("Unmarshal(%q) = %+v, want an error", in, e)
+			}
+		})
+	}
+}
+
+func FuzzUnmarshal(f *testing.F) {
+	enc, _ := inlineEnvelope([]byte("body\n")).Marshal()
+	f.Add(enc)
+	f.Add([]byte(`{"qid":"q1","domain":"example.com","rcpts":[{"addr":"a@example.com"}],"body":"b","parts":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := Unmarshal(b)
+		if err != nil {
+			return
+		}
+		again, err := e.Marshal()
+		if err != nil {
+			t.Fatalf("Marshal of a decoded envelope: %v", err)
+		}
+		e2, err := Unmarshal(again)
+		if err != nil {
+			t.Fatalf("a decoded envelope does not decode again: %v", err)
+		}
+		if !bytes.Equal(e.Body, e2.Body) || e.QueueID != e2.QueueID || len(e.Recipients) != len(e2.Recipients) {
+			t.Fatalf("round trip changed the envelope")
+		}
+	})
 }

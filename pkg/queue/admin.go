@@ -343,7 +343,7 @@ func (q *Queue) MakeDue(ctx context.Context, e Entry) error {
 	if err != nil {
 		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
 	}
-	return nil
+	return q.durable(ctx)
 }
 
 // Remove deletes one envelope copy from the stream (purge/bounce). A ready
@@ -516,7 +516,7 @@ func (q *Queue) MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe str
 	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".h"+dedupe)); err != nil {
 		return fmt.Errorf("queue: hold %s: %w", e.QueueID, err)
 	}
-	return nil
+	return q.durable(ctx)
 }
 
 // Requeue publishes env as ready now (release of a held envelope, or a
@@ -528,6 +528,9 @@ func (q *Queue) Requeue(ctx context.Context, old Entry, env *envelope.Envelope) 
 	}
 	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(env.QueueID+"."+address.SubjectToken(env.Domain)+".rq"+strconv.FormatUint(old.Seq, 10))); err != nil {
 		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
+	}
+	if err := q.durable(ctx); err != nil {
+		return err
 	}
 	return q.Remove(ctx, old)
 }

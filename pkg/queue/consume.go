@@ -184,6 +184,11 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 			return
 		}
 	}
+	// The envelopes must be on disk before the record goes (LocalStore).
+	if err := q.durable(ctx); err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
 	// Unconfirmed, a lost ack redelivers the record: fanned out again,
 	// idempotently, but a round of work for nothing.
 	_ = m.DoubleAck(ctx)

@@ -59,5 +59,5 @@ func (q *Queue) Fail(ctx context.Context, e *envelope.Envelope, reason string, d
 	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(f.QueueID+"."+address.SubjectToken(f.Domain)+".f"+dedupe)); err != nil {
 		return fmt.Errorf("queue: fail %s: %w", e.QueueID, err)
 	}
-	return nil
+	return q.durable(ctx)
 }

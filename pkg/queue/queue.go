@@ -35,6 +35,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/syncfs"
 )
 
 // Subject prefixes.
@@ -70,6 +71,26 @@ type Config struct {
 	MaxAckPending int           // default 20000
 	PublishWait   time.Duration // how long Enqueue waits for PubAcks, default 10s
 	Propagator    propagation.TextMapPropagator
+	// LocalStore is the store_dir of the nats-server this queue talks to,
+	// when that server runs on this machine with one replica and its
+	// default sync interval (the single-node setup). With it, every write
+	// that must survive a crash of the machine (an accepted message, a
+	// deferral, a move to another state, a fan-out) is followed by a flush
+	// of the filesystem holding LocalStore (syncfs(2), group-committed with
+	// every concurrent caller) before the call returns: Postfix's
+	// durability (on disk before the 250), at one flush per group of
+	// messages instead of nats-server's sync_interval: always fsync per
+	// write, one at a time.
+	//
+	// Why it is enough: for a stream with one replica nats-server writes
+	// each message to its block file with write(2) before it sends the
+	// PubAck (its file store flushes in place when the stream has no raft
+	// log; see nats-server's stream.go, AsyncFlush only with replicas > 1),
+	// so a flush started after the PubAck finds the message in the page
+	// cache and puts it on disk. Bootstrap refuses a replicated or
+	// async-persist stream with LocalStore, and CheckLocalStore that the
+	// directory holds the stream.
+	LocalStore string
 }
 
 func (c *Config) setDefaults() {
@@ -114,6 +135,9 @@ type Queue struct {
 
 	fanMu  sync.Mutex
 	fanout jetstream.ConsumeContext // the accept records' fan-out, once started
+
+	flush        *syncfs.Group // LocalStore's group commit; nil without LocalStore
+	releaseFlush func()
 }
 
 // BodyDeleter removes a stored message body (blob.Store has this method).
@@ -166,7 +190,14 @@ func Connect(ctx context.Context, cfg Config) (*Queue, error) {
 		nc.Close()
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	return &Queue{cfg: cfg, nc: nc, js: js}, nil
+	q := &Queue{cfg: cfg, nc: nc, js: js}
+	if cfg.LocalStore != "" {
+		if err := q.openLocalStore(); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
+	return q, nil
 }
 
 // Close drains and closes the connection.
@@ -178,6 +209,9 @@ func (q *Queue) Close() {
 	q.fanMu.Unlock()
 	if err := q.nc.Drain(); err != nil {
 		q.nc.Close()
+	}
+	if q.releaseFlush != nil {
+		q.releaseFlush()
 	}
 }
 
@@ -249,7 +283,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 			return fmt.Errorf("queue: kv %s: %w", kv.Bucket, err)
 		}
 	}
-	return nil
+	return q.CheckLocalStore(ctx)
 }
 
 func kvReplicas(s jetstream.KeyValueStatus) int {
@@ -388,14 +422,14 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 		if err != nil {
 			return q.failedAccept(ctx, envs, unknown, false, err)
 		}
-		return nil
+		return q.durable(ctx)
 	}
 	if rec := q.acceptRecord(ctx, envs, msgs); rec != nil {
 		unknown, err := q.publishAtomically(ctx, []*nats.Msg{rec})
 		if err != nil {
 			return q.failedAccept(ctx, envs, unknown, false, err)
 		}
-		return nil
+		return q.durable(ctx)
 	}
 	if err := q.putRefs(ctx, envs); err != nil {
 		// An unanswered Put may still have stored the entry; the refs
@@ -406,7 +440,7 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 	if err != nil {
 		return q.failedAccept(ctx, envs, unknown, true, err)
 	}
-	return nil
+	return q.durable(ctx)
 }
 
 // putRefs stores the pending recipient domains of a multi-domain message.
@@ -667,7 +701,7 @@ func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time, d
 	if err != nil {
 		return fmt.Errorf("queue: defer %s: %w", e.QueueID, err)
 	}
-	return nil
+	return q.durable(ctx)
 }
 
 // ReleaseBody records that envelope e is final. It reports whether e was the

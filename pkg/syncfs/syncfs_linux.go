@@ -1,4 +1,4 @@
-package blob
+package syncfs
 
 import (
 	"os"
@@ -6,9 +6,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// newFSFlusher returns a flush of the whole filesystem holding dir: one
-// syncfs(2) writes back every dirty file and directory entry on it.
-func newFSFlusher(dir string) (func() error, func(), error) {
+// Flusher returns a flush of the whole filesystem holding dir: one
+// syncfs(2) writes back every dirty file and directory entry on it. The
+// second function releases the directory.
+func Flusher(dir string) (func() error, func(), error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return nil, nil, err

@@ -1,4 +1,10 @@
-package blob
+// Package syncfs makes writes durable in groups: many writers wait for one
+// flush of the filesystem (syncfs(2) on Linux) that started after their
+// writes, instead of an fsync each (group commit). The body store uses it for
+// its files, and the queue for the local nats-server's store, whose writes
+// reach the kernel before their PubAck but not the disk (see queue.Config
+// LocalStore).
+package syncfs
 
 import (
 	"context"
@@ -6,7 +12,7 @@ import (
 	"sync"
 )
 
-// groupSync makes many writers' files durable with few flushes (group
+// Group makes many writers' files durable with few flushes (group
 // commit): each writer registers after its file is written and renamed, then
 // waits for a flush that started after its registration. One flush at a
 // time runs; everyone who registered while it ran is covered by the next
@@ -21,7 +27,7 @@ import (
 // earlier round, and its own round would see success. Failing every later
 // wait is the only way to tell that writer too; the ingress answers 4xx,
 // readiness fails (Check), and a restarted pod starts with fresh state.
-type groupSync struct {
+type Group struct {
 	flush func() error // syncfs of the store's filesystem (or an equivalent)
 
 	mu      sync.Mutex
@@ -32,22 +38,24 @@ type groupSync struct {
 	failed  error // the first failed flush; sticky
 }
 
-func newGroupSync(flush func() error) *groupSync {
-	g := &groupSync{flush: flush}
+// NewGroup returns a group commit over flush, which must make durable every
+// write that completed before it was called.
+func NewGroup(flush func() error) *Group {
+	g := &Group{flush: flush}
 	g.cond = sync.NewCond(&g.mu)
 	return g
 }
 
-// err reports the sticky failure, if any.
-func (g *groupSync) err() error {
+// Err reports the sticky failure, if any.
+func (g *Group) Err() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.failed
 }
 
-// wait returns once a flush that started after the call has completed; an
+// Wait returns once a flush that started after the call has completed; an
 // error if that flush or any flush before it failed.
-func (g *groupSync) wait(ctx context.Context) error {
+func (g *Group) Wait(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.seq++

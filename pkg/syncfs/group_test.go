@@ -1,4 +1,4 @@
-package blob
+package syncfs
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 func TestGroupSyncCoversEveryWaiterWithFewFlushes(t *testing.T) {
 	var flushes atomic.Int32
 	var inFlush atomic.Int32
-	g := newGroupSync(func() error {
+	g := NewGroup(func() error {
 		if inFlush.Add(1) != 1 {
 			t.Error("two flushes ran at once")
 		}
@@ -27,7 +27,7 @@ func TestGroupSyncCoversEveryWaiterWithFewFlushes(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := g.wait(context.Background()); err != nil {
+			if err := g.Wait(context.Background()); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -44,17 +44,17 @@ func TestGroupSyncNeedsAFlushStartedAfterRegistration(t *testing.T) {
 	started := make(chan struct{})
 	release := make(chan struct{})
 	var calls atomic.Int32
-	g := newGroupSync(func() error {
+	g := NewGroup(func() error {
 		if calls.Add(1) == 1 {
 			close(started)
 			<-release
 		}
 		return nil
 	})
-	go g.wait(context.Background())
+	go g.Wait(context.Background())
 	<-started // flush 1 is running
 	done := make(chan struct{})
-	go func() { g.wait(context.Background()); close(done) }()
+	go func() { g.Wait(context.Background()); close(done) }()
 	time.Sleep(20 * time.Millisecond)
 	close(release)
 	select {
@@ -75,24 +75,24 @@ func TestGroupSyncNeedsAFlushStartedAfterRegistration(t *testing.T) {
 func TestGroupSyncFailsTheStoreOnAnyFlushError(t *testing.T) {
 	var fail atomic.Bool
 	fail.Store(true)
-	g := newGroupSync(func() error {
+	g := NewGroup(func() error {
 		if fail.Load() {
 			return errors.New("EIO")
 		}
 		return nil
 	})
-	if err := g.wait(context.Background()); err == nil {
+	if err := g.Wait(context.Background()); err == nil {
 		t.Fatal("failed flush not reported")
 	}
 	fail.Store(false)
 	for i := range 100 {
-		if err := g.wait(context.Background()); err == nil {
+		if err := g.Wait(context.Background()); err == nil {
 			t.Fatalf("wait %d after a failed flush succeeded: the error may belong to this writer", i)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := g.wait(ctx); err == nil {
+	if err := g.Wait(ctx); err == nil {
 		t.Fatal("cancelled wait succeeded")
 	}
 }
@@ -101,7 +101,7 @@ func TestGroupSyncFailsTheStoreOnAnyFlushError(t *testing.T) {
 // round's error out of what it is told.
 func TestGroupSyncReportsEveryFailedRound(t *testing.T) {
 	var n atomic.Int32
-	g := newGroupSync(func() error {
+	g := NewGroup(func() error {
 		if n.Add(1)%2 == 0 {
 			return errors.New("EIO")
 		}
@@ -113,7 +113,7 @@ func TestGroupSyncReportsEveryFailedRound(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if g.wait(context.Background()) == nil {
+			if g.Wait(context.Background()) == nil {
 				ok.Add(1)
 			} else {
 				failed.Add(1)
@@ -124,7 +124,7 @@ func TestGroupSyncReportsEveryFailedRound(t *testing.T) {
 	if n.Load() >= 2 && failed.Load() == 0 {
 		t.Fatalf("%d flushes, every second one failing, and no writer was told", n.Load())
 	}
-	if err := g.wait(context.Background()); err == nil {
+	if err := g.Wait(context.Background()); err == nil {
 		t.Fatal("a wait after failed flushes succeeded")
 	}
 }
