@@ -203,7 +203,7 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 		return err
 	}
 	var minio *rig.Minio
-	for _, variant := range []string{"single-sync", "chart", "r3"} {
+	for _, variant := range []string{"single", "chart", "r3"} {
 		for _, c := range profileCells {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -222,8 +222,8 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 			cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Blob: "file", ProfileDir: pdir}
 			var cluster *rig.NATSCluster
 			switch variant {
-			case "single-sync":
-				cfg.SyncAlways = true
+			case "single":
+				cfg.LocalStore = true // mailfwd-file-sync
 			case "chart", "r3":
 				if variant == "chart" {
 					if minio == nil {

@@ -61,7 +61,7 @@ func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file (JWT + nkey); or use --nats-user")
 	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user name (with --nats-password; the chart sets the quickstart's least-privilege users)")
 	fs.Var(&c.NATSPassword, "nats-password", "NATS password of --nats-user (prefer the environment: MAILFWD_NATS_PASSWORD)")
-	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", os.Getenv("MAILFWD_NATS_STORE_DIR"), "single node: the store_dir of the nats-server at --nats-url, on this machine; every accepted message (and deferral, move, fan-out) is flushed to disk with it before the 250 (group-committed syncfs; the stream must have 1 replica). Empty: durability is the server's sync interval or the replicas' quorum")
+	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", "", "single node: the store_dir of the nats-server at --nats-url, on this machine; every accepted message (and deferral, move, fan-out) is flushed to disk with it before the 250 (group-committed syncfs; the stream must have 1 replica). Empty: durability is the server's sync interval or the replicas' quorum")
 	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
