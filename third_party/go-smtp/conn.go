@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -86,7 +87,14 @@ func (c *Conn) init() {
 	}
 
 	c.text = textproto.NewConn(rwc)
+	// mailfwd patch 12: textproto's 4 KiB reader takes a 100 KiB body in 25
+	// reads; this one in 7. Nothing has been read yet, so nothing is lost.
+	c.text.Reader.R = bufio.NewReaderSize(rwc, serverReadBufferSize)
 }
+
+// serverReadBufferSize is the server's read buffer per connection (mailfwd
+// patch 12): 16 KiB, so 500 sessions hold 8 MiB.
+const serverReadBufferSize = 16 << 10
 
 // Commands are dispatched to the appropriate handler functions.
 func (c *Conn) handle(cmd string, arg string) {
