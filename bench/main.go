@@ -31,6 +31,7 @@
 //	BENCH_WORKERS=1,2,4  worker process counts
 //	BENCH_PROFILE=1      also run a CPU-profiled mailfwd (ingress and worker) in one cell of
 //	                     each configuration and print the top functions
+//	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB)
 //	BENCH_OUT=bench-results   directory for the CSV files and profiles
 //
 // It must run as root if the postfix system is measured (Postfix's master
@@ -48,6 +49,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -244,6 +246,9 @@ func run() error {
 	}
 
 	cells := grid(o.quick, o.modes)
+	if sizes := envInts("BENCH_SIZES", nil); len(sizes) > 0 {
+		cells = slices.DeleteFunc(cells, func(c cell) bool { return !slices.Contains(sizes, c.sizeKiB) })
+	}
 	if os.Getenv("BENCH_GRID") == "0" {
 		cells = nil
 	}
