@@ -17,14 +17,14 @@ func (q *Queue) openLocalStore() error {
 	if fi, err := os.Stat(filepath.Join(dir, "jetstream")); err != nil || !fi.IsDir() {
 		return fmt.Errorf("queue: --nats-store-dir %s: no jetstream directory in it; give the store_dir of the nats-server at --nats-url, on this machine", dir)
 	}
-	flush, release, err := syncfs.Flusher(dir)
+	flush, _, err := syncfs.Flusher(dir)
 	if err != nil {
 		return fmt.Errorf("queue: --nats-store-dir %s: %w", dir, err)
 	}
 	if flush == nil {
 		return fmt.Errorf("queue: --nats-store-dir needs syncfs(2), which this system does not have; run nats-server with jetstream { sync_interval: always } instead")
 	}
-	q.flush, q.releaseFlush = syncfs.NewGroup(flush), release
+	q.flush = syncfs.NewGroup(flush)
 	return nil
 }
 

@@ -51,11 +51,10 @@ type flushProbe struct {
 
 func probe(t *testing.T, q *Queue) *flushProbe {
 	p := &flushProbe{t: t, dir: q.cfg.LocalStore, seen: map[string]bool{}}
-	real, release, err := syncfs.Flusher(q.cfg.LocalStore)
+	real, _, err := syncfs.Flusher(q.cfg.LocalStore) // open until the process ends, as the queue's own
 	if err != nil || real == nil {
 		t.Skipf("no syncfs here: %v", err)
 	}
-	t.Cleanup(release)
 	q.flush = syncfs.NewGroup(func() error {
 		data := storeFiles(t, p.dir, q.cfg.Stream)
 		p.mu.Lock()

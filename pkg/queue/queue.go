@@ -136,8 +136,10 @@ type Queue struct {
 	fanMu  sync.Mutex
 	fanout jetstream.ConsumeContext // the accept records' fan-out, once started
 
-	flush        *syncfs.Group // LocalStore's group commit; nil without LocalStore
-	releaseFlush func()
+	// flush is LocalStore's group commit; nil without LocalStore. Its
+	// directory stays open for the process's life (a fan-out still running
+	// after Close may flush).
+	flush *syncfs.Group
 }
 
 // BodyDeleter removes a stored message body (blob.Store has this method).
@@ -209,9 +211,6 @@ func (q *Queue) Close() {
 	q.fanMu.Unlock()
 	if err := q.nc.Drain(); err != nil {
 		q.nc.Close()
-	}
-	if q.releaseFlush != nil {
-		q.releaseFlush()
 	}
 }
 
