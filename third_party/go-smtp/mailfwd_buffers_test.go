@@ -95,3 +95,42 @@ func TestLargeBodyFewReadsAndWrites(t *testing.T) {
 	}
 	t.Logf("%d bytes: %d client writes, %d server reads", len(body), writes, reads)
 }
+
+// Patch 13: a multi-line reply (EHLO's) is one write, not one per line.
+func TestMultilineReplyOneWrite(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countListener{Listener: l, conns: make(chan *countConn, 1)}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "localhost"
+	s.AllowInsecureAuth = true
+	s.EnableSMTPUTF8 = true
+	s.EnableBINARYMIME = true
+	s.EnableDSN = true
+	go s.Serve(cl)
+	defer s.Close()
+	raw, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := smtp.NewClient(raw)
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil { // reads the greeting, sends EHLO
+		t.Fatal(err)
+	}
+	server := <-cl.conns
+	if err := c.Noop(); err != nil { // the EHLO reply is in; count one more single-line reply
+		t.Fatal(err)
+	}
+	ok, _ := c.Extension("PIPELINING")
+	if !ok {
+		t.Fatal("EHLO reply without PIPELINING")
+	}
+	// Greeting (1) + EHLO reply + NOOP reply: with a write per line the EHLO
+	// reply alone took 8 here.
+	if w := server.writes.Load(); w > 3 {
+		t.Errorf("the server made %d writes for greeting, EHLO and NOOP replies; want 3", w)
+	}
+}
