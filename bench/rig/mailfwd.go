@@ -19,7 +19,7 @@ type MailfwdConfig struct {
 	// Blob is "file" (fsync per body, the default), "file-nofsync" or "s3".
 	Blob        string
 	Minio       *Minio // required for Blob "s3"; not owned by the stack
-	Workers     int    // default 1
+	Workers     int    // default 1; negative: none (mail stays queued)
 	Route       string // destination host:port for every domain
 	IngressArgs []string
 	WorkerArgs  []string
@@ -77,7 +77,7 @@ func (m *Mailfwd) IngressRSS() int64 {
 
 // StartMailfwd starts the stack and waits until the ingress greets.
 func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
-	if cfg.Workers <= 0 {
+	if cfg.Workers == 0 {
 		cfg.Workers = 1
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
