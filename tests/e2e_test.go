@@ -144,6 +144,21 @@ func TestEndToEndMultiDomain(t *testing.T) {
 	if recvTrace == "" || len(deliverTraces) != 1 || !deliverTraces[recvTrace] {
 		t.Errorf("delivery spans not joined to the receive trace: receive %q, deliver %v", recvTrace, deliverTraces)
 	}
+	// The destination's answers are on the smtp.send spans of that trace,
+	// one status per recipient tried.
+	var dsns []string
+	for _, s := range e.spans.GetSpans() {
+		if s.Name == "smtp.send" && s.SpanContext.TraceID().String() == recvTrace {
+			for _, a := range s.Attributes {
+				if a.Key == "mailfwd.dsn" {
+					dsns = append(dsns, a.Value.AsString())
+				}
+			}
+		}
+	}
+	if got := strings.Split(strings.Join(dsns, ","), ","); len(dsns) == 0 || len(got) != len(rcpts) || strings.Trim(strings.Join(got, ""), "2.0") != "" {
+		t.Errorf("smtp.send spans: mailfwd.dsn %q, want 2.0.0 for each of the %d recipients", dsns, len(rcpts))
+	}
 }
 
 func TestRetryAfterTemporaryFailure(t *testing.T) {

@@ -526,6 +526,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				msg.MaxMsgsPerConn = lim.MsgsPerConn
 				out = w.deliver.Deliver(actx, hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
+				spanStatuses(dspan, out)
 				if out.TLS != "" {
 					// What protected the hop: "tls=TLSv1.3 verified=yes", verify=OK.
 					dspan.SetAttributes(attribute.String("mailfwd.tls", out.TLS), attribute.String("mailfwd.tls.verify", out.Verify))
@@ -815,4 +816,24 @@ func (w *Worker) heartbeat(ctx context.Context, j *queue.Job) (stop func()) {
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// spanStatuses records what the destination answered on the smtp.send span:
+// mailfwd.dsn, the enhanced status of each recipient tried in order
+// ("2.0.0,4.2.2"), how many of them were delivered, and an error status
+// when none was.
+func spanStatuses(span trace.Span, out *delivery.Outcome) {
+	enh := make([]string, len(out.Statuses))
+	delivered := 0
+	for i, st := range out.Statuses {
+		enh[i] = st.Enhanced
+		if st.Delivered() {
+			delivered++
+		}
+	}
+	span.SetAttributes(attribute.String("mailfwd.dsn", strings.Join(enh, ",")),
+		attribute.Int("mailfwd.delivered", delivered), attribute.Int("mailfwd.recipients", len(out.Statuses)))
+	if delivered == 0 && len(out.Statuses) > 0 {
+		span.SetStatus(codes.Error, "not delivered: "+out.Statuses[0].Enhanced)
+	}
 }
