@@ -9,11 +9,14 @@
 //
 // Configurations of mailfwd measured by default (see docs/benchmarks.md):
 //
-//	mailfwd-file-sync   single node with Postfix's durability: one nats-server with
-//	                    sync_interval always (what make run uses), bodies fsynced to files
-//	mailfwd-chart       what the chart ships: bodies in a real MinIO, NATS as the
-//	                    quickstart deploys it (3-node JetStream cluster, R3, default sync)
-//	mailfwd-r3          a 3-node JetStream cluster on loopback, R3 streams, file bodies
+//	mailfwd-file-sync   single node with Postfix's durability (what make run uses): one
+//	                    nats-server, ingress and worker with --nats-store-dir (every
+//	                    accept flushed to disk before the 250), bodies over 128 KiB in files
+//	mailfwd-jsync       round 1's single node: nats-server sync_interval always, every
+//	                    body in a file (--inline-body-max 0); not in the default list
+//	mailfwd-chart       what the chart ships: bodies over 128 KiB in a real MinIO, NATS
+//	                    as the quickstart deploys it (3-node JetStream cluster, R3, default sync)
+//	mailfwd-r3          the same 3-node cluster, bodies over 128 KiB in files
 //
 // Environment:
 //
@@ -23,7 +26,7 @@
 //	BENCH_MODES=conn,reuse   connection modes: conn = a new connection per message
 //	                     (smtp-source's default), reuse = sessions reused (smtp-source -d)
 //	BENCH_SYSTEMS=...    comma list of ceiling,postfix,maddy,mailfwd-file-sync,mailfwd-chart,
-//	                     mailfwd-r3,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
+//	                     mailfwd-r3,mailfwd-jsync,mailfwd-file,mailfwd-inline-sync,mailfwd-inline,mailfwd-s3-sync,mailfwd-s3
 //	BENCH_MAX_MINUTES=120   stop the grid after this long (the summary covers what ran)
 //	BENCH_GRID=0         skip the grid (e.g. only BENCH_PROFILE=1 or the cost growth)
 //	BENCH_GROWTH=1       also run the cost-growth section (deferred backlog, worker processes); 0 skips
