@@ -561,6 +561,9 @@ func newQueueRelease(g *globals) *cobra.Command {
 				now := time.Now().UTC()
 				p := progress{w: g.errOut, verb: "released"}
 				released := 0
+				// Counted once each: an envelope a worker parked again in
+				// the first pass is released again in the second.
+				seen := map[string]bool{}
 				// Two passes: workers may still park a message or two while they
 				// learn that the hold is gone.
 				for pass := 0; pass < 2; pass++ {
@@ -586,8 +589,11 @@ func newQueueRelease(g *globals) *cobra.Command {
 						if err := q.Requeue(ctx, e, &env); err != nil {
 							return fmt.Errorf("after %d: %w", released, err)
 						}
-						released++
-						p.tick()
+						if k := env.QueueID + " " + env.Domain; !seen[k] {
+							seen[k] = true
+							released++
+							p.tick()
+						}
 					}
 				}
 				state := "released"
