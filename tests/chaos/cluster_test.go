@@ -83,6 +83,10 @@ func startNATSCluster(t *testing.T, dir string) *natsCluster {
 
 // streamInfo asks the cluster about the MAIL stream.
 func streamInfo(ctx context.Context, urls string) (*jetstream.StreamInfo, error) {
+	// Bounded on its own: right after a node restart an API request can go
+	// unanswered until the caller's deadline (once: the whole 10 minutes).
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
 	nc, err := nats.Connect(urls, nats.Timeout(2*time.Second))
 	if err != nil {
 		return nil, err
