@@ -498,6 +498,11 @@ func testPipelineWithUsers(t *testing.T, url string) {
 	if err != nil || !strings.Contains(out, `"mailfwd-ingress"`) || !strings.Contains(out, `"mailfwd-worker"`) {
 		t.Fatalf("mailfwdctl version does not list both pods: %v\n%s", err, out)
 	}
+	// Ingress and worker may ask the workers which envelope forms they read
+	// (queue.WatchEnvelopeReaders), so inline bodies go raw.
+	waitFor(t, "ingress and worker see that every worker reads raw inline bodies", 30*time.Second, func() bool {
+		return strings.Count(e.logs.String(), "inline bodies are written as raw bytes") >= 2
+	})
 	if strings.Contains(strings.ToLower(e.logs.String()), "permissions violation") {
 		t.Fatalf("a daemon hit a permissions violation:\n%s", e.logs.String())
 	}

@@ -34,6 +34,13 @@ const VersionSubject = Prefix + ".version"
 // build information is used, "(devel)" for a plain go build.
 var Version = ""
 
+// FormatRawInline is the envelope form whose inline body follows the JSON
+// as raw bytes (pkg/envelope). A worker that lists it in Build.Formats
+// reads it; workers of earlier releases do not list anything, and drop such
+// an envelope as undecodable, so writers use it only when every worker
+// lists it (queue.WatchEnvelopeReaders).
+const FormatRawInline = "raw-inline"
+
 // Build is what a binary says about itself.
 type Build struct {
 	Component string    `json:"component"`
@@ -45,12 +52,16 @@ type Build struct {
 	Platform  string    `json:"platform"`
 	Host      string    `json:"host,omitempty"`
 	Started   time.Time `json:"started,omitzero"`
-	Error     string    `json:"error,omitempty"`
+	// Formats lists the envelope forms this binary reads besides the
+	// base64 JSON every release reads.
+	Formats []string `json:"envelope_formats,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }
 
 // Local is this process's Build.
 func Local(component string) Build {
-	b := Build{Component: component, Version: Version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	b := Build{Component: component, Version: Version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH,
+		Formats: []string{FormatRawInline}}
 	if info, ok := debug.ReadBuildInfo(); ok {
 		if b.Version == "" {
 			b.Version = info.Main.Version

@@ -112,6 +112,13 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 	}
 	q.DeleteBodiesOfFailedAccepts(store)
 	if !c.Bootstrap {
+		if err := q.CheckLocalStore(ctx); err != nil {
+			q.Close()
+			if errors.Is(err, queue.ErrUnsafeStream) {
+				return nil, nil, &ConfigError{err}
+			}
+			return nil, nil, err
+		}
 		return q, store, nil
 	}
 	wait := 200 * time.Millisecond
@@ -430,6 +437,8 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		}
 		return control.Serve(gctx, control.Config{URL: o.NATSURL, Auth: auth, Component: "ingress", Logger: log})
 	})
+	// Inline bodies go raw only once every worker reads that form.
+	g.Go(func() error { q.WatchEnvelopeReaders(gctx, 5*time.Second, log); return nil })
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

@@ -457,6 +457,8 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		}
 		return control.Serve(gctx, control.Config{URL: o.NATSURL, Auth: auth, Component: "worker", Logger: log})
 	})
+	// Inline bodies go raw only once every worker reads that form.
+	g.Go(func() error { q.WatchEnvelopeReaders(gctx, 5*time.Second, log); return nil })
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

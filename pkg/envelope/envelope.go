@@ -134,6 +134,11 @@ func (e *Envelope) Marshal() ([]byte, error) {
 	return out, nil
 }
 
+// MarshalBase64 encodes e as JSON only, an inline body base64 in "inline":
+// the form every release reads (Marshal's raw form needs a reader of this
+// release or later).
+func (e *Envelope) MarshalBase64() ([]byte, error) { return json.Marshal(e) }
+
 // Unmarshal decodes and checks an envelope read from the queue. An inline
 // body after the JSON is not copied: e.Body shares b.
 func Unmarshal(b []byte) (*Envelope, error) {

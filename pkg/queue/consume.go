@@ -43,6 +43,9 @@ func (j *Job) Context(ctx context.Context) context.Context {
 // end in the same redelivery, one round trip later.
 func (j *Job) Ack(context.Context) error { return j.msg.Ack() }
 
+// AckSync acks and waits until the server has stored the ack.
+func (j *Job) AckSync(ctx context.Context) error { return j.msg.DoubleAck(ctx) }
+
 // Nak returns the job to the queue for another worker after delay.
 func (j *Job) Nak(delay time.Duration) error {
 	if delay <= 0 {

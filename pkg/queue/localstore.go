@@ -17,7 +17,8 @@ func (q *Queue) openLocalStore() error {
 	if fi, err := os.Stat(filepath.Join(dir, "jetstream")); err != nil || !fi.IsDir() {
 		return fmt.Errorf("queue: --nats-store-dir %s: no jetstream directory in it; give the store_dir of the nats-server at --nats-url, on this machine", dir)
 	}
-	flush, _, err := syncfs.Flusher(dir)
+	// The jetstream directory itself: it may be a mount of its own.
+	flush, _, err := syncfs.Flusher(filepath.Join(dir, "jetstream"))
 	if err != nil {
 		return fmt.Errorf("queue: --nats-store-dir %s: %w", dir, err)
 	}
@@ -40,6 +41,11 @@ func (q *Queue) durable(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Flush makes every write this process got an answer for before the call
+// durable (with LocalStore; a no-op without). The worker calls it between
+// an envelope's ack and the deletion of its body.
+func (q *Queue) Flush(ctx context.Context) error { return q.durable(ctx) }
 
 // CheckLocalStore refuses a LocalStore the flush cannot make durable: a
 // directory that does not hold the stream (not that server's store_dir, or

@@ -121,11 +121,13 @@ func TestLocalStoreFlushesAfterNATSWroteIt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	p.want("body-of-accept-1")
-	if err := q.Enqueue(ctx, []*envelope.Envelope{testEnvelope("cv0s6tbp0n8g00c2s6r1", "one.test", "body-of-accept-1")}); err != nil {
+	p.want("marker-accept-1")
+	acc := testEnvelope("cv0s6tbp0n8g00c2s6r1", "one.test", "body")
+	acc.LastError = "marker-accept-1"
+	if err := q.Enqueue(ctx, []*envelope.Envelope{acc}); err != nil {
 		t.Fatal(err)
 	}
-	p.check("Enqueue", "body-of-accept-1")
+	p.check("Enqueue", "marker-accept-1")
 
 	multi := []*envelope.Envelope{
 		{QueueID: "cv0s6tbp0n8g00c2s6r2", Domain: "a.test", Recipients: []envelope.Recipient{{Addr: "x@a.test"}}, BodyKey: "key-multi-2", Parts: 2},
@@ -271,5 +273,22 @@ func TestLocalStoreMustBeTheServersStore(t *testing.T) {
 	defer q.Close()
 	if err := q.Bootstrap(ctx); !errors.Is(err, ErrUnsafeStream) {
 		t.Fatalf("Bootstrap with another directory as LocalStore = %v, want ErrUnsafeStream", err)
+	}
+}
+
+// After a failed flush, readiness fails too: the pod takes no mail and must
+// be restarted, so it must not look ready.
+func TestLocalStoreFlushFailureFailsReadiness(t *testing.T) {
+	q, _ := localQueue(t)
+	p := probe(t, q)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := q.Check(ctx); err != nil {
+		t.Fatalf("Check before any failure: %v", err)
+	}
+	p.fail = errors.New("EIO from the disk")
+	_ = q.Enqueue(ctx, []*envelope.Envelope{testEnvelope("cv0s6tbp0n8g00c2s6r8", "one.test", "x")})
+	if err := q.Check(ctx); err == nil || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("Check after a failed flush = %v, want the flush's error", err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -135,6 +136,10 @@ type Queue struct {
 
 	fanMu  sync.Mutex
 	fanout jetstream.ConsumeContext // the accept records' fan-out, once started
+
+	// rawInline: envelopes with an inline body are written in the raw
+	// form (every worker reads it); else as base64 JSON.
+	rawInline atomic.Bool
 
 	// flush is LocalStore's group commit; nil without LocalStore. Its
 	// directory stays open for the process's life (a fan-out still running
@@ -346,6 +351,11 @@ func (q *Queue) DurabilityWarning(ctx context.Context) string {
 func (q *Queue) Check(ctx context.Context) error {
 	if !q.nc.IsConnected() {
 		return fmt.Errorf("queue: not connected to NATS (%s)", q.nc.Status())
+	}
+	if q.flush != nil {
+		if err := q.flush.Err(); err != nil {
+			return fmt.Errorf("queue: flush of the local NATS store %s failed; no mail is accepted until restarted: %w", q.cfg.LocalStore, err)
+		}
 	}
 	if _, err := q.js.Stream(ctx, q.cfg.Stream); err != nil {
 		return fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
@@ -671,7 +681,11 @@ func (q *Queue) publishBatchOnce(ctx context.Context, msgs []*nats.Msg) (*pubAck
 }
 
 func (q *Queue) newMsg(ctx context.Context, subject string, e *envelope.Envelope) (*nats.Msg, error) {
-	b, err := e.Marshal()
+	marshal := e.Marshal
+	if e.Body != nil && !q.rawInline.Load() {
+		marshal = e.MarshalBase64 // a worker may not read the raw form (WatchEnvelopeReaders)
+	}
+	b, err := marshal()
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode envelope %s: %w", e.QueueID, err)
 	}

@@ -47,6 +47,7 @@ type Queue interface {
 	MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe string) error
 	Publish(ctx context.Context, e *envelope.Envelope) error
 	Fail(ctx context.Context, e *envelope.Envelope, reason, dedupe string) error
+	Flush(ctx context.Context) error
 }
 
 // BodyStore streams, writes (DSNs) and deletes bodies.
@@ -694,13 +695,24 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	if err != nil {
 		return err
 	}
-	if last && e.BodyKey != "" {
-		if err := w.bodies.Delete(ctx, e.BodyKey); err != nil {
-			// The envelope is final; an orphaned body is a leak, not a loss.
-			log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
-		}
+	if !last || e.BodyKey == "" {
+		return j.Ack(ctx)
 	}
-	return j.Ack(ctx)
+	// The ack is stored (on one node: on disk) before the body goes: a crash
+	// in between leaves an orphan body for the sweeper, never an envelope
+	// that comes back without its body (and bounces as "body missing").
+	if err := j.AckSync(ctx); err != nil {
+		return err
+	}
+	if err := w.q.Flush(ctx); err != nil {
+		log.Warn("could not flush the ack of a completed message; its body stays for the orphan sweeper", "body", e.BodyKey, "err", err)
+		return nil
+	}
+	if err := w.bodies.Delete(ctx, e.BodyKey); err != nil {
+		// The envelope is final; an orphaned body is a leak, not a loss.
+		log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
+	}
+	return nil
 }
 
 // ownErrors gives every recipient its own last error again (before the
