@@ -49,11 +49,6 @@ type Common struct {
 	// NATSStoreDir is --nats-store-dir: the local nats-server's store_dir,
 	// flushed after every durable write (queue.Config.LocalStore).
 	NATSStoreDir string
-	// NATSSyncsAlways says the NATS server fsyncs every write before its
-	// PubAck, so the start-up warning about what a 250 does not promise on
-	// a one-replica stream does not apply. Not a flag: a remote server's
-	// sync setting cannot be checked from here.
-	NATSSyncsAlways bool
 }
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
@@ -132,7 +127,7 @@ func (c *Common) connect(ctx context.Context, name string, log *slog.Logger) (*q
 			err = blob.Bootstrap(ctx, store)
 		}
 		if err == nil {
-			if w := q.DurabilityWarning(ctx); w != "" && !c.NATSSyncsAlways && !q.FlushesLocalStore() {
+			if w := q.DurabilityWarning(ctx); w != "" && !q.FlushesLocalStore() {
 				log.Warn(w, "component", name)
 			}
 			return q, store, nil

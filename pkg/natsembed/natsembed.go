@@ -17,10 +17,9 @@ type Options struct {
 	Host     string // default 127.0.0.1
 	Port     int    // -1 picks a free port
 	StoreDir string // JetStream file store directory (required)
-	// SyncAlways fsyncs every JetStream write before its PubAck (durability
-	// comparable to Postfix's fsync per queue file); without it nats-server
-	// syncs every 2 minutes and a crash of the machine can lose mail that
-	// was answered 250. `make run` (cmd/dev) sets it.
+	// SyncAlways fsyncs every JetStream write before its PubAck; without it
+	// nats-server syncs every 2 minutes. `make run` (cmd/dev) does not set
+	// it: its daemons flush the store themselves (queue.Config.LocalStore).
 	SyncAlways bool
 	// Cluster, when ClusterPort is set: this server joins the JetStream
 	// cluster ClusterName through Routes (nats-route://127.0.0.1:port).

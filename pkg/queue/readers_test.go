@@ -125,3 +125,33 @@ func TestInlineFormatFollowsTheWorkers(t *testing.T) {
 	}
 	stopNew()
 }
+
+// The orphan sweeper sees the queue id of an envelope in the raw form (its
+// JSON ends at the newline before the body).
+func TestSweeperReadsRawFormEnvelopes(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q, err := Connect(ctx, Config{URL: n.URL(), ClientName: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q.rawInline.Store(true)
+	if err := q.Enqueue(ctx, []*envelope.Envelope{testEnvelope("cv0s6tbp0n8g00c2s6t9", "raw.test", "body\r\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if d := lastStored(t, q, "raw.test"); json.Valid(d) {
+		t.Fatalf("stored %q as JSON; the test needs the raw form", d)
+	}
+	_, qids, err := q.liveReferences(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !qids["cv0s6tbp0n8g00c2s6t9"] {
+		t.Fatalf("the sweeper does not see the raw-form envelope's queue id: %v", qids)
+	}
+}

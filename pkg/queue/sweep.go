@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -128,7 +129,10 @@ func (q *Queue) liveReferences(ctx context.Context) (bodyKeys, qids map[string]b
 			QueueID string `json:"qid"`
 			BodyKey string `json:"body"`
 		}
-		if json.Unmarshal(raw.Data, &ref) != nil {
+		// Only the JSON: an envelope's raw inline body follows a newline
+		// (pkg/envelope); an accept record has none.
+		head, _, _ := bytes.Cut(raw.Data, []byte{'\n'})
+		if json.Unmarshal(head, &ref) != nil {
 			continue
 		}
 		if ref.BodyKey != "" {
