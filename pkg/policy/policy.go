@@ -179,7 +179,7 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		errs = append(errs, lerrs...)
 		errs = append(errs, ps.parse(p, lines)...)
 	}
-	errs = append(errs, p.finishSenders()...)
+	errs = append(errs, p.finishSenders(files)...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

@@ -163,16 +163,17 @@ func (p *Policy) parseMasquerade(lines []line) []error {
 }
 
 // domainKey normalises "host" or ".domain" to A-labels, keeping the dot.
+// A ".domain" may be one label (".internal": every host under it).
 func domainKey(k string) (string, error) {
 	d, parent := strings.CutPrefix(k, ".")
-	a, err := address.Domain(d)
+	if !parent {
+		return address.Domain(d)
+	}
+	a, err := address.Domain("x." + d)
 	if err != nil {
 		return "", err
 	}
-	if parent {
-		return "." + a, nil
-	}
-	return a, nil
+	return a[1:], nil
 }
 
 // parseGenericstable reads sendmail's genericstable: "user@host new@domain"
@@ -304,11 +305,19 @@ func (p *Policy) parseSRS(lines []line) []error {
 	return errs
 }
 
-// finishSenders ties the SRS secrets to the srs_domain setting.
-func (p *Policy) finishSenders() []error {
+// finishSenders ties the SRS secrets to the srs_domain setting. The two
+// live in different halves of the policy (the ConfigMap and the Secret),
+// which mailfwdctl validates one at a time: a half that lacks the other's
+// key is not held to it; the pods read both, and there a set without the
+// other is refused.
+func (p *Policy) finishSenders(files map[string][]byte) []error {
 	s := &p.senders
+	_, haveSettings := files[KeySettings]
+	_, haveSRS := files[KeySRS]
 	switch {
 	case p.Settings.SRSDomain == "" && len(s.srsSecrets) == 0:
+		return nil
+	case !haveSettings || !haveSRS:
 		return nil
 	case p.Settings.SRSDomain == "":
 		return []error{&ParseError{File: KeySettings, Msg: "the srs key holds secrets but srs_domain is not set"}}

@@ -58,11 +58,17 @@ func TestSenderKeysRefuseBadLines(t *testing.T) {
 		{"senderroutes", "a.example [relay.example]\n", "senderroutes:1: \"a.example\": expected"},
 		{"senderroutes", "@a.example bogus:relay\n", "senderroutes:1: @a.example: unknown mailer"},
 		{"srs", "short\n", "srs:1: an SRS secret is one word"},
-		{"srs", "0123456789abcdef0123\n", "srs_domain is not set"},
-		{"settings", "srs_domain = fwd.example\n", "holds no secret"},
+		{"srs", "0123456789abcdef0123\n\x00settings", "srs_domain is not set"},
+		{"settings", "srs_domain = fwd.example\n\x00srs", "holds no secret"},
 		{"settings", "srs_max_age = soon\n", "settings:1: srs_max_age"},
 	} {
-		_, err := Parse(toBytes(map[string]string{c.key: c.text}))
+		// "TEXT\x00OTHER": OTHER is present, empty (both halves of the policy).
+		text, other, _ := strings.Cut(c.text, "\x00")
+		files := map[string]string{c.key: text}
+		if other != "" {
+			files[other] = ""
+		}
+		_, err := Parse(toBytes(files))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %q: err = %v, want %q", c.key, c.text, err, c.want)
 		}
@@ -114,6 +120,10 @@ func TestSRSPolicy(t *testing.T) {
 	r.SetClock(func() time.Time { return time.Now().Add(11 * 24 * time.Hour) })
 	if _, err := r.Reverse(a); err == nil {
 		t.Fatal("srs_max_age 10d: an 11-day-old address still reverses")
+	}
+	// One half alone (mailfwdctl validating the ConfigMap) is not refused.
+	if _, err := Parse(toBytes(map[string]string{"settings": "srs_domain = fwd.example\n"})); err != nil {
+		t.Fatalf("the ConfigMap half alone: %v", err)
 	}
 	if Empty().SRS() != nil {
 		t.Fatal("SRS on without a policy")
