@@ -62,4 +62,3 @@ func TestImportGenericstable(t *testing.T) {
 		t.Errorf("%+v", r)
 	}
 }
-
