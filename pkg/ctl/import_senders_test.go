@@ -3,6 +3,7 @@ package ctl_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/mailfwd/mailfwd/pkg/policy"
@@ -40,4 +41,26 @@ func toPolicyFiles(m map[string]string) map[string][]byte {
 		out[k] = []byte(v)
 	}
 	return out
+}
+
+// srs rotate puts a new secret first and keeps the previous one verifying.
+func TestSRSRotate(t *testing.T) {
+	dir := t.TempDir()
+	mustCtl(t, 0, "srs", "rotate", "--dir", dir)
+	first := readFiles(t, dir)["srs"]
+	mustCtl(t, 0, "srs", "rotate", "--dir", dir)
+	second := readFiles(t, dir)["srs"]
+	lines := strings.Split(strings.TrimSpace(second), "\n")
+	if len(lines) != 2 || lines[1] != strings.TrimSpace(first) || lines[0] == lines[1] || len(lines[0]) < 16 {
+		t.Fatalf("after two rotations: %q (first was %q)", second, first)
+	}
+	mustCtl(t, 0, "srs", "rotate", "--dir", dir, "--keep", "0")
+	if third := strings.TrimSpace(readFiles(t, dir)["srs"]); strings.Contains(third, "\n") {
+		t.Fatalf("--keep 0 kept old secrets: %q", third)
+	}
+	r := mustCtl(t, 0, "srs", "list", "--dir", dir)
+	mustContain(t, "srs list", r.out, "1\t", "signs")
+	if strings.Contains(r.out, strings.TrimSpace(readFiles(t, dir)["srs"])) {
+		t.Fatal("srs list printed the secret")
+	}
 }
