@@ -87,7 +87,7 @@ func viewOf(p *Policy) policyView {
 	}
 	sort.Strings(v.VirtDomains)
 	// The sender keys, without line numbers and source text.
-	for _, e := range p.senders.masqOrder {
+	for _, e := range p.senders.masq.order {
 		v.Senders = append(v.Senders, fmt.Sprintf("masq %s %s %t", e.Key, e.As, e.Headers))
 	}
 	for _, m := range []map[string]int{p.senders.except, p.senders.exposed} {
@@ -98,10 +98,10 @@ func viewOf(p *Policy) policyView {
 		sort.Strings(keys)
 		v.Senders = append(v.Senders, strings.Join(keys, ","))
 	}
-	for _, e := range p.senders.genericOrder {
+	for _, e := range p.senders.generic.order {
 		v.Senders = append(v.Senders, fmt.Sprintf("generic %s %s %t", e.Key, e.RHS, e.Headers))
 	}
-	for _, e := range p.senders.routeOrder {
+	for _, e := range p.senders.routes.order {
 		v.Senders = append(v.Senders, fmt.Sprintf("route %s %s %t", e.Key, e.RHS, e.MailertableFirst))
 	}
 	v.Senders = append(v.Senders, p.senders.srsSecrets...)

@@ -59,32 +59,42 @@ type senderRouteEntry struct {
 	Text             string
 }
 
+// keyed is a map file's entries by key, in file order.
+type keyed[T any] struct {
+	byKey map[string]*T
+	lines map[string]int
+	order []*T
+}
+
+// add files e under key, or says on which line key came first.
+func (k *keyed[T]) add(l line, key, shown string, e *T) error {
+	if prev, ok := k.lines[key]; ok {
+		return l.errorf("duplicate entry %s (first on line %d)", shown, prev)
+	}
+	if k.byKey == nil {
+		k.byKey, k.lines = map[string]*T{}, map[string]int{}
+	}
+	k.byKey[key], k.lines[key] = e, l.no
+	k.order = append(k.order, e)
+	return nil
+}
+
 // senders holds the parsed sender keys.
 type senders struct {
-	masq      map[string]*masqEntry
-	masqOrder []*masqEntry
+	masq      keyed[masqEntry]
 	except    map[string]int // A-label host → line (MASQUERADE_EXCEPTION)
 	exposed   map[string]int // lower-case user → line (EXPOSED_USER)
 	masqLines []string       // except/exposed lines, for Files
 
-	generic      map[string]*genericEntry
-	genericOrder []*genericEntry
-
-	routes     map[string]*senderRouteEntry
-	routeOrder []*senderRouteEntry
+	generic keyed[genericEntry]
+	routes  keyed[senderRouteEntry]
 
 	srsSecrets []string
 	srs        *srs.Rewriter
 }
 
 func newSenders() senders {
-	return senders{
-		masq:    map[string]*masqEntry{},
-		except:  map[string]int{},
-		exposed: map[string]int{},
-		generic: map[string]*genericEntry{},
-		routes:  map[string]*senderRouteEntry{},
-	}
+	return senders{except: map[string]int{}, exposed: map[string]int{}}
 }
 
 // takeOption removes a trailing option word from rest.
@@ -151,13 +161,10 @@ func (p *Policy) parseMasquerade(lines []line) []error {
 			errs = append(errs, l.errorf("bad masquerade domain %q: %v", rest, err))
 			continue
 		}
-		if prev, ok := s.masq[key]; ok {
-			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", lhs, prev.Line))
-			continue
-		}
 		e := &masqEntry{Key: key, As: as, Headers: headers, Line: l.no, Text: strings.TrimSpace(stripComment(l.text))}
-		s.masq[key] = e
-		s.masqOrder = append(s.masqOrder, e)
+		if err := s.masq.add(l, key, lhs, e); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
@@ -213,13 +220,10 @@ func (p *Policy) parseGenericstable(lines []line) []error {
 			errs = append(errs, l.errorf("bad new address %q: %v", rest, err))
 			continue
 		}
-		if prev, ok := s.generic[key]; ok {
-			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", lhs, prev.Line))
-			continue
-		}
 		e := &genericEntry{Key: key, RHS: rest, Headers: headers, Line: l.no, Text: strings.TrimSpace(stripComment(l.text))}
-		s.generic[key] = e
-		s.genericOrder = append(s.genericOrder, e)
+		if err := s.generic.add(l, key, lhs, e); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
@@ -252,13 +256,10 @@ func (p *Policy) parseSenderRoutes(lines []line) []error {
 			errs = append(errs, l.errorf("%s: a sender route names a relay; refuse senders in the access map instead", lhs))
 			continue
 		}
-		if prev, ok := s.routes[key]; ok {
-			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", lhs, prev.Line))
-			continue
-		}
 		r := &senderRouteEntry{Key: key, RHS: rest, Entry: e, MailertableFirst: mtFirst, Line: l.no, Text: strings.TrimSpace(stripComment(l.text))}
-		s.routes[key] = r
-		s.routeOrder = append(s.routeOrder, r)
+		if err := s.routes.add(l, key, lhs, r); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
@@ -364,7 +365,7 @@ func (p *Policy) RewriteSender(addr string) SenderRewrite {
 	s := &p.senders
 	user := strings.ToLower(a.Local)
 	for _, k := range []string{user + "@" + a.ASCII, "@" + a.ASCII} {
-		if e, ok := s.generic[k]; ok {
+		if e, ok := s.generic.byKey[k]; ok {
 			out.Addr = strings.ReplaceAll(e.RHS, "%1", a.Local)
 			out.Changed = !strings.EqualFold(out.Addr, addr)
 			out.Headers = e.Headers
@@ -372,7 +373,7 @@ func (p *Policy) RewriteSender(addr string) SenderRewrite {
 			return out
 		}
 	}
-	if len(s.masq) == 0 {
+	if len(s.masq.order) == 0 {
 		return out
 	}
 	if _, ok := s.exposed[user]; ok {
@@ -386,9 +387,9 @@ func (p *Policy) RewriteSender(addr string) SenderRewrite {
 		if d != a.ASCII {
 			key = "." + d
 		}
-		e, ok := s.masq[key]
+		e, ok := s.masq.byKey[key]
 		if !ok && d == a.ASCII {
-			e, ok = s.masq["."+d] // ".example" also covers example itself
+			e, ok = s.masq.byKey["."+d] // ".example" also covers example itself
 		}
 		if ok {
 			if e.As == a.ASCII {
@@ -418,7 +419,7 @@ type SenderRoute struct {
 // matches.
 func (p *Policy) SenderRoute(sender, authUser string) (r SenderRoute, ok bool) {
 	s := &p.senders
-	if len(s.routes) == 0 {
+	if len(s.routes.order) == 0 {
 		return r, false
 	}
 	var keys []string
@@ -432,7 +433,7 @@ func (p *Policy) SenderRoute(sender, authUser string) (r SenderRoute, ok bool) {
 		keys = append(keys, "auth:"+authUser)
 	}
 	for _, k := range keys {
-		if e, found := s.routes[k]; found {
+		if e, found := s.routes.byKey[k]; found {
 			return SenderRoute{Entry: e.Entry, Relay: e.RHS, MailertableFirst: e.MailertableFirst,
 				Rule: ruleRef(KeySenderRoutes, e.Line, e.Text)}, true
 		}
@@ -450,7 +451,7 @@ func (p *Policy) sendersFiles(out map[string][]byte) {
 		}
 		return ""
 	}
-	for _, e := range s.masqOrder {
+	for _, e := range s.masq.order {
 		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.As, opt(e.Headers, optHeaders))
 	}
 	for _, l := range s.masqLines {
@@ -458,12 +459,12 @@ func (p *Policy) sendersFiles(out map[string][]byte) {
 	}
 	out[KeyMasquerade] = []byte(b.String())
 	b.Reset()
-	for _, e := range s.genericOrder {
+	for _, e := range s.generic.order {
 		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.RHS, opt(e.Headers, optHeaders))
 	}
 	out[KeyGenericstable] = []byte(b.String())
 	b.Reset()
-	for _, e := range s.routeOrder {
+	for _, e := range s.routes.order {
 		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.RHS, opt(e.MailertableFirst, "mailertable-first"))
 	}
 	out[KeySenderRoutes] = []byte(b.String())
