@@ -405,19 +405,11 @@ func (p *Policy) RewriteSender(addr string) SenderRewrite {
 	return out
 }
 
-// SenderRoute is the relay a senderroutes entry picks for a sender.
-type SenderRoute struct {
-	Entry            route.Entry
-	Relay            string // the right-hand side as written
-	MailertableFirst bool
-	Rule             string // "senderroutes:4: …"
-}
-
 // SenderRoute finds the route for mail from sender (the envelope sender as
 // received) submitted by AUTH user authUser ("" if none): the whole address,
 // then the AUTH user, then the sender's @domain. ok is false when no entry
 // matches.
-func (p *Policy) SenderRoute(sender, authUser string) (r SenderRoute, ok bool) {
+func (p *Policy) SenderRoute(sender, authUser string) (r route.SenderRoute, ok bool) {
 	s := &p.senders
 	if len(s.routes.order) == 0 {
 		return r, false
@@ -434,7 +426,7 @@ func (p *Policy) SenderRoute(sender, authUser string) (r SenderRoute, ok bool) {
 	}
 	for _, k := range keys {
 		if e, found := s.routes.byKey[k]; found {
-			return SenderRoute{Entry: e.Entry, Relay: e.RHS, MailertableFirst: e.MailertableFirst,
+			return route.SenderRoute{Entry: e.Entry, Relay: e.RHS, MailertableFirst: e.MailertableFirst,
 				Rule: ruleRef(KeySenderRoutes, e.Line, e.Text)}, true
 		}
 	}
