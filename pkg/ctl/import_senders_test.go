@@ -64,3 +64,26 @@ func TestSRSRotate(t *testing.T) {
 		t.Fatal("srs list printed the secret")
 	}
 }
+
+// mailfwdctl route shows the sender a target leaves with (masquerade, SRS)
+// and the relay a sender route picks.
+func TestRouteShowsSenders(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"access":           "Connect:127.0.0.1 RELAY\n",
+		"aliases":          "fwd: someone@elsewhere.example\n",
+		"local-host-names": "example.com\n",
+		"masquerade":       ".internal example.com headers\n",
+		"senderroutes":     "@example.com smtp:[192.0.2.25]:587\n",
+		"settings":         "srs_domain = fwd.example.com\n",
+		"srs":              "0123456789abcdef0123\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustCtl(t, 0, "route", "--dir", dir, "--dns-server", "127.0.0.1:9", "--from", "root@server17.internal", "-o", "json", "x@dest.example")
+	mustContain(t, "masqueraded", r.out, `"sender": "root@example.com"`, "masquerade:1", `"via": "senderroutes"`, "192.0.2.25:587")
+	r = mustCtl(t, 0, "route", "--dir", dir, "--dns-server", "127.0.0.1:9", "--route", "elsewhere.example=[192.0.2.9]", "--from", "alice@sender.example", "fwd@example.com")
+	mustContain(t, "forwarded", r.out, "someone@elsewhere.example", "SRS0=", "@fwd.example.com", "SRS: forwarded")
+}

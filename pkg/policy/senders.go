@@ -406,7 +406,8 @@ func (p *Policy) RewriteSender(addr string) SenderRewrite {
 }
 
 // SenderRoute finds the route for mail from sender (the envelope sender as
-// received) submitted by AUTH user authUser ("" if none): the whole address,
+// the ingress stored it: after genericstable, masquerade and SRS) submitted
+// by AUTH user authUser ("" if none): the whole address,
 // then the AUTH user, then the sender's @domain. ok is false when no entry
 // matches.
 func (p *Policy) SenderRoute(sender, authUser string) (r route.SenderRoute, ok bool) {
@@ -477,4 +478,39 @@ func parseDays(v string) (time.Duration, error) {
 		return time.Duration(d) * 24 * time.Hour, nil
 	}
 	return time.ParseDuration(v)
+}
+
+// Forwarded reports whether aliases or virtusertable sent rcpt on to target
+// in another domain: mail that SRS rewrites the sender of.
+func Forwarded(rcpt, target string) bool {
+	a, err1 := address.Parse(rcpt)
+	b, err2 := address.Parse(target)
+	return err1 == nil && err2 == nil && a.ASCII != b.ASCII
+}
+
+// EnvelopeSender is the envelope sender that mail from from leaves with:
+// genericstable or masquerade first, then, for mail forwarded to another
+// domain, SRS (unless the sender is already in the SRS domain or one of
+// local-host-names, for which this relay may send anyway). steps explain
+// each change, for logs and mailfwdctl route.
+func (p *Policy) EnvelopeSender(from string, forwarded bool) (sender string, steps []string) {
+	rw := p.RewriteSender(from)
+	sender = rw.Addr
+	if rw.Changed {
+		steps = append(steps, fmt.Sprintf("sender <%s> -> <%s> (%s)", from, sender, rw.Rule))
+	}
+	r := p.senders.srs
+	if !forwarded || r == nil || sender == "" {
+		return sender, steps
+	}
+	a, err := address.Parse(sender)
+	if err != nil || a.ASCII == r.Domain() || p.IsLocal(a.ASCII) {
+		return sender, steps
+	}
+	s, err := r.Forward(a.Local, a.Domain)
+	if err != nil {
+		return sender, steps
+	}
+	steps = append(steps, fmt.Sprintf("sender <%s> -> <%s> (SRS: forwarded to another domain)", sender, s))
+	return s, steps
 }

@@ -159,3 +159,33 @@ func FuzzParseSenders(f *testing.F) {
 		}
 	})
 }
+
+func TestEnvelopeSender(t *testing.T) {
+	p := mustParse(t, map[string]string{
+		"masquerade":       sendersMasq,
+		"local-host-names": "example.com\n",
+		"settings":         "srs_domain = fwd.example\n",
+		"srs":              "new-secret-0123456789\n",
+	})
+	for _, c := range []struct {
+		from      string
+		forwarded bool
+		prefix    string
+		steps     int
+	}{
+		{"cron@server17.internal", false, "cron@example.com", 1},
+		{"cron@server17.internal", true, "cron@example.com", 1}, // masqueraded into a local domain: no SRS
+		{"alice@sender.example", true, "SRS0=", 1},
+		{"alice@sender.example", false, "alice@sender.example", 0},
+		{"SRS0=abcd=AB=x.example=y@fwd.example", true, "SRS0=abcd", 0}, // already ours
+		{"", true, "", 0},
+	} {
+		got, steps := p.EnvelopeSender(c.from, c.forwarded)
+		if !strings.HasPrefix(got, c.prefix) || len(steps) != c.steps {
+			t.Errorf("EnvelopeSender(%q, %t) = %q %v", c.from, c.forwarded, got, steps)
+		}
+	}
+	if !Forwarded("a@x.example", "b@y.example") || Forwarded("a@x.example", "b@X.example") {
+		t.Error("Forwarded")
+	}
+}
