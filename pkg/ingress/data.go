@@ -19,6 +19,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
+	"github.com/mailfwd/mailfwd/pkg/rewrite"
 )
 
 // DefaultMaxInFlightBytes is the default body-buffer budget: 80 MiB, about
@@ -66,6 +67,22 @@ func (ss *session) Data(r io.Reader) (err error) {
 		defer wire.inData.Store(false)
 	}
 	in := &bodyReader{r: r, maxHops: ss.s.cfg.MaxHops}
+	// src is what is stored: the client's message, its sender header fields
+	// rewritten (genericstable/masquerade entries marked "headers") before
+	// DKIM signs it.
+	var src io.Reader = in
+	if sr, ok := ss.s.cfg.Policy.(SenderRewriter); ok && len(ss.targets) > 0 {
+		if fn := sr.HeaderRewrite(); fn != nil {
+			rw, res, err := rewrite.Senders(in, 0, fn)
+			if err != nil {
+				return ss.inputError(wire, err)
+			}
+			if res.Fields > 0 {
+				ss.s.log.Info(fmt.Sprintf("%s: sender header fields rewritten: %d", ss.qid, res.Fields), "queue_id", ss.qid)
+			}
+			src = rw
+		}
+	}
 
 	if len(ss.targets) == 0 {
 		// Every recipient was discarded by policy (DISCARD): accept, keep nothing.
@@ -106,7 +123,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 	defer ss.s.peekBufs.Put(bp) // nothing refers to it once accept returned
 	buf := (*bp)[:peek]
 	copy(buf, received.Bytes())
-	n, err := io.ReadFull(in, buf[received.Len():])
+	n, err := io.ReadFull(src, buf[received.Len():])
 	buf = buf[:received.Len()+n]
 	small := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 	if err != nil && !small {
@@ -133,7 +150,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 			}
 		}
 	} else {
-		var rest io.Reader = io.MultiReader(bytes.NewReader(buf), in)
+		var rest io.Reader = io.MultiReader(bytes.NewReader(buf), src)
 		if sign != nil {
 			rest = io.TeeReader(rest, sign)
 		}
@@ -330,6 +347,7 @@ func (s *Server) accept(ss *session, m *message) error {
 	// Group recipients by domain, keeping the client's order.
 	var envs []*envelope.Envelope
 	byDomain := map[string]*envelope.Envelope{}
+	forwarded := map[*envelope.Envelope]bool{}
 	for _, a := range ss.targets {
 		e := byDomain[a.ASCII]
 		if e == nil {
@@ -338,10 +356,25 @@ func (s *Server) accept(ss *session, m *message) error {
 				EightBit: ss.eightBit, UTF8: ss.utf8,
 				ClientAddr: ss.client.Addr.String(), ClientHelo: ss.client.Helo,
 			}
+			if ss.user != nil {
+				e.AuthUser = ss.user.Name
+			}
 			byDomain[a.ASCII] = e
 			envs = append(envs, e)
 		}
 		e.Recipients = append(e.Recipients, envelope.Recipient{Addr: a.Raw})
+		forwarded[e] = forwarded[e] || ss.fwd[a.Raw]
+	}
+	// The sender each envelope leaves with: genericstable, masquerade, and
+	// SRS where aliases or virtusertable forwarded a recipient of it.
+	if sr, ok := s.cfg.Policy.(SenderRewriter); ok {
+		for _, e := range envs {
+			var steps []string
+			e.From, steps = sr.EnvelopeSender(ss.from, forwarded[e])
+			for _, st := range steps {
+				s.log.Info(ss.qid+": "+st, "queue_id", ss.qid, "domain", e.Domain)
+			}
+		}
 	}
 
 	var msgid string

@@ -26,6 +26,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
@@ -338,6 +339,7 @@ type session struct {
 	utf8     bool
 	rcpts    []address.Address // as the client gave them
 	targets  []address.Address // what is queued: after aliases/virtusertable, without discarded ones
+	fwd      map[string]bool   // targets (Raw) that aliases/virtusertable forwarded to another domain (SRS)
 
 	user       *smtpauth.User // after a successful AUTH; kept across transactions
 	authCancel context.CancelFunc
@@ -346,7 +348,7 @@ type session struct {
 var _ smtp.Session = (*session)(nil)
 
 func (ss *session) Reset() {
-	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets = "", "", false, false, false, nil, nil
+	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets, ss.fwd = "", "", false, false, false, nil, nil, nil
 }
 
 func (ss *session) Logout() error {
@@ -388,6 +390,24 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	// A bounce to an SRS address of ours goes back to the sender it stands
+	// for: its hash is the authorisation (Postfix accepts the SRS domain and
+	// postsrsd rewrites the recipient after the checks). A forged or expired
+	// one is refused before anything else looks at it.
+	srsOrig, isSRS := "", false
+	if sr, ok := ss.s.cfg.Policy.(SenderRewriter); ok {
+		orig, is, err := sr.ReverseSRS(to)
+		if is && err != nil {
+			ss.s.log.Info("recipient refused: "+err.Error(), "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to)
+			ss.s.cfg.Metrics.Recipient("rejected")
+			return reply(Reject(550, "5.1.1", "Invalid or expired SRS address"), ss.qid)
+		}
+		srsOrig, isSRS = orig, is
+	}
+	if isSRS {
+		ss.s.log.Info(ss.qid+": to=<"+to+">: SRS address of <"+srsOrig+">", "queue_id", ss.qid)
+		to = srsOrig
+	}
 	a, err := address.Parse(to)
 	if err != nil {
 		return reply(err, ss.qid)
@@ -395,7 +415,10 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if a.UTF8 && !ss.utf8 {
 		return reply(Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"), ss.qid)
 	}
-	targets, err := ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
+	targets := []string{a.Raw}
+	if !isSRS {
+		targets, err = ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
+	}
 	if err != nil {
 		ss.s.log.Info("recipient refused", append([]any{"queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to}, refusalAttrs(err, ss.qid)...)...)
 		ss.s.cfg.Metrics.Recipient("rejected")
@@ -432,6 +455,12 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 		if !dup {
 			ss.targets = append(ss.targets, ta)
+		}
+		if policy.Forwarded(to, ta.Raw) {
+			if ss.fwd == nil {
+				ss.fwd = map[string]bool{}
+			}
+			ss.fwd[ta.Raw] = true
 		}
 	}
 	return nil

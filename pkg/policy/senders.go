@@ -514,3 +514,19 @@ func (p *Policy) EnvelopeSender(from string, forwarded bool) (sender string, ste
 	steps = append(steps, fmt.Sprintf("sender <%s> -> <%s> (SRS: forwarded to another domain)", sender, s))
 	return s, steps
 }
+
+// RewritesHeaders reports whether any genericstable or masquerade entry
+// covers header fields.
+func (p *Policy) RewritesHeaders() bool {
+	for _, e := range p.senders.masq.order {
+		if e.Headers {
+			return true
+		}
+	}
+	for _, e := range p.senders.generic.order {
+		if e.Headers {
+			return true
+		}
+	}
+	return false
+}

@@ -62,6 +62,12 @@ type Router interface {
 	Route(ctx context.Context, domain string) ([]delivery.Hop, error)
 }
 
+// senderRouter also routes by the sender (route.Router with senderroutes);
+// why names the rule that chose the hops.
+type senderRouter interface {
+	RouteFor(ctx context.Context, req route.Request) (hops []delivery.Hop, why string, err error)
+}
+
 // Deliverer runs SMTP transactions.
 type Deliverer interface {
 	Deliver(ctx context.Context, hops []delivery.Hop, msg *delivery.Message) *delivery.Outcome
@@ -488,7 +494,17 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	var rerr error
 	if len(try) > 0 {
 		var hops []delivery.Hop
-		hops, rerr = w.router.Route(actx, e.Domain)
+		if sr, ok := w.router.(senderRouter); ok {
+			// senderroutes: a relay chosen by the sender or AUTH user.
+			var why string
+			hops, why, rerr = sr.RouteFor(actx, route.Request{Domain: e.Domain, Sender: e.From, AuthUser: e.AuthUser})
+			if strings.HasPrefix(why, "senderroutes") {
+				log = log.With("route", why)
+				trace.SpanFromContext(ctx).SetAttributes(attribute.String("mailfwd.route", why))
+			}
+		} else {
+			hops, rerr = w.router.Route(actx, e.Domain)
+		}
 		if rerr == nil {
 			hops, rerr = w.self.notSelf(hops)
 		}
