@@ -418,6 +418,16 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		router.BySender = func(sender, user string) (route.SenderRoute, bool) {
 			return watcher.Current().SenderRoute(sender, user)
 		}
+		// A DSN to an SRS address of ours goes straight to the sender it
+		// stands for (through our own MX it would be a loop to ourselves).
+		o.Engine.ReturnPath = func(from string) string {
+			if r := watcher.Current().SRS(); r != nil {
+				if orig, err := r.Reverse(from); err == nil {
+					return orig
+				}
+			}
+			return from
+		}
 	}
 	w := worker.New(o.Engine, cons, q, store, router, client)
 	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Load().Len(), "dns", o.DNSServers.String(),

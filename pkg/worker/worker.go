@@ -92,6 +92,9 @@ type Config struct {
 	// (":25") stands for every address of this host on that port.
 	LocalNames []string
 	LocalAddrs []netip.AddrPort
+	// ReturnPath maps an envelope sender to where its DSN goes (nil: the
+	// sender itself); the daemon reverses its own SRS addresses with it.
+	ReturnPath func(from string) string
 	// DomainConcurrency caps deliveries in flight per recipient domain in
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
@@ -788,7 +791,7 @@ func humanDuration(d time.Duration) string {
 // notify sends a DSN about e to its sender through the queue. Mail from the
 // null sender (DSNs themselves) never gets one.
 func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
-	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q}
+	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q, ReturnPath: w.cfg.ReturnPath}
 	qid, err := bs.Send(ctx, e, body, rcpts, reason, w.cfg.Now())
 	if errors.Is(err, bounce.ErrNotReturnable) {
 		log.Info(e.QueueID + ": no DSN for the null sender: " + reason)
