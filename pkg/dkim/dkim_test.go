@@ -209,6 +209,7 @@ func TestAllowAndOneFromField(t *testing.T) {
 		{"From: invoices@example.net, ceo@example.com\r\n", "", "ceo@example.com is not a sender"},
 		{"From: invoices@example.net\r\nFrom: ceo@example.com\r\n", "", "2 From: fields"},
 		{"From: invoices@example.net\r\nfrom: invoices@example.net\r\n", "", "2 From: fields"},
+		{"From: invoices@example.net\r\nFROM : ceo@example.com\r\n", "", "2 From: fields"}, // net/mail keeps "FROM " apart; DKIM does not
 	} {
 		s := signWith(t, keys, Options{Allow: allow}, tc.from+"Subject: x\r\n\r\nbody\r\n")
 		if s.Domain() != tc.domain || (s.Header() == "") != (tc.domain == "") || !strings.Contains(s.Reason(), tc.reason) {

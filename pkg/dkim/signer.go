@@ -143,8 +143,8 @@ func (s *Signer) start(hdr []byte) error {
 		s.reason = "header section does not parse: " + err.Error()
 		return nil
 	}
-	if n := len(h.Header["From"]); n > 1 {
-		// RFC 5322 §3.6 allows one; a verifier signs the last, a reader
+	if n := fromFields(hdr); n > 1 {
+		// RFC 5322 §3.6 allows one; a verifier checks the last, a reader
 		// may see the first (RFC 6376 §8.15).
 		s.reason = fmt.Sprintf("%d From: fields", n)
 		return nil
@@ -190,6 +190,26 @@ func (s *Signer) start(hdr []byte) error {
 	}
 	s.sig, s.key = sig, k
 	return nil
+}
+
+// fromFields counts the From fields of a header section on its raw lines,
+// as a DKIM verifier reads names (any case, blanks before the colon), not
+// as net/mail does: it keeps "From :" apart from "From".
+func fromFields(hdr []byte) int {
+	n := 0
+	for len(hdr) > 0 {
+		line := hdr
+		if i := bytes.IndexByte(hdr, '\n'); i >= 0 {
+			line, hdr = hdr[:i], hdr[i+1:]
+		} else {
+			hdr = nil
+		}
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if ok && strings.EqualFold(string(bytes.TrimRight(name, " \t")), "from") {
+			n++
+		}
+	}
+	return n
 }
 
 // Close ends the message and computes the signature. It returns an error
