@@ -39,16 +39,19 @@ type recorder struct {
 	lines     int // records of dialog lines written
 	unlogged  int // dialog lines beyond --trace-max-lines-per-session
 	pending   []string
-	auth      bool         // client lines are SASL responses
-	data      bool         // client bytes are the body (DATA … ".")
-	dot       smtp.DataEnd // where the body ends: the server's own rule
-	dataGo    bool         // the server said 354 for this body
-	bdat      int64        // body bytes of a BDAT chunk still to come
-	upgrading bool         // STARTTLS accepted, handshake next
-	tlsNoted  int          // layer whose TLS state was noted, plus one
-	bodyLines int          // of the current message, not recorded
+	auth      bool  // client lines are SASL responses
+	data      bool  // client bytes are the body (DATA … ".")
+	dataGo    bool  // the server said 354 for this body
+	bdat      int64 // body bytes of a BDAT chunk still to come
+	upgrading bool  // STARTTLS accepted, handshake next
+	tlsNoted  int   // layer whose TLS state was noted, plus one
+	bodyLines int   // of the current message, not recorded
 	bodyBytes int64
 	redacted  int64 // body bytes not recorded in the session
+
+	// dot finds where a DATA body ends by the server's own rule (go-smtp's
+	// state machine: only CRLF "." CRLF; a "." line ended by a bare LF is body).
+	dot smtp.DataEnd
 }
 
 type lineBuf struct {
