@@ -84,9 +84,9 @@ func (ss *session) Data(r io.Reader) (err error) {
 	// A DKIM signer holds up to the header section (--dkim-max-header-bytes);
 	// that counts against the budget too.
 	keys := ss.s.dkimKeys()
-	allow, mayBeSigned := ss.dkimSigning() // dkim.go: whose mail is signed
+	allow, signing := ss.dkimSigning(keys) // dkim.go: whose mail is signed
 	var signBytes int64
-	if keys.Len() > 0 && mayBeSigned {
+	if signing {
 		signBytes = int64(ss.s.cfg.DKIMMaxHeaderBytes)
 		if signBytes <= 0 {
 			signBytes = dkim.DefaultMaxHeaderBytes
