@@ -109,7 +109,12 @@ func (ss *session) Data(r io.Reader) (err error) {
 			signBytes = dkim.DefaultMaxHeaderBytes
 		}
 	}
-	release, err := ss.s.reserve(peek + signBytes)
+	// Header rewriting (genericstable, masquerade) holds the header section.
+	var rewriteBytes int64
+	if src != io.Reader(in) {
+		rewriteBytes = rewrite.DefaultMaxHeader + 4096
+	}
+	release, err := ss.s.reserve(peek + signBytes + rewriteBytes)
 	if err != nil {
 		ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr, "max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes)
 		ss.s.cfg.Metrics.Message("tempfail")
