@@ -50,6 +50,10 @@ func (c *Client) transactPipelined(ctx context.Context, cn *conn, t *tx, opts *s
 	if len(send) == 0 {
 		return true, false
 	}
+	// MAIL, the RCPTs and DATA (or the BDAT chunks) are answered after one
+	// write: each reply gets the budget of MaxReplyBytes.
+	cn.sc.ReplyStart = cn.wire.renew
+	defer func() { cn.sc.ReplyStart = nil }()
 	if c.chunking(cn) {
 		return c.transactBdat(ctx, cn, t, opts, send, to)
 	}

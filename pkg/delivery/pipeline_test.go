@@ -360,7 +360,7 @@ type scripted struct {
 	chunking bool
 	answer   string // written after the group was read
 	thenBody bool   // after answering, read what follows until the dot or EOF
-	closeAt  bool   // close after answering (and after reading the body)
+	final    string // when set: after answering, read the body up to the dot and write this
 
 	mu       sync.Mutex
 	afterRaw string // what the client sent after the group
@@ -425,6 +425,20 @@ func (s *scripted) serve(c net.Conn) {
 		}
 	}
 	io.WriteString(c, s.answer)
+	if s.final != "" {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == ".\r\n" {
+				break
+			}
+		}
+		io.WriteString(c, s.final)
+		br.ReadString('\n') // QUIT or the next command
+		return
+	}
 	if s.thenBody {
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		b, _ := io.ReadAll(br)
@@ -457,9 +471,11 @@ func TestPipeliningMisbehavingDestination(t *testing.T) {
 		{"drops the connection mid-batch", &scripted{answer: "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n"}, "tptt", true},
 		{"garbage reply", &scripted{answer: "250 ok\r\n250 ok\r\nhello there\r\n"}, "tttt", true},
 		{"one reply too many", &scripted{answer: "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n", thenBody: true}, "tttt", true},
-		{"2xx to DATA (a reply missing)", &scripted{answer: "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n", thenBody: true}, "tttt", true},
+		{"a reply missing, then the connection closed", &scripted{answer: "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n", thenBody: true}, "tttt", true},
+		{"2xx to DATA", &scripted{answer: "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n", thenBody: true}, "tttt", true},
 		{"354 with every RCPT refused", &scripted{answer: "250 ok\r\n550 no\r\n550 no\r\n550 no\r\n550 no\r\n354 go\r\n", thenBody: true}, "tttt", true},
 		{"3xx to RCPT", &scripted{answer: "250 ok\r\n354 go\r\n", thenBody: true}, "tttt", true},
+		{"endless RCPT reply", &scripted{answer: "250 ok\r\n" + strings.Repeat("250-"+strings.Repeat("x", 990)+"\r\n", 100)}, "tttt", true},
 		{"421 mid-batch", &scripted{answer: "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n421 4.3.2 bye\r\n"}, "tptt", true},
 		{"BDAT: drops after LAST without a reply", &scripted{chunking: true, answer: "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n"}, "tttt", false},
 		{"BDAT: one reply too many", &scripted{chunking: true, answer: "250 ok\r\n250 ok\r\n550 no\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 extra\r\n"}, "tttt", false},
@@ -534,5 +550,26 @@ func TestLongLineFolded(t *testing.T) {
 	out := c.Deliver(testCtx(t), []delivery.Hop{hopFor(t, "mx.test", addr)}, msg(body, "a1@x.test"))
 	if got, _ := be.bodies(); !out.Statuses[0].Delivered() || got[0] != body {
 		t.Errorf("unfolded: %+v", out.Statuses[0])
+	}
+}
+
+// The replies to a pipelined group share the reply budget of one write:
+// fifty long RCPT replies (12 KiB together) must not trip a 4 KiB
+// MaxReplyBytes, which bounds one reply.
+func TestPipelinedRepliesBudgetPerReply(t *testing.T) {
+	var rcpts []string
+	answer := "250 ok\r\n"
+	for i := range 50 {
+		rcpts = append(rcpts, fmt.Sprintf("r%d@x.test", i))
+		answer += "250 2.1.5 " + strings.Repeat("x", 240) + "\r\n"
+	}
+	s := &scripted{answer: answer + "354 go\r\n", final: "250 2.0.0 queued\r\n"}
+	addr := s.start(t)
+	c := newClient(t, func(cfg *delivery.Config) { cfg.MaxReplyBytes = 4096 })
+	out := c.Deliver(testCtx(t), []delivery.Hop{hopFor(t, "mx.test", addr)}, msg(testBody, rcpts...))
+	for i, st := range out.Statuses {
+		if !st.Delivered() {
+			t.Fatalf("%s: %+v", rcpts[i], st)
+		}
 	}
 }

@@ -45,6 +45,11 @@ type Client struct {
 
 	// Logger for all network activity.
 	DebugWriter io.Writer
+
+	// ReplyStart, when set, is called before each reply of a pipelined
+	// group (MailPipelined, MailBdat) is read (mailfwd patch 14: a
+	// connection that bounds what one reply may take renews the bound).
+	ReplyStart func()
 }
 
 // 30 seconds was chosen as it's the same duration as http.DefaultTransport's

@@ -296,6 +296,9 @@ func (c *Client) readGroup(rcpts int) (*PipelineReplies, error) {
 // *SMTPError for any other code (the caller decides what fits), or the
 // error of the connection or of a malformed reply.
 func (c *Client) readReply(timeout time.Duration) (int, string, error) {
+	if c.ReplyStart != nil {
+		c.ReplyStart()
+	}
 	c.conn.SetDeadline(time.Now().Add(timeout))
 	defer c.conn.SetDeadline(time.Time{})
 	code, msg, err := c.text.ReadResponse(0)
