@@ -34,7 +34,13 @@
 //	BENCH_WORKERS=1,2,4  worker process counts
 //	BENCH_PROFILE=1      also run a CPU-profiled mailfwd (ingress and worker) in one cell of
 //	                     each configuration and print the top functions
-//	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB)
+//	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB); with BENCH_PROFILE=1
+//	                     also the profiled cells
+//	BENCH_PROFILE_VARIANTS=single,chart,r3   the profiled configurations
+//	BENCH_WAN=0          skip the WAN rows (wan.go: destination behind a latency proxy,
+//	                     Postfix vs mailfwd-file-sync, 4 connections each)
+//	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way
+//	BENCH_SMART=0        skip the smart-sink workload (smart.go); BENCH_SMART_N=1000 (quick: 300)
 //	BENCH_OUT=bench-results   directory for the CSV files and profiles
 //
 // It must run as root if the postfix system is measured (Postfix's master
