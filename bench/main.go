@@ -39,7 +39,8 @@
 //	BENCH_PROFILE_VARIANTS=single,chart,r3   the profiled configurations
 //	BENCH_WAN=0          skip the WAN rows (wan.go: destination behind a latency proxy,
 //	                     Postfix vs mailfwd-file-sync, 4 connections each)
-//	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way
+//	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way;
+//	                     BENCH_WAN_RCPTS=1,10 and BENCH_SIZES select WAN cells
 //	BENCH_SMART=0        skip the smart-sink workload (smart.go); BENCH_SMART_N=1000 (quick: 300)
 //	BENCH_OUT=bench-results   directory for the CSV files and profiles
 //

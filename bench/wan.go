@@ -298,6 +298,12 @@ func wan(ctx context.Context, tools rig.Tools, work string, o options) error {
 	if o.quick {
 		cells = []wcell{{1, 1}, {1, 10}}
 	}
+	if sizes := envInts("BENCH_SIZES", nil); len(sizes) > 0 {
+		cells = slices.DeleteFunc(cells, func(c wcell) bool { return !slices.Contains(sizes, c.size) })
+	}
+	if rc := envInts("BENCH_WAN_RCPTS", nil); len(rc) > 0 {
+		cells = slices.DeleteFunc(cells, func(c wcell) bool { return !slices.Contains(rc, c.rcpts) })
+	}
 	names := []string{"postfix", "mailfwd-file-sync"}
 	fmt.Printf("\n== WAN: destination behind a %v-each-way latency proxy, %d connections to it per relay, N=%d per run, %d runs, load average now %s\n",
 		oneWay, wanConnCap, n, o.runs, loadavg())
