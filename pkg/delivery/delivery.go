@@ -428,7 +428,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
 	// server advertises 8BITMIME (harmless for 7-bit bodies).
 	opts := &smtp.MailOptions{Size: size, UTF8: msg.UTF8}
-	if c.pipelining(cn) {
+	if c.pipelining(cn) && len(msg.Recipients) <= maxPipelinedRcpts {
 		return c.transactPipelined(ctx, cn, t, opts)
 	}
 	if err := cn.sc.Mail(msg.From, opts); err != nil {

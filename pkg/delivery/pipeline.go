@@ -10,6 +10,15 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// maxPipelinedRcpts bounds the RCPTs of one pipelined group: the replies
+// are read only once the whole group (and, with BDAT, the body) is written,
+// so they must fit in the socket buffers between the two sides (500
+// replies of up to ~100 bytes, plus one per 64 KiB chunk, stay well under
+// Linux's default 128 KiB receive buffer); a message with more recipients
+// goes one command per round trip. The ingress's --max-recipients default
+// is 100.
+const maxPipelinedRcpts = 500
+
 // pipelining reports whether transactions on cn are pipelined.
 func (c *Client) pipelining(cn *conn) bool {
 	ok, _ := cn.sc.Extension("PIPELINING")

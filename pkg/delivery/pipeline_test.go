@@ -573,3 +573,26 @@ func TestPipelinedRepliesBudgetPerReply(t *testing.T) {
 		}
 	}
 }
+
+// A message with more recipients than one pipelined group may hold goes one
+// command per round trip (the replies of a group are read only after it is
+// written, and must fit in the socket buffers).
+func TestLargeRecipientListNotPipelined(t *testing.T) {
+	be := newMix()
+	o := &observed{}
+	addr := startObserved(t, be, o, func(s *smtp.Server) { s.MaxRecipients = 0 })
+	c := newClient(t, nil)
+	var rcpts []string
+	for i := range 501 {
+		rcpts = append(rcpts, fmt.Sprintf("a%d@x.test", i))
+	}
+	out := c.Deliver(testCtx(t), []delivery.Hop{hopFor(t, "mx.test", addr)}, msg(testBody, rcpts...))
+	for i, st := range out.Statuses {
+		if !st.Delivered() {
+			t.Fatalf("%s: %+v", rcpts[i], st)
+		}
+	}
+	if g := o.readWith("MAIL FROM"); strings.Contains(g, "RCPT") {
+		t.Errorf("a group of 501 RCPTs was pipelined")
+	}
+}
