@@ -47,7 +47,7 @@ type Client struct {
 	DebugWriter io.Writer
 
 	// ReplyStart, when set, is called before each reply of a pipelined
-	// group (MailPipelined, MailBdat) is read (mailfwd patch 14: a
+	// group (MailPipelined, MailBdat) is read (mailfwd patch 15: a
 	// connection that bounds what one reply may take renews the bound).
 	ReplyStart func()
 }
@@ -456,7 +456,7 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 }
 
 // mailLine builds the MAIL FROM command for Mail and MailPipelined
-// (mailfwd patch 14); hello must have run.
+// (mailfwd patch 15); hello must have run.
 func (c *Client) mailLine(from string, opts *MailOptions) (string, error) {
 	if err := validateLine(from); err != nil {
 		return "", err
@@ -532,7 +532,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 }
 
 // rcptLine builds the RCPT TO command for Rcpt and MailPipelined
-// (mailfwd patch 14).
+// (mailfwd patch 15).
 func (c *Client) rcptLine(to string, opts *RcptOptions) (string, error) {
 	if err := validateLine(to); err != nil {
 		return "", err

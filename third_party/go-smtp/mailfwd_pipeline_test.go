@@ -11,7 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// mailfwd patch 14: MailPipelined and MailBdat against this package's
+// mailfwd patch 15: MailPipelined and MailBdat against this package's
 // server, and against a peer whose replies do not fit the group.
 
 // pipelineServer serves be on loopback and returns a greeted client.

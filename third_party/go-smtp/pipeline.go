@@ -1,6 +1,6 @@
 package smtp
 
-// mailfwd patch 14: a mail transaction sent as one group of commands
+// mailfwd patch 15: a mail transaction sent as one group of commands
 // (RFC 2920 PIPELINING), with DATA or with the body as BDAT chunks
 // (RFC 3030 CHUNKING).
 
