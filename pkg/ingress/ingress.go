@@ -55,7 +55,14 @@ type Config struct {
 	Banner          string        // greeting text after the hostname; may be empty
 	MaxMessageBytes int64         // SIZE; 552 above it
 	MaxRecipients   int           // per message
-	MaxLineLength   int           // per command/data line
+	// MaxRecipientOvershoot is how many recipients over MaxRecipients a
+	// transaction may be answered 452 4.5.3 before each further one counts
+	// toward MaxErrorsPerSession (Postfix smtpd_recipient_overshoot_limit).
+	MaxRecipientOvershoot int
+	MaxLineLength         int // per command line
+	// MaxDataLineLength bounds a line of message data (RFC 5321's 998 is
+	// what a sender must keep to; longer lines are common and accepted).
+	MaxDataLineLength int
 	ReadTimeout     time.Duration // per command / data read
 	WriteTimeout    time.Duration
 	MaxSessions     int           // concurrent sessions; more get 421
@@ -81,6 +88,9 @@ type Config struct {
 	// MaxHops refuses a message with more Received: headers (554 5.4.6).
 	MaxHops   int
 	TLSConfig *tls.Config // enables STARTTLS when set (and ServeTLS)
+	// SubmissionAuthExceptions are client networks that may send on the
+	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
+	SubmissionAuthExceptions []netip.Prefix
 	// Auth offers SMTP AUTH (PLAIN, LOGIN; over TLS only) to the users
 	// Users returns (the policy in force, hot-reloaded). nil Auth, nil
 	// Users or no users: no AUTH is offered.
@@ -227,6 +237,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil
 	}
 	return err
+}
+
+// ServeSubmission accepts sessions on the submission port (587, RFC 6409).
+func (s *Server) ServeSubmission(ln net.Listener) error {
+	return s.Serve(ln)
 }
 
 // ServeTLS accepts implicit-TLS sessions on ln (port 465, RFC 8314) until
