@@ -111,6 +111,16 @@ type Config struct {
 	RepanicForTests bool // let panics through instead of answering 451
 }
 
+// Defaults of Config's session limits.
+const (
+	// DefaultMaxRecipientOvershoot is Postfix's smtpd_recipient_overshoot_limit.
+	DefaultMaxRecipientOvershoot = 1000
+	// DefaultMaxDataLineLength: generated HTML often comes as one line of
+	// tens of KB; the body is streamed, so the limit costs no memory (header
+	// lines have their own bound, 64 KiB, as they are held while scanned).
+	DefaultMaxDataLineLength = 1 << 20
+)
+
 // HostResolver does the forward-confirmed reverse lookup of clients.
 type HostResolver interface {
 	LookupAddr(ctx context.Context, addr string) ([]string, error)
@@ -156,6 +166,12 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	}
 	if cfg.MaxLineLength <= 0 {
 		cfg.MaxLineLength = 2000
+	}
+	if cfg.MaxRecipientOvershoot <= 0 {
+		cfg.MaxRecipientOvershoot = DefaultMaxRecipientOvershoot
+	}
+	if cfg.MaxDataLineLength <= 0 {
+		cfg.MaxDataLineLength = DefaultMaxDataLineLength
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 5 * time.Minute
@@ -212,6 +228,8 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
+	srv.MaxRecipientOvershoot = cfg.MaxRecipientOvershoot
+	srv.MaxDataLineLength = cfg.MaxDataLineLength
 	srv.MaxErrors = cfg.MaxErrorsPerSession
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout

@@ -106,7 +106,7 @@ func TestRecipientOvershootLimit(t *testing.T) {
 // Item 3: body lines longer than 998 (generated HTML) are accepted and
 // stored as sent, up to MaxDataLineLength; command lines keep MaxLineLength.
 func TestLongBodyLines(t *testing.T) {
-	f := start(t, func(c *ingress.Config) { c.InlineBodyMax = 4096 })
+	f := start(t, nil) // bodies go to the blob store
 	c := dial(t, f.addr)
 	c.expect(250, "EHLO client.test")
 	for _, n := range []int{2000, 20000, 200000} {
