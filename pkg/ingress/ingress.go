@@ -51,10 +51,10 @@ type streamBuffered interface {
 
 // Config is the ingress's SMTP behaviour.
 type Config struct {
-	Hostname        string        // for the greeting, EHLO and Received:
-	Banner          string        // greeting text after the hostname; may be empty
-	MaxMessageBytes int64         // SIZE; 552 above it
-	MaxRecipients   int           // per message
+	Hostname        string // for the greeting, EHLO and Received:
+	Banner          string // greeting text after the hostname; may be empty
+	MaxMessageBytes int64  // SIZE; 552 above it
+	MaxRecipients   int    // per message
 	// MaxRecipientOvershoot is how many recipients over MaxRecipients a
 	// transaction may be answered 452 4.5.3 before each further one counts
 	// toward MaxErrorsPerSession (Postfix smtpd_recipient_overshoot_limit).
@@ -63,10 +63,10 @@ type Config struct {
 	// MaxDataLineLength bounds a line of message data (RFC 5321's 998 is
 	// what a sender must keep to; longer lines are common and accepted).
 	MaxDataLineLength int
-	ReadTimeout     time.Duration // per command / data read
-	WriteTimeout    time.Duration
-	MaxSessions     int           // concurrent sessions; more get 421
-	StoreTimeout    time.Duration // body PUT + publish acks; a 451 after it
+	ReadTimeout       time.Duration // per command / data read
+	WriteTimeout      time.Duration
+	MaxSessions       int           // concurrent sessions; more get 421
+	StoreTimeout      time.Duration // body PUT + publish acks; a 451 after it
 	// InlineBodyMax keeps bodies up to this many bytes of single-domain
 	// messages inside the JetStream envelope instead of the blob store (0: never).
 	InlineBodyMax int
