@@ -51,22 +51,15 @@ type streamBuffered interface {
 
 // Config is the ingress's SMTP behaviour.
 type Config struct {
-	Hostname        string // for the greeting, EHLO and Received:
-	Banner          string // greeting text after the hostname; may be empty
-	MaxMessageBytes int64  // SIZE; 552 above it
-	MaxRecipients   int    // per message
-	// MaxRecipientOvershoot is how many recipients over MaxRecipients a
-	// transaction may be answered 452 4.5.3 before each further one counts
-	// toward MaxErrorsPerSession (Postfix smtpd_recipient_overshoot_limit).
-	MaxRecipientOvershoot int
-	MaxLineLength         int // per command line
-	// MaxDataLineLength bounds a line of message data (RFC 5321's 998 is
-	// what a sender must keep to; longer lines are common and accepted).
-	MaxDataLineLength int
-	ReadTimeout       time.Duration // per command / data read
-	WriteTimeout      time.Duration
-	MaxSessions       int           // concurrent sessions; more get 421
-	StoreTimeout      time.Duration // body PUT + publish acks; a 451 after it
+	Hostname        string        // for the greeting, EHLO and Received:
+	Banner          string        // greeting text after the hostname; may be empty
+	MaxMessageBytes int64         // SIZE; 552 above it
+	MaxRecipients   int           // per message
+	MaxLineLength   int           // per command/data line
+	ReadTimeout     time.Duration // per command / data read
+	WriteTimeout    time.Duration
+	MaxSessions     int           // concurrent sessions; more get 421
+	StoreTimeout    time.Duration // body PUT + publish acks; a 451 after it
 	// InlineBodyMax keeps bodies up to this many bytes of single-domain
 	// messages inside the JetStream envelope instead of the blob store (0: never).
 	InlineBodyMax int
@@ -88,9 +81,6 @@ type Config struct {
 	// MaxHops refuses a message with more Received: headers (554 5.4.6).
 	MaxHops   int
 	TLSConfig *tls.Config // enables STARTTLS when set (and ServeTLS)
-	// SubmissionAuthExceptions are client networks that may send on the
-	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
-	SubmissionAuthExceptions []netip.Prefix
 	// Auth offers SMTP AUTH (PLAIN, LOGIN; over TLS only) to the users
 	// Users returns (the policy in force, hot-reloaded). nil Auth, nil
 	// Users or no users: no AUTH is offered.
@@ -109,6 +99,18 @@ type Config struct {
 	Logger          *slog.Logger
 	TracerProvider  trace.TracerProvider
 	RepanicForTests bool // let panics through instead of answering 451
+
+	// MaxRecipientOvershoot is how many recipients over MaxRecipients a
+	// transaction may be answered 452 4.5.3 before each further one counts
+	// toward MaxErrorsPerSession (Postfix smtpd_recipient_overshoot_limit).
+	MaxRecipientOvershoot int
+	// MaxDataLineLength bounds a line of message data (RFC 5321's 998 is
+	// what a sender must keep to; longer lines are common and accepted);
+	// MaxLineLength then bounds command lines only.
+	MaxDataLineLength int
+	// SubmissionAuthExceptions are client networks that may send on the
+	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
+	SubmissionAuthExceptions []netip.Prefix
 }
 
 // Defaults of Config's session limits.
