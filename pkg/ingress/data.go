@@ -60,6 +60,9 @@ func (ss *session) Data(r io.Reader) (err error) {
 			}
 		}()
 	}
+	if err := ss.checkUser(); err != nil {
+		return reply(err, ss.qid)
+	}
 	wire := wireOf(ss.conn.Conn())
 	if wire != nil {
 		wire.inData.Store(true)

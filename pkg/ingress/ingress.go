@@ -393,6 +393,9 @@ func (ss *session) Logout() error {
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.Reset()
+	if err := ss.checkUser(); err != nil {
+		return reply(err, "")
+	}
 	if _, isTLS := ss.conn.TLSConnectionState(); isTLS {
 		ss.client.TLS = true
 	}
@@ -423,6 +426,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := ss.checkUser(); err != nil {
+		return reply(err, ss.qid)
+	}
 	a, err := address.Parse(to)
 	if err != nil {
 		return reply(err, ss.qid)
