@@ -212,6 +212,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.SubmissionListen, "submission-listen", "", "submission listener (port 587: STARTTLS, then SMTP AUTH); needs --tls-cert; empty disables")
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
+	fs.IntVar(&o.AuthBudget.MaxUserFailures, "auth-max-user-failures", smtpauth.DefaultMaxUserFailures, "failed SMTP AUTH attempts one user name has within --auth-failure-window, from any client; the next check gets 421 4.7.0 (a success as that user clears the name's count, not the client's)")
 	fs.DurationVar(&o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
 	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once (the least recently failing one is forgotten beyond it)")
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
