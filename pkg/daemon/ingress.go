@@ -160,6 +160,8 @@ type Ingress struct {
 	RelayDomains    config.StringList
 	// ClientLimitExceptions is --client-limit-exceptions (nil: the default).
 	ClientLimitExceptions config.StringList
+	// SubmissionAuthExceptions is --submission-auth-exceptions (default none).
+	SubmissionAuthExceptions config.StringList
 	PolicyDir             string
 	PolicyInterval        time.Duration
 	DNSServer             string
@@ -191,7 +193,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM key for STARTTLS")
 	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
 	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")
-	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command or data line")
+	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command line (message data: --max-data-line-length)")
 	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
 	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
@@ -211,6 +213,9 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
 	fs.StringVar(&o.SubmissionListen, "submission-listen", "", "submission listener (port 587: STARTTLS, then SMTP AUTH); needs --tls-cert; empty disables")
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
+	fs.Var(&o.SubmissionAuthExceptions, "submission-auth-exceptions", "client networks that may send on --submission-listen and --smtps-listen without SMTP AUTH (CIDR or address, comma-separated; default none: MAIL before AUTH gets 530 5.7.0)")
+	fs.IntVar(&o.SMTP.MaxRecipientOvershoot, "max-recipient-overshoot", ingress.DefaultMaxRecipientOvershoot, "recipients over --max-recipients a transaction may send (each answered 452 4.5.3) before further ones count toward --max-errors-per-session, as Postfix's smtpd_recipient_overshoot_limit")
+	fs.IntVar(&o.SMTP.MaxDataLineLength, "max-data-line-length", ingress.DefaultMaxDataLineLength, "longest line of message data (the body streams: no memory is held per line; header lines are bounded at 64 KiB); longer gets 500 5.5.2 and the session ends")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
 	fs.IntVar(&o.AuthBudget.MaxUserFailures, "auth-max-user-failures", smtpauth.DefaultMaxUserFailures, "failed SMTP AUTH attempts one user name has within --auth-failure-window, from any client; the next check gets 421 4.7.0 (a success as that user clears the name's count, not the client's)")
 	fs.DurationVar(&o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
@@ -277,6 +282,15 @@ func (o *Ingress) Validate() error {
 	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
 	}
+	if _, err := ingress.ParseNetworks(o.SubmissionAuthExceptions); err != nil {
+		errs = append(errs, fmt.Errorf("--submission-auth-exceptions: %w", err))
+	}
+	if o.SMTP.MaxRecipientOvershoot < 1 {
+		errs = append(errs, errors.New("--max-recipient-overshoot must be at least 1"))
+	}
+	if o.SMTP.MaxDataLineLength < 1000 {
+		errs = append(errs, errors.New("--max-data-line-length must be at least 1000 (RFC 5321: 998 and CR LF)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -300,6 +314,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
 	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
+	o.SMTP.SubmissionAuthExceptions, _ = ingress.ParseNetworks(o.SubmissionAuthExceptions)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the heap near what --max-in-flight-bytes lets live.
 		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)
@@ -407,9 +422,12 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, l := range lns {
-		if l.kind == "smtps" {
+		switch l.kind {
+		case "smtps":
 			g.Go(func() error { return srv.ServeTLS(l.ln) })
-		} else {
+		case "submission":
+			g.Go(func() error { return srv.ServeSubmission(l.ln) })
+		default:
 			g.Go(func() error { return srv.Serve(l.ln) })
 		}
 	}

@@ -259,18 +259,25 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// ServeSubmission accepts sessions on the submission port (587, RFC 6409).
+// ServeSubmission accepts sessions on the submission port (587, RFC 6409,
+// STARTTLS offered when Config.TLSConfig is set): as ServeTLS, MAIL needs
+// AUTH first (530 5.7.0) unless the client is in SubmissionAuthExceptions.
 func (s *Server) ServeSubmission(ln net.Listener) error {
-	return s.Serve(ln)
+	err := s.smtp.Serve(&listener{Listener: ln, s: s, submission: true})
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // ServeTLS accepts implicit-TLS sessions on ln (port 465, RFC 8314) until
-// Shutdown: the TLS handshake comes first, then the SMTP greeting.
+// Shutdown: the TLS handshake comes first, then the SMTP greeting. It is a
+// submission port: MAIL needs AUTH, as on ServeSubmission.
 func (s *Server) ServeTLS(ln net.Listener) error {
 	if s.cfg.TLSConfig == nil {
 		return errors.New("ingress: implicit TLS needs a TLS configuration")
 	}
-	err := s.smtp.Serve(&listener{Listener: ln, s: s, tls: s.cfg.TLSConfig})
+	err := s.smtp.Serve(&listener{Listener: ln, s: s, tls: s.cfg.TLSConfig, submission: true})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
@@ -326,7 +333,29 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if err := s.cfg.Policy.CheckConnect(context.Background(), cl); err != nil {
 		return nil, reply(err, "")
 	}
-	return &session{s: s, conn: c, client: cl}, nil
+	ss := &session{s: s, conn: c, client: cl}
+	if wire := wireOf(c.Conn()); wire != nil {
+		ss.submission = wire.submission
+	}
+	return ss, nil
+}
+
+// errAuthRequired: MAIL on a submission port before AUTH (RFC 4954 §6).
+var errAuthRequired = Reject(530, "5.7.0", "Authentication required")
+
+// mayMailUnauthenticated: a port-25 session, or a client listed in
+// SubmissionAuthExceptions (RFC 6409 §4.3: a site may authorise clients
+// by other means).
+func (ss *session) mayMailUnauthenticated() bool {
+	if !ss.submission {
+		return true
+	}
+	for _, p := range ss.s.cfg.SubmissionAuthExceptions {
+		if p.Contains(ss.client.Addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // dkimKeys are the DKIM keys in force (nil: no signing).
@@ -376,6 +405,7 @@ type session struct {
 
 	user       *smtpauth.User // after a successful AUTH; kept across transactions
 	authCancel context.CancelFunc
+	submission bool // a submission listener's session: MAIL needs AUTH
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -395,6 +425,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.Reset()
 	if err := ss.checkUser(); err != nil {
 		return reply(err, "")
+	}
+	if ss.user == nil && !ss.mayMailUnauthenticated() {
+		ss.s.log.Info("MAIL refused: authentication required on the submission port", "client", ss.client.Addr.String())
+		return reply(errAuthRequired, "")
 	}
 	if _, isTLS := ss.conn.TLSConnectionState(); isTLS {
 		ss.client.TLS = true

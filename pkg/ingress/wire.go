@@ -39,8 +39,9 @@ var errInputClosed = fmt.Errorf("ingress: input closed after an earlier read err
 // so the trace records the plaintext dialog as the client sees it.
 type listener struct {
 	net.Listener
-	s   *Server
-	tls *tls.Config // implicit TLS when set
+	s          *Server
+	tls        *tls.Config // implicit TLS when set
+	submission bool        // 587 or 465: MAIL needs AUTH
 }
 
 // clientState is what the ingress remembers about one client address.
@@ -65,10 +66,11 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		cn := l.s.admit(c)
+		cn := l.s.admit(c, l.tls)
 		if cn == nil {
 			continue
 		}
+		cn.submission = l.submission
 		var nc net.Conn = cn
 		if l.tls != nil {
 			nc = tls.Server(cn, l.tls) // go-smtp runs the handshake; *conn bounds each read
@@ -80,8 +82,9 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // admit applies the session limits to a new connection: a *conn to serve,
 // or nil when it was refused (the refusal is written in the background so a
-// client that does not read cannot stall Accept).
-func (s *Server) admit(c net.Conn) *conn {
+// client that does not read cannot stall Accept; on an implicit-TLS
+// listener, tlsCfg set, inside TLS after the handshake).
+func (s *Server) admit(c net.Conn, tlsCfg *tls.Config) *conn {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	key := clientKey(ap.Addr())
 	now := time.Now()
@@ -124,7 +127,7 @@ func (s *Server) admit(c net.Conn) *conn {
 		s.log.Warn(why+"; refused connection", "client", ap.Addr().Unmap().String(),
 			"max_sessions", s.cfg.MaxSessions, "max_sessions_per_client", s.cfg.MaxSessionsPerClient,
 			"max_connections_per_client_per_minute", s.cfg.MaxConnectionsPerClientPerMinute)
-		s.refuse(c, refusal)
+		s.refuse(c, refusal, tlsCfg)
 		return nil
 	}
 	greeting := "220 " + s.cfg.Hostname
@@ -139,8 +142,12 @@ func (s *Server) admit(c net.Conn) *conn {
 }
 
 // refuse writes a 421 and closes c, in the background, with at most
-// maxRefusing such writes at once (beyond that the connection is just closed).
-func (s *Server) refuse(c net.Conn, line string) {
+// maxRefusing such writes at once (beyond that the connection is just
+// closed). With tlsCfg (implicit TLS, port 465) the 421 goes inside TLS
+// after the handshake: a TLS client would take plain text for a broken
+// record (and a client that does not finish the handshake in time is just
+// closed).
+func (s *Server) refuse(c net.Conn, line string, tlsCfg *tls.Config) {
 	select {
 	case s.refusing <- struct{}{}:
 	default:
@@ -149,11 +156,26 @@ func (s *Server) refuse(c net.Conn, line string) {
 	}
 	go func() {
 		defer func() { <-s.refusing }()
+		defer c.Close()
+		var w net.Conn = c
+		if tlsCfg != nil {
+			_ = c.SetDeadline(time.Now().Add(refuseHandshakeTimeout))
+			tc := tls.Server(c, tlsCfg)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			w = tc
+		}
 		_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		_, _ = io.WriteString(c, line+"\r\n")
-		c.Close()
+		_, _ = io.WriteString(w, line+"\r\n")
+		if tc, ok := w.(*tls.Conn); ok {
+			_ = tc.CloseWrite() // close_notify after the 421
+		}
 	}()
 }
+
+// refuseHandshakeTimeout bounds the TLS handshake before a refusal.
+const refuseHandshakeTimeout = 5 * time.Second
 
 const maxRefusing = 64
 
@@ -174,10 +196,11 @@ func (s *Server) sweepClients(now time.Time) {
 // conn is one client connection as go-smtp sees it.
 type conn struct {
 	net.Conn
-	s        *Server
-	key      netip.Addr
-	greeting string // for the greetConn above
-	once     sync.Once
+	s          *Server
+	key        netip.Addr
+	greeting   string // for the greetConn above
+	submission bool   // accepted on a submission listener
+	once       sync.Once
 
 	// Read and Write are called from the session's goroutine only; these
 	// fields need no lock.
