@@ -160,8 +160,6 @@ type Ingress struct {
 	RelayDomains    config.StringList
 	// ClientLimitExceptions is --client-limit-exceptions (nil: the default).
 	ClientLimitExceptions config.StringList
-	// SubmissionAuthExceptions is --submission-auth-exceptions (default none).
-	SubmissionAuthExceptions config.StringList
 	PolicyDir             string
 	PolicyInterval        time.Duration
 	DNSServer             string
@@ -171,6 +169,10 @@ type Ingress struct {
 	// then AUTH); SMTPSListen the implicit-TLS one (port 465). "" disables.
 	SubmissionListen string
 	SMTPSListen      string
+
+	// SubmissionAuthExceptions is --submission-auth-exceptions (default none).
+	SubmissionAuthExceptions config.StringList
+
 	// AuthBudget bounds failed SMTP AUTH attempts per client
 	// (--auth-max-failures, --auth-failure-window, --auth-failure-clients).
 	AuthBudget smtpauth.BudgetConfig
