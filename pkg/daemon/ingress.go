@@ -217,6 +217,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
 	fs.Var(&o.SubmissionAuthExceptions, "submission-auth-exceptions", "client networks that may send on --submission-listen and --smtps-listen without SMTP AUTH (CIDR or address, comma-separated; default none: MAIL before AUTH gets 530 5.7.0)")
 	fs.IntVar(&o.SMTP.MaxRecipientOvershoot, "max-recipient-overshoot", ingress.DefaultMaxRecipientOvershoot, "recipients over --max-recipients a transaction may send (each answered 452 4.5.3) before further ones count toward --max-errors-per-session, as Postfix's smtpd_recipient_overshoot_limit")
+	fs.IntVar(&o.SMTP.MinDataRate, "min-data-rate", ingress.DefaultMinDataRate, "slowest a message may come, in bytes per second (Postfix smtpd_min_data_rate): a transfer may take --read-timeout plus one second per this many bytes; slower clients get 421 4.4.2 and nothing is queued (0: no minimum)")
 	fs.IntVar(&o.SMTP.MaxDataLineLength, "max-data-line-length", ingress.DefaultMaxDataLineLength, "longest line of message data (the body streams: no memory is held per line; header lines are bounded at 64 KiB); longer gets 500 5.5.2 and the session ends")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
 	fs.IntVar(&o.AuthBudget.MaxUserFailures, "auth-max-user-failures", smtpauth.DefaultMaxUserFailures, "failed SMTP AUTH attempts one user name has within --auth-failure-window, from any client; the next check gets 421 4.7.0 (a success as that user clears the name's count, not the client's)")
@@ -287,6 +288,9 @@ func (o *Ingress) Validate() error {
 	if _, err := ingress.ParseNetworks(o.SubmissionAuthExceptions); err != nil {
 		errs = append(errs, fmt.Errorf("--submission-auth-exceptions: %w", err))
 	}
+	if o.SMTP.MinDataRate < 0 {
+		errs = append(errs, errors.New("--min-data-rate must be 0 (no minimum) or more"))
+	}
 	if o.SMTP.MaxRecipientOvershoot < 1 {
 		errs = append(errs, errors.New("--max-recipient-overshoot must be at least 1"))
 	}
@@ -317,6 +321,9 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	o.SMTP.Metrics = metrics
 	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
 	o.SMTP.SubmissionAuthExceptions, _ = ingress.ParseNetworks(o.SubmissionAuthExceptions)
+	if o.SMTP.MinDataRate == 0 {
+		o.SMTP.MinDataRate = -1 // the flag's 0 is "no minimum"; Config's 0 the default
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the heap near what --max-in-flight-bytes lets live.
 		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)

@@ -65,8 +65,8 @@ func (ss *session) Data(r io.Reader) (err error) {
 	}
 	wire := wireOf(ss.conn.Conn())
 	if wire != nil {
-		wire.inData.Store(true)
-		defer wire.inData.Store(false)
+		wire.startData()
+		defer wire.endData()
 	}
 	in := &bodyReader{r: r, maxHops: ss.s.cfg.MaxHops}
 
@@ -180,6 +180,9 @@ func (ss *session) inputError(wire *conn, err error) error {
 	case errors.Is(err, smtp.ErrTooLongLine), errors.Is(err, errHeaderTooLarge):
 		ss.s.log.Info(ss.qid+": line too long in DATA; closing", "queue_id", ss.qid, "client", ss.client.Addr)
 		return reply(smtp.ErrTooLongLine, ss.qid)
+	case errors.As(err, &ne) && ne.Timeout() && wire != nil && wire.rateCut.Load():
+		ss.s.log.Info(ss.qid+": client sent the message slower than the minimum data rate; closing", "queue_id", ss.qid, "client", ss.client.Addr, "min_data_rate", ss.s.cfg.MinDataRate)
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: ss.s.cfg.Hostname + " Error: timeout exceeded"}
 	case errors.As(err, &ne) && ne.Timeout():
 		ss.s.log.Info(ss.qid+": timeout reading the message; closing", "queue_id", ss.qid, "client", ss.client.Addr, "timeout", ss.s.cfg.ReadTimeout)
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: ss.s.cfg.Hostname + " Error: timeout exceeded"}

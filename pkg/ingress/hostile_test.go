@@ -143,8 +143,8 @@ func TestDataReadTimeoutIsPerRead(t *testing.T) {
 	c := dial(t, f.addr)
 	openData(c)
 	writeRaw(t, c, "Subject: slow\r\n\r\n")
-	for i := range 8 { // 8 × 250 ms: more than three read timeouts in all
-		writeRaw(t, c, fmt.Sprintf("line %d\r\n", i))
+	for i := range 8 { // 8 × 250 ms: more than three read timeouts in all (at 1.2 KB/s: above the minimum data rate)
+		writeRaw(t, c, fmt.Sprintf("line %d %s\r\n", i, strings.Repeat("x", 290)))
 		time.Sleep(250 * time.Millisecond)
 	}
 	writeRaw(t, c, ".\r\n")

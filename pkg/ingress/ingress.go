@@ -111,6 +111,11 @@ type Config struct {
 	// SubmissionAuthExceptions are client networks that may send on the
 	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
 	SubmissionAuthExceptions []netip.Prefix
+	// MinDataRate is the slowest a message may come, in bytes per second
+	// (Postfix smtpd_min_data_rate): a transfer may take ReadTimeout plus
+	// one second per MinDataRate bytes; slower clients get 421 4.4.2 and
+	// nothing is queued. 0: DefaultMinDataRate; negative: no minimum.
+	MinDataRate int
 }
 
 // Defaults of Config's session limits.
@@ -121,6 +126,8 @@ const (
 	// tens of KB; the body is streamed, so the limit costs no memory (header
 	// lines have their own bound, 64 KiB, as they are held while scanned).
 	DefaultMaxDataLineLength = 1 << 20
+	// DefaultMinDataRate is Postfix's smtpd_min_data_rate (bytes/s).
+	DefaultMinDataRate = 500
 )
 
 // HostResolver does the forward-confirmed reverse lookup of clients.
@@ -174,6 +181,9 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	}
 	if cfg.MaxDataLineLength <= 0 {
 		cfg.MaxDataLineLength = DefaultMaxDataLineLength
+	}
+	if cfg.MinDataRate == 0 {
+		cfg.MinDataRate = DefaultMinDataRate
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 5 * time.Minute

@@ -208,8 +208,39 @@ type conn struct {
 	nread   int64
 
 	// Set by the session's Data, which runs in another goroutine for BDAT.
-	inData     atomic.Bool // a DATA transfer is being read (the session logs what ends it)
-	closeAfter atomic.Bool // close once the next reply is written
+	inData     atomic.Bool  // a DATA transfer is being read (the session logs what ends it)
+	closeAfter atomic.Bool  // close once the next reply is written
+	dataStart  atomic.Int64 // unix nanoseconds when the transfer began (MinDataRate)
+	dataBytes  atomic.Int64 // bytes read since
+	rateCut    atomic.Bool  // a read timed out on the MinDataRate deadline
+}
+
+// startData marks the start of a message transfer (DATA or BDAT): reads
+// are bounded by MinDataRate from now until endData.
+func (c *conn) startData() {
+	c.dataStart.Store(time.Now().UnixNano())
+	c.dataBytes.Store(0)
+	c.rateCut.Store(false)
+	c.inData.Store(true)
+}
+
+func (c *conn) endData() { c.inData.Store(false) }
+
+// readDeadline is the idle timeout from now, or, during a transfer with a
+// minimum data rate, the time by which the bytes read so far must have
+// come (as Postfix's smtpd_min_data_rate: the idle timeout from the start,
+// plus one second per MinDataRate bytes read), whichever is earlier.
+func (c *conn) readDeadline(now time.Time) (deadline time.Time, byRate bool) {
+	deadline = now.Add(c.s.cfg.ReadTimeout)
+	rate := int64(c.s.cfg.MinDataRate)
+	if rate <= 0 || !c.inData.Load() {
+		return deadline, false
+	}
+	credit := time.Duration(c.dataBytes.Load() * int64(time.Second) / rate)
+	if d := time.Unix(0, c.dataStart.Load()).Add(c.s.cfg.ReadTimeout + credit); d.Before(deadline) {
+		return d, true
+	}
+	return deadline, false
 }
 
 // wireOf finds the ingress's conn under a go-smtp connection (the layers
@@ -229,25 +260,32 @@ func wireOf(c net.Conn) *conn {
 }
 
 // Read is an idle timeout per read (as Postfix's smtpd_timeout and
-// sendmail's Timeout.datablock): a slow but steady client may take as long
-// as it needs, a silent one is cut off. After the first error nothing more
+// sendmail's Timeout.datablock): a silent client is cut off, and during a
+// message transfer one slower than MinDataRate too (readDeadline). After the first error nothing more
 // is read: the rest of an interrupted DATA is never taken for commands.
 func (c *conn) Read(p []byte) (int, error) {
 	if c.readErr != nil {
 		return 0, errInputClosed
 	}
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.s.cfg.ReadTimeout)); err != nil {
+	deadline, byRate := c.readDeadline(time.Now())
+	if err := c.Conn.SetReadDeadline(deadline); err != nil {
 		c.readErr = err
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
 	c.nread += int64(n)
+	if c.inData.Load() {
+		c.dataBytes.Add(int64(n))
+	}
 	if err == nil {
 		return n, nil
 	}
 	c.readErr = err
 	var ne net.Error
 	timeout := errors.As(err, &ne) && ne.Timeout()
+	if timeout && byRate {
+		c.rateCut.Store(true)
+	}
 	switch {
 	case c.inData.Load():
 		// The session reports it with its queue id.
