@@ -201,6 +201,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", DefaultInlineBodyMax, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope (made durable and replicated with it) instead of --blob-store; larger bodies and those of multi-domain messages go to the blob store (0: always the blob store; at most 524288)")
 	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
+	fs.Int64Var(&o.SMTP.MaxInFlightBytesPerClient, "max-in-flight-bytes-per-client", 0, "part of --max-in-flight-bytes one client address (IPv6: one /64) may hold; beyond it its messages get 452 4.3.1 (0: a quarter; at least one message's buffers; --client-limit-exceptions are exempt)")
 	fs.IntVar(&o.SMTP.MaxSessionsPerClient, "max-sessions-per-client", 50, "concurrent SMTP sessions from one client address (IPv6: one /64); more get 421 4.7.0")
 	fs.IntVar(&o.SMTP.MaxConnectionsPerClientPerMinute, "max-connections-per-client-per-minute", 600, "new connections from one client address per minute (token bucket, bursts up to this); more get 421 4.7.0")
 	fs.Var(&o.ClientLimitExceptions, "client-limit-exceptions", "client networks exempt from the per-client session and connection-rate limits (CIDR or address, comma-separated; default 127.0.0.0/8,::1; \"none\" for no exceptions)")
@@ -287,6 +288,9 @@ func (o *Ingress) Validate() error {
 	}
 	if _, err := ingress.ParseNetworks(o.SubmissionAuthExceptions); err != nil {
 		errs = append(errs, fmt.Errorf("--submission-auth-exceptions: %w", err))
+	}
+	if o.SMTP.MaxInFlightBytesPerClient < 0 || o.SMTP.MaxInFlightBytesPerClient > o.SMTP.MaxInFlightBytes {
+		errs = append(errs, errors.New("--max-in-flight-bytes-per-client must be 0 (a quarter) up to --max-in-flight-bytes"))
 	}
 	if o.SMTP.MinDataRate < 0 {
 		errs = append(errs, errors.New("--min-data-rate must be 0 (no minimum) or more"))

@@ -111,6 +111,10 @@ type Config struct {
 	// SubmissionAuthExceptions are client networks that may send on the
 	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
 	SubmissionAuthExceptions []netip.Prefix
+	// MaxInFlightBytesPerClient is the part of MaxInFlightBytes one client
+	// address (IPv6: /64) may hold (0: a quarter of it; at least one
+	// message's buffers). ClientLimitExceptions are exempt.
+	MaxInFlightBytesPerClient int64
 	// MinDataRate is the slowest a message may come, in bytes per second
 	// (Postfix smtpd_min_data_rate): a transfer may take ReadTimeout plus
 	// one second per MinDataRate bytes; slower clients get 421 4.4.2 and
@@ -151,6 +155,7 @@ type Server struct {
 	refusing  chan struct{}
 	peekLimit int       // body bytes read before deciding inline / Put / PutStream
 	peekBufs  sync.Pool // *[]byte of peekLimit and a Received: header, reused across messages
+	firstBufs sync.Pool // *[]byte of firstPeekBuf: every message's first buffer
 
 	mu       sync.Mutex
 	sessions int
@@ -235,6 +240,18 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	if sb, ok := bodies.(streamBuffered); ok {
 		s.storeBuf = sb.StreamBufferBytes()
 	}
+	// A client's share is at least what one streamed message holds: the
+	// peek buffer with a Received: header, a signer's header and the
+	// store's buffer.
+	sign := int64(cfg.DKIMMaxHeaderBytes)
+	if sign <= 0 {
+		sign = dkim.DefaultMaxHeaderBytes
+	}
+	one := int64(s.peekLimit) + 4096 + sign + s.storeBuf
+	if s.cfg.MaxInFlightBytesPerClient <= 0 {
+		s.cfg.MaxInFlightBytesPerClient = s.cfg.MaxInFlightBytes / 4
+	}
+	s.cfg.MaxInFlightBytesPerClient = min(max(s.cfg.MaxInFlightBytesPerClient, one), s.cfg.MaxInFlightBytes)
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = cfg.MaxMessageBytes

@@ -48,6 +48,7 @@ type listener struct {
 type clientState struct {
 	sessions int
 	limiter  *rate.Limiter // nil without a connection rate limit
+	inFlight int64         // in-flight budget held (MaxInFlightBytesPerClient)
 }
 
 // clientKey groups IPv6 clients by /64 (one host usually has a whole /64).
@@ -134,7 +135,7 @@ func (s *Server) admit(c net.Conn, tlsCfg *tls.Config) *conn {
 	if s.cfg.Banner != "" {
 		greeting += " " + s.cfg.Banner
 	}
-	cn := &conn{Conn: c, s: s, key: key, greeting: greeting + "\r\n"}
+	cn := &conn{Conn: c, s: s, key: key, greeting: greeting + "\r\n", cs: cs, exempt: exempt}
 	s.mu.Lock()
 	s.conns[cn] = struct{}{}
 	s.mu.Unlock()
@@ -201,6 +202,9 @@ type conn struct {
 	greeting   string // for the greetConn above
 	submission bool   // accepted on a submission listener
 	once       sync.Once
+
+	cs     *clientState // the client's (kept in s.clients while it has sessions)
+	exempt bool         // in ClientLimitExceptions
 
 	// Read and Write are called from the session's goroutine only; these
 	// fields need no lock.
