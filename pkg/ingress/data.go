@@ -61,13 +61,15 @@ func (ss *session) Data(r io.Reader) (err error) {
 			}
 		}()
 	}
-	if err := ss.checkUser(); err != nil {
-		return reply(err, ss.qid)
-	}
 	wire := wireOf(ss.conn.Conn())
 	if wire != nil {
+		// Until Reset (after go-smtp has read the message to its end, also
+		// when it is refused early): the minimum data rate holds for all of it.
 		wire.startData()
-		defer wire.endData()
+		defer wire.dataEnded.Store(true)
+	}
+	if err := ss.checkUser(); err != nil {
+		return reply(err, ss.qid)
 	}
 	in := &bodyReader{r: r, maxHops: ss.s.cfg.MaxHops}
 

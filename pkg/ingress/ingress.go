@@ -438,6 +438,9 @@ type session struct {
 var _ smtp.Session = (*session)(nil)
 
 func (ss *session) Reset() {
+	if wire := wireOf(ss.conn.Conn()); wire != nil {
+		wire.endData() // go-smtp resets after a message transfer, once it has read it all
+	}
 	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets = "", "", false, false, false, nil, nil
 }
 

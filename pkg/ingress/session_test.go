@@ -446,3 +446,46 @@ func TestAuthSuccessKeepsClientFailures(t *testing.T) {
 	}
 	c2.expectClosed()
 }
+
+// Item 12: the minimum data rate holds also while the rest of a message
+// refused early (here: no room in the in-flight budget) is read and thrown
+// away: the trickling client is cut off, not read for as long as it likes.
+func TestMinDataRateAfterEarlyRefusal(t *testing.T) {
+	f := start(t, func(c *ingress.Config) {
+		c.ReadTimeout = time.Second
+		c.MaxInFlightBytes = 8 << 10 // less than a message's first buffer: DATA is refused at once
+	})
+	c := dial(t, f.addr)
+	openData(c)
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := c.readReply(); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	cut := false
+	for range 60 { // 60 × 200 ms, 3 bytes each
+		select {
+		case <-closed:
+			cut = true
+		case <-time.After(200 * time.Millisecond):
+		}
+		if cut {
+			break
+		}
+		if _, err := c.conn.Write([]byte("x\r\n")); err != nil {
+			cut = true
+			break
+		}
+	}
+	if !cut {
+		t.Fatal("a client trickling the rest of a refused message at 15 bytes/s was not cut off")
+	}
+	waitIdle(t, f)
+	if n := f.streamMsgs(); n != 0 {
+		t.Errorf("%d envelopes queued", n)
+	}
+}

@@ -217,6 +217,7 @@ type conn struct {
 	dataStart  atomic.Int64 // unix nanoseconds when the transfer began (MinDataRate)
 	dataBytes  atomic.Int64 // bytes read since
 	rateCut    atomic.Bool  // a read timed out on the MinDataRate deadline
+	dataEnded  atomic.Bool  // the session's Data returned (go-smtp reads the rest)
 }
 
 // startData marks the start of a message transfer (DATA or BDAT): reads
@@ -225,6 +226,7 @@ func (c *conn) startData() {
 	c.dataStart.Store(time.Now().UnixNano())
 	c.dataBytes.Store(0)
 	c.rateCut.Store(false)
+	c.dataEnded.Store(false)
 	c.inData.Store(true)
 }
 
@@ -291,8 +293,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.rateCut.Store(true)
 	}
 	switch {
-	case c.inData.Load():
+	case c.inData.Load() && !c.dataEnded.Load():
 		// The session reports it with its queue id.
+	case timeout && byRate:
+		c.s.log.Info("client sent the rest of a refused message slower than the minimum data rate; closing", "client", c.key.String(), "min_data_rate", c.s.cfg.MinDataRate)
 	case timeout:
 		c.s.log.Info("timeout waiting for input from client; closing", "client", c.key.String(), "timeout", c.s.cfg.ReadTimeout)
 	case c.nread == 0:
