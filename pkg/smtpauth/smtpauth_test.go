@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"regexp"
@@ -208,7 +209,7 @@ func TestVerifier(t *testing.T) {
 
 func TestFailureBudget(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	b, err := NewFailureBudget(BudgetConfig{MaxFailures: 3, Window: time.Minute, MaxClients: 4, Now: func() time.Time { return now }})
+	b, err := NewFailureBudget(BudgetConfig{MaxFailures: 3, Window: time.Minute, MaxClients: 2, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,11 +232,18 @@ func TestFailureBudget(t *testing.T) {
 	if n, _ := b.Fail(v6b, "u2"); n != 2 {
 		t.Errorf("same /64: %d failures, want 2", n)
 	}
-	// MaxClients 4 (clients and names): c1, u1, v6 and u2 tracked; v6c and
-	// u3 evict c1 and u1 (least recent).
+	// MaxClients 2 (clients, and apart names): c1, v6, u1, u2 tracked;
+	// v6c evicts c1, u3 evicts u1 (least recent).
 	b.Fail(v6c, "u3")
 	if b.Tracked() != 4 || b.Exhausted(c1) {
 		t.Errorf("tracked %d, c1 exhausted %v: want 4 and c1 evicted", b.Tracked(), b.Exhausted(c1))
+	}
+	// Names sprayed do not push a client out.
+	for i := range 10 {
+		b.Fail(v6c, fmt.Sprintf("spray%d", i))
+	}
+	if n := b.Failures(v6c); n != 11 {
+		t.Errorf("client failures after a name spray: %d, want 11", n)
 	}
 	// The window passes.
 	now = now.Add(time.Minute)

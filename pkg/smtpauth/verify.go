@@ -100,9 +100,9 @@ type BudgetConfig struct {
 	// Window is how long failures count, from the first one
 	// (--auth-failure-window, default 15m).
 	Window time.Duration
-	// MaxClients bounds the clients and user names tracked; past it the
-	// least recently failing one is forgotten (--auth-failure-clients,
-	// default 100000).
+	// MaxClients bounds the clients tracked, and apart the user names;
+	// past it the least recently failing one is forgotten
+	// (--auth-failure-clients, default 100000).
 	MaxClients int
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
@@ -153,7 +153,18 @@ type FailureBudget struct {
 	cfg BudgetConfig
 	mu  sync.Mutex
 	m   map[string]*list.Element
-	lru *list.List // front: most recent failure
+	// Clients and user names are evicted apart (front: most recent
+	// failure), so names sprayed by the thousand cannot push a client's
+	// failures out, nor the reverse.
+	clients, users *list.List
+}
+
+// lru is the eviction list key belongs to.
+func (b *FailureBudget) lru(key string) *list.List {
+	if strings.HasPrefix(key, "user ") {
+		return b.users
+	}
+	return b.clients
 }
 
 type budgetEntry struct {
@@ -171,7 +182,7 @@ func NewFailureBudget(cfg BudgetConfig) (*FailureBudget, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &FailureBudget{cfg: cfg, m: map[string]*list.Element{}, lru: list.New()}, nil
+	return &FailureBudget{cfg: cfg, m: map[string]*list.Element{}, clients: list.New(), users: list.New()}, nil
 }
 
 // ClientKey is the unit a budget counts: the address itself for IPv4, its
@@ -210,7 +221,7 @@ func (b *FailureBudget) entry(key string, now time.Time) *budgetEntry {
 	if now.Sub(e.first) >= b.cfg.Window {
 		e.first, e.count = now, 0
 		if e.pending == 0 {
-			b.lru.Remove(el)
+			b.lru(key).Remove(el)
 			delete(b.m, key)
 			return nil
 		}
@@ -222,16 +233,17 @@ func (b *FailureBudget) entry(key string, now time.Time) *budgetEntry {
 // beyond MaxClients). Called with b.mu held.
 func (b *FailureBudget) touch(key string, now time.Time) *budgetEntry {
 	if e := b.entry(key, now); e != nil {
-		b.lru.MoveToFront(b.m[key])
+		b.lru(key).MoveToFront(b.m[key])
 		return e
 	}
-	for len(b.m) >= b.cfg.MaxClients {
-		old := b.lru.Back()
-		b.lru.Remove(old)
+	lru := b.lru(key)
+	for lru.Len() >= b.cfg.MaxClients {
+		old := lru.Back()
+		lru.Remove(old)
 		delete(b.m, old.Value.(*budgetEntry).key)
 	}
 	e := &budgetEntry{key: key, first: now}
-	b.m[key] = b.lru.PushFront(e)
+	b.m[key] = lru.PushFront(e)
 	return e
 }
 
@@ -292,7 +304,7 @@ func (b *FailureBudget) End(client netip.Addr, user string, failed bool) (failur
 	if !failed {
 		if el, ok := b.m[uk]; ok {
 			if e := el.Value.(*budgetEntry); e.pending == 0 {
-				b.lru.Remove(el)
+				b.users.Remove(el)
 				delete(b.m, uk)
 			} else {
 				e.count = 0
