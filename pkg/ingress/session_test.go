@@ -295,34 +295,14 @@ func TestMinDataRate(t *testing.T) {
 	}
 }
 
-// testKeys is a DKIM key set for src.test (its presence makes each DATA
-// count a signer's header buffer).
-func testKeys(t *testing.T) *dkim.Keys {
-	t.Helper()
-	signer, err := dkim.GenerateKey("ed25519")
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, _ := (&dkim.Key{Domain: "src.test", Selector: "s1", Signer: signer}).Line()
-	k, err := dkim.ParseKeyLine(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := dkim.NewKeys([]dkim.Key{k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keys
-}
-
 // Item 8: idle DATA sessions hold what they were sent, not a message's
 // worth of buffers up front: a handful of them (DKIM keys in force) no
 // longer make everyone else's DATA wait and get 452.
 func TestIdleDataSessionsHoldLittle(t *testing.T) {
-	keys := testKeys(t)
+	keys, _ := testKeys(t, "src.test") // keys in force make each DATA count a signer's header buffer
 	f := start(t, func(c *ingress.Config) {
 		c.DKIM = func() *dkim.Keys { return keys }
-		c.MaxInFlightBytes = 1 << 20
+		c.MaxInFlightBytes = 256 << 10 // three messages' read buffers (64 KiB each) taken up front
 		c.StoreTimeout = time.Second
 	})
 	var wg sync.WaitGroup
