@@ -15,6 +15,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 )
 
@@ -468,4 +469,32 @@ func TestMinDataRateAfterEarlyRefusal(t *testing.T) {
 	if n := f.streamMsgs(); n != 0 {
 		t.Errorf("%d envelopes queued", n)
 	}
+}
+
+// Item 3: a recipient whose alias expansion would pass the limit gets the
+// same 452 4.5.3, excused from the error budget the same way.
+func TestExpansionOvershootKeepsSession(t *testing.T) {
+	pol, err := policy.Parse(map[string][]byte{
+		"access":           []byte("To:local.test RELAY\nTo:dst.test RELAY\n"),
+		"local-host-names": []byte("local.test\n"),
+		"aliases":          []byte("team: a@dst.test, b@dst.test, c@dst.test\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := start(t, func(c *ingress.Config) {
+		c.MaxRecipients, c.MaxErrorsPerSession = 3, 2
+		c.Policy = &ingress.SendmailPolicy{Current: func() *policy.Policy { return pol }, MaxExpansion: 3}
+	})
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.test")
+	c.expect(250, "MAIL FROM:<a@src.test>")
+	c.expect(250, "RCPT TO:<x@dst.test>")
+	for range 4 {
+		if r := c.cmd("RCPT TO:<team@local.test>"); r.Code != 452 || !strings.HasPrefix(r.Text(), "4.5.3 ") {
+			t.Fatalf("an alias of 3 on top of 1 with a limit of 3: %v, want 452 4.5.3 (and the session kept)", r)
+		}
+	}
+	c.expect(250, "RCPT TO:<y@dst.test>")
+	queueID(t, c.sendData("Subject: v\r\n\r\nx\r\n"))
 }
