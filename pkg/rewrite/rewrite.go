@@ -28,15 +28,44 @@ type Result struct {
 // senderFields are the fields sendmail rewrites for a sender.
 var senderFields = map[string]bool{"from": true, "sender": true, "reply-to": true}
 
-// Senders reads the header section of r (up to max bytes; 0 means
-// DefaultMaxHeader), rewrites the addresses of its From:, Sender: and
-// Reply-To: fields with fn, and returns a reader of the whole message with
-// the new header section. A field that does not parse as an address list is
-// left as it is. Line endings are kept as they came (CRLF or LF).
-func Senders(r io.Reader, max int, fn Func) (io.Reader, Result, error) {
+// Reader yields a message with the addresses of its From:, Sender: and
+// Reply-To: fields rewritten. It reads the header section (up to its bound)
+// on the first Read, so nothing is held before the message is read.
+type Reader struct {
+	r   io.Reader
+	max int
+	fn  Func
+	out io.Reader
+	res Result
+	err error
+}
+
+// Senders returns a Reader of r whose sender header fields are rewritten by
+// fn. The header section is held up to max bytes (0 means
+// DefaultMaxHeader); a longer one passes through unchanged. A field that
+// does not parse as an address list is left as it is. Line endings are kept
+// as they came (CRLF or LF).
+func Senders(r io.Reader, max int, fn Func) *Reader {
 	if max <= 0 {
 		max = DefaultMaxHeader
 	}
+	return &Reader{r: r, max: max, fn: fn}
+}
+
+func (x *Reader) Read(p []byte) (int, error) {
+	if x.out == nil && x.err == nil {
+		x.out, x.res, x.err = senders(x.r, x.max, x.fn)
+	}
+	if x.err != nil {
+		return 0, x.err
+	}
+	return x.out.Read(p)
+}
+
+// Result says what the rewrite did; it is known once the first Read returned.
+func (x *Reader) Result() Result { return x.res }
+
+func senders(r io.Reader, max int, fn Func) (io.Reader, Result, error) {
 	br := bufio.NewReaderSize(r, 4096)
 	var head []byte
 	for {

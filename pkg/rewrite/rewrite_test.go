@@ -16,15 +16,12 @@ func masq(addr string) (string, bool) {
 
 func run(t *testing.T, msg string, max int) (string, Result) {
 	t.Helper()
-	r, res, err := Senders(strings.NewReader(msg), max, masq)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := Senders(strings.NewReader(msg), max, masq)
 	out, err := io.ReadAll(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(out), res
+	return string(out), r.Result()
 }
 
 func TestSendersRewritesOnlySenderFields(t *testing.T) {
@@ -89,14 +86,12 @@ func FuzzSenders(f *testing.F) {
 	f.Add([]byte("From: A <root@server17.internal>\r\nReply-To: x@y.example\r\n\r\nbody"))
 	f.Add([]byte("Sender:\r\n root@server17.internal\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		r, res, err := Senders(bytes.NewReader(msg), 512, masq)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := Senders(bytes.NewReader(msg), 512, masq)
 		out, err := io.ReadAll(r)
 		if err != nil {
 			t.Fatal(err)
 		}
+		res := r.Result()
 		if res.Fields == 0 && !bytes.Equal(out, msg) {
 			t.Fatalf("nothing rewritten but output differs:\n%q\n%q", msg, out)
 		}
