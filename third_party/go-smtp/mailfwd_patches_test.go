@@ -108,7 +108,7 @@ func TestMaxErrors(t *testing.T) {
 	}
 }
 
-// Patch 15: recipients over MaxRecipients are 452 4.5.3 without counting
+// Patch 16: recipients over MaxRecipients are 452 4.5.3 without counting
 // as errors until MaxRecipientOvershoot of them in a transaction; a new
 // transaction starts the count again.
 func TestMaxRecipientOvershoot(t *testing.T) {
@@ -144,7 +144,7 @@ func TestMaxRecipientOvershoot(t *testing.T) {
 	}
 }
 
-// Patch 16: DATA lines are bounded by MaxDataLineLength, commands by
+// Patch 17: DATA lines are bounded by MaxDataLineLength, commands by
 // MaxLineLength.
 func TestMaxDataLineLength(t *testing.T) {
 	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxLineLength, s.MaxDataLineLength = 100, 1000 })
