@@ -318,9 +318,9 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 	return s, err
 }
 
-// MakeDue makes a deferred envelope due now by replacing its schedule
-// (sendmail -qR/-qS/-qI). Ready envelopes are due already; held ones need a
-// release.
+// MakeDue makes a deferred envelope due now (sendmail -qR/-qS/-qI): it is
+// published as ready and its deferred copy removed. Ready envelopes are due
+// already; held ones need a release.
 func (q *Queue) MakeDue(ctx context.Context, e Entry) error {
 	if e.State != StateDeferred {
 		return fmt.Errorf("queue: %s is %s, not deferred", e.Subject, e.State)
@@ -329,21 +329,8 @@ func (q *Queue) MakeDue(ctx context.Context, e Entry) error {
 		return fmt.Errorf("queue: %s: undecodable envelope", e.Subject)
 	}
 	env := *e.Env
-	now := time.Now()
-	env.NextAttempt = now
-	m, err := q.newMsg(ctx, e.Subject, &env)
-	if err != nil {
-		return err
-	}
-	_, err = q.js.PublishMsg(ctx, m,
-		jetstream.WithScheduleAt(now),
-		jetstream.WithScheduleTarget(ReadySubject(env.Domain)),
-		jetstream.WithMsgID(env.QueueID+"."+address.SubjectToken(env.Domain)+".due"+strconv.FormatUint(e.Seq, 10)),
-	)
-	if err != nil {
-		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
-	}
-	return q.durable(ctx)
+	env.NextAttempt = time.Now()
+	return q.Requeue(ctx, e, &env)
 }
 
 // Remove deletes one envelope copy from the stream (purge/bounce). A ready
