@@ -72,10 +72,10 @@ type Config struct {
 	AcceptConsumer string // default "accepts"
 	// DeferConsumer hands deferred envelopes to the workers when due.
 	DeferConsumer string        // default "deferrals"
-	RefsBucket     string        // default "MAIL_REFS"
-	HoldsBucket    string        // default "MAIL_HOLDS"
-	Replicas       int           // default 1
-	AckWait        time.Duration // default 2m; workers heartbeat with InProgress during long sends
+	RefsBucket    string        // default "MAIL_REFS"
+	HoldsBucket   string        // default "MAIL_HOLDS"
+	Replicas      int           // default 1
+	AckWait       time.Duration // default 2m; workers heartbeat with InProgress during long sends
 	// MaxAckPending bounds the messages handed out and not yet acked across all workers.
 	MaxAckPending int           // default 20000
 	PublishWait   time.Duration // how long Enqueue waits for PubAcks, default 10s
