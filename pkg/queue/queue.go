@@ -69,13 +69,11 @@ type Config struct {
 	Stream     string // default "MAIL"
 	Consumer   string // default "workers"
 	// AcceptConsumer fans accept records out to the ready subjects.
-	AcceptConsumer string // default "accepts"
-	// DeferConsumer hands deferred envelopes to the workers when due.
-	DeferConsumer string        // default "deferrals"
-	RefsBucket    string        // default "MAIL_REFS"
-	HoldsBucket   string        // default "MAIL_HOLDS"
-	Replicas      int           // default 1
-	AckWait       time.Duration // default 2m; workers heartbeat with InProgress during long sends
+	AcceptConsumer string        // default "accepts"
+	RefsBucket     string        // default "MAIL_REFS"
+	HoldsBucket    string        // default "MAIL_HOLDS"
+	Replicas       int           // default 1
+	AckWait        time.Duration // default 2m; workers heartbeat with InProgress during long sends
 	// MaxAckPending bounds the messages handed out and not yet acked across all workers.
 	MaxAckPending int           // default 20000
 	PublishWait   time.Duration // how long Enqueue waits for PubAcks, default 10s
@@ -100,6 +98,10 @@ type Config struct {
 	// async-persist stream with LocalStore, and CheckLocalStore that the
 	// directory holds the stream.
 	LocalStore string
+
+	// DeferConsumer hands deferred envelopes to the workers' mover, which
+	// makes each ready when due; default "deferrals".
+	DeferConsumer string
 }
 
 func (c *Config) setDefaults() {
