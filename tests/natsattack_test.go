@@ -104,8 +104,10 @@ func concreteSubject(pattern string) string {
 // removes, rolls up or multiplies stored messages (Nats-Rollup all and sub,
 // KV purge markers, Nats-TTL, Nats-Schedule with and without a rollup,
 // Nats-Schedule-Next purge, the purge, delete and update APIs) on every
-// subject they may publish to and on every queued message's subject; the
-// queue (every stream, every message, byte for byte) is the same afterwards.
+// subject they may publish to and on every queued message's subject, and
+// plain publishes and KV delete markers on every queued message's subject
+// outside their grants; the queue (every stream, every message, byte for
+// byte) is the same afterwards. docs/nats-security.md cites it.
 func TestNATSQuickstartDaemonsCannotDestroyMail(t *testing.T) {
 	url, _ := startQuickstartNATS(t)
 	if out, err := runCtl(t, url, "bootstrap"); err != nil {
@@ -235,6 +237,17 @@ func TestNATSQuickstartDaemonsCannotDestroyMail(t *testing.T) {
 					"Nats-Schedule @at now with Nats-Schedule-Rollup: sub → "+target)
 				try(nc, user, s, nats.Header{"Nats-Schedule-Next": {"purge"}, "Nats-Scheduler": {target}}, "Nats-Schedule-Next: purge of "+target)
 			}
+		}
+		// Subjects outside the user's grants (the refs and holds buckets for
+		// the ingress, the holds for the workers, held and failed mail for
+		// the ingress): a plain publish, a KV delete marker, must not land.
+		allow := quickstartPublishAllow(t, user)
+		for _, v := range victims {
+			if slices.ContainsFunc(allow, func(p string) bool { return server.SubjectMatchesFilter(v, p) }) {
+				continue
+			}
+			try(nc, user, v, nil, "plain publish outside the grants")
+			try(nc, user, v, nats.Header{"KV-Operation": {"DEL"}}, "KV delete marker outside the grants")
 		}
 		for name, msgs := range before {
 			api(nc, user, "$JS.API.STREAM.PURGE."+name, map[string]any{})
