@@ -100,6 +100,11 @@ type Envelope struct {
 	Handbacks int `json:"handbacks,omitempty"`
 	// FailedAt is when the envelope entered the terminal failed state.
 	FailedAt time.Time `json:"failed_at,omitempty"`
+	// Nonce is random, set when the message is queued (pkg/queue): part of
+	// every Nats-Msg-Id of its envelopes, so that a NATS user who cannot
+	// read the queue cannot pre-empt one by guessing the queue id (the
+	// server would drop the real message as a duplicate).
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Deadline is when the envelope gives up (queue-return time).

@@ -500,7 +500,7 @@ func (q *Queue) MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe str
 	if err != nil {
 		return err
 	}
-	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".h"+dedupe)); err != nil {
+	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(e)+".h"+dedupe)); err != nil {
 		return fmt.Errorf("queue: hold %s: %w", e.QueueID, err)
 	}
 	return q.durable(ctx)
@@ -513,7 +513,7 @@ func (q *Queue) Requeue(ctx context.Context, old Entry, env *envelope.Envelope) 
 	if err != nil {
 		return err
 	}
-	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(env.QueueID+"."+address.SubjectToken(env.Domain)+".rq"+strconv.FormatUint(old.Seq, 10))); err != nil {
+	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(env)+".rq"+strconv.FormatUint(old.Seq, 10))); err != nil {
 		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
 	}
 	if err := q.durable(ctx); err != nil {

@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 )
 
@@ -164,7 +163,7 @@ func (q *Queue) moveDue(st jetstream.Stream, m jetstream.Msg) {
 			pm.Header[k] = vs
 		}
 	}
-	pm.Header.Set(jetstream.MsgIDHeader, e.QueueID+"."+address.SubjectToken(e.Domain)+".u"+strconv.FormatUint(md.Sequence.Stream, 10))
+	pm.Header.Set(jetstream.MsgIDHeader, msgID(e)+".u"+strconv.FormatUint(md.Sequence.Stream, 10))
 	if _, err := q.js.PublishMsg(ctx, pm); err != nil {
 		_ = m.NakWithDelay(time.Second)
 		return

@@ -24,6 +24,8 @@ package queue
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -442,8 +444,23 @@ func DeferredSubject(domain, qid string) string {
 // batch. The ingress's recipient limit keeps messages far below it.
 const MaxEnvelopesPerMessage = 1000
 
-// msgID is the dedupe id of the first copy of envelope e.
-func msgID(e *envelope.Envelope) string { return e.QueueID + "." + address.SubjectToken(e.Domain) }
+// msgID is the dedupe id of the first copy of envelope e, and the stem of
+// every later copy's. With the envelope's nonce in it (set by Enqueue), no
+// one who cannot read the envelope can publish first under its id.
+func msgID(e *envelope.Envelope) string {
+	id := e.QueueID + "." + address.SubjectToken(e.Domain)
+	if e.Nonce != "" {
+		id += "." + e.Nonce
+	}
+	return id
+}
+
+// newNonce returns 16 random hex digits (envelope.Envelope.Nonce).
+func newNonce() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
 
 // Enqueue stores every envelope of one message, all or nothing, and returns
 // nil only when JetStream has stored every one of them (and, with sync
@@ -468,6 +485,12 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 	if len(envs) > MaxEnvelopesPerMessage {
 		return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
 			len(envs), envs[0].QueueID, MaxEnvelopesPerMessage))
+	}
+	nonce := newNonce()
+	for _, e := range envs {
+		if e.Nonce == "" {
+			e.Nonce = nonce
+		}
 	}
 	msgs := make([]*nats.Msg, len(envs))
 	for i, e := range envs {
@@ -576,7 +599,7 @@ func (q *Queue) acceptRecord(ctx context.Context, envs []*envelope.Envelope, msg
 	m := nats.NewMsg(AcceptSubject(r.QueueID))
 	m.Data = b
 	q.cfg.Propagator.Inject(ctx, HeaderCarrier(m.Header))
-	m.Header.Set(jetstream.MsgIDHeader, r.QueueID+".accept")
+	m.Header.Set(jetstream.MsgIDHeader, r.QueueID+".accept."+envs[0].Nonce)
 	if int64(len(m.Data)+headerBytes(m.Header)) > q.nc.MaxPayload() {
 		return nil
 	}
@@ -784,7 +807,7 @@ func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time, d
 	if err != nil {
 		return err
 	}
-	_, err = q.js.PublishMsg(ctx, m, jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".d"+dedupe))
+	_, err = q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(e)+".d"+dedupe))
 	if err != nil {
 		return fmt.Errorf("queue: defer %s: %w", e.QueueID, err)
 	}
