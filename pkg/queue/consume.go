@@ -186,8 +186,8 @@ func (q *Queue) moveDue(st jetstream.Stream, m jetstream.Msg) {
 //     pending; a redelivered record whose refs entry is gone (deleted when
 //     the last domain was final) is done and only acked; one whose entry is
 //     live publishes only the domains still pending;
-//   - every envelope carries the same Nats-Msg-Id as a batch would
-//     (qid.domain), so JetStream drops the copies an earlier attempt stored
+//   - every envelope carries the same Nats-Msg-Id on every attempt
+//     (msgID: qid.domain.nonce), so JetStream drops the copies an earlier attempt stored
 //     within the dedupe window (twice the ack wait, the redelivery delay);
 //   - the record is acked (and the ack confirmed) only after every PubAck.
 //
