@@ -134,6 +134,12 @@ func (q *Queue) parkAll(ctx context.Context, old, parked jetstream.Stream, log i
 	if err := q.durable(ctx); err != nil {
 		return nil, err
 	}
+	// Emptied before it is deleted: nats-server removes a deleted stream's
+	// files behind its answer, and a stream of the same name made at once
+	// (by Bootstrap, next) can load them again.
+	if err := emptyStream(ctx, old); err != nil {
+		return nil, fmt.Errorf("queue: migrate: empty the old stream %s: %w", name, err)
+	}
 	if err := q.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("queue: migrate: delete the old stream %s: %w", name, err)
 	}
@@ -179,6 +185,24 @@ func (q *Queue) unpark(ctx context.Context, parked jetstream.Stream, log io.Writ
 		return fmt.Errorf("queue: migrate: delete %s: %w", q.migrateStream(), err)
 	}
 	fmt.Fprintf(log, "queue: %d messages queued again in stream %s; migration done\n", moved, q.cfg.Stream)
+	return nil
+}
+
+// emptyStream removes every message of st: a purge, or, where the stream
+// denies purges, one delete per message.
+func emptyStream(ctx context.Context, st jetstream.Stream) error {
+	if err := st.Purge(ctx); err == nil {
+		return nil
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
+		if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -127,3 +127,68 @@ func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
 		t.Errorf("second migrate: %v\n%s", err, log.String())
 	}
 }
+
+// A Migrate stopped after parking part of the old stream (a crash, a
+// timeout) resumes after the last parked message when run again: every
+// message ends in the new stream exactly once.
+func TestMigrateResumesAfterAStop(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q, err := Connect(ctx, Config{URL: n.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	js, _ := jetstream.New(q.nc)
+	oldCfg := q.Expected().Stream
+	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
+	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		if _, err := js.Publish(ctx, ReadySubject(d), []byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What a first run stopped after parking message 1 left: the old stream
+	// fenced, the parking stream with that message.
+	oldCfg.Subjects = []string{q.migrateFence()}
+	if _, err := js.UpdateStream(ctx, oldCfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: q.migrateStream(), Subjects: []string{q.migratePrefix() + ".>"},
+		Storage: jetstream.FileStorage, DenyPurge: true}); err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(q.migratePrefix() + ".1")
+	m.Data = []byte("a.test")
+	m.Header.Set(hdrMigrateSubject, ReadySubject("a.test"))
+	m.Header.Set(hdrMigrateSeq, "1")
+	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID("park.1")); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	if err := q.Migrate(ctx, &log); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, log.String())
+	}
+	if !bytes.Contains(log.Bytes(), []byte("2 messages parked")) {
+		t.Errorf("the resumed run did not start after the parked message:\n%s", log.String())
+	}
+	st, err := js.Stream(ctx, "MAIL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 3 {
+		t.Errorf("new stream has %d messages, want 3 (each once)\n%s", info.State.Msgs, log.String())
+		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+			if raw, err := st.GetMsg(ctx, seq); err == nil {
+				t.Logf("%d %s %s %v", seq, raw.Subject, raw.Data, raw.Header)
+			}
+		}
+	}
+}
