@@ -44,7 +44,7 @@ type Worker struct {
 	SMTPPort       uint
 	Routes         config.StringList
 	NoTLS          bool
-	Limits         config.StringList
+	Limits         LimitList
 	LocalNames     config.StringList
 	LocalAddrs     config.StringList
 	PolicyDir      string
@@ -260,6 +260,32 @@ func (o *Worker) routeTable() (*route.Table, error) {
 		}
 	}
 	return t, nil
+}
+
+// LimitList is the repeatable --domain-limit flag. One value may hold
+// several domains ("a.test:rate=1/s,b.test:concurrency=2", as in
+// MAILFWD_DOMAIN_LIMIT), so it is split on commas, but a piece without a
+// colon (`rate=4/s`) belongs to the domain before it: a domain name never
+// holds a colon and a limit never does.
+type LimitList []string
+
+func (l *LimitList) String() string { return strings.Join(*l, ",") }
+
+// Set appends the domains of v.
+func (l *LimitList) Set(v string) error {
+	first := true
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !first && !strings.Contains(s, ":") && len(*l) > 0 {
+			(*l)[len(*l)-1] += "," + s
+			continue
+		}
+		*l = append(*l, s)
+		first = false
+	}
+	return nil
 }
 
 // ParseDomainLimits parses --domain-limit values.
