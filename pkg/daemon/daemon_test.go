@@ -24,7 +24,7 @@ func TestParseDomainLimits(t *testing.T) {
 	for _, bad := range []struct{ in, want string }{
 		{"example.com", "want DOMAIN:"},
 		{"example.com:speed=3", "unknown limit"},
-		{"example.com:rate=fast", "invalid syntax"},
+		{"example.com:rate=fast", "not a number"},
 		{"example.com:concurrency=-1", "negative"},
 		{"bad..domain:rate=1", "bad..domain"},
 	} {

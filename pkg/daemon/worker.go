@@ -30,6 +30,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
@@ -300,27 +301,9 @@ func ParseDomainLimits(list []string) (map[string]worker.DomainLimit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--domain-limit %q: %w", item, err)
 		}
-		var l worker.DomainLimit
-		for _, kv := range strings.Split(spec, ",") {
-			k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
-			switch k {
-			case "concurrency":
-				l.Concurrency, err = strconv.Atoi(v)
-			case "rate":
-				l.Rate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
-			case "burst":
-				l.Burst, err = strconv.Atoi(v)
-			case "msgs-per-conn":
-				l.MsgsPerConn, err = strconv.Atoi(v)
-			default:
-				err = fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
-			}
-		}
-		if l.Concurrency < 0 || l.Rate < 0 || l.Burst < 0 || l.MsgsPerConn < 0 {
-			return nil, fmt.Errorf("--domain-limit %q: negative value", item)
+		l, err := shaping.ParseLimit(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
 		}
 		out[d] = l
 	}
@@ -338,12 +321,16 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	var table atomic.Pointer[route.Table]
 	table.Store(flagRoutes)
 	var tlsPol atomic.Pointer[tlspolicy.Policy] // tls_policy + authinfo, hot-reloaded
+	flagLimits, _ := ParseDomainLimits(o.Limits)
+	var shapingRules atomic.Pointer[shaping.Rules] // the shaping key over --domain-limit
+	shapingRules.Store(shaping.NewRules().Merge(flagLimits))
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
 		watcher, err = policy.NewWatcher(o.PolicyDir, o.PolicyInterval, func(p *policy.Policy) {
 			table.Store(p.Mailertable.Merge(flagRoutes))
 			tlsPol.Store(p.TLS)
+			shapingRules.Store(p.Shaping.Merge(flagLimits))
 			log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 			metrics.PolicyReload(true, p.Version)
 		}, func(err error) {
@@ -356,6 +343,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		p := watcher.Current()
 		table.Store(p.Mailertable.Merge(flagRoutes))
 		tlsPol.Store(p.TLS)
+		shapingRules.Store(p.Shaping.Merge(flagLimits))
 		log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 		metrics.PolicyReload(true, p.Version)
 	}
@@ -431,7 +419,16 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		o.Engine.LocalNames = []string{o.Delivery.HeloName}
 	}
 	o.Engine.LocalAddrs, _ = o.localAddrs()
-	o.Engine.DomainLimits, _ = ParseDomainLimits(o.Limits)
+	o.Engine.DomainLimits = flagLimits
+	o.Engine.Shaping = shapingRules.Load
+	var sb shaping.Bucket
+	if b, err := q.ShapingBucket(ctx); err != nil {
+		log.Warn("fleet-wide limits are kept as local shares: no shaping bucket", "component", "worker", "err", err)
+	} else {
+		sb = b
+	}
+	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log})
+	o.Engine.Shaper = shaper
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {
 		h := holds.Load()
@@ -442,6 +439,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		"starttls", !o.NoTLS, "tls_ca_file", o.TLS.CAFile, "mta_sts", o.TLS.MTASTS, "dane", o.TLS.DANE)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { shaper.Run(gctx); return nil })
 	if watcher != nil {
 		g.Go(func() error { watcher.Run(gctx); return nil })
 	}

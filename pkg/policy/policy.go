@@ -21,6 +21,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
@@ -38,7 +39,8 @@ const (
 // Keys lists every policy key, in the order Files and error reports use.
 func Keys() []string {
 	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings,
-		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM} // smarthost.go
+		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM, // smarthost.go
+		KeyShaping} // shaping.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
@@ -92,6 +94,8 @@ type Policy struct {
 	Users *smtpauth.Users
 	TLS   *tlspolicy.Policy
 	DKIM  *dkim.Keys
+	// Shaping: fleet-wide destination limits and reply rules (never nil).
+	Shaping *shaping.Rules
 
 	access      accessMap
 	mailertable []mtEntry
@@ -115,6 +119,7 @@ func newPolicy() *Policy {
 	return &Policy{
 		Mailertable: route.NewTable(),
 		TLS:         tlspolicy.New(),
+		Shaping:     shaping.NewRules(),
 		access:      newAccessMap(),
 		aliases:     map[string]*aliasEntry{},
 		virt:        map[string]*virtEntry{},
@@ -160,6 +165,7 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		{KeyUsers, (*Policy).parseUsers},
 		{KeyAuthinfo, (*Policy).parseAuthinfo},
 		{KeyDKIM, (*Policy).parseDKIM},
+		{KeyShaping, (*Policy).parseShaping},
 	}
 	for _, ps := range parsers {
 		lines, lerrs := splitLines(ps.key, files[ps.key])
@@ -320,6 +326,7 @@ func (p *Policy) Files() map[string][]byte {
 
 	out[KeySettings] = []byte(fmt.Sprintf("from_whitelist = %t\n", p.Settings.FromWhitelist))
 	p.smarthostFiles(out)
+	out[KeyShaping] = []byte(p.Shaping.String())
 	return out
 }
 

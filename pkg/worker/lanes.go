@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,16 +12,13 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 )
 
-// DomainLimit overrides the per-domain delivery limits for a domain and its
-// subdomains.
-type DomainLimit struct {
-	Concurrency int     // deliveries in flight at once (0: the default)
-	Rate        float64 // messages per second (0: unlimited)
-	Burst       int     // token bucket size for Rate (default 1)
-	MsgsPerConn int     // SMTP transactions per connection (0: the worker's --max-msgs-per-conn)
-}
+// DomainLimit overrides the delivery limits for a domain and its
+// subdomains (the --domain-limit flags). With a Shaper its concurrency and
+// rate hold for the whole fleet; without one, per process.
+type DomainLimit = shaping.Limit
 
 // errCongested is the cause of a delivery cancelled because its next hop
 // is congested and the congested share of the worker is exceeded.
@@ -38,9 +34,16 @@ var errCongested = errors.New("next hop congested")
 type lane struct {
 	key     string
 	cap     int
-	limiter *rate.Limiter
+	limiter *rate.Limiter // per-process rate (no Shaper)
 	waiting []*queue.Job
 	runs    map[*queue.Job]*run
+	// fleet: a start needs the Shaper's admission (a fleet-wide limit on
+	// the domain or on a next hop). One admission is asked at a time;
+	// after a refusal not again before notBefore.
+	fleet     bool
+	acquiring bool
+	notBefore time.Time
+	keep      int // waiting jobs kept while refused; the rest are handed back
 }
 
 // run is one job being processed.
@@ -52,6 +55,7 @@ type run struct {
 	cancel    context.CancelCauseFunc
 	preempted bool
 	inData    atomic.Bool // the remote accepted DATA: never preempted (a duplicate could follow)
+	lease     *shaping.Lease
 }
 
 // progress is when the run last made progress (its start counts).
@@ -149,13 +153,17 @@ func (s *scheduler) laneFor(domain string) *lane {
 		return l
 	}
 	l = &lane{key: domain, cap: s.w.cfg.DomainConcurrency, runs: map[*queue.Job]*run{}}
-	if lim, ok := s.w.limitFor(domain); ok {
-		if lim.Concurrency > 0 {
-			l.cap = lim.Concurrency
-		}
-		if lim.Rate > 0 {
-			l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
-		}
+	rules := s.w.rules()
+	lim, ok := s.w.limitFor(domain)
+	if ok && lim.Concurrency > 0 {
+		l.cap = lim.Concurrency
+	}
+	if s.w.cfg.Shaper != nil && ((ok && lim.Fleet()) || rules.HasHosts()) {
+		l.fleet = true
+		// What could start within StallAfter stays; more goes back to the queue.
+		l.keep = max(lim.Concurrency*2, int(lim.Rate*s.w.cfg.StallAfter.Seconds()), 1)
+	} else if ok && lim.Rate > 0 {
+		l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 	}
 	s.lanes[domain] = l
 	return l
@@ -224,6 +232,14 @@ func (s *scheduler) activity(j *queue.Job) func() {
 		return nil
 	}
 	return func() { r.last.Store(time.Now().UnixNano()) }
+}
+
+// slotted reports whether j's delivery holds a fleet concurrency slot.
+func (s *scheduler) slotted(j *queue.Job) bool {
+	s.mu.Lock()
+	r := s.runs[j]
+	s.mu.Unlock()
+	return r != nil && r.lease.Slots() > 0
 }
 
 // dataStarted returns the callback marking j's delivery as in DATA.
@@ -323,6 +339,22 @@ func (s *scheduler) pump() {
 					l.waiting = l.waiting[:keep]
 				}
 			}
+			if s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap && l.fleet {
+				// Admission by the fleet state, asked off the lock; the job
+				// waits in the lane, holding no worker slot.
+				switch {
+				case l.acquiring:
+				case now.Before(l.notBefore):
+					if wake.IsZero() || l.notBefore.Before(wake) {
+						wake = l.notBefore
+					}
+				default:
+					l.acquiring = true
+					go s.acquire(l)
+				}
+				next = append(next, key)
+				continue
+			}
 			if s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap {
 				if l.limiter != nil {
 					r := l.limiter.ReserveN(now, 1)
@@ -335,18 +367,11 @@ func (s *scheduler) pump() {
 						continue
 					}
 				}
-				j := l.waiting[0]
-				l.waiting = l.waiting[1:]
-				ctx, cancel := context.WithCancelCause(s.w.work)
-				r := &run{lane: l, start: now, cancel: cancel}
-				l.runs[j] = r
-				s.runs[j] = r
-				s.active++
+				s.start(l, now, nil)
 				if toCongested {
 					congested++
 				}
 				progress = true
-				go s.run(ctx, l, j)
 			}
 			if len(l.waiting) > 0 {
 				next = append(next, key)
@@ -370,6 +395,45 @@ func (s *scheduler) pump() {
 	}
 }
 
+// start runs l's first waiting job under lease (called with s.mu held).
+func (s *scheduler) start(l *lane, now time.Time, lease *shaping.Lease) {
+	j := l.waiting[0]
+	l.waiting = l.waiting[1:]
+	ctx, cancel := context.WithCancelCause(s.w.work)
+	r := &run{lane: l, start: now, cancel: cancel, lease: lease}
+	l.runs[j] = r
+	s.runs[j] = r
+	s.active++
+	go s.run(ctx, l, j, lease)
+}
+
+// acquire asks the fleet state to admit one delivery of l and starts it,
+// or notes when to ask again and hands back what cannot start soon.
+func (s *scheduler) acquire(l *lane) {
+	ctx, cancel := context.WithTimeout(s.w.work, 2*shaping.DefaultOpTimeout)
+	dests := s.w.fleetDests(ctx, l.key)
+	lease, den := s.w.cfg.Shaper.Acquire(ctx, dests)
+	cancel()
+	s.mu.Lock()
+	l.acquiring = false
+	now := time.Now()
+	switch {
+	case den != nil:
+		l.notBefore = now.Add(den.After)
+		s.w.throttled(l.key, den)
+		if len(l.waiting) > l.keep {
+			s.handBack(l.waiting[l.keep:], "destination "+den.Dest.Name+" at its fleet "+den.Reason+" limit")
+			l.waiting = l.waiting[:l.keep]
+		}
+	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap && s.lanes[l.key] == l:
+		s.start(l, now, lease)
+		lease = nil
+	}
+	s.mu.Unlock()
+	lease.Release() // not used: the job went elsewhere
+	s.pump()
+}
+
 // handBack defers jobs without counting an attempt (called with s.mu held).
 func (s *scheduler) handBack(jobs []*queue.Job, why string) {
 	for _, j := range jobs {
@@ -380,8 +444,9 @@ func (s *scheduler) handBack(jobs []*queue.Job, why string) {
 	}
 }
 
-func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job) {
+func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job, lease *shaping.Lease) {
 	s.w.process(ctx, j)
+	lease.Release()
 	s.done(l, j)
 }
 
@@ -444,17 +509,41 @@ func (s *scheduler) idle() bool {
 	return s.held == 0
 }
 
-// limitFor finds the most specific DomainLimit for domain.
+// limitFor finds the most specific domain rule for domain.
 func (w *Worker) limitFor(domain string) (DomainLimit, bool) {
-	d := domain
-	for {
-		if l, ok := w.cfg.DomainLimits[d]; ok {
-			return l, true
+	d, ok := w.rules().Domain(domain)
+	return d.Limit, ok
+}
+
+// rules are the shaping rules in force.
+func (w *Worker) rules() *shaping.Rules {
+	if w.cfg.Shaping != nil {
+		if r := w.cfg.Shaping(); r != nil {
+			return r
 		}
-		i := strings.IndexByte(d, '.')
-		if i < 0 {
-			return DomainLimit{}, false
-		}
-		d = d[i+1:]
 	}
+	return w.flagRules
+}
+
+// fleetDests are the limited destinations of a delivery to domain: the
+// domain's rule and the rule of its first next hop.
+func (w *Worker) fleetDests(ctx context.Context, domain string) []shaping.Dest {
+	rules := w.rules()
+	var out []shaping.Dest
+	if d, ok := rules.Domain(domain); ok && d.Limit.Fleet() {
+		out = append(out, d)
+	}
+	if rules.HasHosts() {
+		if hops, err := w.router.Route(ctx, domain); err == nil && len(hops) > 0 {
+			if d, ok := rules.Host(hops[0].Name, hops[0].Addr.Addr()); ok && d.Limit.Fleet() {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// throttled notes a refused admission.
+func (w *Worker) throttled(domain string, den *shaping.Denied) {
+	w.log.Debug("destination throttled", "domain", domain, "destination", den.Dest.Name, "limit", den.Reason, "retry_in", den.After)
 }

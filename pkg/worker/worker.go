@@ -31,6 +31,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
@@ -90,6 +91,11 @@ type Config struct {
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
 	DomainLimits      map[string]DomainLimit
+	// Shaper, when set, keeps domain and next-hop limits for the whole
+	// fleet (concurrency and rate); Shaping returns the rules in force
+	// (the policy's shaping key over DomainLimits; nil: DomainLimits).
+	Shaper  *shaping.Shaper
+	Shaping func() *shaping.Rules
 	// StallAfter: a domain whose running deliveries have all been stuck this
 	// long is congested, and its waiting mail goes back to the queue (default 10s).
 	StallAfter time.Duration
@@ -195,7 +201,8 @@ type Worker struct {
 	sched   *scheduler      // set by Run
 	self    *self
 	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
-	inflight *semaphore.Weighted
+	inflight  *semaphore.Weighted
+	flagRules *shaping.Rules // DomainLimits as rules
 }
 
 // New builds a worker.
@@ -203,10 +210,11 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 	cfg.setDefaults()
 	return &Worker{
 		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
-		log:      cfg.Logger.With("component", "worker"),
-		inflight: semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
-		self:     newSelf(cfg.LocalNames, cfg.LocalAddrs),
-		tracer:   cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		log:       cfg.Logger.With("component", "worker"),
+		inflight:  semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
+		self:      newSelf(cfg.LocalNames, cfg.LocalAddrs),
+		tracer:    cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		flagRules: shaping.NewRules().Merge(cfg.DomainLimits),
 	}
 }
 
@@ -525,6 +533,11 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
 				lim, _ := w.limitFor(e.Domain)
 				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				if w.sched != nil && w.sched.slotted(j) {
+					// A pooled idle connection would be a session the
+					// destination's fleet concurrency does not count.
+					msg.MaxMsgsPerConn = 1
+				}
 				out = w.deliver.Deliver(actx, hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 				spanStatuses(dspan, out)
