@@ -92,7 +92,7 @@ func ParseLimit(spec string) (Limit, error) {
 		case "msgs-per-conn":
 			l.MsgsPerConn, err = boundedInt(v, MaxMsgsPerConn)
 		default:
-			err = fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
+			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
 		}
 		if err != nil {
 			return l, fmt.Errorf("%s: %w", k, err)
@@ -198,6 +198,9 @@ func (r *Rules) Add(lhs, rhs string, line int) error {
 	lim, err := ParseLimit(rhs)
 	if err != nil {
 		return fmt.Errorf("%s: %v", lhs, err)
+	}
+	if lim.Zero() {
+		return fmt.Errorf("%s: every limit is 0 (leave the line out for no limit)", lhs)
 	}
 	if strings.HasPrefix(lhs, "[") {
 		if !strings.HasSuffix(lhs, "]") || len(lhs) < 3 {
