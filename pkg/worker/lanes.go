@@ -122,6 +122,7 @@ type scheduler struct {
 	runs    map[*queue.Job]*run
 	dests   map[string]*dest
 	nextHop map[string]learned // domain → next hop
+	windows map[string]*window // domain → adaptive concurrency
 	active  int
 	held    int // active + waiting + being handed back
 	timer   *time.Timer
@@ -130,7 +131,7 @@ type scheduler struct {
 
 func newScheduler(w *Worker) *scheduler {
 	return &scheduler{w: w, lanes: map[string]*lane{}, runs: map[*queue.Job]*run{}, dests: map[string]*dest{},
-		nextHop: map[string]learned{}, changed: make(chan struct{}, 1)}
+		nextHop: map[string]learned{}, windows: map[string]*window{}, changed: make(chan struct{}, 1)}
 }
 
 func (s *scheduler) signal() {
@@ -218,6 +219,71 @@ func (s *scheduler) bind(j *queue.Job, hops []delivery.Hop) {
 		}
 	}
 	s.nextHop[r.lane.key] = learned{key: key, at: now}
+}
+
+// Adaptive concurrency per destination (as Postfix's scheduler): a
+// domain starts with InitialConcurrency deliveries at once, gains one per
+// success up to its cap (--domain-concurrency or its limit), and halves on
+// a congestion signal (no connection, 421, 4.7.x), down to MinConcurrency.
+// A destination that never answers never grows, so a few slow ones cannot
+// take the worker's slots from healthy mail.
+const (
+	InitialConcurrency = 5
+	ConcurrencyStep    = 1
+	ConcurrencyBackoff = 2 // divisor on a congestion signal
+	MinConcurrency     = 1
+)
+
+// window is a domain's current concurrency.
+type window struct {
+	cur int
+	at  time.Time // last used, for pruning
+}
+
+// windowOf returns l's window (called with s.mu held); its cap is l.cap.
+func (s *scheduler) windowOf(l *lane) *window {
+	w := s.windows[l.key]
+	if w == nil {
+		if len(s.windows) >= pruneLearned {
+			for k, v := range s.windows {
+				if time.Since(v.at) > learnedTTL {
+					delete(s.windows, k)
+				}
+			}
+		}
+		w = &window{cur: min(InitialConcurrency, l.cap)}
+		s.windows[l.key] = w
+	}
+	w.cur = min(w.cur, l.cap)
+	w.at = time.Now()
+	return w
+}
+
+// feedback adjusts domain's window after a delivery: up on success, down
+// on a congestion signal; neutral outcomes leave it.
+func (s *scheduler) feedback(domain string, ok, congested bool) {
+	if !ok && !congested {
+		return
+	}
+	s.mu.Lock()
+	l := s.lanes[domain]
+	w := s.windows[domain]
+	if l == nil || w == nil {
+		s.mu.Unlock()
+		return
+	}
+	before := w.cur
+	if ok {
+		w.cur = min(w.cur+ConcurrencyStep, l.cap)
+	} else {
+		w.cur = max(w.cur/ConcurrencyBackoff, MinConcurrency)
+	}
+	after := w.cur
+	s.mu.Unlock()
+	if congested && after < before {
+		s.w.log.Info("destination concurrency lowered", "domain", domain, "concurrency", after, "was", before)
+		s.w.cfg.ShapingMetrics.Lowered()
+	}
 }
 
 // pruneLearned is the size at which expired next-hop entries are swept.
@@ -339,7 +405,21 @@ func (s *scheduler) pump() {
 					l.waiting = l.waiting[:keep]
 				}
 			}
-			if s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap && l.fleet {
+			room := len(l.runs) < s.windowOf(l).cur
+			if nh, ok := s.nextHop[key]; room && ok && now.Sub(nh.at) < learnedTTL {
+				// The next hop's connections are all taken: wait in the
+				// lane, not in the pool holding a worker slot.
+				if d := s.dests[nh.key]; d != nil && len(d.runs) >= s.w.cfg.HopConcurrency {
+					room = false
+				}
+			}
+			if !room {
+				if len(l.waiting) > 0 {
+					next = append(next, key)
+				}
+				continue
+			}
+			if s.active < s.w.cfg.Concurrency && l.fleet {
 				// Admission by the fleet state, asked off the lock; the job
 				// waits in the lane, holding no worker slot.
 				switch {
@@ -355,7 +435,7 @@ func (s *scheduler) pump() {
 				next = append(next, key)
 				continue
 			}
-			if s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap {
+			if s.active < s.w.cfg.Concurrency {
 				if l.limiter != nil {
 					r := l.limiter.ReserveN(now, 1)
 					if d := r.DelayFrom(now); d > 0 {
@@ -378,6 +458,17 @@ func (s *scheduler) pump() {
 			}
 		}
 		s.order = append(s.order[:0], next...)
+	}
+	if s.held >= s.w.cfg.Concurrency*2 {
+		// No room to fetch: mail that cannot start soon (beyond twice its
+		// domain's concurrency) goes back to the queue, so that other
+		// domains' mail can be fetched at all.
+		for _, l := range s.lanes {
+			if keep := 2 * s.windowOf(l).cur; len(l.waiting) > keep {
+				s.handBack(l.waiting[keep:], "destination busy: its deliveries are all running")
+				l.waiting = l.waiting[:keep]
+			}
+		}
 	}
 	// While anything runs, look again as runs may become stuck.
 	if len(s.runs) > 0 {
@@ -425,7 +516,7 @@ func (s *scheduler) acquire(l *lane) {
 			s.handBack(l.waiting[l.keep:], "destination "+den.Dest.Name+" at its fleet "+den.Reason+" limit")
 			l.waiting = l.waiting[:l.keep]
 		}
-	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap && s.lanes[l.key] == l:
+	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
 		s.start(l, now, lease)
 		lease = nil
 	}

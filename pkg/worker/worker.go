@@ -96,6 +96,10 @@ type Config struct {
 	// (the policy's shaping key over DomainLimits; nil: DomainLimits).
 	Shaper  *shaping.Shaper
 	Shaping func() *shaping.Rules
+	// HopConcurrency is the deliveries one next hop (address) may hold in
+	// this process (the delivery pool's MaxConnsPerHost, default 10):
+	// beyond it mail waits in its lane, not for a connection.
+	HopConcurrency int
 	// StallAfter: a domain whose running deliveries have all been stuck this
 	// long is congested, and its waiting mail goes back to the queue (default 10s).
 	StallAfter time.Duration
@@ -116,6 +120,7 @@ type Config struct {
 	// from the remote's DATA go-ahead to the end of its transfer.
 	MaxBodyBytesInFlight int64
 	Metrics              *telemetry.Metrics // nil: none
+	ShapingMetrics       *telemetry.ShapingMetrics
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -157,6 +162,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DomainConcurrency <= 0 {
 		c.DomainConcurrency = 20
+	}
+	if c.HopConcurrency <= 0 {
+		c.HopConcurrency = 10
 	}
 	if c.StallAfter <= 0 {
 		c.StallAfter = 10 * time.Second
@@ -552,6 +560,9 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			}
 		}
 	}
+	if w.sched != nil && out != nil && ctx.Err() == nil {
+		w.sched.feedback(e.Domain, destinationAnswered(out), congestionSignal(out))
+	}
 	if errors.Is(context.Cause(ctx), errCongested) && (out == nil || !anyDelivered(out)) {
 		// Preempted: the next hop is congested and holds its share of the
 		// worker already. Not an attempt; the mail waits and comes back.
@@ -753,6 +764,34 @@ func shareError(e *envelope.Envelope, rcpts []envelope.Recipient) []envelope.Rec
 		}
 	}
 	return out
+}
+
+// destinationAnswered: the destination took or refused the message
+// (a 2xx or 5xx for a recipient): it works.
+func destinationAnswered(out *delivery.Outcome) bool {
+	for _, st := range out.Statuses {
+		if st.Delivered() || st.Permanent() {
+			return true
+		}
+	}
+	return false
+}
+
+// congestionSignal: no connection could be made, or the destination said
+// it is busy (421, 4.7.x).
+func congestionSignal(out *delivery.Outcome) bool {
+	if destinationAnswered(out) {
+		return false
+	}
+	if out.Hop.Name == "" {
+		return true
+	}
+	for _, st := range out.Statuses {
+		if st.Code == 421 || strings.HasPrefix(st.Enhanced, "4.7.") {
+			return true
+		}
+	}
+	return false
 }
 
 func anyDelivered(out *delivery.Outcome) bool {
