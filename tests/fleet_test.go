@@ -1,9 +1,11 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -14,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/ctl"
 	"github.com/mailfwd/mailfwd/pkg/daemon"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/sink"
@@ -34,9 +38,13 @@ type countingMX struct {
 	hold   atomic.Pointer[chan struct{}] // while set, DATA waits for it to close
 }
 
-func startCountingMX(t *testing.T, dataDelay time.Duration) *countingMX {
+func startCountingMX(t *testing.T, dataDelay time.Duration, onRcpt ...func(string, int) *smtp.SMTPError) *countingMX {
 	mx := &countingMX{}
-	mx.Server = sink.New(sink.Config{Hostname: "mx.dest.test", DataDelay: func() time.Duration {
+	var rcpt func(string, int) *smtp.SMTPError
+	if len(onRcpt) > 0 {
+		rcpt = onRcpt[0]
+	}
+	mx.Server = sink.New(sink.Config{Hostname: "mx.dest.test", OnRcpt: rcpt, DataDelay: func() time.Duration {
 		n := mx.inData.Add(1)
 		for p := mx.peak.Load(); n > p && !mx.peak.CompareAndSwap(p, n); p = mx.peak.Load() {
 		}
@@ -229,4 +237,66 @@ func TestFleetKilledWorkerGivesSlotsBack(t *testing.T) {
 	if p := mx.peak.Load(); p > 2 {
 		t.Errorf("the MX had %d transactions at once, want at most 2", p)
 	}
+}
+
+// ctlRun runs mailfwdctl against the fleet's NATS.
+func (f *fleet) ctlRun(args ...string) (string, error) {
+	var out, errOut bytes.Buffer
+	root := ctl.NewRoot(&out, &errOut)
+	root.SetArgs(append([]string{"--nats-url", f.nats.URL(), "--timeout", "20s"}, args...))
+	err := root.ExecuteContext(context.Background())
+	return out.String() + errOut.String(), err
+}
+
+// TestFleetReplyRuleSuspends: a reply matching a reply rule of the shaping
+// key suspends the destination for the whole fleet: mail for it is not
+// attempted by any of the three workers (it waits in the queue), mailfwdctl
+// shaping status shows the suspension and why, and shaping resume lifts it.
+func TestFleetReplyRuleSuspends(t *testing.T) {
+	var busy atomic.Bool
+	busy.Store(true)
+	var tried atomic.Int32
+	mx := startCountingMX(t, 0, func(rcpt string, _ int) *smtp.SMTPError {
+		tried.Add(1)
+		if busy.Load() {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Unusual traffic, try again later"}
+		}
+		return nil
+	})
+	f := startFleet(t, mx)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("# provider throttling\nreply: ^421 4\\.7\\.0 .*try again later   suspend=10m\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		f.worker("--policy-dir", dir)
+	}
+	f.sendN("first", 1)
+	waitFor(t, "the suspension", 60*time.Second, func() bool {
+		out, err := f.ctlRun("shaping", "status", "-o", "json")
+		return err == nil && strings.Contains(out, `"destination": "dest.test"`) && strings.Contains(out, "try again later")
+	})
+	before := tried.Load()
+	f.sendN("later", 5)
+	handedBack := func() int {
+		n := 0
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, l := range f.logs {
+			n += strings.Count(l.String(), "destination dest.test suspended: 421 4.7.0")
+		}
+		return n
+	}
+	waitFor(t, "the later mail set aside by the suspension", 60*time.Second, func() bool { return handedBack() >= 5 || tried.Load() > before })
+	if got := tried.Load(); got > before {
+		t.Fatalf("the MX was tried %d more times during the suspension", got-before)
+	}
+	if out, err := f.ctlRun("shaping", "resume", "dest.test"); err != nil || !strings.Contains(out, "resumed dest.test") {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	busy.Store(false)
+	if out, err := f.ctlRun("queue", "flush", "--domain", "dest.test"); err != nil {
+		t.Fatalf("flush: %v\n%s", err, out)
+	}
+	waitFor(t, "all mail delivered after the resume", 90*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= 6 })
 }

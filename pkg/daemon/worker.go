@@ -427,8 +427,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	} else {
 		sb = b
 	}
-	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log})
+	o.Engine.ShapingMetrics = metrics.Shaping()
+	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log,
+		Metrics: o.Engine.ShapingMetrics, Rules: shapingRules.Load})
 	o.Engine.Shaper = shaper
+	o.Engine.HopConcurrency = o.Delivery.MaxConnsPerHost
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {
 		h := holds.Load()

@@ -119,3 +119,29 @@ func (b *shapingKV) List(ctx context.Context, prefix string) (map[string][]byte,
 	}
 	return out, nil
 }
+
+func (b *shapingKV) Watch(ctx context.Context, prefix string, fn func(key string, val []byte)) error {
+	w, err := b.kv.Watch(ctx, prefix+">")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("queue: shaping watch ended")
+			}
+			if e == nil {
+				continue // the initial values are all in
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				fn(e.Key(), nil)
+				continue
+			}
+			fn(e.Key(), e.Value())
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +37,17 @@ type Bucket interface {
 	Delete(ctx context.Context, key string, rev uint64) error
 	// List returns every key and value under prefix ("" all).
 	List(ctx context.Context, prefix string) (map[string][]byte, error)
+	// Watch calls fn with every key under prefix and each later change
+	// (val nil: removed or expired) until ctx ends or the watch fails.
+	Watch(ctx context.Context, prefix string, fn func(key string, val []byte)) error
+}
+
+// Metrics receives what the shaper sees (telemetry.ShapingMetrics).
+type Metrics interface {
+	Throttled(destination, limit string)
+	Suspended(byDest map[string]float64)
+	Leases(n int)
+	LocalFallback()
 }
 
 // Tunables of the fleet state.
@@ -66,6 +78,8 @@ type Config struct {
 	Owner     string        // who holds the slots (the pod's name), stored in lease values
 	Logger    *slog.Logger
 	Now       func() time.Time
+	Metrics   Metrics       // nil: none
+	Rules     func() *Rules // the rules in force, for metric labels (nil: none)
 }
 
 // Shaper admits deliveries to limited destinations for one worker process.
@@ -74,10 +88,11 @@ type Shaper struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	leases   map[*Lease]struct{}
-	local    map[string]*localShare
-	degraded time.Time // local shares until then
+	mu        sync.Mutex
+	leases    map[*Lease]struct{}
+	local     map[string]*localShare
+	suspended map[string]Suspension // by destination key
+	degraded  time.Time             // local shares until then
 }
 
 // localShare is a destination's share while the bucket cannot be reached.
@@ -102,7 +117,7 @@ func New(b Bucket, cfg Config) *Shaper {
 		cfg.Now = time.Now
 	}
 	return &Shaper{b: b, cfg: cfg, log: cfg.Logger.With("component", "shaping"),
-		leases: map[*Lease]struct{}{}, local: map[string]*localShare{}}
+		leases: map[*Lease]struct{}{}, local: map[string]*localShare{}, suspended: map[string]Suspension{}}
 }
 
 // Lease is one admitted delivery's hold on its destinations.
@@ -134,11 +149,17 @@ type Denied struct {
 func (s *Shaper) Acquire(ctx context.Context, dests []Dest) (*Lease, *Denied) {
 	l := &Lease{s: s, val: []byte(s.cfg.Owner + " " + strconv.FormatUint(rand.Uint64(), 36))}
 	for _, d := range dests {
+		if sp, ok := s.suspendedKey(d.Key); ok {
+			l.Release()
+			s.throttled(d, "suspended")
+			return nil, &Denied{Dest: d, Reason: "suspended", After: sp.Until.Sub(s.cfg.Now())}
+		}
 		if !d.Limit.Fleet() {
 			continue
 		}
 		if den := s.acquireOne(ctx, l, d); den != nil {
 			l.Release()
+			s.throttled(d, den.Reason)
 			return nil, den
 		}
 	}
@@ -146,6 +167,13 @@ func (s *Shaper) Acquire(ctx context.Context, dests []Dest) (*Lease, *Denied) {
 	s.leases[l] = struct{}{}
 	s.mu.Unlock()
 	return l, nil
+}
+
+func (s *Shaper) throttled(d Dest, reason string) {
+	if s.cfg.Metrics != nil {
+		reason, _, _ = strings.Cut(reason, " ")
+		s.cfg.Metrics.Throttled(d.Name, reason)
+	}
 }
 
 func (s *Shaper) useLocal() bool {
@@ -163,6 +191,9 @@ func (s *Shaper) unreachable(err error) {
 	first := !s.cfg.Now().Before(s.degraded)
 	s.degraded = s.cfg.Now().Add(degradedFor)
 	s.mu.Unlock()
+	if first && s.cfg.Metrics != nil {
+		s.cfg.Metrics.LocalFallback()
+	}
 	if first {
 		s.log.Warn("fleet shaping state unreachable; each limit falls back to a local share", "err", err,
 			"share", "1/"+strconv.Itoa(LocalShareDivisor), "for", degradedFor)
@@ -361,6 +392,7 @@ func (s *Shaper) Run(ctx context.Context) {
 	if s.b == nil {
 		return
 	}
+	go s.watchSuspensions(ctx)
 	t := time.NewTicker(s.cfg.LeaseTTL / 3)
 	defer t.Stop()
 	for {
@@ -369,6 +401,10 @@ func (s *Shaper) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			s.refresh(ctx)
+			if s.cfg.Metrics != nil {
+				s.cfg.Metrics.Leases(s.Held())
+				s.reportSuspended(0)
+			}
 		}
 	}
 }

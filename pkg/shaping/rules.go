@@ -318,6 +318,16 @@ func hostAddrKey(a netip.Addr) string {
 	return HostKey(a.String())
 }
 
+// Named reports whether a destination key has a rule of its own.
+func (r *Rules) Named(key string) bool {
+	if h, ok := strings.CutPrefix(key, string(KindHost)+"."); ok {
+		_, found := r.hosts[h]
+		return found
+	}
+	_, found := r.domains[strings.TrimPrefix(key, string(KindDomain)+".")]
+	return found
+}
+
 // HasHosts reports whether any rule names a next hop.
 func (r *Rules) HasHosts() bool { return len(r.hosts) > 0 }
 

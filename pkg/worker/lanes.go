@@ -3,7 +3,9 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -379,6 +381,20 @@ func (s *scheduler) pump() {
 			if l == nil || len(l.waiting) == 0 {
 				continue
 			}
+			// Suspended by a reply rule (fleet-wide): back to the queue
+			// until the suspension ends.
+			if sh := s.w.cfg.Shaper; sh != nil {
+				if sp, ok := sh.SuspendedDomain(key); ok {
+					for _, j := range l.waiting {
+						go func() {
+							s.w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+							s.done(nil, nil)
+						}()
+					}
+					l.waiting = nil
+					continue
+				}
+			}
 			// Congested domain: all running jobs stuck.
 			if l.congested(now, after) {
 				s.handBack(l.waiting, "destination not responding")
@@ -637,4 +653,40 @@ func (w *Worker) fleetDests(ctx context.Context, domain string) []shaping.Dest {
 // throttled notes a refused admission.
 func (w *Worker) throttled(domain string, den *shaping.Denied) {
 	w.log.Debug("destination throttled", "domain", domain, "destination", den.Dest.Name, "limit", den.Reason, "retry_in", den.After)
+}
+
+// replyRules suspends the destination of a delivery fleet-wide when one of
+// its replies matches a reply rule of the shaping key.
+func (w *Worker) replyRules(ctx context.Context, domain string, out *delivery.Outcome) {
+	if w.cfg.Shaper == nil || out == nil {
+		return
+	}
+	rules := w.rules()
+	for _, st := range out.Statuses {
+		if st.Delivered() {
+			continue
+		}
+		reply := strings.TrimSpace(fmt.Sprintf("%d %s %s", st.Code, st.Enhanced, st.Text))
+		rr, ok := rules.MatchReply(reply)
+		if !ok {
+			continue
+		}
+		keys := []string{"d." + domain}
+		if d, ok := rules.Domain(domain); ok {
+			keys[0] = d.Key
+		}
+		if h := out.Hop; h.Name != "" {
+			if d, ok := rules.Host(h.Name, h.Addr.Addr()); ok {
+				keys = append(keys, d.Key)
+			}
+		}
+		for _, k := range keys {
+			sp, err := w.cfg.Shaper.Suspend(ctx, k, rr.Suspend, reply)
+			if err != nil {
+				w.log.Warn("could not record a suspension for the fleet; it holds in this worker", "destination", shaping.DestName(k), "err", err)
+			}
+			w.log.Warn("destination suspended", "destination", shaping.DestName(k), "until", sp.Until, "rule_line", rr.Line, "reply", reply)
+		}
+		return
+	}
 }

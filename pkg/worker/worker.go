@@ -298,7 +298,11 @@ func (w *Worker) busyDelay(n int) time.Duration {
 
 // handBack defers a job without counting an attempt (congested domain or
 // next hop); the delay grows with the hand-backs in a row.
-func (w *Worker) handBack(j *queue.Job, why string) {
+func (w *Worker) handBack(j *queue.Job, why string) { w.handBackUntil(j, why, time.Time{}) }
+
+// handBackUntil is handBack with the mail due at until (zero: the busy
+// delay), e.g. the end of a suspension.
+func (w *Worker) handBackUntil(j *queue.Job, why string, until time.Time) {
 	if j.Env == nil {
 		w.process(w.work, j)
 		return
@@ -306,6 +310,9 @@ func (w *Worker) handBack(j *queue.Job, why string) {
 	e := *j.Env
 	e.Handbacks++
 	delay := w.busyDelay(e.Handbacks)
+	if !until.IsZero() {
+		delay = time.Until(until) + time.Duration(rand.Int64N(int64(time.Second)))
+	}
 	ctx, cancel := context.WithTimeout(w.work, 30*time.Second)
 	defer cancel()
 	if err := w.q.Defer(ctx, &e, time.Now().Add(delay), j.Key()); err != nil {
@@ -562,6 +569,9 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	}
 	if w.sched != nil && out != nil && ctx.Err() == nil {
 		w.sched.feedback(e.Domain, destinationAnswered(out), congestionSignal(out))
+	}
+	if ctx.Err() == nil {
+		w.replyRules(ctx, e.Domain, out)
 	}
 	if errors.Is(context.Cause(ctx), errCongested) && (out == nil || !anyDelivered(out)) {
 		// Preempted: the next hop is congested and holds its share of the
