@@ -40,10 +40,10 @@ type lane struct {
 	waiting []*queue.Job
 	runs    map[*queue.Job]*run
 	// fleet: a start needs the Shaper's admission (a fleet-wide limit on
-	// the domain or on a next hop). One admission is asked at a time;
-	// after a refusal not again before notBefore.
+	// the domain or on a next hop). Admissions are asked for at most
+	// the jobs that could start; after a refusal not again before notBefore.
 	fleet     bool
-	acquiring bool
+	acquiring int // admissions being asked
 	notBefore time.Time
 	keep      int // waiting jobs kept while refused; the rest are handed back
 }
@@ -125,8 +125,9 @@ type scheduler struct {
 	dests   map[string]*dest
 	nextHop map[string]learned // domain → next hop
 	windows map[string]*window // domain → adaptive concurrency
-	active  int
-	held    int // active + waiting + being handed back
+	active    int
+	acquiring int // admissions being asked, all lanes
+	held      int // active + waiting + being handed back
 	timer   *time.Timer
 	changed chan struct{} // capacity freed: the fetch loop may fetch more
 }
@@ -421,7 +422,8 @@ func (s *scheduler) pump() {
 					l.waiting = l.waiting[:keep]
 				}
 			}
-			room := len(l.runs) < s.windowOf(l).cur
+			win := s.windowOf(l).cur
+			room := len(l.runs)+l.acquiring < win
 			if nh, ok := s.nextHop[key]; room && ok && now.Sub(nh.at) < learnedTTL {
 				// The next hop's connections are all taken: wait in the
 				// lane, not in the pool holding a worker slot.
@@ -435,23 +437,24 @@ func (s *scheduler) pump() {
 				}
 				continue
 			}
-			if s.active < s.w.cfg.Concurrency && l.fleet {
+			if l.fleet {
 				// Admission by the fleet state, asked off the lock; the job
 				// waits in the lane, holding no worker slot.
-				switch {
-				case l.acquiring:
-				case now.Before(l.notBefore):
+				if now.Before(l.notBefore) {
 					if wake.IsZero() || l.notBefore.Before(wake) {
 						wake = l.notBefore
 					}
-				default:
-					l.acquiring = true
-					go s.acquire(l)
+				} else {
+					for l.acquiring < len(l.waiting) && len(l.runs)+l.acquiring < win && s.active+s.acquiring < s.w.cfg.Concurrency {
+						l.acquiring++
+						s.acquiring++
+						go s.acquire(l)
+					}
 				}
 				next = append(next, key)
 				continue
 			}
-			if s.active < s.w.cfg.Concurrency {
+			if s.active+s.acquiring < s.w.cfg.Concurrency {
 				if l.limiter != nil {
 					r := l.limiter.ReserveN(now, 1)
 					if d := r.DelayFrom(now); d > 0 {
@@ -522,14 +525,15 @@ func (s *scheduler) acquire(l *lane) {
 	lease, den := s.w.cfg.Shaper.Acquire(ctx, dests)
 	cancel()
 	s.mu.Lock()
-	l.acquiring = false
+	l.acquiring--
+	s.acquiring--
 	now := time.Now()
 	switch {
 	case den != nil:
 		l.notBefore = now.Add(den.After)
 		s.w.throttled(l.key, den)
 		if len(l.waiting) > l.keep {
-			s.handBack(l.waiting[l.keep:], "destination "+den.Dest.Name+" at its fleet "+den.Reason+" limit")
+			s.handBack(l.waiting[l.keep:], "domain "+den.Reason+" limit (fleet-wide, destination "+den.Dest.Name+")")
 			l.waiting = l.waiting[:l.keep]
 		}
 	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
