@@ -38,7 +38,7 @@ type countingMX struct {
 	hold   atomic.Pointer[chan struct{}] // while set, DATA waits for it to close
 }
 
-func startCountingMX(t *testing.T, dataDelay time.Duration, onRcpt ...func(string, int) *smtp.SMTPError) *countingMX {
+func startCountingMX(t testing.TB, dataDelay time.Duration, onRcpt ...func(string, int) *smtp.SMTPError) *countingMX {
 	mx := &countingMX{}
 	var rcpt func(string, int) *smtp.SMTPError
 	if len(onRcpt) > 0 {
@@ -79,7 +79,7 @@ func (mx *countingMX) busiest() int {
 
 // fleet is one nats-server, one ingress and worker processes.
 type fleet struct {
-	t       *testing.T
+	t       testing.TB
 	nats    *testenv.NATS
 	blobURL string
 	smtp    string
@@ -89,7 +89,7 @@ type fleet struct {
 	logs    []*syncBuffer
 }
 
-func startFleet(t *testing.T, mx *countingMX) *fleet {
+func startFleet(t testing.TB, mx *countingMX) *fleet {
 	f := &fleet{t: t, bin: buildBinary(t, "worker"), nats: testenv.StartNATS(t), mx: mx,
 		blobURL: "file://" + filepath.Join(t.TempDir(), "bodies")}
 	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -69,3 +69,33 @@ func BenchmarkShapingCost(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFleetRateUse: four worker processes share one destination's
+// rate (20/s); reports the rate the MX saw from its first to its last
+// message as a fraction of the limit (goal ≥ 0.9) and the busiest second.
+func BenchmarkFleetRateUse(b *testing.B) {
+	const limit, n = 20.0, 120
+	mx := startCountingMX(b, 0)
+	f := startFleet(b, mx)
+	for range 4 {
+		f.worker("--domain-limit", "dest.test:rate=20/s", "--log-level", "info")
+	}
+	b.ResetTimer()
+	for range b.N {
+		base := len(mx.Messages())
+		f.sendN(fmt.Sprintf("u%d-", time.Now().UnixNano()), n)
+		waitFor(b, "all mail delivered", 5*time.Minute, func() bool { return len(mx.Messages()) >= base+n })
+		msgs := mx.Messages()[base:]
+		first, last := msgs[0].At, msgs[0].At
+		for _, m := range msgs {
+			if m.At.Before(first) {
+				first = m.At
+			}
+			if m.At.After(last) {
+				last = m.At
+			}
+		}
+		b.ReportMetric(float64(n-1)/last.Sub(first).Seconds()/limit, "of-limit")
+	}
+	b.ReportMetric(float64(mx.busiest()), "busiest-1s")
+}
