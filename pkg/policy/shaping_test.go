@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -86,4 +87,35 @@ func FuzzParseShaping(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzOne(t, KeyShaping, data, nil)
 	})
+}
+
+// TestShapingDocExamples: the shaping examples of docs/shaping.md and the
+// README parse.
+func TestShapingDocExamples(t *testing.T) {
+	for _, f := range []struct{ file, after string }{
+		{"../../docs/shaping.md", "## The `shaping` policy key"},
+		{"../../README.md", "# shaping (ConfigMap)"},
+	} {
+		raw, err := os.ReadFile(f.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(raw)
+		i := strings.Index(s, f.after)
+		if i < 0 {
+			t.Fatalf("%s: no %q", f.file, f.after)
+		}
+		s = s[i:]
+		if !strings.HasPrefix(s, "# shaping") {
+			s = s[strings.Index(s, "```\n")+4:]
+		}
+		s = s[:strings.Index(s, "```")]
+		p, err := Parse(map[string][]byte{KeyShaping: []byte(s)})
+		if err != nil {
+			t.Fatalf("%s example: %v\n%s", f.file, err, s)
+		}
+		if p.Shaping.Len() < 3 {
+			t.Errorf("%s example: %d rules", f.file, p.Shaping.Len())
+		}
+	}
 }
