@@ -118,18 +118,18 @@ func (l *lane) congested(now time.Time, after time.Duration) bool {
 type scheduler struct {
 	w *Worker
 
-	mu      sync.Mutex
-	lanes   map[string]*lane
-	order   []string // lanes with waiting jobs, round-robin
-	runs    map[*queue.Job]*run
-	dests   map[string]*dest
-	nextHop map[string]learned // domain → next hop
-	windows map[string]*window // domain → adaptive concurrency
+	mu        sync.Mutex
+	lanes     map[string]*lane
+	order     []string // lanes with waiting jobs, round-robin
+	runs      map[*queue.Job]*run
+	dests     map[string]*dest
+	nextHop   map[string]learned // domain → next hop
+	windows   map[string]*window // domain → adaptive concurrency
 	active    int
 	acquiring int // admissions being asked, all lanes
 	held      int // active + waiting + being handed back
-	timer   *time.Timer
-	changed chan struct{} // capacity freed: the fetch loop may fetch more
+	timer     *time.Timer
+	changed   chan struct{} // capacity freed: the fetch loop may fetch more
 }
 
 func newScheduler(w *Worker) *scheduler {
