@@ -514,6 +514,14 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 
 	var out *delivery.Outcome
 	var rerr error
+	if sh := w.cfg.Shaper; sh != nil && len(try) > 0 {
+		// Suspended while this job waited or started (another worker's
+		// reply rule): not attempted.
+		if sp, ok := sh.SuspendedDomain(e.Domain); ok {
+			w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+			return nil
+		}
+	}
 	if len(try) > 0 {
 		var hops []delivery.Hop
 		hops, rerr = w.router.Route(actx, e.Domain)
