@@ -45,7 +45,8 @@ type lane struct {
 	fleet     bool
 	acquiring int // admissions being asked
 	notBefore time.Time
-	keep      int // waiting jobs kept while refused; the rest are handed back
+	keep      int       // waiting jobs kept while refused; the rest are handed back
+	lastDone  time.Time // when a delivery of the lane last ended (its creation first)
 }
 
 // run is one job being processed.
@@ -156,7 +157,7 @@ func (s *scheduler) laneFor(domain string) *lane {
 	if l != nil {
 		return l
 	}
-	l = &lane{key: domain, cap: s.w.cfg.DomainConcurrency, runs: map[*queue.Job]*run{}}
+	l = &lane{key: domain, cap: s.w.cfg.DomainConcurrency, runs: map[*queue.Job]*run{}, lastDone: time.Now()}
 	rules := s.w.rules()
 	lim, ok := s.w.limitFor(domain)
 	if ok && lim.Concurrency > 0 {
@@ -236,6 +237,10 @@ const (
 	ConcurrencyBackoff = 2 // divisor on a congestion signal
 	MinConcurrency     = 1
 )
+
+// slowLane: a domain none of whose deliveries ended for this long gives
+// up its waiting mail when the worker is full.
+const slowLane = time.Second
 
 // window is a domain's current concurrency.
 type window struct {
@@ -479,10 +484,14 @@ func (s *scheduler) pump() {
 		s.order = append(s.order[:0], next...)
 	}
 	if s.held >= s.w.cfg.Concurrency*2 {
-		// No room to fetch: mail that cannot start soon (beyond twice its
-		// domain's concurrency) goes back to the queue, so that other
-		// domains' mail can be fetched at all.
+		// No room to fetch: mail of a domain whose deliveries do not end
+		// (none for slowLane) beyond twice its concurrency goes back to the
+		// queue, so that other domains' mail can be fetched at all. A
+		// domain that delivers keeps its backlog.
 		for _, l := range s.lanes {
+			if now.Sub(l.lastDone) < slowLane {
+				continue
+			}
 			if keep := 2 * s.windowOf(l).cur; len(l.waiting) > keep {
 				s.handBack(l.waiting[keep:], "destination busy: its deliveries are all running")
 				l.waiting = l.waiting[:keep]
@@ -578,6 +587,7 @@ func (s *scheduler) done(l *lane, j *queue.Job) {
 		delete(l.runs, j)
 		delete(s.runs, j)
 		s.active--
+		l.lastDone = time.Now()
 		if len(l.runs) == 0 && len(l.waiting) == 0 {
 			delete(s.lanes, l.key)
 		}
