@@ -484,17 +484,14 @@ func (s *scheduler) pump() {
 		s.order = append(s.order[:0], next...)
 	}
 	if s.held >= s.w.cfg.Concurrency*2 {
-		// No room to fetch: mail of a domain whose deliveries do not end
-		// (none for slowLane) beyond twice its concurrency goes back to the
-		// queue, so that other domains' mail can be fetched at all. A
-		// domain that delivers keeps its backlog.
+		// No room to fetch: the waiting mail of a domain whose deliveries
+		// do not end (none for slowLane) goes back to the queue, so that
+		// other domains' mail can be fetched at all. A domain that
+		// delivers keeps its backlog.
 		for _, l := range s.lanes {
-			if now.Sub(l.lastDone) < slowLane {
-				continue
-			}
-			if keep := 2 * s.windowOf(l).cur; len(l.waiting) > keep {
-				s.handBack(l.waiting[keep:], "destination busy: its deliveries are all running")
-				l.waiting = l.waiting[:keep]
+			if len(l.waiting) > 0 && now.Sub(l.lastDone) >= slowLane {
+				s.handBack(l.waiting, "destination slow: none of its deliveries ended lately")
+				l.waiting = nil
 			}
 		}
 	}

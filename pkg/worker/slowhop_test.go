@@ -24,7 +24,7 @@ type dribbler struct {
 	done atomic.Int64 // messages it accepted
 }
 
-func startDribbler(t *testing.T, gap time.Duration) *dribbler {
+func startDribbler(t testing.TB, gap time.Duration) *dribbler {
 	t.Helper()
 	ln := listen(t)
 	d := &dribbler{addr: ln.Addr().String()}
@@ -218,4 +218,49 @@ func TestTarpitDomainsDoNotDelayHealthyMail(t *testing.T) {
 	if tp.open.Load() == 0 {
 		t.Errorf("the tarpit holds no connection any more; the scenario did not hold")
 	}
+}
+
+// BenchmarkHealthyBesideSlowHops: the delivery latency of one healthy
+// message (queued → accepted by its MX) while four dribbling domains (20
+// messages each) and five tarpit domains (30 each, one next hop) hold a
+// backlog in the same worker. Goal: under a second, as Postfix.
+func BenchmarkHealthyBesideSlowHops(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	r := newRig(b, ctx, delivery.Config{CommandTimeout: 5 * time.Minute, DataTimeout: 5 * time.Minute})
+	snk := sink.New(sink.Config{})
+	r.route("healthy.test", snk.Start(b, "127.0.0.1:0"))
+	tp := startTarpit(b)
+	for i := range 5 {
+		r.route(fmt.Sprintf("tarpit%d.test", i), tp.addr)
+	}
+	for i := range 4 {
+		r.route(fmt.Sprintf("drip%d.test", i), startDribbler(b, 1500*time.Millisecond).addr)
+	}
+	r.run(Config{Concurrency: 64, DomainConcurrency: 20, AttemptTimeout: 5 * time.Minute,
+		StallAfter: 10 * time.Second, BusyDelay: 30 * time.Second}, nil, nil)
+	for i := range 5 {
+		d := fmt.Sprintf("tarpit%d.test", i)
+		for range 30 {
+			r.message(sender, testBody("tarpit"), map[string][]string{d: {"u@" + d}})
+		}
+	}
+	for i := range 4 {
+		d := fmt.Sprintf("drip%d.test", i)
+		for range 20 {
+			r.message(sender, testBody("drip"), map[string][]string{d: {"u@" + d}})
+		}
+	}
+	waitFor(b, ctx, "the tarpit holding connections", func() bool { return tp.open.Load() > 0 })
+	var worst time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		r.message(sender, testBody(fmt.Sprint("healthy", i)), map[string][]string{"healthy.test": {fmt.Sprintf("h%d@healthy.test", i)}})
+		if err := snk.WaitCount(ctx, i+1); err != nil {
+			b.Fatal(err)
+		}
+		worst = max(worst, time.Since(start))
+	}
+	b.ReportMetric(float64(worst.Milliseconds()), "worst-ms")
 }
