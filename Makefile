@@ -130,6 +130,8 @@ bench: tools ## mailfwd (single node, chart, R3) vs a private Postfix vs maddy v
 .PHONY: bench-go
 bench-go: tools ## In-process Go benchmarks: end-to-end rate, healthy-domain latency with a 10k dead-domain backlog
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 2000x -timeout 20m ./tests/...
+	# Fleet shaping: healthy-mail latency beside dribbling and tarpit destinations (docs/shaping.md).
+	$(GO) test -run '^$$' -bench BenchmarkHealthyBesideSlowHops -benchtime 20x -timeout 10m ./pkg/worker
 
 .PHONY: chaos
 chaos: tools ## Fault suite with a ledger of every 250: workers, ingress, NATS, MinIO killed; destination down (minutes)

@@ -27,6 +27,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/ctl"
 	"github.com/mailfwd/mailfwd/pkg/daemon"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
@@ -354,6 +355,26 @@ func TestNATSQuickstartAuth(t *testing.T) {
 		}
 		_ = nc.Flush()
 		waitFor(t, "permission violation", 5*time.Second, func() bool { return ec.has("_INBOX.>") })
+	})
+	t.Run("workers write only the shaping keys they use", func(t *testing.T) {
+		_, js, _ := connectAs(t, url, workerUser)
+		ctx, cancel := short()
+		defer cancel()
+		kv, err := js.KeyValue(ctx, shaping.BucketName)
+		if err != nil {
+			t.Fatalf("worker cannot open the shaping bucket: %v", err)
+		}
+		if _, err := kv.Create(ctx, "l.d.dest.test.0", []byte("w"), jetstream.KeyTTL(6*time.Second)); err != nil {
+			t.Errorf("worker cannot take a slot lease: %v", err)
+		}
+		if _, err := kv.Get(ctx, "l.d.dest.test.0"); err != nil {
+			t.Errorf("worker cannot read a slot lease: %v", err)
+		}
+		ctx2, cancel2 := short()
+		defer cancel2()
+		if _, err := kv.Put(ctx2, "x.anything", []byte("w")); err == nil {
+			t.Error("worker wrote a shaping key outside l.*, r.*, s.*")
+		}
 	})
 	if got := streamMsgs(t, adminJS); got != before {
 		t.Fatalf("stream MAIL has %d messages after the attacks, had %d", got, before)

@@ -402,7 +402,7 @@ func TestDomainLimits(t *testing.T) {
 	}
 	sendN("beta.test", n)
 	waitFor(t, "rate-limited domain delivered", 60*time.Second, func() bool { return beta.Count() >= n })
-	if !strings.Contains(e.logs.String(), `reason="domain rate limit"`) {
+	if !strings.Contains(e.logs.String(), `reason="domain rate limit`) {
 		t.Errorf("no envelope was handed back by the rate limit (30 messages at 10/s with 0.5 s of waiting allowed)")
 	}
 }

@@ -68,6 +68,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g), newSRSCmd(g))
 	root.AddCommand(newTraceCmd(g))
+	root.AddCommand(newShapingCmd(g))
 	return root
 }
 

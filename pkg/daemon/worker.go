@@ -31,6 +31,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
@@ -46,7 +47,7 @@ type Worker struct {
 	Routes         config.StringList
 	NoTLS          bool
 	LineLimit      int // --smtp-line-length-limit (0: lines sent as they are)
-	Limits         config.StringList
+	Limits         LimitList
 	LocalNames     config.StringList
 	LocalAddrs     config.StringList
 	PolicyDir      string
@@ -115,7 +116,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
 	fs.DurationVar(&o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
-	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable)")
+	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable); concurrency and rate hold for the whole fleet (the policy key shaping overrides them)")
 	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
 	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
@@ -270,6 +271,32 @@ func (o *Worker) routeTable() (*route.Table, error) {
 	return t, nil
 }
 
+// LimitList is the repeatable --domain-limit flag. One value may hold
+// several domains ("a.test:rate=1/s,b.test:concurrency=2", as in
+// MAILFWD_DOMAIN_LIMIT), so it is split on commas, but a piece without a
+// colon (`rate=4/s`) belongs to the domain before it: a domain name never
+// holds a colon and a limit never does.
+type LimitList []string
+
+func (l *LimitList) String() string { return strings.Join(*l, ",") }
+
+// Set appends the domains of v.
+func (l *LimitList) Set(v string) error {
+	first := true
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !first && !strings.Contains(s, ":") && len(*l) > 0 {
+			(*l)[len(*l)-1] += "," + s
+			continue
+		}
+		*l = append(*l, s)
+		first = false
+	}
+	return nil
+}
+
 // ParseDomainLimits parses --domain-limit values.
 func ParseDomainLimits(list []string) (map[string]worker.DomainLimit, error) {
 	out := map[string]worker.DomainLimit{}
@@ -282,27 +309,9 @@ func ParseDomainLimits(list []string) (map[string]worker.DomainLimit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--domain-limit %q: %w", item, err)
 		}
-		var l worker.DomainLimit
-		for _, kv := range strings.Split(spec, ",") {
-			k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
-			switch k {
-			case "concurrency":
-				l.Concurrency, err = strconv.Atoi(v)
-			case "rate":
-				l.Rate, err = strconv.ParseFloat(strings.TrimSuffix(v, "/s"), 64)
-			case "burst":
-				l.Burst, err = strconv.Atoi(v)
-			case "msgs-per-conn":
-				l.MsgsPerConn, err = strconv.Atoi(v)
-			default:
-				err = fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
-			}
-		}
-		if l.Concurrency < 0 || l.Rate < 0 || l.Burst < 0 || l.MsgsPerConn < 0 {
-			return nil, fmt.Errorf("--domain-limit %q: negative value", item)
+		l, err := shaping.ParseLimit(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--domain-limit %q: %v", item, err)
 		}
 		out[d] = l
 	}
@@ -320,12 +329,16 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	var table atomic.Pointer[route.Table]
 	table.Store(flagRoutes)
 	var tlsPol atomic.Pointer[tlspolicy.Policy] // tls_policy + authinfo, hot-reloaded
+	flagLimits, _ := ParseDomainLimits(o.Limits)
+	var shapingRules atomic.Pointer[shaping.Rules] // the shaping key over --domain-limit
+	shapingRules.Store(shaping.NewRules().Merge(flagLimits))
 	var watcher *policy.Watcher
 	if o.PolicyDir != "" {
 		var err error
 		watcher, err = policy.NewWatcher(o.PolicyDir, o.PolicyInterval, func(p *policy.Policy) {
 			table.Store(p.Mailertable.Merge(flagRoutes))
 			tlsPol.Store(p.TLS)
+			shapingRules.Store(p.Shaping.Merge(flagLimits))
 			log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 			metrics.PolicyReload(true, p.Version)
 		}, func(err error) {
@@ -338,6 +351,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		p := watcher.Current()
 		table.Store(p.Mailertable.Merge(flagRoutes))
 		tlsPol.Store(p.TLS)
+		shapingRules.Store(p.Shaping.Merge(flagLimits))
 		log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 		metrics.PolicyReload(true, p.Version)
 		// DSNs are signed with the dkim key of the --hostname's domain.
@@ -419,7 +433,19 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		o.Engine.LocalNames = []string{o.Delivery.HeloName}
 	}
 	o.Engine.LocalAddrs, _ = o.localAddrs()
-	o.Engine.DomainLimits, _ = ParseDomainLimits(o.Limits)
+	o.Engine.DomainLimits = flagLimits
+	o.Engine.Shaping = shapingRules.Load
+	var sb shaping.Bucket
+	if b, err := q.ShapingBucket(ctx); err != nil {
+		log.Warn("fleet-wide limits are kept as local shares: no shaping bucket", "component", "worker", "err", err)
+	} else {
+		sb = b
+	}
+	o.Engine.ShapingMetrics = metrics.Shaping()
+	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log,
+		Metrics: o.Engine.ShapingMetrics, Rules: shapingRules.Load})
+	o.Engine.Shaper = shaper
+	o.Engine.HopConcurrency = o.Delivery.MaxConnsPerHost
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {
 		h := holds.Load()
@@ -448,6 +474,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		"starttls", !o.NoTLS, "tls_ca_file", o.TLS.CAFile, "mta_sts", o.TLS.MTASTS, "dane", o.TLS.DANE)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { shaper.Run(gctx); return nil })
 	if watcher != nil {
 		g.Go(func() error { watcher.Run(gctx); return nil })
 	}

@@ -48,8 +48,9 @@ type Message struct {
 	// and closed. Size is then the body's size (for SIZE=).
 	Open func() (io.ReadCloser, error)
 	Size int64
-	// Activity, when set, is called whenever bytes move on the connection
-	// (progress, as opposed to a destination that does not answer).
+	// Activity, when set, is called on progress: a command or body chunk
+	// written, a reply line received (a destination that does not answer,
+	// or dribbles its replies, makes none).
 	Activity func()
 	// DataStarted, when set, is called once the remote accepted DATA: from
 	// then on, aborting may leave a delivered message behind.

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -22,7 +23,8 @@ func (e *replyTooLarge) Unwrap() error { return ErrReplyTooLarge }
 // bounds each reply: every write (a command, the body) gives the remote a
 // fresh budget of max bytes to answer with, and a read beyond it fails, so
 // a reply costs at most max bytes of memory and the connection is dropped.
-// It also reports activity (any byte moved) for congestion detection.
+// It also reports activity for congestion detection: a command or body
+// chunk written, a reply line received.
 type wireConn struct {
 	net.Conn
 	max      int64
@@ -47,7 +49,11 @@ func (w *wireConn) Read(p []byte) (int, error) {
 	n, err := w.Conn.Read(p)
 	if n > 0 {
 		w.left.Add(-int64(n))
-		w.touch()
+		// Progress is a reply line completed, not a byte: a remote that
+		// dribbles its replies (a byte now and then) makes no progress.
+		if bytes.IndexByte(p[:n], '\n') >= 0 {
+			w.touch()
+		}
 	}
 	return n, err
 }
@@ -67,7 +73,8 @@ func (w *wireConn) touch() {
 	}
 }
 
-// setActivity makes f be called on every read or write (nil: none).
+// setActivity makes f be called on every write and every read that ends
+// a reply line (nil: none).
 func (w *wireConn) setActivity(f func()) {
 	if f == nil {
 		w.activity.Store(nil)

@@ -22,6 +22,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
@@ -40,7 +41,8 @@ const (
 func Keys() []string {
 	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings,
 		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM, // smarthost.go
-		KeyMasquerade, KeyGenericstable, KeySenderRoutes, KeySRS} // senders.go
+		KeyMasquerade, KeyGenericstable, KeySenderRoutes, KeySRS, // senders.go
+		KeyShaping} // shaping.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
@@ -98,6 +100,8 @@ type Policy struct {
 	Users *smtpauth.Users
 	TLS   *tlspolicy.Policy
 	DKIM  *dkim.Keys
+	// Shaping: fleet-wide destination limits and reply rules (never nil).
+	Shaping *shaping.Rules
 
 	access      accessMap
 	mailertable []mtEntry
@@ -123,6 +127,7 @@ func newPolicy() *Policy {
 	return &Policy{
 		Mailertable: route.NewTable(),
 		TLS:         tlspolicy.New(),
+		Shaping:     shaping.NewRules(),
 		access:      newAccessMap(),
 		aliases:     map[string]*aliasEntry{},
 		virt:        map[string]*virtEntry{},
@@ -173,6 +178,7 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		{KeyGenericstable, (*Policy).parseGenericstable},
 		{KeySenderRoutes, (*Policy).parseSenderRoutes},
 		{KeySRS, (*Policy).parseSRS},
+		{KeyShaping, (*Policy).parseShaping},
 	}
 	for _, ps := range parsers {
 		lines, lerrs := splitLines(ps.key, files[ps.key])
@@ -335,6 +341,7 @@ func (p *Policy) Files() map[string][]byte {
 	out[KeySettings] = []byte(p.Settings.text())
 	p.smarthostFiles(out)
 	p.sendersFiles(out)
+	out[KeyShaping] = []byte(p.Shaping.String())
 	return out
 }
 

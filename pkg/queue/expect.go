@@ -89,6 +89,7 @@ func (q *Queue) Expected() Expected {
 			{Bucket: q.cfg.HoldsBucket, Description: "mailfwd: recipient domains on hold (mailfwdctl queue hold)",
 				Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
 			smtptrace.BucketConfig(q.cfg.Replicas),
+			shapingBucketConfig(q.cfg.Replicas),
 		},
 	}
 }

@@ -26,7 +26,7 @@ type tarpit struct {
 	total atomic.Int64
 }
 
-func startTarpit(t *testing.T) *tarpit {
+func startTarpit(t testing.TB) *tarpit {
 	t.Helper()
 	ln := listen(t)
 	tp := &tarpit{addr: ln.Addr().String()}

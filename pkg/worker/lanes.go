@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -13,16 +14,13 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 )
 
-// DomainLimit overrides the per-domain delivery limits for a domain and its
-// subdomains.
-type DomainLimit struct {
-	Concurrency int     // deliveries in flight at once (0: the default)
-	Rate        float64 // messages per second (0: unlimited)
-	Burst       int     // token bucket size for Rate (default 1)
-	MsgsPerConn int     // SMTP transactions per connection (0: the worker's --max-msgs-per-conn)
-}
+// DomainLimit overrides the delivery limits for a domain and its
+// subdomains (the --domain-limit flags). With a Shaper its concurrency and
+// rate hold for the whole fleet; without one, per process.
+type DomainLimit = shaping.Limit
 
 // errCongested is the cause of a delivery cancelled because its next hop
 // is congested and the congested share of the worker is exceeded.
@@ -38,9 +36,17 @@ var errCongested = errors.New("next hop congested")
 type lane struct {
 	key     string
 	cap     int
-	limiter *rate.Limiter
+	limiter *rate.Limiter // per-process rate (no Shaper)
 	waiting []*queue.Job
 	runs    map[*queue.Job]*run
+	// fleet: a start needs the Shaper's admission (a fleet-wide limit on
+	// the domain or on a next hop). Admissions are asked for at most
+	// the jobs that could start; after a refusal not again before notBefore.
+	fleet     bool
+	acquiring int // admissions being asked
+	notBefore time.Time
+	keep      int       // waiting jobs kept while refused; the rest are handed back
+	lastDone  time.Time // when a delivery of the lane last ended (its creation first)
 }
 
 // run is one job being processed.
@@ -52,6 +58,7 @@ type run struct {
 	cancel    context.CancelCauseFunc
 	preempted bool
 	inData    atomic.Bool // the remote accepted DATA: never preempted (a duplicate could follow)
+	lease     *shaping.Lease
 }
 
 // progress is when the run last made progress (its start counts).
@@ -112,21 +119,23 @@ func (l *lane) congested(now time.Time, after time.Duration) bool {
 type scheduler struct {
 	w *Worker
 
-	mu      sync.Mutex
-	lanes   map[string]*lane
-	order   []string // lanes with waiting jobs, round-robin
-	runs    map[*queue.Job]*run
-	dests   map[string]*dest
-	nextHop map[string]learned // domain → next hop
-	active  int
-	held    int // active + waiting + being handed back
-	timer   *time.Timer
-	changed chan struct{} // capacity freed: the fetch loop may fetch more
+	mu        sync.Mutex
+	lanes     map[string]*lane
+	order     []string // lanes with waiting jobs, round-robin
+	runs      map[*queue.Job]*run
+	dests     map[string]*dest
+	nextHop   map[string]learned // domain → next hop
+	windows   map[string]*window // domain → adaptive concurrency
+	active    int
+	acquiring int // admissions being asked, all lanes
+	held      int // active + waiting + being handed back
+	timer     *time.Timer
+	changed   chan struct{} // capacity freed: the fetch loop may fetch more
 }
 
 func newScheduler(w *Worker) *scheduler {
 	return &scheduler{w: w, lanes: map[string]*lane{}, runs: map[*queue.Job]*run{}, dests: map[string]*dest{},
-		nextHop: map[string]learned{}, changed: make(chan struct{}, 1)}
+		nextHop: map[string]learned{}, windows: map[string]*window{}, changed: make(chan struct{}, 1)}
 }
 
 func (s *scheduler) signal() {
@@ -148,14 +157,18 @@ func (s *scheduler) laneFor(domain string) *lane {
 	if l != nil {
 		return l
 	}
-	l = &lane{key: domain, cap: s.w.cfg.DomainConcurrency, runs: map[*queue.Job]*run{}}
-	if lim, ok := s.w.limitFor(domain); ok {
-		if lim.Concurrency > 0 {
-			l.cap = lim.Concurrency
-		}
-		if lim.Rate > 0 {
-			l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
-		}
+	l = &lane{key: domain, cap: s.w.cfg.DomainConcurrency, runs: map[*queue.Job]*run{}, lastDone: time.Now()}
+	rules := s.w.rules()
+	lim, ok := s.w.limitFor(domain)
+	if ok && lim.Concurrency > 0 {
+		l.cap = lim.Concurrency
+	}
+	if s.w.cfg.Shaper != nil && ((ok && lim.Fleet()) || rules.HasHosts()) {
+		l.fleet = true
+		// What could start within StallAfter stays; more goes back to the queue.
+		l.keep = max(lim.Concurrency*2, int(lim.Rate*s.w.cfg.StallAfter.Seconds()), 1)
+	} else if ok && lim.Rate > 0 {
+		l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 	}
 	s.lanes[domain] = l
 	return l
@@ -212,6 +225,75 @@ func (s *scheduler) bind(j *queue.Job, hops []delivery.Hop) {
 	s.nextHop[r.lane.key] = learned{key: key, at: now}
 }
 
+// Adaptive concurrency per destination (as Postfix's scheduler): a
+// domain starts with InitialConcurrency deliveries at once, gains one per
+// success up to its cap (--domain-concurrency or its limit), and halves on
+// a congestion signal (no connection, 421, 4.7.x), down to MinConcurrency.
+// A destination that never answers never grows, so a few slow ones cannot
+// take the worker's slots from healthy mail.
+const (
+	InitialConcurrency = 5
+	ConcurrencyStep    = 1
+	ConcurrencyBackoff = 2 // divisor on a congestion signal
+	MinConcurrency     = 1
+)
+
+// slowLane: a domain none of whose deliveries ended for this long gives
+// up its waiting mail when the worker is full.
+const slowLane = time.Second
+
+// window is a domain's current concurrency.
+type window struct {
+	cur int
+	at  time.Time // last used, for pruning
+}
+
+// windowOf returns l's window (called with s.mu held); its cap is l.cap.
+func (s *scheduler) windowOf(l *lane) *window {
+	w := s.windows[l.key]
+	if w == nil {
+		if len(s.windows) >= pruneLearned {
+			for k, v := range s.windows {
+				if time.Since(v.at) > learnedTTL {
+					delete(s.windows, k)
+				}
+			}
+		}
+		w = &window{cur: min(InitialConcurrency, l.cap)}
+		s.windows[l.key] = w
+	}
+	w.cur = min(w.cur, l.cap)
+	w.at = time.Now()
+	return w
+}
+
+// feedback adjusts domain's window after a delivery: up on success, down
+// on a congestion signal; neutral outcomes leave it.
+func (s *scheduler) feedback(domain string, ok, congested bool) {
+	if !ok && !congested {
+		return
+	}
+	s.mu.Lock()
+	l := s.lanes[domain]
+	w := s.windows[domain]
+	if l == nil || w == nil {
+		s.mu.Unlock()
+		return
+	}
+	before := w.cur
+	if ok {
+		w.cur = min(w.cur+ConcurrencyStep, l.cap)
+	} else {
+		w.cur = max(w.cur/ConcurrencyBackoff, MinConcurrency)
+	}
+	after := w.cur
+	s.mu.Unlock()
+	if congested && after < before {
+		s.w.log.Info("destination concurrency lowered", "domain", domain, "concurrency", after, "was", before)
+		s.w.cfg.ShapingMetrics.Lowered()
+	}
+}
+
 // pruneLearned is the size at which expired next-hop entries are swept.
 const pruneLearned = 4096
 
@@ -224,6 +306,14 @@ func (s *scheduler) activity(j *queue.Job) func() {
 		return nil
 	}
 	return func() { r.last.Store(time.Now().UnixNano()) }
+}
+
+// slotted reports whether j's delivery holds a fleet concurrency slot.
+func (s *scheduler) slotted(j *queue.Job) bool {
+	s.mu.Lock()
+	r := s.runs[j]
+	s.mu.Unlock()
+	return r != nil && r.lease.Slots() > 0
 }
 
 // dataStarted returns the callback marking j's delivery as in DATA.
@@ -297,6 +387,20 @@ func (s *scheduler) pump() {
 			if l == nil || len(l.waiting) == 0 {
 				continue
 			}
+			// Suspended by a reply rule (fleet-wide): back to the queue
+			// until the suspension ends.
+			if sh := s.w.cfg.Shaper; sh != nil {
+				if sp, ok := sh.SuspendedDomain(key); ok {
+					for _, j := range l.waiting {
+						go func() {
+							s.w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+							s.done(nil, nil)
+						}()
+					}
+					l.waiting = nil
+					continue
+				}
+			}
 			// Congested domain: all running jobs stuck.
 			if l.congested(now, after) {
 				s.handBack(l.waiting, "destination not responding")
@@ -323,7 +427,39 @@ func (s *scheduler) pump() {
 					l.waiting = l.waiting[:keep]
 				}
 			}
-			if s.active < s.w.cfg.Concurrency && len(l.runs) < l.cap {
+			win := s.windowOf(l).cur
+			room := len(l.runs)+l.acquiring < win
+			if nh, ok := s.nextHop[key]; room && ok && now.Sub(nh.at) < learnedTTL {
+				// The next hop's connections are all taken: wait in the
+				// lane, not in the pool holding a worker slot.
+				if d := s.dests[nh.key]; d != nil && len(d.runs) >= s.w.cfg.HopConcurrency {
+					room = false
+				}
+			}
+			if !room {
+				if len(l.waiting) > 0 {
+					next = append(next, key)
+				}
+				continue
+			}
+			if l.fleet {
+				// Admission by the fleet state, asked off the lock; the job
+				// waits in the lane, holding no worker slot.
+				if now.Before(l.notBefore) {
+					if wake.IsZero() || l.notBefore.Before(wake) {
+						wake = l.notBefore
+					}
+				} else {
+					for l.acquiring < len(l.waiting) && len(l.runs)+l.acquiring < win && s.active+s.acquiring < s.w.cfg.Concurrency {
+						l.acquiring++
+						s.acquiring++
+						go s.acquire(l)
+					}
+				}
+				next = append(next, key)
+				continue
+			}
+			if s.active+s.acquiring < s.w.cfg.Concurrency {
 				if l.limiter != nil {
 					r := l.limiter.ReserveN(now, 1)
 					if d := r.DelayFrom(now); d > 0 {
@@ -335,24 +471,29 @@ func (s *scheduler) pump() {
 						continue
 					}
 				}
-				j := l.waiting[0]
-				l.waiting = l.waiting[1:]
-				ctx, cancel := context.WithCancelCause(s.w.work)
-				r := &run{lane: l, start: now, cancel: cancel}
-				l.runs[j] = r
-				s.runs[j] = r
-				s.active++
+				s.start(l, now, nil)
 				if toCongested {
 					congested++
 				}
 				progress = true
-				go s.run(ctx, l, j)
 			}
 			if len(l.waiting) > 0 {
 				next = append(next, key)
 			}
 		}
 		s.order = append(s.order[:0], next...)
+	}
+	if s.held >= s.w.cfg.Concurrency*2 {
+		// No room to fetch: the waiting mail of a domain whose deliveries
+		// do not end (none for slowLane) goes back to the queue, so that
+		// other domains' mail can be fetched at all. A domain that
+		// delivers keeps its backlog.
+		for _, l := range s.lanes {
+			if len(l.waiting) > 0 && now.Sub(l.lastDone) >= slowLane {
+				s.handBack(l.waiting, "destination slow: none of its deliveries ended lately")
+				l.waiting = nil
+			}
+		}
 	}
 	// While anything runs, look again as runs may become stuck.
 	if len(s.runs) > 0 {
@@ -370,6 +511,46 @@ func (s *scheduler) pump() {
 	}
 }
 
+// start runs l's first waiting job under lease (called with s.mu held).
+func (s *scheduler) start(l *lane, now time.Time, lease *shaping.Lease) {
+	j := l.waiting[0]
+	l.waiting = l.waiting[1:]
+	ctx, cancel := context.WithCancelCause(s.w.work)
+	r := &run{lane: l, start: now, cancel: cancel, lease: lease}
+	l.runs[j] = r
+	s.runs[j] = r
+	s.active++
+	go s.run(ctx, l, j, lease)
+}
+
+// acquire asks the fleet state to admit one delivery of l and starts it,
+// or notes when to ask again and hands back what cannot start soon.
+func (s *scheduler) acquire(l *lane) {
+	ctx, cancel := context.WithTimeout(s.w.work, 2*shaping.DefaultOpTimeout)
+	dests := s.w.fleetDests(ctx, l.key)
+	lease, den := s.w.cfg.Shaper.Acquire(ctx, dests)
+	cancel()
+	s.mu.Lock()
+	l.acquiring--
+	s.acquiring--
+	now := time.Now()
+	switch {
+	case den != nil:
+		l.notBefore = now.Add(den.After)
+		s.w.throttled(l.key, den)
+		if len(l.waiting) > l.keep {
+			s.handBack(l.waiting[l.keep:], "domain "+den.Reason+" limit (fleet-wide, destination "+den.Dest.Name+")")
+			l.waiting = l.waiting[:l.keep]
+		}
+	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
+		s.start(l, now, lease)
+		lease = nil
+	}
+	s.mu.Unlock()
+	lease.Release() // not used: the job went elsewhere
+	s.pump()
+}
+
 // handBack defers jobs without counting an attempt (called with s.mu held).
 func (s *scheduler) handBack(jobs []*queue.Job, why string) {
 	for _, j := range jobs {
@@ -380,8 +561,9 @@ func (s *scheduler) handBack(jobs []*queue.Job, why string) {
 	}
 }
 
-func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job) {
+func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job, lease *shaping.Lease) {
 	s.w.process(ctx, j)
+	lease.Release()
 	s.done(l, j)
 }
 
@@ -402,6 +584,7 @@ func (s *scheduler) done(l *lane, j *queue.Job) {
 		delete(l.runs, j)
 		delete(s.runs, j)
 		s.active--
+		l.lastDone = time.Now()
 		if len(l.runs) == 0 && len(l.waiting) == 0 {
 			delete(s.lanes, l.key)
 		}
@@ -444,17 +627,77 @@ func (s *scheduler) idle() bool {
 	return s.held == 0
 }
 
-// limitFor finds the most specific DomainLimit for domain.
+// limitFor finds the most specific domain rule for domain.
 func (w *Worker) limitFor(domain string) (DomainLimit, bool) {
-	d := domain
-	for {
-		if l, ok := w.cfg.DomainLimits[d]; ok {
-			return l, true
+	d, ok := w.rules().Domain(domain)
+	return d.Limit, ok
+}
+
+// rules are the shaping rules in force.
+func (w *Worker) rules() *shaping.Rules {
+	if w.cfg.Shaping != nil {
+		if r := w.cfg.Shaping(); r != nil {
+			return r
 		}
-		i := strings.IndexByte(d, '.')
-		if i < 0 {
-			return DomainLimit{}, false
+	}
+	return w.flagRules
+}
+
+// fleetDests are the limited destinations of a delivery to domain: the
+// domain's rule and the rule of its first next hop.
+func (w *Worker) fleetDests(ctx context.Context, domain string) []shaping.Dest {
+	rules := w.rules()
+	var out []shaping.Dest
+	if d, ok := rules.Domain(domain); ok && d.Limit.Fleet() {
+		out = append(out, d)
+	}
+	if rules.HasHosts() {
+		if hops, err := w.router.Route(ctx, domain); err == nil && len(hops) > 0 {
+			if d, ok := rules.Host(hops[0].Name, hops[0].Addr.Addr()); ok && d.Limit.Fleet() {
+				out = append(out, d)
+			}
 		}
-		d = d[i+1:]
+	}
+	return out
+}
+
+// throttled notes a refused admission.
+func (w *Worker) throttled(domain string, den *shaping.Denied) {
+	w.log.Debug("destination throttled", "domain", domain, "destination", den.Dest.Name, "limit", den.Reason, "retry_in", den.After)
+}
+
+// replyRules suspends the destination of a delivery fleet-wide when one of
+// its replies matches a reply rule of the shaping key.
+func (w *Worker) replyRules(ctx context.Context, domain string, out *delivery.Outcome) {
+	if w.cfg.Shaper == nil || out == nil {
+		return
+	}
+	rules := w.rules()
+	for _, st := range out.Statuses {
+		if st.Delivered() {
+			continue
+		}
+		reply := strings.TrimSpace(fmt.Sprintf("%d %s %s", st.Code, st.Enhanced, st.Text))
+		rr, ok := rules.MatchReply(reply)
+		if !ok {
+			continue
+		}
+		keys := []string{"d." + domain}
+		if d, ok := rules.Domain(domain); ok {
+			keys[0] = d.Key
+		}
+		if h := out.Hop; h.Name != "" {
+			if d, ok := rules.Host(h.Name, h.Addr.Addr()); ok {
+				keys = append(keys, d.Key)
+			}
+		}
+		for _, k := range keys {
+			sp, err := w.cfg.Shaper.Suspend(ctx, k, rr.Suspend, reply)
+			if err != nil {
+				w.log.Warn("could not record a suspension for the fleet; it holds in this worker", "destination", shaping.DestName(k), "err", err)
+			}
+			w.log.Warn("destination suspended", "destination", shaping.DestName(k), "until", sp.Until, "rule_line", rr.Line, "reply", reply)
+		}
+		return
 	}
 }

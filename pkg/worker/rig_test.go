@@ -17,7 +17,7 @@ import (
 // rig is a real queue (embedded nats-server), a file body store and a
 // delivery client for worker tests.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	url   string
 	q     *queue.Queue
@@ -27,7 +27,7 @@ type rig struct {
 	dc    *delivery.Client
 }
 
-func newRig(t *testing.T, ctx context.Context, dcfg delivery.Config) *rig {
+func newRig(t testing.TB, ctx context.Context, dcfg delivery.Config) *rig {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name(), PublishWait: 5 * time.Second})
@@ -159,7 +159,7 @@ func (r *rig) entries(st queue.State) []queue.Entry {
 }
 
 // waitFor polls cond every 50ms until it holds or the test context ends.
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	for !cond() {
 		select {
@@ -174,7 +174,7 @@ func testBody(qid string) []byte {
 	return []byte("Message-ID: <" + qid + "@client.test>\r\nSubject: poison test\r\n\r\nHello.\r\n")
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

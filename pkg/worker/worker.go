@@ -32,6 +32,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
@@ -104,6 +105,15 @@ type Config struct {
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
 	DomainLimits      map[string]DomainLimit
+	// Shaper, when set, keeps domain and next-hop limits for the whole
+	// fleet (concurrency and rate); Shaping returns the rules in force
+	// (the policy's shaping key over DomainLimits; nil: DomainLimits).
+	Shaper  *shaping.Shaper
+	Shaping func() *shaping.Rules
+	// HopConcurrency is the deliveries one next hop (address) may hold in
+	// this process (the delivery pool's MaxConnsPerHost, default 10):
+	// beyond it mail waits in its lane, not for a connection.
+	HopConcurrency int
 	// StallAfter: a domain whose running deliveries have all been stuck this
 	// long is congested, and its waiting mail goes back to the queue (default 10s).
 	StallAfter time.Duration
@@ -124,6 +134,7 @@ type Config struct {
 	// from the remote's DATA go-ahead to the end of its transfer.
 	MaxBodyBytesInFlight int64
 	Metrics              *telemetry.Metrics // nil: none
+	ShapingMetrics       *telemetry.ShapingMetrics
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -165,6 +176,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DomainConcurrency <= 0 {
 		c.DomainConcurrency = 20
+	}
+	if c.HopConcurrency <= 0 {
+		c.HopConcurrency = 10
 	}
 	if c.StallAfter <= 0 {
 		c.StallAfter = 10 * time.Second
@@ -209,7 +223,8 @@ type Worker struct {
 	sched   *scheduler      // set by Run
 	self    *self
 	// inflight is the budget of body bytes being transferred (MaxBodyBytesInFlight).
-	inflight *semaphore.Weighted
+	inflight  *semaphore.Weighted
+	flagRules *shaping.Rules // DomainLimits as rules
 }
 
 // New builds a worker.
@@ -217,10 +232,11 @@ func New(cfg Config, src Source, q Queue, bodies BodyStore, router Router, d Del
 	cfg.setDefaults()
 	return &Worker{
 		cfg: cfg, src: src, q: q, bodies: bodies, router: router, deliver: d,
-		log:      cfg.Logger.With("component", "worker"),
-		inflight: semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
-		self:     newSelf(cfg.LocalNames, cfg.LocalAddrs),
-		tracer:   cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		log:       cfg.Logger.With("component", "worker"),
+		inflight:  semaphore.NewWeighted(cfg.MaxBodyBytesInFlight),
+		self:      newSelf(cfg.LocalNames, cfg.LocalAddrs),
+		tracer:    cfg.TracerProvider.Tracer("github.com/mailfwd/mailfwd/pkg/worker"),
+		flagRules: shaping.NewRules().Merge(cfg.DomainLimits),
 	}
 }
 
@@ -296,7 +312,11 @@ func (w *Worker) busyDelay(n int) time.Duration {
 
 // handBack defers a job without counting an attempt (congested domain or
 // next hop); the delay grows with the hand-backs in a row.
-func (w *Worker) handBack(j *queue.Job, why string) {
+func (w *Worker) handBack(j *queue.Job, why string) { w.handBackUntil(j, why, time.Time{}) }
+
+// handBackUntil is handBack with the mail due at until (zero: the busy
+// delay), e.g. the end of a suspension.
+func (w *Worker) handBackUntil(j *queue.Job, why string, until time.Time) {
 	if j.Env == nil {
 		w.process(w.work, j)
 		return
@@ -304,6 +324,9 @@ func (w *Worker) handBack(j *queue.Job, why string) {
 	e := *j.Env
 	e.Handbacks++
 	delay := w.busyDelay(e.Handbacks)
+	if !until.IsZero() {
+		delay = time.Until(until) + time.Duration(rand.Int64N(int64(time.Second)))
+	}
 	ctx, cancel := context.WithTimeout(w.work, 30*time.Second)
 	defer cancel()
 	if err := w.q.Defer(ctx, &e, time.Now().Add(delay), j.Key()); err != nil {
@@ -500,6 +523,14 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 
 	var out *delivery.Outcome
 	var rerr error
+	if sh := w.cfg.Shaper; sh != nil && len(try) > 0 {
+		// Suspended while this job waited or started (another worker's
+		// reply rule): not attempted.
+		if sp, ok := sh.SuspendedDomain(e.Domain); ok {
+			w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+			return nil
+		}
+	}
 	if len(try) > 0 {
 		var hops []delivery.Hop
 		if sr, ok := w.router.(senderRouter); ok {
@@ -549,6 +580,11 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
 				lim, _ := w.limitFor(e.Domain)
 				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				if w.sched != nil && w.sched.slotted(j) {
+					// A pooled idle connection would be a session the
+					// destination's fleet concurrency does not count.
+					msg.MaxMsgsPerConn = 1
+				}
 				out = w.deliver.Deliver(actx, hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 				spanStatuses(dspan, out)
@@ -562,6 +598,12 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 				_ = body.Close()
 			}
 		}
+	}
+	if w.sched != nil && out != nil && ctx.Err() == nil {
+		w.sched.feedback(e.Domain, destinationAnswered(out), congestionSignal(out))
+	}
+	if ctx.Err() == nil {
+		w.replyRules(ctx, e.Domain, out)
 	}
 	if errors.Is(context.Cause(ctx), errCongested) && (out == nil || !anyDelivered(out)) {
 		// Preempted: the next hop is congested and holds its share of the
@@ -764,6 +806,34 @@ func shareError(e *envelope.Envelope, rcpts []envelope.Recipient) []envelope.Rec
 		}
 	}
 	return out
+}
+
+// destinationAnswered: the destination took or refused the message
+// (a 2xx or 5xx for a recipient): it works.
+func destinationAnswered(out *delivery.Outcome) bool {
+	for _, st := range out.Statuses {
+		if st.Delivered() || st.Permanent() {
+			return true
+		}
+	}
+	return false
+}
+
+// congestionSignal: no connection could be made, or the destination said
+// it is busy (421, 4.7.x).
+func congestionSignal(out *delivery.Outcome) bool {
+	if destinationAnswered(out) {
+		return false
+	}
+	if out.Hop.Name == "" {
+		return true
+	}
+	for _, st := range out.Statuses {
+		if st.Code == 421 || strings.HasPrefix(st.Enhanced, "4.7.") {
+			return true
+		}
+	}
+	return false
 }
 
 func anyDelivered(out *delivery.Outcome) bool {

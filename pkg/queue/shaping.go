@@ -1,0 +1,147 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfwd/mailfwd/pkg/shaping"
+)
+
+// shapingBucketConfig is the fleet's shaping state as Bootstrap makes it:
+// per-key TTLs (slot leases, rate values and suspensions expire on their
+// own), one value per key.
+func shapingBucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         shaping.BucketName,
+		Description:    "mailfwd: fleet-wide destination limits (slot leases, rate state, suspensions)",
+		Storage:        jetstream.FileStorage,
+		Replicas:       replicas,
+		History:        1,
+		LimitMarkerTTL: time.Minute,
+	}
+}
+
+// ShapingBucket opens the shaping state bucket (made by Bootstrap).
+func (q *Queue) ShapingBucket(ctx context.Context) (shaping.Bucket, error) {
+	kv, err := q.js.KeyValue(ctx, shaping.BucketName)
+	if err != nil {
+		return nil, fmt.Errorf("queue: kv %s: %w (run mailfwdctl bootstrap)", shaping.BucketName, err)
+	}
+	return &shapingKV{kv: kv, js: q.js, prefix: "$KV." + shaping.BucketName + "."}, nil
+}
+
+// shapingKV is shaping.Bucket over a JetStream KV bucket. Swap publishes
+// to the key's subject itself: the KV Update drops a key's TTL.
+type shapingKV struct {
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	prefix string
+}
+
+var _ shaping.Bucket = (*shapingKV)(nil)
+
+// ttlOf rounds a TTL up to whole seconds (the server's unit), at least 1s.
+func ttlOf(d time.Duration) time.Duration {
+	return max(((d+time.Second-1)/time.Second)*time.Second, time.Second)
+}
+
+func casLost(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &api) &&
+		(api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
+}
+
+func (b *shapingKV) Create(ctx context.Context, key string, val []byte, ttl time.Duration) (uint64, error) {
+	rev, err := b.kv.Create(ctx, key, val, jetstream.KeyTTL(ttlOf(ttl)))
+	if casLost(err) {
+		return 0, shaping.ErrExists
+	}
+	return rev, err
+}
+
+func (b *shapingKV) Swap(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: b.prefix + key, Data: val},
+		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttlOf(ttl)))
+	if casLost(err) {
+		return 0, shaping.ErrChanged
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+func (b *shapingKV) Get(ctx context.Context, key string) ([]byte, uint64, error) {
+	e, err := b.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, 0, shaping.ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return e.Value(), e.Revision(), nil
+}
+
+func (b *shapingKV) Delete(ctx context.Context, key string, rev uint64) error {
+	var opts []jetstream.KVDeleteOpt
+	if rev > 0 {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	err := b.kv.Delete(ctx, key, opts...)
+	if casLost(err) {
+		return shaping.ErrChanged
+	}
+	return err
+}
+
+func (b *shapingKV) List(ctx context.Context, prefix string) (map[string][]byte, error) {
+	filter := ">"
+	if prefix != "" {
+		filter = prefix + ">"
+	}
+	kl, err := b.kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for k := range kl.Keys() {
+		if v, _, err := b.Get(ctx, k); err == nil {
+			out[k] = v
+		}
+	}
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return out, nil
+	}
+	return out, nil
+}
+
+func (b *shapingKV) Watch(ctx context.Context, prefix string, fn func(key string, val []byte)) error {
+	w, err := b.kv.Watch(ctx, prefix+">")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("queue: shaping watch ended")
+			}
+			if e == nil {
+				continue // the initial values are all in
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				fn(e.Key(), nil)
+				continue
+			}
+			fn(e.Key(), e.Value())
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package shaping_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
+)
+
+func bucket(t *testing.T) (*testenv.NATS, shaping.Bucket) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := testenv.StartNATS(t)
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	if err := q.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.ShapingBucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, b
+}
+
+var dest = shaping.Dest{Key: "d.dest.test", Name: "dest.test", Limit: shaping.Limit{Concurrency: 2}}
+
+// Two shapers (two workers) share two slots; the slots of one that stops
+// refreshing (a killed pod) come back by expiry, those released at once.
+func TestSlotsAreSharedAndExpire(t *testing.T) {
+	_, b := bucket(t)
+	ctx := context.Background()
+	a := shaping.New(b, shaping.Config{Owner: "a", LeaseTTL: 2 * time.Second})
+	c := shaping.New(b, shaping.Config{Owner: "c", LeaseTTL: 2 * time.Second})
+	l1, den := a.Acquire(ctx, []shaping.Dest{dest})
+	if den != nil {
+		t.Fatalf("first slot: %+v", den)
+	}
+	l2, den := c.Acquire(ctx, []shaping.Dest{dest})
+	if den != nil {
+		t.Fatalf("second slot: %+v", den)
+	}
+	if _, den := c.Acquire(ctx, []shaping.Dest{dest}); den == nil || den.Reason != "concurrency" {
+		t.Fatalf("a third slot of two was granted: %+v", den)
+	}
+	l2.Release()
+	if _, den := c.Acquire(ctx, []shaping.Dest{dest}); den != nil {
+		t.Fatalf("a released slot did not come back: %+v", den)
+	}
+	// a "dies": l1 is neither refreshed nor released; it expires.
+	_ = l1
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if l, den := c.Acquire(ctx, []shaping.Dest{dest}); den == nil {
+			l.Release()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dead holder's slot never expired")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// A refreshed slot outlives its TTL.
+func TestRefreshKeepsSlots(t *testing.T) {
+	_, b := bucket(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := shaping.New(b, shaping.Config{Owner: "a", LeaseTTL: 2 * time.Second})
+	go a.Run(ctx)
+	one := shaping.Dest{Key: "d.one.test", Name: "one.test", Limit: shaping.Limit{Concurrency: 1}}
+	l, den := a.Acquire(ctx, []shaping.Dest{one})
+	if den != nil {
+		t.Fatal(den)
+	}
+	defer l.Release()
+	c := shaping.New(b, shaping.Config{Owner: "c"})
+	end := time.Now().Add(5 * time.Second) // over two TTLs
+	for time.Now().Before(end) {
+		if l, den := c.Acquire(ctx, []shaping.Dest{one}); den == nil {
+			l.Release()
+			t.Fatal("a refreshed slot was taken by another worker")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// GCRA over the bucket: at 1/s with no burst, two shapers together get
+// one message, then are told to wait (at most the interval).
+func TestRateIsShared(t *testing.T) {
+	_, b := bucket(t)
+	ctx := context.Background()
+	r := shaping.Dest{Key: "d.rate.test", Name: "rate.test", Limit: shaping.Limit{Rate: 1}}
+	a := shaping.New(b, shaping.Config{Owner: "a"})
+	c := shaping.New(b, shaping.Config{Owner: "c"})
+	if _, den := a.Acquire(ctx, []shaping.Dest{r}); den != nil {
+		t.Fatal(den)
+	}
+	den := func() *shaping.Denied { _, d := c.Acquire(ctx, []shaping.Dest{r}); return d }()
+	if den == nil || den.Reason != "rate" || den.After <= 0 || den.After > time.Second {
+		t.Fatalf("second message at 1/s: %+v", den)
+	}
+}
+
+// With NATS gone the shaper falls back to a local share: a quarter of the
+// concurrency (at least one), never unlimited.
+func TestUnreachableFallsBackToLocalShare(t *testing.T) {
+	n, b := bucket(t)
+	n.Stop()
+	ctx := context.Background()
+	s := shaping.New(b, shaping.Config{Owner: "a", OpTimeout: 500 * time.Millisecond})
+	eight := shaping.Dest{Key: "d.eight.test", Name: "eight.test", Limit: shaping.Limit{Concurrency: 8}}
+	granted := 0
+	for range 10 {
+		if _, den := s.Acquire(ctx, []shaping.Dest{eight}); den == nil {
+			granted++
+		}
+	}
+	if granted != 8/shaping.LocalShareDivisor {
+		t.Fatalf("%d slots granted without the fleet state, want the local share %d", granted, 8/shaping.LocalShareDivisor)
+	}
+}
