@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
@@ -127,12 +128,12 @@ the DNS resolvers answer; with --to, the next hop of that address accepts SMTP c
 	f.StringVar(&d.to, "to", "", "an address whose next hop must accept SMTP connections")
 	f.StringArrayVar(&d.routes, "route", nil, "extra static routes, as the workers' --route")
 	f.Uint16Var(&d.smtpPort, "smtp-port", 25, "destination port, as the workers' --smtp-port")
-	f.DurationVar(&d.ackWait, "ack-wait", 2*time.Minute, "the consumer's ack wait as the pods bootstrap it (their --ack-wait)")
+	f.Var(config.DurationValue(&d.ackWait, 2*time.Minute), "ack-wait", "the consumer's ack wait as the pods bootstrap it (their --ack-wait)")
 	f.IntVar(&d.replicas, "replicas", 1, "JetStream replicas as the pods bootstrap them (their --replicas)")
-	f.DurationVar(&d.maxClockSkew, "max-clock-skew", 2*time.Second, "clock difference to the NATS server above which the check fails")
+	f.Var(config.DurationValue(&d.maxClockSkew, 2*time.Second), "max-clock-skew", "clock difference to the NATS server above which the check fails")
 	f.Int64Var(&minFree, "min-free-bytes", 1<<30, "free space a file body store needs, in bytes")
 	f.Uint64Var(&d.minFreeInodes, "min-free-inodes", 10000, "free inodes a file body store needs (one file per message)")
-	f.DurationVar(&d.checkTimeout, "check-timeout", 5*time.Second, "time limit of each network check")
+	f.Var(config.DurationValue(&d.checkTimeout, 5*time.Second), "check-timeout", "time limit of each network check")
 	return cmd
 }
 

@@ -607,8 +607,8 @@ func newQueueRelease(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
-	cmd.Flags().DurationVar(&extend, "extend", 0, "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
-	cmd.Flags().DurationVar(&queueReturn, "queue-return", 5*24*time.Hour, "fallback for the workers' --queue-return when no worker has recorded it")
+	cmd.Flags().Var(config.DurationValue(&extend, 0), "extend", "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
+	cmd.Flags().Var(config.DurationValue(&queueReturn, 5*24*time.Hour), "queue-return", "fallback for the workers' --queue-return when no worker has recorded it")
 	of.register(cmd, false)
 	return cmd
 }

@@ -65,7 +65,7 @@ func (c *Config) set(key, value, where string) error {
 	var err error
 	dur := func(d *time.Duration) {
 		var v time.Duration
-		v, err = time.ParseDuration(value)
+		v, err = config.ParseDuration(value)
 		if err == nil {
 			*d = v
 		}
