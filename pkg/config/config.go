@@ -156,3 +156,28 @@ func MailDomain() string {
 	}
 	return "localhost"
 }
+
+// KubernetesHere reports whether a Kubernetes client could find a cluster
+// the way kubectl does: an explicit kubeconfig, $KUBECONFIG, ~/.kube/config,
+// or the in-cluster service environment. It reads nothing else, so a tool
+// can say "no cluster here" plainly before client-go's own error
+// (KUBERNETES_MASTER…) would.
+func KubernetesHere(explicitKubeconfig string, getenv func(string) string) bool {
+	if explicitKubeconfig != "" || getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return true
+	}
+	if kc := getenv("KUBECONFIG"); kc != "" {
+		for _, p := range strings.Split(kc, string(os.PathListSeparator)) {
+			if _, err := os.Stat(p); p != "" && err == nil {
+				return true
+			}
+		}
+		return false
+	}
+	home := getenv("HOME")
+	if home == "" {
+		home, _ = os.UserHomeDir()
+	}
+	_, err := os.Stat(home + "/.kube/config")
+	return home != "" && err == nil
+}

@@ -84,7 +84,7 @@ consumer and the KV buckets as "mailfwdctl bootstrap" makes them (with --ack-wai
 as given to the pods); clock skew against the NATS server; the body store (a probe object is
 written, read back and deleted) and the free disk space of a file store; the policy parses;
 the DNS resolvers answer; with --to, the next hop of that address accepts SMTP connections.`,
-		Example: `  mailfwdctl doctor --blob-store file:///var/lib/mailfwd/bodies --dir /etc/mailfwd/policy
+		Example: `  mailfwdctl doctor --blob-store file:///var/lib/mailfwd/bodies --policy-dir /etc/mailfwd/policy
   mailfwdctl doctor -n mail --blob-store 's3://mail-bodies?endpoint=minio:9000' --dns-server 10.96.0.10:53 --to postmaster@example.com -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -329,14 +329,18 @@ func (d *doctor) checkBlob(ctx context.Context) {
 func (d *doctor) checkPolicy(ctx context.Context) {
 	st, err := d.kf.store()
 	if err != nil {
-		d.add("policy", statusWarn, "not checked: "+err.Error(), "pass --dir (the pods' --policy-dir) or the cluster's --kubeconfig/--context/-n")
+		if errors.Is(err, errNoPolicySource) {
+			d.add("policy", statusWarn, "not checked: no policy directory and no Kubernetes cluster here", "pass --policy-dir DIR (the daemons' --policy-dir) on a one-machine setup")
+			return
+		}
+		d.add("policy", statusWarn, "not checked: "+err.Error(), "pass --policy-dir (the pods' --policy-dir) or the cluster's --kubeconfig/--context/-n")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.checkTimeout)
 	defer cancel()
 	files, _, err := st.Load(cctx)
 	if err != nil {
-		d.add("policy", statusFail, "cannot read the policy from "+st.Where()+": "+err.Error(), "check the ConfigMap's name and namespace (or --dir) and your access to it")
+		d.add("policy", statusFail, "cannot read the policy from "+st.Where()+": "+err.Error(), "check the ConfigMap's name and namespace (or --policy-dir) and your access to it")
 		return
 	}
 	if len(files) == 0 {

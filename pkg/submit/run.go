@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/ctl"
 )
@@ -95,6 +96,9 @@ func run(ctx context.Context, prog string, args []string, sio IO) error {
 		if len(inv.Recipients) == 0 {
 			return fail(ExUsage, "-bv needs addresses")
 		}
+		if err := needPolicy(cfg, sio, "-bv"); err != nil {
+			return err
+		}
 		return runCtl(ctx, sio, ctlGlobals(cfg), append(routeArgs(cfg, inv), inv.Recipients...)...)
 	case ModeTest:
 		if inv.Debug {
@@ -107,9 +111,21 @@ func run(ctx context.Context, prog string, args []string, sio IO) error {
 		if len(addrs) == 0 {
 			return nil
 		}
+		if err := needPolicy(cfg, sio, "-bt"); err != nil {
+			return err
+		}
 		return runCtl(ctx, sio, ctlGlobals(cfg), append(routeArgs(cfg, inv), addrs...)...)
 	}
 	return deliver(ctx, inv, cfg, sio)
+}
+
+// needPolicy says once, in the settings' own names, that -bv/-bt have no
+// policy to read, before mailfwdctl's Kubernetes client would.
+func needPolicy(cfg Config, sio IO, opt string) error {
+	if cfg.PolicyDir != "" || config.KubernetesHere(cfg.Kubeconfig, sio.Getenv) {
+		return nil
+	}
+	return fail(ExConfig, "%s reads the policy, and there is no policy directory and no Kubernetes cluster here: set policy-dir (or kubeconfig) in %s, or MAILFWD_POLICY_DIR", opt, DefaultConfigFile)
 }
 
 func loadConfig(inv *Invocation, getenv func(string) string) (Config, error) {
