@@ -88,7 +88,7 @@ image: ## Build the ingress, worker, mailfwdctl and mailfwd-sendmail OCI image t
 
 .PHONY: chart-lint
 chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every examples/*.yaml
-	$(HELM) lint --strict charts/mailfwd
+	$(HELM) lint --strict charts/mailfwd --set hostname=mail.example.com
 	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd -f $$f || exit 1; done
 
 # The real mail clients the sendmail tests drive (bsd-mailx, uuencode). bsd-mailx pulls in

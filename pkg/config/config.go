@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -147,14 +148,67 @@ func Hostname() string {
 	return h
 }
 
-// MailDomain is a domain for default addresses (postmaster@…): the host name
-// when it is fully qualified, else "localhost" (a dotless name is refused
+// MailDomain is a domain for default addresses (postmaster@…): the host's
+// fully qualified name (FQDN), else "localhost" (a dotless name is refused
 // in envelope addresses).
 func MailDomain() string {
-	if h := Hostname(); strings.Contains(strings.Trim(h, "."), ".") {
-		return strings.TrimSuffix(h, ".")
+	if f := FQDN(); f != "" {
+		return f
 	}
 	return "localhost"
+}
+
+// FQDN is the host's fully qualified name as `hostname -f` finds it: the
+// host name when it has a dot, else the first dotted name the hosts file
+// gives the host name's line (Debian's "127.0.1.1 host.example.com host"),
+// else the canonical name DNS gives it (asked with a short timeout). ""
+// when none is found.
+func FQDN() string {
+	hosts, _ := os.ReadFile("/etc/hosts")
+	return fqdnFrom(Hostname(), hosts, func(ctx context.Context, h string) (string, error) {
+		return net.DefaultResolver.LookupCNAME(ctx, h)
+	})
+}
+
+// maxHostsFile bounds what fqdnFrom reads of a hosts file.
+const maxHostsFile = 1 << 20
+
+func fqdnFrom(host string, hostsFile []byte, cname func(context.Context, string) (string, error)) string {
+	qualified := func(n string) bool {
+		n = strings.TrimSuffix(n, ".")
+		return strings.Contains(n, ".") && !strings.HasPrefix(n, ".") && n != "localhost.localdomain" && !strings.HasPrefix(n, "localhost.")
+	}
+	host = strings.TrimSuffix(host, ".")
+	if host == "" || host == "localhost" {
+		return ""
+	}
+	if qualified(host) {
+		return host
+	}
+	if len(hostsFile) > maxHostsFile {
+		hostsFile = hostsFile[:maxHostsFile]
+	}
+	for _, line := range strings.Split(string(hostsFile), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) < 2 || !slices.ContainsFunc(f[1:], func(n string) bool { return strings.EqualFold(n, host) }) {
+			continue
+		}
+		for _, n := range f[1:] {
+			if qualified(n) && strings.HasPrefix(strings.ToLower(n), strings.ToLower(host)+".") {
+				return strings.TrimSuffix(n, ".")
+			}
+		}
+	}
+	if cname == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if c, err := cname(ctx, host); err == nil && qualified(c) {
+		return strings.TrimSuffix(c, ".")
+	}
+	return ""
 }
 
 // KubernetesHere reports whether a Kubernetes client could find a cluster

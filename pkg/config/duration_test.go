@@ -1,6 +1,8 @@
 package config
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"strings"
 	"testing"
@@ -62,4 +64,26 @@ func FuzzParseDuration(f *testing.F) {
 			t.Fatalf("%q → %v → %q → %v, %v", s, d, FormatDuration(d), back, err)
 		}
 	})
+}
+
+func TestFQDN(t *testing.T) {
+	hosts := []byte("127.0.0.1 localhost\n127.0.1.1 relay1.example.com relay1 # the host\n10.0.0.9 other.example.com other\n")
+	none := func(context.Context, string) (string, error) { return "", errors.New("no DNS") }
+	for _, tc := range []struct {
+		host  string
+		cname func(context.Context, string) (string, error)
+		want  string
+	}{
+		{"mx.example.org", none, "mx.example.org"},
+		{"relay1", none, "relay1.example.com"},
+		{"RELAY1", none, "relay1.example.com"},
+		{"vm", none, ""},
+		{"localhost", none, ""},
+		{"vm", func(context.Context, string) (string, error) { return "vm.corp.example.", nil }, "vm.corp.example"},
+		{"vm", func(context.Context, string) (string, error) { return "localhost.", nil }, ""},
+	} {
+		if got := fqdnFrom(tc.host, hosts, tc.cname); got != tc.want {
+			t.Errorf("fqdnFrom(%q) = %q, want %q", tc.host, got, tc.want)
+		}
+	}
 }

@@ -47,15 +47,22 @@ var keys = []string{"server", "helo", "tls", "tls-ca-file", "tls-server-name", "
 	"max-message-size", "qualify-domain", "nats-url", "nats-creds", "policy-dir", "kubeconfig", "context", "namespace", "dns-server"}
 
 // DefaultConfig is the configuration without file, environment or options.
+// The host's FQDN (as hostname -f) names it in EHLO and qualifies bare
+// user names (root → root@host.example.com, where bounces can reach);
+// "localhost" only when the host has no fully qualified name.
 func DefaultConfig() Config {
+	helo, domain := config.Hostname(), "localhost"
+	if f := config.FQDN(); f != "" {
+		helo, domain = f, f
+	}
 	return Config{
 		Server:         "127.0.0.1:25",
-		Helo:           config.Hostname(),
+		Helo:           helo,
 		TLS:            "may",
 		ConnectTimeout: 30 * time.Second,
 		Timeout:        5 * time.Minute,
 		MaxMessageSize: 20_000_000,
-		QualifyDomain:  config.MailDomain(),
+		QualifyDomain:  domain,
 		NATSURL:        "nats://127.0.0.1:4222",
 	}
 }

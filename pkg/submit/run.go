@@ -180,6 +180,10 @@ func deliver(ctx context.Context, inv *Invocation, cfg Config, sio IO) error {
 		sender = login
 	}
 	sender = qualify(sender, cfg.QualifyDomain)
+	if cfg.QualifyDomain == "localhost" && strings.HasSuffix(sender, "@localhost") {
+		// Bounces to root@localhost reach no one: say so, once per message.
+		fmt.Fprintf(sio.Stderr, "mailfwd-sendmail: warning: this host has no fully qualified name (hostname -f), so the sender is %s and bounces will not reach it; set qualify-domain in %s\n", sender, DefaultConfigFile)
+	}
 	fullName := inv.FullName
 	if fullName == "" && !inv.FromSet {
 		fullName = sio.Getenv("NAME")

@@ -18,7 +18,7 @@ func TestHelmLintStrict(t *testing.T) {
 	helm := helmBin(t)
 	for _, r := range renderings(t) {
 		t.Run(r.name, func(t *testing.T) {
-			args := append([]string{"lint", "--strict", chartDir(t), "--namespace", namespace, "--kube-version", "1.32.13"}, r.args...)
+			args := append(append([]string{"lint", "--strict", chartDir(t), "--namespace", namespace, "--kube-version", "1.32.13"}, required...), r.args...)
 			out, err := runHelm(t, helm, nil, args...)
 			if err != nil {
 				t.Fatalf("helm lint: %v\n%s", err, out)
@@ -628,5 +628,46 @@ func TestSchemaRejectsTypos(t *testing.T) {
 				t.Errorf("error does not name the schema and %q:\n%v", tt.want, err)
 			}
 		})
+	}
+}
+
+// The chart refuses to install without a real host name for the banner and
+// EHLO (issue 21: the pod name, not an FQDN, greeted internet MX hosts), and
+// hands the one value to both.
+func TestChartRequiresHostname(t *testing.T) {
+	helm := helmBin(t)
+	if _, err := templateWithout(t, helm); err == nil || !strings.Contains(err.Error(), "hostname is required") {
+		t.Errorf("no hostname: err = %v, want \"hostname is required\"", err)
+	}
+	for _, bad := range []string{"mailfwd-ingress-7d9f", "localhost", "-x.example.com", "mail..example.com"} {
+		if _, err := templateWithout(t, helm, "--set", "hostname="+bad); err == nil || !strings.Contains(err.Error(), "hostname") {
+			t.Errorf("hostname=%s: err = %v, want a refusal naming hostname", bad, err)
+		}
+	}
+	if _, err := templateWithout(t, helm, "--set", "hostname=mail.example.com,worker.heloName=pod-1"); err == nil {
+		t.Errorf("worker.heloName=pod-1 (not an FQDN) accepted")
+	}
+	out, err := templateWithout(t, helm, "--set", "hostname=mail.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := podSpecs(t, parseManifests(t, out))
+	if v, _ := flagValue(pods["Deployment/mailfwd-ingress"].Containers[0].Args, "hostname"); v != "mail.example.com" {
+		t.Errorf("ingress --hostname=%q, want mail.example.com", v)
+	}
+	if v, _ := flagValue(pods["Deployment/mailfwd-worker"].Containers[0].Args, "helo-name"); v != "mail.example.com" {
+		t.Errorf("worker --helo-name=%q, want mail.example.com", v)
+	}
+	// The per-component values still win.
+	out, err = templateWithout(t, helm, "--set", "hostname=mail.example.com,ingress.hostname=in.example.com,worker.heloName=out.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods = podSpecs(t, parseManifests(t, out))
+	if v, _ := flagValue(pods["Deployment/mailfwd-ingress"].Containers[0].Args, "hostname"); v != "in.example.com" {
+		t.Errorf("ingress --hostname=%q, want in.example.com", v)
+	}
+	if v, _ := flagValue(pods["Deployment/mailfwd-worker"].Containers[0].Args, "helo-name"); v != "out.example.com" {
+		t.Errorf("worker --helo-name=%q, want out.example.com", v)
 	}
 }

@@ -132,8 +132,21 @@ func renderings(t testing.TB) []rendering {
 	return r
 }
 
+// testHostname is the one value the chart requires (hostname); every
+// rendering and install here passes it, as a user must.
+const testHostname = "mail.example.test"
+
+// required is the --set of the chart's required values.
+var required = []string{"--set", "hostname=" + testHostname}
+
 // template renders the chart for Kubernetes testenv.KubeVersion.
 func template(t testing.TB, helm string, extra ...string) (string, error) {
+	t.Helper()
+	return templateWithout(t, helm, append(append([]string{}, required...), extra...)...)
+}
+
+// templateWithout renders the chart without the required values.
+func templateWithout(t testing.TB, helm string, extra ...string) (string, error) {
 	t.Helper()
 	args := append([]string{"template", releaseName, chartDir(t), "--namespace", namespace,
 		"--kube-version", testenv.KubeVersion, "--api-versions", "keda.sh/v1alpha1", "--api-versions", "monitoring.coreos.com/v1"}, extra...)
