@@ -25,7 +25,10 @@ TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERV
 	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1
 # The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
+# Release-style builds: no local paths in the binaries (-trimpath), no symbol
+# table or DWARF (-s -w); panics still print file:line stack traces.
+LDFLAGS := -s -w -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 
 .PHONY: help
 help: ## Show this help
@@ -33,11 +36,11 @@ help: ## Show this help
 
 .PHONY: build
 build: ## Build ingress, worker, mailfwdctl, mailfwd-sendmail and the dev all-in-one into ./bin
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-ingress ./cmd/ingress
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-worker ./cmd/worker
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwdctl ./cmd/ctl
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-sendmail ./cmd/sendmail
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-dev ./cmd/dev
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-ingress ./cmd/ingress
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-worker ./cmd/worker
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwdctl ./cmd/ctl
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-sendmail ./cmd/sendmail
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-dev ./cmd/dev
 
 .PHONY: run
 run: ## Start a complete forwarder on this machine (embedded NATS, ./var body store, SMTP sink); Ctrl-C stops

@@ -13,8 +13,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -234,4 +236,20 @@ func KubernetesHere(explicitKubeconfig string, getenv func(string) string) bool 
 	}
 	_, err := os.Stat(home + "/.kube/config")
 	return home != "" && err == nil
+}
+
+// SignalContext is cancelled on the first SIGINT/SIGTERM; a second one exits
+// the process at once.
+func SignalContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ch
+		cancel()
+		<-ch
+		fmt.Fprintln(os.Stderr, "second signal: exiting now")
+		os.Exit(130)
+	}()
+	return ctx, cancel
 }

@@ -13,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -123,7 +123,7 @@ func fingerprint(files map[string][]byte) string {
 }
 
 type configMapStore struct {
-	client    kubernetes.Interface
+	client    coreClient
 	namespace string
 	name      string
 }
@@ -228,7 +228,18 @@ func (k *kubeFlags) store() (policyStore, error) {
 }
 
 // clientset connects as kubectl would, and returns the namespace to use.
-func (k *kubeFlags) clientset() (kubernetes.Interface, string, error) {
+// coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,
+// Secrets, Namespaces). Only the core/v1 client is linked in, not every API
+// group of kubernetes.Clientset (half of the binary's size).
+type coreClient interface {
+	CoreV1() corev1client.CoreV1Interface
+}
+
+type coreOnly struct{ corev1client.CoreV1Interface }
+
+func (c coreOnly) CoreV1() corev1client.CoreV1Interface { return c.CoreV1Interface }
+
+func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if !config.KubernetesHere(k.kubeconfig, os.Getenv) {
 		return nil, "", errNoPolicySource
 	}
@@ -247,9 +258,9 @@ func (k *kubeFlags) clientset() (kubernetes.Interface, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := corev1client.NewForConfig(rc)
 	if err != nil {
 		return nil, "", err
 	}
-	return cs, ns, nil
+	return coreOnly{cs}, ns, nil
 }

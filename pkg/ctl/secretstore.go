@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/mailfwd/mailfwd/pkg/policy"
 )
@@ -22,7 +21,7 @@ import (
 // of the policy directory, mounted beside the ConfigMap by a projected
 // volume.
 type secretStore struct {
-	client    kubernetes.Interface
+	client    coreClient
 	namespace string
 	name      string
 }

@@ -8,30 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
-
-// SignalContext is cancelled on the first SIGINT/SIGTERM; a second one exits
-// the process at once.
-func SignalContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan os.Signal, 2)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ch
-		cancel()
-		<-ch
-		fmt.Fprintln(os.Stderr, "second signal: exiting now")
-		os.Exit(130)
-	}()
-	return ctx, cancel
-}
 
 // Main is the shared body of the binaries' main functions: parse flags (with
 // MAILFWD_* env fallback), set up logs and tracing, run, map the error to an
@@ -57,7 +39,7 @@ func Main(name string, args []string, stderr io.Writer, register func(*flag.Flag
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	ctx, cancel := SignalContext()
+	ctx, cancel := config.SignalContext()
 	defer cancel()
 	tp, shutdown, err := telemetry.Setup(ctx, name)
 	if err != nil {
