@@ -4,6 +4,7 @@
 package config
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -15,9 +16,12 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/peterbourgon/ff/v3"
 )
 
 // EnvName is the environment variable for a flag: --nats-url → MAILFWD_NATS_URL.
@@ -25,18 +29,49 @@ func EnvName(flagName string) string {
 	return "MAILFWD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// Parse parses args; flags not given on the command line take their value
-// from the environment (defaults → env → flags).
+// ConfigFlag is the flag that names a configuration file (Parse reads it
+// when the FlagSet defines it).
+const ConfigFlag = "config"
+
+// Parse parses args in the order STYLE.md gives: defaults → the file named
+// by --config (when fs defines it; flag names as keys, see ParseFile) →
+// MAILFWD_* environment → command-line flags. The file is read with
+// github.com/peterbourgon/ff/v3; an unknown key or a bad value fails with
+// its file name and line.
 func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
+	fromFile := map[string]bool{}
+	var opts []ff.Option
+	if fs.Lookup(ConfigFlag) != nil {
+		// MAILFWD_CONFIG names the file unless --config does.
+		if v := getenv(EnvName(ConfigFlag)); v != "" {
+			if err := fs.Set(ConfigFlag, v); err != nil {
+				return err
+			}
+		}
+		opts = append(opts, ff.WithConfigFileFlag(ConfigFlag), ff.WithConfigFileParser(func(r io.Reader, set func(name, value string) error) error {
+			err := ParseFile(r, func(name, value string) error {
+				// A flag already set here came from the command line, which wins.
+				if f := fs.Lookup(name); f != nil && !visited(fs, name) {
+					fromFile[name] = true
+				}
+				return set(name, value)
+			})
+			if err != nil {
+				return fmt.Errorf("--%s %s: %w", ConfigFlag, fs.Lookup(ConfigFlag).Value, err)
+			}
+			return nil
+		}))
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := ff.Parse(fs, args, opts...); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return flag.ErrHelp
+		}
+		return errors.New(strings.TrimPrefix(err.Error(), "error parsing commandline arguments: "))
+	}
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
-			return
+		if visited(fs, f.Name) && !fromFile[f.Name] {
+			return // given on the command line
 		}
 		if v := getenv(EnvName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
@@ -48,6 +83,57 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
 	return errors.Join(errs...)
+}
+
+func visited(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// maxConfigFile bounds a configuration file.
+const maxConfigFile = 1 << 20
+
+// ParseFile reads a configuration file: one `name = value` a line, the
+// names being the flags' (without the dashes); blank lines and lines
+// starting with # are skipped; a value may be quoted ("…" with Go escapes).
+// A repeatable flag may be given on several lines. Errors carry the line.
+func ParseFile(r io.Reader, set func(name, value string) error) error {
+	sc := bufio.NewScanner(io.LimitReader(r, maxConfigFile+1))
+	sc.Buffer(make([]byte, 0, 4096), maxConfigFile+1)
+	read := 0
+	for n := 1; sc.Scan(); n++ {
+		read += len(sc.Bytes()) + 1
+		if read > maxConfigFile+1 {
+			return fmt.Errorf("line %d: the file is larger than %d bytes", n, maxConfigFile)
+		}
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return fmt.Errorf("line %d: want name = value, got %q", n, line)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		k = strings.TrimLeft(k, "-")
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+			uq, err := strconv.Unquote(v)
+			if err != nil {
+				return fmt.Errorf("line %d: %s: bad quoted value: %w", n, k, err)
+			}
+			v = uq
+		}
+		if err := set(k, v); err != nil {
+			msg := strings.Replace(err.Error(), "config file flag", "unknown setting", 1)
+			msg = strings.Replace(msg, "not defined in flag set", "(not a flag of this program; see --help)", 1)
+			return fmt.Errorf("line %d: %s", n, msg)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading the configuration: %w", err)
+	}
+	return nil
 }
 
 // StringList is a repeatable, comma-separable flag.

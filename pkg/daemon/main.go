@@ -23,9 +23,10 @@ func Main(name string, args []string, stderr io.Writer, register func(*flag.Flag
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	logging := register(fs)
+	fs.String(config.ConfigFlag, "", "configuration `FILE`: one name = value a line, the names those of these flags (listen = :25); defaults → file → MAILFWD_* environment → flags")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s [flags]\nEvery flag can also be set as MAILFWD_<FLAG_NAME> in the environment.\n\n", name)
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "Usage: %s [--config FILE] [--flag value …]\nEvery flag can also be set as MAILFWD_<FLAG_NAME> in the environment, or as name = value in --config FILE.\n", name)
+		config.PrintFlags(stderr, fs, helpGroups)
 	}
 	if err := config.Parse(fs, args, os.Getenv); err != nil {
 		if err == flag.ErrHelp {
