@@ -636,18 +636,22 @@ func TestSchemaRejectsTypos(t *testing.T) {
 // hands the one value to both.
 func TestChartRequiresHostname(t *testing.T) {
 	helm := helmBin(t)
-	if _, err := templateWithout(t, helm); err == nil || !strings.Contains(err.Error(), "hostname is required") {
+	if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry); err == nil || !strings.Contains(err.Error(), "hostname is required") {
 		t.Errorf("no hostname: err = %v, want \"hostname is required\"", err)
 	}
+	// No public registry: image.registry is required too (issue 21: ghcr.io images that do not exist).
+	if _, err := templateWithout(t, helm, "--set", "hostname=mail.example.com"); err == nil || !strings.Contains(err.Error(), "image.registry is required") {
+		t.Errorf("no image.registry: err = %v, want \"image.registry is required\"", err)
+	}
 	for _, bad := range []string{"mailfwd-ingress-7d9f", "localhost", "-x.example.com", "mail..example.com"} {
-		if _, err := templateWithout(t, helm, "--set", "hostname="+bad); err == nil || !strings.Contains(err.Error(), "hostname") {
+		if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname="+bad); err == nil || !strings.Contains(err.Error(), "hostname") {
 			t.Errorf("hostname=%s: err = %v, want a refusal naming hostname", bad, err)
 		}
 	}
-	if _, err := templateWithout(t, helm, "--set", "hostname=mail.example.com,worker.heloName=pod-1"); err == nil {
+	if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com,worker.heloName=pod-1"); err == nil {
 		t.Errorf("worker.heloName=pod-1 (not an FQDN) accepted")
 	}
-	out, err := templateWithout(t, helm, "--set", "hostname=mail.example.com")
+	out, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -659,7 +663,7 @@ func TestChartRequiresHostname(t *testing.T) {
 		t.Errorf("worker --helo-name=%q, want mail.example.com", v)
 	}
 	// The per-component values still win.
-	out, err = templateWithout(t, helm, "--set", "hostname=mail.example.com,ingress.hostname=in.example.com,worker.heloName=out.example.com")
+	out, err = templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com,ingress.hostname=in.example.com,worker.heloName=out.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,5 +673,21 @@ func TestChartRequiresHostname(t *testing.T) {
 	}
 	if v, _ := flagValue(pods["Deployment/mailfwd-worker"].Containers[0].Args, "helo-name"); v != "out.example.com" {
 		t.Errorf("worker --helo-name=%q, want out.example.com", v)
+	}
+}
+
+// ingress.proxyProtocol.from becomes --proxy-protocol-from on the ingress.
+func TestProxyProtocolValue(t *testing.T) {
+	helm := helmBin(t)
+	out, err := template(t, helm, "--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := podSpecs(t, parseManifests(t, out))["Deployment/mailfwd-ingress"].Containers[0]
+	if v, _ := flagValue(in.Args, "proxy-protocol-from"); v != "10.0.0.0/8,192.0.2.10" {
+		t.Errorf("--proxy-protocol-from=%q", v)
+	}
+	if _, err := template(t, helm, "--set", "ingress.proxyProtocol.from={lb.example.com}"); err == nil {
+		t.Errorf("a host name in ingress.proxyProtocol.from was accepted")
 	}
 }

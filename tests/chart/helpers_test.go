@@ -119,6 +119,7 @@ func renderings(t testing.TB) []rendering {
 		{name: "inline-s3-credentials", args: []string{"--set", "s3.existingSecret=,s3.accessKeyId=AKIDINLINE,s3.secretAccessKey=inline-secret-key"}},
 		{name: "tls", args: []string{"--set", "tls.enabled=true,tls.secretName=smtp-tls"}},
 		{name: "worker-hpa-no-job", args: []string{"--set", "worker.autoscaling.enabled=true,bootstrap.job.enabled=false,ingress.autoscaling.enabled=false,ingress.service.type=ClusterIP,ingress.pdb.maxUnavailable=1"}},
+		{name: "proxy-protocol", args: []string{"--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}"}},
 		{name: "monitoring-and-netpol", args: []string{"--set", "serviceMonitor.enabled=true,networkPolicy.enabled=true,ingress.service.submission.enabled=true"}},
 	}
 	examples, err := filepath.Glob(filepath.Join(chartDir(t), "examples", "*.yaml"))
@@ -136,8 +137,11 @@ func renderings(t testing.TB) []rendering {
 // rendering and install here passes it, as a user must.
 const testHostname = "mail.example.test"
 
+// testRegistry is where the tests' images are said to be (image.registry is required).
+const testRegistry = "registry.example.test/mailfwd"
+
 // required is the --set of the chart's required values.
-var required = []string{"--set", "hostname=" + testHostname}
+var required = []string{"--set", "hostname=" + testHostname, "--set", "image.registry=" + testRegistry}
 
 // template renders the chart for Kubernetes testenv.KubeVersion.
 func template(t testing.TB, helm string, extra ...string) (string, error) {

@@ -101,6 +101,9 @@ the ingress Service's DNS names, ingress.hostname, worker.heloName, worker.local
 
 {{/* Image reference of one component: (dict "ctx" $ "name" .Values.image.ingress). */}}
 {{- define "mailfwd.image" -}}
+{{- if not .ctx.Values.image.registry }}
+{{- fail "image.registry is required: the registry you pushed the release's image archives to (there is no public one; see docs/releases.md), e.g. --set image.registry=registry.example.com/mailfwd" }}
+{{- end }}
 {{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag }}
 {{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.registry) .name $tag }}
 {{- end }}
