@@ -5,7 +5,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/certreload"
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
@@ -169,6 +169,8 @@ type Ingress struct {
 	// then AUTH); SMTPSListen the implicit-TLS one (port 465). "" disables.
 	SubmissionListen string
 	SMTPSListen      string
+	// Proxy is the PROXY protocol on every listener (off without From).
+	Proxy ProxyProtocol
 	// AuthBudget bounds failed SMTP AUTH attempts per client
 	// (--auth-max-failures, --auth-failure-window, --auth-failure-clients).
 	AuthBudget smtpauth.BudgetConfig
@@ -217,6 +219,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
 	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
 	o.Trace.Register(fs)
+	o.Proxy.Register(fs)
 }
 
 // Validate checks the configuration before anything starts.
@@ -253,6 +256,9 @@ func (o *Ingress) Validate() error {
 		errs = append(errs, errors.New("--submission-listen and --smtps-listen need --tls-cert and --tls-key (AUTH is offered only over TLS)"))
 	}
 	if err := o.AuthBudget.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := o.Proxy.parse(); err != nil {
 		errs = append(errs, err)
 	}
 	if o.AuthMaxConcurrentChecks < 1 {
@@ -347,11 +353,13 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	o.SMTP.Logger = log
 	o.SMTP.TracerProvider = tp
 	if o.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		// Re-read at the next handshake when the files change (a cert-manager
+		// renewal updates the mounted Secret): no restart.
+		cert, err := certreload.Load(o.TLSCert, o.TLSKey, log.With("component", "ingress"))
 		if err != nil {
 			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
 		}
-		o.SMTP.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		o.SMTP.TLSConfig = cert.Config()
 	}
 	q, store, err := o.connect(ctx, "mailfwd-ingress", log)
 	if err != nil {
@@ -388,10 +396,13 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 			closeAll()
 			return fmt.Errorf("listen %s (%s): %w", l.addr, l.kind, err)
 		}
+		if len(o.Proxy.From) > 0 {
+			ln = newProxyListener(ln, &o.Proxy, l.kind, log)
+		}
 		lns = append(lns, listening{l.kind, ln})
 	}
 	attrs := []any{"component", "ingress", "hostname", o.SMTP.Hostname, "relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(),
-		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil}
+		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil, "proxy_protocol_from", o.Proxy.From.String()}
 	for _, l := range lns {
 		attrs = append(attrs, l.kind, l.ln.Addr().String())
 	}
