@@ -189,7 +189,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:2525", "SMTP listen address")
 	fs.StringVar(&o.SMTP.Hostname, "hostname", config.Hostname(), "host name in the greeting, EHLO and Received: headers")
 	fs.StringVar(&o.SMTP.Banner, "banner", "ESMTP mailfwd", "greeting text after the host name (may be empty, as sendmail's confSMTP_LOGIN_MSG)")
-	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for STARTTLS")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for STARTTLS (re-read when the file changes: no restart for a renewal)")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM key for STARTTLS")
 	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
 	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")

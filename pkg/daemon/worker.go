@@ -86,7 +86,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.Var(&o.LocalNames, "local-name", "this mail system's own host names (the ingress's --hostname, its MX names), comma-separated: a next hop by one of them is a mail loop, 5.4.6 (default: --helo-name)")
 	fs.Var(&o.LocalAddrs, "local-addr", "this mail system's own listening addresses host:port (the ingress's --listen, its Service/LB addresses; ':25' = every address of this host), comma-separated: a next hop there is a mail loop, 5.4.6 (default: 127.0.0.1:2525)")
 	fs.BoolVar(&o.NoTLS, "no-starttls", false, "make the default TLS level none instead of may (opportunistic STARTTLS); tls_policy entries and authinfo credentials still apply")
-	fs.StringVar(&o.TLS.CAFile, "tls-ca-file", "", "PEM file of the CA certificates that verify/secure (and MTA-STS enforce) check destination certificates against, instead of the system roots (at most 1 MiB)")
+	fs.StringVar(&o.TLS.CAFile, "tls-ca-file", "", "PEM file of the CA certificates that verify/secure (and MTA-STS enforce) check destination certificates against, instead of the system roots (at most 1 MiB; re-read when it changes)")
 	fs.BoolVar(&o.TLS.MTASTS, "mta-sts", false, "look up the recipient domain's MTA-STS policy (RFC 8461) for MX delivery: under mode enforce only the listed MX hosts, over verified TLS (needs HTTPS to mta-sts.DOMAIN)")
 	config.DurationVar(fs, &o.TLS.STS.FetchTimeout, "mta-sts-fetch-timeout", mtasts.DefaultFetchTimeout, "limit of one MTA-STS policy fetch, connect to last byte")
 	fs.Int64Var(&o.TLS.STS.MaxPolicyBytes, "mta-sts-max-policy-bytes", mtasts.DefaultMaxPolicyBytes, "bytes of one MTA-STS policy file")
@@ -339,14 +339,17 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	}
 	o.Delivery.StartTLS = !o.NoTLS
 	o.Delivery.Logger = log.With("component", "delivery")
-	roots, _ := o.caPool()
-	if roots == nil {
+	o.Delivery.TLSPolicy = tlsPol.Load
+	if o.TLS.CAFile != "" {
+		// Re-read when the file changes (a renewed CA bundle in a mounted
+		// Secret or ConfigMap applies to the next connection, no restart).
+		o.Delivery.TLSBuilder = &tlspolicy.Builder{RootsFile: o.TLS.CAFile}
+	} else {
 		// Loaded once: Builder would otherwise copy the system pool for
 		// every certificate it checks.
-		roots, _ = x509.SystemCertPool()
+		roots, _ := x509.SystemCertPool()
+		o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
 	}
-	o.Delivery.TLSPolicy = tlsPol.Load
-	o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
 	o.Delivery.Tokens = tlspolicy.NewTokens(nil, o.TLS.TokenTimeout)
 	if o.TLS.MTASTS || o.TLS.DANE {
 		servers, err := o.queryServers()
