@@ -85,3 +85,30 @@ func TestSystemdExampleConfigs(t *testing.T) {
 		}
 	}
 }
+
+// The user docs state the defaults the daemons have, and read as docs, not
+// status notes (issue 21: docs/kubernetes.md said the policy is polled every
+// 10 s; smarthost.md and trace.md opened with "Status: wired").
+func TestDocsMatchDefaults(t *testing.T) {
+	var o Ingress
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.Register(fs)
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "kubernetes.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`polls the directory every (\d+) ?s`).FindSubmatch(b)
+	if m == nil || string(m[1])+"s" != fs.Lookup("policy-interval").DefValue {
+		t.Errorf("docs/kubernetes.md: policy poll interval %q, the daemons' --policy-interval default is %s", m, fs.Lookup("policy-interval").DefValue)
+	}
+	docs, _ := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	for _, d := range docs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if loc := regexp.MustCompile(`(?mi)^>?\s*\**status:|as first drafted`).Find(b); loc != nil {
+			t.Errorf("%s reads as a status note: %q", d, loc)
+		}
+	}
+}
