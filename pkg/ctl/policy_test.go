@@ -497,7 +497,7 @@ func TestPolicyConfigMap(t *testing.T) {
 
 		// A kubeconfig that does not exist ($KUBECONFIG points nowhere too).
 		r = mustCtl(t, ctl.ExitUsage, "policy", "get", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
-		mustContain(t, "--kubeconfig stderr", r.errOut, "kubeconfig", "--dir")
+		mustContain(t, "--kubeconfig stderr", r.errOut, "kubeconfig", "--policy-dir")
 
 		// The context by name, without -n: the context's namespace (default).
 		mustCtl(t, 0, "policy", "add", "access", "To:ctx.example RELAY", "--kubeconfig", k.Kubeconfig, "--context", "mailfwd-test", "--configmap", "by-context")
