@@ -691,3 +691,25 @@ func TestProxyProtocolValue(t *testing.T) {
 		t.Errorf("a host name in ingress.proxyProtocol.from was accepted")
 	}
 }
+
+// worker.queueReturn and warnAfter take days, as the worker's flags do
+// (issue 21: durations in days where sendmail users write them).
+func TestQueueLifetimeInDays(t *testing.T) {
+	helm := helmBin(t)
+	out, err := template(t, helm, "--set", "worker.queueReturn=1w,worker.warnAfter=1d4h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := podSpecs(t, parseManifests(t, out))["Deployment/mailfwd-worker"].Containers[0]
+	if v, _ := flagValue(w.Args, "queue-return"); v != "1w" {
+		t.Errorf("--queue-return=%q", v)
+	}
+	if v, _ := flagValue(w.Args, "warn-after"); v != "1d4h" {
+		t.Errorf("--warn-after=%q", v)
+	}
+	for _, bad := range []string{"5 days", "d", ""} {
+		if _, err := template(t, helm, "--set", "worker.queueReturn="+bad); err == nil {
+			t.Errorf("worker.queueReturn=%q accepted", bad)
+		}
+	}
+}
