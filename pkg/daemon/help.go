@@ -11,7 +11,7 @@ var helpGroups = []config.FlagGroup{
 	{Title: "Queue (NATS JetStream)", Flags: []string{"nats-*", "bootstrap", "ack-wait", "replicas"}},
 	{Title: "Body store", Flags: []string{"blob-store", "inline-body-max"}},
 	{Title: "Policy", Flags: []string{"policy-*", "relay-networks", "relay-domains", "route"}},
-	{Title: "Session limits (ingress)", Flags: []string{"max-recipients", "max-line-length", "read-timeout", "write-timeout", "max-sessions", "max-sessions-per-client", "max-connections-per-client-per-minute", "client-limit-exceptions", "max-errors-per-session", "max-hops", "store-timeout", "max-message-size"}},
+	{Title: "Session limits (ingress)", Flags: []string{"max-recipients", "max-line-length", "read-timeout", "write-timeout", "max-sessions", "max-sessions-per-client", "max-connections-per-client-per-minute", "client-limit-exceptions", "max-errors-per-session", "max-hops", "store-timeout", "max-message-size", "max-in-flight-bytes"}},
 	{Title: "SMTP AUTH (ingress)", Flags: []string{"auth-*"}},
 	{Title: "DKIM", Flags: []string{"dkim-*"}},
 	{Title: "Delivery: connections to next hops (worker)", Flags: []string{"helo-name", "local-name", "local-addr", "smtp-port", "connect-timeout", "command-timeout", "data-timeout", "idle-timeout", "host-down-ttl", "max-conns-per-host", "max-reply-bytes", "max-msgs-per-conn", "max-body-bytes-in-flight"}},
