@@ -50,8 +50,13 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		}
 		opts = append(opts, ff.WithConfigFileFlag(ConfigFlag), ff.WithConfigFileParser(func(r io.Reader, set func(name, value string) error) error {
 			err := ParseFile(r, func(name, value string) error {
-				// A flag already set here came from the command line, which wins.
-				if f := fs.Lookup(name); f != nil && !visited(fs, name) {
+				if f := fs.Lookup(name); f != nil {
+					if visited(fs, name) && !fromFile[name] {
+						return nil // given on the command line, which wins
+					}
+					if getenv(EnvName(name)) != "" {
+						return nil // the environment wins; skipped here so a list is replaced, not appended to
+					}
 					fromFile[name] = true
 				}
 				return set(name, value)

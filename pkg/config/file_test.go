@@ -50,6 +50,14 @@ func TestParseConfigFile(t *testing.T) {
 	if *listen != ":2727" || *host != "env.example" {
 		t.Errorf("precedence: listen %q (want the flag's :2727), hostname %q (want env.example)", *listen, *host)
 	}
+	// A list from the environment replaces the file's, it is not appended to.
+	fs, _, _, _, nets = fileFlags()
+	if err := Parse(fs, []string{"--config", conf}, envMap(map[string]string{"MAILFWD_RELAY_NETWORKS": "198.51.100.0/24"})); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(*nets, ",") != "198.51.100.0/24" {
+		t.Errorf("relay-networks from env over the file: %v", *nets)
+	}
 	// MAILFWD_CONFIG names the file too.
 	fs, listen, _, _, _ = fileFlags()
 	if err := Parse(fs, nil, envMap(map[string]string{"MAILFWD_CONFIG": conf})); err != nil {
