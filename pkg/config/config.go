@@ -146,6 +146,9 @@ type StringList []string
 
 func (l *StringList) String() string { return strings.Join(*l, ",") }
 
+// Type names the value in --help ("list": comma-separated, repeatable).
+func (l *StringList) Type() string { return "list" }
+
 // Set appends comma-separated values.
 func (l *StringList) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
