@@ -20,12 +20,19 @@ KUBE_ETCD      := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)
 HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 MADDY          := $(TOOLS_DIR)/maddy-$(MADDY_VERSION)
+# The SBOM generator of make release (CycloneDX, from the Go module proxy).
+CYCLONEDX_VERSION := v1.10.0
+CYCLONEDX      := $(TOOLS_DIR)/cyclonedx-gomod-$(CYCLONEDX_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1 \
+	MAILFWD_CYCLONEDX_BIN=$(CYCLONEDX) MAILFWD_REQUIRE_HAPROXY=1
 # The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
+# Release-style builds: no local paths in the binaries (-trimpath), no symbol
+# table or DWARF (-s -w); panics still print file:line stack traces.
+LDFLAGS := -s -w -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 
 .PHONY: help
 help: ## Show this help
@@ -33,18 +40,18 @@ help: ## Show this help
 
 .PHONY: build
 build: ## Build ingress, worker, mailfwdctl, mailfwd-sendmail and the dev all-in-one into ./bin
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-ingress ./cmd/ingress
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-worker ./cmd/worker
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwdctl ./cmd/ctl
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-sendmail ./cmd/sendmail
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-dev ./cmd/dev
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-ingress ./cmd/ingress
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-worker ./cmd/worker
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwdctl ./cmd/ctl
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-sendmail ./cmd/sendmail
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/mailfwd-dev ./cmd/dev
 
 .PHONY: run
 run: ## Start a complete forwarder on this machine (embedded NATS, ./var body store, SMTP sink); Ctrl-C stops
 	$(GO) run ./cmd/dev --dir var
 
 .PHONY: tools
-tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) $(HELM) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd, kubectl and helm used by the tests (cached in ~/.cache/mailfwd)
+tools: $(MINIO) $(NATS_SERVER) $(KUBE_APISERVER) $(HELM) $(CYCLONEDX) ## Build the pinned MinIO, nats-server, kube-apiserver, etcd, kubectl, helm and cyclonedx-gomod used by the tests (cached in ~/.cache/mailfwd)
 
 $(MINIO):
 	@mkdir -p $(TOOLS_DIR)
@@ -86,10 +93,20 @@ test-cluster: tools cluster-tools ## A real one-node Kubernetes in a network nam
 image: ## Build the ingress, worker, mailfwdctl and mailfwd-sendmail OCI image tarballs into dist/images (no Docker needed)
 	$(GO) run ./cmd/image -out dist/images
 
+.PHONY: release
+release: $(CYCLONEDX) ## make release VERSION=x.y.z: linux/amd64+arm64 binaries, OCI image archives, the chart, SBOMs and SHA256SUMS in dist/release/VERSION (docs/releases.md)
+	@case "$(origin VERSION)" in command\ line|environment) ;; *) echo "make release VERSION=x.y.z (a semantic version)"; exit 2;; esac
+	GO=$(GO) VERSION=$(VERSION) CYCLONEDX=$(CYCLONEDX) bash scripts/release.sh
+
+$(CYCLONEDX):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR)/.cyclonedx-build $(GO) install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_VERSION)
+	mv $(TOOLS_DIR)/.cyclonedx-build/cyclonedx-gomod $@
+
 .PHONY: chart-lint
 chart-lint: $(HELM) ## helm lint --strict the chart with its defaults and every examples/*.yaml
-	$(HELM) lint --strict charts/mailfwd
-	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd -f $$f || exit 1; done
+	$(HELM) lint --strict charts/mailfwd --set hostname=mail.example.com --set image.registry=registry.example.com/mailfwd
+	@for f in charts/mailfwd/examples/*.yaml; do $(HELM) lint --strict charts/mailfwd --set image.registry=registry.example.com/mailfwd -f $$f || exit 1; done
 
 # The real mail clients the sendmail tests drive (bsd-mailx, uuencode). bsd-mailx pulls in
 # Debian's default MTA (exim4, local delivery only); the tests never use it: they point
@@ -99,8 +116,14 @@ mail-clients: ## Install the real mail clients the tests drive (bsd-mailx, uuenc
 	@{ command -v bsd-mailx && command -v uuencode && command -v swaks && perl -MNet::SSLeay -e1; } >/dev/null 2>&1 || \
 	  { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils swaks libnet-ssleay-perl; }
 
+# HAProxy in front of the ingress for the PROXY protocol v1/v2 tests (tests/proxyproto_test.go);
+# only the binary is used, the Debian service is never started.
+.PHONY: haproxy
+haproxy: ## Install HAProxy from Debian (the PROXY protocol tests run it on loopback)
+	@command -v haproxy >/dev/null 2>&1 || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy; }
+
 .PHONY: test
-test: tools mail-clients ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
+test: tools mail-clients haproxy ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
 	@$(MAKE) --no-print-directory lint
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory test-go-smtp
@@ -117,7 +140,7 @@ test-unit: ## Run the package tests only (no tests/ suite)
 	$(TEST_ENV) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
 
 .PHONY: test-integration
-test-integration: tools mail-clients ## Run the end-to-end suite in tests/
+test-integration: tools mail-clients haproxy ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench

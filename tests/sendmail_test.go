@@ -45,7 +45,9 @@ func sendmailEnv(t *testing.T, e *env, home string) []string {
 	if err := os.WriteFile(conf, []byte("# written by the test\nqualify-domain = origin.test\nhelo = client.test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// -bp, -q… and -bv run mailfwdctl (not linked into mailfwd-sendmail).
 	return append(os.Environ(), "HOME="+home, "MAILFWD_SENDMAIL_CONFIG="+conf, "MAILFWD_SENDMAIL_SERVER="+e.smtp,
+		"MAILFWD_SENDMAIL_MAILFWDCTL="+buildBinary(t, "ctl"),
 		"MAILFWD_SENDMAIL_TIMEOUT=30s", "LC_ALL=C.UTF-8", "NAME=Test Runner") // NAME: the full name, not the passwd entry's
 }
 

@@ -1,7 +1,7 @@
 // Command image builds mailfwd's container images (ingress, worker, mailfwdctl, mailfwd-sendmail)
 // as image tarballs without a container engine: `make image`, or
 //
-//	go run ./cmd/image [-out dist/images] [-registry ghcr.io/mailfwd] [-tag 0.1.0] [-arch amd64] [-only mailfwd-worker]
+//	go run ./cmd/image [-out dist/images] [-registry registry.example.com/mailfwd] [-tag 0.1.0] [-arch amd64] [-only mailfwd-worker]
 //
 // Each image is dist/images/<name>.tar; load it with `docker load -i`,
 // `kind load image-archive`, or push it with `crane push FILE REF`.
@@ -44,7 +44,7 @@ func run(ctx context.Context, args []string) error {
 	var c config
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
 	fs.StringVar(&c.out, "out", "dist/images", "output directory for <name>.tar")
-	fs.StringVar(&c.registry, "registry", "ghcr.io/mailfwd", "registry and path prefix of the image references (the chart's image.registry)")
+	fs.StringVar(&c.registry, "registry", "mailfwd.local", "registry and path prefix of the image references (the chart's image.registry); the archives can be pushed under any name")
 	fs.StringVar(&c.tag, "tag", "", "image tag (default: appVersion of -chart)")
 	fs.StringVar(&c.chart, "chart", "charts/mailfwd/Chart.yaml", "Chart.yaml whose appVersion is the default tag")
 	fs.StringVar(&c.arch, "arch", runtime.GOARCH, "GOARCH of the images (GOOS is linux)")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
@@ -83,7 +84,7 @@ consumer and the KV buckets as "mailfwdctl bootstrap" makes them (with --ack-wai
 as given to the pods); clock skew against the NATS server; the body store (a probe object is
 written, read back and deleted) and the free disk space of a file store; the policy parses;
 the DNS resolvers answer; with --to, the next hop of that address accepts SMTP connections.`,
-		Example: `  mailfwdctl doctor --blob-store file:///var/lib/mailfwd/bodies --dir /etc/mailfwd/policy
+		Example: `  mailfwdctl doctor --blob-store file:///var/lib/mailfwd/bodies --policy-dir /etc/mailfwd/policy
   mailfwdctl doctor -n mail --blob-store 's3://mail-bodies?endpoint=minio:9000' --dns-server 10.96.0.10:53 --to postmaster@example.com -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -127,12 +128,12 @@ the DNS resolvers answer; with --to, the next hop of that address accepts SMTP c
 	f.StringVar(&d.to, "to", "", "an address whose next hop must accept SMTP connections")
 	f.StringArrayVar(&d.routes, "route", nil, "extra static routes, as the workers' --route")
 	f.Uint16Var(&d.smtpPort, "smtp-port", 25, "destination port, as the workers' --smtp-port")
-	f.DurationVar(&d.ackWait, "ack-wait", 2*time.Minute, "the consumer's ack wait as the pods bootstrap it (their --ack-wait)")
+	f.Var(config.DurationValue(&d.ackWait, 2*time.Minute), "ack-wait", "the consumer's ack wait as the pods bootstrap it (their --ack-wait)")
 	f.IntVar(&d.replicas, "replicas", 1, "JetStream replicas as the pods bootstrap them (their --replicas)")
-	f.DurationVar(&d.maxClockSkew, "max-clock-skew", 2*time.Second, "clock difference to the NATS server above which the check fails")
+	f.Var(config.DurationValue(&d.maxClockSkew, 2*time.Second), "max-clock-skew", "clock difference to the NATS server above which the check fails")
 	f.Int64Var(&minFree, "min-free-bytes", 1<<30, "free space a file body store needs, in bytes")
 	f.Uint64Var(&d.minFreeInodes, "min-free-inodes", 10000, "free inodes a file body store needs (one file per message)")
-	f.DurationVar(&d.checkTimeout, "check-timeout", 5*time.Second, "time limit of each network check")
+	f.Var(config.DurationValue(&d.checkTimeout, 5*time.Second), "check-timeout", "time limit of each network check")
 	return cmd
 }
 
@@ -338,14 +339,18 @@ func (d *doctor) checkBlob(ctx context.Context) {
 func (d *doctor) checkPolicy(ctx context.Context) {
 	st, err := d.kf.store()
 	if err != nil {
-		d.add("policy", statusWarn, "not checked: "+err.Error(), "pass --dir (the pods' --policy-dir) or the cluster's --kubeconfig/--context/-n")
+		if errors.Is(err, errNoPolicySource) {
+			d.add("policy", statusWarn, "not checked: no policy directory and no Kubernetes cluster here", "pass --policy-dir DIR (the daemons' --policy-dir) on a one-machine setup")
+			return
+		}
+		d.add("policy", statusWarn, "not checked: "+err.Error(), "pass --policy-dir (the pods' --policy-dir) or the cluster's --kubeconfig/--context/-n")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.checkTimeout)
 	defer cancel()
 	files, _, err := st.Load(cctx)
 	if err != nil {
-		d.add("policy", statusFail, "cannot read the policy from "+st.Where()+": "+err.Error(), "check the ConfigMap's name and namespace (or --dir) and your access to it")
+		d.add("policy", statusFail, "cannot read the policy from "+st.Where()+": "+err.Error(), "check the ConfigMap's name and namespace (or --policy-dir) and your access to it")
 		return
 	}
 	if len(files) == 0 {

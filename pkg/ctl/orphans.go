@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
@@ -83,7 +84,7 @@ this shows what they will remove, or removes it now.`,
 	}
 	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store (env MAILFWD_BLOB_STORE)")
-	cmd.Flags().DurationVar(&minAge, "min-age", time.Hour, "only what is older than this (the workers' --orphan-min-age)")
+	cmd.Flags().Var(config.DurationValue(&minAge, time.Hour), "min-age", "only what is older than this (the workers' --orphan-min-age)")
 	cmd.Flags().BoolVar(&remove, "remove", false, "remove them (asks, or --yes)")
 	of.register(cmd, true)
 	return cmd

@@ -36,7 +36,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 		Use:   "policy",
 		Short: "Read and change the sendmail-style policy (access, mailertable, aliases, virtusertable, local-host-names)",
 		Long: `The policy is kept as sendmail-format text, one key per file, in a ConfigMap
-(default mailfwd-policy, kubectl's --kubeconfig/--context/-n) or a local directory (--dir).
+(default mailfwd-policy, kubectl's --kubeconfig/--context/-n) or a local directory (--policy-dir).
 Every change is validated as a whole before anything is written.
 
   makemap hash access < access      mailfwdctl policy set access -f access
@@ -327,31 +327,75 @@ func newPolicyEdit(g *globals, kf *kubeFlags) *cobra.Command {
 				editor = "vi"
 			}
 			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
-				tmp, err := os.CreateTemp("", "mailfwd-"+args[0]+"-*")
-				if err != nil {
-					return err
-				}
-				defer os.Remove(tmp.Name())
-				if _, err := tmp.Write(files[args[0]]); err != nil {
-					return err
-				}
-				tmp.Close()
-				ed := exec.Command("sh", "-c", editor+` "$1"`, "editor", tmp.Name())
-				ed.Stdin, ed.Stdout, ed.Stderr = os.Stdin, os.Stdout, os.Stderr
-				if err := ed.Run(); err != nil {
-					return fmt.Errorf("editor %q: %w", editor, err)
-				}
-				b, err := os.ReadFile(tmp.Name())
-				if err != nil {
-					return err
-				}
-				files[args[0]] = b
-				return nil
+				return editUntilValid(editor, args[0], files)
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
+}
+
+// maxEditRounds bounds how often an invalid edit is re-opened.
+const maxEditRounds = 20
+
+// editHeader starts the error block put on top of a re-opened invalid edit;
+// it is taken off again before the file is validated.
+const editHeader = "# mailfwdctl: this edit is not valid and was not saved. Fix it, or save it\n# unchanged to give up. These lines are removed when you save.\n"
+
+// editUntilValid opens files[key] in the editor and, like kubectl edit and
+// visudo, re-opens an edit that does not validate with the errors on top,
+// until it validates, comes back unchanged (the user gives up: the
+// validation error is returned), or maxEditRounds pass.
+func editUntilValid(editor, key string, files map[string][]byte) error {
+	tmp, err := os.CreateTemp("", "mailfwd-"+key+"-*")
+	if err != nil {
+		return err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	content := files[key]
+	var header string
+	for round := 0; ; round++ {
+		if err := os.WriteFile(tmp.Name(), append([]byte(header), content...), 0o600); err != nil {
+			return err
+		}
+		ed := exec.Command("sh", "-c", editor+` "$1"`, "editor", tmp.Name())
+		ed.Stdin, ed.Stdout, ed.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := ed.Run(); err != nil {
+			return fmt.Errorf("editor %q: %w", editor, err)
+		}
+		b, err := os.ReadFile(tmp.Name())
+		if err != nil {
+			return err
+		}
+		b = stripEditHeader(b)
+		unchanged := round > 0 && bytes.Equal(b, content)
+		content = b
+		files[key] = b
+		_, verr := validate(files)
+		if verr == nil || unchanged || round+1 >= maxEditRounds {
+			return verr
+		}
+		var h strings.Builder
+		h.WriteString(editHeader)
+		for _, line := range strings.Split(strings.TrimSpace(verr.Error()), "\n") {
+			fmt.Fprintf(&h, "#   %s\n", line)
+		}
+		h.WriteString("#\n")
+		header = h.String()
+	}
+}
+
+// stripEditHeader takes off the error block editUntilValid put on top (up
+// to its closing "#" line), even when the user edited inside it.
+func stripEditHeader(b []byte) []byte {
+	if !bytes.HasPrefix(b, []byte(editHeader[:strings.IndexByte(editHeader, '.')])) {
+		return b
+	}
+	if i := bytes.Index(b, []byte("\n#\n")); i >= 0 {
+		return b[i+3:]
+	}
+	return b
 }
 
 // readPolicyDir reads the known keys from a directory (apply, diff, check).

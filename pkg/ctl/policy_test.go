@@ -497,7 +497,7 @@ func TestPolicyConfigMap(t *testing.T) {
 
 		// A kubeconfig that does not exist ($KUBECONFIG points nowhere too).
 		r = mustCtl(t, ctl.ExitUsage, "policy", "get", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
-		mustContain(t, "--kubeconfig stderr", r.errOut, "kubeconfig", "--dir")
+		mustContain(t, "--kubeconfig stderr", r.errOut, "kubeconfig", "--policy-dir")
 
 		// The context by name, without -n: the context's namespace (default).
 		mustCtl(t, 0, "policy", "add", "access", "To:ctx.example RELAY", "--kubeconfig", k.Kubeconfig, "--context", "mailfwd-test", "--configmap", "by-context")
@@ -702,6 +702,25 @@ func TestPolicyDir(t *testing.T) {
 		_, files := load(t)
 		if want := strings.ReplaceAll(fixture["access"], "REJECT", "RELAY"); files["access"] != want {
 			t.Errorf("access after edit:\n got %q\nwant %q", files["access"], want)
+		}
+		mustCtl(t, 0, pol("set", "access", "-f", filepath.Join(fixtureDir, "access"))...)
+
+		// An invalid edit is re-opened with the errors on top (as kubectl edit
+		// and visudo do); the second pass fixes it and that is what is written.
+		seen := filepath.Join(scripts, "seen")
+		t.Setenv("EDITOR", writeScript(t, scripts, "twice.sh", `if grep -q RELAYY "$1"; then
+  grep -q '^#.*access:[0-9]*:.*RELAYY' "$1" && touch `+seen+`
+  sed -i 's/RELAYY/RELAY/' "$1"
+else
+  sed -i 's/REJECT/RELAYY/' "$1"
+fi`))
+		r := mustCtl(t, 0, pol("edit", "access")...)
+		if _, err := os.Stat(seen); err != nil {
+			t.Errorf("the re-opened file did not show the error on top: %s", r)
+		}
+		_, files = load(t)
+		if want := strings.ReplaceAll(fixture["access"], "REJECT", "RELAY"); files["access"] != want {
+			t.Errorf("access after a re-opened edit (the error header must not be kept):\n got %q\nwant %q", files["access"], want)
 		}
 		mustCtl(t, 0, pol("set", "access", "-f", filepath.Join(fixtureDir, "access"))...)
 	})

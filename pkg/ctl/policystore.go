@@ -9,11 +9,14 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mailfwd/mailfwd/pkg/config"
 )
 
 // PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
@@ -121,7 +124,7 @@ func fingerprint(files map[string][]byte) string {
 }
 
 type configMapStore struct {
-	client    kubernetes.Interface
+	client    coreClient
 	namespace string
 	name      string
 }
@@ -194,16 +197,25 @@ type kubeFlags struct {
 	kubeconfig, context, namespace, configMap, dir string
 }
 
-func (k *kubeFlags) register(pf interface {
-	StringVar(*string, string, string, string)
-	StringVarP(*string, string, string, string, string)
-}) {
+func (k *kubeFlags) register(pf *pflag.FlagSet) {
 	pf.StringVar(&k.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config, or in-cluster)")
 	pf.StringVar(&k.context, "context", "", "kubeconfig context to use")
 	pf.StringVarP(&k.namespace, "namespace", "n", "", "namespace of the policy ConfigMap (default: the context's)")
 	pf.StringVar(&k.configMap, "configmap", "mailfwd-policy", "name of the policy ConfigMap")
-	pf.StringVar(&k.dir, "dir", os.Getenv("MAILFWD_POLICY_DIR"), "use a local policy directory instead of a ConfigMap (make run uses var/policy; env MAILFWD_POLICY_DIR)")
+	registerPolicyDir(pf, &k.dir, "use a local policy directory instead of a ConfigMap (the daemons' --policy-dir; make run uses var/policy; env MAILFWD_POLICY_DIR)")
 }
+
+// registerPolicyDir adds --policy-dir, the one name the daemons,
+// mailfwd-sendmail and mailfwdctl share, and the old --dir as a hidden alias.
+func registerPolicyDir(pf *pflag.FlagSet, p *string, usage string) {
+	pf.StringVar(p, "policy-dir", os.Getenv("MAILFWD_POLICY_DIR"), usage)
+	pf.StringVar(p, "dir", os.Getenv("MAILFWD_POLICY_DIR"), "old name of --policy-dir")
+	_ = pf.MarkHidden("dir")
+}
+
+// errNoPolicySource is what a command that reads the policy says on a host
+// with neither a policy directory nor a Kubernetes cluster, in one line.
+var errNoPolicySource = &ExitError{Code: ExitUsage, Err: errors.New("no policy directory and no Kubernetes cluster here (no kubeconfig, not in a pod): give --policy-dir DIR (env MAILFWD_POLICY_DIR), or --kubeconfig for a cluster")}
 
 func (k *kubeFlags) store() (policyStore, error) {
 	if k.dir != "" {
@@ -217,7 +229,21 @@ func (k *kubeFlags) store() (policyStore, error) {
 }
 
 // clientset connects as kubectl would, and returns the namespace to use.
-func (k *kubeFlags) clientset() (kubernetes.Interface, string, error) {
+// coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,
+// Secrets, Namespaces). Only the core/v1 client is linked in, not every API
+// group of kubernetes.Clientset (half of the binary's size).
+type coreClient interface {
+	CoreV1() corev1client.CoreV1Interface
+}
+
+type coreOnly struct{ corev1client.CoreV1Interface }
+
+func (c coreOnly) CoreV1() corev1client.CoreV1Interface { return c.CoreV1Interface }
+
+func (k *kubeFlags) clientset() (coreClient, string, error) {
+	if !config.KubernetesHere(k.kubeconfig, os.Getenv) {
+		return nil, "", errNoPolicySource
+	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = k.kubeconfig
 	overrides := &clientcmd.ConfigOverrides{CurrentContext: k.context}
@@ -227,15 +253,15 @@ func (k *kubeFlags) clientset() (kubernetes.Interface, string, error) {
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
 	rc, err := cc.ClientConfig()
 	if err != nil {
-		return nil, "", &ExitError{Code: ExitUsage, Err: fmt.Errorf("kubeconfig: %w (or use --dir for a local policy directory)", err)}
+		return nil, "", &ExitError{Code: ExitUsage, Err: fmt.Errorf("kubeconfig: %w (or use --policy-dir for a local policy directory)", err)}
 	}
 	ns, _, err := cc.Namespace()
 	if err != nil {
 		return nil, "", err
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := corev1client.NewForConfig(rc)
 	if err != nil {
 		return nil, "", err
 	}
-	return cs, ns, nil
+	return coreOnly{cs}, ns, nil
 }

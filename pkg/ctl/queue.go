@@ -248,6 +248,9 @@ type showResult struct {
 	Envelopes []listDetail `json:"envelopes"`
 	Headers   string       `json:"headers,omitempty"`
 	BodyError string       `json:"body_error,omitempty"`
+	// HeadersOmitted says why the headers are not shown (the body is in
+	// the body store and no --blob-store was given).
+	HeadersOmitted string `json:"headers_omitted,omitempty"`
 }
 
 type listDetail struct {
@@ -307,6 +310,8 @@ func newQueueShow(g *globals) *cobra.Command {
 					} else {
 						res.Headers = headerBlock(b)
 					}
+				} else {
+					res.HeadersOmitted = "the body is in the body store; give --blob-store (env MAILFWD_BLOB_STORE) to show them"
 				}
 				return out.print(g.out, res, func(tw *tabwriter.Writer) {
 					for _, d := range res.Envelopes {
@@ -333,6 +338,8 @@ func newQueueShow(g *globals) *cobra.Command {
 						fmt.Fprintf(tw, "Headers:\n%s", res.Headers)
 					} else if res.BodyError != "" {
 						fmt.Fprintf(tw, "Body: %s\n", res.BodyError)
+					} else if res.HeadersOmitted != "" {
+						fmt.Fprintf(tw, "Headers: not shown: %s\n", res.HeadersOmitted)
 					}
 				})
 			})
@@ -607,8 +614,8 @@ func newQueueRelease(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "recipient domain (and its subdomains)")
-	cmd.Flags().DurationVar(&extend, "extend", 0, "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
-	cmd.Flags().DurationVar(&queueReturn, "queue-return", 5*24*time.Hour, "fallback for the workers' --queue-return when no worker has recorded it")
+	cmd.Flags().Var(config.DurationValue(&extend, 0), "extend", "extend the queue-return deadline further, e.g. 120h (sendmail -O Timeout.queuereturn)")
+	cmd.Flags().Var(config.DurationValue(&queueReturn, 5*24*time.Hour), "queue-return", "fallback for the workers' --queue-return when no worker has recorded it")
 	of.register(cmd, false)
 	return cmd
 }
@@ -692,9 +699,6 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s works on deferred and held mail; ready mail is being delivered (hold the domain first)", verb)}
 		}
 	}
-	if blobURL == "" && !of.dryRun {
-		return &ExitError{Code: ExitUsage, Err: errors.New("--blob-store is required (bodies are read or deleted)")}
-	}
 	return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 		entries, err := collect(ctx, q, f)
 		if err != nil {
@@ -712,12 +716,23 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			fmt.Fprintf(g.out, "matched %d envelopes (dry run)\n", len(entries))
 			return nil
 		}
+		// The body store is needed only to read or delete a body kept there,
+		// or to store a DSN (bounce); an inline body lives in the envelope.
+		needStore := each != nil
+		for _, e := range entries {
+			needStore = needStore || (e.Env != nil && e.Env.BodyKey != "")
+		}
+		if needStore && blobURL == "" {
+			return &ExitError{Code: ExitUsage, Err: fmt.Errorf("--blob-store is required to %s these %d envelopes (their bodies or the DSNs are kept there; env MAILFWD_BLOB_STORE)", verb, len(entries))}
+		}
 		if err := g.confirm(cmd, of, fmt.Sprintf("%s %d envelopes?", verb, len(entries))); err != nil {
 			return err
 		}
-		store, err := blob.Open(ctx, blobURL)
-		if err != nil {
-			return &ExitError{Code: ExitUsage, Err: err}
+		var store blob.Store
+		if needStore {
+			if store, err = blob.Open(ctx, blobURL); err != nil {
+				return &ExitError{Code: ExitUsage, Err: err}
+			}
 		}
 		p := progress{w: g.errOut, verb: verb + "d"}
 		done := 0
@@ -736,7 +751,7 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			if err := q.Remove(ctx, e); err != nil {
 				return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 			}
-			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" {
+			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" && store != nil {
 				_ = store.Delete(ctx, e.Env.BodyKey)
 			}
 			done++

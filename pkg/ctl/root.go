@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -64,12 +65,40 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	g.natsPassword = config.Secret(os.Getenv("MAILFWD_NATS_PASSWORD"))
 	pf.Var(&g.natsPassword, "nats-password", "NATS password of --nats-user (env MAILFWD_NATS_PASSWORD, preferred: flags show in ps)")
 	pf.StringVar(&g.natsStoreDir, "nats-store-dir", os.Getenv("MAILFWD_NATS_STORE_DIR"), "single node: the local nats-server's store_dir; queue operations that move mail flush it to disk before they remove the old copy (env MAILFWD_NATS_STORE_DIR; what the daemons' --nats-store-dir is)")
-	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
+	pf.Var(config.DurationValue(&g.timeout, 30*time.Second), "timeout", "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g), newSRSCmd(g))
 	root.AddCommand(newTraceCmd(g))
 	root.AddCommand(newShapingCmd(g))
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command that only groups others (queue, policy…)
+// refuse an unknown subcommand with cobra's "Did you mean this?" and exit 2,
+// as the root does; alone, it shows its help. Cobra's default for a group
+// below the root prints help and succeeds, so `queue lst` looked fine.
+func strictGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() || !c.HasParent() {
+		return
+	}
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		if cmd.SuggestionsMinimumDistance <= 0 {
+			cmd.SuggestionsMinimumDistance = 2 // cobra's default, set only on the root's path
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+		}
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s\n\nRun '%s --help' for usage", msg, cmd.CommandPath())}
+	}
+	c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 }
 
 // queueConfig is the connection every subcommand uses.
@@ -126,7 +155,7 @@ func newBootstrap(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store URL to bootstrap too (env MAILFWD_BLOB_STORE)")
-	cmd.Flags().DurationVar(&ackWait, "ack-wait", 2*time.Minute, "ack wait of the workers' consumer")
+	cmd.Flags().Var(config.DurationValue(&ackWait, 2*time.Minute), "ack-wait", "ack wait of the workers' consumer")
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
 	cmd.Flags().BoolVar(&migrate, "migrate", false, "move the queue out of a stream that lets publishers remove or multiply mail "+
 		"(made by an earlier release: schedules on) into a new one; resumable (docs/nats-security.md)")

@@ -62,7 +62,7 @@ func newRouteCmd(g *globals) *cobra.Command {
 		Long: `For each address: the access decision for the given client and sender, the alias /
 virtusertable expansion, then for each resulting address the mailertable route or the MX
 hosts in preference order with their addresses, and what a worker would do.`,
-		Example: `  mailfwdctl route --dir var/policy --client 198.51.100.7 --from a@mms.mnc003.mcc238.gprs +4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs
+		Example: `  mailfwdctl route --policy-dir var/policy --client 198.51.100.7 --from a@mms.mnc003.mcc238.gprs +4512345678/TYPE=PLMN@mms.mnc001.mcc238.gprs
   mailfwdctl route -n mail --dns-server 10.96.0.10:53 postmaster@example.com`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

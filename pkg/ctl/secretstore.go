@@ -8,10 +8,11 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/spf13/pflag"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/mailfwd/mailfwd/pkg/policy"
 )
@@ -20,7 +21,7 @@ import (
 // of the policy directory, mounted beside the ConfigMap by a projected
 // volume.
 type secretStore struct {
-	client    kubernetes.Interface
+	client    coreClient
 	namespace string
 	name      string
 }
@@ -86,15 +87,12 @@ type secretFlags struct {
 	secret string
 }
 
-func (f *secretFlags) register(pf interface {
-	StringVar(*string, string, string, string)
-	StringVarP(*string, string, string, string, string)
-}) {
+func (f *secretFlags) register(pf *pflag.FlagSet) {
 	pf.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config, or in-cluster)")
 	pf.StringVar(&f.kube.context, "context", "", "kubeconfig context to use")
 	pf.StringVarP(&f.kube.namespace, "namespace", "n", "", "namespace of the policy Secret (default: the context's)")
 	pf.StringVar(&f.secret, "secret", "mailfwd-policy-secret", "name of the policy Secret (users, authinfo, dkim)")
-	pf.StringVar(&f.kube.dir, "dir", os.Getenv("MAILFWD_POLICY_DIR"), "use a local policy directory instead of the Secret (files written 0600; env MAILFWD_POLICY_DIR)")
+	registerPolicyDir(pf, &f.kube.dir, "use a local policy directory instead of the Secret (files written 0600; the daemons' --policy-dir; env MAILFWD_POLICY_DIR)")
 }
 
 func (f *secretFlags) store() (policyStore, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/xid"
 	"github.com/spf13/cobra"
 
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 )
@@ -83,7 +84,7 @@ bodies unless --with-bodies.
 	f := cmd.Flags()
 	f.StringVar(&s.Client, "client", "", "trace ingress sessions from this client IP or CIDR (at most /8 wide)")
 	f.StringVar(&s.Destination, "destination", "", "trace worker deliveries to this next-hop host name, any host under .suffix, or IP")
-	f.DurationVar(&dur, "for", 10*time.Minute, fmt.Sprintf("how long the trace runs (at most %s)", smtptrace.MaxDuration))
+	f.Var(config.DurationValue(&dur, 10*time.Minute), "for", fmt.Sprintf("how long the trace runs (at most %s)", smtptrace.MaxDuration))
 	f.BoolVar(&s.WithBodies, "with-bodies", false, "record message bodies too (they are redacted by default)")
 	f.StringVar(&s.ID, "id", "", "name of the trace (default: generated)")
 	f.IntVar(&maxTraces, "max-traces", smtptrace.DefaultLimits().MaxTraces, "refuse to start a trace when this many are running (the daemons honour --trace-max-traces)")

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
@@ -125,7 +126,7 @@ and the JetStream stream and consumer as they are configured now.`,
 		},
 	}
 	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
-	cmd.Flags().DurationVar(&wait, "wait", time.Second, "how long to gather the pods' replies")
+	cmd.Flags().Var(config.DurationValue(&wait, time.Second), "wait", "how long to gather the pods' replies")
 	cmd.Flags().BoolVar(&clientOnly, "client", false, "only mailfwdctl's own version (no NATS)")
 	cmd.Flags().IntVar(&maxReplies, "max-replies", control.DefaultMaxReplies, "pods' replies kept at most")
 	return cmd

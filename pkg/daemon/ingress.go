@@ -5,7 +5,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/certreload"
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
@@ -60,7 +60,7 @@ func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.StringVar(&c.BlobStore, "blob-store", "", "body store: file:///path or s3://bucket?endpoint=host:port[&secure=false]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", httpDefault, "health endpoints (/healthz, /readyz); empty disables")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", true, "create or update the JetStream stream, consumer and bucket at start (idempotent)")
-	fs.DurationVar(&c.AckWait, "ack-wait", 2*time.Minute, "JetStream ack wait of the workers' consumer (set at bootstrap)")
+	config.DurationVar(fs, &c.AckWait, "ack-wait", 2*time.Minute, "JetStream ack wait of the workers' consumer (set at bootstrap)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas for the stream and bucket (set at bootstrap)")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on --http-addr")
 	c.Logging.Register(fs)
@@ -172,6 +172,8 @@ type Ingress struct {
 
 	// SubmissionAuthExceptions is --submission-auth-exceptions (default none).
 	SubmissionAuthExceptions config.StringList
+	// Proxy is the PROXY protocol on every listener (off without From).
+	Proxy ProxyProtocol
 
 	// AuthBudget bounds failed SMTP AUTH attempts per client
 	// (--auth-max-failures, --auth-failure-window, --auth-failure-clients).
@@ -193,13 +195,13 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:2525", "SMTP listen address")
 	fs.StringVar(&o.SMTP.Hostname, "hostname", config.Hostname(), "host name in the greeting, EHLO and Received: headers")
 	fs.StringVar(&o.SMTP.Banner, "banner", "ESMTP mailfwd", "greeting text after the host name (may be empty, as sendmail's confSMTP_LOGIN_MSG)")
-	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for STARTTLS")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate for STARTTLS (re-read when the file changes: no restart for a renewal)")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM key for STARTTLS")
 	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
 	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")
 	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command line (message data: --max-data-line-length)")
-	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
-	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
+	config.DurationVar(fs, &o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
+	config.DurationVar(fs, &o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", DefaultInlineBodyMax, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope (made durable and replicated with it) instead of --blob-store; larger bodies and those of multi-domain messages go to the blob store (0: always the blob store; at most 524288)")
 	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
@@ -209,13 +211,13 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.Var(&o.ClientLimitExceptions, "client-limit-exceptions", "client networks exempt from the per-client session and connection-rate limits (CIDR or address, comma-separated; default 127.0.0.0/8,::1; \"none\" for no exceptions)")
 	fs.IntVar(&o.SMTP.MaxErrorsPerSession, "max-errors-per-session", 20, "error replies (4xx/5xx) after which a session is closed with 421 4.7.0, as Postfix's smtpd_hard_error_limit (0: no limit)")
 	fs.IntVar(&o.SMTP.MaxHops, "max-hops", 25, "Received: headers a message may carry; more get 554 5.4.6 Too many hops (sendmail's MaxHopCount)")
-	fs.DurationVar(&o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
+	config.DurationVar(fs, &o.SMTP.StoreTimeout, "store-timeout", 30*time.Second, "time to store the body and get every publish ack before answering 451")
 	fs.Var(&o.RelayNetworks, "relay-networks", "client networks allowed to relay anywhere (CIDR or address, comma-separated; default 127.0.0.0/8,::1)")
-	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
+	config.DurationVar(fs, &o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap: access, aliases, virtusertable, local-host-names…), hot-reloaded; replaces --relay-networks/--relay-domains")
 	fs.StringVar(&o.DNSServer, "dns-server", "", "DNS server host:port for client reverse lookups (Connect: host name rules); default: the system resolver")
 	fs.Var(&o.RelayDomains, "relay-domains", "recipient domains any client may send to (and their subdomains), comma-separated")
-	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
+	config.DurationVar(fs, &o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
 	fs.StringVar(&o.SubmissionListen, "submission-listen", "", "submission listener (port 587: STARTTLS, then SMTP AUTH); needs --tls-cert; empty disables")
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
 	fs.Var(&o.SubmissionAuthExceptions, "submission-auth-exceptions", "client networks that may send on --submission-listen and --smtps-listen without SMTP AUTH (CIDR or address, comma-separated; default none: MAIL before AUTH gets 530 5.7.0)")
@@ -224,12 +226,13 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.SMTP.MaxDataLineLength, "max-data-line-length", ingress.DefaultMaxDataLineLength, "longest line of message data (the body streams: no memory is held per line; header lines are bounded at 64 KiB); longer gets 500 5.5.2 and the session ends")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
 	fs.IntVar(&o.AuthBudget.MaxUserFailures, "auth-max-user-failures", smtpauth.DefaultMaxUserFailures, "failed SMTP AUTH attempts one user name has within --auth-failure-window, from any client; the next check gets 421 4.7.0 (a success as that user clears the name's count, not the client's)")
-	fs.DurationVar(&o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
+	config.DurationVar(fs, &o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
 	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once, and apart as many user names (the least recently failing one is forgotten beyond it)")
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
 	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
 	fs.Var(&o.DKIMSigningNetworks, "dkim-signing-networks", "clients whose mail is DKIM-signed without SMTP AUTH, for any From: domain with a key (OpenDKIM's InternalHosts): CIDRs or addresses, and \"relay\" for the clients the policy lets relay anywhere (Connect: RELAY, --relay-networks); comma-separated; default relay; \"none\": only AUTH users, for the From: addresses they may send as")
 	o.Trace.Register(fs)
+	o.Proxy.Register(fs)
 }
 
 // Validate checks the configuration before anything starts.
@@ -266,6 +269,9 @@ func (o *Ingress) Validate() error {
 		errs = append(errs, errors.New("--submission-listen and --smtps-listen need --tls-cert and --tls-key (AUTH is offered only over TLS)"))
 	}
 	if err := o.AuthBudget.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := o.Proxy.parse(); err != nil {
 		errs = append(errs, err)
 	}
 	if o.AuthMaxConcurrentChecks < 1 {
@@ -408,11 +414,13 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	o.SMTP.Logger = log
 	o.SMTP.TracerProvider = tp
 	if o.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		// Re-read at the next handshake when the files change (a cert-manager
+		// renewal updates the mounted Secret): no restart.
+		cert, err := certreload.Load(o.TLSCert, o.TLSKey, log.With("component", "ingress"))
 		if err != nil {
 			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
 		}
-		o.SMTP.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		o.SMTP.TLSConfig = cert.Config()
 	}
 	q, store, err := o.connect(ctx, "mailfwd-ingress", log)
 	if err != nil {
@@ -449,10 +457,13 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 			closeAll()
 			return fmt.Errorf("listen %s (%s): %w", l.addr, l.kind, err)
 		}
+		if len(o.Proxy.From) > 0 {
+			ln = newProxyListener(ln, &o.Proxy, l.kind, log)
+		}
 		lns = append(lns, listening{l.kind, ln})
 	}
 	attrs := []any{"component", "ingress", "hostname", o.SMTP.Hostname, "relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(),
-		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil}
+		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil, "proxy_protocol_from", o.Proxy.From.String()}
 	for _, l := range lns {
 		attrs = append(attrs, l.kind, l.ln.Addr().String())
 	}

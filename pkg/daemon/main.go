@@ -8,30 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
-
-// SignalContext is cancelled on the first SIGINT/SIGTERM; a second one exits
-// the process at once.
-func SignalContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan os.Signal, 2)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ch
-		cancel()
-		<-ch
-		fmt.Fprintln(os.Stderr, "second signal: exiting now")
-		os.Exit(130)
-	}()
-	return ctx, cancel
-}
 
 // Main is the shared body of the binaries' main functions: parse flags (with
 // MAILFWD_* env fallback), set up logs and tracing, run, map the error to an
@@ -41,9 +23,10 @@ func Main(name string, args []string, stderr io.Writer, register func(*flag.Flag
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	logging := register(fs)
+	fs.String(config.ConfigFlag, "", "configuration `FILE`: one name = value a line, the names those of these flags (listen = :25); defaults → file → MAILFWD_* environment → flags")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s [flags]\nEvery flag can also be set as MAILFWD_<FLAG_NAME> in the environment.\n\n", name)
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "Usage: %s [--config FILE] [--flag value …]\nEvery flag can also be set as MAILFWD_<FLAG_NAME> in the environment, or as name = value in --config FILE.\n", name)
+		config.PrintFlags(stderr, fs, helpGroups)
 	}
 	if err := config.Parse(fs, args, os.Getenv); err != nil {
 		if err == flag.ErrHelp {
@@ -57,7 +40,7 @@ func Main(name string, args []string, stderr io.Writer, register func(*flag.Flag
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	ctx, cancel := SignalContext()
+	ctx, cancel := config.SignalContext()
 	defer cancel()
 	tp, shutdown, err := telemetry.Setup(ctx, name)
 	if err != nil {

@@ -80,50 +80,50 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	o.Trace.Register(fs)
 	o.Common.register(fs, ":8081")
 	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
-	fs.DurationVar(&o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
+	config.DurationVar(fs, &o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
 	fs.UintVar(&o.SMTPPort, "smtp-port", 25, "destination SMTP port for MX and routes without a port")
-	fs.DurationVar(&o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
+	config.DurationVar(fs, &o.PolicyInterval, "policy-interval", 5*time.Second, "how often --policy-dir is checked for changes")
 	fs.StringVar(&o.PolicyDir, "policy-dir", "", "sendmail-style policy directory (the mounted ConfigMap); its mailertable is used, hot-reloaded; --route entries override it")
 	fs.Var(&o.Routes, "route", "static route, mailertable style: 'domain=smtp:[host]:[host2]', '.example.com=relay.example.com', '.=[127.0.0.1]:2526' (repeatable)")
 	fs.StringVar(&o.Delivery.HeloName, "helo-name", config.Hostname(), "EHLO name used towards destinations")
 	fs.Var(&o.LocalNames, "local-name", "this mail system's own host names (the ingress's --hostname, its MX names), comma-separated: a next hop by one of them is a mail loop, 5.4.6 (default: --helo-name)")
 	fs.Var(&o.LocalAddrs, "local-addr", "this mail system's own listening addresses host:port (the ingress's --listen, its Service/LB addresses; ':25' = every address of this host), comma-separated: a next hop there is a mail loop, 5.4.6 (default: 127.0.0.1:2525)")
 	fs.BoolVar(&o.NoTLS, "no-starttls", false, "make the default TLS level none instead of may (opportunistic STARTTLS); tls_policy entries and authinfo credentials still apply")
-	fs.StringVar(&o.TLS.CAFile, "tls-ca-file", "", "PEM file of the CA certificates that verify/secure (and MTA-STS enforce) check destination certificates against, instead of the system roots (at most 1 MiB)")
+	fs.StringVar(&o.TLS.CAFile, "tls-ca-file", "", "PEM file of the CA certificates that verify/secure (and MTA-STS enforce) check destination certificates against, instead of the system roots (at most 1 MiB; re-read when it changes)")
 	fs.BoolVar(&o.TLS.MTASTS, "mta-sts", false, "look up the recipient domain's MTA-STS policy (RFC 8461) for MX delivery: under mode enforce only the listed MX hosts, over verified TLS (needs HTTPS to mta-sts.DOMAIN)")
-	fs.DurationVar(&o.TLS.STS.FetchTimeout, "mta-sts-fetch-timeout", mtasts.DefaultFetchTimeout, "limit of one MTA-STS policy fetch, connect to last byte")
+	config.DurationVar(fs, &o.TLS.STS.FetchTimeout, "mta-sts-fetch-timeout", mtasts.DefaultFetchTimeout, "limit of one MTA-STS policy fetch, connect to last byte")
 	fs.Int64Var(&o.TLS.STS.MaxPolicyBytes, "mta-sts-max-policy-bytes", mtasts.DefaultMaxPolicyBytes, "bytes of one MTA-STS policy file")
 	fs.IntVar(&o.TLS.STS.MaxCachedPolicies, "mta-sts-cache-size", mtasts.DefaultMaxCachedPolicies, "MTA-STS policies cached (one per recipient domain)")
 	fs.BoolVar(&o.TLS.DANE, "dane", false, "use DANE TLSA records (RFC 7672) for MX delivery; only answers the resolver marks authenticated (AD) count, so --dns-server must be a validating resolver on a trusted path")
-	fs.DurationVar(&o.TLS.TokenTimeout, "oauth2-token-timeout", tlspolicy.DefaultTokenTimeout, "limit of one XOAUTH2 access token request (authinfo xoauth2 entries)")
-	fs.DurationVar(&o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
-	fs.DurationVar(&o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
-	fs.DurationVar(&o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
+	config.DurationVar(fs, &o.TLS.TokenTimeout, "oauth2-token-timeout", tlspolicy.DefaultTokenTimeout, "limit of one XOAUTH2 access token request (authinfo xoauth2 entries)")
+	config.DurationVar(fs, &o.Delivery.ConnectTimeout, "connect-timeout", 30*time.Second, "TCP connect timeout (sendmail Timeout.connect)")
+	config.DurationVar(fs, &o.Delivery.CommandTimeout, "command-timeout", 5*time.Minute, "timeout per SMTP command")
+	config.DurationVar(fs, &o.Delivery.DataTimeout, "data-timeout", 10*time.Minute, "timeout for DATA and its final reply")
 	fs.IntVar(&o.Delivery.MaxConnsPerHost, "max-conns-per-host", 10, "concurrent connections per destination address")
 	fs.IntVar(&o.Delivery.MaxReplyBytes, "max-reply-bytes", 64<<10, "bytes one reply of a destination may take (all its lines); beyond it the step fails temporarily and the connection is dropped")
 	fs.IntVar(&o.Delivery.MaxMsgsPerConn, "max-msgs-per-conn", 100, "transactions per connection before it is closed")
 	fs.BoolVar(&o.Delivery.NoPipelining, "no-pipelining", false, "never pipeline commands to destinations (by default MAIL, every RCPT and DATA go in one write when the destination offers PIPELINING, RFC 2920)")
 	fs.BoolVar(&o.Delivery.NoChunking, "no-chunking", false, "never send bodies with BDAT (by default, to a destination offering CHUNKING and PIPELINING, MAIL, the RCPTs and BDAT LAST go in one round trip, RFC 3030)")
 	fs.IntVar(&o.LineLimit, "smtp-line-length-limit", delivery.DefaultLineLengthLimit, "longest header or body line sent to a destination (CRLF not counted); a longer one is broken by inserting CRLF and a space, as Postfix's smtp_line_length_limit; 0 sends lines as they are")
-	fs.DurationVar(&o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
-	fs.DurationVar(&o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
+	config.DurationVar(fs, &o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
+	config.DurationVar(fs, &o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
 	fs.IntVar(&o.Engine.Concurrency, "concurrency", 64, "envelopes delivered at once by this process")
-	fs.DurationVar(&o.Engine.AttemptTimeout, "attempt-timeout", 15*time.Minute, "limit of one delivery attempt")
-	fs.DurationVar(&o.Engine.RetryFirst, "retry-first", 5*time.Minute, "delay before the first retry")
+	config.DurationVar(fs, &o.Engine.AttemptTimeout, "attempt-timeout", 15*time.Minute, "limit of one delivery attempt")
+	config.DurationVar(fs, &o.Engine.RetryFirst, "retry-first", 5*time.Minute, "delay before the first retry")
 	fs.Float64Var(&o.Engine.RetryFactor, "retry-factor", 2, "retry delay growth factor")
-	fs.DurationVar(&o.Engine.RetryMax, "retry-max", time.Hour, "longest retry delay")
-	fs.DurationVar(&o.Engine.QueueReturn, "queue-return", 5*24*time.Hour, "give up on a message after this long (sendmail Timeout.queuereturn)")
-	fs.DurationVar(&o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
-	fs.DurationVar(&o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
+	config.DurationVar(fs, &o.Engine.RetryMax, "retry-max", time.Hour, "longest retry delay")
+	config.DurationVar(fs, &o.Engine.QueueReturn, "queue-return", 5*24*time.Hour, "give up on a message after this long (sendmail Timeout.queuereturn)")
+	config.DurationVar(fs, &o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
+	config.DurationVar(fs, &o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
 	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable); concurrency and rate hold for the whole fleet (the policy key shaping overrides them)")
-	fs.DurationVar(&o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
+	config.DurationVar(fs, &o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
 	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
-	fs.DurationVar(&o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain or next hop waits (not counted as an attempt); doubles with each hand-back in a row, up to --retry-max")
+	config.DurationVar(fs, &o.Engine.BusyDelay, "busy-delay", 30*time.Second, "how long mail handed back from a congested domain or next hop waits (not counted as an attempt); doubles with each hand-back in a row, up to --retry-max")
 	fs.IntVar(&o.Engine.CongestedConcurrency, "congested-concurrency", 0, "deliveries all congested next hops together may hold in this process (stuck ones beyond it are handed back), so healthy mail always has slots; below --concurrency (0: --concurrency/4)")
-	fs.DurationVar(&o.Sweep.Interval, "orphan-sweep-interval", 15*time.Minute, "how often to remove bodies and refs that no queued envelope refers to; 0 disables")
-	fs.DurationVar(&o.Sweep.MinAge, "orphan-min-age", time.Hour, "only bodies and refs older than this can be orphans (longer than any accept takes)")
+	config.DurationVar(fs, &o.Sweep.Interval, "orphan-sweep-interval", 15*time.Minute, "how often to remove bodies and refs that no queued envelope refers to; 0 disables")
+	config.DurationVar(fs, &o.Sweep.MinAge, "orphan-min-age", time.Hour, "only bodies and refs older than this can be orphans (longer than any accept takes)")
 }
 
 // Validate checks the configuration before anything starts.
@@ -367,14 +367,17 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		o.Delivery.LineLengthLimit = -1 // Postfix's 0: no limit
 	}
 	o.Delivery.Logger = log.With("component", "delivery")
-	roots, _ := o.caPool()
-	if roots == nil {
+	o.Delivery.TLSPolicy = tlsPol.Load
+	if o.TLS.CAFile != "" {
+		// Re-read when the file changes (a renewed CA bundle in a mounted
+		// Secret or ConfigMap applies to the next connection, no restart).
+		o.Delivery.TLSBuilder = &tlspolicy.Builder{RootsFile: o.TLS.CAFile}
+	} else {
 		// Loaded once: Builder would otherwise copy the system pool for
 		// every certificate it checks.
-		roots, _ = x509.SystemCertPool()
+		roots, _ := x509.SystemCertPool()
+		o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
 	}
-	o.Delivery.TLSPolicy = tlsPol.Load
-	o.Delivery.TLSBuilder = &tlspolicy.Builder{Roots: roots}
 	o.Delivery.Tokens = tlspolicy.NewTokens(nil, o.TLS.TokenTimeout)
 	if o.TLS.MTASTS || o.TLS.DANE {
 		servers, err := o.queryServers()

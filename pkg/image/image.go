@@ -282,7 +282,7 @@ func layerTar(s Spec, mtime time.Time) ([]byte, error) {
 }
 
 // Reference is the image reference registry/name:tag, e.g.
-// ghcr.io/mailfwd/mailfwd-ingress:0.1.0.
+// registry.example.com/mailfwd/mailfwd-ingress:0.1.0.
 func Reference(registry string, c Component, tag string) (name.Tag, error) {
 	ref := strings.TrimSuffix(registry, "/") + "/" + c.Name + ":" + tag
 	t, err := name.NewTag(ref, name.StrictValidation)

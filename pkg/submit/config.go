@@ -33,6 +33,7 @@ type Config struct {
 	QualifyDomain  string        // appended to recipients and the sender without a domain (sendmail's $j)
 
 	// For -bp, -q…, -bv/-bt (they run mailfwdctl's commands).
+	Mailfwdctl string // the mailfwdctl binary (default: beside this one, else on $PATH)
 	NATSURL    string
 	NATSCreds  string
 	PolicyDir  string
@@ -44,18 +45,25 @@ type Config struct {
 
 // keys are the settings by their file, environment and option name.
 var keys = []string{"server", "helo", "tls", "tls-ca-file", "tls-server-name", "connect-timeout", "timeout",
-	"max-message-size", "qualify-domain", "nats-url", "nats-creds", "policy-dir", "kubeconfig", "context", "namespace", "dns-server"}
+	"max-message-size", "qualify-domain", "mailfwdctl", "nats-url", "nats-creds", "policy-dir", "kubeconfig", "context", "namespace", "dns-server"}
 
 // DefaultConfig is the configuration without file, environment or options.
+// The host's FQDN (as hostname -f) names it in EHLO and qualifies bare
+// user names (root → root@host.example.com, where bounces can reach);
+// "localhost" only when the host has no fully qualified name.
 func DefaultConfig() Config {
+	helo, domain := config.Hostname(), "localhost"
+	if f := config.FQDN(); f != "" {
+		helo, domain = f, f
+	}
 	return Config{
 		Server:         "127.0.0.1:25",
-		Helo:           config.Hostname(),
+		Helo:           helo,
 		TLS:            "may",
 		ConnectTimeout: 30 * time.Second,
 		Timeout:        5 * time.Minute,
 		MaxMessageSize: 20_000_000,
-		QualifyDomain:  config.MailDomain(),
+		QualifyDomain:  domain,
 		NATSURL:        "nats://127.0.0.1:4222",
 	}
 }
@@ -65,7 +73,7 @@ func (c *Config) set(key, value, where string) error {
 	var err error
 	dur := func(d *time.Duration) {
 		var v time.Duration
-		v, err = time.ParseDuration(value)
+		v, err = config.ParseDuration(value)
 		if err == nil {
 			*d = v
 		}
@@ -89,6 +97,8 @@ func (c *Config) set(key, value, where string) error {
 		c.MaxMessageSize, err = strconv.ParseInt(value, 10, 64)
 	case "qualify-domain":
 		c.QualifyDomain = value
+	case "mailfwdctl":
+		c.Mailfwdctl = value
 	case "nats-url":
 		c.NATSURL = value
 	case "nats-creds":

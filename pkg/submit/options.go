@@ -204,7 +204,7 @@ func Parse(prog string, args []string) (*Invocation, error) {
 				}
 				consumed = true
 			case 'X':
-				return nil, fmt.Errorf("-X (traffic log) is not available in mailfwd-sendmail: the ingress and worker logs show each session and delivery")
+				return nil, fmt.Errorf("-X (traffic log) is not a mailfwd-sendmail option: record SMTP sessions with `mailfwdctl trace --client IP` (what the ingress receives) or `mailfwdctl trace --destination HOST` (deliveries); -v shows this submission's dialog")
 			case 'M', 'D', 'Q', 'T':
 				return nil, fmt.Errorf("-%c is not supported by mailfwd-sendmail", c)
 			default:

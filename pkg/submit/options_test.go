@@ -56,7 +56,7 @@ func TestParse(t *testing.T) {
 		{"periodic -q refused", "sendmail", []string{"-q15m"}, nil, "run the queue all the time"},
 		{"-bd refused", "sendmail", []string{"-bd"}, nil, "mailfwd-ingress"},
 		{"-bs refused", "sendmail", []string{"-bs"}, nil, "SMTP on stdin"},
-		{"-X refused", "sendmail", []string{"-X", "/tmp/traffic", "-bd"}, nil, "traffic log"},
+		{"-X refused", "sendmail", []string{"-X", "/tmp/traffic", "-bd"}, nil, "mailfwdctl trace"},
 		{"unknown", "sendmail", []string{"-Z"}, nil, "unknown option -Z"},
 		{"missing value", "sendmail", []string{"-f"}, nil, "needs a value"},
 		{"bad -B", "sendmail", []string{"-B", "9BIT"}, nil, "7BIT or 8BITMIME"},

@@ -9,12 +9,14 @@ import (
 	"io/fs"
 	"os"
 
+	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
-	"github.com/mailfwd/mailfwd/pkg/ctl"
 )
 
 // IO is the process's standard streams and environment.
@@ -41,7 +43,7 @@ Submits a message read from stdin to a mailfwd ingress over SMTP, as sendmail do
   -C FILE       settings file (default ` + DefaultConfigFile + `, or $MAILFWD_SENDMAIL_CONFIG)
   --KEY=VALUE   a setting: server, helo, tls, tls-ca-file, tls-server-name, timeout,
                 connect-timeout, max-message-size, qualify-domain, nats-url, nats-creds,
-                policy-dir, kubeconfig, context, namespace, dns-server
+                mailfwdctl, policy-dir, kubeconfig, context, namespace, dns-server
                 (also MAILFWD_SENDMAIL_<KEY> in the environment)
 
 Exit codes are sendmail's (sysexits.h): 0 queued, 64 usage, 65 bad data or too large,
@@ -86,16 +88,19 @@ func run(ctx context.Context, prog string, args []string, sio IO) error {
 		fmt.Fprintln(sio.Stdout, "mailfwd-sendmail: nothing to do: aliases live in the policy (mailfwdctl policy set aliases -f FILE); pods reload it by themselves")
 		return nil
 	case ModeQueueList:
-		return runCtl(ctx, sio, ctlGlobals(cfg), "queue", "list")
+		return runCtl(ctx, sio, cfg, ctlGlobals(cfg), "queue", "list")
 	case ModeQueueStats:
-		return runCtl(ctx, sio, ctlGlobals(cfg), "queue", "stats")
+		return runCtl(ctx, sio, cfg, ctlGlobals(cfg), "queue", "stats")
 	case ModeQueueRun:
-		return runCtl(ctx, sio, ctlGlobals(cfg), append([]string{"queue", "flush"}, inv.QueueFilters...)...)
+		return runCtl(ctx, sio, cfg, ctlGlobals(cfg), append([]string{"queue", "flush"}, inv.QueueFilters...)...)
 	case ModeVerify:
 		if len(inv.Recipients) == 0 {
 			return fail(ExUsage, "-bv needs addresses")
 		}
-		return runCtl(ctx, sio, ctlGlobals(cfg), append(routeArgs(cfg, inv), inv.Recipients...)...)
+		if err := needPolicy(cfg, sio, "-bv"); err != nil {
+			return err
+		}
+		return runCtl(ctx, sio, cfg, ctlGlobals(cfg), append(routeArgs(cfg, inv), inv.Recipients...)...)
 	case ModeTest:
 		if inv.Debug {
 			printVersion(sio.Stdout, cfg)
@@ -107,9 +112,21 @@ func run(ctx context.Context, prog string, args []string, sio IO) error {
 		if len(addrs) == 0 {
 			return nil
 		}
-		return runCtl(ctx, sio, ctlGlobals(cfg), append(routeArgs(cfg, inv), addrs...)...)
+		if err := needPolicy(cfg, sio, "-bt"); err != nil {
+			return err
+		}
+		return runCtl(ctx, sio, cfg, ctlGlobals(cfg), append(routeArgs(cfg, inv), addrs...)...)
 	}
 	return deliver(ctx, inv, cfg, sio)
+}
+
+// needPolicy says once, in the settings' own names, that -bv/-bt have no
+// policy to read, before mailfwdctl's Kubernetes client would.
+func needPolicy(cfg Config, sio IO, opt string) error {
+	if cfg.PolicyDir != "" || config.KubernetesHere(cfg.Kubeconfig, sio.Getenv) {
+		return nil
+	}
+	return fail(ExConfig, "%s reads the policy, and there is no policy directory and no Kubernetes cluster here: set policy-dir (or kubeconfig) in %s, or MAILFWD_POLICY_DIR", opt, DefaultConfigFile)
 }
 
 func loadConfig(inv *Invocation, getenv func(string) string) (Config, error) {
@@ -164,6 +181,10 @@ func deliver(ctx context.Context, inv *Invocation, cfg Config, sio IO) error {
 		sender = login
 	}
 	sender = qualify(sender, cfg.QualifyDomain)
+	if cfg.QualifyDomain == "localhost" && strings.HasSuffix(sender, "@localhost") {
+		// Bounces to root@localhost reach no one: say so, once per message.
+		fmt.Fprintf(sio.Stderr, "mailfwd-sendmail: warning: this host has no fully qualified name (hostname -f), so the sender is %s and bounces will not reach it; set qualify-domain in %s\n", sender, DefaultConfigFile)
+	}
 	fullName := inv.FullName
 	if fullName == "" && !inv.FromSet {
 		fullName = sio.Getenv("NAME")
@@ -222,7 +243,7 @@ func ctlGlobals(cfg Config) []string {
 func routeArgs(cfg Config, inv *Invocation) []string {
 	a := []string{"route"}
 	if cfg.PolicyDir != "" {
-		a = append(a, "--dir", cfg.PolicyDir)
+		a = append(a, "--policy-dir", cfg.PolicyDir)
 	}
 	for k, v := range map[string]string{"--kubeconfig": cfg.Kubeconfig, "--context": cfg.Context, "--namespace": cfg.Namespace, "--dns-server": cfg.DNSServer} {
 		if v != "" {
@@ -263,17 +284,52 @@ func testAddresses(r io.Reader, w io.Writer) ([]string, error) {
 	return out, nil
 }
 
-// runCtl runs a mailfwdctl command in-process; its exit codes map to
-// sendmail's.
-func runCtl(ctx context.Context, sio IO, globals []string, args ...string) error {
-	code := ctl.Execute(ctx, append(globals, args...), sio.Stdout, sio.Stderr)
-	switch code {
-	case ctl.ExitOK:
+// mailfwdctl's exit codes (pkg/ctl: "exit codes scripts can trust").
+const (
+	ctlExitUsage    = 2
+	ctlExitNotFound = 4
+)
+
+// ctlBinary finds mailfwdctl: the mailfwdctl setting, else the one beside
+// this executable, else $PATH. mailfwd-sendmail runs it rather than linking
+// it in: the operator modes need NATS and Kubernetes clients, which would
+// make every application image's sendmail several times larger.
+func ctlBinary(cfg Config) (string, error) {
+	if cfg.Mailfwdctl != "" {
+		return cfg.Mailfwdctl, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "mailfwdctl")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("mailfwdctl")
+	if err != nil {
+		return "", fail(ExUnavailable, "this mode runs mailfwdctl, which is not installed beside mailfwd-sendmail or on $PATH (or set mailfwdctl = PATH in %s)", DefaultConfigFile)
+	}
+	return p, nil
+}
+
+// runCtl runs a mailfwdctl command; its exit codes map to sendmail's.
+func runCtl(ctx context.Context, sio IO, cfg Config, globals []string, args ...string) error {
+	bin, err := ctlBinary(cfg)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, append(globals, args...)...)
+	cmd.Stdout, cmd.Stderr = sio.Stdout, sio.Stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
 		return nil
-	case ctl.ExitUsage:
+	case !errors.As(err, &ee):
+		return fail(ExUnavailable, "mailfwdctl: %v", err)
+	case ee.ExitCode() == ctlExitUsage:
 		return &Error{Code: ExUsage, Err: errors.New("mailfwdctl " + strings.Join(args, " ") + " failed")}
-	case ctl.ExitNotFound:
+	case ee.ExitCode() == ctlExitNotFound:
 		return &Error{Code: ExNoUser, Err: errors.New("not found")}
 	}
-	return &Error{Code: ExUnavailable, Err: fmt.Errorf("mailfwdctl %s failed (exit %d)", strings.Join(args, " "), code)}
+	return &Error{Code: ExUnavailable, Err: fmt.Errorf("mailfwdctl %s failed (exit %d)", strings.Join(args, " "), ee.ExitCode())}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/certreload"
 )
 
 // MaxCAFileSize bounds a ca= PEM bundle.
@@ -22,6 +24,10 @@ type Builder struct {
 	// Roots are trusted when an entry has no ca=; nil: the system roots
 	// (the worker's --tls-ca-file replaces them).
 	Roots *x509.CertPool
+	// RootsFile, when set, replaces Roots with the PEM bundle in that file
+	// (the worker's --tls-ca-file), re-read when the file changes, as ca=
+	// files are: a renewed bundle applies to the next connection.
+	RootsFile string
 	// Now is the clock for certificate validity (tests); nil: time.Now.
 	Now func() time.Time
 
@@ -30,9 +36,8 @@ type Builder struct {
 }
 
 type caFile struct {
-	mod  time.Time
-	size int64
-	pool *x509.CertPool
+	stamp certreload.Stamp
+	pool  *x509.CertPool
 }
 
 // VerifyError is a certificate that the level refuses. The worker defers
@@ -185,18 +190,37 @@ func certNames(c *x509.Certificate) string {
 // default roots.
 func (b *Builder) roots(path string) (*x509.CertPool, error) {
 	if path == "" {
-		if b.Roots != nil {
+		switch {
+		case b.RootsFile != "":
+			path = b.RootsFile
+		case b.Roots != nil:
 			return b.Roots, nil
+		default:
+			return x509.SystemCertPool()
 		}
-		return x509.SystemCertPool()
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("tls_policy ca=%s: %w", path, err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if c, ok := b.cas[path]; ok && c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
+	pool, err := b.loadCAs(path)
+	if err != nil {
+		// A file caught mid-update (a Secret or certbot renewal) keeps the
+		// last good bundle; the next change is read again.
+		if c, ok := b.cas[path]; ok {
+			return c.pool, nil
+		}
+		return nil, err
+	}
+	return pool, nil
+}
+
+// loadCAs reads a PEM bundle unless it is unchanged since the last read.
+// b.mu is held.
+func (b *Builder) loadCAs(path string) (*x509.CertPool, error) {
+	st, err := certreload.StampOf(path)
+	if err != nil {
+		return nil, fmt.Errorf("tls_policy ca=%s: %w", path, err)
+	}
+	if c, ok := b.cas[path]; ok && c.stamp == st {
 		return c.pool, nil
 	}
 	f, err := os.Open(path)
@@ -218,7 +242,7 @@ func (b *Builder) roots(path string) (*x509.CertPool, error) {
 	if b.cas == nil {
 		b.cas = map[string]caFile{}
 	}
-	b.cas[path] = caFile{mod: fi.ModTime(), size: fi.Size(), pool: pool}
+	b.cas[path] = caFile{stamp: st, pool: pool}
 	return pool, nil
 }
 

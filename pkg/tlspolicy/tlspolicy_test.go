@@ -282,3 +282,42 @@ func TestBuilderCAFile(t *testing.T) {
 		t.Error("verified against roots that do not hold the CA")
 	}
 }
+
+// The worker's --tls-ca-file (Builder.RootsFile) is re-read when the file
+// changes: a replaced CA bundle verifies the next connection, no restart
+// (issue 21); a bundle caught mid-update keeps the last good one.
+func TestBuilderRootsFileReload(t *testing.T) {
+	old, renewed := testenv.NewCA(t), testenv.NewCA(t)
+	oldSrv := testenv.StartTLSServer(t, old.Issue(t, "relay.corp.example"))
+	newSrv := testenv.StartTLSServer(t, renewed.Issue(t, "relay.corp.example"))
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	replace := func(b []byte) {
+		if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(old.PEM())
+	b := &Builder{RootsFile: path}
+	d := mustPolicy(t, map[string]string{".": "verify"}, nil).Lookup(Hop{Relay: "relay.corp.example", Port: 25})
+
+	if _, err := handshake(t, b, d, "relay.corp.example", oldSrv); err != nil {
+		t.Fatalf("with the first CA: %v", err)
+	}
+	if _, err := handshake(t, b, d, "relay.corp.example", newSrv); err == nil {
+		t.Fatalf("a server of the renewed CA verified before the bundle changed")
+	}
+	replace(renewed.PEM())
+	if _, err := handshake(t, b, d, "relay.corp.example", newSrv); err != nil {
+		t.Errorf("after replacing the CA bundle: %v", err)
+	}
+	if _, err := handshake(t, b, d, "relay.corp.example", oldSrv); err == nil {
+		t.Errorf("the old CA still verifies after the bundle was replaced")
+	}
+	replace([]byte("half a PEM"))
+	if _, err := handshake(t, b, d, "relay.corp.example", newSrv); err != nil {
+		t.Errorf("a broken bundle did not keep the last good one: %v", err)
+	}
+}

@@ -18,7 +18,7 @@ func TestHelmLintStrict(t *testing.T) {
 	helm := helmBin(t)
 	for _, r := range renderings(t) {
 		t.Run(r.name, func(t *testing.T) {
-			args := append([]string{"lint", "--strict", chartDir(t), "--namespace", namespace, "--kube-version", "1.32.13"}, r.args...)
+			args := append(append([]string{"lint", "--strict", chartDir(t), "--namespace", namespace, "--kube-version", "1.32.13"}, required...), r.args...)
 			out, err := runHelm(t, helm, nil, args...)
 			if err != nil {
 				t.Fatalf("helm lint: %v\n%s", err, out)
@@ -628,5 +628,88 @@ func TestSchemaRejectsTypos(t *testing.T) {
 				t.Errorf("error does not name the schema and %q:\n%v", tt.want, err)
 			}
 		})
+	}
+}
+
+// The chart refuses to install without a real host name for the banner and
+// EHLO (issue 21: the pod name, not an FQDN, greeted internet MX hosts), and
+// hands the one value to both.
+func TestChartRequiresHostname(t *testing.T) {
+	helm := helmBin(t)
+	if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry); err == nil || !strings.Contains(err.Error(), "hostname is required") {
+		t.Errorf("no hostname: err = %v, want \"hostname is required\"", err)
+	}
+	// No public registry: image.registry is required too (issue 21: ghcr.io images that do not exist).
+	if _, err := templateWithout(t, helm, "--set", "hostname=mail.example.com"); err == nil || !strings.Contains(err.Error(), "image.registry is required") {
+		t.Errorf("no image.registry: err = %v, want \"image.registry is required\"", err)
+	}
+	for _, bad := range []string{"mailfwd-ingress-7d9f", "localhost", "-x.example.com", "mail..example.com"} {
+		if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname="+bad); err == nil || !strings.Contains(err.Error(), "hostname") {
+			t.Errorf("hostname=%s: err = %v, want a refusal naming hostname", bad, err)
+		}
+	}
+	if _, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com,worker.heloName=pod-1"); err == nil {
+		t.Errorf("worker.heloName=pod-1 (not an FQDN) accepted")
+	}
+	out, err := templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := podSpecs(t, parseManifests(t, out))
+	if v, _ := flagValue(pods["Deployment/mailfwd-ingress"].Containers[0].Args, "hostname"); v != "mail.example.com" {
+		t.Errorf("ingress --hostname=%q, want mail.example.com", v)
+	}
+	if v, _ := flagValue(pods["Deployment/mailfwd-worker"].Containers[0].Args, "helo-name"); v != "mail.example.com" {
+		t.Errorf("worker --helo-name=%q, want mail.example.com", v)
+	}
+	// The per-component values still win.
+	out, err = templateWithout(t, helm, "--set", "image.registry="+testRegistry, "--set", "hostname=mail.example.com,ingress.hostname=in.example.com,worker.heloName=out.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods = podSpecs(t, parseManifests(t, out))
+	if v, _ := flagValue(pods["Deployment/mailfwd-ingress"].Containers[0].Args, "hostname"); v != "in.example.com" {
+		t.Errorf("ingress --hostname=%q, want in.example.com", v)
+	}
+	if v, _ := flagValue(pods["Deployment/mailfwd-worker"].Containers[0].Args, "helo-name"); v != "out.example.com" {
+		t.Errorf("worker --helo-name=%q, want out.example.com", v)
+	}
+}
+
+// ingress.proxyProtocol.from becomes --proxy-protocol-from on the ingress.
+func TestProxyProtocolValue(t *testing.T) {
+	helm := helmBin(t)
+	out, err := template(t, helm, "--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := podSpecs(t, parseManifests(t, out))["Deployment/mailfwd-ingress"].Containers[0]
+	if v, _ := flagValue(in.Args, "proxy-protocol-from"); v != "10.0.0.0/8,192.0.2.10" {
+		t.Errorf("--proxy-protocol-from=%q", v)
+	}
+	if _, err := template(t, helm, "--set", "ingress.proxyProtocol.from={lb.example.com}"); err == nil {
+		t.Errorf("a host name in ingress.proxyProtocol.from was accepted")
+	}
+}
+
+// worker.queueReturn and warnAfter take days, as the worker's flags do
+// (issue 21: durations in days where sendmail users write them).
+func TestQueueLifetimeInDays(t *testing.T) {
+	helm := helmBin(t)
+	out, err := template(t, helm, "--set", "worker.queueReturn=1w,worker.warnAfter=1d4h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := podSpecs(t, parseManifests(t, out))["Deployment/mailfwd-worker"].Containers[0]
+	if v, _ := flagValue(w.Args, "queue-return"); v != "1w" {
+		t.Errorf("--queue-return=%q", v)
+	}
+	if v, _ := flagValue(w.Args, "warn-after"); v != "1d4h" {
+		t.Errorf("--warn-after=%q", v)
+	}
+	for _, bad := range []string{"5 days", "d", ""} {
+		if _, err := template(t, helm, "--set", "worker.queueReturn="+bad); err == nil {
+			t.Errorf("worker.queueReturn=%q accepted", bad)
+		}
 	}
 }

@@ -119,6 +119,7 @@ func renderings(t testing.TB) []rendering {
 		{name: "inline-s3-credentials", args: []string{"--set", "s3.existingSecret=,s3.accessKeyId=AKIDINLINE,s3.secretAccessKey=inline-secret-key"}},
 		{name: "tls", args: []string{"--set", "tls.enabled=true,tls.secretName=smtp-tls"}},
 		{name: "worker-hpa-no-job", args: []string{"--set", "worker.autoscaling.enabled=true,bootstrap.job.enabled=false,ingress.autoscaling.enabled=false,ingress.service.type=ClusterIP,ingress.pdb.maxUnavailable=1"}},
+		{name: "proxy-protocol", args: []string{"--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}"}},
 		{name: "monitoring-and-netpol", args: []string{"--set", "serviceMonitor.enabled=true,networkPolicy.enabled=true,ingress.service.submission.enabled=true"}},
 	}
 	examples, err := filepath.Glob(filepath.Join(chartDir(t), "examples", "*.yaml"))
@@ -132,8 +133,24 @@ func renderings(t testing.TB) []rendering {
 	return r
 }
 
+// testHostname is the one value the chart requires (hostname); every
+// rendering and install here passes it, as a user must.
+const testHostname = "mail.example.test"
+
+// testRegistry is where the tests' images are said to be (image.registry is required).
+const testRegistry = "registry.example.test/mailfwd"
+
+// required is the --set of the chart's required values.
+var required = []string{"--set", "hostname=" + testHostname, "--set", "image.registry=" + testRegistry}
+
 // template renders the chart for Kubernetes testenv.KubeVersion.
 func template(t testing.TB, helm string, extra ...string) (string, error) {
+	t.Helper()
+	return templateWithout(t, helm, append(append([]string{}, required...), extra...)...)
+}
+
+// templateWithout renders the chart without the required values.
+func templateWithout(t testing.TB, helm string, extra ...string) (string, error) {
 	t.Helper()
 	args := append([]string{"template", releaseName, chartDir(t), "--namespace", namespace,
 		"--kube-version", testenv.KubeVersion, "--api-versions", "keda.sh/v1alpha1", "--api-versions", "monitoring.coreos.com/v1"}, extra...)

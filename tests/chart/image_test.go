@@ -83,7 +83,7 @@ func buildImagesInto(root, dir string) (map[string]builtImage, error) {
 		if err != nil {
 			return nil, err
 		}
-		ref, err := image.Reference("ghcr.io/mailfwd", c, tag)
+		ref, err := image.Reference(testRegistry, c, tag)
 		if err != nil {
 			return nil, err
 		}

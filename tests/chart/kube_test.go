@@ -116,7 +116,7 @@ func TestInstallKeepsClusterPolicyEdits(t *testing.T) {
 	helm := helmBin(t)
 	k := startKube(t)
 	env := []string{"KUBECONFIG=" + k.Kubeconfig}
-	base := []string{chartDir(t), "--namespace", namespace, "--no-hooks", "--timeout", "60s"}
+	base := append([]string{chartDir(t), "--namespace", namespace, "--no-hooks", "--timeout", "60s"}, required...)
 
 	out, err := runHelm(t, helm, env, append([]string{"install", releaseName}, base...)...)
 	if err != nil {

@@ -22,7 +22,7 @@ func TestInstallPolicySecretWithMailfwdctl(t *testing.T) {
 	ctl := buildImages(t)["mailfwdctl"].binary
 	k := startKube(t)
 	env := []string{"KUBECONFIG=" + k.Kubeconfig}
-	base := []string{chartDir(t), "--namespace", namespace, "--no-hooks", "--timeout", "60s"}
+	base := append([]string{chartDir(t), "--namespace", namespace, "--no-hooks", "--timeout", "60s"}, required...)
 	if out, err := runHelm(t, helm, env, append([]string{"install", releaseName}, base...)...); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
 	}

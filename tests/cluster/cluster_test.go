@@ -363,6 +363,7 @@ patches:
 func (c *cluster) chart() {
 	c.helm("install", "mailfwd", filepath.Join(repo, "charts/mailfwd"), "-n", ns,
 		"-f", filepath.Join(repo, "charts/mailfwd/examples/keda.yaml"),
+		"--set", "hostname=mail.example.test",
 		"--set", "image.registry=mailfwd.local",
 		"--set", "tracing.otlpEndpoint=http://jaeger.observability.svc:4318",
 		"--timeout", "10m")

@@ -80,8 +80,8 @@ the ingress Service's DNS names, ingress.hostname, worker.heloName, worker.local
 {{- $ns := .Release.Namespace }}
 {{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) }}
 {{- with .Values.clusterDomain }}{{ $names = append $names (printf "%s.%s.svc.%s" $svc $ns (trimSuffix "." .)) }}{{ end }}
-{{- with .Values.ingress.hostname }}{{ $names = append $names . }}{{ end }}
-{{- with .Values.worker.heloName }}{{ $names = append $names . }}{{ end }}
+{{- $names = append $names (include "mailfwd.ingressHostname" .) }}
+{{- $h := include "mailfwd.heloName" . }}{{ if not (has $h $names) }}{{ $names = append $names $h }}{{ end }}
 {{- range .Values.worker.localNames }}{{ $names = append $names . }}{{ end }}
 {{- join "," (uniq $names) }}
 {{- end }}
@@ -101,6 +101,9 @@ the ingress Service's DNS names, ingress.hostname, worker.heloName, worker.local
 
 {{/* Image reference of one component: (dict "ctx" $ "name" .Values.image.ingress). */}}
 {{- define "mailfwd.image" -}}
+{{- if not .ctx.Values.image.registry }}
+{{- fail "image.registry is required: the registry you pushed the release's image archives to (there is no public one; see docs/releases.md), e.g. --set image.registry=registry.example.com/mailfwd" }}
+{{- end }}
 {{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag }}
 {{- printf "%s/%s:%s" (trimSuffix "/" .ctx.Values.image.registry) .name $tag }}
 {{- end }}
@@ -259,3 +262,27 @@ httpGet:
 {{- fail "keda.enabled and worker.autoscaling.enabled both create an HPA for the workers: enable one" }}
 {{- end }}
 {{- end }}
+
+{{/* The mail system's host name (.Values.hostname): required, fully qualified.
+Pod names make a non-FQDN EHLO that internet MX hosts refuse or score down, and
+a banner no one can resolve; so the chart does not install without it. */}}
+{{- define "mailfwd.hostname" -}}
+{{- $h := .Values.hostname | default "" | trimSuffix "." -}}
+{{- if not $h -}}
+{{- fail "hostname is required: the fully qualified name of this mail system, used in the ingress banner, EHLO towards destinations and Received: headers (e.g. --set hostname=mail.example.com); it should resolve and match the reverse DNS of the outbound address" -}}
+{{- end -}}
+{{- if not (regexMatch "^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\\.)+[a-zA-Z]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$" $h) -}}
+{{- fail (printf "hostname %q is not a fully qualified domain name (want e.g. mail.example.com)" $h) -}}
+{{- end -}}
+{{- $h -}}
+{{- end -}}
+
+{{/* Banner and Received: name: ingress.hostname, else hostname. */}}
+{{- define "mailfwd.ingressHostname" -}}
+{{- .Values.ingress.hostname | default (include "mailfwd.hostname" .) -}}
+{{- end -}}
+
+{{/* EHLO name of the workers: worker.heloName, else hostname. */}}
+{{- define "mailfwd.heloName" -}}
+{{- .Values.worker.heloName | default (include "mailfwd.hostname" .) -}}
+{{- end -}}
