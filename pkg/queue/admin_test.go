@@ -272,3 +272,39 @@ func TestStatsOldestIsAgeFromArrival(t *testing.T) {
 		t.Errorf("old.test not among the destinations: %+v", s.ByDomain)
 	}
 }
+
+// One holder at a time; a holder renews; another takes over once the lease
+// ran out or was dropped.
+func TestLease(t *testing.T) {
+	f := setup(t)
+	ctx := ctxT(t)
+	if err := f.q.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	take := func(holder string, ttl time.Duration) bool {
+		t.Helper()
+		ok, err := f.q.TryLease(ctx, "stats", holder, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !take("a", time.Hour) || !take("a", time.Hour) {
+		t.Fatal("a could not take and renew a free lease")
+	}
+	if take("b", time.Hour) {
+		t.Fatal("b took a lease a holds")
+	}
+	if !take("a", -time.Second) { // a renews it into the past: it has run out
+		t.Fatal("a could not renew")
+	}
+	if !take("b", time.Hour) || take("a", time.Hour) {
+		t.Fatal("b did not take over an expired lease, or a still has it")
+	}
+	if err := f.q.DropLease(ctx, "stats", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if !take("a", time.Hour) {
+		t.Fatal("a could not take a dropped lease")
+	}
+}
