@@ -203,6 +203,7 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
 	srv.MaxErrors = cfg.MaxErrorsPerSession
+	srv.OnReply, srv.OnErrorBudgetSpent = cfg.Metrics.Reply, func() { cfg.Metrics.LimitRefused("error_budget") }
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.TLSConfig = cfg.TLSConfig

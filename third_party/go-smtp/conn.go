@@ -1378,10 +1378,16 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
 	w.Flush()
+	if c.server.OnReply != nil {
+		c.server.OnReply(code)
+	}
 
 	if code >= 400 && code != 421 && c.server.MaxErrors > 0 {
 		c.errReplies++
 		if c.errReplies >= c.server.MaxErrors {
+			if c.server.OnErrorBudgetSpent != nil {
+				c.server.OnErrorBudgetSpent()
+			}
 			c.writeResponse(421, EnhancedCode{4, 7, 0}, c.server.Domain+" Error: too many errors")
 			c.Close()
 		}

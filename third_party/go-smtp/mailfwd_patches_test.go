@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -85,7 +86,14 @@ func TestQuotedLocalPartVerbatim(t *testing.T) {
 }
 
 func TestMaxErrors(t *testing.T) {
-	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxErrors = 3 })
+	var mu sync.Mutex
+	var codes []int
+	spent := 0
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.MaxErrors = 3
+		s.OnReply = func(code int) { mu.Lock(); codes = append(codes, code); mu.Unlock() }
+		s.OnErrorBudgetSpent = func() { mu.Lock(); spent++; mu.Unlock() }
+	})
 	defer s.Close()
 	defer c.Close()
 	var got []string
@@ -105,6 +113,12 @@ func TestMaxErrors(t *testing.T) {
 	}
 	if scanner.Scan() {
 		t.Fatalf("connection still open: %q", scanner.Text())
+	}
+	// The hooks saw every reply (the greeting too) and the spent budget once.
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{220, 250, 503, 503, 250, 500, 421}; fmt.Sprint(codes) != fmt.Sprint(want) || spent != 1 {
+		t.Fatalf("OnReply saw %v, OnErrorBudgetSpent %d times; want %v and 1", codes, spent, want)
 	}
 }
 

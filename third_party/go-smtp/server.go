@@ -36,6 +36,12 @@ type Server struct {
 	MaxMessageBytes int64
 	MaxLineLength   int
 	MaxErrors       int // mailfwd: 421 4.7.0 and close after this many 4xx/5xx replies (0: no limit), as Postfix's smtpd_hard_error_limit
+	// OnReply, when set, is called with the code of every reply sent
+	// (mailfwd: replies by class, a metric).
+	OnReply func(code int)
+	// OnErrorBudgetSpent, when set, is called when MaxErrors closes a
+	// session (mailfwd: a metric of the limit's refusals).
+	OnErrorBudgetSpent func()
 	// WrapTLSConn, when set, is called after a successful STARTTLS handshake
 	// with the new *tls.Conn and the conn it runs over; the conn it returns
 	// is used for the rest of the session (mailfwd: a trace recorder goes
