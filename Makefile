@@ -22,7 +22,8 @@ HELM           := $(TOOLS_DIR)/helm-$(HELM_VERSION)
 MADDY          := $(TOOLS_DIR)/maddy-$(MADDY_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
-	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1
+	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1 \
+	MAILFWD_REQUIRE_PROMETHEUS=1
 # The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/mailfwd/mailfwd/pkg/control.Version=$(VERSION)
@@ -99,9 +100,20 @@ mail-clients: ## Install the real mail clients the tests drive (bsd-mailx, uuenc
 	@{ command -v bsd-mailx && command -v uuencode && command -v swaks && perl -MNet::SSLeay -e1; } >/dev/null 2>&1 || \
 	  { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bsd-mailx sharutils swaks libnet-ssleay-perl; }
 
+.PHONY: prometheus
+prometheus: ## Install Prometheus and promtool from Debian (the alert-rule tests and the dashboard/rules query test)
+	@{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || \
+	  { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+
+.PHONY: test-rules
+test-rules: prometheus ## Check the chart's alert rules and run their unit tests (promtool check rules, promtool test rules)
+	promtool check rules charts/mailfwd/files/alerts.yaml
+	promtool test rules tests/rules/alerts_test.yaml
+
 .PHONY: test
-test: tools mail-clients ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
+test: tools mail-clients prometheus ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), alert rules, vet and gofmt
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory test-rules
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory test-go-smtp
 
@@ -117,7 +129,7 @@ test-unit: ## Run the package tests only (no tests/ suite)
 	$(TEST_ENV) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
 
 .PHONY: test-integration
-test-integration: tools mail-clients ## Run the end-to-end suite in tests/
+test-integration: tools mail-clients prometheus ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench
