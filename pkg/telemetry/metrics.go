@@ -63,8 +63,21 @@ func NewMetrics() *Metrics {
 	m.failed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mailfwd_worker_failed_total", Help: "Envelopes moved to the terminal failed state after too many failed handlings (mailfwdctl queue list --state failed).",
 	})
+	// Every result at 0 from the start: rules and panels have series.
 	for _, r := range DeliveryResults {
 		m.deliveries.WithLabelValues(r)
+	}
+	for _, r := range []string{"accepted", "tempfail", "rejected", "discarded"} {
+		m.messages.WithLabelValues(r)
+	}
+	for _, r := range []string{"accepted", "rejected"} {
+		m.recipients.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.policyReloads.WithLabelValues(r)
+	}
+	for _, k := range []string{"failed", "delayed"} {
+		m.dsns.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{m.failed, m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
 		f(c)
