@@ -42,6 +42,7 @@ type observe struct {
 	byDest       *prometheus.CounterVec
 	byHop        *prometheus.CounterVec
 	tls          *prometheus.CounterVec
+	startTLS     *prometheus.CounterVec
 	dests, hops  *boundedLabel
 }
 
@@ -93,6 +94,10 @@ func newObserve(reg *prometheus.Registry) *observe {
 			Name: "mailfwd_delivery_tls_total",
 			Help: "Delivery transactions by the protection of their connection (verified: TLS with a verified certificate, unverified: TLS without, none).",
 		}, []string{"tls"}),
+		startTLS: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfwd_ingress_starttls_total",
+			Help: "STARTTLS handshakes with clients, by result (ok, failed).",
+		}, []string{"result"}),
 		dests: newBoundedLabel(DefaultTopDestinations),
 		hops:  newBoundedLabel(DefaultTopDestinations),
 	}
@@ -115,7 +120,9 @@ func newObserve(reg *prometheus.Registry) *observe {
 	for _, v := range TLSOutcomes {
 		o.tls.WithLabelValues(v)
 	}
-	reg.MustRegister(o.limits, o.authFailures, o.replies, o.dataSeconds, o.attempt, o.toFinal, o.byDest, o.byHop, o.tls)
+	o.startTLS.WithLabelValues("ok")
+	o.startTLS.WithLabelValues("failed")
+	reg.MustRegister(o.startTLS, o.limits, o.authFailures, o.replies, o.dataSeconds, o.attempt, o.toFinal, o.byDest, o.byHop, o.tls)
 	return o
 }
 
@@ -169,6 +176,18 @@ func (m *Metrics) Reply(code int) {
 		return
 	}
 	m.obs.replies.WithLabelValues(ReplyClasses[code/100-2]).Inc()
+}
+
+// StartTLS counts a STARTTLS handshake with a client.
+func (m *Metrics) StartTLS(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.obs.startTLS.WithLabelValues("failed").Inc()
+		return
+	}
+	m.obs.startTLS.WithLabelValues("ok").Inc()
 }
 
 // DataAccepted observes the time from the DATA command to its 250.

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http/httptest"
@@ -50,6 +51,8 @@ func TestObserveMetrics(t *testing.T) {
 	m.AuthFailed("budget_spent")
 	m.Reply(451)
 	m.Reply(250)
+	m.StartTLS(nil)
+	m.StartTLS(errors.New("bad record MAC"))
 	m.DataAccepted(time.Now().Add(-time.Second))
 	m.Transaction(2*time.Second, "tls=TLSv1.3 verified=yes")
 	m.Transaction(time.Second, "tls=none")
@@ -64,6 +67,8 @@ func TestObserveMetrics(t *testing.T) {
 		`mailfwd_ingress_auth_failures_total{reason="budget_spent"} 1`,
 		`mailfwd_ingress_replies_total{class="4xx"} 1`,
 		`mailfwd_ingress_replies_total{class="2xx"} 1`,
+		`mailfwd_ingress_starttls_total{result="ok"} 1`,
+		`mailfwd_ingress_starttls_total{result="failed"} 1`,
 		`mailfwd_ingress_data_duration_seconds_count 1`,
 		`mailfwd_delivery_attempt_duration_seconds_count 2`,
 		`mailfwd_delivery_tls_total{tls="verified"} 1`,

@@ -958,7 +958,11 @@ func (c *Conn) handleStartTLS() {
 	// Upgrade to TLS
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
 
-	if err := tlsConn.Handshake(); err != nil {
+	err := tlsConn.Handshake()
+	if c.server.OnStartTLS != nil {
+		c.server.OnStartTLS(err)
+	}
+	if err != nil {
 		c.writeResponse(550, EnhancedCode{5, 0, 0}, "Handshake error")
 		return
 	}

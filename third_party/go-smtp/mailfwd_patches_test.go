@@ -221,6 +221,39 @@ func TestWrapTLSConn(t *testing.T) {
 	}
 }
 
+// Patch 14: Server.OnStartTLS sees each STARTTLS handshake's result.
+func TestOnStartTLS(t *testing.T) {
+	keypair := selfSigned(t)
+	results := make(chan error, 2)
+	for _, good := range []bool{true, false} {
+		_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+			s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{keypair}}
+			s.OnStartTLS = func(err error) { results <- err }
+		})
+		io.WriteString(c, "STARTTLS\r\n")
+		if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "220 ") {
+			t.Fatalf("STARTTLS reply %q", scanner.Text())
+		}
+		if good {
+			if err := tls.Client(c, &tls.Config{InsecureSkipVerify: true}).Handshake(); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			io.WriteString(c, "this is no TLS record\r\n")
+		}
+		select {
+		case err := <-results:
+			if (err == nil) != good {
+				t.Errorf("handshake good=%v: OnStartTLS(%v)", good, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handshake good=%v: OnStartTLS not called", good)
+		}
+		c.Close()
+		s.Close()
+	}
+}
+
 func selfSigned(t *testing.T) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
