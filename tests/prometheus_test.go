@@ -220,6 +220,25 @@ scrape_configs:
 	}
 
 	queries := dashboardQueries(t)
+	// And what this load must have produced, end to end (not only the
+	// series every process starts with at 0).
+	for name, q := range map[string]string{
+		"sent to alpha.test":          `mailfwd_delivery_destination_recipients_total{destination="alpha.test",result="sent"} > 0`,
+		"5xx from alpha.test":         `mailfwd_delivery_destination_recipients_total{destination="alpha.test",result="failed"} > 0`,
+		"4xx from alpha.test":         `mailfwd_delivery_next_hop_recipients_total{next_hop="mx.alpha.test",result="deferred"} > 0`,
+		"failure DSNs":                `mailfwd_dsn_total{kind="failed"} > 0`,
+		"plain-text deliveries":       `mailfwd_delivery_tls_total{tls="none"} > 0`,
+		"250 to sent observed":        `mailfwd_delivery_time_to_final_seconds_count{result="sent"} > 0`,
+		"attempts observed":           `mailfwd_delivery_attempt_duration_seconds_count > 0`,
+		"DATA to 250 observed":        `mailfwd_ingress_data_duration_seconds_count > 0`,
+		"deferred mail queued":        `mailfwd_queue_destination_messages{destination="alpha.test",state="deferred"} > 0`,
+		"its age since arrival":       `mailfwd_queue_destination_oldest_age_seconds{destination="alpha.test",state="deferred"} > 0`,
+		"one queue-metrics leader":    `sum(mailfwd_queue_stats_leader) == 1`,
+		"NATS and body store up":      `count(mailfwd_dependency_up == 1) == 4`,
+		"ingress replies 2xx counted": `mailfwd_ingress_replies_total{class="2xx"} > 0`,
+	} {
+		queries["load "+name] = q
+	}
 	for k, v := range ruleQueries(t, rules) {
 		queries[k] = v
 	}

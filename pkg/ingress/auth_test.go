@@ -53,7 +53,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
+func startAuth(t testing.TB, withUsers bool, maxFailures int, mutate ...func(*ingress.Config)) *authFixture {
 	t.Helper()
 	files := map[string][]byte{"access": []byte(authAccess)}
 	if withUsers {
@@ -81,6 +81,9 @@ func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
 		c.Auth = &smtpauth.Authenticator{Verifier: smtpauth.NewVerifier(2), Budget: budget, Log: log.With("component", "ingress")}
 		c.Users = func() *smtpauth.Users { return pol.Users }
 		c.Logger = log
+		for _, m := range mutate {
+			m(c)
+		}
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -122,6 +122,7 @@ func (s *Server) admit(c net.Conn) *conn {
 	s.cfg.Metrics.Sessions(open)
 	if refusal != "" {
 		s.cfg.Metrics.LimitRefused(limit)
+		s.cfg.Metrics.Reply(421)
 		s.log.Warn(why+"; refused connection", "client", ap.Addr().Unmap().String(),
 			"max_sessions", s.cfg.MaxSessions, "max_sessions_per_client", s.cfg.MaxSessionsPerClient,
 			"max_connections_per_client_per_minute", s.cfg.MaxConnectionsPerClientPerMinute)

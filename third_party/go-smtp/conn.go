@@ -1381,10 +1381,10 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	} else {
 		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
-	w.Flush()
 	if c.server.OnReply != nil {
-		c.server.OnReply(code)
+		c.server.OnReply(code) // before the peer can see the reply
 	}
+	w.Flush()
 
 	if code >= 400 && code != 421 && c.server.MaxErrors > 0 {
 		c.errReplies++
