@@ -205,7 +205,7 @@ func newQueueStats(g *globals) *cobra.Command {
 	var out printer
 	cmd := &cobra.Command{
 		Use:   "stats",
-		Short: "Count queued messages by state and domain, with the oldest age (from subject counts, no scan)",
+		Short: "Count queued messages by state and domain, with the oldest one's age since arrival (from subject counts, no scan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := out.validate(); err != nil {
