@@ -89,26 +89,45 @@ func TestConnectionRateRefusalIsCounted(t *testing.T) {
 	}
 }
 
+// Refusals by the whole in-flight budget are counted (the client's share:
+// TestInFlightLimitNames).
 func TestInFlightRefusalIsCounted(t *testing.T) {
-	m := telemetry.NewMetrics()
-	f := start(t, func(c *ingress.Config) {
-		c.Metrics = m
-		c.InlineBodyMax = 64 << 10
-		c.MaxInFlightBytes = 150 << 10 // one streaming message fits, a second does not
-	})
-	a := dial(t, f.addr)
-	openData(a)
-	writeRaw(t, a, "Subject: a\r\n\r\n"+strings.Repeat(strings.Repeat("x", 1000)+"\r\n", 100))
-	waitFor(t, func() bool { return f.srv.InFlightBytes() > 96<<10 })
-	b := dial(t, f.addr)
-	openData(b)
-	if r := b.sendRest("Subject: b\r\n\r\nbody\r\n"); r.Code != 452 {
-		t.Fatalf("over the in-flight budget got %v, want 452", r)
-	}
-	writeRaw(t, a, ".\r\n")
-	queueID(t, a.read())
-	if got := metric(t, m, `mailfwd_ingress_limit_refusals_total{limit="in_flight_bytes"}`); got != 1 {
-		t.Errorf("in_flight_bytes refusals = %v, want 1", got)
+	for _, tc := range []struct {
+		limit, second string // the limit that refuses; the second client's address
+		whole         int64
+	}{
+		{"in_flight_bytes", "127.0.0.2", 150 << 10},
+	} {
+		t.Run(tc.limit, func(t *testing.T) {
+			m := telemetry.NewMetrics()
+			f := start(t, func(c *ingress.Config) {
+				c.Metrics = m
+				c.InlineBodyMax = 64 << 10
+				c.MaxInFlightBytes = tc.whole           // 0: the default, far above the share
+				c.MaxInFlightBytesPerClient = 150 << 10 // one streaming message fits, a second does not
+			})
+			body := "Subject: a\r\n\r\n" + strings.Repeat(strings.Repeat("x", 1000)+"\r\n", 100)
+			a := dial(t, f.addr)
+			openData(a)
+			writeRaw(t, a, body)
+			waitFor(t, func() bool { return f.srv.InFlightBytes() > 96<<10 })
+			b := dialFrom(t, tc.second, f.addr)
+			openData(b)
+			if r := b.sendRest(body); r.Code != 452 {
+				t.Fatalf("over the in-flight budget got %v, want 452", r)
+			}
+			writeRaw(t, a, ".\r\n")
+			queueID(t, a.read())
+			for _, l := range []string{"in_flight_bytes", "in_flight_bytes_per_client"} {
+				want := 0.0
+				if l == tc.limit {
+					want = 1
+				}
+				if got := metric(t, m, `mailfwd_ingress_limit_refusals_total{limit="`+l+`"}`); got != want {
+					t.Errorf("%s refusals = %v, want %v", l, got, want)
+				}
+			}
+		})
 	}
 }
 
