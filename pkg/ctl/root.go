@@ -88,6 +88,7 @@ func newBootstrap(g *globals) *cobra.Command {
 	var blobURL string
 	var ackWait time.Duration
 	var replicas int
+	var migrate bool
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
 		Short: "Create or update the JetStream stream, consumer and KV bucket, and the body store bucket (idempotent)",
@@ -102,7 +103,11 @@ func newBootstrap(g *globals) *cobra.Command {
 				return err
 			}
 			defer q.Close()
-			if err := q.Bootstrap(ctx); err != nil {
+			boot := q.Bootstrap
+			if migrate {
+				boot = func(ctx context.Context) error { return q.Migrate(ctx, g.out) }
+			}
+			if err := boot(ctx); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", queue.RedactURL(g.natsURL))
@@ -122,6 +127,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store URL to bootstrap too (env MAILFWD_BLOB_STORE)")
 	cmd.Flags().DurationVar(&ackWait, "ack-wait", 2*time.Minute, "ack wait of the workers' consumer")
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
+	cmd.Flags().BoolVar(&migrate, "migrate", false, "move the queue out of a stream that lets publishers remove or multiply mail "+
+		"(made by an earlier release: schedules on) into a new one; resumable (docs/nats-security.md)")
 	return cmd
 }
 
