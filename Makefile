@@ -26,7 +26,8 @@ CYCLONEDX      := $(TOOLS_DIR)/cyclonedx-gomod-$(CYCLONEDX_VERSION)
 TEST_TIMEOUT ?= 15m
 TEST_ENV := MAILFWD_MINIO_BIN=$(MINIO) MAILFWD_REQUIRE_MINIO=1 MAILFWD_NATS_SERVER_BIN=$(NATS_SERVER) \
 	MAILFWD_KUBE_BIN_DIR=$(TOOLS_DIR) MAILFWD_REQUIRE_KUBE=1 MAILFWD_HELM_BIN=$(HELM) MAILFWD_REQUIRE_MAILX=1 MAILFWD_REQUIRE_SWAKS=1 \
-	MAILFWD_CYCLONEDX_BIN=$(CYCLONEDX) MAILFWD_REQUIRE_HAPROXY=1
+	MAILFWD_CYCLONEDX_BIN=$(CYCLONEDX) MAILFWD_REQUIRE_HAPROXY=1 \
+	MAILFWD_REQUIRE_PROMETHEUS=1
 # The release in `version` output (pkg/control.Version); make build VERSION=v1.2.3.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # Release-style builds: no local paths in the binaries (-trimpath), no symbol
@@ -122,9 +123,20 @@ mail-clients: ## Install the real mail clients the tests drive (bsd-mailx, uuenc
 haproxy: ## Install HAProxy from Debian (the PROXY protocol tests run it on loopback)
 	@command -v haproxy >/dev/null 2>&1 || { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy; }
 
+.PHONY: prometheus
+prometheus: ## Install Prometheus and promtool from Debian (the alert-rule tests and the dashboard/rules query test)
+	@{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || \
+	  { apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+
+.PHONY: test-rules
+test-rules: prometheus ## Check the chart's alert rules and run their unit tests (promtool check rules, promtool test rules)
+	promtool check rules charts/mailfwd/files/alerts.yaml
+	promtool test rules tests/rules/alerts_test.yaml
+
 .PHONY: test
-test: tools mail-clients haproxy ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), vet and gofmt
+test: tools mail-clients haproxy prometheus ## Run every test: unit, integration (real NATS, MinIO, DNS, SMTP on loopback), alert rules, vet and gofmt
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory test-rules
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory test-go-smtp
 
@@ -140,7 +152,7 @@ test-unit: ## Run the package tests only (no tests/ suite)
 	$(TEST_ENV) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
 
 .PHONY: test-integration
-test-integration: tools mail-clients haproxy ## Run the end-to-end suite in tests/
+test-integration: tools mail-clients haproxy prometheus ## Run the end-to-end suite in tests/
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
 
 .PHONY: bench

@@ -524,6 +524,14 @@ func testPipelineWithUsers(t *testing.T, url string) {
 	waitFor(t, "ingress and worker see that every worker reads raw inline bodies", 30*time.Second, func() bool {
 		return strings.Count(e.logs.String(), "inline bodies are written as raw bytes") >= 2
 	})
+	// The worker computes the fleet's queue metrics under its own grants
+	// (the lease in MAIL_REFS, the stream's subject counts).
+	waitFor(t, "the worker takes the queue-metrics lease", 30*time.Second, func() bool {
+		return strings.Contains(e.logs.String(), `msg="queue metrics: lease changed" leader=true`)
+	})
+	if l := e.logs.String(); strings.Contains(l, `msg="queue metrics: stats"`) || strings.Contains(l, `msg="queue metrics: lease"`) {
+		t.Fatalf("the queue metrics failed under the worker's grants:\n%s", l)
+	}
 	if strings.Contains(strings.ToLower(e.logs.String()), "permissions violation") {
 		t.Fatalf("a daemon hit a permissions violation:\n%s", e.logs.String())
 	}

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -203,7 +205,7 @@ func newQueueStats(g *globals) *cobra.Command {
 	var out printer
 	cmd := &cobra.Command{
 		Use:   "stats",
-		Short: "Count queued messages by state and domain, with the oldest age (from subject counts, no scan)",
+		Short: "Count queued messages by state and domain, with the oldest one's age since arrival (from subject counts, no scan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := out.validate(); err != nil {
@@ -453,13 +455,44 @@ func newQueueFlush(g *globals) *cobra.Command {
 					p.tick()
 				}
 				fmt.Fprintf(g.out, "matched %d deferred envelopes, made %d due now%s\n", len(entries), changed, dry(of.dryRun))
-				return nil
+				return heldNote(ctx, g, q, f, len(entries))
 			})
 		},
 	}
 	ff.register(cmd, false)
 	of.register(cmd, false)
 	return cmd
+}
+
+// heldNote tells a flush that held mail matched too: flush leaves it where
+// it is, a release moves it. With nothing deferred matched and some held,
+// the flush did nothing the operator asked for: exit 1.
+func heldNote(ctx context.Context, g *globals, q *queue.Queue, f queue.Filter, deferred int) error {
+	f.States = []queue.State{queue.StateHeld}
+	n, domains := 0, map[string]bool{}
+	if err := q.Scan(ctx, f, func(e queue.Entry) error {
+		n++
+		domains[e.Domain()] = true
+		return nil
+	}); err != nil || n == 0 {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(domains))
+	shown := names[:min(len(names), 5)]
+	more := ""
+	if len(names) > len(shown) {
+		more = fmt.Sprintf(" and %d more domains", len(names)-len(shown))
+	}
+	how := "`mailfwdctl queue release --domain " + names[0] + "`"
+	if len(names) > 1 {
+		how += " (one per domain)"
+	}
+	fmt.Fprintf(g.out, "%d matching envelopes are held (%s%s): flush leaves held mail alone; release it with %s\n",
+		n, strings.Join(shown, ", "), more, how)
+	if deferred == 0 {
+		return &ExitError{Code: ExitFailure, Err: fmt.Errorf("nothing flushed: the matching mail is held")}
+	}
+	return nil
 }
 
 func dry(d bool) string {

@@ -518,6 +518,7 @@ func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, a
 		return
 	}
 	h := config.NewHealth(addr, checks)
+	telemetry.RegisterDependencies(m, checks)
 	h.Handle("/metrics", m.Handler())
 	if pprofOn {
 		h.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))

@@ -56,6 +56,7 @@ type Worker struct {
 	Engine         worker.Config
 	TLS            WorkerTLS
 	Sweep          SweepConfig
+	QueueMetrics   QueueMetricsConfig
 	Trace          smtptrace.Limits // --trace-*: mailfwdctl trace --destination
 }
 
@@ -124,11 +125,12 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.Engine.CongestedConcurrency, "congested-concurrency", 0, "deliveries all congested next hops together may hold in this process (stuck ones beyond it are handed back), so healthy mail always has slots; below --concurrency (0: --concurrency/4)")
 	config.DurationVar(fs, &o.Sweep.Interval, "orphan-sweep-interval", 15*time.Minute, "how often to remove bodies and refs that no queued envelope refers to; 0 disables")
 	config.DurationVar(fs, &o.Sweep.MinAge, "orphan-min-age", time.Hour, "only bodies and refs older than this can be orphans (longer than any accept takes)")
+	o.QueueMetrics.register(fs)
 }
 
 // Validate checks the configuration before anything starts.
 func (o *Worker) Validate() error {
-	errs := []error{o.Common.validate()}
+	errs := []error{o.Common.validate(), o.QueueMetrics.validate()}
 	if o.SMTPPort == 0 || o.SMTPPort > 65535 {
 		errs = append(errs, errors.New("--smtp-port must be 1-65535"))
 	}
@@ -521,6 +523,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	})
 	// Inline bodies go raw only once every worker reads that form.
 	g.Go(func() error { q.WatchEnvelopeReaders(gctx, 5*time.Second, log); return nil })
+	o.QueueMetrics.start(g, gctx, q, metrics, log)
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
 }

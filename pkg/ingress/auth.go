@@ -81,6 +81,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // authReply maps an AUTH outcome to its reply; an *smtpauth.Error with
 // Close (the failure budget is spent) ends the session after the reply.
 func (ss *session) authReply(err error) error {
+	ss.s.cfg.Metrics.AuthFailed(authFailureReason(err))
 	var ae *smtpauth.Error
 	if errors.As(err, &ae) && ae.Close {
 		if wire := wireOf(ss.conn.Conn()); wire != nil {

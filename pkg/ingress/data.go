@@ -54,6 +54,7 @@ var (
 // through a signer, whose header buffer is counted too; the signature goes
 // into the envelopes, the body is stored as received.
 func (ss *session) Data(r io.Reader) (err error) {
+	start := time.Now()
 	if !ss.s.cfg.RepanicForTests {
 		defer func() {
 			if p := recover(); p != nil {
@@ -173,6 +174,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 		return reply(err, ss.qid)
 	}
 	ss.s.cfg.Metrics.Message("accepted")
+	ss.s.cfg.Metrics.DataAccepted(start)
 	return ss.queued()
 }
 
@@ -189,6 +191,7 @@ func (ss *session) inputError(wire *conn, err error) error {
 	case errors.Is(err, errTooManyHops):
 		ss.s.log.Info(ss.qid+": too many hops; refused", "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "max_hops", ss.s.cfg.MaxHops)
 		ss.s.cfg.Metrics.Message("rejected")
+		ss.s.cfg.Metrics.LimitRefused("hops")
 		return reply(errTooManyHops, ss.qid)
 	case errors.Is(err, smtp.ErrDataTooLarge):
 		ss.s.cfg.Metrics.Message("rejected")
@@ -221,6 +224,7 @@ func (ss *session) budgetSpent(err error) error {
 	ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr,
 		"max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes, "max_in_flight_bytes_per_client", ss.s.cfg.MaxInFlightBytesPerClient, "err", err)
 	ss.s.cfg.Metrics.Message("tempfail")
+	ss.s.cfg.Metrics.LimitRefused(inFlightLimit(err))
 	return reply(errNoBufferSpace, ss.qid)
 }
 

@@ -269,6 +269,8 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	srv.MaxRecipientOvershoot = cfg.MaxRecipientOvershoot
 	srv.MaxDataLineLength = cfg.MaxDataLineLength
 	srv.MaxErrors = cfg.MaxErrorsPerSession
+	srv.OnReply, srv.OnErrorBudgetSpent = cfg.Metrics.Reply, func() { cfg.Metrics.LimitRefused("error_budget") }
+	srv.OnStartTLS = cfg.Metrics.StartTLS
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.TLSConfig = cfg.TLSConfig

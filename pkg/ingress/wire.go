@@ -106,17 +106,17 @@ func (s *Server) admit(c net.Conn, tlsCfg *tls.Config) *conn {
 			break
 		}
 	}
-	var refusal, why string
+	var refusal, why, limit string
 	switch {
 	case s.sessions >= s.cfg.MaxSessions:
-		refusal, why = "421 4.3.2 "+s.cfg.Hostname+" Too many sessions, try again later", "session limit reached"
+		refusal, why, limit = "421 4.3.2 "+s.cfg.Hostname+" Too many sessions, try again later", "session limit reached", "sessions"
 	case exempt:
 		s.sessions++
 		cs.sessions++
 	case cs.sessions >= s.cfg.MaxSessionsPerClient:
-		refusal, why = "421 4.7.0 "+s.cfg.Hostname+" Error: too many sessions from "+ap.Addr().Unmap().String(), "per-client session limit reached"
+		refusal, why, limit = "421 4.7.0 "+s.cfg.Hostname+" Error: too many sessions from "+ap.Addr().Unmap().String(), "per-client session limit reached", "sessions_per_client"
 	case cs.limiter != nil && !cs.limiter.AllowN(now, 1):
-		refusal, why = "421 4.7.0 "+s.cfg.Hostname+" Error: too many connections from "+ap.Addr().Unmap().String(), "per-client connection rate limit reached"
+		refusal, why, limit = "421 4.7.0 "+s.cfg.Hostname+" Error: too many connections from "+ap.Addr().Unmap().String(), "per-client connection rate limit reached", "connection_rate"
 	default:
 		s.sessions++
 		cs.sessions++
@@ -125,6 +125,8 @@ func (s *Server) admit(c net.Conn, tlsCfg *tls.Config) *conn {
 	s.mu.Unlock()
 	s.cfg.Metrics.Sessions(open)
 	if refusal != "" {
+		s.cfg.Metrics.LimitRefused(limit)
+		s.cfg.Metrics.Reply(421)
 		s.log.Warn(why+"; refused connection", "client", ap.Addr().Unmap().String(),
 			"max_sessions", s.cfg.MaxSessions, "max_sessions_per_client", s.cfg.MaxSessionsPerClient,
 			"max_connections_per_client_per_minute", s.cfg.MaxConnectionsPerClientPerMinute)

@@ -248,12 +248,18 @@ type DomainCount struct {
 	Domain string        `json:"domain"`
 	Counts map[State]int `json:"counts"`
 	Total  int           `json:"total"`
+	// Oldest is the earliest arrival per state, for the destinations
+	// StatsTop was asked to age (the busiest ones); empty for the others.
+	Oldest map[State]time.Time `json:"oldest,omitempty"`
 }
 
-// Stats summarises the queue without reading envelopes (subject counts).
+// Stats summarises the queue from subject counts, reading only a few
+// envelopes for the ages (see ages.go).
 type Stats struct {
-	Total    int                 `json:"total"`
-	ByState  map[State]int       `json:"by_state"`
+	Total   int           `json:"total"`
+	ByState map[State]int `json:"by_state"`
+	// Oldest is the earliest arrival (the 250) of each state's envelopes,
+	// however often they were deferred or moved since.
 	Oldest   map[State]time.Time `json:"oldest"`
 	ByDomain []DomainCount       `json:"by_domain"`
 	Holds    []Hold              `json:"holds"`
@@ -265,13 +271,20 @@ type Stats struct {
 	domains   map[string]*DomainCount
 }
 
-// Stats counts envelopes by state and domain.
-func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
+// Stats counts envelopes by state and domain, with each state's oldest
+// arrival.
+func (q *Queue) Stats(ctx context.Context) (*Stats, error) { return q.StatsTop(ctx, 0) }
+
+// StatsTop is Stats that also finds the oldest arrival per state of the
+// topK destinations with the most mail (DomainCount.Oldest): at most one
+// envelope read per state for each.
+func (q *Queue) StatsTop(ctx context.Context, topK int) (*Stats, error) {
 	st, err := q.js.Stream(ctx, q.cfg.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
 	}
 	s := &Stats{ByState: map[State]int{}, Oldest: map[State]time.Time{}, domains: map[string]*DomainCount{}}
+	subjects := map[State][]subjectCount{}
 	for _, state := range AllStates {
 		info, err := st.Info(ctx, jetstream.WithSubjectFilter(state.prefix()+".>"))
 		if err != nil {
@@ -279,6 +292,7 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 		}
 		for subj, n := range info.State.Subjects {
 			d := domainOfSubject(state, subj)
+			subjects[state] = append(subjects[state], subjectCount{subject: subj, domain: d, n: int(n), idTime: idTime(state, subj)})
 			dc := s.domains[d]
 			if dc == nil {
 				dc = &DomainCount{Domain: d, Counts: map[State]int{}}
@@ -290,8 +304,8 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 			s.Total += int(n)
 		}
 		if s.ByState[state] > 0 {
-			if raw, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(state.prefix()+".>")); err == nil {
-				s.Oldest[state] = raw.Time
+			if t := oldestOf(ctx, st, state, subjects[state]); !t.IsZero() {
+				s.Oldest[state] = t
 			}
 		}
 	}
@@ -309,6 +323,26 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 		}
 		return s.ByDomain[i].Domain < s.ByDomain[j].Domain
 	})
+	top := s.ByDomain[:min(topK, len(s.ByDomain))]
+	mine := map[string]map[State][]subjectCount{}
+	for _, dc := range top {
+		mine[dc.Domain] = map[State][]subjectCount{}
+	}
+	for state, subs := range subjects {
+		for _, sc := range subs {
+			if m := mine[sc.domain]; m != nil {
+				m[state] = append(m[state], sc)
+			}
+		}
+	}
+	for i := range top {
+		top[i].Oldest = map[State]time.Time{}
+		for state, subs := range mine[top[i].Domain] {
+			if t := oldestOf(ctx, st, state, subs); !t.IsZero() {
+				top[i].Oldest[state] = t
+			}
+		}
+	}
 	if c, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.Consumer); err == nil {
 		if ci, err := c.Info(ctx); err == nil {
 			s.Pending, s.InFlight = ci.NumPending, ci.NumAckPending

@@ -28,7 +28,7 @@ type fixture struct {
 	js   jetstream.JetStream // the test's own view of the stream
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t testing.TB) *fixture {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -24,6 +24,7 @@ type Metrics struct {
 	dsns          *prometheus.CounterVec
 	sessions      prometheus.Gauge
 	failed        prometheus.Counter
+	obs           *observe
 }
 
 // NewMetrics registers mailfwd's metrics and the Go/process collectors.
@@ -31,7 +32,7 @@ func NewMetrics() *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &Metrics{reg: reg}
+	m := &Metrics{reg: reg, obs: newObserve(reg)}
 	m.policyReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailfwd_policy_reloads_total", Help: "Policy loads, by result (ok, failed: the last good policy stays in force).",
 	}, []string{"result"})
@@ -62,6 +63,22 @@ func NewMetrics() *Metrics {
 	m.failed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mailfwd_worker_failed_total", Help: "Envelopes moved to the terminal failed state after too many failed handlings (mailfwdctl queue list --state failed).",
 	})
+	// Every result at 0 from the start: rules and panels have series.
+	for _, r := range DeliveryResults {
+		m.deliveries.WithLabelValues(r)
+	}
+	for _, r := range []string{"accepted", "tempfail", "rejected", "discarded"} {
+		m.messages.WithLabelValues(r)
+	}
+	for _, r := range []string{"accepted", "rejected"} {
+		m.recipients.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.policyReloads.WithLabelValues(r)
+	}
+	for _, k := range []string{"failed", "delayed"} {
+		m.dsns.WithLabelValues(k)
+	}
 	for _, c := range []prometheus.Collector{m.failed, m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
 		f(c)
 	}
@@ -104,10 +121,11 @@ func (m *Metrics) Recipient(result string) {
 	}
 }
 
-// Delivery records one recipient attempt.
-func (m *Metrics) Delivery(result string) {
+// Delivery records one recipient attempt (result: one of DeliveryResults).
+func (m *Metrics) Delivery(result string, a Attempt) {
 	if m != nil {
 		m.deliveries.WithLabelValues(result).Inc()
+		m.attempted(result, a)
 	}
 }
 

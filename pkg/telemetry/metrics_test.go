@@ -13,7 +13,7 @@ func TestMetricsExposition(t *testing.T) {
 	m.Message("accepted")
 	m.Message("accepted")
 	m.Recipient("rejected")
-	m.Delivery("deferred")
+	m.Delivery("deferred", Attempt{Destination: "example.com"})
 	m.PolicyReload(true, "v1")
 	m.PolicyReload(false, "")
 	m.HandBack()

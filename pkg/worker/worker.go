@@ -655,6 +655,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	if out != nil {
 		remote = strings.Trim(out.Hop.Name, "[]")
 	}
+	w.cfg.Metrics.Transaction(ended.Sub(started), outcomeTLS(out))
 	for _, r := range results {
 		st := r.status
 		if r.known {
@@ -684,23 +685,24 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		next := r.rcpt
 		next.Attempts++
 		next.LastError = diag
+		obs := telemetry.Attempt{Destination: e.Domain, NextHop: a.RelayHost, Arrived: e.Arrived, Ended: ended}
 		switch {
 		case st.Delivered():
-			w.cfg.Metrics.Delivery("sent")
+			w.cfg.Metrics.Delivery("sent", obs)
 			text := out.Reply
 			if text == "" {
 				text = st.Text
 			}
 			a.Stat = "Sent (" + text + ")"
 		case st.Permanent():
-			w.cfg.Metrics.Delivery("failed")
+			w.cfg.Metrics.Delivery("failed", obs)
 			a.Stat = fmt.Sprintf("Failed: %s", replyText(st))
 			dr.Action = dsn.Failed
 			failed = append(failed, dr)
 			next.Status = st.Enhanced
 			undone = append(undone, next)
 		case expired:
-			w.cfg.Metrics.Delivery("expired")
+			w.cfg.Metrics.Delivery("expired", obs)
 			a.Stat = fmt.Sprintf("Failed: Cannot send message for %s: %s", humanDuration(ended.Sub(e.Arrived)), replyText(st))
 			a.DSN = "4.4.7"
 			dr.Action, dr.Status = dsn.Failed, "4.4.7"
@@ -708,7 +710,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			next.Status = "4.4.7"
 			undone = append(undone, next)
 		default:
-			w.cfg.Metrics.Delivery("deferred")
+			w.cfg.Metrics.Delivery("deferred", obs)
 			a.Stat = "Deferred: " + replyText(st)
 			remaining = append(remaining, next)
 			undone = append(undone, next)

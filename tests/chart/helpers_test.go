@@ -121,6 +121,7 @@ func renderings(t testing.TB) []rendering {
 		{name: "worker-hpa-no-job", args: []string{"--set", "worker.autoscaling.enabled=true,bootstrap.job.enabled=false,ingress.autoscaling.enabled=false,ingress.service.type=ClusterIP,ingress.pdb.maxUnavailable=1"}},
 		{name: "proxy-protocol", args: []string{"--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}"}},
 		{name: "monitoring-and-netpol", args: []string{"--set", "serviceMonitor.enabled=true,networkPolicy.enabled=true,ingress.service.submission.enabled=true"}},
+		{name: "alerts-and-dashboard", args: []string{"--set", "prometheusRule.enabled=true,grafanaDashboard.enabled=true"}},
 	}
 	examples, err := filepath.Glob(filepath.Join(chartDir(t), "examples", "*.yaml"))
 	if err != nil || len(examples) == 0 {

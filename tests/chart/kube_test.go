@@ -17,14 +17,14 @@ import (
 func startKube(t *testing.T) *testenv.Kube {
 	t.Helper()
 	k := testenv.StartKube(t)
-	for _, crd := range []string{"keda.sh_scaledobjects.yaml", "monitoring.coreos.com_servicemonitors.yaml"} {
+	for _, crd := range []string{"keda.sh_scaledobjects.yaml", "monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"} {
 		// Large CRDs exceed the last-applied annotation: server-side apply.
 		if out, err := k.Kubectl(t, "apply", "--server-side", "-f", filepath.Join("testdata", crd)); err != nil {
 			t.Fatalf("install CRD %s: %v\n%s", crd, err, out)
 		}
 	}
 	if out, err := k.Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/scaledobjects.keda.sh", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+		"crd/scaledobjects.keda.sh", "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com"); err != nil {
 		t.Fatalf("CRDs not established: %v\n%s", err, out)
 	}
 	if out, err := k.Kubectl(t, "create", "namespace", namespace); err != nil {

@@ -976,7 +976,11 @@ func (c *Conn) handleStartTLS() {
 	// Upgrade to TLS
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
 
-	if err := tlsConn.Handshake(); err != nil {
+	err := tlsConn.Handshake()
+	if c.server.OnStartTLS != nil {
+		c.server.OnStartTLS(err)
+	}
+	if err != nil {
 		c.writeResponse(550, EnhancedCode{5, 0, 0}, "Handshake error")
 		return
 	}
@@ -1400,11 +1404,17 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	} else {
 		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
+	if c.server.OnReply != nil {
+		c.server.OnReply(code) // before the peer can see the reply
+	}
 	w.Flush()
 
 	if code >= 400 && code != 421 && c.server.MaxErrors > 0 && !c.excused {
 		c.errReplies++
 		if c.errReplies >= c.server.MaxErrors {
+			if c.server.OnErrorBudgetSpent != nil {
+				c.server.OnErrorBudgetSpent()
+			}
 			c.writeResponse(421, EnhancedCode{4, 7, 0}, c.server.Domain+" Error: too many errors")
 			c.Close()
 		}

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -85,7 +86,14 @@ func TestQuotedLocalPartVerbatim(t *testing.T) {
 }
 
 func TestMaxErrors(t *testing.T) {
-	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxErrors = 3 })
+	var mu sync.Mutex
+	var codes []int
+	spent := 0
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.MaxErrors = 3
+		s.OnReply = func(code int) { mu.Lock(); codes = append(codes, code); mu.Unlock() }
+		s.OnErrorBudgetSpent = func() { mu.Lock(); spent++; mu.Unlock() }
+	})
 	defer s.Close()
 	defer c.Close()
 	var got []string
@@ -105,6 +113,12 @@ func TestMaxErrors(t *testing.T) {
 	}
 	if scanner.Scan() {
 		t.Fatalf("connection still open: %q", scanner.Text())
+	}
+	// The hooks saw every reply (the greeting too) and the spent budget once.
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{220, 250, 503, 503, 250, 500, 421}; fmt.Sprint(codes) != fmt.Sprint(want) || spent != 1 {
+		t.Fatalf("OnReply saw %v, OnErrorBudgetSpent %d times; want %v and 1", codes, spent, want)
 	}
 }
 
@@ -259,6 +273,39 @@ func TestWrapTLSConn(t *testing.T) {
 	all := strings.Join(caps, "\n")
 	if strings.Contains(all, "STARTTLS") || !strings.Contains(all, "AUTH PLAIN") {
 		t.Fatalf("through the wrapper the session must count as TLS (AUTH offered, no STARTTLS):\n%s", all)
+	}
+}
+
+// Patch 18: Server.OnStartTLS sees each STARTTLS handshake's result.
+func TestOnStartTLS(t *testing.T) {
+	keypair := selfSigned(t)
+	results := make(chan error, 2)
+	for _, good := range []bool{true, false} {
+		_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+			s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{keypair}}
+			s.OnStartTLS = func(err error) { results <- err }
+		})
+		io.WriteString(c, "STARTTLS\r\n")
+		if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "220 ") {
+			t.Fatalf("STARTTLS reply %q", scanner.Text())
+		}
+		if good {
+			if err := tls.Client(c, &tls.Config{InsecureSkipVerify: true}).Handshake(); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			io.WriteString(c, "this is no TLS record\r\n")
+		}
+		select {
+		case err := <-results:
+			if (err == nil) != good {
+				t.Errorf("handshake good=%v: OnStartTLS(%v)", good, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handshake good=%v: OnStartTLS not called", good)
+		}
+		c.Close()
+		s.Close()
 	}
 }
 

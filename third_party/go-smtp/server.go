@@ -43,6 +43,15 @@ type Server struct {
 	MaxRecipientOvershoot int
 	// mailfwd: the line length limit while DATA is read (0: MaxLineLength).
 	MaxDataLineLength int
+	// OnReply, when set, is called with the code of every reply sent
+	// (mailfwd: replies by class, a metric).
+	OnReply func(code int)
+	// OnErrorBudgetSpent, when set, is called when MaxErrors closes a
+	// session (mailfwd: a metric of the limit's refusals).
+	OnErrorBudgetSpent func()
+	// OnStartTLS, when set, is called with the result of every STARTTLS
+	// handshake (mailfwd: TLS outcomes, a metric).
+	OnStartTLS func(err error)
 	// WrapTLSConn, when set, is called after a successful STARTTLS handshake
 	// with the new *tls.Conn and the conn it runs over; the conn it returns
 	// is used for the rest of the session (mailfwd: a trace recorder goes

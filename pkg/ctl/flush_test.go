@@ -1,0 +1,97 @@
+package ctl_test
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/xid"
+
+	"github.com/mailfwd/mailfwd/pkg/ctl"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
+)
+
+// Issue 20 defect 5: flush on a held domain said "matched 0 deferred
+// envelopes" and exited 0; nothing said the mail is held. It now says how
+// many are held and how to release them, and exits 1 (nothing was flushed).
+func TestFlushOnHeldDomainSaysItIsHeld(t *testing.T) {
+	n := testenv.StartNATS(t)
+	bootstrap(t, n.URL(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if _, err := q.SetHold(ctx, "held.test", "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "held.test",
+			Recipients: []envelope.Recipient{{Addr: "r@held.test"}}, Body: []byte("x\r\n"), Size: 3, Parts: 1,
+			Arrived: time.Now().UTC()}
+		if err := q.MoveToHeld(ctx, e, strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustCtl(t, ctl.ExitFailure, "--nats-url", n.URL(), "queue", "flush", "--domain", "held.test")
+	for _, want := range []string{
+		"matched 0 deferred envelopes, made 0 due now",
+		"2 matching envelopes are held (held.test)",
+		"mailfwdctl queue release --domain held.test",
+	} {
+		if !strings.Contains(r.out+r.errOut, want) {
+			t.Errorf("flush on a held domain lacks %q:\n%s", want, r)
+		}
+	}
+	// A domain with nothing held and nothing deferred: nothing to say, exit 0.
+	r = mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", "flush", "--domain", "other.test")
+	if strings.Contains(r.out+r.errOut, "held") {
+		t.Errorf("flush of an empty domain mentions held mail:\n%s", r)
+	}
+}
+
+// Issue 20 defect 1, as the operator sees it: a message that arrived three
+// hours ago and was deferred again and again shows its arrival as the
+// oldest, not its last deferral.
+func TestQueueStatsOldestSinceArrival(t *testing.T) {
+	n := testenv.StartNATS(t)
+	bootstrap(t, n.URL(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	arrived := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	e := &envelope.Envelope{QueueID: xid.NewWithTime(arrived).String(), From: "s@src.test", Domain: "slow.test",
+		Recipients: []envelope.Recipient{{Addr: "r@slow.test"}}, Body: []byte("x\r\n"), Size: 3, Parts: 1, Arrived: arrived}
+	for i := range 5 {
+		if err := q.Defer(ctx, e, time.Now().Add(time.Hour), strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", "stats", "-o", "json")
+	var s struct {
+		Oldest map[string]time.Time `json:"oldest"`
+	}
+	if err := json.Unmarshal([]byte(r.out), &s); err != nil {
+		t.Fatalf("%v\n%s", err, r.out)
+	}
+	if got := s.Oldest["deferred"]; !got.Equal(arrived) {
+		t.Errorf("queue stats: oldest deferred %v, want the arrival %v", got, arrived)
+	}
+	// The table shows three hours, not seconds.
+	r = mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", "stats")
+	if !regexp.MustCompile(`(?m)^deferred\s+1\s+03:0\d:\d\d`).MatchString(r.out) {
+		t.Errorf("queue stats table does not show the age since arrival (3 h):\n%s", r.out)
+	}
+}
