@@ -390,18 +390,22 @@ func (s *Server) accept(ss *session, m *message) error {
 	}
 	span.SetAttributes(attribute.Int64("mailfwd.size", m.size))
 
+	// The receipt line comes before the publish: once an envelope is in the
+	// queue a worker may deliver it (and log "to=… stat=Sent") at once, and
+	// logs are read receipt first. A failed publish is logged after it
+	// under the same queue id ("not queued").
+	maillog.LogReceived(ctx, s.log, maillog.Received{
+		QueueID: ss.qid, From: ss.from, Size: m.size, NRcpts: len(ss.targets), MsgID: msgid,
+		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
+	})
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
 	qctx, qspan := s.tracer.Start(qctx, "queue.publish", trace.WithSpanKind(trace.SpanKindProducer))
 	err := s.queue.Enqueue(qctx, envs)
 	qspan.End()
 	if err != nil {
-		return fail("queue publish failed; answering 451", err)
+		return fail(ss.qid+": not queued: queue publish failed; answering 451", err)
 	}
-	maillog.LogReceived(ctx, s.log, maillog.Received{
-		QueueID: ss.qid, From: ss.from, Size: m.size, NRcpts: len(ss.targets), MsgID: msgid,
-		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
-	})
 	return nil
 }
 

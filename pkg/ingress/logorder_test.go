@@ -1,0 +1,84 @@
+package ingress_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/ingress"
+)
+
+// lines records log messages in the order they are written.
+type lines struct {
+	mu  sync.Mutex
+	msg []string
+}
+
+func (l *lines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *lines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.msg = append(l.msg, r.Message)
+	l.mu.Unlock()
+	return nil
+}
+func (l *lines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *lines) WithGroup(string) slog.Handler      { return l }
+
+func (l *lines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.msg...)
+}
+
+// instantWorker is the fastest worker there could be: the moment the
+// queue holds an envelope, its recipients are delivered and logged.
+type instantWorker struct {
+	ingress.Queue
+	log *slog.Logger
+}
+
+func (w instantWorker) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
+	if err := w.Queue.Enqueue(ctx, envs); err != nil {
+		return err
+	}
+	for _, e := range envs {
+		for _, r := range e.Recipients {
+			w.log.Info(e.QueueID + ": to=<" + r.Addr + ">, stat=Sent (ok)")
+		}
+	}
+	return nil
+}
+
+// Defect 2 of issue 20: the receipt line (from=… nrcpts=) was logged after
+// the envelope was published, so a fast worker's "to=… stat=Sent" line came
+// first. The receipt is logged before any envelope can be delivered.
+func TestReceiptLoggedBeforeDelivery(t *testing.T) {
+	rec := &lines{}
+	log := slog.New(rec)
+	f := startWith(t, func(c *ingress.Config) { c.Logger = log },
+		func(q ingress.Queue) ingress.Queue { return instantWorker{Queue: q, log: log} })
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.example")
+	c.expect(250, "MAIL FROM:<alice@src.test>")
+	c.expect(250, "RCPT TO:<bob@dst.test>")
+	qid := queueID(t, c.sendData("Subject: order\r\n\r\nbody\r\n"))
+
+	from, sent := -1, -1
+	for i, m := range rec.all() {
+		switch {
+		case strings.HasPrefix(m, qid+": from=<alice@src.test>") && from < 0:
+			from = i
+		case strings.HasPrefix(m, qid+": to=<bob@dst.test>") && sent < 0:
+			sent = i
+		}
+	}
+	if from < 0 || sent < 0 {
+		t.Fatalf("want both a receipt and a delivery line for %s: %q", qid, rec.all())
+	}
+	if from > sent {
+		t.Fatalf("delivery line (#%d) logged before the receipt line (#%d): %q", sent, from, rec.all())
+	}
+}
