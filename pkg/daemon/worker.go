@@ -397,6 +397,14 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		case <-time.After(wait):
 		}
 	}
+	pub, err := o.Events.start(q, "worker", log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents(pub) // before q.Close
+	if pub != nil {
+		o.Engine.Events = pub
+	}
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp
 	o.Engine.Hostname = o.Delivery.HeloName

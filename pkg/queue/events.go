@@ -1,0 +1,91 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfwd/mailfwd/pkg/events"
+)
+
+// Defaults of the event stream's retention.
+const (
+	DefaultEventsMaxAge   = 7 * 24 * time.Hour
+	DefaultEventsMaxBytes = 1 << 30
+)
+
+// EventsStreamConfig is the event stream: its own stream, so that its
+// retention (age and size, the oldest events go first) never touches mail.
+func (q *Queue) EventsStreamConfig() jetstream.StreamConfig {
+	maxAge, maxBytes := q.cfg.EventsMaxAge, q.cfg.EventsMaxBytes
+	if maxAge == 0 {
+		maxAge = DefaultEventsMaxAge
+	}
+	if maxBytes == 0 {
+		maxBytes = DefaultEventsMaxBytes
+	}
+	return jetstream.StreamConfig{
+		Name:        q.cfg.EventsStream,
+		Description: "mailfwd delivery and operator events (schema: docs/events.md)",
+		Subjects:    []string{events.Prefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      maxAge,
+		MaxBytes:    maxBytes,
+		MaxMsgSize:  64 << 10,
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.cfg.Replicas,
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+// BootstrapEvents creates the event stream, or updates its retention.
+func (q *Queue) BootstrapEvents(ctx context.Context) error {
+	want := q.EventsStreamConfig()
+	st, err := q.js.Stream(ctx, want.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if _, err := q.js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("queue: create stream %s: %w", want.Name, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("queue: stream %s: %w", want.Name, err)
+	}
+	have := st.CachedInfo().Config
+	if have.Replicas > want.Replicas {
+		want.Replicas = have.Replicas // never lowered here
+	}
+	if have.MaxAge != want.MaxAge || have.MaxBytes != want.MaxBytes || have.Replicas != want.Replicas ||
+		have.MaxMsgSize != want.MaxMsgSize || have.Duplicates != want.Duplicates {
+		if _, err := q.js.UpdateStream(ctx, want); err != nil {
+			return fmt.Errorf("queue: update stream %s: %w", want.Name, err)
+		}
+	}
+	return nil
+}
+
+// StartEvents connects p to this queue's NATS connection: events are
+// published on the same connection as envelopes, so an event emitted before
+// an envelope's publish reaches the server before it.
+func (q *Queue) StartEvents(p *events.Publisher, maxPending int) error {
+	js, err := events.NewJS(q.nc, maxPending, p)
+	if err != nil {
+		return fmt.Errorf("queue: events: %w", err)
+	}
+	p.Start(js)
+	return nil
+}
+
+// EventStream is the event stream, for readers (events tail, the webhook
+// forwarder).
+func (q *Queue) EventStream(ctx context.Context) (jetstream.Stream, error) {
+	st, err := q.js.Stream(ctx, q.cfg.EventsStream)
+	if err != nil {
+		return nil, fmt.Errorf("queue: event stream %s: %w (run mailfwdctl bootstrap)", q.cfg.EventsStream, err)
+	}
+	return st, nil
+}
