@@ -67,7 +67,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g))
-	root.AddCommand(newTraceCmd(g))
+	root.AddCommand(newTraceCmd(g), newEventsCmd(g))
 	return root
 }
 

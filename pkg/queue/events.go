@@ -2,8 +2,10 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,4 +90,30 @@ func (q *Queue) EventStream(ctx context.Context) (jetstream.Stream, error) {
 		return nil, fmt.Errorf("queue: event stream %s: %w (run mailfwdctl bootstrap)", q.cfg.EventsStream, err)
 	}
 	return st, nil
+}
+
+// Identity is the NATS user this connection is, as the server reports it
+// ($SYS.REQ.USER.INFO), for the audit trail; else the configured user or
+// credentials file; "anonymous" when there is none.
+func (q *Queue) Identity(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if m, err := q.nc.RequestWithContext(ctx, "$SYS.REQ.USER.INFO", nil); err == nil {
+		var r struct {
+			Data struct {
+				User    string `json:"user"`
+				Account string `json:"account"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(m.Data, &r) == nil && r.Data.User != "" {
+			return r.Data.User
+		}
+	}
+	switch {
+	case q.cfg.User != "":
+		return q.cfg.User
+	case q.cfg.CredsFile != "":
+		return "creds:" + filepath.Base(q.cfg.CredsFile)
+	}
+	return "anonymous"
 }
