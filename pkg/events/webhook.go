@@ -138,7 +138,10 @@ func (f *Forwarder) Run(ctx context.Context, st jetstream.Stream) error {
 			continue
 		}
 		if !f.deliver(ctx, m, &ev) {
-			return nil // ctx ended; the event stays unacked and comes again
+			// Stopped: the event goes back at once for the next forwarder
+			// (a killed one's comes back after AckWait).
+			_ = m.Nak()
+			return nil
 		}
 		if err := m.DoubleAck(ctx); err != nil && ctx.Err() == nil {
 			// The ack may be lost: the event can be posted once more. The
