@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +76,32 @@ func TestBounceLeavesAFinalLineAndAuditEvents(t *testing.T) {
 	if len(audits) != 1 || audits[0].Action != "queue.bounce" || audits[0].Matched != 1 ||
 		!strings.Contains(audits[0].Target, "qid="+e.QueueID) || audits[0].Actor == "" {
 		t.Fatalf("audit events: %+v, want one queue.bounce that matched 1", audits)
+	}
+}
+
+// A policy write is an audit line naming who made it and what changed, and
+// an audit event when a NATS URL is given.
+func TestPolicyWriteAudited(t *testing.T) {
+	t.Setenv("MAILFWD_POLICY_DIR", "")
+	n := testenv.StartNATS(t)
+	bootstrap(t, n.URL(), 30*time.Second)
+	dir := t.TempDir()
+	src := dir + "/access.in"
+	if err := os.WriteFile(src, []byte("Connect:10.0.0.0/8 RELAY\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := mustCtl(t, 0, "--nats-url", n.URL(), "policy", "set", "access", "-f", src, "--dir", dir+"/policy")
+	if !strings.Contains(r.errOut, "audit: action=policy.set actor=local:") || !strings.Contains(r.errOut, "keys=access") {
+		t.Fatalf("no audit line for the policy write:\n%s", r)
+	}
+	audits := tailJSON(t, n.URL(), "--outcome", "audit")
+	if len(audits) != 1 || audits[0].Action != "policy.set" || !strings.HasPrefix(audits[0].Actor, "local:") ||
+		!strings.Contains(audits[0].Target, "keys=access") {
+		t.Fatalf("audit events: %+v", audits)
+	}
+	// Without a NATS URL the line is still written; nothing is published.
+	r = mustCtl(t, 0, "policy", "add", "access", "Connect:192.0.2.0/24 RELAY", "--dir", dir+"/policy")
+	if !strings.Contains(r.errOut, "audit: action=policy.add") {
+		t.Fatalf("no audit line:\n%s", r)
 	}
 }

@@ -27,6 +27,8 @@ type policyStore interface {
 	// concurrent writer (a conflict error if it changed).
 	Save(ctx context.Context, files map[string][]byte, version string) error
 	Where() string
+	// Who is the user the write is made as, for the audit trail.
+	Who(ctx context.Context) string
 }
 
 var errConflict = errors.New("the policy changed while this command ran")
@@ -40,6 +42,8 @@ type dirStore struct {
 }
 
 func (d dirStore) Where() string { return "directory " + d.dir }
+
+func (d dirStore) Who(context.Context) string { return localUser() }
 
 func (d dirStore) keyList() []string {
 	if d.keys == nil {
@@ -123,7 +127,10 @@ type configMapStore struct {
 	client    kubernetes.Interface
 	namespace string
 	name      string
+	kf        *kubeFlags
 }
+
+func (c configMapStore) Who(ctx context.Context) string { return kubeUser(ctx, c.client, c.kf) }
 
 func (c configMapStore) Where() string {
 	return fmt.Sprintf("ConfigMap %s/%s", c.namespace, c.name)
@@ -212,7 +219,7 @@ func (k *kubeFlags) store() (policyStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return configMapStore{client: cs, namespace: ns, name: k.configMap}, nil
+	return configMapStore{client: cs, namespace: ns, name: k.configMap, kf: k}, nil
 }
 
 // clientset connects as kubectl would, and returns the namespace to use.

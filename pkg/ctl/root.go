@@ -42,8 +42,11 @@ type globals struct {
 	natsStoreDir string
 	natsPassword config.Secret
 	timeout      time.Duration
-	out          io.Writer
-	errOut       io.Writer
+	// natsConfigured: a NATS URL was given (flag or env), so commands that
+	// do not need NATS (policy writes) publish their audit events there.
+	natsConfigured bool
+	out            io.Writer
+	errOut         io.Writer
 }
 
 // NewRoot builds the mailfwdctl command tree.
@@ -54,6 +57,9 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 		Short:         "Operate mailfwd: the queue (mailq, sendmail -q…), test messages, bootstrap",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+	}
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		g.natsConfigured = cmd.Flags().Changed("nats-url") || os.Getenv("MAILFWD_NATS_URL") != ""
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
