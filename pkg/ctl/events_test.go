@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -103,5 +104,36 @@ func TestPolicyWriteAudited(t *testing.T) {
 	r = mustCtl(t, 0, "policy", "add", "access", "Connect:192.0.2.0/24 RELAY", "--dir", dir+"/policy")
 	if !strings.Contains(r.errOut, "audit: action=policy.add") {
 		t.Fatalf("no audit line:\n%s", r)
+	}
+}
+
+// The event stream's retention is configuration, applied at bootstrap and
+// changed by the next one.
+func TestBootstrapEventsRetention(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		age   string
+		bytes string
+		want  time.Duration
+	}{{"1h", "1048576", time.Hour}, {"48h", "2097152", 48 * time.Hour}} {
+		r := mustCtl(t, 0, "--nats-url", n.URL(), "bootstrap", "--events-max-age", c.age, "--events-max-bytes", c.bytes)
+		if !strings.Contains(r.out, "events: stream EVENTS ready") {
+			t.Fatalf("bootstrap output:\n%s", r)
+		}
+		q, err := queue.Connect(ctx, queue.Config{URL: n.URL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := q.EventStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := st.CachedInfo().Config
+		q.Close()
+		if cfg.MaxAge != c.want || fmt.Sprint(cfg.MaxBytes) != c.bytes || cfg.Discard.String() != "DiscardOld" {
+			t.Fatalf("EVENTS after bootstrap --events-max-age %s: max_age %s, max_bytes %d, discard %s", c.age, cfg.MaxAge, cfg.MaxBytes, cfg.Discard)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
@@ -94,6 +95,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	var blobURL string
 	var ackWait time.Duration
 	var replicas int
+	var eventsMaxAge time.Duration
+	var eventsMaxBytes int64
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
 		Short: "Create or update the JetStream stream, consumer and KV bucket, and the body store bucket (idempotent)",
@@ -103,6 +106,7 @@ func newBootstrap(g *globals) *cobra.Command {
 			defer cancel()
 			qc := g.queueConfig()
 			qc.AckWait, qc.Replicas = ackWait, replicas
+			qc.EventsMaxAge, qc.EventsMaxBytes = eventsMaxAge, eventsMaxBytes
 			q, err := queue.Connect(ctx, qc)
 			if err != nil {
 				return err
@@ -112,6 +116,7 @@ func newBootstrap(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", queue.RedactURL(g.natsURL))
+			fmt.Fprintf(g.out, "events: stream %s ready (kept %s, at most %d bytes)\n", events.DefaultStream, eventsMaxAge, eventsMaxBytes)
 			if blobURL != "" {
 				s, err := blob.Open(ctx, blobURL)
 				if err != nil {
@@ -128,6 +133,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store URL to bootstrap too (env MAILFWD_BLOB_STORE)")
 	cmd.Flags().DurationVar(&ackWait, "ack-wait", 2*time.Minute, "ack wait of the workers' consumer")
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
+	cmd.Flags().DurationVar(&eventsMaxAge, "events-max-age", queue.DefaultEventsMaxAge, "retention of the EVENTS stream by age (docs/events.md)")
+	cmd.Flags().Int64Var(&eventsMaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first")
 	return cmd
 }
 
