@@ -116,3 +116,50 @@ func equalTypes(a, b []events.Type) bool {
 	}
 	return true
 }
+
+// Defect 4 of issue 20, in the fleet's logs: after `queue bounce` and
+// `queue purge` the original queue id's last log line says what the
+// operator did (it was stat=Deferred), and the action is logged once with
+// its actor.
+func TestOperatorActionsInTheWorkersLog(t *testing.T) {
+	e := newEnv(t, envOptions{blob: "fs", retryFirst: time.Hour, onRcpt: func(rcpt string, _ int) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Try later"}
+	}})
+	var qids []string
+	for _, rcpt := range []string{"bounce@alpha.test", "purge@alpha.test"} {
+		res := send(e.smtp, "", "", []string{rcpt}, message("stuck", "", "x\r\n"), nil) // null sender: no DSN traffic
+		if res.Err != nil || res.FinalCode != 250 {
+			t.Fatalf("send: %d %v", res.FinalCode, res.Err)
+		}
+		qids = append(qids, res.QueueID)
+		waitFor(t, "the first attempt deferred", 30*time.Second, func() bool {
+			return strings.Contains(e.logs.String(), res.QueueID+": to=<"+rcpt+">") && strings.Contains(e.logs.String(), "stat=Deferred")
+		})
+	}
+	e.mustCtl(t, "queue", "bounce", "-I", qids[0], "--yes", "--blob-store", e.blobURL)
+	e.mustCtl(t, "queue", "purge", "-I", qids[1], "--yes", "--blob-store", e.blobURL)
+
+	want := map[string]string{qids[0]: "stat=Bounced by operator", qids[1]: "stat=Purged by operator"}
+	waitFor(t, "the operator's lines in the workers' log", 30*time.Second, func() bool {
+		logs := e.logs.String()
+		return strings.Count(logs, "audit: action=queue.bounce") >= 1 && strings.Count(logs, "audit: action=queue.purge") >= 1 &&
+			strings.Contains(logs, want[qids[0]]) && strings.Contains(logs, want[qids[1]])
+	})
+	logs := e.logs.String()
+	for qid, w := range want {
+		var last string
+		for _, l := range strings.Split(logs, "\n") {
+			if strings.Contains(l, `msg="`+qid+": ") {
+				last = l
+			}
+		}
+		if !strings.Contains(last, w) {
+			t.Errorf("the last line under %s is %q, want %q", qid, last, w)
+		}
+	}
+	for _, a := range []string{"queue.bounce", "queue.purge"} {
+		if n := strings.Count(logs, "audit: action="+a+" "); n != 1 {
+			t.Errorf("%s logged %d times, want once", a, n)
+		}
+	}
+}

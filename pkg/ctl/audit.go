@@ -72,8 +72,9 @@ func changedKeys(before, after map[string][]byte) []string {
 // it as an audit event; a NATS that cannot be reached is a warning, the
 // write stands.
 func (g *globals) auditPolicy(ctx context.Context, action, actor, where string, keys []string, detail string) {
-	target := where + " keys=" + strings.Join(keys, ",")
-	fmt.Fprintf(g.errOut, "audit: action=%s actor=%s target=%q matched=%d%s\n", action, actor, target, len(keys), detailSuffix(detail))
+	ev := events.Event{Type: events.Audit, Time: time.Now().UTC(), Actor: actor, Action: action,
+		Target: where + " keys=" + strings.Join(keys, ","), Matched: len(keys), Detail: detail}
+	fmt.Fprintln(g.errOut, ev.Line())
 	if !g.natsConfigured {
 		return
 	}
@@ -90,7 +91,7 @@ func (g *globals) auditPolicy(ctx context.Context, action, actor, where string, 
 		fmt.Fprintf(g.errOut, "warning: the audit event was not published: %v\n", err)
 		return
 	}
-	p.Emit(events.Event{Type: events.Audit, Actor: actor, Action: action, Target: target, Matched: len(keys), Detail: detail})
+	p.Emit(ev)
 	p.Close(ctx)
 	if p.Dropped() > 0 {
 		fmt.Fprintf(g.errOut, "warning: the audit event was not published (the event stream did not take it)\n")

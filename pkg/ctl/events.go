@@ -157,29 +157,29 @@ func (g *globals) startAudit(ctx context.Context, q *queue.Queue) *audit {
 	return a
 }
 
-// message emits a per-message event about e's recipients.
-func (a *audit) message(t events.Type, e queue.Entry, action, reply string) {
+// message emits a per-message event about e's recipients; with print,
+// each is also a line on stderr under the message's queue id.
+func (a *audit) message(t events.Type, e queue.Entry, action, reply string, print bool) {
 	if e.Env == nil {
 		return
 	}
+	now := time.Now().UTC()
 	for _, r := range e.Env.Recipients {
-		a.pub.Emit(events.Event{Type: t, QueueID: e.Env.QueueID, MessageID: e.Env.MsgID, Sender: e.Env.From, Recipient: r.Addr,
+		ev := events.Event{Type: t, Time: now, QueueID: e.Env.QueueID, MessageID: e.Env.MsgID, Sender: e.Env.From, Recipient: r.Addr,
 			Destination: e.Env.Domain, Arrived: e.Env.Arrived, Size: e.Env.Size, Attempt: e.Env.Attempts, Actor: a.actor,
-			Action: action, Reply: reply})
+			Action: action, Reply: reply}
+		if print {
+			fmt.Fprintln(a.g.errOut, ev.Line())
+		}
+		a.pub.Emit(ev)
 	}
 }
 
 // action logs and emits one operator action.
 func (a *audit) action(action, target string, matched int, detail string) {
-	fmt.Fprintf(a.g.errOut, "audit: action=%s actor=%s target=%q matched=%d%s\n", action, a.actor, target, matched, detailSuffix(detail))
-	a.pub.Emit(events.Event{Type: events.Audit, Actor: a.actor, Action: action, Target: target, Matched: matched, Detail: detail})
-}
-
-func detailSuffix(d string) string {
-	if d == "" {
-		return ""
-	}
-	return fmt.Sprintf(" detail=%q", d)
+	ev := events.Event{Type: events.Audit, Time: time.Now().UTC(), Actor: a.actor, Action: action, Target: target, Matched: matched, Detail: detail}
+	fmt.Fprintln(a.g.errOut, ev.Line())
+	a.pub.Emit(ev)
 }
 
 // close waits briefly for the events to be stored.
@@ -258,18 +258,11 @@ forwarder per --name; a second with the same name takes turns with the first.`,
 // final is the last line of a message removed by an operator, under its
 // own queue id (sendmail's and Postfix's "removed"), and its event.
 func (a *audit) final(t events.Type, e queue.Entry, verb string) {
-	if e.Env == nil {
-		return
-	}
 	stat := "Purged by operator " + a.actor
 	if t == events.OperatorBounced {
 		stat = "Bounced by operator " + a.actor + " (returned to the sender)"
 	}
-	for _, r := range e.Env.Recipients {
-		fmt.Fprintf(a.g.errOut, "%s: to=<%s>, delay=%s, stat=%s\n", e.Env.QueueID, r.Addr,
-			maillog.Delay(time.Since(e.Env.Arrived)), stat)
-	}
-	a.message(t, e, "queue."+verb, stat)
+	a.message(t, e, "queue."+verb, stat, true)
 }
 
 // filterString says what a queue filter selected, for the audit line.

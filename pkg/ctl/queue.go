@@ -515,7 +515,7 @@ Release it with "mailfwdctl queue release".`,
 					if err := q.Remove(ctx, e); err != nil {
 						return err
 					}
-					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor)
+					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, false)
 					moved++
 					p.tick()
 				}
@@ -606,7 +606,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 						}
 						if k := env.QueueID + " " + env.Domain; !seen[k] {
 							seen[k] = true
-							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor)
+							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, false)
 							released++
 							p.tick()
 						}

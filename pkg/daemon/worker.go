@@ -435,6 +435,13 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		g.Go(func() error { return tw.Run(gctx) })
 	}
 	g.Go(func() error {
+		// The operators' actions, in the fleet's logs (one worker each).
+		if err := q.LogOperatorEvents(gctx, log.With("component", "audit")); err != nil {
+			log.Warn("operator actions are not logged here (no audit-log consumer: run the bootstrap)", "component", "worker", "err", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
 		// Follow operators' domain holds; re-establish the watch if NATS restarts.
 		for gctx.Err() == nil {
 			err := q.WatchHolds(gctx, func(m map[string]queue.Hold) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
@@ -53,9 +54,12 @@ func (q *Queue) BootstrapEvents(ctx context.Context) error {
 		if _, err := q.js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return fmt.Errorf("queue: create stream %s: %w", want.Name, err)
 		}
-		return nil
+		return q.auditLogConsumer(ctx)
 	case err != nil:
 		return fmt.Errorf("queue: stream %s: %w", want.Name, err)
+	}
+	if err := q.auditLogConsumer(ctx); err != nil {
+		return err
 	}
 	have := st.CachedInfo().Config
 	if have.Replicas > want.Replicas {
@@ -116,4 +120,28 @@ func (q *Queue) Identity(ctx context.Context) string {
 		return "creds:" + filepath.Base(q.cfg.CredsFile)
 	}
 	return "anonymous"
+}
+
+// auditLogConsumer creates the workers' consumer of operator events.
+func (q *Queue) auditLogConsumer(ctx context.Context) error {
+	want := events.AuditLogConsumerConfig()
+	if c, err := q.js.Consumer(ctx, q.cfg.EventsStream, want.Durable); err == nil && consumerConfigured(c.CachedInfo().Config, want) {
+		return nil
+	}
+	if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.EventsStream, want); err != nil {
+		return fmt.Errorf("queue: consumer %s: %w", want.Durable, err)
+	}
+	return nil
+}
+
+// LogOperatorEvents writes the operators' actions into this process's log
+// until ctx ends, from the consumer the workers share (each event is logged
+// by one worker). Without the consumer (not bootstrapped) it returns at once.
+func (q *Queue) LogOperatorEvents(ctx context.Context, log *slog.Logger) error {
+	c, err := q.js.Consumer(ctx, q.cfg.EventsStream, events.AuditLogConsumer)
+	if err != nil {
+		return fmt.Errorf("queue: consumer %s: %w", events.AuditLogConsumer, err)
+	}
+	events.LogOperatorEvents(ctx, c, log)
+	return nil
 }
