@@ -100,7 +100,9 @@ func newEventsTail(g *globals) *cobra.Command {
 				return err
 			}
 			if out == "table" {
-				fmt.Fprintf(g.out, "%-24s %-16s %-20s %-32s %-6s %s\n", "TIME", "TYPE", "QUEUE ID", "RECIPIENT", "DSN", "RELAY / REPLY")
+				o.Ready = func() {
+					fmt.Fprintf(g.out, "%-24s %-16s %-20s %-32s %-6s %s\n", "TIME", "TYPE", "QUEUE ID", "RECIPIENT", "DSN", "RELAY / REPLY")
+				}
 			}
 			return events.Follow(ctx, st, f, o, func(s events.Stored) error {
 				if out == "json" {
@@ -241,7 +243,6 @@ forwarder per --name; a second with the same name takes turns with the first.`,
 			}
 			fw := &events.Forwarder{URL: url, Secret: secret, Durable: name, Filter: f, MinBackoff: minBackoff, MaxBackoff: maxBackoff,
 				Client: &http.Client{Timeout: reqTimeout}, Logger: log}
-			log.Info("forwarding events", "url", url, "consumer", name)
 			return fw.Run(cmd.Context(), st)
 		},
 	}

@@ -70,6 +70,16 @@ type Publisher struct {
 	done  chan struct{}
 	wg    sync.WaitGroup
 
+	// held are the messages in the retry buffer or dropped: nats.go may
+	// report one failed publish twice (its error return and, when the
+	// connection drops at that moment, the async error handler).
+	// The last dropped messages stay in held (a ring bounds them), so a
+	// late second report of one is not counted again.
+	mu    sync.Mutex
+	held  map[*nats.Msg]struct{}
+	ring  [1024]*nats.Msg
+	ringI int
+
 	dropped   atomic.Uint64
 	lastDrop  atomic.Int64 // unix nanos of the last drop log line
 	published atomic.Uint64
@@ -93,7 +103,7 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	if host, err := os.Hostname(); err == nil && cfg.Source != "" {
 		cfg.Source += "/" + host
 	}
-	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{})}
+	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{}}
 }
 
 // Start sets the JetStream context and starts the retry loop.
@@ -141,6 +151,13 @@ func (p *Publisher) publish(m *nats.Msg) {
 
 // failed keeps m for another try, or drops it when the buffer is full.
 func (p *Publisher) failed(m *nats.Msg, err error) {
+	p.mu.Lock()
+	_, dup := p.held[m]
+	p.held[m] = struct{}{}
+	p.mu.Unlock()
+	if dup {
+		return // the same failure reported twice
+	}
 	select {
 	case <-p.done:
 		p.drop(m, err)
@@ -155,6 +172,13 @@ func (p *Publisher) failed(m *nats.Msg, err error) {
 }
 
 func (p *Publisher) drop(m *nats.Msg, err error) {
+	p.mu.Lock()
+	if old := p.ring[p.ringI]; old != nil {
+		delete(p.held, old)
+	}
+	p.ring[p.ringI] = m
+	p.ringI = (p.ringI + 1) % len(p.ring)
+	p.mu.Unlock()
 	n := p.dropped.Add(1)
 	if p.cfg.Dropped != nil {
 		p.cfg.Dropped()
@@ -175,6 +199,9 @@ func (p *Publisher) retryLoop() {
 		case <-p.done:
 			return
 		case m := <-p.retry:
+			p.mu.Lock()
+			delete(p.held, m)
+			p.mu.Unlock()
 			if _, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Second)); err != nil {
 				p.failed(m, err)
 				select {

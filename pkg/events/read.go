@@ -111,6 +111,9 @@ type FollowOptions struct {
 	// Stop returns once the events stored when the read began are read
 	// (and matched), instead of following new ones.
 	Stop bool
+	// Ready, when set, is called once the server-side consumer exists:
+	// events published after it are seen.
+	Ready func()
 }
 
 // Follow reads the events matching f from stream st, in stream order,
@@ -128,12 +131,11 @@ func Follow(ctx context.Context, st jetstream.Stream, f Filter, o FollowOptions,
 	if err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
+	if o.Ready != nil {
+		o.Ready()
+	}
 	if o.Stop {
-		info, err := c.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("events: %w", err)
-		}
-		if info.NumPending == 0 {
+		if info := c.CachedInfo(); info != nil && info.NumPending == 0 {
 			return nil
 		}
 	}

@@ -119,6 +119,7 @@ func (f *Forwarder) Run(ctx context.Context, st jetstream.Stream) error {
 	if err != nil {
 		return fmt.Errorf("events: webhook consumer %s: %w", f.Durable, err)
 	}
+	f.Logger.Info("forwarding events", "url", f.URL, "consumer", f.Durable)
 	for ctx.Err() == nil {
 		m, err := c.Next(jetstream.FetchMaxWait(time.Second))
 		switch {
