@@ -382,7 +382,13 @@ func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelop
 		return
 	}
 	w.cfg.Metrics.Failed()
-	w.emitAll(e, events.Event{Type: events.Failed, DSN: status, Reply: envelope.TruncateError(reason)})
+	for _, r := range e.Recipients {
+		st := r.Status // a recipient's own permanent status, else the envelope's
+		if st == "" {
+			st = status
+		}
+		w.emit(e, r.Addr, events.Event{Type: events.Failed, DSN: st, Reply: envelope.TruncateError(reason)})
+	}
 	_ = j.Ack(ctx)
 }
 
