@@ -7,11 +7,11 @@
 package events
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nuid"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 )
@@ -88,12 +88,9 @@ type Event struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// NewID returns a random event id.
-func NewID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+// NewID returns a unique event id (a NUID: 22 characters, random prefix
+// and sequence, cheap enough for every event).
+func NewID() string { return nuid.Next() }
 
 // Subject is where ev is published.
 func Subject(ev *Event) string {
