@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 )
@@ -34,6 +35,10 @@ type Sender struct {
 	Hostname string // Reporting-MTA
 	Bodies   BodyStore
 	Queue    Queue
+	// DKIM signs the DSN with the key of its From: domain,
+	// MAILER-DAEMON@Hostname (Hostname's key, else its nearest parent
+	// domain's); nil or no such key: unsigned.
+	DKIM *dkim.Keys
 }
 
 // Send reports rcpts of envelope e (original message body, may be nil) to
@@ -53,6 +58,10 @@ func (s *Sender) Send(ctx context.Context, e *envelope.Envelope, body []byte, rc
 	if err != nil {
 		return "", fmt.Errorf("bounce: sender %q cannot receive a DSN: %w", e.From, err)
 	}
+	signature, err := s.sign(msg)
+	if err != nil {
+		return "", err
+	}
 	qid := envelope.NewQueueID()
 	if err := s.Bodies.Put(ctx, qid, msg); err != nil {
 		return "", fmt.Errorf("bounce: store DSN: %w", err)
@@ -61,10 +70,28 @@ func (s *Sender) Send(ctx context.Context, e *envelope.Envelope, body []byte, rc
 		QueueID: qid, From: "", Domain: to.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
 		BodyKey: qid, Size: int64(len(msg)), UTF8: to.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
 		EightBit:   bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
-		ClientHelo: s.Hostname, ClientAddr: "127.0.0.1",
+		ClientHelo: s.Hostname, ClientAddr: "127.0.0.1", DKIMSignature: signature,
 	}
 	if err := s.Queue.Publish(ctx, n); err != nil {
 		return "", fmt.Errorf("bounce: queue DSN: %w", err)
 	}
 	return qid, nil
+}
+
+// sign returns the DSN's DKIM-Signature field ("" when no key applies); as
+// with the ingress's signatures, the worker puts it in front of the stored
+// body when it delivers.
+func (s *Sender) sign(msg []byte) (string, error) {
+	if s.DKIM.Len() == 0 {
+		return "", nil
+	}
+	sig := dkim.NewSigner(s.DKIM, dkim.Options{})
+	if _, err := sig.Write(msg); err != nil {
+		sig.Abort()
+		return "", fmt.Errorf("bounce: DKIM-sign DSN: %w", err)
+	}
+	if err := sig.Close(); err != nil {
+		return "", fmt.Errorf("bounce: DKIM-sign DSN: %w", err)
+	}
+	return sig.Header(), nil
 }

@@ -179,6 +179,8 @@ type Ingress struct {
 	AuthMaxConcurrentChecks int
 	// Trace bounds the live SMTP trace (--trace-*).
 	Trace smtptrace.Limits
+	// DKIMSigningNetworks is --dkim-signing-networks (nil: the default, relay).
+	DKIMSigningNetworks config.StringList
 	// OnListen, when set, is told each listener's address once it listens
 	// (kind "smtp", "submission" or "smtps"); tests use it with port 0.
 	OnListen func(kind, addr string)
@@ -219,6 +221,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once (the least recently failing one is forgotten beyond it)")
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
 	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
+	fs.Var(&o.DKIMSigningNetworks, "dkim-signing-networks", "clients whose mail is DKIM-signed without SMTP AUTH, for any From: domain with a key (OpenDKIM's InternalHosts): CIDRs or addresses, and \"relay\" for the clients the policy lets relay anywhere (Connect: RELAY, --relay-networks); comma-separated; default relay; \"none\": only AUTH users, for the From: addresses they may send as")
 	o.Trace.Register(fs)
 }
 
@@ -273,6 +276,9 @@ func (o *Ingress) Validate() error {
 	if o.PolicyDir != "" && (len(o.RelayNetworks) > 0 || len(o.RelayDomains) > 0) {
 		errs = append(errs, errors.New("--policy-dir replaces --relay-networks/--relay-domains (put Connect:/To: RELAY entries in its access file)"))
 	}
+	if _, _, err := o.dkimSigningNetworks(); err != nil {
+		errs = append(errs, fmt.Errorf("--dkim-signing-networks: %w", err))
+	}
 	if _, err := o.clientLimitExceptions(); err != nil {
 		errs = append(errs, fmt.Errorf("--client-limit-exceptions: %w", err))
 	}
@@ -293,6 +299,31 @@ func (o *Ingress) clientLimitExceptions() ([]netip.Prefix, error) {
 	return ingress.ParseNetworks(o.ClientLimitExceptions)
 }
 
+// dkimSigningNetworks parses --dkim-signing-networks with its default
+// ("relay"): the networks, and whether the policy's relay clients sign.
+func (o *Ingress) dkimSigningNetworks() (nets []netip.Prefix, relay bool, err error) {
+	list := o.DKIMSigningNetworks
+	switch {
+	case len(list) == 0:
+		return nil, true, nil
+	case len(list) == 1 && list[0] == "none":
+		return nil, false, nil
+	}
+	var cidrs []string
+	for _, s := range list {
+		switch s {
+		case "relay":
+			relay = true
+		case "none":
+			return nil, false, errors.New(`"none" goes alone`)
+		default:
+			cidrs = append(cidrs, s)
+		}
+	}
+	nets, err = ingress.ParseNetworks(cidrs)
+	return nets, relay, err
+}
+
 // RunIngress runs an ingress until ctx is cancelled, then drains it.
 // ready, if not nil, receives the SMTP address once it listens.
 func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.TracerProvider, ready func(smtpAddr string)) error {
@@ -302,6 +333,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
 	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
+	o.SMTP.DKIMSignNetworks, o.SMTP.DKIMSignRelayClients, _ = o.dkimSigningNetworks()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the heap near what --max-in-flight-bytes lets live.
 		limit := ingress.MemoryLimit(o.SMTP.MaxInFlightBytes)

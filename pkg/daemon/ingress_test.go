@@ -55,3 +55,39 @@ func TestIngressLimitFlags(t *testing.T) {
 		}
 	}
 }
+
+// --dkim-signing-networks: default relay (the policy's relay clients);
+// "none" leaves only AUTH users; networks and relay mix (issue 19).
+func TestDKIMSigningNetworksFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		nets  int
+		relay bool
+		err   string
+	}{
+		{nil, 0, true, ""},
+		{[]string{"--dkim-signing-networks", "none"}, 0, false, ""},
+		{[]string{"--dkim-signing-networks", "10.1.0.0/16,192.0.2.7"}, 2, false, ""},
+		{[]string{"--dkim-signing-networks", "relay,10.1.0.0/16"}, 1, true, ""},
+		{[]string{"--dkim-signing-networks", "10.0.0.0/33"}, 0, false, "--dkim-signing-networks"},
+		{[]string{"--dkim-signing-networks", "none,relay"}, 0, false, "--dkim-signing-networks"},
+	} {
+		var o Ingress
+		fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
+		o.Register(fs)
+		if err := fs.Parse(append([]string{"--blob-store", "file:///tmp/x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		err := o.Validate()
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: err %v, want it to name %s", tc.args, err, tc.err)
+			}
+			continue
+		}
+		nets, relay, perr := o.dkimSigningNetworks()
+		if err != nil || perr != nil || len(nets) != tc.nets || relay != tc.relay {
+			t.Errorf("%v: %v relay=%v (%v, %v), want %d networks relay=%v", tc.args, nets, relay, err, perr, tc.nets, tc.relay)
+		}
+	}
+}

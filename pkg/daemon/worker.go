@@ -24,6 +24,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/dnsquery"
 	"github.com/mailfwd/mailfwd/pkg/mtasts"
 	"github.com/mailfwd/mailfwd/pkg/mxresolve"
@@ -332,6 +333,8 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		tlsPol.Store(p.TLS)
 		log.Info("policy loaded", "component", "worker", "version", p.Version, "dir", o.PolicyDir, "mailertable", p.Mailertable.Len())
 		metrics.PolicyReload(true, p.Version)
+		// DSNs are signed with the dkim key of the --hostname's domain.
+		o.Engine.DKIM = func() *dkim.Keys { return watcher.Current().DKIM }
 	}
 	res, err := mxresolve.New(mxresolve.Config{Servers: o.DNSServers, Timeout: o.DNSTimeout})
 	if err != nil {

@@ -49,7 +49,12 @@ func mustKey(t *testing.T, alg, domain, selector string) Key {
 // tees DATA) and returns the signature header.
 func sign(t *testing.T, keys *Keys, msg string) *Signer {
 	t.Helper()
-	s := NewSigner(keys, Options{})
+	return signWith(t, keys, Options{}, msg)
+}
+
+func signWith(t *testing.T, keys *Keys, opts Options, msg string) *Signer {
+	t.Helper()
+	s := NewSigner(keys, opts)
 	r := strings.NewReader(msg)
 	buf := make([]byte, 7)
 	for {
@@ -184,6 +189,39 @@ func TestUnsigned(t *testing.T) {
 	s.Abort()
 	if _, err := s.Write([]byte("x")); err == nil {
 		t.Error("Write after Abort succeeded")
+	}
+}
+
+// Options.Allow: signed only when every From: address is allowed; a
+// message with two From: fields is never signed (issue 19 item 1).
+func TestAllowAndOneFromField(t *testing.T) {
+	keys, err := NewKeys([]Key{mustKey(t, "ed25519", "example.com", "s1"), mustKey(t, "ed25519", "example.net", "s1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := func(addr string) bool { return strings.EqualFold(addr, "invoices@example.net") }
+	for _, tc := range []struct {
+		from, domain, reason string
+	}{
+		{"From: invoices@example.net\r\n", "example.net", ""},
+		{"From: Inv <Invoices@EXAMPLE.net>\r\n", "example.net", ""},
+		{"From: ceo@example.com\r\n", "", "ceo@example.com is not a sender"},
+		{"From: invoices@example.net, ceo@example.com\r\n", "", "ceo@example.com is not a sender"},
+		{"From: invoices@example.net\r\nFrom: ceo@example.com\r\n", "", "2 From: fields"},
+		{"From: invoices@example.net\r\nfrom: invoices@example.net\r\n", "", "2 From: fields"},
+		{"From: invoices@example.net\r\nFROM : ceo@example.com\r\n", "", "2 From: fields"}, // net/mail keeps "FROM " apart; DKIM does not
+	} {
+		s := signWith(t, keys, Options{Allow: allow}, tc.from+"Subject: x\r\n\r\nbody\r\n")
+		if s.Domain() != tc.domain || (s.Header() == "") != (tc.domain == "") || !strings.Contains(s.Reason(), tc.reason) {
+			t.Errorf("%q: signed d=%q (%q), reason %q; want d=%q, reason %q", tc.from, s.Domain(), s.Header(), s.Reason(), tc.domain, tc.reason)
+		}
+	}
+	// Without Allow, any From: with a key is signed; two From: fields never.
+	if s := sign(t, keys, "From: ceo@example.com\r\n\r\nbody\r\n"); s.Domain() != "example.com" {
+		t.Errorf("no Allow: not signed: %s", s.Reason())
+	}
+	if s := sign(t, keys, "From: a@example.com\r\nFrom: b@example.com\r\n\r\nbody\r\n"); s.Header() != "" {
+		t.Error("two From: fields signed")
 	}
 }
 

@@ -3,6 +3,7 @@ package dkim
 import (
 	"bytes"
 	"crypto/ed25519"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -23,8 +24,13 @@ func FuzzSigner(f *testing.F) {
 	f.Add([]byte(message), 10)
 	f.Add([]byte("From: a@example.com\n\nbody\n"), 3)
 	f.Add([]byte("From: a@example.com\r\nSubject: x\r\n"), 0)
+	f.Add([]byte("From: a@example.com\r\nFROM : ceo@example.com\r\n\r\nbody\r\n"), 5)
 	f.Fuzz(func(t *testing.T, msg []byte, split int) {
 		s := NewSigner(keys, Options{MaxHeaderBytes: 4096})
+		if split%2 == 1 {
+			// As the ingress does for an AUTH user: only some From: addresses.
+			s = NewSigner(keys, Options{MaxHeaderBytes: 4096, Allow: func(a string) bool { return strings.EqualFold(a, "a@example.com") }})
+		}
 		if split < 0 || split > len(msg) {
 			split = len(msg) / 2
 		}
@@ -39,6 +45,11 @@ func FuzzSigner(f *testing.F) {
 		}
 		if s.Header() == "" {
 			return
+		}
+		// Whatever parser a verifier or a reader uses, a signed message has
+		// one From: field (RFC 6376 §8.15): counted here on the raw lines.
+		if n := rawFromFields(msg); n != 1 {
+			t.Fatalf("signed a message with %d From: fields (by a raw count)", n)
 		}
 		// Only CRLF messages survive SMTP transport unchanged.
 		if bytes.Contains(bytes.ReplaceAll(msg, []byte("\r\n"), nil), []byte("\n")) || bytes.Contains(bytes.ReplaceAll(msg, []byte("\r\n"), nil), []byte("\r")) {
@@ -76,3 +87,18 @@ func FuzzParseKeyLine(f *testing.F) {
 		}
 	})
 }
+
+// rawFromFields counts the header fields named From (any case, blanks
+// before the colon too) in msg's header section.
+func rawFromFields(msg []byte) int {
+	hdr := string(msg)
+	if m := headerEndRE.FindStringIndex(hdr); m != nil {
+		hdr = hdr[:m[0]+1]
+	}
+	return len(fromFieldRE.FindAllString(hdr, -1))
+}
+
+var (
+	headerEndRE = regexp.MustCompile(`(^|\n)\r?\n`)
+	fromFieldRE = regexp.MustCompile(`(?im)^from[ \t]*:`)
+)

@@ -24,6 +24,11 @@ type Options struct {
 	Expiration time.Duration
 	// Now is the clock for x= (tests); nil: time.Now.
 	Now func() time.Time
+	// Allow says whether the submitter may have mail signed as the From:
+	// address addr (as written in the header, e.g. "Ann@Example.com"); a
+	// message is signed only when every From: address is allowed. nil:
+	// every address (the submitter may sign for any domain with a key).
+	Allow func(addr string) bool
 }
 
 // Signer computes the DKIM-Signature of a message written to it: header
@@ -138,10 +143,24 @@ func (s *Signer) start(hdr []byte) error {
 		s.reason = "header section does not parse: " + err.Error()
 		return nil
 	}
+	if n := fromFields(hdr); n > 1 {
+		// RFC 5322 §3.6 allows one; a verifier checks the last, a reader
+		// may see the first (RFC 6376 §8.15).
+		s.reason = fmt.Sprintf("%d From: fields", n)
+		return nil
+	}
 	list, err := h.Header.AddressList("From")
 	if err != nil || len(list) == 0 {
 		s.reason = "no parsable From: address"
 		return nil
+	}
+	if s.opts.Allow != nil {
+		for _, a := range list {
+			if !s.opts.Allow(a.Address) {
+				s.reason = "From: " + a.Address + " is not a sender the client may sign for"
+				return nil
+			}
+		}
 	}
 	at := strings.LastIndexByte(list[0].Address, '@')
 	if at < 0 {
@@ -171,6 +190,26 @@ func (s *Signer) start(hdr []byte) error {
 	}
 	s.sig, s.key = sig, k
 	return nil
+}
+
+// fromFields counts the From fields of a header section on its raw lines,
+// as a DKIM verifier reads names (any case, blanks before the colon), not
+// as net/mail does: it keeps "From :" apart from "From".
+func fromFields(hdr []byte) int {
+	n := 0
+	for len(hdr) > 0 {
+		line := hdr
+		if i := bytes.IndexByte(hdr, '\n'); i >= 0 {
+			line, hdr = hdr[:i], hdr[i+1:]
+		} else {
+			hdr = nil
+		}
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if ok && strings.EqualFold(string(bytes.TrimRight(name, " \t")), "from") {
+			n++
+		}
+	}
+	return n
 }
 
 // Close ends the message and computes the signature. It returns an error

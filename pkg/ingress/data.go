@@ -85,8 +85,9 @@ func (ss *session) Data(r io.Reader) (err error) {
 	// A DKIM signer holds up to the header section (--dkim-max-header-bytes);
 	// that counts against the budget too.
 	keys := ss.s.dkimKeys()
+	allow, signing := ss.dkimSigning(keys) // dkim.go: whose mail is signed
 	var signBytes int64
-	if keys.Len() > 0 {
+	if signing {
 		signBytes = int64(ss.s.cfg.DKIMMaxHeaderBytes)
 		if signBytes <= 0 {
 			signBytes = dkim.DefaultMaxHeaderBytes
@@ -120,7 +121,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 	// teed from the same stream; it holds at most the header section.
 	var sign *dkim.Signer
 	if signBytes > 0 {
-		sign = dkim.NewSigner(keys, dkim.Options{MaxHeaderBytes: ss.s.cfg.DKIMMaxHeaderBytes})
+		sign = dkim.NewSigner(keys, dkim.Options{MaxHeaderBytes: ss.s.cfg.DKIMMaxHeaderBytes, Allow: allow})
 		defer sign.Abort() // after Close it only releases
 	}
 	var m message

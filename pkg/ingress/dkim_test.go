@@ -12,7 +12,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 )
 
-// The ingress signs what it stores (its Received: included) and keeps the
+// The ingress signs what a relay client (here) stores (its Received: included) and keeps the
 // signature in the envelope; the stored body is not changed. Inline and
 // blob-stored bodies alike; a From: domain without a key is not signed.
 func TestDKIMSignatureInEnvelope(t *testing.T) {
@@ -42,6 +42,7 @@ func TestDKIMSignatureInEnvelope(t *testing.T) {
 	}}
 	f := start(t, func(c *ingress.Config) {
 		c.DKIM = func() *dkim.Keys { return keys }
+		c.DKIMSignRelayClients = true // loopback is a relay network here
 		c.InlineBodyMax = 4096
 	})
 	for _, tc := range []struct {

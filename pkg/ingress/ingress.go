@@ -91,6 +91,14 @@ type Config struct {
 	// not signed); DKIMMaxHeaderBytes bounds the header a signer holds.
 	DKIM               func() *dkim.Keys
 	DKIMMaxHeaderBytes int
+	// Whose mail is signed (issue 19): a session authenticated by SMTP AUTH
+	// when its user may send as every From: address, else a client in
+	// DKIMSignNetworks (OpenDKIM's InternalHosts) or, with
+	// DKIMSignRelayClients, one the policy lets relay anywhere by its
+	// address (Connect: RELAY, StaticRelay.Networks). Nobody else: mail a
+	// client may send only to To: RELAY domains is never signed.
+	DKIMSignNetworks     []netip.Prefix
+	DKIMSignRelayClients bool
 	// Trace records the sessions a running `mailfwdctl trace --client`
 	// matches (nil: none).
 	Trace    *smtptrace.Watcher

@@ -31,6 +31,10 @@ type Policy interface {
 	// NeedsClientHostname says whether CheckRcpt looks at Client.Hostname,
 	// so the ingress does a reverse lookup only when it matters.
 	NeedsClientHostname() bool
+	// RelayClient says whether the client itself may relay anywhere (by
+	// its address or host name, not by AUTH or a recipient's domain): the
+	// default DKIM signing clients (Config.DKIMSignRelayClients).
+	RelayClient(c Client) bool
 }
 
 // StaticRelay allows relaying for clients in Networks and SMTP AUTH users
@@ -49,15 +53,26 @@ func (p *StaticRelay) CheckConnect(context.Context, Client) error { return nil }
 // NeedsClientHostname implements Policy.
 func (p *StaticRelay) NeedsClientHostname() bool { return false }
 
+// RelayClient implements Policy: a client in Networks.
+func (p *StaticRelay) RelayClient(c Client) bool { return containsAddr(p.Networks, c.Addr) }
+
+// containsAddr reports whether a network of nets contains a.
+func containsAddr(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
 // CheckRcpt implements Policy.
 func (p *StaticRelay) CheckRcpt(_ context.Context, c Client, _ string, rcpt address.Address) ([]string, error) {
 	if c.User != "" {
 		return []string{rcpt.Raw}, nil
 	}
-	for _, n := range p.Networks {
-		if n.Contains(c.Addr.Unmap()) {
-			return []string{rcpt.Raw}, nil
-		}
+	if containsAddr(p.Networks, c.Addr) {
+		return []string{rcpt.Raw}, nil
 	}
 	for _, d := range p.Domains {
 		if rcpt.ASCII == d || strings.HasSuffix(rcpt.ASCII, "."+d) {
@@ -85,6 +100,11 @@ func (p *SendmailPolicy) CheckConnect(context.Context, Client) error { return ni
 
 // NeedsClientHostname implements Policy.
 func (p *SendmailPolicy) NeedsClientHostname() bool { return p.Current().NeedsClientHostname() }
+
+// RelayClient implements Policy: the client's Connect: entry is RELAY.
+func (p *SendmailPolicy) RelayClient(c Client) bool {
+	return p.Current().ConnectRelay(policy.Client{Addr: c.Addr, Hostname: c.Hostname})
+}
 
 // CheckRcpt implements Policy: access map, then virtusertable and aliases.
 func (p *SendmailPolicy) CheckRcpt(_ context.Context, c Client, from string, rcpt address.Address) ([]string, error) {

@@ -386,6 +386,15 @@ func (m *accessMap) lookupConnect(c Client) *accessRule {
 // not count: 127.0.0.1 and ::1 without a PTR name are taken as localhost.
 func (p *Policy) NeedsClientHostname() bool { return p.access.hostNames > 0 }
 
+// ConnectRelay reports whether the client's Connect: entry (by address,
+// network or host name, as CheckRcpt finds it) is RELAY: a client that may
+// relay anywhere by itself. The ingress DKIM-signs such clients' mail by
+// default (OpenDKIM's InternalHosts).
+func (p *Policy) ConnectRelay(c Client) bool {
+	r := p.access.lookupConnect(c)
+	return r != nil && r.Act == actRelay
+}
+
 // Client is the connecting SMTP client.
 type Client struct {
 	Addr     netip.Addr

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/emersion/go-smtp"
 )
 
 // maxPending bounds the commands awaiting a reply that the recorder
@@ -38,7 +40,7 @@ type recorder struct {
 	unlogged  int // dialog lines beyond --trace-max-lines-per-session
 	pending   []string
 	auth      bool  // client lines are SASL responses
-	data      bool  // client lines are the body (DATA … ".")
+	data      bool  // client bytes are the body (DATA … ".")
 	dataGo    bool  // the server said 354 for this body
 	bdat      int64 // body bytes of a BDAT chunk still to come
 	upgrading bool  // STARTTLS accepted, handshake next
@@ -46,6 +48,10 @@ type recorder struct {
 	bodyLines int   // of the current message, not recorded
 	bodyBytes int64
 	redacted  int64 // body bytes not recorded in the session
+
+	// dot finds where a DATA body ends by the server's own rule (go-smtp's
+	// state machine: only CRLF "." CRLF; a "." line ended by a bare LF is body).
+	dot smtp.DataEnd
 }
 
 type lineBuf struct {
@@ -90,6 +96,12 @@ func (r *recorder) feed(layer int, read bool, p []byte) {
 			if r.bdat == 0 {
 				r.flushBody()
 			}
+			continue
+		}
+		if client && r.data {
+			n, ended := r.dot.Scan(p)
+			r.dataBytes(p[:n], ended)
+			p = p[n:]
 			continue
 		}
 		lb := &r.srv
@@ -143,16 +155,6 @@ func (r *recorder) clientLine(line string, cut int) {
 	case r.auth:
 		r.emit("client", "[redacted: SASL response]", 0)
 		return
-	case r.data:
-		if line == "." && cut == 0 {
-			r.flushBody()
-			r.data, r.dataGo = false, false
-			r.emit("client", ".", 0)
-			r.push(".")
-			return
-		}
-		r.bodyLine(line, cut)
-		return
 	}
 	verb, rest, _ := cutSpace(line)
 	switch upper(verb) {
@@ -171,6 +173,7 @@ func (r *recorder) clientLine(line string, cut int) {
 		return
 	case "DATA":
 		r.data = true
+		r.dot.Reset() // the server reads the body from the next byte on
 		r.push("DATA")
 	case "BDAT":
 		r.push("BDAT")
@@ -206,6 +209,9 @@ func (r *recorder) serverLine(line string, cut int) {
 		return
 	}
 	if code == 354 {
+		if !r.data {
+			r.dot.Reset()
+		}
 		r.data, r.dataGo = true, true
 	} else {
 		r.auth = false
@@ -232,13 +238,43 @@ func (r *recorder) serverLine(line string, cut int) {
 	}
 }
 
+// dataBytes takes bytes of a DATA body; ended: they end with the end
+// marker (go-smtp's DataEnd decided, as the server's reader does), whose
+// line "." ends the body. Bodies are split into lines only to be shown
+// (--with-bodies) or counted.
+func (r *recorder) dataBytes(p []byte, ended bool) {
+	if !r.s.WithBodies {
+		r.bodyBytes += int64(len(p))
+	}
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			r.cli.add(p, r.w.limits.MaxLineBytes)
+			return
+		}
+		r.cli.add(p[:i], r.w.limits.MaxLineBytes)
+		p = p[i+1:]
+		line, cut := r.cli.take()
+		if ended && len(p) == 0 {
+			if !r.s.WithBodies {
+				r.bodyBytes -= int64(len(".\r\n"))
+			}
+			r.flushBody()
+			r.data, r.dataGo = false, false
+			r.emit("client", ".", 0)
+			r.push(".")
+			return
+		}
+		r.bodyLine(line, cut)
+	}
+}
+
 func (r *recorder) bodyLine(line string, cut int) {
 	if r.s.WithBodies {
 		r.emit("client", line, cut)
 		return
 	}
 	r.bodyLines++
-	r.bodyBytes += int64(len(line) + cut + 2)
 }
 
 func (r *recorder) bodyChunk(p []byte) {

@@ -617,3 +617,63 @@ func TestBDATBodyRedacted(t *testing.T) {
 		})
 	}
 }
+
+// The server ends DATA only at CRLF "." CRLF; a "." line ended by a bare LF
+// is body. The recorder follows the same rule, so what comes after such a
+// line is still redacted (issue 19 item 6), and the real end is found.
+func TestDotBareLFIsBodyNotEndOfData(t *testing.T) {
+	for _, withBodies := range []bool{false, true} {
+		t.Run(fmt.Sprint("with-bodies=", withBodies), func(t *testing.T) {
+			e := newEnv(t)
+			w, lb := e.watcher(t, "ingress", smtptrace.DefaultLimits())
+			e.start(t, smtptrace.Setting{ID: "dot", Client: "127.0.0.1", WithBodies: withBodies}, time.Minute)
+			eventually(t, "the watcher sees the trace", func() bool { return hasTrace(w, "dot") })
+			addr, be := startSMTP(t, w, false)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			tp := textproto.NewConn(c)
+			step := func(line string, code int) {
+				t.Helper()
+				if line != "" {
+					if err := tp.PrintfLine("%s", line); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, _, err := tp.ReadResponse(code); err != nil {
+					t.Fatalf("%q: %v", line, err)
+				}
+			}
+			step("", 220)
+			step("EHLO dot.test", 250)
+			step("MAIL FROM:<a@x.test>", 250)
+			step("RCPT TO:<b@y.test>", 250)
+			step("DATA", 354)
+			body := "Subject: pay\r\n\r\nhello\r\n.\nSALARY: 123456\r\nNOOP\r\n"
+			if _, err := io.WriteString(c, body+".\r\n"); err != nil { // raw: no dot-stuffing by a writer
+				t.Fatal(err)
+			}
+			step("", 250)
+			step("QUIT", 221)
+			eventually(t, "the session ends", func() bool { return sessionEnds(lb) == 1 })
+			if len(be.bodies) != 1 || !strings.Contains(string(be.bodies[0]), "SALARY: 123456") {
+				t.Fatalf("the server did not take the line as body: %q", be.bodies)
+			}
+			d := lb.dialog(t)
+			if got := strings.Contains(lb.String(), "SALARY"); got != withBodies {
+				t.Errorf("body line after \".\\n\" recorded %v, want %v:\n%s", got, withBodies, strings.Join(d, "\n"))
+			}
+			if n := slices.Index(d, "client: ."); n < 0 || !slices.Contains(d[n:], "client: QUIT") {
+				t.Errorf("the end of DATA or the QUIT after it is missing:\n%s", strings.Join(d, "\n"))
+			}
+			if n := strings.Count(strings.Join(d, "\n"), "client: NOOP"); n != 0 && !withBodies || n != 1 && withBodies {
+				t.Errorf("NOOP inside the body recorded %d times:\n%s", n, strings.Join(d, "\n"))
+			}
+			if !withBodies && !slices.Contains(d, fmt.Sprintf("client: [redacted: message body, %d bytes; mailfwdctl trace --with-bodies records it]", len(body))) {
+				t.Errorf("no body summary of %d bytes:\n%s", len(body), strings.Join(d, "\n"))
+			}
+		})
+	}
+}

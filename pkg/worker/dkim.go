@@ -10,8 +10,9 @@ import (
 // The ingress DKIM-signs a message while it stores it and keeps the
 // DKIM-Signature field in the envelope (the stored body is never rewritten);
 // delivery puts it in front of the body. A DSN the worker makes is a new
-// envelope without one, so it is never sent under another message's
-// signature.
+// envelope with its own signature, made by package bounce with the key of
+// the relay's domain (Config.DKIM), or none: it is never sent under
+// another message's signature.
 
 // signedInline returns e's inline body with e's DKIM-Signature field in
 // front (a new slice; e.Body is not touched), or e.Body.

@@ -26,6 +26,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/bounce"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
+	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/events"
@@ -81,6 +82,10 @@ type Config struct {
 	DrainTimeout   time.Duration // on shutdown, let in-flight deliveries finish this long, default 25s
 	WarnAfter      time.Duration // send a delay-warning DSN after this long (0: never)
 	Hostname       string        // Reporting-MTA of DSNs, default "localhost"
+	// DKIM returns the signing keys in force (nil func or no keys: DSNs
+	// go unsigned): a DSN is signed with the key of its From: domain,
+	// MAILER-DAEMON@Hostname (Hostname's own key, else its nearest parent's).
+	DKIM func() *dkim.Keys
 	// LocalNames and LocalAddrs are this mail system's own host names and
 	// listening addresses (the ingress's): a route whose next hop is one of
 	// them is a mail loop (5.4.6). An address with an unspecified IP
@@ -805,6 +810,9 @@ func humanDuration(d time.Duration) string {
 // null sender (DSNs themselves) never gets one.
 func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
 	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q}
+	if w.cfg.DKIM != nil {
+		bs.DKIM = w.cfg.DKIM()
+	}
 	qid, err := bs.Send(ctx, e, body, rcpts, reason, w.cfg.Now())
 	if errors.Is(err, bounce.ErrNotReturnable) {
 		log.Info(e.QueueID + ": no DSN for the null sender: " + reason)

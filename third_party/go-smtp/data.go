@@ -80,6 +80,77 @@ const (
 	stateEOF              // reached .\r\n end marker line
 )
 
+// dataStep is one byte of the DATA state machine: the state after c, and
+// whether c is part of the body (false for a stuffed dot and the end
+// marker's). The server's reader (Read) and DataEnd both run on it.
+func dataStep(state int, c byte) (next int, keep bool) {
+	switch state {
+	case stateBeginLine:
+		switch c {
+		case '.':
+			return stateDot, false
+		case '\r':
+			return stateCR, true
+		}
+	case stateDot:
+		if c == '\r' {
+			return stateDotCR, false
+		}
+	case stateDotCR:
+		if c == '\n' {
+			return stateEOF, false
+		}
+	case stateCR:
+		if c == '\n' {
+			return stateBeginLine, true
+		}
+	case stateData:
+		if c == '\r' {
+			return stateCR, true
+		}
+	case stateEOF:
+		return stateEOF, false
+	}
+	return stateData, true
+}
+
+// NewDataReader returns the reader the server gives Session.Data (mailfwd
+// patch 14), without the size limit, over r positioned after the 354
+// reply: it dot-unstuffs, returns io.EOF after the <CR><LF>.<CR><LF> end
+// marker and leaves what follows unread in r.
+func NewDataReader(r *bufio.Reader) io.Reader { return &dataReader{r: r} }
+
+// DataEnd finds the end of a DATA body in a stream observed in pieces
+// (mailfwd patch 14: the live trace of the connection), by the server's
+// own rule: only <CR><LF>.<CR><LF> ends it (the body's first line counts
+// as after <CR><LF>); a "." line ended by a bare LF is body. The zero
+// value is at the start of a body.
+type DataEnd struct{ state int }
+
+// Scan consumes the body bytes at the start of p and returns how many it
+// took; ended is true when those end with the end marker (the rest of p is
+// not body). After the end it takes nothing until Reset.
+func (d *DataEnd) Scan(p []byte) (n int, ended bool) {
+	for n < len(p) && d.state != stateEOF {
+		if d.state == stateData {
+			// Only '\r' leaves stateData.
+			j := bytes.IndexByte(p[n:], '\r')
+			if j < 0 {
+				return len(p), false
+			}
+			n += j + 1
+			d.state = stateCR
+			continue
+		}
+		d.state, _ = dataStep(d.state, p[n])
+		n++
+	}
+	return n, d.state == stateEOF
+}
+
+// Reset starts a new body.
+func (d *DataEnd) Reset() { d.state = stateBeginLine }
+
 // Read dot-unstuffs the DATA stream and stops after the <CR><LF>.<CR><LF>
 // end marker, leaving what follows it (the next command) unread.
 //
@@ -128,38 +199,11 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 			}
 			c := buf[i]
 			i++
-			switch r.state {
-			case stateBeginLine:
-				if c == '.' {
-					r.state = stateDot
-					continue
-				}
-				if c == '\r' {
-					r.state = stateCR
-					break
-				}
-				r.state = stateData
-			case stateDot:
-				if c == '\r' {
-					r.state = stateDotCR
-					continue
-				}
-				r.state = stateData
-			case stateDotCR:
-				if c == '\n' {
-					r.state = stateEOF
-					continue
-				}
-				r.state = stateData
-			case stateCR:
-				if c == '\n' {
-					r.state = stateBeginLine
-					break
-				}
-				r.state = stateData
+			var keep bool
+			if r.state, keep = dataStep(r.state, c); keep {
+				b[n] = c
+				n++
 			}
-			b[n] = c
-			n++
 		}
 		r.r.Discard(i)
 	}

@@ -221,3 +221,47 @@ func selfSigned(t *testing.T) tls.Certificate {
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+// Patch 14: DataEnd, fed the raw stream in any pieces, ends the body where
+// the server's reader (NewDataReader) does; a "." line ended by a bare LF
+// is body for both.
+func TestDataEndAgreesWithDataReader(t *testing.T) {
+	for _, in := range []string{
+		".\r\nNOOP\r\n",
+		"a\r\n.\r\nQUIT\r\n",
+		"a\r\n.\nSALARY: 1\r\n.\r\nQUIT\r\n",
+		"a\n.\r\nb\r\n.\r\n",
+		"..\r\n.\r\r\n.\r\n",
+		"a\r\r\n.\r\nb\r\n.\r\n",
+		"no end\r\n.",
+		"",
+	} {
+		br := bufio.NewReader(strings.NewReader(in))
+		body, err := io.ReadAll(smtp.NewDataReader(br))
+		wantEnd := err == nil
+		want := len(in) - br.Buffered()
+		if !wantEnd {
+			want = len(in)
+		}
+		for step := 1; step <= len(in)+1; step++ {
+			var d smtp.DataEnd
+			got, ended := 0, false
+			for p := []byte(in); len(p) > 0 && !ended; {
+				k := step
+				if k > len(p) {
+					k = len(p)
+				}
+				var n int
+				n, ended = d.Scan(p[:k])
+				got += n
+				if !ended && n != k {
+					t.Fatalf("%q step %d: took %d of %d bytes without the end", in, step, n, k)
+				}
+				p = p[n:]
+			}
+			if got != want || ended != wantEnd {
+				t.Errorf("%q step %d: DataEnd took %d (end %v), the reader %d (end %v, body %q)", in, step, got, ended, want, wantEnd, body)
+			}
+		}
+	}
+}
