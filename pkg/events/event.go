@@ -99,9 +99,19 @@ func Subject(ev *Event) string {
 	}
 	d := "_none"
 	if ev.Destination != "" {
-		d = address.SubjectToken(strings.ToLower(ev.Destination))
+		d = tokens(address.SubjectToken(strings.ToLower(ev.Destination)))
 	}
 	return Prefix + "." + token(string(ev.Type)) + "." + d
+}
+
+// tokens makes every dot-separated part of s a safe token: a destination
+// that is not a valid domain still yields a valid subject.
+func tokens(s string) string {
+	parts := strings.Split(s, ".")
+	for i, p := range parts {
+		parts[i] = token(p)
+	}
+	return strings.Join(parts, ".")
 }
 
 // token makes s one safe subject token.

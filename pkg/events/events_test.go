@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -321,5 +322,18 @@ func TestVerifyRejectsTampering(t *testing.T) {
 		if err == nil {
 			t.Errorf("a tampered %s verified", name)
 		}
+	}
+}
+
+// An event too big for the stream is dropped at once (counted), not
+// retried for ever; the next one goes through.
+func TestOversizedEventDropped(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	r.pub.Emit(events.Event{Type: events.Audit, Action: "queue.purge", Target: strings.Repeat("qid=x ", 20000)})
+	r.pub.Emit(events.Event{Type: events.Audit, Action: "queue.purge", Target: "qid=y"})
+	r.flush(t)
+	got := r.stored(t, events.Filter{})
+	if r.pub.Dropped() != 1 || len(got) != 1 || got[0].Target != "qid=y" {
+		t.Fatalf("dropped %d, stored %+v; want the big one dropped and the small one stored", r.pub.Dropped(), got)
 	}
 }

@@ -3,6 +3,8 @@ package events
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -12,6 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// MaxEventBytes bounds one event's JSON (the stream's max_msg_size is 64 KiB).
+const MaxEventBytes = 60 << 10
 
 // Emitter takes events; the daemons and mailfwdctl hold one. A nil
 // *Publisher is a valid Emitter that drops everything (events off).
@@ -135,6 +140,10 @@ func (p *Publisher) Emit(ev Event) {
 		p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
 		return
 	}
+	if len(data) > MaxEventBytes {
+		p.drop(nats.NewMsg(Subject(&ev)), fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventBytes))
+		return
+	}
 	m := nats.NewMsg(Subject(&ev))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
@@ -149,8 +158,21 @@ func (p *Publisher) publish(m *nats.Msg) {
 	p.published.Add(1)
 }
 
-// failed keeps m for another try, or drops it when the buffer is full.
+// permanent reports errors a retry cannot fix: the server refused this
+// event (its size, a bad subject), as opposed to no answer at all.
+func permanent(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrInvalidMsg) ||
+		(errors.As(err, &api) && api.Code != 503)
+}
+
+// failed keeps m for another try, or drops it when the buffer is full or
+// the server refused it.
 func (p *Publisher) failed(m *nats.Msg, err error) {
+	if permanent(err) {
+		p.drop(m, err)
+		return
+	}
 	p.mu.Lock()
 	_, dup := p.held[m]
 	p.held[m] = struct{}{}
