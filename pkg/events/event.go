@@ -78,7 +78,6 @@ type Event struct {
 	TLS         string    `json:"tls,omitempty"`        // TLSv1.3, TLSv1.2, none
 	TLSVerify   string    `json:"tls_verify,omitempty"` // sendmail's verify=: OK, FAIL, NO, NONE
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
-	DSNQueueID  string    `json:"dsn_queue_id,omitempty"` // the queue id of the DSN sent about it
 
 	// Operator actions (Audit, and the per-message events they cause).
 	Actor   string `json:"actor,omitempty"`   // NATS user, or Kubernetes user for policy writes
