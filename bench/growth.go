@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -203,8 +204,16 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 		return err
 	}
 	var minio *rig.Minio
-	for _, variant := range []string{"single", "chart", "r3"} {
-		for _, c := range profileCells {
+	variants := []string{"single", "chart", "r3"}
+	if v := os.Getenv("BENCH_PROFILE_VARIANTS"); v != "" {
+		variants = strings.Split(v, ",")
+	}
+	cells := profileCells
+	if sizes := envInts("BENCH_SIZES", nil); len(sizes) > 0 {
+		cells = slices.DeleteFunc(slices.Clone(cells), func(c cell) bool { return !slices.Contains(sizes, c.sizeKiB) })
+	}
+	for _, variant := range variants {
+		for _, c := range cells {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

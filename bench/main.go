@@ -34,7 +34,14 @@
 //	BENCH_WORKERS=1,2,4  worker process counts
 //	BENCH_PROFILE=1      also run a CPU-profiled mailfwd (ingress and worker) in one cell of
 //	                     each configuration and print the top functions
-//	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB)
+//	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB); with BENCH_PROFILE=1
+//	                     also the profiled cells
+//	BENCH_PROFILE_VARIANTS=single,chart,r3   the profiled configurations
+//	BENCH_WAN=0          skip the WAN rows (wan.go: destination behind a latency proxy,
+//	                     Postfix vs mailfwd-file-sync, 4 connections each)
+//	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way;
+//	                     BENCH_WAN_RCPTS=1,10 and BENCH_SIZES select WAN cells
+//	BENCH_SMART=0        skip the smart-sink workload (smart.go); BENCH_SMART_N=1000 (quick: 300)
 //	BENCH_OUT=bench-results   directory for the CSV files and profiles
 //
 // It must run as root if the postfix system is measured (Postfix's master
@@ -47,6 +54,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -173,8 +181,8 @@ type system struct {
 	addr       string
 	sink       *rig.Sink
 	cpu        func() time.Duration // nil: not a relay (the ceiling)
-	// rss is the memory reported per cell in KiB: the ingress process for
-	// mailfwd, the whole relay (every process) for Postfix and maddy.
+	// rss is the memory reported per cell in KiB: the summed PSS of every
+	// process of the relay (rig.TreePSS), the same way for every system.
 	rss   func() int64
 	close func()
 }
@@ -213,7 +221,8 @@ func run() error {
 	defer rec.close()
 	fmt.Printf("mailfwd bench: %d runs per cell, N=%d messages per run, %d CPUs, load average now %s\n",
 		o.runs, o.n, numCPU(), loadavg())
-	fmt.Printf("systems: %s; results in %s\n\n", strings.Join(o.systems, ", "), rec.path)
+	fmt.Printf("systems: %s; results in %s\n", strings.Join(o.systems, ", "), rec.path)
+	fmt.Printf("work directory %s on %s\n\n", work, fileSystemOf(work))
 
 	var minio *rig.Minio
 	needMinio := false
@@ -264,12 +273,12 @@ func run() error {
 			break
 		}
 		for r := range o.runs {
-			// Alternate: rotate the system order run by run.
-			for k := range systems {
+			// A new random system order in every run.
+			for _, k := range rand.Perm(len(systems)) {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				s := systems[(k+r+ci)%len(systems)]
+				s := systems[k]
 				smp := measure(tools, s, c, o.n)
 				rec.write("grid", s, c, o.n, r, smp)
 				results[c.String()+"|"+s.name] = append(results[c.String()+"|"+s.name], smp)
@@ -294,6 +303,16 @@ func run() error {
 	if o.growth && ctx.Err() == nil {
 		if err := growth(ctx, tools, work, o, rec); err != nil {
 			return fmt.Errorf("cost growth: %w", err)
+		}
+	}
+	if os.Getenv("BENCH_WAN") != "0" && ctx.Err() == nil {
+		if err := wan(ctx, tools, work, o); err != nil {
+			return fmt.Errorf("wan: %w", err)
+		}
+	}
+	if os.Getenv("BENCH_SMART") != "0" && ctx.Err() == nil {
+		if err := smartSink(ctx, tools, work, o); err != nil {
+			return fmt.Errorf("smart sink: %w", err)
 		}
 	}
 	if o.profile && ctx.Err() == nil {
@@ -329,7 +348,7 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		}
 		s.durability = "queue: 3 files fsynced before the 250 (not the directory)"
 		s.addr, s.cpu = md.SMTPAddr, md.CPU
-		s.rss = func() int64 { return rig.TreeRSS(md.Pid()) }
+		s.rss = func() int64 { return rig.TreePSS(md.Pid()) }
 		s.close = func() { _ = md.Stop(10 * time.Second); _ = sink.Kill() }
 		return s, nil
 	case "postfix":
@@ -340,7 +359,7 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		}
 		s.durability = "fsync queue file before 250"
 		s.addr, s.cpu = pf.SMTPAddr, pf.CPU
-		s.rss = func() int64 { return rig.TreeRSS(pf.MasterPid()) }
+		s.rss = func() int64 { return rig.TreePSS(pf.MasterPid()) }
 		s.close = func() { pf.Stop(); _ = sink.Kill() }
 		return s, nil
 	}
@@ -412,7 +431,8 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		_ = sink.Kill()
 		return nil, err
 	}
-	s.addr, s.cpu, s.rss = m.SMTPAddr, m.CPU, m.IngressRSS
+	s.addr, s.cpu = m.SMTPAddr, m.CPU
+	s.rss = func() int64 { return rig.TreePSS(procPids(m.Procs())...) }
 	s.close = func() {
 		m.Close()
 		if cluster != nil {
@@ -491,12 +511,20 @@ func measure(tools rig.Tools, s *system, c cell, n int) sample {
 	smp := sample{accept: accept, e2e: at.Sub(start), err: err, rssKiB: peak()}
 	if s.cpu != nil {
 		smp.cpu = settleCPU(s.cpu) - cpu0
+	} else {
+		time.Sleep(time.Second) // let late duplicates arrive before the count check
+	}
+	// Exactly n: a duplicate, or a leftover of an earlier failed run, would
+	// otherwise end a run early unseen.
+	if got := s.sink.Count() - before; smp.err == nil && got != int64(n) {
+		smp.err = fmt.Errorf("the sink got %d new transactions, want exactly %d", got, n)
 	}
 	smp.machine = machineBusy() - m0
 	return smp
 }
 
-// sampleRSS polls rss every 50 ms until the returned function is called,
+// sampleRSS polls rss every 250 ms (every system alike: one /proc scan
+// per sample) until the returned function is called,
 // which stops it and returns the peak (KiB).
 func sampleRSS(rss func() int64) func() int64 {
 	if rss == nil {
@@ -505,7 +533,7 @@ func sampleRSS(rss func() int64) func() int64 {
 	stop, done := make(chan struct{}), make(chan int64)
 	go func() {
 		peak := rss()
-		t := time.NewTicker(50 * time.Millisecond)
+		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
@@ -555,4 +583,25 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// fileSystemOf names the file system holding path (type, device, mount
+// point, from /proc/self/mounts).
+func fileSystemOf(path string) string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return "?"
+	}
+	best, desc := "", "?"
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		mp := f[1]
+		if (path == mp || strings.HasPrefix(path, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
+			best, desc = mp, fmt.Sprintf("%s (%s, mounted on %s)", f[2], f[0], mp)
+		}
+	}
+	return desc
 }

@@ -142,7 +142,27 @@ func StartMailfwd(t Tools, cfg MailfwdConfig) (*Mailfwd, error) {
 			return nil, err
 		}
 	}
+	if cfg.Workers > 0 {
+		// Until the ingress has seen every worker read the raw envelope
+		// form it writes inline bodies as base64 JSON (queue.
+		// WatchEnvelopeReaders, asked every second): a run started before
+		// would measure that form (at 100 KiB, JSON scanning and base64 in
+		// the worker doubled its CPU per message).
+		m.waitLog(m.Ingress.LogPath, "inline bodies are written as raw bytes", 20*time.Second)
+	}
 	return m, nil
+}
+
+// waitLog waits until the file at path contains s, at most timeout.
+func (m *Mailfwd) waitLog(path, s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), s) {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
 }
 
 // WorkerArgs is the command line of worker i.

@@ -52,6 +52,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 // StartPostfix writes the configuration under dir and runs `postfix -c
 // dir/etc start`. relay is the next hop (host:port).
 func StartPostfix(bin, dir, relay string) (*Postfix, error) {
+	return StartPostfixConf(bin, dir, relay, "")
+}
+
+// StartPostfixConf is StartPostfix with extra main.cf lines (they come
+// last, so they override).
+func StartPostfixConf(bin, dir, relay, extra string) (*Postfix, error) {
 	pf, err := user.Lookup("postfix")
 	if err != nil {
 		return nil, fmt.Errorf("rig: postfix user: %w (is the postfix package installed?)", err)
@@ -92,7 +98,7 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 biff = no
-`, host, rport, filepath.Join(dir, "spool"), filepath.Join(dir, "data"), filepath.Join(dir, "maillog"), dir)
+%s`, host, rport, filepath.Join(dir, "spool"), filepath.Join(dir, "data"), filepath.Join(dir, "maillog"), dir, extra)
 	if err := os.WriteFile(filepath.Join(p.conf, "main.cf"), []byte(mainCF), 0o644); err != nil {
 		return nil, fmt.Errorf("rig: postfix main.cf: %w", err)
 	}

@@ -45,6 +45,7 @@ type Worker struct {
 	SMTPPort       uint
 	Routes         config.StringList
 	NoTLS          bool
+	LineLimit      int // --smtp-line-length-limit (0: lines sent as they are)
 	Limits         config.StringList
 	LocalNames     config.StringList
 	LocalAddrs     config.StringList
@@ -100,6 +101,9 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.Delivery.MaxConnsPerHost, "max-conns-per-host", 10, "concurrent connections per destination address")
 	fs.IntVar(&o.Delivery.MaxReplyBytes, "max-reply-bytes", 64<<10, "bytes one reply of a destination may take (all its lines); beyond it the step fails temporarily and the connection is dropped")
 	fs.IntVar(&o.Delivery.MaxMsgsPerConn, "max-msgs-per-conn", 100, "transactions per connection before it is closed")
+	fs.BoolVar(&o.Delivery.NoPipelining, "no-pipelining", false, "never pipeline commands to destinations (by default MAIL, every RCPT and DATA go in one write when the destination offers PIPELINING, RFC 2920)")
+	fs.BoolVar(&o.Delivery.NoChunking, "no-chunking", false, "never send bodies with BDAT (by default, to a destination offering CHUNKING and PIPELINING, MAIL, the RCPTs and BDAT LAST go in one round trip, RFC 3030)")
+	fs.IntVar(&o.LineLimit, "smtp-line-length-limit", delivery.DefaultLineLengthLimit, "longest header or body line sent to a destination (CRLF not counted); a longer one is broken by inserting CRLF and a space, as Postfix's smtp_line_length_limit; 0 sends lines as they are")
 	fs.DurationVar(&o.Delivery.IdleTimeout, "idle-timeout", 30*time.Second, "close pooled idle connections after this")
 	fs.DurationVar(&o.Delivery.HostDownTTL, "host-down-ttl", 30*time.Second, "after a connect failure, skip that address for this long (sendmail host status)")
 	fs.IntVar(&o.Engine.Concurrency, "concurrency", 64, "envelopes delivered at once by this process")
@@ -141,6 +145,9 @@ func (o *Worker) Validate() error {
 	}
 	if o.Sweep.MinAge < time.Minute {
 		errs = append(errs, errors.New("--orphan-min-age must be at least 1m (an accept in progress must never look orphaned)"))
+	}
+	if o.LineLimit < 0 {
+		errs = append(errs, errors.New("--smtp-line-length-limit must be 0 (no limit) or more"))
 	}
 	if o.Delivery.MaxReplyBytes < 1024 {
 		errs = append(errs, errors.New("--max-reply-bytes must be at least 1024"))
@@ -341,6 +348,10 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		return err
 	}
 	o.Delivery.StartTLS = !o.NoTLS
+	o.Delivery.LineLengthLimit = o.LineLimit
+	if o.LineLimit == 0 {
+		o.Delivery.LineLengthLimit = -1 // Postfix's 0: no limit
+	}
 	o.Delivery.Logger = log.With("component", "delivery")
 	roots, _ := o.caPool()
 	if roots == nil {

@@ -89,8 +89,21 @@ type Config struct {
 	// lines; go-smtp already bounds a line to 2000 bytes), default 64 KiB.
 	// Beyond it the step fails temporarily and the connection is dropped.
 	MaxReplyBytes  int
-	MaxMsgsPerConn int           // default 100: close a connection after this many transactions
-	IdleTimeout    time.Duration // default 30s: idle pooled connections closed after this
+	MaxMsgsPerConn int // default 100: close a connection after this many transactions
+	// NoPipelining: never pipeline commands, even when the remote offers
+	// PIPELINING (RFC 2920). Off by default: MAIL, every RCPT and DATA go
+	// in one write.
+	NoPipelining bool
+	// NoChunking: never send the body with BDAT, even when the remote
+	// offers CHUNKING (RFC 3030) with PIPELINING. Off by default: MAIL, the
+	// RCPTs and the body (BDAT … LAST) go in one round trip.
+	NoChunking bool
+	// LineLengthLimit is the longest line, CRLF not counted, sent to a
+	// remote: a longer line of the header or body is broken by inserting
+	// CRLF and a space, as Postfix's smtp_line_length_limit does. 0: 998
+	// (RFC 5322 §2.1.1); negative: lines are sent as they are.
+	LineLengthLimit int
+	IdleTimeout     time.Duration // default 30s: idle pooled connections closed after this
 	// StartTLS: the built-in default level is may (opportunistic STARTTLS
 	// when advertised); false makes it none. tls_policy entries and
 	// credentials (at least encrypt) override it.
@@ -188,6 +201,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.MaxMsgsPerConn <= 0 {
 		cfg.MaxMsgsPerConn = 100
+	}
+	if cfg.LineLengthLimit == 0 {
+		cfg.LineLengthLimit = DefaultLineLengthLimit
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
@@ -347,25 +363,37 @@ func (c *Client) isClosed() bool {
 
 var closedResult = result{Enhanced: "4.3.2", Text: "Delivery client is shut down."}
 
-// transact runs MAIL/RCPT/DATA on cn and fills out.Statuses. It reports
-// whether cn is still in a clean state and may be reused.
-// transact runs one transaction on cn. stale reports a connection reused
-// without a check that failed at MAIL FROM without a reply: nothing was
-// sent, and the caller may retry on a fresh connection.
-func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outcome) (reusable, stale bool) {
-	name := cn.hop.Name
-	final := make([]bool, len(msg.Recipients))
-	set := func(i int, r result) {
-		out.Statuses[i] = r.forRcpt(msg.Recipients[i])
-		final[i] = true
-	}
-	setRest := func(r result) {
-		for i := range final {
-			if !final[i] {
-				set(i, r)
-			}
+// tx is the per-recipient bookkeeping of one transaction.
+type tx struct {
+	msg   *Message
+	out   *Outcome
+	final []bool
+}
+
+// set records recipient i's outcome.
+func (t *tx) set(i int, r result) {
+	t.out.Statuses[i] = r.forRcpt(t.msg.Recipients[i])
+	t.final[i] = true
+}
+
+// setRest records r for every recipient without an outcome yet.
+func (t *tx) setRest(r result) {
+	for i := range t.final {
+		if !t.final[i] {
+			t.set(i, r)
 		}
 	}
+}
+
+// transact runs one transaction on cn (MAIL/RCPT/DATA, pipelined when the
+// remote offers PIPELINING) and fills out.Statuses. It reports whether cn
+// is still in a clean state and may be reused. stale reports a connection
+// reused without a check that failed at MAIL FROM without a reply: nothing
+// was sent, and the caller may retry on a fresh connection.
+func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outcome) (reusable, stale bool) {
+	name := cn.hop.Name
+	t := &tx{msg: msg, out: out, final: make([]bool, len(msg.Recipients))}
+	set, setRest := t.set, t.setRest
 
 	if msg.UTF8 {
 		if ok, _ := cn.sc.Extension("SMTPUTF8"); !ok {
@@ -400,6 +428,9 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	// go-smtp adds SIZE only when advertised, and BODY=8BITMIME whenever the
 	// server advertises 8BITMIME (harmless for 7-bit bodies).
 	opts := &smtp.MailOptions{Size: size, UTF8: msg.UTF8}
+	if c.pipelining(cn) && len(msg.Recipients) <= maxPipelinedRcpts {
+		return c.transactPipelined(ctx, cn, t, opts)
+	}
 	if err := cn.sc.Mail(msg.From, opts); err != nil {
 		r, isReply := stepError(ctx, name, "MAIL FROM", err)
 		if !isReply && cn.reused && ctx.Err() == nil {
@@ -413,7 +444,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 	var accepted int
 	for i, rcpt := range msg.Recipients {
 		if strings.ContainsAny(rcpt, "\r\n") {
-			set(i, result{Code: 553, Enhanced: "5.1.3", Text: "Invalid recipient address."})
+			set(i, invalidRcpt)
 			continue
 		}
 		err := cn.sc.Rcpt(rcpt, nil)
@@ -439,51 +470,77 @@ func (c *Client) transact(ctx context.Context, cn *conn, msg *Message, out *Outc
 		out.Reply = r.Text
 		return isReply && r.Code != 421 && cn.reset(c.cfg.HeloName) == nil, false
 	}
+	return c.sendData(ctx, cn, t, w), false
+}
+
+var invalidRcpt = result{Code: 553, Enhanced: "5.1.3", Text: "Invalid recipient address."}
+
+// sendData sends the body on a DATA command the remote accepted (354) and
+// reads the final reply; it reports whether cn may be reused.
+func (c *Client) sendData(ctx context.Context, cn *conn, t *tx, w *smtp.DataCommand) bool {
+	name, msg := cn.hop.Name, t.msg
 	if msg.DataStarted != nil {
 		msg.DataStarted()
 	}
 	deadline := time.Now().Add(c.cfg.DataTimeout)
 	if err := cn.raw.SetDeadline(deadline); err != nil {
-		setRest(lostResult(ctx, name, "DATA", err))
-		return false, false
+		t.setRest(lostResult(ctx, name, "DATA", err))
+		return false
 	}
-	if msg.Open == nil {
-		if _, err := w.Write(msg.Body); err != nil {
-			setRest(lostResult(ctx, name, "message transfer", err))
-			return false, false
-		}
-	} else {
-		// The connection is dropped on a body read error: without the final
-		// dot the remote discards what it got.
-		rc, err := msg.Open()
-		if err != nil {
-			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", err)})
-			return false, false
-		}
+	rc, r, ok := c.writeBody(ctx, name, msg, w)
+	if rc != nil {
 		// Closed once the remote answered: the transfer is over only then.
 		defer rc.Close()
-		_, err = io.Copy(w, bodyReader{rc})
-		var be bodyError
-		switch {
-		case errors.As(err, &be):
-			setRest(result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", be.err)})
-			return false, false
-		case err != nil:
-			setRest(lostResult(ctx, name, "message transfer", err))
-			return false, false
-		}
+	}
+	if !ok {
+		t.setRest(r)
+		return false
 	}
 	cn.sc.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 	resp, err := w.CloseWithResponse()
 	cn.sc.SubmissionTimeout = c.cfg.DataTimeout
 	if err != nil {
 		r, isReply := stepError(ctx, name, "end of DATA", err)
-		setRest(r)
-		out.Reply = r.Text
-		return isReply && r.Code != 421, false
+		t.setRest(r)
+		t.out.Reply = r.Text
+		return isReply && r.Code != 421
 	}
-	r := okResult(resp.StatusText)
-	setRest(r)
-	out.Reply = r.Text
-	return true, false
+	r = okResult(resp.StatusText)
+	t.setRest(r)
+	t.out.Reply = r.Text
+	return true
+}
+
+// writeBody copies msg's body to w, long lines folded (foldWriter). On
+// failure it returns the result for the recipients: the connection must
+// then be dropped (without the end of the body the remote discards what
+// it got). rc, when not nil, is the opened body, to close once the remote
+// answered.
+func (c *Client) writeBody(ctx context.Context, name string, msg *Message, w io.Writer) (rc io.ReadCloser, _ result, ok bool) {
+	fw := newFoldWriter(w, c.cfg.LineLengthLimit)
+	if msg.Open == nil {
+		if _, err := fw.Write(msg.Body); err != nil {
+			return nil, lostResult(ctx, name, "message transfer", err), false
+		}
+		if err := fw.Flush(); err != nil {
+			return nil, lostResult(ctx, name, "message transfer", err), false
+		}
+		return nil, result{}, true
+	}
+	rc, err := msg.Open()
+	if err != nil {
+		return nil, result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", err)}, false
+	}
+	_, err = io.Copy(fw, bodyReader{rc})
+	if err == nil {
+		err = fw.Flush()
+	}
+	var be bodyError
+	switch {
+	case errors.As(err, &be):
+		return rc, result{Enhanced: "4.3.0", Text: fmt.Sprintf("Could not read the message body: %v", be.err)}, false
+	case err != nil:
+		return rc, lostResult(ctx, name, "message transfer", err), false
+	}
+	return rc, result{}, true
 }

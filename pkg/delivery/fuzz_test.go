@@ -23,6 +23,11 @@ func FuzzRemoteReplies(f *testing.F) {
 	f.Add([]byte("220 mx\r\n250 ok\r\n250 2.1.0 ok\r\n451 4.99999.1 later\r\n"))
 	f.Add([]byte("220 mx\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n"))
 	f.Add([]byte("220-" + strings.Repeat("continued\r\n220-", 2000) + "\r\n"))
+	// Pipelined groups (MAIL, RCPT, DATA or BDAT LAST), fitting or not.
+	f.Add([]byte("220 mx\r\n250-mx\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n"))
+	f.Add([]byte("220 mx\r\n250-mx\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"))
+	f.Add([]byte("220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 extra\r\n"))
+	f.Add([]byte("220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n550 no\r\n354 go\r\n"))
 	f.Fuzz(func(t *testing.T, replies []byte) {
 		const maxReply = 4096
 		c, err := delivery.New(delivery.Config{

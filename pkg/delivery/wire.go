@@ -75,3 +75,7 @@ func (w *wireConn) setActivity(f func()) {
 	}
 	w.activity.Store(&f)
 }
+
+// renew gives the remote a fresh budget of max bytes, as a write does: a
+// pipelined group is answered with one reply per command, each bounded.
+func (w *wireConn) renew() { w.left.Store(w.max) }
