@@ -168,7 +168,7 @@ func TestSubmissionAuthSwaks(t *testing.T) {
 	wantAll(t, out, "250-STARTTLS")
 	wantNone(t, out, "250-AUTH", "250 AUTH", "235 ")
 	out = s.swaks(t, "submission", "--from", "a@app.test", "--to", "u@alpha.test", "--quit-after", "RCPT")
-	wantAll(t, out, "550 5.7.1")
+	wantAll(t, out, "530 5.7.0") // MAIL before AUTH on a submission port
 
 	// The right password over STARTTLS relays, on every listener, and the
 	// message is delivered.
@@ -205,11 +205,35 @@ func TestSubmissionAuthSwaks(t *testing.T) {
 func TestSubmissionNoUsersNoAuth(t *testing.T) {
 	s := newSubmissionEnv(t, true, 3)
 	out := s.swaks(t, "submission", "--tls", "--from", "a@app.test", "--to", "u@alpha.test", "--quit-after", "RCPT")
-	wantAll(t, out, "220 2.0.0", "550 5.7.1") // STARTTLS done; still no relay
+	wantAll(t, out, "220 2.0.0", "530 5.7.0") // STARTTLS done; no AUTH offered, so no MAIL
 	wantNone(t, out, "AUTH PLAIN")
 	out = s.swaks(t, "smtps", "--tlsc", "--from", "a@app.test", "--to", "u@alpha.test", "--quit-after", "RCPT",
 		"--auth", "PLAIN", "--auth-user", subUser, "--auth-password", subPass)
 	wantNone(t, out, "AUTH PLAIN", "235 ")
+}
+
+// Issue 19 item 7: the submission ports (587, 465) want AUTH before MAIL,
+// even from a network the policy lets relay; port 25 is unchanged, and
+// --submission-auth-exceptions lets listed networks through.
+func TestSubmissionPortsRequireAuth(t *testing.T) {
+	s := newSubmissionEnv(t, false, 3, func(in *daemon.Ingress) {
+		in.SubmissionAuthExceptions = []string{"127.0.0.7"}
+	})
+	s.writePolicy("access", "Connect:127.0.0.1 RELAY\nConnect:127.0.0.7 RELAY\n")
+	waitFor(t, "policy reload", 30*time.Second, func() bool { return strings.Count(s.logs.String(), `msg="policy loaded"`) >= 2 })
+	mail := []string{"--from", "a@app.test", "--to", "u@alpha.test", "--header", "Subject: no auth"}
+	out := s.swaks(t, "submission", mail...)
+	wantAll(t, out, "530 5.7.0 Authentication required")
+	wantNone(t, out, "queued as")
+	out = s.swaks(t, "submission", append([]string{"--tls"}, mail...)...)
+	wantAll(t, out, "530 5.7.0 Authentication required")
+	out = s.swaks(t, "smtps", append([]string{"--tlsc"}, mail...)...)
+	wantAll(t, out, "530 5.7.0 Authentication required")
+	out = s.swaks(t, "smtp", mail...)
+	wantAll(t, out, "queued as")
+	out = s.swaks(t, "submission", append([]string{"--local-interface", "127.0.0.7"}, mail...)...)
+	wantAll(t, out, "queued as")
+	waitFor(t, "delivery", 30*time.Second, func() bool { return s.sink().Count() == 2 })
 }
 
 // AUTH before TLS is answered 538 5.7.11 (swaks does not send AUTH when it

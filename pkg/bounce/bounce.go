@@ -35,6 +35,10 @@ type Sender struct {
 	Hostname string // Reporting-MTA
 	Bodies   BodyStore
 	Queue    Queue
+	// ReturnPath, when set, maps the envelope sender to the address the DSN
+	// goes to: an SRS address of this relay's own SRS domain is reversed
+	// here rather than sent round through its own MX.
+	ReturnPath func(from string) string
 	// DKIM signs the DSN with the key of its From: domain,
 	// MAILER-DAEMON@Hostname (Hostname's key, else its nearest parent
 	// domain's); nil or no such key: unsigned.
@@ -54,9 +58,13 @@ func (s *Sender) Send(ctx context.Context, e *envelope.Envelope, body []byte, rc
 	if err != nil {
 		return "", fmt.Errorf("bounce: build DSN: %w", err)
 	}
-	to, err := address.Parse(e.From)
+	rcpt := e.From
+	if s.ReturnPath != nil {
+		rcpt = s.ReturnPath(e.From)
+	}
+	to, err := address.Parse(rcpt)
 	if err != nil {
-		return "", fmt.Errorf("bounce: sender %q cannot receive a DSN: %w", e.From, err)
+		return "", fmt.Errorf("bounce: sender %q cannot receive a DSN: %w", rcpt, err)
 	}
 	signature, err := s.sign(msg)
 	if err != nil {
@@ -67,7 +75,7 @@ func (s *Sender) Send(ctx context.Context, e *envelope.Envelope, body []byte, rc
 		return "", fmt.Errorf("bounce: store DSN: %w", err)
 	}
 	n := &envelope.Envelope{
-		QueueID: qid, From: "", Domain: to.ASCII, Recipients: []envelope.Recipient{{Addr: e.From}},
+		QueueID: qid, From: "", Domain: to.ASCII, Recipients: []envelope.Recipient{{Addr: rcpt}},
 		BodyKey: qid, Size: int64(len(msg)), UTF8: to.UTF8, Arrived: now.UTC(), Parts: 1, DSN: true,
 		EightBit:   bytes.ContainsFunc(msg, func(r rune) bool { return r >= 0x80 }),
 		ClientHelo: s.Hostname, ClientAddr: "127.0.0.1", DKIMSignature: signature,

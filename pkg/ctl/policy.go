@@ -498,10 +498,12 @@ func newPolicyImport(g *globals, kf *kubeFlags) *cobra.Command {
 	var dryRun bool
 	cmd := &cobra.Command{
 		Use:   "import [/etc/mail]",
-		Short: "Import a sendmail configuration directory (access, mailertable, aliases, virtusertable, local-host-names)",
+		Short: "Import a sendmail configuration directory (access, mailertable, aliases, virtusertable, local-host-names, genericstable, sendmail.mc masquerading)",
 		Long: `Reads the makemap source files of a sendmail /etc/mail directory (access, mailertable,
-virtusertable, local-host-names, and aliases from the directory or /etc/aliases) and
-replaces those keys of the policy. Keys with no file are left as they are.`,
+virtusertable, local-host-names, genericstable, and aliases from the directory or
+/etc/aliases) and the MASQUERADE_AS, MASQUERADE_DOMAIN, MASQUERADE_EXCEPTION and
+EXPOSED_USER lines of its sendmail.mc, and replaces those keys of the policy. Keys with
+no file are left as they are.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := "/etc/mail"
@@ -514,6 +516,28 @@ replaces those keys of the policy. Keys with no file are left as they are.`,
 			want, found, err := readPolicyDir(dir, dir == "/etc/mail")
 			if err != nil {
 				return err
+			}
+			if mc, err := os.ReadFile(filepath.Join(dir, "sendmail.mc")); err == nil {
+				var local []string
+				for _, l := range strings.Split(string(want["local-host-names"]), "\n") {
+					if t := strings.TrimSpace(l); t != "" && t[0] != '#' {
+						local = append(local, strings.Fields(t)...)
+					}
+				}
+				masq, notes, err := importSendmailMC(mc, local)
+				if err != nil {
+					return &ExitError{Code: ExitInvalid, Err: err}
+				}
+				for _, n := range notes {
+					fmt.Fprintln(g.errOut, "note: "+n)
+				}
+				if masq != "" {
+					want[policy.KeyMasquerade] = []byte(masq)
+					found = append(found, filepath.Join(dir, "sendmail.mc"))
+				}
+			}
+			if b, ok := want[policy.KeyGenericstable]; ok {
+				want[policy.KeyGenericstable] = []byte(importGenericstable(b))
 			}
 			if len(found) == 0 {
 				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("no sendmail map sources (%s) in %s", strings.Join(PolicyKeys[:5], ", "), dir)}

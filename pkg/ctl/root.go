@@ -73,7 +73,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.natsStoreDir, "nats-store-dir", os.Getenv("MAILFWD_NATS_STORE_DIR"), "single node: the local nats-server's store_dir; queue operations that move mail flush it to disk before they remove the old copy (env MAILFWD_NATS_STORE_DIR; what the daemons' --nats-store-dir is)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
-	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g))
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g), newSRSCmd(g))
 	root.AddCommand(newTraceCmd(g), newEventsCmd(g))
 	return root
 }

@@ -19,15 +19,17 @@ import (
 )
 
 type routeTarget struct {
-	Address string   `json:"address"`
-	Domain  string   `json:"domain"`
-	Via     string   `json:"via"`              // "mailertable" or "mx"
-	Rule    string   `json:"rule,omitempty"`   // mailertable key → entry
-	MX      []mxHost `json:"mx,omitempty"`     // MX hosts in preference order
-	Hops    []string `json:"hops,omitempty"`   // addresses the worker tries, in order
-	Action  string   `json:"action"`           // deliver, bounce, defer
-	Status  string   `json:"status,omitempty"` // enhanced status for bounce/defer
-	Reason  string   `json:"reason,omitempty"` // why
+	Address     string   `json:"address"`
+	Domain      string   `json:"domain"`
+	Via         string   `json:"via"`                   // "senderroutes", "mailertable" or "mx"
+	Sender      string   `json:"sender"`                // the envelope sender it leaves with
+	SenderSteps []string `json:"senderSteps,omitempty"` // genericstable, masquerade, SRS
+	Rule        string   `json:"rule,omitempty"`        // mailertable key → entry
+	MX          []mxHost `json:"mx,omitempty"`          // MX hosts in preference order
+	Hops        []string `json:"hops,omitempty"`        // addresses the worker tries, in order
+	Action      string   `json:"action"`                // deliver, bounce, defer
+	Status      string   `json:"status,omitempty"`      // enhanced status for bounce/defer
+	Reason      string   `json:"reason,omitempty"`      // why
 }
 
 type mxHost struct {
@@ -50,7 +52,7 @@ type routeResult struct {
 func newRouteCmd(g *globals) *cobra.Command {
 	var kf kubeFlags
 	var out printer
-	var client, clientHost, from string
+	var client, clientHost, from, authUser string
 	var dns []string
 	var port uint16
 	var routes []string
@@ -81,6 +83,11 @@ hosts in preference order with their addresses, and what a worker would do.`,
 			if err != nil {
 				return err
 			}
+			if kf.dir != "" { // a pod's policy directory holds the Secret's keys too (srs, authinfo)
+				if err := readSecretKeys(kf.dir, files); err != nil {
+					return err
+				}
+			}
 			pol, err := validate(files)
 			if err != nil {
 				return err
@@ -100,10 +107,10 @@ hosts in preference order with their addresses, and what a worker would do.`,
 				return &ExitError{Code: ExitUsage, Err: err}
 			}
 			table := pol.Mailertable.Merge(extra)
-			router := &route.Router{Table: table, Resolver: res, Port: port}
+			router := &route.Router{Table: table, Resolver: res, Port: port, BySender: pol.SenderRoute}
 			var results []routeResult
 			for _, a := range args {
-				results = append(results, explain(ctx, pol, table, router, res, policy.Client{Addr: ip, Hostname: clientHost}, from, a))
+				results = append(results, explain(ctx, pol, table, router, res, policy.Client{Addr: ip, Hostname: clientHost}, from, authUser, a))
 			}
 			return out.print(g.out, results, func(tw *tabwriter.Writer) {
 				for _, r := range results {
@@ -114,6 +121,9 @@ hosts in preference order with their addresses, and what a worker would do.`,
 					}
 					for _, t := range r.Targets {
 						fmt.Fprintf(tw, "  -> <%s>\n", t.Address)
+						for _, st := range t.SenderSteps {
+							fmt.Fprintf(tw, "     sender\t%s\n", st)
+						}
 						if t.Rule != "" {
 							fmt.Fprintf(tw, "     route\t%s\n", t.Rule)
 						}
@@ -137,6 +147,7 @@ hosts in preference order with their addresses, and what a worker would do.`,
 	f.StringVar(&client, "client", "127.0.0.1", "client IP address the mail would come from")
 	f.StringVar(&clientHost, "client-hostname", "", "the client's (verified) host name, for Connect: name rules")
 	f.StringVar(&from, "from", "postmaster@"+config.MailDomain(), "envelope sender")
+	f.StringVar(&authUser, "auth-user", "", "the SMTP AUTH user who submits the mail (senderroutes auth: entries)")
 	f.StringSliceVar(&dns, "dns-server", nil, "DNS server host:port (default /etc/resolv.conf)")
 	f.Uint16Var(&port, "smtp-port", 25, "destination port, as the workers' --smtp-port")
 	f.StringArrayVar(&routes, "route", nil, "extra static routes, as the workers' --route")
@@ -150,7 +161,7 @@ func replySuffix(r string) string {
 	return ": " + r
 }
 
-func explain(ctx context.Context, pol *policy.Policy, table *route.Table, router *route.Router, res *mxresolve.Resolver, c policy.Client, from, rcpt string) routeResult {
+func explain(ctx context.Context, pol *policy.Policy, table *route.Table, router *route.Router, res *mxresolve.Resolver, c policy.Client, from, authUser, rcpt string) routeResult {
 	r := routeResult{Address: rcpt, Client: c.Addr.String(), Sender: from, Access: "accept"}
 	if c.Hostname != "" {
 		r.Client += " (" + c.Hostname + ")"
@@ -172,12 +183,18 @@ func explain(ctx context.Context, pol *policy.Policy, table *route.Table, router
 		return r
 	}
 	for _, a := range x.Addrs {
-		r.Targets = append(r.Targets, explainTarget(ctx, table, router, res, a))
+		// The worker routes by the envelope sender as the ingress stored it
+		// (rewritten), as Postfix's sender_dependent_relayhost_maps sees the
+		// sender after canonical rewriting.
+		sender, steps := pol.EnvelopeSender(from, policy.Forwarded(rcpt, a))
+		t := explainTarget(ctx, table, router, res, route.Request{Sender: sender, AuthUser: authUser}, a)
+		t.Sender, t.SenderSteps = sender, steps
+		r.Targets = append(r.Targets, t)
 	}
 	return r
 }
 
-func explainTarget(ctx context.Context, table *route.Table, router *route.Router, res *mxresolve.Resolver, addr string) routeTarget {
+func explainTarget(ctx context.Context, table *route.Table, router *route.Router, res *mxresolve.Resolver, req route.Request, addr string) routeTarget {
 	t := routeTarget{Address: addr, Via: "mx"}
 	a, err := address.Parse(addr)
 	if err != nil {
@@ -185,7 +202,11 @@ func explainTarget(ctx context.Context, table *route.Table, router *route.Router
 		return t
 	}
 	t.Domain = a.ASCII
-	if key, e, ok := table.LookupKey(a.ASCII); ok {
+	req.Domain = a.ASCII
+	hops, why, err := router.RouteFor(ctx, req)
+	if key, e, ok := table.LookupKey(a.ASCII); strings.HasPrefix(why, policy.KeySenderRoutes) {
+		t.Via, t.Rule = "senderroutes", why
+	} else if ok {
 		t.Via, t.Rule = "mailertable", key+" "+e.String()
 	} else if !strings.HasPrefix(a.ASCII, "[") {
 		if mxs, err := res.LookupMX(ctx, a.ASCII); err == nil {
@@ -198,7 +219,6 @@ func explainTarget(ctx context.Context, table *route.Table, router *route.Router
 			}
 		}
 	}
-	hops, err := router.Route(ctx, a.ASCII)
 	if err != nil {
 		var re *route.Error
 		t.Action, t.Status, t.Reason = "defer", "4.4.3", err.Error()

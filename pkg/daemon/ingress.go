@@ -172,6 +172,10 @@ type Ingress struct {
 	// then AUTH); SMTPSListen the implicit-TLS one (port 465). "" disables.
 	SubmissionListen string
 	SMTPSListen      string
+
+	// SubmissionAuthExceptions is --submission-auth-exceptions (default none).
+	SubmissionAuthExceptions config.StringList
+
 	// AuthBudget bounds failed SMTP AUTH attempts per client
 	// (--auth-max-failures, --auth-failure-window, --auth-failure-clients).
 	AuthBudget smtpauth.BudgetConfig
@@ -196,12 +200,13 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM key for STARTTLS")
 	fs.Int64Var(&o.SMTP.MaxMessageBytes, "max-message-size", 20_000_000, "SIZE limit in bytes (552 above it)")
 	fs.IntVar(&o.SMTP.MaxRecipients, "max-recipients", 100, "recipients per message")
-	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command or data line")
+	fs.IntVar(&o.SMTP.MaxLineLength, "max-line-length", 2000, "longest command line (message data: --max-data-line-length)")
 	fs.DurationVar(&o.SMTP.ReadTimeout, "read-timeout", 5*time.Minute, "idle time allowed per read of a command or of message data (not for the whole message); a timeout ends the session with 421")
 	fs.DurationVar(&o.SMTP.WriteTimeout, "write-timeout", 5*time.Minute, "time allowed to write a reply")
 	fs.IntVar(&o.SMTP.MaxSessions, "max-sessions", 500, "concurrent SMTP sessions; more get 421")
 	fs.IntVar(&o.SMTP.InlineBodyMax, "inline-body-max", DefaultInlineBodyMax, "keep bodies up to this many bytes of single-domain messages in the JetStream envelope (made durable and replicated with it) instead of --blob-store; larger bodies and those of multi-domain messages go to the blob store (0: always the blob store; at most 524288)")
 	fs.Int64Var(&o.SMTP.MaxInFlightBytes, "max-in-flight-bytes", ingress.DefaultMaxInFlightBytes, "body bytes all sessions may hold in memory at once (read buffers and the store's upload buffers, e.g. 5 MiB per S3 upload); beyond it 452 4.3.1")
+	fs.Int64Var(&o.SMTP.MaxInFlightBytesPerClient, "max-in-flight-bytes-per-client", 0, "part of --max-in-flight-bytes one client address (IPv6: one /64) may hold; beyond it its messages get 452 4.3.1 (0: a quarter; at least one message's buffers; --client-limit-exceptions are exempt)")
 	fs.IntVar(&o.SMTP.MaxSessionsPerClient, "max-sessions-per-client", 50, "concurrent SMTP sessions from one client address (IPv6: one /64); more get 421 4.7.0")
 	fs.IntVar(&o.SMTP.MaxConnectionsPerClientPerMinute, "max-connections-per-client-per-minute", 600, "new connections from one client address per minute (token bucket, bursts up to this); more get 421 4.7.0")
 	fs.Var(&o.ClientLimitExceptions, "client-limit-exceptions", "client networks exempt from the per-client session and connection-rate limits (CIDR or address, comma-separated; default 127.0.0.0/8,::1; \"none\" for no exceptions)")
@@ -216,9 +221,14 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for open sessions to finish")
 	fs.StringVar(&o.SubmissionListen, "submission-listen", "", "submission listener (port 587: STARTTLS, then SMTP AUTH); needs --tls-cert; empty disables")
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
+	fs.Var(&o.SubmissionAuthExceptions, "submission-auth-exceptions", "client networks that may send on --submission-listen and --smtps-listen without SMTP AUTH (CIDR or address, comma-separated; default none: MAIL before AUTH gets 530 5.7.0)")
+	fs.IntVar(&o.SMTP.MaxRecipientOvershoot, "max-recipient-overshoot", ingress.DefaultMaxRecipientOvershoot, "recipients over --max-recipients a transaction may send (each answered 452 4.5.3) before further ones count toward --max-errors-per-session, as Postfix's smtpd_recipient_overshoot_limit")
+	fs.IntVar(&o.SMTP.MinDataRate, "min-data-rate", ingress.DefaultMinDataRate, "slowest a message may come, in bytes per second (Postfix smtpd_min_data_rate): a transfer may take --read-timeout plus one second per this many bytes; slower clients get 421 4.4.2 and nothing is queued (0: no minimum)")
+	fs.IntVar(&o.SMTP.MaxDataLineLength, "max-data-line-length", ingress.DefaultMaxDataLineLength, "longest line of message data (the body streams: no memory is held per line; header lines are bounded at 64 KiB); longer gets 500 5.5.2 and the session ends")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
+	fs.IntVar(&o.AuthBudget.MaxUserFailures, "auth-max-user-failures", smtpauth.DefaultMaxUserFailures, "failed SMTP AUTH attempts one user name has within --auth-failure-window, from any client; the next check gets 421 4.7.0 (a success as that user clears the name's count, not the client's)")
 	fs.DurationVar(&o.AuthBudget.Window, "auth-failure-window", smtpauth.DefaultFailureWindow, "how long a client's failed SMTP AUTH attempts count, from its first one")
-	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once (the least recently failing one is forgotten beyond it)")
+	fs.IntVar(&o.AuthBudget.MaxClients, "auth-failure-clients", smtpauth.DefaultMaxClients, "clients with failed SMTP AUTH attempts remembered at once, and apart as many user names (the least recently failing one is forgotten beyond it)")
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
 	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
 	fs.Var(&o.DKIMSigningNetworks, "dkim-signing-networks", "clients whose mail is DKIM-signed without SMTP AUTH, for any From: domain with a key (OpenDKIM's InternalHosts): CIDRs or addresses, and \"relay\" for the clients the policy lets relay anywhere (Connect: RELAY, --relay-networks); comma-separated; default relay; \"none\": only AUTH users, for the From: addresses they may send as")
@@ -285,6 +295,21 @@ func (o *Ingress) Validate() error {
 	if _, err := ingress.ParseNetworks(o.RelayNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-networks: %w", err))
 	}
+	if _, err := ingress.ParseNetworks(o.SubmissionAuthExceptions); err != nil {
+		errs = append(errs, fmt.Errorf("--submission-auth-exceptions: %w", err))
+	}
+	if o.SMTP.MaxInFlightBytesPerClient < 0 || o.SMTP.MaxInFlightBytesPerClient > o.SMTP.MaxInFlightBytes {
+		errs = append(errs, errors.New("--max-in-flight-bytes-per-client must be 0 (a quarter) up to --max-in-flight-bytes"))
+	}
+	if o.SMTP.MinDataRate < 0 {
+		errs = append(errs, errors.New("--min-data-rate must be 0 (no minimum) or more"))
+	}
+	if o.SMTP.MaxRecipientOvershoot < 1 {
+		errs = append(errs, errors.New("--max-recipient-overshoot must be at least 1"))
+	}
+	if o.SMTP.MaxDataLineLength < 1000 {
+		errs = append(errs, errors.New("--max-data-line-length must be at least 1000 (RFC 5321: 998 and CR LF)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -333,6 +358,10 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	metrics := telemetry.NewMetrics()
 	o.SMTP.Metrics = metrics
 	o.SMTP.ClientLimitExceptions, _ = o.clientLimitExceptions()
+	o.SMTP.SubmissionAuthExceptions, _ = ingress.ParseNetworks(o.SubmissionAuthExceptions)
+	if o.SMTP.MinDataRate == 0 {
+		o.SMTP.MinDataRate = -1 // the flag's 0 is "no minimum"; Config's 0 the default
+	}
 	o.SMTP.DKIMSignNetworks, o.SMTP.DKIMSignRelayClients, _ = o.dkimSigningNetworks()
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the heap near what --max-in-flight-bytes lets live.
@@ -449,9 +478,12 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, l := range lns {
-		if l.kind == "smtps" {
+		switch l.kind {
+		case "smtps":
 			g.Go(func() error { return srv.ServeTLS(l.ln) })
-		} else {
+		case "submission":
+			g.Go(func() error { return srv.ServeSubmission(l.ln) })
+		default:
 			g.Go(func() error { return srv.Serve(l.ln) })
 		}
 	}

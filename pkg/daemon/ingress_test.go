@@ -22,7 +22,9 @@ func TestIngressLimitFlags(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	if o.SMTP.MaxHops != 25 || o.SMTP.MaxSessionsPerClient != 50 || o.SMTP.MaxConnectionsPerClientPerMinute != 600 ||
-		o.SMTP.MaxErrorsPerSession != 20 || o.SMTP.MaxInFlightBytes != 80<<20 {
+		o.SMTP.MaxErrorsPerSession != 20 || o.SMTP.MaxInFlightBytes != 80<<20 ||
+		o.SMTP.MaxRecipientOvershoot != 1000 || o.SMTP.MaxDataLineLength != 1<<20 || o.SMTP.MinDataRate != 500 ||
+		o.AuthBudget.MaxUserFailures != 20 || len(o.SubmissionAuthExceptions) != 0 {
 		t.Errorf("defaults: %+v", o.SMTP)
 	}
 	if ex, _ := o.clientLimitExceptions(); len(ex) != 2 {
@@ -49,6 +51,12 @@ func TestIngressLimitFlags(t *testing.T) {
 		{"--auth-max-concurrent-checks", "0", "--auth-max-concurrent-checks"},
 		{"--dkim-max-header-bytes", "10", "--dkim-max-header-bytes"},
 		{"--trace-max-line-bytes", "5", "--trace-max-line-bytes"},
+		{"--auth-max-user-failures", "-1", "--auth-max-user-failures"},
+		{"--submission-auth-exceptions", "10.0.0.0/33", "--submission-auth-exceptions"},
+		{"--max-recipient-overshoot", "0", "--max-recipient-overshoot"},
+		{"--max-data-line-length", "500", "--max-data-line-length"},
+		{"--min-data-rate", "-1", "--min-data-rate"},
+		{"--max-in-flight-bytes-per-client", "-1", "--max-in-flight-bytes-per-client"},
 	} {
 		if _, err := parse(bad.flag, bad.val); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s %s: err %v, want it to name %s", bad.flag, bad.val, err, bad.want)

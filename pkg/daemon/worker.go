@@ -433,7 +433,25 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		h := holds.Load()
 		return h != nil && queue.IsHeld(*h, domain)
 	}
-	w := worker.New(o.Engine, cons, q, store, &route.Router{Current: table.Load, Resolver: res, Port: uint16(o.SMTPPort)}, client)
+	router := &route.Router{Current: table.Load, Resolver: res, Port: uint16(o.SMTPPort)}
+	if watcher != nil {
+		// senderroutes: the relay chosen by the sender or AUTH user,
+		// hot-reloaded with the rest of the policy.
+		router.BySender = func(sender, user string) (route.SenderRoute, bool) {
+			return watcher.Current().SenderRoute(sender, user)
+		}
+		// A DSN to an SRS address of ours goes straight to the sender it
+		// stands for (through our own MX it would be a loop to ourselves).
+		o.Engine.ReturnPath = func(from string) string {
+			if r := watcher.Current().SRS(); r != nil {
+				if orig, err := r.Reverse(from); err == nil {
+					return orig
+				}
+			}
+			return from
+		}
+	}
+	w := worker.New(o.Engine, cons, q, store, router, client)
 	log.Info("worker started", "component", "worker", "concurrency", o.Engine.Concurrency, "routes", table.Load().Len(), "dns", o.DNSServers.String(),
 		"starttls", !o.NoTLS, "tls_ca_file", o.TLS.CAFile, "mta_sts", o.TLS.MTASTS, "dane", o.TLS.DANE)
 	g, gctx := errgroup.WithContext(ctx)

@@ -67,13 +67,16 @@ type Envelope struct {
 	Body []byte `json:"inline,omitempty"`
 	// InlineSize is the length of the raw inline body after the JSON (set
 	// by Marshal, checked and cleared by Unmarshal).
-	InlineSize  int64     `json:"inline_size,omitempty"`
-	Size        int64     `json:"size"`
-	EightBit    bool      `json:"8bit,omitempty"`
-	UTF8        bool      `json:"utf8,omitempty"`
-	MsgID       string    `json:"msgid,omitempty"`
-	ClientAddr  string    `json:"client_addr,omitempty"`
-	ClientHelo  string    `json:"client_helo,omitempty"`
+	InlineSize int64  `json:"inline_size,omitempty"`
+	Size       int64  `json:"size"`
+	EightBit   bool   `json:"8bit,omitempty"`
+	UTF8       bool   `json:"utf8,omitempty"`
+	MsgID      string `json:"msgid,omitempty"`
+	ClientAddr string `json:"client_addr,omitempty"`
+	ClientHelo string `json:"client_helo,omitempty"`
+	// AuthUser is the SMTP AUTH user who submitted the message ("" if none),
+	// for senderroutes' auth: entries.
+	AuthUser    string    `json:"auth_user,omitempty"`
 	Arrived     time.Time `json:"arrived"`
 	Parts       int       `json:"parts"` // envelopes sharing the body (recipient domains)
 	Attempts    int       `json:"attempts,omitempty"`

@@ -23,6 +23,11 @@ var (
 	_ smtp.AuthSession = (*session)(nil)
 
 	errAuthNotEnabled = Reject(503, "5.5.1", "Error: authentication not enabled")
+	// RFC 4954 §4: AUTH is not permitted during a mail transaction.
+	errAuthInTransaction = Reject(503, "5.5.1", "Error: MAIL transaction in progress")
+	// The authenticated user was removed, or its password changed, by a
+	// policy reload: the session ends.
+	errAuthRevoked = Reject(421, "4.7.0", "Error: authentication no longer valid, closing connection")
 )
 
 // authCheckTimeout bounds one AUTH exchange's wait for a password-check
@@ -47,6 +52,9 @@ func (ss *session) AuthMechanisms() []string {
 
 // Auth implements smtp.AuthSession.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.hasFrom {
+		return nil, reply(errAuthInTransaction, "")
+	}
 	users := ss.s.users()
 	if users.Len() == 0 {
 		return nil, reply(errAuthNotEnabled, "")
@@ -99,3 +107,27 @@ func (a *authServer) Next(response []byte) ([]byte, bool, error) {
 // errSenderNotAllowed: an authenticated user's MAIL FROM outside the
 // senders the users file allows.
 var errSenderNotAllowed = &smtpauth.Error{Reply: smtpauth.ReplySenderNotAllowed}
+
+// checkUser holds an authenticated session to the users in force, at MAIL,
+// RCPT and DATA: a user a reload removed, or whose password it changed,
+// ends the session (421 4.7.0); a user whose senders changed has the
+// transaction's sender checked again (553 5.7.1).
+func (ss *session) checkUser() error {
+	if ss.user == nil {
+		return nil
+	}
+	u, ok := ss.s.users().Lookup(ss.user.Name)
+	if !ok || u.Hash.Encoded != ss.user.Hash.Encoded {
+		ss.s.log.Info("authenticated user removed or its password changed by a policy reload; closing the session", "client", ss.client.Addr.String(), "user", ss.user.Name)
+		if wire := wireOf(ss.conn.Conn()); wire != nil {
+			wire.closeAfterReply()
+		}
+		return errAuthRevoked
+	}
+	ss.user = u
+	if ss.hasFrom && !u.MaySend(ss.from) {
+		ss.s.log.Info("sender refused: no longer allowed for the authenticated user", "queue_id", ss.qid, "client", ss.client.Addr.String(), "user", u.Name, "from", ss.from)
+		return errSenderNotAllowed
+	}
+	return nil
+}

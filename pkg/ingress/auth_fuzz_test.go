@@ -22,6 +22,8 @@ func FuzzAuthSession(f *testing.F) {
 		"EHLO c\n" + plainAuth("app1", goodPass) + "\n" + plainAuth("app1", goodPass) + "\nMAIL FROM:<>\nMAIL FROM:<x@other.test>",
 		"EHLO c\nAUTH PLAIN " + b64("other\x00app1\x00"+goodPass) + "\nAUTH LOGIN " + b64(strings.Repeat("u", 2000)),
 		"MAIL FROM:<a@app.test>\nAUTH PLAIN\nEHLO c\nSTARTTLS\nRSET\nAUTH LOGIN",
+		// Issue 19: AUTH inside a transaction (503 5.5.1), then after RSET.
+		"EHLO c\nMAIL FROM:<ceo@bank.example>\n" + plainAuth("app1", goodPass) + "\nRSET\n" + plainAuth("app1", goodPass) + "\nMAIL FROM:<ceo@bank.example>",
 	} {
 		f.Add([]byte(s))
 	}

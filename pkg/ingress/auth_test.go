@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,21 @@ type authFixture struct {
 	tlsAddr string // implicit TLS (the 465-style listener)
 	ca      *testenv.CA
 	logs    *lockedBuffer
+	pol     *atomic.Pointer[policy.Policy] // the policy in force; setPolicy swaps it (a reload)
+}
+
+// setPolicy puts new policy files in force, as a reload does.
+func (f *authFixture) setPolicy(files map[string]string) {
+	f.tb.Helper()
+	m := map[string][]byte{}
+	for k, v := range files {
+		m[k] = []byte(v)
+	}
+	pol, err := policy.Parse(m)
+	if err != nil {
+		f.tb.Fatal(err)
+	}
+	f.pol.Store(pol)
 }
 
 type lockedBuffer struct {
@@ -53,7 +69,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
+func startAuth(t testing.TB, withUsers bool, maxFailures int, mutate ...func(*ingress.Config)) *authFixture {
 	t.Helper()
 	files := map[string][]byte{"access": []byte(authAccess)}
 	if withUsers {
@@ -63,10 +79,12 @@ func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
 		}
 		files["users"] = []byte("app1 " + h + " app.test,alerts@ops.test\n")
 	}
-	pol, err := policy.Parse(files)
+	parsed, err := policy.Parse(files)
 	if err != nil {
 		t.Fatal(err)
 	}
+	pol := &atomic.Pointer[policy.Policy]{}
+	pol.Store(parsed)
 	budget, err := smtpauth.NewFailureBudget(smtpauth.BudgetConfig{MaxFailures: maxFailures})
 	if err != nil {
 		t.Fatal(err)
@@ -77,17 +95,20 @@ func startAuth(t testing.TB, withUsers bool, maxFailures int) *authFixture {
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f := start(t, func(c *ingress.Config) {
 		c.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		c.Policy = &ingress.SendmailPolicy{Current: func() *policy.Policy { return pol }}
+		c.Policy = &ingress.SendmailPolicy{Current: pol.Load}
 		c.Auth = &smtpauth.Authenticator{Verifier: smtpauth.NewVerifier(2), Budget: budget, Log: log.With("component", "ingress")}
-		c.Users = func() *smtpauth.Users { return pol.Users }
+		c.Users = func() *smtpauth.Users { return pol.Load().Users }
 		c.Logger = log
+		for _, m := range mutate {
+			m(c)
+		}
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go f.srv.ServeTLS(ln)
-	return &authFixture{fixture: f, tlsAddr: ln.Addr().String(), ca: ca, logs: logs}
+	return &authFixture{fixture: f, tlsAddr: ln.Addr().String(), ca: ca, logs: logs, pol: pol}
 }
 
 // startTLS runs STARTTLS on c, checking the certificate against the CA.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
+	"github.com/mailfwd/mailfwd/pkg/rewrite"
 )
 
 // DefaultMaxInFlightBytes is the default body-buffer budget: 80 MiB, about
@@ -63,8 +65,13 @@ func (ss *session) Data(r io.Reader) (err error) {
 	}
 	wire := wireOf(ss.conn.Conn())
 	if wire != nil {
-		wire.inData.Store(true)
-		defer wire.inData.Store(false)
+		// Until Reset (after go-smtp has read the message to its end, also
+		// when it is refused early): the minimum data rate holds for all of it.
+		wire.startData()
+		defer wire.dataEnded.Store(true)
+	}
+	if err := ss.checkUser(); err != nil {
+		return reply(err, ss.qid)
 	}
 	in := &bodyReader{r: r, maxHops: ss.s.cfg.MaxHops}
 
@@ -83,7 +90,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 	ss.writeReceived(&received)
 	peek := int64(ss.s.peekLimit) + 1 + int64(received.Len())
 	// A DKIM signer holds up to the header section (--dkim-max-header-bytes);
-	// that counts against the budget too.
+	// that counts against the budget too, as the header arrives.
 	keys := ss.s.dkimKeys()
 	allow, signing := ss.dkimSigning(keys) // dkim.go: whose mail is signed
 	var signBytes int64
@@ -93,29 +100,44 @@ func (ss *session) Data(r io.Reader) (err error) {
 			signBytes = dkim.DefaultMaxHeaderBytes
 		}
 	}
-	release, err := ss.s.reserve(peek + signBytes)
+	// The in-flight budget is taken as the body arrives (an idle DATA
+	// holds a small first buffer), within the client's share of it.
+	hold := ss.s.newHold(wire)
+	defer hold.release()
+	// src is what is stored: the client's message, its sender header fields
+	// rewritten (genericstable/masquerade entries marked "headers") before
+	// DKIM signs it; the header section the rewriter holds counts too.
+	var src io.Reader = in
+	var rw *rewrite.Reader
+	if sr, ok := ss.s.cfg.Policy.(SenderRewriter); ok {
+		if fn := sr.HeaderRewrite(); fn != nil {
+			rw = rewrite.Senders(&signMeter{r: in, hold: hold, left: rewrite.DefaultMaxHeader + 4096}, 0, fn)
+			src = rw
+		}
+	}
+	if signBytes > 0 {
+		src = &signMeter{r: src, hold: hold, left: signBytes}
+	}
+	pb, err := ss.s.readPeek(src, received.Bytes(), int(peek), hold)
+	if pb != nil {
+		defer pb.free() // nothing refers to it once accept returned
+	}
+	small := err == nil
+	if errors.Is(err, errPeekFull) {
+		err = nil
+	}
 	if err != nil {
-		ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr, "max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes)
-		ss.s.cfg.Metrics.Message("tempfail")
-		return reply(errNoBufferSpace, ss.qid)
-	}
-	defer release()
-	bp, _ := ss.s.peekBufs.Get().(*[]byte)
-	if bp == nil || int64(cap(*bp)) < peek {
-		b := make([]byte, peek+1024) // room for longer Received: headers next time
-		bp = &b
-	}
-	defer ss.s.peekBufs.Put(bp) // nothing refers to it once accept returned
-	buf := (*bp)[:peek]
-	copy(buf, received.Bytes())
-	n, err := io.ReadFull(in, buf[received.Len():])
-	buf = buf[:received.Len()+n]
-	small := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
-	if err != nil && !small {
+		if errors.Is(err, errNoBufferSpace) {
+			return ss.budgetSpent(err)
+		}
 		return ss.inputError(wire, err)
 	}
+	buf := pb.b
 	if small && in.err != nil {
 		return ss.inputError(wire, in.err)
+	}
+	if rw != nil && rw.Result().Fields > 0 {
+		ss.s.log.Info(fmt.Sprintf("%s: sender header fields rewritten: %d", ss.qid, rw.Result().Fields), "queue_id", ss.qid)
 	}
 	// DKIM: the signer sees the message as stored (after our Received:),
 	// teed from the same stream; it holds at most the header section.
@@ -135,15 +157,18 @@ func (ss *session) Data(r io.Reader) (err error) {
 			}
 		}
 	} else {
-		var rest io.Reader = io.MultiReader(bytes.NewReader(buf), in)
+		var rest io.Reader = io.MultiReader(bytes.NewReader(buf), src)
 		if sign != nil {
 			rest = io.TeeReader(rest, sign)
 		}
-		m = message{rest: rest, in: in, sign: sign}
+		m = message{rest: rest, in: in, sign: sign, hold: hold}
 	}
 	if err := ss.s.accept(ss, &m); err != nil {
 		if in.err != nil {
 			return ss.inputError(wire, in.err)
+		}
+		if errors.Is(err, errNoBufferSpace) {
+			return ss.budgetSpent(err)
 		}
 		ss.s.cfg.Metrics.Message("tempfail")
 		return reply(err, ss.qid)
@@ -179,6 +204,9 @@ func (ss *session) inputError(wire *conn, err error) error {
 	case errors.Is(err, smtp.ErrTooLongLine), errors.Is(err, errHeaderTooLarge):
 		ss.s.log.Info(ss.qid+": line too long in DATA; closing", "queue_id", ss.qid, "client", ss.client.Addr)
 		return reply(smtp.ErrTooLongLine, ss.qid)
+	case errors.As(err, &ne) && ne.Timeout() && wire != nil && wire.rateCut.Load():
+		ss.s.log.Info(ss.qid+": client sent the message slower than the minimum data rate; closing", "queue_id", ss.qid, "client", ss.client.Addr, "min_data_rate", ss.s.cfg.MinDataRate)
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: ss.s.cfg.Hostname + " Error: timeout exceeded"}
 	case errors.As(err, &ne) && ne.Timeout():
 		ss.s.log.Info(ss.qid+": timeout reading the message; closing", "queue_id", ss.qid, "client", ss.client.Addr, "timeout", ss.s.cfg.ReadTimeout)
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: ss.s.cfg.Hostname + " Error: timeout exceeded"}
@@ -188,25 +216,187 @@ func (ss *session) inputError(wire *conn, err error) error {
 	}
 }
 
-// reserve takes n bytes from the in-flight budget, waiting up to
+// budgetSpent answers a message the in-flight budget (or the client's
+// share of it) has no room for: 452 4.3.1 once go-smtp has read the rest.
+func (ss *session) budgetSpent(err error) error {
+	ss.s.log.Warn("in-flight body budget exhausted; answering 452", "queue_id", ss.qid, "client", ss.client.Addr,
+		"max_in_flight_bytes", ss.s.cfg.MaxInFlightBytes, "max_in_flight_bytes_per_client", ss.s.cfg.MaxInFlightBytesPerClient, "err", err)
+	ss.s.cfg.Metrics.Message("tempfail")
+	return reply(errNoBufferSpace, ss.qid)
+}
+
+// dataHold is one message's part of the in-flight budget: MaxInFlightBytes
+// for all sessions, MaxInFlightBytesPerClient for one client. It grows as
+// the body arrives (buffers are taken only as they fill) and is given back
+// when the transfer ends.
+type dataHold struct {
+	s  *Server
+	cs *clientState // nil: exempt from the per-client share (ClientLimitExceptions)
+	n  int64        // held; guarded by s.mu
+}
+
+func (s *Server) newHold(wire *conn) *dataHold {
+	h := &dataHold{s: s}
+	if wire != nil && !wire.exempt {
+		h.cs = wire.cs
+	}
+	return h
+}
+
+// errClientShare: the client holds its whole share already.
+var errClientShare = fmt.Errorf("the client's share of the in-flight budget is in use: %w", errNoBufferSpace)
+
+// grow takes n more bytes: at once from the client's share (a client
+// waiting for its own sessions would only wait), then from the budget,
+// waiting up to StoreTimeout. Its errors wrap errNoBufferSpace.
+func (h *dataHold) grow(n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	s := h.s
+	s.mu.Lock()
+	if h.cs != nil {
+		if h.cs.inFlight+n > s.cfg.MaxInFlightBytesPerClient {
+			s.mu.Unlock()
+			return errClientShare
+		}
+		h.cs.inFlight += n
+	}
+	s.mu.Unlock()
+	if err := s.acquire(n); err != nil {
+		s.mu.Lock()
+		if h.cs != nil {
+			h.cs.inFlight -= n
+		}
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %v", errNoBufferSpace, err)
+	}
+	s.mu.Lock()
+	h.n += n
+	s.mu.Unlock()
+	return nil
+}
+
+func (h *dataHold) release() {
+	s := h.s
+	s.mu.Lock()
+	n := h.n
+	h.n = 0
+	if h.cs != nil {
+		h.cs.inFlight -= n
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.inFlight.Add(-n)
+		s.budget.Release(n)
+	}
+}
+
+// acquire takes n bytes from the in-flight budget, waiting up to
 // StoreTimeout for them.
-func (s *Server) reserve(n int64) (release func(), err error) {
+func (s *Server) acquire(n int64) error {
 	if n > s.cfg.MaxInFlightBytes {
-		return nil, fmt.Errorf("a message needs %d bytes of buffers, more than --max-in-flight-bytes %d", n, s.cfg.MaxInFlightBytes)
+		return fmt.Errorf("a message needs %d bytes of buffers, more than --max-in-flight-bytes %d", n, s.cfg.MaxInFlightBytes)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	defer cancel()
 	if err := s.budget.Acquire(ctx, n); err != nil {
-		return nil, err
+		return err
 	}
 	s.inFlight.Add(n)
-	var once atomic.Bool
-	return func() {
-		if once.CompareAndSwap(false, true) {
-			s.inFlight.Add(-n)
-			s.budget.Release(n)
+	return nil
+}
+
+// signMeter takes the DKIM signer's header buffer from the budget as the
+// message passes (it holds at most the first left bytes).
+type signMeter struct {
+	r    io.Reader
+	hold *dataHold
+	left int64
+}
+
+func (m *signMeter) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if k := min(int64(n), m.left); k > 0 {
+		if gerr := m.hold.grow(k); gerr != nil {
+			return 0, gerr
 		}
-	}, nil
+		m.left -= k
+	}
+	return n, err
+}
+
+// The first buffer of a message is small; it is swapped for one of the
+// full peek size only when the body outgrows it.
+const firstPeekBuf = 16 << 10
+
+// peekBuf is a pooled buffer holding the start of a message.
+type peekBuf struct {
+	b    []byte
+	bp   *[]byte
+	pool *sync.Pool
+}
+
+func (p *peekBuf) free() { p.pool.Put(p.bp) }
+
+// errPeekFull: readPeek filled its buffer (the body is longer: stream it).
+var errPeekFull = errors.New("peek buffer full")
+
+// readPeek reads up to size bytes (prefix, then the body from r) into a
+// pooled buffer that grows as they come, each growth taken from hold
+// first. It returns nil error when r ended within size (the whole body is
+// in the buffer), errPeekFull when the buffer filled, or r's or the
+// budget's error.
+func (s *Server) readPeek(r io.Reader, prefix []byte, size int, hold *dataHold) (*peekBuf, error) {
+	first := min(size, max(firstPeekBuf, len(prefix)+1024))
+	if err := hold.grow(int64(first)); err != nil {
+		return nil, err
+	}
+	pb := s.getPeekBuf(first)
+	buf := pb.b[:first]
+	n := copy(buf, prefix)
+	for {
+		if n == len(buf) {
+			if len(buf) == size {
+				pb.b = buf
+				return pb, errPeekFull
+			}
+			if err := hold.grow(int64(size - len(buf))); err != nil {
+				pb.b = buf[:n]
+				return pb, err
+			}
+			big := s.getPeekBuf(size)
+			copy(big.b, buf[:n])
+			pb.free()
+			pb, buf = big, big.b[:size]
+		}
+		k, err := r.Read(buf[n:])
+		n += k
+		if err == io.EOF {
+			pb.b = buf[:n]
+			return pb, nil
+		}
+		if err != nil {
+			pb.b = buf[:n]
+			return pb, err
+		}
+	}
+}
+
+// getPeekBuf returns a pooled buffer of at least size bytes: the small
+// first one, or the full peek size (with room for longer Received:
+// headers next time).
+func (s *Server) getPeekBuf(size int) *peekBuf {
+	pool, capacity := &s.peekBufs, size+1024
+	if size <= firstPeekBuf {
+		pool, capacity = &s.firstBufs, firstPeekBuf
+	}
+	bp, _ := pool.Get().(*[]byte)
+	if bp == nil || cap(*bp) < size {
+		b := make([]byte, capacity)
+		bp = &b
+	}
+	return &peekBuf{b: (*bp)[:size], bp: bp, pool: pool}
 }
 
 // InFlightBytes is the part of MaxInFlightBytes in use.
@@ -220,6 +410,7 @@ type message struct {
 	in   *bodyReader
 	size int64        // stored bytes (known before storing only when small)
 	sign *dkim.Signer // nil: not signed; fed the whole stored message
+	hold *dataHold    // the message's part of the in-flight budget (streamed)
 }
 
 // bodyReader passes the body through, remembering the first error, and
@@ -323,7 +514,7 @@ func (s *Server) accept(ss *session, m *message) error {
 	fail := func(what string, err error) error {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, what)
-		if m.in == nil || m.in.err == nil { // a client's failure is logged by the session
+		if (m.in == nil || m.in.err == nil) && !errors.Is(err, errNoBufferSpace) { // a client's failure, or the budget, is logged by the session
 			s.log.Error(what, "queue_id", ss.qid, "err", err)
 		}
 		return err
@@ -332,6 +523,7 @@ func (s *Server) accept(ss *session, m *message) error {
 	// Group recipients by domain, keeping the client's order.
 	var envs []*envelope.Envelope
 	byDomain := map[string]*envelope.Envelope{}
+	forwarded := map[*envelope.Envelope]bool{}
 	for _, a := range ss.targets {
 		e := byDomain[a.ASCII]
 		if e == nil {
@@ -340,10 +532,25 @@ func (s *Server) accept(ss *session, m *message) error {
 				EightBit: ss.eightBit, UTF8: ss.utf8,
 				ClientAddr: ss.client.Addr.String(), ClientHelo: ss.client.Helo,
 			}
+			if ss.user != nil {
+				e.AuthUser = ss.user.Name
+			}
 			byDomain[a.ASCII] = e
 			envs = append(envs, e)
 		}
 		e.Recipients = append(e.Recipients, envelope.Recipient{Addr: a.Raw})
+		forwarded[e] = forwarded[e] || ss.fwd[a.Raw]
+	}
+	// The sender each envelope leaves with: genericstable, masquerade, and
+	// SRS where aliases or virtusertable forwarded a recipient of it.
+	if sr, ok := s.cfg.Policy.(SenderRewriter); ok {
+		for _, e := range envs {
+			var steps []string
+			e.From, steps = sr.EnvelopeSender(ss.from, forwarded[e])
+			for _, st := range steps {
+				s.log.Info(ss.qid+": "+st, "queue_id", ss.qid, "domain", e.Domain)
+			}
+		}
 	}
 
 	var msgid string
@@ -435,11 +642,9 @@ func (s *Server) emitAll(envs []*envelope.Envelope, ev events.Event) {
 // watchdog that cancels the upload when it has held the body for
 // StoreTimeout without asking for more.
 func (s *Server) stream(ctx context.Context, key string, m *message) (int64, error) {
-	release, err := s.reserve(s.storeBuf)
-	if err != nil {
-		return 0, errNoBufferSpace
+	if err := m.hold.grow(s.storeBuf); err != nil {
+		return 0, err
 	}
-	defer release()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})

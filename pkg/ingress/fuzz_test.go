@@ -42,6 +42,11 @@ func FuzzSession(f *testing.F) {
 		"xyz\nab\nabcde\nEHLO\x00\xff\nMAIL FROM:<a@[1.2.3.4]>\nRCPT TO:<a@[IPv6:::1]> NOTIFY=NEVER",
 		"EHLO c\nMAIL FROM:<a@b.test>\nRCPT TO:<a..b@c.test>\nRCPT TO:<a@c>\nRCPT TO:<@x,@y:a@b.test>\nDATA\nQUIT",
 		"EHLO c\r\nMAIL FROM:<a@b.test> RET=FULL ENVID=x\r\nRCPT TO:<c@d.test> ORCPT=rfc822;c@d.test\r\nQUIT\r\n",
+		// Issue 19: recipients over the limit (452 4.5.3, not counted as
+		// errors up to the overshoot limit), then DATA for the accepted ones.
+		"EHLO c\nMAIL FROM:<a@b.test>\nRCPT TO:<1@dst.test>\nRCPT TO:<2@dst.test>\nRCPT TO:<3@dst.test>\nRCPT TO:<4@dst.test>\nRCPT TO:<5@dst.test>\nRCPT TO:<6@dst.test>\nRCPT TO:<7@dst.test>\nRCPT TO:<8@dst.test>\nDATA\nRSET",
+		// Issue 19: AUTH inside a transaction.
+		"EHLO c\nMAIL FROM:<a@b.test>\nAUTH PLAIN AGZvbwBiYXI=\nRCPT TO:<x@dst.test>",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))

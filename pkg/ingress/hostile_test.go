@@ -143,8 +143,8 @@ func TestDataReadTimeoutIsPerRead(t *testing.T) {
 	c := dial(t, f.addr)
 	openData(c)
 	writeRaw(t, c, "Subject: slow\r\n\r\n")
-	for i := range 8 { // 8 × 250 ms: more than three read timeouts in all
-		writeRaw(t, c, fmt.Sprintf("line %d\r\n", i))
+	for i := range 8 { // 8 × 250 ms: more than three read timeouts in all (at 1.2 KB/s: above the minimum data rate)
+		writeRaw(t, c, fmt.Sprintf("line %d %s\r\n", i, strings.Repeat("x", 290)))
 		time.Sleep(250 * time.Millisecond)
 	}
 	writeRaw(t, c, ".\r\n")
@@ -217,22 +217,26 @@ func TestLargeBodyStreamedExact(t *testing.T) {
 	}
 }
 
-// Defect 3: a global budget of bytes in flight: beyond it, 452 4.3.1, not growth.
+// Defect 3: a global budget of bytes in flight: beyond it, 452 4.3.1, not
+// growth. (The budget is taken as the body arrives: b fills its buffer
+// before it runs out.)
 func TestInFlightBudget(t *testing.T) {
 	f := start(t, func(c *ingress.Config) {
 		c.InlineBodyMax = 64 << 10
 		// One streamed message (64 KiB read buffer + the fs store's 32 KiB)
 		// fits, a second one's read buffer does not.
 		c.MaxInFlightBytes = 150 << 10
+		c.MaxInFlightBytesPerClient = 150 << 10
 		c.StoreTimeout = 1500 * time.Millisecond
 	})
+	body := "Subject: a\r\n\r\n" + strings.Repeat(strings.Repeat("x", 1000)+"\r\n", 100) // 100 KB
 	a := dial(t, f.addr)
 	openData(a)
-	writeRaw(t, a, "Subject: a\r\n\r\n"+strings.Repeat(strings.Repeat("x", 1000)+"\r\n", 100)) // 100 KB: a streams, and pauses
+	writeRaw(t, a, body) // a streams, and pauses
 	waitFor(t, func() bool { return f.srv.InFlightBytes() > 96<<10 })
-	b := dial(t, f.addr)
+	b := dialFrom(t, "127.0.0.2", f.addr)
 	openData(b)
-	r := b.sendRest("Subject: b\r\n\r\nbody\r\n")
+	r := b.sendRest(body)
 	if r.Code != 452 || !strings.HasPrefix(r.Text(), "4.3.1 ") {
 		t.Fatalf("second message over the in-flight budget got %v, want 452 4.3.1", r)
 	}
@@ -241,7 +245,8 @@ func TestInFlightBudget(t *testing.T) {
 	// The budget is released: b can send now, in the same session.
 	b.expect(250, "MAIL FROM:<a@src.test>")
 	b.expect(250, "RCPT TO:<b@dst.test>")
-	queueID(t, b.sendData("Subject: b again\r\n\r\nbody\r\n"))
+	queueID(t, b.sendData(body))
+	waitFor(t, func() bool { return f.srv.InFlightBytes() == 0 })
 }
 
 // sendRest sends body lines and the final dot after a 354 and reads the reply.

@@ -27,6 +27,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/events"
+	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
@@ -111,7 +112,40 @@ type Config struct {
 	Logger          *slog.Logger
 	TracerProvider  trace.TracerProvider
 	RepanicForTests bool // let panics through instead of answering 451
+
+	// MaxRecipientOvershoot is how many recipients over MaxRecipients a
+	// transaction may be answered 452 4.5.3 before each further one counts
+	// toward MaxErrorsPerSession (Postfix smtpd_recipient_overshoot_limit).
+	MaxRecipientOvershoot int
+	// MaxDataLineLength bounds a line of message data (RFC 5321's 998 is
+	// what a sender must keep to; longer lines are common and accepted);
+	// MaxLineLength then bounds command lines only.
+	MaxDataLineLength int
+	// SubmissionAuthExceptions are client networks that may send on the
+	// submission listeners (ServeSubmission, ServeTLS) without AUTH.
+	SubmissionAuthExceptions []netip.Prefix
+	// MaxInFlightBytesPerClient is the part of MaxInFlightBytes one client
+	// address (IPv6: /64) may hold (0: a quarter of it; at least one
+	// message's buffers). ClientLimitExceptions are exempt.
+	MaxInFlightBytesPerClient int64
+	// MinDataRate is the slowest a message may come, in bytes per second
+	// (Postfix smtpd_min_data_rate): a transfer may take ReadTimeout plus
+	// one second per MinDataRate bytes; slower clients get 421 4.4.2 and
+	// nothing is queued. 0: DefaultMinDataRate; negative: no minimum.
+	MinDataRate int
 }
+
+// Defaults of Config's session limits.
+const (
+	// DefaultMaxRecipientOvershoot is Postfix's smtpd_recipient_overshoot_limit.
+	DefaultMaxRecipientOvershoot = 1000
+	// DefaultMaxDataLineLength: generated HTML often comes as one line of
+	// tens of KB; the body is streamed, so the limit costs no memory (header
+	// lines have their own bound, 64 KiB, as they are held while scanned).
+	DefaultMaxDataLineLength = 1 << 20
+	// DefaultMinDataRate is Postfix's smtpd_min_data_rate (bytes/s).
+	DefaultMinDataRate = 500
+)
 
 // HostResolver does the forward-confirmed reverse lookup of clients.
 type HostResolver interface {
@@ -134,6 +168,7 @@ type Server struct {
 	refusing  chan struct{}
 	peekLimit int       // body bytes read before deciding inline / Put / PutStream
 	peekBufs  sync.Pool // *[]byte of peekLimit and a Received: header, reused across messages
+	firstBufs sync.Pool // *[]byte of firstPeekBuf: every message's first buffer
 
 	mu       sync.Mutex
 	sessions int
@@ -158,6 +193,15 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	}
 	if cfg.MaxLineLength <= 0 {
 		cfg.MaxLineLength = 2000
+	}
+	if cfg.MaxRecipientOvershoot <= 0 {
+		cfg.MaxRecipientOvershoot = DefaultMaxRecipientOvershoot
+	}
+	if cfg.MaxDataLineLength <= 0 {
+		cfg.MaxDataLineLength = DefaultMaxDataLineLength
+	}
+	if cfg.MinDataRate == 0 {
+		cfg.MinDataRate = DefaultMinDataRate
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 5 * time.Minute
@@ -209,11 +253,25 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	if sb, ok := bodies.(streamBuffered); ok {
 		s.storeBuf = sb.StreamBufferBytes()
 	}
+	// A client's share is at least what one streamed message holds: the
+	// peek buffer with a Received: header, a signer's header and the
+	// store's buffer.
+	sign := int64(cfg.DKIMMaxHeaderBytes)
+	if sign <= 0 {
+		sign = dkim.DefaultMaxHeaderBytes
+	}
+	one := int64(s.peekLimit) + 4096 + sign + s.storeBuf
+	if s.cfg.MaxInFlightBytesPerClient <= 0 {
+		s.cfg.MaxInFlightBytesPerClient = s.cfg.MaxInFlightBytes / 4
+	}
+	s.cfg.MaxInFlightBytesPerClient = min(max(s.cfg.MaxInFlightBytesPerClient, one), s.cfg.MaxInFlightBytes)
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
+	srv.MaxRecipientOvershoot = cfg.MaxRecipientOvershoot
+	srv.MaxDataLineLength = cfg.MaxDataLineLength
 	srv.MaxErrors = cfg.MaxErrorsPerSession
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
@@ -241,13 +299,25 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
+// ServeSubmission accepts sessions on the submission port (587, RFC 6409,
+// STARTTLS offered when Config.TLSConfig is set): as ServeTLS, MAIL needs
+// AUTH first (530 5.7.0) unless the client is in SubmissionAuthExceptions.
+func (s *Server) ServeSubmission(ln net.Listener) error {
+	err := s.smtp.Serve(&listener{Listener: ln, s: s, submission: true})
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
 // ServeTLS accepts implicit-TLS sessions on ln (port 465, RFC 8314) until
-// Shutdown: the TLS handshake comes first, then the SMTP greeting.
+// Shutdown: the TLS handshake comes first, then the SMTP greeting. It is a
+// submission port: MAIL needs AUTH, as on ServeSubmission.
 func (s *Server) ServeTLS(ln net.Listener) error {
 	if s.cfg.TLSConfig == nil {
 		return errors.New("ingress: implicit TLS needs a TLS configuration")
 	}
-	err := s.smtp.Serve(&listener{Listener: ln, s: s, tls: s.cfg.TLSConfig})
+	err := s.smtp.Serve(&listener{Listener: ln, s: s, tls: s.cfg.TLSConfig, submission: true})
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
@@ -303,7 +373,29 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if err := s.cfg.Policy.CheckConnect(context.Background(), cl); err != nil {
 		return nil, reply(err, "")
 	}
-	return &session{s: s, conn: c, client: cl}, nil
+	ss := &session{s: s, conn: c, client: cl}
+	if wire := wireOf(c.Conn()); wire != nil {
+		ss.submission = wire.submission
+	}
+	return ss, nil
+}
+
+// errAuthRequired: MAIL on a submission port before AUTH (RFC 4954 §6).
+var errAuthRequired = Reject(530, "5.7.0", "Authentication required")
+
+// mayMailUnauthenticated: a port-25 session, or a client listed in
+// SubmissionAuthExceptions (RFC 6409 §4.3: a site may authorise clients
+// by other means).
+func (ss *session) mayMailUnauthenticated() bool {
+	if !ss.submission {
+		return true
+	}
+	for _, p := range ss.s.cfg.SubmissionAuthExceptions {
+		if p.Contains(ss.client.Addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // dkimKeys are the DKIM keys in force (nil: no signing).
@@ -350,15 +442,20 @@ type session struct {
 	utf8     bool
 	rcpts    []address.Address // as the client gave them
 	targets  []address.Address // what is queued: after aliases/virtusertable, without discarded ones
+	fwd      map[string]bool   // targets (Raw) that aliases/virtusertable forwarded to another domain (SRS)
 
 	user       *smtpauth.User // after a successful AUTH; kept across transactions
 	authCancel context.CancelFunc
+	submission bool // a submission listener's session: MAIL needs AUTH
 }
 
 var _ smtp.Session = (*session)(nil)
 
 func (ss *session) Reset() {
-	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets = "", "", false, false, false, nil, nil
+	if wire := wireOf(ss.conn.Conn()); wire != nil {
+		wire.endData() // go-smtp resets after a message transfer, once it has read it all
+	}
+	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets, ss.fwd = "", "", false, false, false, nil, nil, nil
 }
 
 func (ss *session) Logout() error {
@@ -370,6 +467,13 @@ func (ss *session) Logout() error {
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.Reset()
+	if err := ss.checkUser(); err != nil {
+		return reply(err, "")
+	}
+	if ss.user == nil && !ss.mayMailUnauthenticated() {
+		ss.s.log.Info("MAIL refused: authentication required on the submission port", "client", ss.client.Addr.String())
+		return reply(errAuthRequired, "")
+	}
 	if _, isTLS := ss.conn.TLSConnectionState(); isTLS {
 		ss.client.TLS = true
 	}
@@ -400,6 +504,27 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := ss.checkUser(); err != nil {
+		return reply(err, ss.qid)
+	}
+	// A bounce to an SRS address of ours goes back to the sender it stands
+	// for: its hash is the authorisation (Postfix accepts the SRS domain and
+	// postsrsd rewrites the recipient after the checks). A forged or expired
+	// one is refused before anything else looks at it.
+	srsOrig, isSRS := "", false
+	if sr, ok := ss.s.cfg.Policy.(SenderRewriter); ok {
+		orig, is, err := sr.ReverseSRS(to)
+		if is && err != nil {
+			ss.s.log.Info("recipient refused: "+err.Error(), "queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to)
+			ss.s.cfg.Metrics.Recipient("rejected")
+			return reply(Reject(550, "5.1.1", "Invalid or expired SRS address"), ss.qid)
+		}
+		srsOrig, isSRS = orig, is
+	}
+	if isSRS {
+		ss.s.log.Info(ss.qid+": to=<"+to+">: SRS address of <"+srsOrig+">", "queue_id", ss.qid)
+		to = srsOrig
+	}
 	a, err := address.Parse(to)
 	if err != nil {
 		return reply(err, ss.qid)
@@ -407,7 +532,10 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if a.UTF8 && !ss.utf8 {
 		return reply(Reject(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"), ss.qid)
 	}
-	targets, err := ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
+	targets := []string{a.Raw}
+	if !isSRS {
+		targets, err = ss.s.cfg.Policy.CheckRcpt(context.Background(), ss.client, ss.from, a)
+	}
 	if err != nil {
 		ss.s.log.Info("recipient refused", append([]any{"queue_id", ss.qid, "client", ss.client.Addr, "from", ss.from, "to", to}, refusalAttrs(err, ss.qid)...)...)
 		ss.s.cfg.Metrics.Recipient("rejected")
@@ -444,6 +572,12 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 		if !dup {
 			ss.targets = append(ss.targets, ta)
+		}
+		if policy.Forwarded(to, ta.Raw) {
+			if ss.fwd == nil {
+				ss.fwd = map[string]bool{}
+			}
+			ss.fwd[ta.Raw] = true
 		}
 	}
 	return nil

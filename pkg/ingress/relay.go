@@ -8,6 +8,8 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/policy"
+	"github.com/mailfwd/mailfwd/pkg/rewrite"
+	"github.com/mailfwd/mailfwd/pkg/srs"
 )
 
 // Client describes the SMTP client of a session, for policy decisions.
@@ -35,6 +37,23 @@ type Policy interface {
 	// its address or host name, not by AUTH or a recipient's domain): the
 	// default DKIM signing clients (Config.DKIMSignRelayClients).
 	RelayClient(c Client) bool
+}
+
+// SenderRewriter is implemented by policies that rewrite senders
+// (SendmailPolicy: genericstable, masquerade, SRS). The ingress applies it
+// as it accepts a message, before DKIM signs it, so a signature covers the
+// rewritten header and the DSN of a rewritten message returns to the
+// rewritten sender.
+type SenderRewriter interface {
+	// ReverseSRS turns an SRS address of ours back into the address it
+	// stands for. isSRS is false when rcpt is not in the SRS domain (or SRS
+	// is off); err refuses a forged or expired one.
+	ReverseSRS(rcpt string) (orig string, isSRS bool, err error)
+	// EnvelopeSender is the sender an envelope leaves with, and why.
+	EnvelopeSender(from string, forwarded bool) (string, []string)
+	// HeaderRewrite maps the addresses of From:, Sender: and Reply-To:; nil
+	// when no entry covers headers.
+	HeaderRewrite() rewrite.Func
 }
 
 // StaticRelay allows relaying for clients in Networks and SMTP AUTH users
@@ -121,6 +140,39 @@ func (p *SendmailPolicy) CheckRcpt(_ context.Context, c Client, from string, rcp
 		return nil, fromReply(x.Reject, strings.Join(x.Steps, "; "))
 	}
 	return x.Addrs, nil
+}
+
+var _ SenderRewriter = (*SendmailPolicy)(nil)
+
+// ReverseSRS implements SenderRewriter.
+func (p *SendmailPolicy) ReverseSRS(rcpt string) (string, bool, error) {
+	r := p.Current().SRS()
+	if r == nil {
+		return "", false, nil
+	}
+	at := strings.LastIndexByte(rcpt, '@')
+	if at < 0 || !strings.EqualFold(strings.TrimSuffix(rcpt[at+1:], "."), r.Domain()) || !srs.IsSRS(rcpt[:at]) {
+		return "", false, nil
+	}
+	orig, err := r.Reverse(rcpt)
+	return orig, true, err
+}
+
+// EnvelopeSender implements SenderRewriter.
+func (p *SendmailPolicy) EnvelopeSender(from string, forwarded bool) (string, []string) {
+	return p.Current().EnvelopeSender(from, forwarded)
+}
+
+// HeaderRewrite implements SenderRewriter.
+func (p *SendmailPolicy) HeaderRewrite() rewrite.Func {
+	pol := p.Current()
+	if !pol.RewritesHeaders() {
+		return nil
+	}
+	return func(addr string) (string, bool) {
+		r := pol.RewriteSender(addr)
+		return r.Addr, r.Changed && r.Headers
+	}
 }
 
 func fromReply(r *policy.Reply, rule string) *Error {

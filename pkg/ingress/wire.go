@@ -39,14 +39,16 @@ var errInputClosed = fmt.Errorf("ingress: input closed after an earlier read err
 // so the trace records the plaintext dialog as the client sees it.
 type listener struct {
 	net.Listener
-	s   *Server
-	tls *tls.Config // implicit TLS when set
+	s          *Server
+	tls        *tls.Config // implicit TLS when set
+	submission bool        // 587 or 465: MAIL needs AUTH
 }
 
 // clientState is what the ingress remembers about one client address.
 type clientState struct {
 	sessions int
 	limiter  *rate.Limiter // nil without a connection rate limit
+	inFlight int64         // in-flight budget held (MaxInFlightBytesPerClient)
 }
 
 // clientKey groups IPv6 clients by /64 (one host usually has a whole /64).
@@ -65,10 +67,11 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		cn := l.s.admit(c)
+		cn := l.s.admit(c, l.tls)
 		if cn == nil {
 			continue
 		}
+		cn.submission = l.submission
 		var nc net.Conn = cn
 		if l.tls != nil {
 			nc = tls.Server(cn, l.tls) // go-smtp runs the handshake; *conn bounds each read
@@ -80,8 +83,9 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // admit applies the session limits to a new connection: a *conn to serve,
 // or nil when it was refused (the refusal is written in the background so a
-// client that does not read cannot stall Accept).
-func (s *Server) admit(c net.Conn) *conn {
+// client that does not read cannot stall Accept; on an implicit-TLS
+// listener, tlsCfg set, inside TLS after the handshake).
+func (s *Server) admit(c net.Conn, tlsCfg *tls.Config) *conn {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	key := clientKey(ap.Addr())
 	now := time.Now()
@@ -124,14 +128,14 @@ func (s *Server) admit(c net.Conn) *conn {
 		s.log.Warn(why+"; refused connection", "client", ap.Addr().Unmap().String(),
 			"max_sessions", s.cfg.MaxSessions, "max_sessions_per_client", s.cfg.MaxSessionsPerClient,
 			"max_connections_per_client_per_minute", s.cfg.MaxConnectionsPerClientPerMinute)
-		s.refuse(c, refusal)
+		s.refuse(c, refusal, tlsCfg)
 		return nil
 	}
 	greeting := "220 " + s.cfg.Hostname
 	if s.cfg.Banner != "" {
 		greeting += " " + s.cfg.Banner
 	}
-	cn := &conn{Conn: c, s: s, key: key, greeting: greeting + "\r\n"}
+	cn := &conn{Conn: c, s: s, key: key, greeting: greeting + "\r\n", cs: cs, exempt: exempt}
 	s.mu.Lock()
 	s.conns[cn] = struct{}{}
 	s.mu.Unlock()
@@ -139,8 +143,12 @@ func (s *Server) admit(c net.Conn) *conn {
 }
 
 // refuse writes a 421 and closes c, in the background, with at most
-// maxRefusing such writes at once (beyond that the connection is just closed).
-func (s *Server) refuse(c net.Conn, line string) {
+// maxRefusing such writes at once (beyond that the connection is just
+// closed). With tlsCfg (implicit TLS, port 465) the 421 goes inside TLS
+// after the handshake: a TLS client would take plain text for a broken
+// record (and a client that does not finish the handshake in time is just
+// closed).
+func (s *Server) refuse(c net.Conn, line string, tlsCfg *tls.Config) {
 	select {
 	case s.refusing <- struct{}{}:
 	default:
@@ -149,11 +157,26 @@ func (s *Server) refuse(c net.Conn, line string) {
 	}
 	go func() {
 		defer func() { <-s.refusing }()
+		defer c.Close()
+		var w net.Conn = c
+		if tlsCfg != nil {
+			_ = c.SetDeadline(time.Now().Add(refuseHandshakeTimeout))
+			tc := tls.Server(c, tlsCfg)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			w = tc
+		}
 		_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		_, _ = io.WriteString(c, line+"\r\n")
-		c.Close()
+		_, _ = io.WriteString(w, line+"\r\n")
+		if tc, ok := w.(*tls.Conn); ok {
+			_ = tc.CloseWrite() // close_notify after the 421
+		}
 	}()
 }
+
+// refuseHandshakeTimeout bounds the TLS handshake before a refusal.
+const refuseHandshakeTimeout = 5 * time.Second
 
 const maxRefusing = 64
 
@@ -174,10 +197,14 @@ func (s *Server) sweepClients(now time.Time) {
 // conn is one client connection as go-smtp sees it.
 type conn struct {
 	net.Conn
-	s        *Server
-	key      netip.Addr
-	greeting string // for the greetConn above
-	once     sync.Once
+	s          *Server
+	key        netip.Addr
+	greeting   string // for the greetConn above
+	submission bool   // accepted on a submission listener
+	once       sync.Once
+
+	cs     *clientState // the client's (kept in s.clients while it has sessions)
+	exempt bool         // in ClientLimitExceptions
 
 	// Read and Write are called from the session's goroutine only; these
 	// fields need no lock.
@@ -185,8 +212,41 @@ type conn struct {
 	nread   int64
 
 	// Set by the session's Data, which runs in another goroutine for BDAT.
-	inData     atomic.Bool // a DATA transfer is being read (the session logs what ends it)
-	closeAfter atomic.Bool // close once the next reply is written
+	inData     atomic.Bool  // a DATA transfer is being read (the session logs what ends it)
+	closeAfter atomic.Bool  // close once the next reply is written
+	dataStart  atomic.Int64 // unix nanoseconds when the transfer began (MinDataRate)
+	dataBytes  atomic.Int64 // bytes read since
+	rateCut    atomic.Bool  // a read timed out on the MinDataRate deadline
+	dataEnded  atomic.Bool  // the session's Data returned (go-smtp reads the rest)
+}
+
+// startData marks the start of a message transfer (DATA or BDAT): reads
+// are bounded by MinDataRate from now until endData.
+func (c *conn) startData() {
+	c.dataStart.Store(time.Now().UnixNano())
+	c.dataBytes.Store(0)
+	c.rateCut.Store(false)
+	c.dataEnded.Store(false)
+	c.inData.Store(true)
+}
+
+func (c *conn) endData() { c.inData.Store(false) }
+
+// readDeadline is the idle timeout from now, or, during a transfer with a
+// minimum data rate, the time by which the bytes read so far must have
+// come (as Postfix's smtpd_min_data_rate: the idle timeout from the start,
+// plus one second per MinDataRate bytes read), whichever is earlier.
+func (c *conn) readDeadline(now time.Time) (deadline time.Time, byRate bool) {
+	deadline = now.Add(c.s.cfg.ReadTimeout)
+	rate := int64(c.s.cfg.MinDataRate)
+	if rate <= 0 || !c.inData.Load() {
+		return deadline, false
+	}
+	credit := time.Duration(c.dataBytes.Load() * int64(time.Second) / rate)
+	if d := time.Unix(0, c.dataStart.Load()).Add(c.s.cfg.ReadTimeout + credit); d.Before(deadline) {
+		return d, true
+	}
+	return deadline, false
 }
 
 // wireOf finds the ingress's conn under a go-smtp connection (the layers
@@ -206,28 +266,37 @@ func wireOf(c net.Conn) *conn {
 }
 
 // Read is an idle timeout per read (as Postfix's smtpd_timeout and
-// sendmail's Timeout.datablock): a slow but steady client may take as long
-// as it needs, a silent one is cut off. After the first error nothing more
+// sendmail's Timeout.datablock): a silent client is cut off, and during a
+// message transfer one slower than MinDataRate too (readDeadline). After the first error nothing more
 // is read: the rest of an interrupted DATA is never taken for commands.
 func (c *conn) Read(p []byte) (int, error) {
 	if c.readErr != nil {
 		return 0, errInputClosed
 	}
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.s.cfg.ReadTimeout)); err != nil {
+	deadline, byRate := c.readDeadline(time.Now())
+	if err := c.Conn.SetReadDeadline(deadline); err != nil {
 		c.readErr = err
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
 	c.nread += int64(n)
+	if c.inData.Load() {
+		c.dataBytes.Add(int64(n))
+	}
 	if err == nil {
 		return n, nil
 	}
 	c.readErr = err
 	var ne net.Error
 	timeout := errors.As(err, &ne) && ne.Timeout()
+	if timeout && byRate {
+		c.rateCut.Store(true)
+	}
 	switch {
-	case c.inData.Load():
+	case c.inData.Load() && !c.dataEnded.Load():
 		// The session reports it with its queue id.
+	case timeout && byRate:
+		c.s.log.Info("client sent the rest of a refused message slower than the minimum data rate; closing", "client", c.key.String(), "min_data_rate", c.s.cfg.MinDataRate)
 	case timeout:
 		c.s.log.Info("timeout waiting for input from client; closing", "client", c.key.String(), "timeout", c.s.cfg.ReadTimeout)
 	case c.nread == 0:

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"reflect"
 	"sort"
 	"strings"
@@ -41,6 +42,7 @@ type policyView struct {
 	VirtDomains []string
 	Local       []string
 	Settings    Settings
+	Senders     []string
 }
 
 func viewOf(p *Policy) policyView {
@@ -84,6 +86,25 @@ func viewOf(p *Policy) policyView {
 		v.VirtDomains = append(v.VirtDomains, d)
 	}
 	sort.Strings(v.VirtDomains)
+	// The sender keys, without line numbers and source text.
+	for _, e := range p.senders.masq.order {
+		v.Senders = append(v.Senders, fmt.Sprintf("masq %s %s %t", e.Key, e.As, e.Headers))
+	}
+	for _, m := range []map[string]int{p.senders.except, p.senders.exposed} {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		v.Senders = append(v.Senders, strings.Join(keys, ","))
+	}
+	for _, e := range p.senders.generic.order {
+		v.Senders = append(v.Senders, fmt.Sprintf("generic %s %s %t", e.Key, e.RHS, e.Headers))
+	}
+	for _, e := range p.senders.routes.order {
+		v.Senders = append(v.Senders, fmt.Sprintf("route %s %s %t", e.Key, e.RHS, e.MailertableFirst))
+	}
+	v.Senders = append(v.Senders, p.senders.srsSecrets...)
 	return v
 }
 

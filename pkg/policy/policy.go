@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
@@ -38,7 +39,8 @@ const (
 // Keys lists every policy key, in the order Files and error reports use.
 func Keys() []string {
 	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings,
-		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM} // smarthost.go
+		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM, // smarthost.go
+		KeyMasquerade, KeyGenericstable, KeySenderRoutes, KeySRS} // senders.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
@@ -62,6 +64,10 @@ type Settings struct {
 	// Connect: RELAY may relay to a To: RELAY domain only when its envelope
 	// sender matches a From: OK or RELAY entry.
 	FromWhitelist bool
+	// SRSDomain turns SRS on for forwarded mail (senders.go); SRSMaxAge is
+	// how long an SRS address stays valid (0: srs.DefaultMaxAge).
+	SRSDomain string
+	SRSMaxAge time.Duration
 }
 
 // ParseError is one problem in one line of one policy file.
@@ -102,6 +108,8 @@ type Policy struct {
 	virtDomains map[string]int // A-label domain → line of its first entry
 	local       map[string]int // A-label domain → line in local-host-names
 	localOrder  []string
+
+	senders senders // senders.go
 }
 
 // Empty returns a policy without entries: it relays for nobody.
@@ -120,6 +128,7 @@ func newPolicy() *Policy {
 		virt:        map[string]*virtEntry{},
 		virtDomains: map[string]int{},
 		local:       map[string]int{},
+		senders:     newSenders(),
 	}
 }
 
@@ -160,12 +169,17 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		{KeyUsers, (*Policy).parseUsers},
 		{KeyAuthinfo, (*Policy).parseAuthinfo},
 		{KeyDKIM, (*Policy).parseDKIM},
+		{KeyMasquerade, (*Policy).parseMasquerade},
+		{KeyGenericstable, (*Policy).parseGenericstable},
+		{KeySenderRoutes, (*Policy).parseSenderRoutes},
+		{KeySRS, (*Policy).parseSRS},
 	}
 	for _, ps := range parsers {
 		lines, lerrs := splitLines(ps.key, files[ps.key])
 		errs = append(errs, lerrs...)
 		errs = append(errs, ps.parse(p, lines)...)
 	}
+	errs = append(errs, p.finishSenders(files)...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -318,8 +332,9 @@ func (p *Policy) Files() map[string][]byte {
 	}
 	out[KeyLocalHostNames] = []byte(b.String())
 
-	out[KeySettings] = []byte(fmt.Sprintf("from_whitelist = %t\n", p.Settings.FromWhitelist))
+	out[KeySettings] = []byte(p.Settings.text())
 	p.smarthostFiles(out)
+	p.sendersFiles(out)
 	return out
 }
 

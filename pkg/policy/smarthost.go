@@ -22,7 +22,7 @@ const (
 )
 
 // SecretKeys are the keys that belong in the policy Secret.
-func SecretKeys() []string { return []string{KeyUsers, KeyAuthinfo, KeyDKIM} }
+func SecretKeys() []string { return []string{KeyUsers, KeyAuthinfo, KeyDKIM, KeySRS} }
 
 // parseUsers reads "NAME HASH SENDER[,SENDER…]" lines (smtpauth.User).
 // A password that is not a bcrypt or argon2id hash is refused.

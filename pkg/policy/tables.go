@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
@@ -101,11 +102,37 @@ func (p *Policy) parseSettings(lines []line) []error {
 				errs = append(errs, l.errorf("from_whitelist must be true or false, got %q", value))
 				continue
 			}
+		case "srs_domain":
+			d, err := address.Domain(value)
+			if err != nil {
+				errs = append(errs, l.errorf("srs_domain: bad domain %q: %v", value, err))
+				continue
+			}
+			p.Settings.SRSDomain = d
+		case "srs_max_age":
+			d, err := parseDays(value)
+			if err != nil || d <= 0 {
+				errs = append(errs, l.errorf("srs_max_age: want a duration such as 21d or 72h, got %q", value))
+				continue
+			}
+			p.Settings.SRSMaxAge = d
 		default:
-			errs = append(errs, l.errorf("unknown setting %q (known: from_whitelist)", name))
+			errs = append(errs, l.errorf("unknown setting %q (known: from_whitelist, srs_domain, srs_max_age)", name))
 			continue
 		}
 		set[name] = l.no
 	}
 	return errs
+}
+
+// text is the canonical settings file.
+func (s Settings) text() string {
+	t := fmt.Sprintf("from_whitelist = %t\n", s.FromWhitelist)
+	if s.SRSDomain != "" {
+		t += "srs_domain = " + s.SRSDomain + "\n"
+	}
+	if s.SRSMaxAge != 0 {
+		t += "srs_max_age = " + s.SRSMaxAge.String() + "\n"
+	}
+	return t
 }

@@ -259,6 +259,8 @@ type Router struct {
 	Current  func() *Table
 	Resolver Resolver
 	Port     uint16 // destination SMTP port, default 25
+	// BySender, when set, finds a route chosen by the sender (senderroutes).
+	BySender func(sender, authUser string) (SenderRoute, bool)
 }
 
 func (r *Router) table() *Table {
@@ -268,59 +270,109 @@ func (r *Router) table() *Table {
 	return r.Table
 }
 
+// SenderRoute is a route chosen by the message's sender or AUTH user
+// (senderroutes, Postfix's sender_dependent_relayhost_maps).
+type SenderRoute struct {
+	Entry            Entry
+	Relay            string // the right-hand side as written
+	MailertableFirst bool   // the recipient domain's own mailertable entry wins
+	Rule             string // the policy line, for logs and spans
+}
+
+// Request is what a route depends on: the recipient domain and, for
+// senderroutes, the envelope sender and the AUTH user who submitted it.
+type Request struct {
+	Domain   string
+	Sender   string
+	AuthUser string
+}
+
 // Route returns the hops to try for domain, in order.
 func (r *Router) Route(ctx context.Context, domain string) ([]delivery.Hop, error) {
+	hops, _, err := r.RouteFor(ctx, Request{Domain: domain})
+	return hops, err
+}
+
+// RouteFor returns the hops to try for req and why they were chosen: a
+// sender route ("senderroutes:3: @example.com smtp:[relay]"), a mailertable
+// entry ("mailertable example.com") or "" for MX routing. A sender route
+// wins over the mailertable unless it says mailertable-first and the
+// recipient domain has an entry of its own (not the "." default).
+func (r *Router) RouteFor(ctx context.Context, req Request) ([]delivery.Hop, string, error) {
+	domain := req.Domain
 	port := r.Port
 	if port == 0 {
 		port = 25
 	}
-	if e, ok := r.table().Lookup(domain); ok {
-		if e.Error != nil {
-			return nil, e.Error
+	key, e, ok := r.table().LookupKey(domain)
+	why := ""
+	if ok {
+		why = "mailertable " + key
+	}
+	if r.BySender != nil {
+		if sr, found := r.BySender(req.Sender, req.AuthUser); found && !(sr.MailertableFirst && ok && key != ".") {
+			e, ok, why = sr.Entry, true, sr.Rule
 		}
-		var hops []delivery.Hop
-		var lastErr error
-		for _, h := range e.Hosts {
-			p := h.Port
-			if p == 0 {
-				p = port
-			}
-			// The TLS policy and authinfo see the relay as the mailertable
-			// names it ("[relay]:587"), whatever its addresses.
-			ph := tlspolicy.Hop{Domain: domain, Relay: h.Name, Literal: h.Literal, Port: p}
-			if ip, err := netip.ParseAddr(h.Name); err == nil {
-				ph.Literal = true
-				hops = append(hops, delivery.Hop{Name: "[" + h.Name + "]", Addr: netip.AddrPortFrom(ip, p), Policy: ph})
-				continue
-			}
-			if h.Literal {
-				addrs, err := r.Resolver.LookupHost(ctx, h.Name)
-				if err != nil {
-					lastErr = err
-					continue
-				}
-				for _, a := range addrs {
-					hops = append(hops, delivery.Hop{Name: h.Name, Addr: netip.AddrPortFrom(a, p), Policy: ph})
-				}
-				continue
-			}
-			mxs, err := r.Resolver.LookupMX(ctx, h.Name)
+	}
+	if ok {
+		if e.Error != nil {
+			return nil, why, e.Error
+		}
+		hops, err := r.entryHops(ctx, domain, e, port)
+		return hops, why, err
+	}
+	hops, err := r.mxHops(ctx, domain, port)
+	return hops, "", err
+}
+
+// entryHops resolves a static route's hosts.
+func (r *Router) entryHops(ctx context.Context, domain string, e Entry, port uint16) ([]delivery.Hop, error) {
+	var hops []delivery.Hop
+	var lastErr error
+	for _, h := range e.Hosts {
+		p := h.Port
+		if p == 0 {
+			p = port
+		}
+		// The TLS policy and authinfo see the relay as the mailertable
+		// names it ("[relay]:587"), whatever its addresses.
+		ph := tlspolicy.Hop{Domain: domain, Relay: h.Name, Literal: h.Literal, Port: p}
+		if ip, err := netip.ParseAddr(h.Name); err == nil {
+			ph.Literal = true
+			hops = append(hops, delivery.Hop{Name: "[" + h.Name + "]", Addr: netip.AddrPortFrom(ip, p), Policy: ph})
+			continue
+		}
+		if h.Literal {
+			addrs, err := r.Resolver.LookupHost(ctx, h.Name)
 			if err != nil {
 				lastErr = err
 				continue
 			}
-			// The relay's MX hosts: a static route, so MTA-STS and DANE
-			// (which are about the recipient domain's MX) do not apply.
-			for _, hp := range hopsFromMX(mxs, p) {
-				hp.Policy = ph
-				hops = append(hops, hp)
+			for _, a := range addrs {
+				hops = append(hops, delivery.Hop{Name: h.Name, Addr: netip.AddrPortFrom(a, p), Policy: ph})
 			}
+			continue
 		}
-		if len(hops) == 0 {
-			return nil, fromResolve(domain, lastErr)
+		mxs, err := r.Resolver.LookupMX(ctx, h.Name)
+		if err != nil {
+			lastErr = err
+			continue
 		}
-		return hops, nil
+		// The relay's MX hosts: a static route, so MTA-STS and DANE
+		// (which are about the recipient domain's MX) do not apply.
+		for _, hp := range hopsFromMX(mxs, p) {
+			hp.Policy = ph
+			hops = append(hops, hp)
+		}
 	}
+	if len(hops) == 0 {
+		return nil, fromResolve(domain, lastErr)
+	}
+	return hops, nil
+}
+
+// mxHops routes by the domain's MX (or its address literal).
+func (r *Router) mxHops(ctx context.Context, domain string, port uint16) ([]delivery.Hop, error) {
 	if strings.HasPrefix(domain, "[") {
 		ip, err := address.Literal(domain)
 		if err != nil {

@@ -76,16 +76,40 @@ func (a *Authenticator) Server(ctx context.Context, at Attempt) (sasl.Server, er
 	return nil, &Error{Reply: ReplyUnknownMechanism}
 }
 
+// errBudgetSpent: the failure budget refused a check before it ran.
+var errBudgetSpent = errors.New("failure budget spent")
+
 func (a *Authenticator) check(ctx context.Context, at Attempt, mech, user, pass string) error {
-	u, err := a.Verifier.Verify(ctx, at.Users, user, pass)
-	if errors.Is(err, ErrBadCredentials) {
-		return a.fail(at, mech, user, err)
+	var admit func() error
+	if a.Budget != nil {
+		// Asked inside the verifier's slot, right before the hash check:
+		// sessions parked at "Password:" (or waiting for a slot) while the
+		// budget was spent get no check.
+		admit = func() error {
+			if !a.Budget.Begin(at.Client, user) {
+				return errBudgetSpent
+			}
+			return nil
+		}
 	}
-	if err != nil {
+	u, err := a.Verifier.VerifyAdmitted(ctx, at.Users, user, pass, admit)
+	switch {
+	case errors.Is(err, errBudgetSpent):
+		if a.Log != nil {
+			a.Log.Warn("SMTP AUTH refused: failure budget spent", "client", at.Client.Unmap().String(), "mechanism", mech)
+		}
+		return &Error{Reply: ReplyTooManyFailures, Close: true, Err: err}
+	case errors.Is(err, ErrBadCredentials):
+		if a.Budget == nil {
+			return a.failed(at, mech, user, 1, false, err)
+		}
+		failures, exhausted := a.Budget.End(at.Client, user, true)
+		return a.failed(at, mech, user, failures, exhausted, err)
+	case err != nil:
 		return &Error{Reply: ReplyTemporaryFailure, Err: err}
 	}
 	if a.Budget != nil {
-		a.Budget.Succeed(at.Client)
+		a.Budget.End(at.Client, user, false)
 	}
 	if at.Success != nil {
 		at.Success(u)
@@ -93,10 +117,19 @@ func (a *Authenticator) check(ctx context.Context, at Attempt, mech, user, pass 
 	return nil
 }
 
+// fail records a failure that needed no password check.
 func (a *Authenticator) fail(at Attempt, mech, user string, cause error) error {
-	failures, exhausted, limit := 1, false, 0
+	failures, exhausted := 1, false
 	if a.Budget != nil {
-		failures, exhausted = a.Budget.Fail(at.Client)
+		failures, exhausted = a.Budget.Fail(at.Client, user)
+	}
+	return a.failed(at, mech, user, failures, exhausted, cause)
+}
+
+// failed logs a failure and picks its reply.
+func (a *Authenticator) failed(at Attempt, mech, user string, failures int, exhausted bool, cause error) error {
+	limit := 0
+	if a.Budget != nil {
 		limit = a.Budget.Limit()
 	}
 	if a.Log != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"regexp"
@@ -217,39 +218,80 @@ func TestFailureBudget(t *testing.T) {
 		if b.Exhausted(c1) {
 			t.Fatalf("exhausted after %d failures", i-1)
 		}
-		n, ex := b.Fail(c1)
+		n, ex := b.Fail(c1, "u1")
 		if n != i || ex != (i == 3) {
 			t.Fatalf("failure %d: got (%d, %v)", i, n, ex)
 		}
 	}
-	if !b.Exhausted(c1) {
+	if !b.Exhausted(c1) || b.Begin(c1, "u9") {
 		t.Fatal("not exhausted after 3 failures")
 	}
 	// Other addresses of the same IPv6 /64 share a budget; another /64 not.
 	v6a, v6b, v6c := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff::9"), netip.MustParseAddr("2001:db8:1:3::1")
-	b.Fail(v6a)
-	if n, _ := b.Fail(v6b); n != 2 {
+	b.Fail(v6a, "u2")
+	if n, _ := b.Fail(v6b, "u2"); n != 2 {
 		t.Errorf("same /64: %d failures, want 2", n)
 	}
-	// MaxClients 2: c1, v6 tracked; v6c evicts c1 (least recent).
-	b.Fail(v6c)
-	if b.Tracked() != 2 || b.Exhausted(c1) {
-		t.Errorf("tracked %d, c1 exhausted %v: want 2 and c1 evicted", b.Tracked(), b.Exhausted(c1))
+	// MaxClients 2 (clients, and apart names): c1, v6, u1, u2 tracked;
+	// v6c evicts c1, u3 evicts u1 (least recent).
+	b.Fail(v6c, "u3")
+	if b.Tracked() != 4 || b.Exhausted(c1) {
+		t.Errorf("tracked %d, c1 exhausted %v: want 4 and c1 evicted", b.Tracked(), b.Exhausted(c1))
+	}
+	// Names sprayed do not push a client out.
+	for i := range 10 {
+		b.Fail(v6c, fmt.Sprintf("spray%d", i))
+	}
+	if n := b.Failures(v6c); n != 11 {
+		t.Errorf("client failures after a name spray: %d, want 11", n)
 	}
 	// The window passes.
 	now = now.Add(time.Minute)
 	if b.Failures(v6a) != 0 {
 		t.Error("failures outlived the window")
 	}
-	b.Fail(v6c)
-	b.Succeed(v6c)
-	if b.Failures(v6c) != 0 {
-		t.Error("success did not reset")
-	}
-	for _, bad := range []BudgetConfig{{MaxFailures: -1}, {Window: time.Millisecond}, {MaxClients: -5}} {
+	for _, bad := range []BudgetConfig{{MaxFailures: -1}, {MaxUserFailures: -1}, {Window: time.Millisecond}, {MaxClients: -5}} {
 		if _, err := NewFailureBudget(bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+// Issue 19 item 5: checks in progress count until they end; a success
+// clears the user name's failures only; a name has its own budget across
+// clients.
+func TestFailureBudgetPerUserAndPending(t *testing.T) {
+	b, err := NewFailureBudget(BudgetConfig{MaxFailures: 3, MaxUserFailures: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := netip.MustParseAddr("192.0.2.1")
+	for i := range 3 {
+		if !b.Begin(c, "alice") {
+			t.Fatalf("check %d refused", i+1)
+		}
+	}
+	if b.Begin(c, "alice") || !b.Exhausted(c) {
+		t.Fatal("a fourth check admitted while three are in progress (budget 3)")
+	}
+	b.End(c, "alice", true)
+	b.End(c, "alice", true)
+	if n, ex := b.End(c, "alice", false); n != 2 || ex {
+		t.Fatalf("after a success: client failures %d, exhausted %v; want 2 kept", n, ex)
+	}
+	if n, ex := b.Fail(c, "bob"); n != 3 || !ex {
+		t.Fatalf("third failure: (%d, %v), want (3, true): the success did not reset the client", n, ex)
+	}
+	// Four clients, one guess each at one name: the name's budget (4).
+	for i := range 4 {
+		a := netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)})
+		if !b.Begin(a, "Carol") {
+			t.Fatalf("client %d refused", i+1)
+		}
+		b.End(a, "Carol", true)
+	}
+	if b.Begin(netip.MustParseAddr("198.51.100.9"), "carol") {
+		t.Fatal("a fifth client guessing carol was admitted (user budget 4)")
 	}
 }
 

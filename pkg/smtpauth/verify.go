@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,12 +52,25 @@ func NewVerifier(maxConcurrent int) *Verifier {
 // exist. It returns ErrBadCredentials or, when ctx ends while waiting for a
 // slot, ctx's error (a temporary failure: ReplyTemporaryFailure).
 func (v *Verifier) Verify(ctx context.Context, users *Users, name, password string) (*User, error) {
+	return v.VerifyAdmitted(ctx, users, name, password, nil)
+}
+
+// VerifyAdmitted is Verify with admit asked once a slot is held, right
+// before the hash is checked: an error from it is returned and nothing is
+// checked (the failure budget, consulted at the last moment so that
+// sessions waiting for a slot cannot check more than it allows).
+func (v *Verifier) VerifyAdmitted(ctx context.Context, users *Users, name, password string, admit func() error) (*User, error) {
 	select {
 	case v.slots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	defer func() { <-v.slots }()
+	if admit != nil {
+		if err := admit(); err != nil {
+			return nil, err
+		}
+	}
 	if users == nil {
 		users = &Users{}
 	}
@@ -71,18 +85,24 @@ func (v *Verifier) Verify(ctx context.Context, users *Users, name, password stri
 	return u, nil
 }
 
-// BudgetConfig bounds failed AUTH attempts per client.
+// BudgetConfig bounds failed AUTH attempts per client and per user name.
 type BudgetConfig struct {
 	// MaxFailures is how many failed attempts a client has within Window;
 	// the next AUTH (or, for the failure that reaches it, the reply to it)
 	// is ReplyTooManyFailures and the session is closed
 	// (--auth-max-failures, default 5).
 	MaxFailures int
-	// Window is how long a client's failures count, from its first one
+	// MaxUserFailures is how many failed attempts one user name has within
+	// Window, from any client (--auth-max-user-failures, default 20): it
+	// bounds guessing spread over many addresses. A successful AUTH as
+	// that user clears the name's count (not the client's).
+	MaxUserFailures int
+	// Window is how long failures count, from the first one
 	// (--auth-failure-window, default 15m).
 	Window time.Duration
-	// MaxClients bounds the clients tracked; past it the least recently
-	// failing one is forgotten (--auth-failure-clients, default 100000).
+	// MaxClients bounds the clients tracked, and apart the user names;
+	// past it the least recently failing one is forgotten
+	// (--auth-failure-clients, default 100000).
 	MaxClients int
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
@@ -90,15 +110,19 @@ type BudgetConfig struct {
 
 // Defaults of BudgetConfig.
 const (
-	DefaultMaxFailures   = 5
-	DefaultFailureWindow = 15 * time.Minute
-	DefaultMaxClients    = 100000
+	DefaultMaxFailures     = 5
+	DefaultMaxUserFailures = 20
+	DefaultFailureWindow   = 15 * time.Minute
+	DefaultMaxClients      = 100000
 )
 
 // Validate checks the configuration (zero values take the defaults).
 func (c *BudgetConfig) Validate() error {
 	if c.MaxFailures == 0 {
 		c.MaxFailures = DefaultMaxFailures
+	}
+	if c.MaxUserFailures == 0 {
+		c.MaxUserFailures = DefaultMaxUserFailures
 	}
 	if c.Window == 0 {
 		c.Window = DefaultFailureWindow
@@ -109,6 +133,8 @@ func (c *BudgetConfig) Validate() error {
 	switch {
 	case c.MaxFailures < 1:
 		return fmt.Errorf("--auth-max-failures must be at least 1, got %d", c.MaxFailures)
+	case c.MaxUserFailures < 1:
+		return fmt.Errorf("--auth-max-user-failures must be at least 1, got %d", c.MaxUserFailures)
 	case c.Window < time.Second:
 		return fmt.Errorf("--auth-failure-window must be at least 1s, got %v", c.Window)
 	case c.MaxClients < 1:
@@ -119,19 +145,33 @@ func (c *BudgetConfig) Validate() error {
 
 // FailureBudget counts failed AUTH attempts per client across sessions (an
 // IPv4 address, or the /64 of an IPv6 address, since one host usually owns
-// a whole /64). It is safe for concurrent use; memory is bounded by
+// a whole /64) and per user name. A password check in progress counts as
+// a failure until it ends (Begin, End), so concurrent checks never exceed
+// the budget. It is safe for concurrent use; memory is bounded by
 // MaxClients.
 type FailureBudget struct {
 	cfg BudgetConfig
 	mu  sync.Mutex
-	m   map[netip.Prefix]*list.Element
-	lru *list.List // front: most recent failure
+	m   map[string]*list.Element
+	// Clients and user names are evicted apart (front: most recent
+	// failure), so names sprayed by the thousand cannot push a client's
+	// failures out, nor the reverse.
+	clients, users *list.List
+}
+
+// lru is the eviction list key belongs to.
+func (b *FailureBudget) lru(key string) *list.List {
+	if strings.HasPrefix(key, "user ") {
+		return b.users
+	}
+	return b.clients
 }
 
 type budgetEntry struct {
-	key   netip.Prefix
-	first time.Time
-	count int
+	key     string
+	first   time.Time
+	count   int // failures since first
+	pending int // checks in progress (Begin without End)
 }
 
 // NewFailureBudget validates cfg and returns an empty budget.
@@ -142,7 +182,7 @@ func NewFailureBudget(cfg BudgetConfig) (*FailureBudget, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &FailureBudget{cfg: cfg, m: map[netip.Prefix]*list.Element{}, lru: list.New()}, nil
+	return &FailureBudget{cfg: cfg, m: map[string]*list.Element{}, clients: list.New(), users: list.New()}, nil
 }
 
 // ClientKey is the unit a budget counts: the address itself for IPv4, its
@@ -156,70 +196,145 @@ func ClientKey(a netip.Addr) netip.Prefix {
 	return p
 }
 
+func clientBudgetKey(a netip.Addr) string { return "client " + ClientKey(a).String() }
+
+// userBudgetKey: names as the users file compares them (case-insensitive);
+// a name too long to be a user is one key, whatever it says.
+func userBudgetKey(name string) string {
+	if len(name) > MaxUserName {
+		name = name[:MaxUserName] + "…"
+	}
+	return "user " + strings.ToLower(name)
+}
+
 // Limit is the configured MaxFailures.
 func (b *FailureBudget) Limit() int { return b.cfg.MaxFailures }
+
+// entry returns key's entry within the window (nil: none), dropping an
+// expired count. Called with b.mu held.
+func (b *FailureBudget) entry(key string, now time.Time) *budgetEntry {
+	el, ok := b.m[key]
+	if !ok {
+		return nil
+	}
+	e := el.Value.(*budgetEntry)
+	if now.Sub(e.first) >= b.cfg.Window {
+		e.first, e.count = now, 0
+		if e.pending == 0 {
+			b.lru(key).Remove(el)
+			delete(b.m, key)
+			return nil
+		}
+	}
+	return e
+}
+
+// touch returns key's entry, creating it (evicting the least recent one
+// beyond MaxClients). Called with b.mu held.
+func (b *FailureBudget) touch(key string, now time.Time) *budgetEntry {
+	if e := b.entry(key, now); e != nil {
+		b.lru(key).MoveToFront(b.m[key])
+		return e
+	}
+	lru := b.lru(key)
+	for lru.Len() >= b.cfg.MaxClients {
+		old := lru.Back()
+		lru.Remove(old)
+		delete(b.m, old.Value.(*budgetEntry).key)
+	}
+	e := &budgetEntry{key: key, first: now}
+	b.m[key] = lru.PushFront(e)
+	return e
+}
+
+func (b *FailureBudget) used(key string, now time.Time) int {
+	if e := b.entry(key, now); e != nil {
+		return e.count + e.pending
+	}
+	return 0
+}
 
 // Failures returns the client's failures within the window.
 func (b *FailureBudget) Failures(client netip.Addr) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	el, ok := b.m[ClientKey(client)]
-	if !ok {
-		return 0
+	if e := b.entry(clientBudgetKey(client), b.cfg.Now()); e != nil {
+		return e.count
 	}
-	e := el.Value.(*budgetEntry)
-	if b.cfg.Now().Sub(e.first) >= b.cfg.Window {
-		b.lru.Remove(el)
-		delete(b.m, e.key)
-		return 0
-	}
-	return e.count
+	return 0
 }
 
-// Exhausted reports whether the client has no attempts left: the ingress
-// checks it when AUTH is issued and answers ReplyTooManyFailures.
+// Exhausted reports whether the client has no attempts left (checks in
+// progress counted as failures): the ingress checks it when AUTH is issued
+// and answers ReplyTooManyFailures.
 func (b *FailureBudget) Exhausted(client netip.Addr) bool {
-	return b.Failures(client) >= b.cfg.MaxFailures
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used(clientBudgetKey(client), b.cfg.Now()) >= b.cfg.MaxFailures
 }
 
-// Fail records one failed attempt and returns the client's failures so far
-// and whether the budget is now exhausted (then the ingress answers
-// ReplyTooManyFailures instead of ReplyBadCredentials and closes).
-func (b *FailureBudget) Fail(client netip.Addr) (failures int, exhausted bool) {
-	key := ClientKey(client)
+// Begin is asked right before a password check: false when the client's
+// or the user name's budget is spent, counting the checks in progress;
+// true reserves one attempt of each until End.
+func (b *FailureBudget) Begin(client netip.Addr, user string) bool {
+	ck, uk := clientBudgetKey(client), userBudgetKey(user)
 	now := b.cfg.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if el, ok := b.m[key]; ok {
-		e := el.Value.(*budgetEntry)
-		if now.Sub(e.first) >= b.cfg.Window {
-			e.first, e.count = now, 0
-		}
-		e.count++
-		b.lru.MoveToFront(el)
-		return e.count, e.count >= b.cfg.MaxFailures
+	if b.used(ck, now) >= b.cfg.MaxFailures || b.used(uk, now) >= b.cfg.MaxUserFailures {
+		return false
 	}
-	for len(b.m) >= b.cfg.MaxClients {
-		old := b.lru.Back()
-		b.lru.Remove(old)
-		delete(b.m, old.Value.(*budgetEntry).key)
-	}
-	b.m[key] = b.lru.PushFront(&budgetEntry{key: key, first: now, count: 1})
-	return 1, 1 >= b.cfg.MaxFailures
+	b.touch(ck, now).pending++
+	b.touch(uk, now).pending++
+	return true
 }
 
-// Succeed forgets the client's failures (a successful AUTH).
-func (b *FailureBudget) Succeed(client netip.Addr) {
-	key := ClientKey(client)
+// End settles a check Begin admitted: a failure counts for the client and
+// the user name (as Fail); a success clears the user name's failures only.
+func (b *FailureBudget) End(client netip.Addr, user string, failed bool) (failures int, exhausted bool) {
+	ck, uk := clientBudgetKey(client), userBudgetKey(user)
+	now := b.cfg.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if el, ok := b.m[key]; ok {
-		b.lru.Remove(el)
-		delete(b.m, key)
+	for _, k := range []string{ck, uk} {
+		if e := b.entry(k, now); e != nil && e.pending > 0 {
+			e.pending--
+		}
 	}
+	if !failed {
+		if el, ok := b.m[uk]; ok {
+			if e := el.Value.(*budgetEntry); e.pending == 0 {
+				b.users.Remove(el)
+				delete(b.m, uk)
+			} else {
+				e.count = 0
+			}
+		}
+		return b.used(ck, now), false
+	}
+	return b.fail(ck, uk, now)
 }
 
-// Tracked is the number of clients with failures on record.
+// Fail records one failed attempt of the client as user (a check that
+// needed no password check, such as a foreign authorization identity) and
+// returns the client's failures so far and whether the client's or the
+// name's budget is now spent (then the ingress answers ReplyTooManyFailures
+// instead of ReplyBadCredentials and closes).
+func (b *FailureBudget) Fail(client netip.Addr, user string) (failures int, exhausted bool) {
+	now := b.cfg.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fail(clientBudgetKey(client), userBudgetKey(user), now)
+}
+
+func (b *FailureBudget) fail(ck, uk string, now time.Time) (int, bool) {
+	c, u := b.touch(ck, now), b.touch(uk, now)
+	c.count++
+	u.count++
+	return c.count, c.count+c.pending >= b.cfg.MaxFailures || u.count+u.pending >= b.cfg.MaxUserFailures
+}
+
+// Tracked is the number of clients and user names with failures on record.
 func (b *FailureBudget) Tracked() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -64,6 +64,12 @@ type Router interface {
 	Route(ctx context.Context, domain string) ([]delivery.Hop, error)
 }
 
+// senderRouter also routes by the sender (route.Router with senderroutes);
+// why names the rule that chose the hops.
+type senderRouter interface {
+	RouteFor(ctx context.Context, req route.Request) (hops []delivery.Hop, why string, err error)
+}
+
 // Deliverer runs SMTP transactions.
 type Deliverer interface {
 	Deliver(ctx context.Context, hops []delivery.Hop, msg *delivery.Message) *delivery.Outcome
@@ -92,6 +98,9 @@ type Config struct {
 	// (":25") stands for every address of this host on that port.
 	LocalNames []string
 	LocalAddrs []netip.AddrPort
+	// ReturnPath maps an envelope sender to where its DSN goes (nil: the
+	// sender itself); the daemon reverses its own SRS addresses with it.
+	ReturnPath func(from string) string
 	// DomainConcurrency caps deliveries in flight per recipient domain in
 	// this process (default 20); DomainLimits override it by domain.
 	DomainConcurrency int
@@ -524,7 +533,17 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 	var rerr error
 	if len(try) > 0 {
 		var hops []delivery.Hop
-		hops, rerr = w.router.Route(actx, e.Domain)
+		if sr, ok := w.router.(senderRouter); ok {
+			// senderroutes: a relay chosen by the sender or AUTH user.
+			var why string
+			hops, why, rerr = sr.RouteFor(actx, route.Request{Domain: e.Domain, Sender: e.From, AuthUser: e.AuthUser})
+			if strings.HasPrefix(why, "senderroutes") {
+				log = log.With("route", why)
+				trace.SpanFromContext(ctx).SetAttributes(attribute.String("mailfwd.route", why))
+			}
+		} else {
+			hops, rerr = w.router.Route(actx, e.Domain)
+		}
 		if rerr == nil {
 			hops, rerr = w.self.notSelf(hops)
 		}
@@ -809,7 +828,7 @@ func humanDuration(d time.Duration) string {
 // notify sends a DSN about e to its sender through the queue. Mail from the
 // null sender (DSNs themselves) never gets one.
 func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
-	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q}
+	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q, ReturnPath: w.cfg.ReturnPath}
 	if w.cfg.DKIM != nil {
 		bs.DKIM = w.cfg.DKIM()
 	}

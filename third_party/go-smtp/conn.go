@@ -33,6 +33,11 @@ type Conn struct {
 	errCount int
 	// Number of 4xx/5xx replies sent, for Server.MaxErrors
 	errReplies int
+	// mailfwd: 452 4.5.3 RCPT replies in this transaction, for
+	// Server.MaxRecipientOvershoot; excused: the reply being written does
+	// not count toward MaxErrors.
+	rcptOvershoot int
+	excused       bool
 
 	session    Session
 	locker     sync.Mutex
@@ -719,7 +724,7 @@ func (c *Conn) handleRcpt(arg string) {
 	}
 
 	if c.server.MaxRecipients > 0 && len(c.recipients) >= c.server.MaxRecipients {
-		c.writeResponse(452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients))
+		c.writeOvershoot(&SMTPError{Code: 452, EnhancedCode: EnhancedCode{4, 5, 3}, Message: fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients)})
 		return
 	}
 
@@ -810,11 +815,24 @@ func (c *Conn) handleRcpt(arg string) {
 	}
 
 	if err := c.Session().Rcpt(recipient, opts); err != nil {
+		if se, ok := err.(*SMTPError); ok && se.Code == 452 && se.EnhancedCode == (EnhancedCode{4, 5, 3}) {
+			c.writeOvershoot(se)
+			return
+		}
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
 		return
 	}
 	c.recipients = append(c.recipients, recipient)
 	c.writeResponse(250, EnhancedCode{2, 1, 5}, "Ok")
+}
+
+// writeOvershoot answers a recipient over the limit (mailfwd): the first
+// Server.MaxRecipientOvershoot of a transaction do not count as errors.
+func (c *Conn) writeOvershoot(e *SMTPError) {
+	c.rcptOvershoot++
+	c.excused = c.rcptOvershoot <= c.server.MaxRecipientOvershoot
+	c.writeResponse(e.Code, e.EnhancedCode, e.Message)
+	c.excused = false
 }
 
 func checkNotifySet(values []DSNNotify) error {
@@ -1013,6 +1031,11 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 
+	if c.server.MaxDataLineLength > 0 {
+		// mailfwd: message lines may be longer than command lines.
+		c.lineLimitReader.LineLimit = c.server.MaxDataLineLength
+		defer func() { c.lineLimitReader.LineLimit = c.server.MaxLineLength }()
+	}
 	r := newDataReader(c)
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
 	r.limited = false
@@ -1379,7 +1402,7 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	}
 	w.Flush()
 
-	if code >= 400 && code != 421 && c.server.MaxErrors > 0 {
+	if code >= 400 && code != 421 && c.server.MaxErrors > 0 && !c.excused {
 		c.errReplies++
 		if c.errReplies >= c.server.MaxErrors {
 			c.writeResponse(421, EnhancedCode{4, 7, 0}, c.server.Domain+" Error: too many errors")
@@ -1424,4 +1447,5 @@ func (c *Conn) reset() {
 
 	c.fromReceived = false
 	c.recipients = nil
+	c.rcptOvershoot = 0
 }

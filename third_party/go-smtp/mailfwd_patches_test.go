@@ -108,6 +108,61 @@ func TestMaxErrors(t *testing.T) {
 	}
 }
 
+// Patch 16: recipients over MaxRecipients are 452 4.5.3 without counting
+// as errors until MaxRecipientOvershoot of them in a transaction; a new
+// transaction starts the count again.
+func TestMaxRecipientOvershoot(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.MaxErrors, s.MaxRecipients, s.MaxRecipientOvershoot = 2, 1, 2
+	})
+	defer s.Close()
+	defer c.Close()
+	var got []string
+	send := func(lines ...string) {
+		for _, l := range lines {
+			io.WriteString(c, l+"\r\n")
+			for scanner.Scan() {
+				got = append(got, scanner.Text())
+				if t := scanner.Text(); len(t) < 4 || t[3] != '-' {
+					break
+				}
+			}
+		}
+	}
+	send("EHLO c", "MAIL FROM:<a@b.test>", "RCPT TO:<r1@b.test>", "RCPT TO:<r2@b.test>", "RCPT TO:<r3@b.test>", "RSET",
+		"MAIL FROM:<a@b.test>", "RCPT TO:<r1@b.test>", "RCPT TO:<r2@b.test>", "RCPT TO:<r3@b.test>", "RCPT TO:<r4@b.test>")
+	if n := strings.Count(strings.Join(got, "\n"), "452 4.5.3 "); n != 5 {
+		t.Fatalf("replies %q: want five 452 4.5.3", got)
+	}
+	if last := got[len(got)-1]; last != "452 4.5.3 Maximum limit of 1 recipients reached" {
+		t.Fatalf("replies %q: the session ended before the overshoot limit", got)
+	}
+	send("RCPT TO:<r5@b.test>") // the second counted error
+	scanner.Scan()
+	if last := scanner.Text(); last != "421 4.7.0 localhost Error: too many errors" {
+		t.Fatalf("replies %q: want 421 after the overshoot limit and two errors", got)
+	}
+}
+
+// Patch 17: DATA lines are bounded by MaxDataLineLength, commands by
+// MaxLineLength.
+func TestMaxDataLineLength(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) { s.MaxLineLength, s.MaxDataLineLength = 100, 1000 })
+	defer s.Close()
+	defer c.Close()
+	io.WriteString(c, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@b.test>\r\nDATA\r\n")
+	for scanner.Scan() && !strings.HasPrefix(scanner.Text(), "354 ") {
+	}
+	io.WriteString(c, strings.Repeat("x", 900)+"\r\n.\r\n")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "250 ") {
+		t.Fatalf("a 900-byte DATA line under a 1000 limit: %q", scanner.Text())
+	}
+	io.WriteString(c, "NOOP "+strings.Repeat("y", 200)+"\r\n")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "500 ") {
+		t.Fatalf("a 205-byte command under a 100 limit: %q", scanner.Text())
+	}
+}
+
 // A connection that ends inside a BDAT LAST chunk is no complete message.
 func TestBDATTruncatedChunk(t *testing.T) {
 	be, s, c, scanner := testServerAuthenticated(t)

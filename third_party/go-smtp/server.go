@@ -36,6 +36,13 @@ type Server struct {
 	MaxMessageBytes int64
 	MaxLineLength   int
 	MaxErrors       int // mailfwd: 421 4.7.0 and close after this many 4xx/5xx replies (0: no limit), as Postfix's smtpd_hard_error_limit
+	// mailfwd: RCPT replies 452 4.5.3 (too many recipients, from the
+	// MaxRecipients check or the backend) do not count toward MaxErrors
+	// until a transaction has had this many (Postfix's
+	// smtpd_recipient_overshoot_limit).
+	MaxRecipientOvershoot int
+	// mailfwd: the line length limit while DATA is read (0: MaxLineLength).
+	MaxDataLineLength int
 	// WrapTLSConn, when set, is called after a successful STARTTLS handshake
 	// with the new *tls.Conn and the conn it runs over; the conn it returns
 	// is used for the rest of the session (mailfwd: a trace recorder goes
