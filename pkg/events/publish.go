@@ -85,9 +85,8 @@ type Publisher struct {
 	ring  [1024]*nats.Msg
 	ringI int
 
-	dropped   atomic.Uint64
-	lastDrop  atomic.Int64 // unix nanos of the last drop log line
-	published atomic.Uint64
+	dropped  atomic.Uint64
+	lastDrop atomic.Int64 // unix nanos of the last drop log line
 }
 
 // NewPublisher returns a publisher; call SetJS before the first Emit (the
@@ -153,9 +152,7 @@ func (p *Publisher) Emit(ev Event) {
 func (p *Publisher) publish(m *nats.Msg) {
 	if _, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(p.cfg.StallWait)); err != nil {
 		p.failed(m, err)
-		return
 	}
-	p.published.Add(1)
 }
 
 // permanent reports errors a retry cannot fix: the server refused this
