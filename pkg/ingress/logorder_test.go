@@ -2,12 +2,15 @@ package ingress_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 )
 
@@ -80,5 +83,48 @@ func TestReceiptLoggedBeforeDelivery(t *testing.T) {
 	}
 	if from > sent {
 		t.Fatalf("delivery line (#%d) logged before the receipt line (#%d): %q", sent, from, rec.all())
+	}
+}
+
+// refusingQueue stands for a queue that does not take the envelopes.
+type refusingQueue struct{ ingress.Queue }
+
+func (refusingQueue) Enqueue(context.Context, []*envelope.Envelope) error {
+	return errors.New("injected: the queue refuses")
+}
+
+// A message whose envelopes the queue refused has its "received" event
+// followed by "not_queued", and the client gets a 4xx.
+func TestEventsOfAMessageNotQueued(t *testing.T) {
+	pub := events.NewPublisher(events.PublisherConfig{Source: "ingress"})
+	f := startWith(t, func(c *ingress.Config) { c.Events = pub }, func(q ingress.Queue) ingress.Queue { return refusingQueue{q} })
+	if err := f.q.StartEvents(pub, 0); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.example")
+	c.expect(250, "MAIL FROM:<alice@src.test>")
+	c.expect(250, "RCPT TO:<bob@dst.test>")
+	if r := c.sendData("Subject: x\r\n\r\nbody\r\n"); r.Code/100 != 4 {
+		t.Fatalf("reply %v, want 4xx", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pub.Close(ctx)
+	st, err := f.q.EventStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []events.Type
+	if err := events.Follow(ctx, st, events.Filter{}, events.FollowOptions{All: true, Stop: true}, func(s events.Stored) error {
+		if s.Recipient == "bob@dst.test" && s.Sender == "alice@src.test" {
+			got = append(got, s.Type)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != events.Received || got[1] != events.NotQueued {
+		t.Fatalf("events %v, want received then not_queued", got)
 	}
 }
