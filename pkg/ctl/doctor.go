@@ -230,18 +230,28 @@ func (d *doctor) checkQueue(ctx context.Context) {
 			d.add(k.kind, statusOK, k.name+" as bootstrap makes it", "")
 		case fs[0].Missing:
 			d.add(k.kind, statusFail, k.name+" does not exist: no mail can be queued or delivered", bootstrapFix)
+		case len(fs[0].Unsafe) > 0:
+			d.add(k.kind, statusFail, k.name+" lets any daemon's publish right remove or multiply mail: "+strings.Join(fs[0].Unsafe, "; "),
+				"`mailfwdctl bootstrap` says how to fix it (`nats stream edit`, or `mailfwdctl bootstrap --migrate` for schedules and TTLs); see docs/nats-security.md")
 		default:
 			d.add(k.kind, statusWarn, k.name+" differs from what bootstrap makes: "+strings.Join(fs[0].Diffs, "; "),
 				fmt.Sprintf("if the pods run with other --ack-wait/--replicas, give doctor the same; else `mailfwdctl bootstrap --ack-wait %s --replicas %d` updates it", d.ackWait, d.replicas))
 		}
 	}
-	var missing []string
+	var missing, unsafe []string
 	for _, f := range byKind["bucket"] {
-		missing = append(missing, f.Name)
+		if f.Missing {
+			missing = append(missing, f.Name)
+		} else if len(f.Unsafe) > 0 {
+			unsafe = append(unsafe, f.Name+": "+strings.Join(f.Unsafe, "; "))
+		}
 	}
-	if len(missing) > 0 {
+	switch {
+	case len(unsafe) > 0 && len(missing) == 0:
+		d.add("buckets", statusFail, strings.Join(unsafe, ", "), "run `mailfwdctl bootstrap` (it turns roll-ups off on the refs bucket)")
+	case len(missing) > 0:
 		d.add("buckets", statusFail, "missing: "+strings.Join(missing, ", "), bootstrapFix)
-	} else {
+	default:
 		var names []string
 		for _, b := range x.Buckets {
 			names = append(names, b.Bucket)

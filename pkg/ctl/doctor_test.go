@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/sink"
@@ -273,5 +275,44 @@ func TestVersionWithoutNATS(t *testing.T) {
 	r = runCtl(t, "--nats-url", url, "version", "--client", "-o", "yaml")
 	if r.code != 0 || !strings.Contains(r.out, "component: mailfwdctl") || !strings.Contains(r.out, "go_version: go") {
 		t.Errorf("--client: %s", r)
+	}
+}
+
+// TestDoctorUnsafeStream: a stream on which a daemon's publish right can
+// remove or multiply mail (an earlier release's: schedules, hence roll-ups
+// and purge) fails the stream check with the way out; so does a refs
+// bucket with roll-ups.
+func TestDoctorUnsafeStream(t *testing.T) {
+	n := testenv.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	sc := q.Expected().Stream
+	sc.AllowMsgSchedules, sc.DenyPurge = true, false
+	if _, err := js.CreateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range q.Expected().Buckets {
+		if _, err := js.CreateKeyValue(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, st, rep := doctor(t, append([]string{"--nats-url", n.URL()}, loopbackOnly(t)...)...)
+	d := detail(rep, "stream")
+	if code != 1 || st["stream"] != "FAIL" || !strings.Contains(d, "allow_rollup_hdrs") || !strings.Contains(d, "bootstrap --migrate") {
+		t.Errorf("unsafe stream: exit %d, stream %s: %s", code, st["stream"], d)
+	}
+	if st["buckets"] != "FAIL" || !strings.Contains(detail(rep, "buckets"), "MAIL_REFS") {
+		t.Errorf("refs bucket with roll-ups: buckets %s: %s", st["buckets"], detail(rep, "buckets"))
 	}
 }

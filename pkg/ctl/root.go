@@ -97,6 +97,7 @@ func newBootstrap(g *globals) *cobra.Command {
 	var replicas int
 	var eventsMaxAge time.Duration
 	var eventsMaxBytes int64
+	var migrate bool
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
 		Short: "Create or update the JetStream stream, consumer and KV bucket, and the body store bucket (idempotent)",
@@ -112,7 +113,11 @@ func newBootstrap(g *globals) *cobra.Command {
 				return err
 			}
 			defer q.Close()
-			if err := q.Bootstrap(ctx); err != nil {
+			boot := q.Bootstrap
+			if migrate {
+				boot = func(ctx context.Context) error { return q.Migrate(ctx, g.out) }
+			}
+			if err := boot(ctx); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", queue.RedactURL(g.natsURL))
@@ -135,6 +140,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
 	cmd.Flags().DurationVar(&eventsMaxAge, "events-max-age", queue.DefaultEventsMaxAge, "retention of the EVENTS stream by age (docs/events.md)")
 	cmd.Flags().Int64Var(&eventsMaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first")
+	cmd.Flags().BoolVar(&migrate, "migrate", false, "move the queue out of a stream that lets publishers remove or multiply mail "+
+		"(made by an earlier release: schedules on) into a new one; resumable (docs/nats-security.md)")
 	return cmd
 }
 

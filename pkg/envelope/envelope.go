@@ -5,6 +5,7 @@ package envelope
 
 import (
 	"bytes"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,6 +104,11 @@ type Envelope struct {
 	Handbacks int `json:"handbacks,omitempty"`
 	// FailedAt is when the envelope entered the terminal failed state.
 	FailedAt time.Time `json:"failed_at,omitempty"`
+	// Nonce is random, set when the message is queued (pkg/queue): part of
+	// every Nats-Msg-Id of its envelopes, so that a NATS user who cannot
+	// read the queue cannot pre-empt one by guessing the queue id (the
+	// server would drop the real message as a duplicate).
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Deadline is when the envelope gives up (queue-return time).
@@ -114,8 +120,17 @@ func (e *Envelope) Deadline(queueReturn time.Duration) time.Time {
 }
 
 // NewQueueID returns a new, globally unique, time-ordered queue id of 20
-// lower-case base32 characters (safe as a NATS subject token and blob key).
-func NewQueueID() string { return xid.New().String() }
+// lower-case base32 characters (safe as a NATS subject token and blob key):
+// an xid's 4-byte time followed by 8 random bytes instead of xid's machine,
+// process and counter. The id names the message's body and refs entry, so
+// it must not be guessable from another one (docs/nats-security.md).
+func NewQueueID() string {
+	id := xid.New()
+	if _, err := crand.Read(id[4:]); err != nil {
+		panic("envelope: no randomness for a queue id: " + err.Error())
+	}
+	return id.String()
+}
 
 // Marshal encodes e for the queue: the envelope as one line of JSON and,
 // when the body is inline, a newline and the body's bytes as they are

@@ -394,3 +394,29 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+// Queue ids name a message's body (its blob key), its refs entry and its
+// message ids: one seen id (in a Received header, a bounce) must not tell
+// the next ones. xid's machine, process and counter bytes would; the id
+// keeps only xid's time and shape.
+func TestQueueIDsAreNotPredictable(t *testing.T) {
+	prev, err := xid.FromString(NewQueueID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := 0
+	for range 1000 {
+		s := NewQueueID()
+		id, err := xid.FromString(s)
+		if err != nil || len(s) != 20 || s != strings.ToLower(s) {
+			t.Fatalf("queue id %q: %v", s, err)
+		}
+		if bytes.Equal(id[4:9], prev[4:9]) { // xid: machine id and pid
+			same++
+		}
+		prev = id
+	}
+	if same > 10 {
+		t.Fatalf("%d of 1000 consecutive queue ids share the 5 bytes after the time: the next id can be guessed from one", same)
+	}
+}

@@ -318,9 +318,9 @@ func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 	return s, err
 }
 
-// MakeDue makes a deferred envelope due now by replacing its schedule
-// (sendmail -qR/-qS/-qI). Ready envelopes are due already; held ones need a
-// release.
+// MakeDue makes a deferred envelope due now (sendmail -qR/-qS/-qI): it is
+// published as ready and its deferred copy removed. Ready envelopes are due
+// already; held ones need a release.
 func (q *Queue) MakeDue(ctx context.Context, e Entry) error {
 	if e.State != StateDeferred {
 		return fmt.Errorf("queue: %s is %s, not deferred", e.Subject, e.State)
@@ -329,21 +329,8 @@ func (q *Queue) MakeDue(ctx context.Context, e Entry) error {
 		return fmt.Errorf("queue: %s: undecodable envelope", e.Subject)
 	}
 	env := *e.Env
-	now := time.Now()
-	env.NextAttempt = now
-	m, err := q.newMsg(ctx, e.Subject, &env)
-	if err != nil {
-		return err
-	}
-	_, err = q.js.PublishMsg(ctx, m,
-		jetstream.WithScheduleAt(now),
-		jetstream.WithScheduleTarget(ReadySubject(env.Domain)),
-		jetstream.WithMsgID(env.QueueID+"."+address.SubjectToken(env.Domain)+".due"+strconv.FormatUint(e.Seq, 10)),
-	)
-	if err != nil {
-		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
-	}
-	return q.durable(ctx)
+	env.NextAttempt = time.Now()
+	return q.Requeue(ctx, e, &env)
 }
 
 // Remove deletes one envelope copy from the stream (purge/bounce). A ready
@@ -513,7 +500,7 @@ func (q *Queue) MoveToHeld(ctx context.Context, e *envelope.Envelope, dedupe str
 	if err != nil {
 		return err
 	}
-	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".h"+dedupe)); err != nil {
+	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(e)+".h"+dedupe)); err != nil {
 		return fmt.Errorf("queue: hold %s: %w", e.QueueID, err)
 	}
 	return q.durable(ctx)
@@ -526,7 +513,7 @@ func (q *Queue) Requeue(ctx context.Context, old Entry, env *envelope.Envelope) 
 	if err != nil {
 		return err
 	}
-	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(env.QueueID+"."+address.SubjectToken(env.Domain)+".rq"+strconv.FormatUint(old.Seq, 10))); err != nil {
+	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(env)+".rq"+strconv.FormatUint(old.Seq, 10))); err != nil {
 		return fmt.Errorf("queue: requeue %s: %w", env.QueueID, err)
 	}
 	if err := q.durable(ctx); err != nil {

@@ -87,17 +87,19 @@ func TestEnqueueIsAllOrNothingOverMaxPayload(t *testing.T) {
 	}
 }
 
-// An atomic batch and message schedules live on the same stream: a message
-// enqueued as a batch is consumed, deferred with a schedule, and comes back.
-func TestBatchAndSchedulesCoexist(t *testing.T) {
+// Atomic batches and deferrals live on the same stream, which refuses
+// schedules, roll-ups and purges (no publish right removes or multiplies
+// mail): a message enqueued as a batch is consumed, deferred, and comes back.
+func TestBatchAndDeferralsCoexist(t *testing.T) {
 	f := setup(t)
 	ctx := ctxT(t)
 	st, err := f.js.Stream(ctx, "MAIL")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := st.CachedInfo().Config; !c.AllowAtomicPublish || !c.AllowMsgSchedules {
-		t.Fatalf("stream: allow_atomic %v, allow_msg_schedules %v; want both", c.AllowAtomicPublish, c.AllowMsgSchedules)
+	if c := st.CachedInfo().Config; !c.AllowAtomicPublish || c.AllowMsgSchedules || c.AllowRollup || !c.DenyPurge || c.AllowMsgTTL {
+		t.Fatalf("stream: allow_atomic %v, allow_msg_schedules %v, allow_rollup %v, deny_purge %v, allow_msg_ttl %v; want true, false, false, true, false",
+			c.AllowAtomicPublish, c.AllowMsgSchedules, c.AllowRollup, c.DenyPurge, c.AllowMsgTTL)
 	}
 	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test")
 	if err := f.q.Enqueue(ctx, envs); err != nil {

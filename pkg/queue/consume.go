@@ -98,12 +98,82 @@ func (q *Queue) startFanOut(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("queue: consumer %s on %s: %w (run the bootstrap first)", q.cfg.AcceptConsumer, q.cfg.Stream, err)
 	}
+	dc, err := q.js.Consumer(ctx, q.cfg.Stream, q.cfg.DeferConsumer)
+	if err != nil {
+		return fmt.Errorf("queue: consumer %s on %s: %w (run the bootstrap first)", q.cfg.DeferConsumer, q.cfg.Stream, err)
+	}
+	st, err := q.js.Stream(ctx, q.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
+	}
 	cc, err := c.Consume(q.fanOut, jetstream.PullMaxMessages(64))
 	if err != nil {
 		return fmt.Errorf("queue: consume %s: %w", q.cfg.AcceptConsumer, err)
 	}
-	q.fanout = cc
+	mc, err := dc.Consume(func(m jetstream.Msg) { q.moveDue(st, m) }, jetstream.PullMaxMessages(256))
+	if err != nil {
+		cc.Stop()
+		return fmt.Errorf("queue: consume %s: %w", q.cfg.DeferConsumer, err)
+	}
+	q.fanout, q.mover = cc, mc
 	return nil
+}
+
+// moveDue makes one deferred envelope ready when it is due. The deferrals
+// consumer hands every deferred envelope to some worker's mover; one not
+// yet due goes back with a nak delayed until its NextAttempt (the server
+// keeps the timer, durably, in the consumer's state), one that is due is
+// published to its ready subject and then acked. It is idempotent: the
+// ready copy's Nats-Msg-Id is derived from the deferred copy's sequence, so
+// a redelivery after a lost ack is dropped as a duplicate.
+//
+// A deferred copy that is not the last on its subject was replaced by a
+// later Defer of the same envelope and is dropped (what a schedule's
+// implicit roll-up did, without roll-ups on the stream).
+func (q *Queue) moveDue(st jetstream.Stream, m jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.PublishWait)
+	defer cancel()
+	md, err := m.Metadata()
+	if err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	e, err := envelope.Unmarshal(m.Data())
+	if err != nil {
+		_ = m.TermWithReason("undecodable deferred envelope: " + err.Error())
+		return
+	}
+	last, err := st.GetLastMsgForSubject(ctx, m.Subject())
+	switch {
+	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
+		_ = m.NakWithDelay(time.Second)
+		return
+	case err == nil && last.Sequence > md.Sequence.Stream:
+		_ = m.DoubleAck(ctx) // replaced by a later deferral of the same envelope
+		return
+	}
+	if wait := time.Until(e.NextAttempt); wait > 0 {
+		_ = m.NakWithDelay(wait)
+		return
+	}
+	pm := nats.NewMsg(ReadySubject(e.Domain))
+	pm.Data = m.Data()
+	for k, vs := range m.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			pm.Header[k] = vs
+		}
+	}
+	pm.Header.Set(jetstream.MsgIDHeader, msgID(e)+".u"+strconv.FormatUint(md.Sequence.Stream, 10))
+	if _, err := q.js.PublishMsg(ctx, pm); err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	// The ready copy must be on disk before the deferred one goes (LocalStore).
+	if err := q.durable(ctx); err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	_ = m.DoubleAck(ctx)
 }
 
 // fanOut publishes the envelopes of one accept record to their ready
@@ -116,8 +186,8 @@ func (q *Queue) startFanOut(ctx context.Context) error {
 //     pending; a redelivered record whose refs entry is gone (deleted when
 //     the last domain was final) is done and only acked; one whose entry is
 //     live publishes only the domains still pending;
-//   - every envelope carries the same Nats-Msg-Id as a batch would
-//     (qid.domain), so JetStream drops the copies an earlier attempt stored
+//   - every envelope carries the same Nats-Msg-Id on every attempt
+//     (msgID: qid.domain.nonce), so JetStream drops the copies an earlier attempt stored
 //     within the dedupe window (twice the ack wait, the redelivery delay);
 //   - the record is acked (and the ack confirmed) only after every PubAck.
 //
@@ -136,11 +206,15 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 		_ = m.TermWithReason(fmt.Sprintf("accept record %s: %d envelopes, at most %d", rec.QueueID, len(rec.Envelopes), MaxEnvelopesPerMessage))
 		return
 	}
+	if len(rec.Domains) > MaxEnvelopesPerMessage {
+		_ = m.TermWithReason(fmt.Sprintf("accept part %s: %d domains, at most %d", rec.QueueID, len(rec.Domains), MaxEnvelopesPerMessage))
+		return
+	}
 	envs := make([]*envelope.Envelope, len(rec.Envelopes))
 	seen := make(map[string]bool, len(rec.Envelopes))
 	for i, raw := range rec.Envelopes {
 		e, err := envelope.Unmarshal(raw)
-		if err == nil && (e.QueueID != rec.QueueID || seen[e.Domain]) {
+		if err == nil && (e.QueueID != rec.QueueID || seen[e.Domain] || (len(rec.Domains) > 0 && !slices.Contains(rec.Domains, e.Domain))) {
 			err = fmt.Errorf("queue id %s or domain %s does not belong in it", e.QueueID, e.Domain)
 		}
 		if err != nil {
@@ -154,7 +228,11 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 	if md, err := m.Metadata(); err == nil {
 		redelivered = md.NumDelivered > 1
 	}
-	pending, err := q.fanOutRefs(ctx, rec.QueueID, envs, redelivered)
+	doms := rec.Domains
+	if len(doms) == 0 {
+		doms = domainsOf(envs)
+	}
+	pending, err := q.fanOutRefs(ctx, rec.QueueID, doms, envs, redelivered)
 	if err != nil {
 		_ = m.NakWithDelay(time.Second)
 		return
@@ -197,11 +275,12 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 	_ = m.DoubleAck(ctx)
 }
 
-// fanOutRefs makes sure the refs entry of message qid exists and returns
-// the envelopes still to publish: all of them on a first delivery, those
+// fanOutRefs makes sure the refs entry of message qid (its domains doms)
+// exists and returns the envelopes of envs still to publish: all of them on
+// a first delivery of a record (the first part of a message), those
 // whose domain is still pending on a redelivery, none when the message is
 // already complete.
-func (q *Queue) fanOutRefs(ctx context.Context, qid string, envs []*envelope.Envelope, redelivered bool) ([]*envelope.Envelope, error) {
+func (q *Queue) fanOutRefs(ctx context.Context, qid string, doms []string, envs []*envelope.Envelope, redelivered bool) ([]*envelope.Envelope, error) {
 	kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
 	if err != nil {
 		return nil, fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
@@ -225,7 +304,7 @@ func (q *Queue) fanOutRefs(ctx context.Context, qid string, envs []*envelope.Env
 			return pendingOf(raw.Data, envs, qid)
 		}
 	}
-	_, err = kv.Create(ctx, qid, domainsJSON(envs))
+	_, err = kv.Create(ctx, qid, domainsJSON(doms))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		ent, gerr := kv.Get(ctx, qid)
 		if gerr != nil {

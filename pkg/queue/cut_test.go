@@ -108,13 +108,13 @@ func (p *cutProxy) forward(c, s net.Conn) {
 // batch sent again after the reconnect) or not at all — never one domain
 // of it, which a client retry under a new queue id would deliver again.
 // The envelopes are large enough (3 × 400 KB) that they do not fit in one
-// accept record, so Enqueue sends them as an atomic batch, one message per
-// envelope (TestEnqueueIsAllOrNothingWhenTheConnectionBreaksMidRecord
+// accept record, so Enqueue sends them as an atomic batch, one part record
+// per envelope (TestEnqueueIsAllOrNothingWhenTheConnectionBreaksMidRecord
 // covers the record).
 func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing.T) {
 	f := setup(t)
 	ctx := ctxT(t)
-	px := startCutProxy(t, f.nats.URL()[len("nats://"):])
+	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("HPUB "+queue.AcceptPrefix+"."), 2, 0)
 	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
 		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
 	if err != nil {
@@ -140,7 +140,7 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing
 	}
 	var stored uint64
 	for range 3 {
-		info, ierr := st.Info(ctx, jetstream.WithSubjectFilter("mail.ready.>"))
+		info, ierr := st.Info(ctx, jetstream.WithSubjectFilter("mail.accept.>"))
 		if ierr != nil {
 			t.Fatal(ierr)
 		}

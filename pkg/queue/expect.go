@@ -19,23 +19,39 @@ type Expected struct {
 	Consumer jetstream.ConsumerConfig
 	// AcceptConsumer fans the accept records of multi-domain messages out.
 	AcceptConsumer jetstream.ConsumerConfig
-	Buckets        []jetstream.KeyValueConfig
+	// DeferConsumer hands deferred envelopes to the workers' mover, which
+	// makes each ready when it is due (see moveDue).
+	DeferConsumer jetstream.ConsumerConfig
+	Buckets       []jetstream.KeyValueConfig
 }
+
+// DeferMaxPending bounds the deferred envelopes the deferrals consumer
+// tracks at once (each waits there with its delay). Beyond it, newer
+// deferred envelopes wait in the stream and are moved, past due, as soon as
+// slots free: late, never lost.
+const DeferMaxPending = 1 << 20
 
 // Expected returns what Bootstrap makes.
 func (q *Queue) Expected() Expected {
 	return Expected{
 		Stream: jetstream.StreamConfig{
 			Name:               q.cfg.Stream,
-			Description:        "mailfwd envelopes: ready and scheduled (deferred) per recipient domain",
+			Description:        "mailfwd envelopes: ready, deferred, held and failed per recipient domain",
 			Subjects:           []string{ReadyPrefix + ".>", DeferredPrefix + ".>", HeldPrefix + ".>", FailedPrefix + ".>", AcceptPrefix + ".>"},
 			Retention:          jetstream.WorkQueuePolicy,
 			Storage:            jetstream.FileStorage,
 			Replicas:           q.cfg.Replicas,
 			Duplicates:         DedupeWindow(q.cfg.AckWait),
-			AllowMsgSchedules:  true,
 			AllowAtomicPublish: true,
 			AllowDirect:        true,
+			// Nobody's publish right is a right to remove mail: no roll-up
+			// headers, no purge (API or Nats-Schedule-Next), no message
+			// TTLs, no schedules (a schedule stream has roll-ups on, and a
+			// repeating schedule multiplies mail). See checkStreamSafe.
+			DenyPurge:         true,
+			AllowRollup:       false,
+			AllowMsgSchedules: false,
+			AllowMsgTTL:       false,
 		},
 		Consumer: jetstream.ConsumerConfig{
 			Durable:       q.cfg.Consumer,
@@ -55,6 +71,16 @@ func (q *Queue) Expected() Expected {
 			AckWait:       q.cfg.AckWait,
 			MaxDeliver:    -1,
 			MaxAckPending: q.cfg.MaxAckPending,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		},
+		DeferConsumer: jetstream.ConsumerConfig{
+			Durable:       q.cfg.DeferConsumer,
+			Description:   "mailfwd workers: make deferred envelopes ready when they are due",
+			FilterSubject: DeferredPrefix + ".>",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       q.cfg.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: DeferMaxPending,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
 		Buckets: []jetstream.KeyValueConfig{
@@ -84,8 +110,39 @@ func streamDiff(have, want jetstream.StreamConfig) []string {
 	add(have.AllowMsgSchedules == want.AllowMsgSchedules, "allow_msg_schedules", have.AllowMsgSchedules, want.AllowMsgSchedules)
 	add(have.AllowAtomicPublish == want.AllowAtomicPublish, "allow_atomic_publish", have.AllowAtomicPublish, want.AllowAtomicPublish)
 	add(have.AllowDirect == want.AllowDirect, "allow_direct", have.AllowDirect, want.AllowDirect)
+	add(have.AllowRollup == want.AllowRollup, "allow_rollup_hdrs", have.AllowRollup, want.AllowRollup)
+	add(have.DenyPurge == want.DenyPurge, "deny_purge", have.DenyPurge, want.DenyPurge)
+	add(have.AllowMsgTTL == want.AllowMsgTTL, "allow_msg_ttl", have.AllowMsgTTL, want.AllowMsgTTL)
 	return d
 }
+
+// checkStreamSafe lists what lets a publisher remove or multiply the mail
+// of stream c: every daemon may publish to its subjects, so a roll-up
+// header (Nats-Rollup: all empties the stream), a purge (the API, or
+// Nats-Schedule-Next: purge), a message TTL or a schedule (a repeating one
+// multiplies mail; and nats-server turns roll-ups on for any stream with
+// schedules) would make a publish right a right to destroy the queue.
+func checkStreamSafe(c jetstream.StreamConfig) []string {
+	var bad []string
+	if c.AllowMsgSchedules {
+		bad = append(bad, "allow_msg_schedules (any publisher can schedule copies, and schedules force roll-ups on)")
+	}
+	if c.AllowRollup {
+		bad = append(bad, "allow_rollup_hdrs (one publish with Nats-Rollup: all empties the stream)")
+	}
+	if !c.DenyPurge {
+		bad = append(bad, "deny_purge off (the queue can be purged)")
+	}
+	if c.AllowMsgTTL {
+		bad = append(bad, "allow_msg_ttl (publishers can set message TTLs)")
+	}
+	return bad
+}
+
+// refsSafe reports whether the refs bucket's stream refuses roll-ups: the
+// workers write it, and a roll-up would remove every message's pending
+// domains.
+func refsSafe(c jetstream.StreamConfig) bool { return !c.AllowRollup }
 
 func consumerDiff(have, want jetstream.ConsumerConfig) []string {
 	var d []string
@@ -126,6 +183,9 @@ type Finding struct {
 	Name    string   // MAIL, workers, MAIL_REFS…
 	Missing bool     // absent (mail cannot flow)
 	Diffs   []string // present but configured differently
+	// Unsafe lists settings that let a daemon's publish right remove or
+	// multiply mail (checkStreamSafe); bootstrap refuses such a stream.
+	Unsafe []string
 }
 
 // Verify reads the layout and compares it with Expected, without changing
@@ -147,10 +207,11 @@ func (q *Queue) Verify(ctx context.Context) (Layout, []Finding, error) {
 		return l, nil, fmt.Errorf("queue: stream %s: %w", q.cfg.Stream, err)
 	default:
 		l.Stream = st.CachedInfo()
-		if d := streamDiff(l.Stream.Config, x.Stream); len(d) > 0 {
-			out = append(out, Finding{Kind: "stream", Name: q.cfg.Stream, Diffs: d})
+		d, bad := streamDiff(l.Stream.Config, x.Stream), checkStreamSafe(l.Stream.Config)
+		if len(d) > 0 || len(bad) > 0 {
+			out = append(out, Finding{Kind: "stream", Name: q.cfg.Stream, Diffs: d, Unsafe: bad})
 		}
-		for _, want := range []jetstream.ConsumerConfig{x.Consumer, x.AcceptConsumer} {
+		for _, want := range []jetstream.ConsumerConfig{x.Consumer, x.AcceptConsumer, x.DeferConsumer} {
 			c, err := q.js.Consumer(ctx, q.cfg.Stream, want.Durable)
 			switch {
 			case errors.Is(err, jetstream.ErrConsumerNotFound):
@@ -170,7 +231,8 @@ func (q *Queue) Verify(ctx context.Context) (Layout, []Finding, error) {
 	}
 	if l.Stream == nil {
 		out = append(out, Finding{Kind: "consumer", Name: q.cfg.Consumer, Missing: true},
-			Finding{Kind: "consumer", Name: q.cfg.AcceptConsumer, Missing: true})
+			Finding{Kind: "consumer", Name: q.cfg.AcceptConsumer, Missing: true},
+			Finding{Kind: "consumer", Name: q.cfg.DeferConsumer, Missing: true})
 	}
 	for _, b := range x.Buckets {
 		_, err := q.js.KeyValue(ctx, b.Bucket)
@@ -181,6 +243,12 @@ func (q *Queue) Verify(ctx context.Context) (Layout, []Finding, error) {
 			return l, nil, fmt.Errorf("queue: kv %s: %w", b.Bucket, err)
 		default:
 			l.Buckets[b.Bucket] = true
+			if b.Bucket == q.cfg.RefsBucket {
+				if st, err := q.js.Stream(ctx, "KV_"+b.Bucket); err == nil && !refsSafe(st.CachedInfo().Config) {
+					out = append(out, Finding{Kind: "bucket", Name: b.Bucket,
+						Unsafe: []string{"allow_rollup_hdrs (one roll-up removes every message's pending domains)"}})
+				}
+			}
 		}
 	}
 	return l, out, nil

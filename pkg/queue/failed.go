@@ -56,7 +56,7 @@ func (q *Queue) Fail(ctx context.Context, e *envelope.Envelope, reason string, d
 			}
 		}
 	}
-	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(f.QueueID+"."+address.SubjectToken(f.Domain)+".f"+dedupe)); err != nil {
+	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(&f)+".f"+dedupe)); err != nil {
 		return fmt.Errorf("queue: fail %s: %w", e.QueueID, err)
 	}
 	return q.durable(ctx)

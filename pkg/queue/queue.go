@@ -3,7 +3,8 @@
 // Layout (one stream, work-queue retention):
 //
 //	mail.ready.<domain>              envelopes due now; the "workers" consumer reads these
-//	mail.deferred.<domain>.<qid>     scheduled retries (Nats-Schedule @at → mail.ready.<domain>)
+//	mail.deferred.<domain>.<qid>     waiting for a retry; the "deferrals" consumer hands
+//	                                 them to the workers, who make them ready when due
 //	mail.held.<domain>.<qid>         moved aside while an operator holds the domain
 //	mail.accept.<qid>                one accepted message with several recipient domains:
 //	                                 every envelope in one record, fanned out to
@@ -11,13 +12,20 @@
 //
 // <domain> is the recipient domain as reversed A-labels (address.SubjectToken),
 // so "mail.ready.com.example.>" selects example.com's subdomains. Deferred
-// mail waits in the stream, not in the consumer: it takes no worker capacity
-// and is not counted in the consumer's pending work (what autoscaling reads).
-// Bodies shared by several envelopes are reference-counted in a KV bucket.
+// mail waits in the stream and in its own consumer, not in the workers':
+// it takes no worker capacity and is not counted in the "workers"
+// consumer's pending work (what autoscaling reads). Bodies shared by
+// several envelopes are reference-counted in a KV bucket.
+//
+// The stream refuses roll-up headers, purges, message TTLs and schedules
+// (checkStreamSafe), so a daemon's right to publish is never a right to
+// remove or multiply mail (docs/nats-security.md).
 package queue
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,6 +107,10 @@ type Config struct {
 	EventsStream   string
 	EventsMaxAge   time.Duration
 	EventsMaxBytes int64
+
+	// DeferConsumer hands deferred envelopes to the workers' mover, which
+	// makes each ready when due; default "deferrals".
+	DeferConsumer string
 }
 
 func (c *Config) setDefaults() {
@@ -110,6 +122,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AcceptConsumer == "" {
 		c.AcceptConsumer = "accepts"
+	}
+	if c.DeferConsumer == "" {
+		c.DeferConsumer = "deferrals"
 	}
 	if c.RefsBucket == "" {
 		c.RefsBucket = "MAIL_REFS"
@@ -146,6 +161,7 @@ type Queue struct {
 
 	fanMu  sync.Mutex
 	fanout jetstream.ConsumeContext // the accept records' fan-out, once started
+	mover  jetstream.ConsumeContext // the deferred envelopes' mover (moveDue)
 
 	// rawInline: envelopes with an inline body are written in the raw
 	// form (every worker reads it); else as base64 JSON.
@@ -223,6 +239,9 @@ func (q *Queue) Close() {
 	if q.fanout != nil {
 		q.fanout.Stop()
 	}
+	if q.mover != nil {
+		q.mover.Stop()
+	}
 	q.fanMu.Unlock()
 	if err := q.nc.Drain(); err != nil {
 		q.nc.Close()
@@ -262,6 +281,9 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		if err := checkStreamKeepsMail(have); err != nil {
 			return err
 		}
+		if bad := checkStreamSafe(have); len(bad) > 0 {
+			return unsafeStreamError(have, bad)
+		}
 		if have.Replicas > want.Replicas {
 			return fmt.Errorf("queue: %w: stream %s has %d replicas; refusing to lower them to %d (set --replicas %d, "+
 				"or lower them deliberately with `nats stream edit %s --replicas N`)",
@@ -276,7 +298,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	// Accept records have their own consumer: a worker of an older release
 	// never sees one (it could not decode it), and a record waits in the
 	// stream until a worker that fans it out runs.
-	for _, want := range []jetstream.ConsumerConfig{x.Consumer, x.AcceptConsumer} {
+	for _, want := range []jetstream.ConsumerConfig{x.Consumer, x.AcceptConsumer, x.DeferConsumer} {
 		if c, err := q.js.Consumer(ctx, q.cfg.Stream, want.Durable); err != nil || !consumerConfigured(c.CachedInfo().Config, want) {
 			if _, err := q.js.CreateOrUpdateConsumer(ctx, q.cfg.Stream, want); err != nil {
 				return fmt.Errorf("queue: consumer %s: %w", want.Durable, err)
@@ -291,16 +313,55 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 						ErrUnsafeStream, kv.Bucket, r, kv.Replicas, r)
 				}
 			}
-			continue
-		}
-		if _, err := q.js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+		} else if _, err := q.js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("queue: kv %s: %w", kv.Bucket, err)
+		}
+		if kv.Bucket == q.cfg.RefsBucket {
+			if err := q.refsWithoutRollup(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if err := q.BootstrapEvents(ctx); err != nil {
 		return err
 	}
 	return q.CheckLocalStore(ctx)
+}
+
+// refsWithoutRollup turns roll-ups off on the refs bucket (a KV bucket is
+// created with them on): the workers may write it, and one roll-up would
+// remove every multi-domain message's pending domains. Nothing mailfwd
+// does needs them (it deletes keys; it never purges them). Turning them off
+// is always allowed, so a bucket of an earlier release is fixed in place.
+func (q *Queue) refsWithoutRollup(ctx context.Context) error {
+	name := "KV_" + q.cfg.RefsBucket
+	st, err := q.js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+	}
+	c := st.CachedInfo().Config
+	if refsSafe(c) {
+		return nil
+	}
+	c.AllowRollup = false
+	if _, err := q.js.UpdateStream(ctx, c); err != nil {
+		return fmt.Errorf("queue: kv %s: turn roll-ups off: %w", q.cfg.RefsBucket, err)
+	}
+	return nil
+}
+
+// unsafeStreamError refuses a stream whose settings let a publisher remove
+// or multiply mail, and says how to fix it: an edit where nats-server
+// allows one, else the migration to a new stream (nats-server can turn
+// neither schedules nor message TTLs off again).
+func unsafeStreamError(c jetstream.StreamConfig, bad []string) error {
+	fix := fmt.Sprintf("fix it with `nats stream edit %s --no-allow-rollup --deny-purge`", c.Name)
+	if c.AllowMsgSchedules || c.AllowMsgTTL {
+		fix = fmt.Sprintf("nats-server cannot turn schedules or message TTLs off: move the queue to a new stream with "+
+			"`mailfwdctl bootstrap --migrate` (stream %s made by a release before the deferrals consumer; see docs/nats-security.md)", c.Name)
+	}
+	return fmt.Errorf("queue: %w: stream %s lets any publisher remove or multiply mail: %s; %s",
+		ErrUnsafeStream, c.Name, strings.Join(bad, "; "), fix)
 }
 
 func kvReplicas(s jetstream.KeyValueStatus) int {
@@ -396,8 +457,23 @@ func DeferredSubject(domain, qid string) string {
 // batch. The ingress's recipient limit keeps messages far below it.
 const MaxEnvelopesPerMessage = 1000
 
-// msgID is the dedupe id of the first copy of envelope e.
-func msgID(e *envelope.Envelope) string { return e.QueueID + "." + address.SubjectToken(e.Domain) }
+// msgID is the dedupe id of the first copy of envelope e, and the stem of
+// every later copy's. With the envelope's nonce in it (set by Enqueue), no
+// one who cannot read the envelope can publish first under its id.
+func msgID(e *envelope.Envelope) string {
+	id := e.QueueID + "." + address.SubjectToken(e.Domain)
+	if e.Nonce != "" {
+		id += "." + e.Nonce
+	}
+	return id
+}
+
+// newNonce returns 16 random hex digits (envelope.Envelope.Nonce).
+func newNonce() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
 
 // Enqueue stores every envelope of one message, all or nothing, and returns
 // nil only when JetStream has stored every one of them (and, with sync
@@ -420,21 +496,27 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 		return errors.New("queue: enqueue of a message without envelopes")
 	}
 	if len(envs) > MaxEnvelopesPerMessage {
-		return q.failedAccept(ctx, envs, false, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
+		return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: %d recipient domains in message %s; at most %d can be queued together",
 			len(envs), envs[0].QueueID, MaxEnvelopesPerMessage))
+	}
+	nonce := newNonce()
+	for _, e := range envs {
+		if e.Nonce == "" {
+			e.Nonce = nonce
+		}
 	}
 	msgs := make([]*nats.Msg, len(envs))
 	for i, e := range envs {
 		m, err := q.newMsg(ctx, ReadySubject(e.Domain), e)
 		if err != nil {
-			return q.failedAccept(ctx, envs, false, false, err)
+			return q.failedAccept(ctx, envs, false, err)
 		}
 		m.Header.Set(jetstream.MsgIDHeader, msgID(e))
 		// Checked before anything is sent: a batch cut short by the client
 		// would hold one of the stream's in-flight batch slots until the
 		// server's batch timeout.
 		if size := len(m.Data) + headerBytes(m.Header) + batchHeaderBytes; int64(size) > q.nc.MaxPayload() {
-			return q.failedAccept(ctx, envs, false, false, fmt.Errorf("queue: envelope %s for %s is %d bytes, over the server's max_payload %d",
+			return q.failedAccept(ctx, envs, false, fmt.Errorf("queue: envelope %s for %s is %d bytes, over the server's max_payload %d",
 				e.QueueID, e.Domain, size, q.nc.MaxPayload()))
 		}
 		msgs[i] = m
@@ -442,75 +524,58 @@ func (q *Queue) Enqueue(ctx context.Context, envs []*envelope.Envelope) error {
 	if len(envs) == 1 {
 		unknown, err := q.publishAtomically(ctx, msgs)
 		if err != nil {
-			return q.failedAccept(ctx, envs, unknown, false, err)
+			return q.failedAccept(ctx, envs, unknown, err)
 		}
 		return q.durable(ctx)
 	}
 	if rec := q.acceptRecord(ctx, envs, msgs); rec != nil {
 		unknown, err := q.publishAtomically(ctx, []*nats.Msg{rec})
 		if err != nil {
-			return q.failedAccept(ctx, envs, unknown, false, err)
+			return q.failedAccept(ctx, envs, unknown, err)
 		}
 		return q.durable(ctx)
 	}
-	if err := q.putRefs(ctx, envs); err != nil {
-		// An unanswered Put may still have stored the entry; the refs
-		// are removed below either way (no envelope points to them).
-		return q.failedAccept(ctx, envs, false, true, err)
-	}
-	unknown, err := q.publishAtomically(ctx, msgs)
+	parts, err := q.acceptParts(ctx, envs, msgs)
 	if err != nil {
-		return q.failedAccept(ctx, envs, unknown, true, err)
+		return q.failedAccept(ctx, envs, false, err)
+	}
+	unknown, err := q.publishAtomically(ctx, parts)
+	if err != nil {
+		return q.failedAccept(ctx, envs, unknown, err)
 	}
 	return q.durable(ctx)
 }
 
-// putRefs stores the pending recipient domains of a multi-domain message.
-func (q *Queue) putRefs(ctx context.Context, envs []*envelope.Envelope) error {
-	kv, err := q.js.KeyValue(ctx, q.cfg.RefsBucket)
-	if err != nil {
-		return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
-	}
-	if _, err := kv.Put(ctx, envs[0].QueueID, domainsJSON(envs)); err != nil {
-		return fmt.Errorf("queue: body refs for %s: %w", envs[0].QueueID, err)
-	}
-	return nil
-}
-
-func domainsJSON(envs []*envelope.Envelope) []byte {
+func domainsOf(envs []*envelope.Envelope) []string {
 	doms := make([]string, len(envs))
 	for i, e := range envs {
 		doms[i] = e.Domain
 	}
+	return doms
+}
+
+func domainsJSON(doms []string) []byte {
 	b, _ := json.Marshal(doms)
 	return b
 }
 
-// failedAccept removes what a failed Enqueue stored, unless the envelopes
-// may have been stored after all (unknown): then everything stays for the
-// deliveries (or, if nothing was stored, for the orphan sweeper). refs says
-// whether Enqueue wrote (or tried to write) the message's refs entry.
-func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unknown, refs bool, err error) error {
+// failedAccept removes the body of a failed Enqueue (see
+// DeleteBodiesOfFailedAccepts), unless the envelopes may have been stored
+// after all (unknown): then it stays for the deliveries (or, if nothing was
+// stored, for the orphan sweeper).
+func (q *Queue) failedAccept(ctx context.Context, envs []*envelope.Envelope, unknown bool, err error) error {
 	if unknown || len(envs) == 0 {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	e := envs[0]
-	errs := []error{err}
-	if refs {
-		if kv, kerr := q.js.KeyValue(cctx, q.cfg.RefsBucket); kerr != nil {
-			errs = append(errs, fmt.Errorf("queue: remove refs of failed accept %s: %w", e.QueueID, kerr))
-		} else if derr := kv.Purge(cctx, e.QueueID); derr != nil && !errors.Is(derr, jetstream.ErrKeyNotFound) {
-			errs = append(errs, fmt.Errorf("queue: remove refs of failed accept %s: %w", e.QueueID, derr))
-		}
-	}
 	if q.bodies != nil && e.BodyKey != "" {
 		if derr := q.bodies.Delete(cctx, e.BodyKey); derr != nil {
-			errs = append(errs, fmt.Errorf("queue: remove body of failed accept %s: %w", e.QueueID, derr))
+			return errors.Join(err, fmt.Errorf("queue: remove body of failed accept %s: %w", e.QueueID, derr))
 		}
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // AcceptSubject is where the accept record of message qid waits for its
@@ -520,10 +585,17 @@ func AcceptSubject(qid string) string { return AcceptPrefix + "." + qid }
 // acceptRecord is every envelope of one multi-domain message in one stream
 // message. qid and body are at the top, as in an envelope, so the orphan
 // sweeper sees the body and refs a pending record refers to.
+//
+// A message whose record would not fit in one NATS message is queued as
+// one part record per recipient domain, all in one atomic batch: each
+// carries one envelope and the message's full list of domains (Domains),
+// from which the fan-out creates the refs entry. So the ingress never
+// writes the refs bucket (it has no right to: docs/nats-security.md).
 type acceptRecord struct {
 	QueueID   string            `json:"qid"`
 	BodyKey   string            `json:"body,omitempty"`
 	Envelopes []json.RawMessage `json:"envelopes"`
+	Domains   []string          `json:"domains,omitempty"` // part records: every domain of the message
 }
 
 // acceptRecord builds the record of envs (msgs are their encoded
@@ -540,11 +612,35 @@ func (q *Queue) acceptRecord(ctx context.Context, envs []*envelope.Envelope, msg
 	m := nats.NewMsg(AcceptSubject(r.QueueID))
 	m.Data = b
 	q.cfg.Propagator.Inject(ctx, HeaderCarrier(m.Header))
-	m.Header.Set(jetstream.MsgIDHeader, r.QueueID+".accept")
+	m.Header.Set(jetstream.MsgIDHeader, r.QueueID+".accept."+envs[0].Nonce)
 	if int64(len(m.Data)+headerBytes(m.Header)) > q.nc.MaxPayload() {
 		return nil
 	}
 	return m
+}
+
+// acceptParts builds the part records of a message too large for one
+// accept record (see acceptRecord), one per envelope (msgs are their
+// encoded envelopes), on mail.accept.<qid>.<domain>.
+func (q *Queue) acceptParts(ctx context.Context, envs []*envelope.Envelope, msgs []*nats.Msg) ([]*nats.Msg, error) {
+	doms := domainsOf(envs)
+	parts := make([]*nats.Msg, len(envs))
+	for i, e := range envs {
+		b, err := json.Marshal(acceptRecord{QueueID: e.QueueID, BodyKey: e.BodyKey, Envelopes: []json.RawMessage{msgs[i].Data}, Domains: doms})
+		if err != nil {
+			return nil, fmt.Errorf("queue: encode accept part %s/%s: %w", e.QueueID, e.Domain, err)
+		}
+		m := nats.NewMsg(AcceptSubject(e.QueueID) + "." + address.SubjectToken(e.Domain))
+		m.Data = b
+		q.cfg.Propagator.Inject(ctx, HeaderCarrier(m.Header))
+		m.Header.Set(jetstream.MsgIDHeader, msgID(e)+".part")
+		if size := len(m.Data) + headerBytes(m.Header) + batchHeaderBytes; int64(size) > q.nc.MaxPayload() {
+			return nil, fmt.Errorf("queue: accept part %s for %s is %d bytes, over the server's max_payload %d",
+				e.QueueID, e.Domain, size, q.nc.MaxPayload())
+		}
+		parts[i] = m
+	}
+	return parts, nil
 }
 
 // Batch headers (ADR-50); the stream needs AllowAtomicPublish.
@@ -708,22 +804,23 @@ func (q *Queue) newMsg(ctx context.Context, subject string, e *envelope.Envelope
 	return m, nil
 }
 
-// Defer schedules e to be ready again at time at. The schedule is replaced if
-// one exists for the same envelope. The caller acks the current delivery only
-// after Defer returned nil. dedupe identifies this deferral (the stream
-// sequence of the copy being deferred): a retried Defer with the same key is
-// not stored twice, and a later deferral of a new copy never collides.
+// Defer parks e on its deferred subject until time at: the workers' mover
+// (moveDue, on the deferrals consumer) makes it ready then. A later Defer
+// of the same envelope replaces this one (the mover keeps only the last
+// copy on the subject). The caller acks the current delivery only after
+// Defer returned nil. dedupe identifies this deferral (the stream sequence
+// of the copy being deferred): a retried Defer with the same key is not
+// stored twice, and a later deferral of a new copy never collides.
+//
+// The deferred envelope is a plain message: the stream allows no
+// schedules (see checkStreamSafe), so no publish right can multiply mail.
 func (q *Queue) Defer(ctx context.Context, e *envelope.Envelope, at time.Time, dedupe string) error {
 	e.NextAttempt = at
 	m, err := q.newMsg(ctx, DeferredSubject(e.Domain, e.QueueID), e)
 	if err != nil {
 		return err
 	}
-	_, err = q.js.PublishMsg(ctx, m,
-		jetstream.WithScheduleAt(at),
-		jetstream.WithScheduleTarget(ReadySubject(e.Domain)),
-		jetstream.WithMsgID(e.QueueID+"."+address.SubjectToken(e.Domain)+".d"+dedupe),
-	)
+	_, err = q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID(e)+".d"+dedupe))
 	if err != nil {
 		return fmt.Errorf("queue: defer %s: %w", e.QueueID, err)
 	}

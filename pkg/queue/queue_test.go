@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
@@ -466,5 +468,59 @@ func TestFetchReportsUndecodablePayload(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("terminated messages still in the work queue: %d", n)
+	}
+}
+
+// A NATS user who may publish to the queue (a stolen ingress password) and
+// guesses a queue id (xids are time, host, process and a counter) publishes
+// first under the message ids the real message's envelopes would carry. The
+// real message must still be stored whole, not dropped as a duplicate
+// while its client got a 250.
+func TestGuessedQueueIDCannotPreemptAMessage(t *testing.T) {
+	f := setup(t)
+	ctx := ctxT(t)
+	for _, doms := range [][]string{{"one.test"}, {"a.test", "b.test"}} {
+		qid := envelope.NewQueueID()
+		// Every id an earlier release used, and the accept record's.
+		ids := []string{qid + ".accept"}
+		for _, d := range doms {
+			ids = append(ids, qid+"."+address.SubjectToken(d), qid+"."+address.SubjectToken(d)+".part")
+		}
+		for i, id := range ids {
+			subj := queue.ReadySubject(doms[0])
+			if i == 0 {
+				subj = queue.AcceptSubject(qid)
+			}
+			if _, err := f.js.Publish(ctx, subj, []byte(`{"qid":"GARBAGE"}`), jetstream.WithMsgID(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.q.Enqueue(ctx, newEnvelopes(qid, doms...)); err != nil {
+			t.Fatalf("enqueue: %v", err)
+		}
+		// Each domain gets its real envelope (multi-domain: after the fan-out).
+		st, err := f.js.Stream(ctx, "MAIL")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range doms {
+			found := false
+			for deadline := time.Now().Add(10 * time.Second); !found && time.Now().Before(deadline); {
+				for seq := uint64(1); ; {
+					raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queue.ReadySubject(d)))
+					if err != nil {
+						break
+					}
+					found = found || bytes.Contains(raw.Data, []byte(`"qid":"`+qid+`"`))
+					seq = raw.Sequence + 1
+				}
+				if !found {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+			if !found {
+				t.Errorf("%d domains: no envelope of %s for %s: the real message was dropped as a duplicate of the guessed ids", len(doms), qid, d)
+			}
+		}
 	}
 }

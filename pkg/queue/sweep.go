@@ -47,7 +47,7 @@ const settingsKeyPrefix = "_"
 // published): a younger body may belong to an accept still in progress.
 //
 // The stream is read in sequence order up to its live end. Every operation
-// that moves an envelope (defer, schedule firing, hold, requeue) stores the
+// that moves an envelope (defer, deferred made ready, hold, requeue) stores the
 // new copy before it removes the old one, so a read in ascending order
 // meets at least one copy of every envelope that exists throughout.
 func (q *Queue) Orphans(ctx context.Context, bodies BodyStore, minAge time.Duration) ([]Orphan, error) {
@@ -194,7 +194,8 @@ func (q *Queue) RemoveOrphan(ctx context.Context, bodies BodyStore, o Orphan) er
 		if err != nil {
 			return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
 		}
-		if err := kv.Purge(ctx, o.Key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		// A delete, not a purge: the bucket refuses roll-ups (refsWithoutRollup).
+		if err := kv.Delete(ctx, o.Key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return fmt.Errorf("queue: remove orphan refs %s: %w", o.Key, err)
 		}
 	default:

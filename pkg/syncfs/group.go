@@ -31,9 +31,9 @@ type Group struct {
 	flush func() error // syncfs of the store's filesystem (or an equivalent)
 
 	mu      sync.Mutex
-	cond    *sync.Cond
-	seq     uint64 // writes registered
-	synced  uint64 // writes covered by a completed flush
+	done    chan struct{} // closed when the running flush ends
+	seq     uint64        // writes registered
+	synced  uint64        // writes covered by a completed flush
 	running bool
 	failed  error // the first failed flush; sticky
 }
@@ -41,9 +41,7 @@ type Group struct {
 // NewGroup returns a group commit over flush, which must make durable every
 // write that completed before it was called.
 func NewGroup(flush func() error) *Group {
-	g := &Group{flush: flush}
-	g.cond = sync.NewCond(&g.mu)
-	return g
+	return &Group{flush: flush}
 }
 
 // Err reports the sticky failure, if any.
@@ -54,7 +52,11 @@ func (g *Group) Err() error {
 }
 
 // Wait returns once a flush that started after the call has completed; an
-// error if that flush or any flush before it failed.
+// error if that flush or any flush before it failed, or ctx's error if ctx
+// ends first. The flush runs on its own goroutine, so a flush stalled in the
+// kernel (a hung disk) holds no waiter past its context: each returns at its
+// deadline (the ingress answers 451), and the flush, when it ends, still
+// counts for those who wait then.
 func (g *Group) Wait(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -64,24 +66,38 @@ func (g *Group) Wait(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if g.running {
-			g.cond.Wait()
-			continue
+		if !g.running {
+			g.start()
 		}
-		g.running = true
-		to := g.seq
+		done := g.done
 		g.mu.Unlock()
-		err := g.flush()
-		g.mu.Lock()
-		g.running = false
-		g.synced = to
-		if err != nil && g.failed == nil {
-			g.failed = err
+		select {
+		case <-done:
+		case <-ctx.Done():
 		}
-		g.cond.Broadcast()
+		g.mu.Lock()
 	}
 	if g.failed != nil {
 		return fmt.Errorf("flush to stable storage failed; the store takes no more bodies until restarted: %w", g.failed)
 	}
 	return nil
+}
+
+// start runs one flush covering every write registered so far. g.mu is held.
+func (g *Group) start() {
+	g.running = true
+	to := g.seq
+	done := make(chan struct{})
+	g.done = done
+	go func() {
+		err := g.flush()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.running = false
+		g.synced = to
+		if err != nil && g.failed == nil {
+			g.failed = err
+		}
+		close(done)
+	}()
 }

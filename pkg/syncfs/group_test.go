@@ -128,3 +128,40 @@ func TestGroupSyncReportsEveryFailedRound(t *testing.T) {
 		t.Fatal("a wait after failed flushes succeeded")
 	}
 }
+
+// A stalled disk (a flush that never returns) must not hang its waiters past
+// their context: the one that started the flush and the ones queued behind it
+// both return the context's error, so the ingress answers 451 at
+// --store-timeout instead of holding every session forever.
+func TestGroupSyncWaitersHonourTheContext(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	started := make(chan struct{}, 1)
+	g := NewGroup(func() error {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	go func() { errs <- g.Wait(ctx) }() // starts the flush that stalls
+	<-started
+	go func() { errs <- g.Wait(ctx) }() // queued behind the stalled flush
+	cancel()
+	for i := range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("waiter %d: %v, want context.Canceled", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("waiter %d still blocked in a stalled flush after its context ended", i)
+		}
+	}
+	if g.Err() != nil {
+		t.Fatalf("an abandoned wait failed the store: %v", g.Err())
+	}
+}

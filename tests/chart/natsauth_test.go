@@ -64,3 +64,30 @@ func keysOf[V any](m map[string]V) []string {
 	}
 	return out
 }
+
+// TestBootstrapMigrate: bootstrap.job.migrate=true makes the bootstrap Job
+// move an earlier release's stream (mailfwdctl bootstrap --migrate); off by
+// default.
+func TestBootstrapMigrate(t *testing.T) {
+	helm := helmBin(t)
+	for _, c := range []struct {
+		set  []string
+		want bool
+	}{{nil, false}, {[]string{"--set", "bootstrap.job.migrate=true"}, true}} {
+		out, err := template(t, helm, c.set...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, ok := podSpecs(t, parseManifests(t, out))["Job/mailfwd-bootstrap"]
+		if !ok {
+			t.Fatal("no bootstrap Job")
+		}
+		got := false
+		for _, a := range spec.Containers[0].Args {
+			got = got || a == "--migrate"
+		}
+		if got != c.want {
+			t.Errorf("%v: --migrate in the Job's args %v, want %v", c.set, spec.Containers[0].Args, c.want)
+		}
+	}
+}
