@@ -90,11 +90,17 @@ func quickstartAuthConf(t testing.TB) string {
 // environment as in the StatefulSet.
 func startQuickstartNATS(t testing.TB) (string, *serverLog) {
 	t.Helper()
+	return startQuickstartNATSWith(t, quickstartAuthConf(t))
+}
+
+// startQuickstartNATSWith is startQuickstartNATS with auth.conf given.
+func startQuickstartNATSWith(t testing.TB, authConf string) (string, *serverLog) {
+	t.Helper()
 	for k, v := range quickstartPasswords {
 		t.Setenv(k, v)
 	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(quickstartAuthConf(t)), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(authConf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	port := freePortForAuth(t)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"io"
 	"log/slog"
 	"net"
@@ -177,7 +178,8 @@ func (l *Logging) Logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: %w", l.Level, err)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	// Durations are logged as "<key>_seconds": <float>, in both formats.
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: maillog.Seconds}
 	switch l.Format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil

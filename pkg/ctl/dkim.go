@@ -67,7 +67,7 @@ func newDKIMKeygen(g *globals, sf *secretFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			err = g.mutateSecret(cmd.Context(), sf, dryRun, func(files map[string][]byte) (string, error) {
+			err = g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
 				ks, err := parseDKIM(files)
 				if err != nil {
 					return "", err

@@ -58,7 +58,7 @@ func checkKey(k string) error {
 }
 
 // mutate loads, changes, validates and saves, retrying on a concurrent change.
-func (g *globals) mutate(ctx context.Context, kf *kubeFlags, dryRun bool, change func(files map[string][]byte) error) error {
+func (g *globals) mutate(ctx context.Context, action string, kf *kubeFlags, dryRun bool, change func(files map[string][]byte) error) error {
 	st, err := kf.store()
 	if err != nil {
 		return err
@@ -93,6 +93,7 @@ func (g *globals) mutate(ctx context.Context, kf *kubeFlags, dryRun bool, change
 			return err
 		}
 		fmt.Fprintf(g.out, "%s: written\n", st.Where())
+		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), "")
 		return nil
 	}
 	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
@@ -210,7 +211,7 @@ func newPolicySet(g *globals, kf *kubeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				files[args[0]] = b
 				return nil
 			})
@@ -233,7 +234,7 @@ func newPolicyAdd(g *globals, kf *kubeFlags) *cobra.Command {
 			if err := checkKey(key); err != nil {
 				return err
 			}
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				lhs := entryKey(key, entry)
 				lines, _ := removeEntry(files[key], key, lhs)
 				lines = append(lines, entry)
@@ -257,7 +258,7 @@ func newPolicyDelete(g *globals, kf *kubeFlags) *cobra.Command {
 			if err := checkKey(args[0]); err != nil {
 				return err
 			}
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				lines, n := removeEntry(files[args[0]], args[0], args[1])
 				if n == 0 {
 					return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("%s has no entry %q", args[0], args[1])}
@@ -326,7 +327,7 @@ func newPolicyEdit(g *globals, kf *kubeFlags) *cobra.Command {
 			if editor == "" {
 				editor = "vi"
 			}
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				return editUntilValid(editor, args[0], files)
 			})
 		},
@@ -521,7 +522,7 @@ func newPolicyApply(g *globals, kf *kubeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				for k := range files {
 					delete(files, k)
 				}
@@ -586,7 +587,7 @@ no file are left as they are.`,
 				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("no sendmail map sources (%s) in %s", strings.Join(PolicyKeys[:5], ", "), dir)}
 			}
 			fmt.Fprintf(g.errOut, "importing %s\n", strings.Join(found, ", "))
-			return g.mutate(cmd.Context(), kf, dryRun, func(files map[string][]byte) error {
+			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
 				for k, v := range want {
 					files[k] = v
 				}

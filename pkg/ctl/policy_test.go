@@ -194,6 +194,9 @@ func TestPolicyConfigMap(t *testing.T) {
 		mustContain(t, "import stderr", r.errOut, "importing", filepath.Join(fixtureDir, "access"), filepath.Join(fixtureDir, "aliases"))
 		mustContain(t, "import stdout", r.out, "+++ access (new)", "+To:mms.mnc002.mccXXX.gprs                       REJECT",
 			"+mms.mnc002.mcc238.gprs          smtp:[10.1.1.1]:[10.1.1.2]", "ConfigMap mail/mailfwd-policy: written")
+		// The audit line names the Kubernetes user the API server saw (SelfSubjectReview).
+		// testenv's kube-apiserver knows the test's token as user mailfwd-admin.
+		mustContain(t, "import audit", r.errOut, "audit: action=policy.import actor=mailfwd-admin ", `target="ConfigMap mail/mailfwd-policy keys=`)
 
 		cm := f.configMap(t, testNamespace, "mailfwd-policy")
 		assertFiles(t, "client-go ConfigMap data", cm.Data, fixture)

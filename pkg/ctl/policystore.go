@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	authv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -31,6 +32,8 @@ type policyStore interface {
 	// concurrent writer (a conflict error if it changed).
 	Save(ctx context.Context, files map[string][]byte, version string) error
 	Where() string
+	// Who is the user the write is made as, for the audit trail.
+	Who(ctx context.Context) string
 }
 
 var errConflict = errors.New("the policy changed while this command ran")
@@ -44,6 +47,8 @@ type dirStore struct {
 }
 
 func (d dirStore) Where() string { return "directory " + d.dir }
+
+func (d dirStore) Who(context.Context) string { return localUser() }
 
 func (d dirStore) keyList() []string {
 	if d.keys == nil {
@@ -127,7 +132,10 @@ type configMapStore struct {
 	client    coreClient
 	namespace string
 	name      string
+	kf        *kubeFlags
 }
+
+func (c configMapStore) Who(ctx context.Context) string { return kubeUser(ctx, c.client, c.kf) }
 
 func (c configMapStore) Where() string {
 	return fmt.Sprintf("ConfigMap %s/%s", c.namespace, c.name)
@@ -225,7 +233,7 @@ func (k *kubeFlags) store() (policyStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return configMapStore{client: cs, namespace: ns, name: k.configMap}, nil
+	return configMapStore{client: cs, namespace: ns, name: k.configMap, kf: k}, nil
 }
 
 // clientset connects as kubectl would, and returns the namespace to use.
@@ -234,11 +242,17 @@ func (k *kubeFlags) store() (policyStore, error) {
 // group of kubernetes.Clientset (half of the binary's size).
 type coreClient interface {
 	CoreV1() corev1client.CoreV1Interface
+	// AuthenticationV1 asks who we are (SelfSubjectReview) for the audit trail.
+	AuthenticationV1() authv1client.AuthenticationV1Interface
 }
 
-type coreOnly struct{ corev1client.CoreV1Interface }
+type coreOnly struct {
+	core corev1client.CoreV1Interface
+	auth authv1client.AuthenticationV1Interface
+}
 
-func (c coreOnly) CoreV1() corev1client.CoreV1Interface { return c.CoreV1Interface }
+func (c coreOnly) CoreV1() corev1client.CoreV1Interface                     { return c.core }
+func (c coreOnly) AuthenticationV1() authv1client.AuthenticationV1Interface { return c.auth }
 
 func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if !config.KubernetesHere(k.kubeconfig, os.Getenv) {
@@ -263,5 +277,9 @@ func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return coreOnly{cs}, ns, nil
+	as, err := authv1client.NewForConfig(rc)
+	if err != nil {
+		return nil, "", err
+	}
+	return coreOnly{core: cs, auth: as}, ns, nil
 }

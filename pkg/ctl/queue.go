@@ -21,6 +21,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/config"
 	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
@@ -440,6 +441,11 @@ func newQueueFlush(g *globals) *cobra.Command {
 				}
 				p := progress{w: g.errOut, verb: "flushed"}
 				changed := 0
+				var au *audit
+				if !of.dryRun {
+					au = g.startAudit(ctx, q)
+					defer au.close()
+				}
 				for _, e := range entries {
 					if e.State != queue.StateDeferred {
 						continue
@@ -455,6 +461,9 @@ func newQueueFlush(g *globals) *cobra.Command {
 					p.tick()
 				}
 				fmt.Fprintf(g.out, "matched %d deferred envelopes, made %d due now%s\n", len(entries), changed, dry(of.dryRun))
+				if au != nil {
+					au.action("queue.flush", filterString(f), changed, "")
+				}
 				return heldNote(ctx, g, q, f, len(entries))
 			})
 		},
@@ -527,6 +536,8 @@ Release it with "mailfwdctl queue release".`,
 					fmt.Fprintf(g.out, "would hold %s and move %d deferred envelopes aside (dry run)\n", domain, len(entries))
 					return nil
 				}
+				au := g.startAudit(ctx, q)
+				defer au.close()
 				h, err := q.SetHold(ctx, domain, reason)
 				if err != nil {
 					return err
@@ -544,11 +555,13 @@ Release it with "mailfwdctl queue release".`,
 					if err := q.Remove(ctx, e); err != nil {
 						return err
 					}
+					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, false)
 					moved++
 					p.tick()
 				}
 				fmt.Fprintf(g.out, "holding %s since %s: moved %d deferred envelopes aside; ready ones are moved as workers meet them\n",
 					h.Domain, h.Since.Local().Format(time.RFC3339), moved)
+				au.action("queue.hold", "domain="+h.Domain, moved, reason)
 				return nil
 			})
 		},
@@ -594,6 +607,8 @@ func newQueueRelease(g *globals) *cobra.Command {
 				} else {
 					fmt.Fprintf(g.errOut, "warning: no worker has recorded its --queue-return; using %s\n", queueReturn)
 				}
+				au := g.startAudit(ctx, q)
+				defer au.close()
 				had, err := q.ClearHold(ctx, domain)
 				if err != nil {
 					return &ExitError{Code: ExitUsage, Err: err}
@@ -631,6 +646,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 						}
 						if k := env.QueueID + " " + env.Domain; !seen[k] {
 							seen[k] = true
+							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, false)
 							released++
 							p.tick()
 						}
@@ -642,6 +658,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(g.out, "%s %s: %d envelopes due now (deadline: arrival + %s %s + held time + %s)\n",
 					state, domain, released, source, queueReturn, extend)
+				au.action("queue.release", "domain="+domain, released, fmt.Sprintf("extend=%s", extend))
 				return nil
 			})
 		},
@@ -769,6 +786,12 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 		}
 		p := progress{w: g.errOut, verb: verb + "d"}
 		done := 0
+		au := g.startAudit(ctx, q)
+		defer au.close()
+		typ := events.OperatorPurged
+		if verb == "bounce" {
+			typ = events.OperatorBounced
+		}
 		for _, e := range entries {
 			if e.Env == nil {
 				if err := q.Remove(ctx, e); err != nil {
@@ -787,10 +810,12 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" && store != nil {
 				_ = store.Delete(ctx, e.Env.BodyKey)
 			}
+			au.final(typ, e, verb)
 			done++
 			p.tick()
 		}
 		fmt.Fprintf(g.out, "matched %d envelopes, %sd %d\n", len(entries), verb, done)
+		au.action("queue."+verb, filterString(f), done, "")
 		return nil
 	})
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 )
 
@@ -43,8 +44,11 @@ type globals struct {
 	natsStoreDir string
 	natsPassword config.Secret
 	timeout      time.Duration
-	out          io.Writer
-	errOut       io.Writer
+	// natsConfigured: a NATS URL was given (flag or env), so commands that
+	// do not need NATS (policy writes) publish their audit events there.
+	natsConfigured bool
+	out            io.Writer
+	errOut         io.Writer
 }
 
 // NewRoot builds the mailfwdctl command tree.
@@ -55,6 +59,9 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 		Short:         "Operate mailfwd: the queue (mailq, sendmail -q…), test messages, bootstrap",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+	}
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		g.natsConfigured = cmd.Flags().Changed("nats-url") || os.Getenv("MAILFWD_NATS_URL") != ""
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
@@ -68,7 +75,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.Var(config.DurationValue(&g.timeout, 30*time.Second), "timeout", "overall timeout of the command")
 	root.AddCommand(newBootstrap(g), newSend(g), newQueueCmd(g), newPolicyCmd(g), newRouteCmd(g))
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g), newSRSCmd(g))
-	root.AddCommand(newTraceCmd(g))
+	root.AddCommand(newTraceCmd(g), newEventsCmd(g))
 	root.AddCommand(newShapingCmd(g))
 	strictGroups(root)
 	return root
@@ -118,6 +125,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	var blobURL string
 	var ackWait time.Duration
 	var replicas int
+	var eventsMaxAge time.Duration
+	var eventsMaxBytes int64
 	var migrate bool
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
@@ -128,6 +137,7 @@ func newBootstrap(g *globals) *cobra.Command {
 			defer cancel()
 			qc := g.queueConfig()
 			qc.AckWait, qc.Replicas = ackWait, replicas
+			qc.EventsMaxAge, qc.EventsMaxBytes = eventsMaxAge, eventsMaxBytes
 			q, err := queue.Connect(ctx, qc)
 			if err != nil {
 				return err
@@ -141,6 +151,7 @@ func newBootstrap(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.out, "queue: stream, consumer and bucket ready on %s\n", queue.RedactURL(g.natsURL))
+			fmt.Fprintf(g.out, "events: stream %s ready (kept %s, at most %d bytes)\n", events.DefaultStream, eventsMaxAge, eventsMaxBytes)
 			if blobURL != "" {
 				s, err := blob.Open(ctx, blobURL)
 				if err != nil {
@@ -157,6 +168,8 @@ func newBootstrap(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store URL to bootstrap too (env MAILFWD_BLOB_STORE)")
 	cmd.Flags().Var(config.DurationValue(&ackWait, 2*time.Minute), "ack-wait", "ack wait of the workers' consumer")
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "JetStream replicas")
+	cmd.Flags().DurationVar(&eventsMaxAge, "events-max-age", queue.DefaultEventsMaxAge, "retention of the EVENTS stream by age (docs/events.md)")
+	cmd.Flags().Int64Var(&eventsMaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first")
 	cmd.Flags().BoolVar(&migrate, "migrate", false, "move the queue out of a stream that lets publishers remove or multiply mail "+
 		"(made by an earlier release: schedules on) into a new one; resumable (docs/nats-security.md)")
 	return cmd

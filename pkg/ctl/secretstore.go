@@ -24,7 +24,10 @@ type secretStore struct {
 	client    coreClient
 	namespace string
 	name      string
+	kf        *kubeFlags
 }
+
+func (s secretStore) Who(ctx context.Context) string { return kubeUser(ctx, s.client, s.kf) }
 
 func (s secretStore) Where() string { return fmt.Sprintf("Secret %s/%s", s.namespace, s.name) }
 
@@ -103,13 +106,13 @@ func (f *secretFlags) store() (policyStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return secretStore{client: cs, namespace: ns, name: f.secret}, nil
+	return secretStore{client: cs, namespace: ns, name: f.secret, kf: &f.kube}, nil
 }
 
 // mutateSecret loads the Secret, applies change, validates the result as
 // policy, and saves it, retrying on a concurrent change. change returns a
 // one-line summary; secrets are never printed as a diff.
-func (g *globals) mutateSecret(ctx context.Context, sf *secretFlags, dryRun bool, change func(files map[string][]byte) (string, error)) error {
+func (g *globals) mutateSecret(ctx context.Context, action string, sf *secretFlags, dryRun bool, change func(files map[string][]byte) (string, error)) error {
 	st, err := sf.store()
 	if err != nil {
 		return err
@@ -124,6 +127,7 @@ func (g *globals) mutateSecret(ctx context.Context, sf *secretFlags, dryRun bool
 				return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
 			}
 		}
+		before := cloneFiles(files)
 		summary, err := change(files)
 		if err != nil {
 			return err
@@ -144,6 +148,7 @@ func (g *globals) mutateSecret(ctx context.Context, sf *secretFlags, dryRun bool
 			return err
 		}
 		fmt.Fprintf(g.out, "%s: written\n", st.Where())
+		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), summary)
 		return nil
 	}
 	return fmt.Errorf("%w; gave up after 5 tries", errConflict)

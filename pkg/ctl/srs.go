@@ -64,7 +64,7 @@ func newSRSRotate(g *globals, sf *secretFlags) *cobra.Command {
 				return err
 			}
 			secret := base64.RawURLEncoding.EncodeToString(raw)
-			return g.mutateSecret(cmd.Context(), sf, dryRun, func(files map[string][]byte) (string, error) {
+			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
 				old := srsSecrets(files)
 				if len(old) > keep {
 					old = old[:keep]

@@ -219,7 +219,7 @@ func newUsersAdd(g *globals, sf *secretFlags) *cobra.Command {
 			if err != nil {
 				return &ExitError{Code: ExitUsage, Err: err}
 			}
-			return g.mutateSecret(cmd.Context(), sf, dryRun, func(files map[string][]byte) (string, error) {
+			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
 				us, err := parseUsers(files)
 				if err != nil {
 					return "", err
@@ -271,7 +271,7 @@ func newUsersPasswd(g *globals, sf *secretFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.mutateSecret(cmd.Context(), sf, dryRun, func(files map[string][]byte) (string, error) {
+			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
 				us, err := parseUsers(files)
 				if err != nil {
 					return "", err
@@ -309,7 +309,7 @@ func newUsersDelete(g *globals, sf *secretFlags) *cobra.Command {
 			if err := g.confirm(cmd, &of, fmt.Sprintf("delete user %s?", name)); err != nil {
 				return err
 			}
-			return g.mutateSecret(cmd.Context(), sf, of.dryRun, func(files map[string][]byte) (string, error) {
+			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, of.dryRun, func(files map[string][]byte) (string, error) {
 				us, err := parseUsers(files)
 				if err != nil {
 					return "", err

@@ -49,6 +49,7 @@ type Common struct {
 	// NATSStoreDir is --nats-store-dir: the local nats-server's store_dir,
 	// flushed after every durable write (queue.Config.LocalStore).
 	NATSStoreDir string
+	Events       Events
 }
 
 func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
@@ -64,6 +65,7 @@ func (c *Common) register(fs *flag.FlagSet, httpDefault string) {
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas for the stream and bucket (set at bootstrap)")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on --http-addr")
 	c.Logging.Register(fs)
+	c.Events.register(fs)
 }
 
 func (c *Common) validate() error {
@@ -88,7 +90,8 @@ func (c *Common) validate() error {
 
 func (c *Common) queueConfig(name string) queue.Config {
 	return queue.Config{URL: c.NATSURL, CredsFile: c.NATSCreds, User: c.NATSUser, Password: c.NATSPassword.Reveal(),
-		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas, LocalStore: c.NATSStoreDir}
+		ClientName: name, AckWait: c.AckWait, Replicas: c.Replicas, LocalStore: c.NATSStoreDir,
+		EventsMaxAge: c.Events.MaxAge, EventsMaxBytes: c.Events.MaxBytes}
 }
 
 // connect opens the queue and body store, bootstrapping them when asked.
@@ -427,6 +430,14 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		return err
 	}
 	defer q.Close()
+	pub, err := o.Events.start(q, "ingress", log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents(pub) // before q.Close
+	if pub != nil {
+		o.SMTP.Events = pub
+	}
 	var tw *smtptrace.Watcher // nil traces nothing
 	if b, err := q.TraceBucket(ctx); err != nil {
 		log.Warn("live SMTP trace unavailable (mailfwdctl trace records nothing here)", "component", "ingress", "err", err)

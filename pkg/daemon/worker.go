@@ -430,6 +430,14 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		case <-time.After(wait):
 		}
 	}
+	pub, err := o.Events.start(q, "worker", log)
+	if err != nil {
+		return err
+	}
+	defer stopEvents(pub) // before q.Close
+	if pub != nil {
+		o.Engine.Events = pub
+	}
 	o.Engine.Logger = log
 	o.Engine.TracerProvider = tp
 	o.Engine.Hostname = o.Delivery.HeloName
@@ -490,6 +498,13 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		tracer.Store(tw)
 		g.Go(func() error { return tw.Run(gctx) })
 	}
+	g.Go(func() error {
+		// The operators' actions, in the fleet's logs (one worker each).
+		if err := q.LogOperatorEvents(gctx, log.With("component", "audit")); err != nil {
+			log.Warn("operator actions are not logged here (no audit-log consumer: run the bootstrap)", "component", "worker", "err", err)
+		}
+		return nil
+	})
 	g.Go(func() error {
 		// Follow operators' domain holds; re-establish the watch if NATS restarts.
 		for gctx.Err() == nil {

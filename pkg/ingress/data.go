@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/rewrite"
 )
@@ -602,19 +603,42 @@ func (s *Server) accept(ss *session, m *message) error {
 	}
 	span.SetAttributes(attribute.Int64("mailfwd.size", m.size))
 
+	// The receipt line comes before the publish: once an envelope is in the
+	// queue a worker may deliver it (and log "to=… stat=Sent") at once, and
+	// logs are read receipt first. A failed publish is logged after it
+	// under the same queue id ("not queued").
+	maillog.LogReceived(ctx, s.log, maillog.Received{
+		QueueID: ss.qid, From: ss.from, Size: m.size, NRcpts: len(ss.targets), MsgID: msgid,
+		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
+	})
+	// The events go out (asynchronously, on the queue's connection) before
+	// the envelopes, so a reader sees "received" before "delivered".
+	s.emitAll(envs, events.Event{Type: events.Received, Client: ss.client.Addr.String()})
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
 	qctx, qspan := s.tracer.Start(qctx, "queue.publish", trace.WithSpanKind(trace.SpanKindProducer))
 	err := s.queue.Enqueue(qctx, envs)
 	qspan.End()
 	if err != nil {
-		return fail("queue publish failed; answering 451", err)
+		s.emitAll(envs, events.Event{Type: events.NotQueued, DSN: "4.3.0", Reply: "451 4.3.0 queue unavailable; the client sends again"})
+		return fail(ss.qid+": not queued: queue publish failed; answering 451", err)
 	}
-	maillog.LogReceived(ctx, s.log, maillog.Received{
-		QueueID: ss.qid, From: ss.from, Size: m.size, NRcpts: len(ss.targets), MsgID: msgid,
-		Proto: ss.proto(), ClientHelo: ss.client.Helo, ClientAddr: ss.client.Addr.String(),
-	})
 	return nil
+}
+
+// emitAll sends one event like ev per recipient of envs.
+func (s *Server) emitAll(envs []*envelope.Envelope, ev events.Event) {
+	if s.cfg.Events == nil {
+		return
+	}
+	for _, e := range envs {
+		for _, r := range e.Recipients {
+			x := ev
+			x.QueueID, x.MessageID, x.Sender, x.Recipient, x.Destination = e.QueueID, e.MsgID, e.From, r.Addr, e.Domain
+			x.Arrived, x.Size = e.Arrived, e.Size
+			s.cfg.Events.Emit(x)
+		}
+	}
 }
 
 // stream runs PutStream with the store's buffer reserved from the budget.

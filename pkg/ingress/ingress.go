@@ -26,6 +26,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
@@ -101,10 +102,13 @@ type Config struct {
 	DKIMSignRelayClients bool
 	// Trace records the sessions a running `mailfwdctl trace --client`
 	// matches (nil: none).
-	Trace           *smtptrace.Watcher
-	Policy          Policy
-	Resolver        HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
-	Metrics         *telemetry.Metrics // nil: none
+	Trace    *smtptrace.Watcher
+	Policy   Policy
+	Resolver HostResolver       // reverse lookups for Connect: host name rules; nil: net.DefaultResolver
+	Metrics  *telemetry.Metrics // nil: none
+	// Events receives a "received" event per recipient before the
+	// envelopes are published (nil: no events).
+	Events          events.Emitter
 	Logger          *slog.Logger
 	TracerProvider  trace.TracerProvider
 	RepanicForTests bool // let panics through instead of answering 451

@@ -55,6 +55,13 @@ type fixture struct {
 
 func start(tb testing.TB, mutate func(*ingress.Config)) *fixture {
 	tb.Helper()
+	return startWith(tb, mutate, nil)
+}
+
+// startWith is start with the queue the ingress publishes to wrapped (nil:
+// the real queue as it is).
+func startWith(tb testing.TB, mutate func(*ingress.Config), wrap func(ingress.Queue) ingress.Queue) *fixture {
+	tb.Helper()
 	f := &fixture{tb: tb, panics: &panicWatch{}}
 	f.nats = testenv.StartNATS(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -97,7 +104,11 @@ func start(tb testing.TB, mutate func(*ingress.Config)) *fixture {
 	if mutate != nil {
 		mutate(&f.cfg)
 	}
-	f.srv, err = ingress.New(f.cfg, q, f.store)
+	var iq ingress.Queue = q
+	if wrap != nil {
+		iq = wrap(q)
+	}
+	f.srv, err = ingress.New(f.cfg, iq, f.store)
 	if err != nil {
 		tb.Fatalf("ingress.New: %v", err)
 	}

@@ -102,14 +102,35 @@ func LogAttempt(ctx context.Context, log *slog.Logger, a Attempt) {
 	if !strings.HasPrefix(a.DSN, "2") {
 		level = slog.LevelWarn
 	}
+	// The queue id is not an attribute here: the caller's logger carries
+	// it (log.With("queue_id", …)), and a second copy would repeat the key.
 	attrs := []slog.Attr{
-		slog.String("queue_id", a.QueueID), slog.String("to", a.To), slog.String("relay", a.RelayHost),
-		slog.String("dsn", a.DSN), slog.Int("attempts", a.Attempts), slog.Duration("delay", a.Ended.Sub(a.Arrived)),
+		slog.String("to", a.To), slog.String("relay", a.RelayHost),
+		slog.String("dsn", a.DSN), slog.Int("attempts", a.Attempts),
+		slog.Duration("delay", a.Ended.Sub(a.Arrived)), slog.Duration("xdelay", a.Ended.Sub(a.Started)),
 	}
 	if a.TLS != "" {
-		attrs = append(attrs, slog.String("tls", a.TLS), slog.String("verify", a.Verify))
+		attrs = append(attrs, slog.String("tls", TLSVersion(a.TLS)), slog.String("verify", a.Verify))
 	}
 	log.LogAttrs(ctx, level, line, attrs...)
+}
+
+// TLSVersion turns the worker's hop description ("tls=TLSv1.3
+// verified=yes", "tls=none") into its protocol alone: "TLSv1.3", "none".
+func TLSVersion(desc string) string {
+	v, _, _ := strings.Cut(desc, " ")
+	return strings.TrimPrefix(v, "tls=")
+}
+
+// Seconds is a slog.HandlerOptions.ReplaceAttr that logs every duration in
+// seconds (a float) under its key with "_seconds" added, so that no
+// attribute is a bare count of nanoseconds and every duration has one
+// stated unit.
+func Seconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.Float64(a.Key+"_seconds", a.Value.Duration().Seconds())
+	}
+	return a
 }
 
 func oneLine(s string) string {

@@ -27,7 +27,7 @@ func TestDelay(t *testing.T) {
 
 func TestLogAttemptSendmailFormat(t *testing.T) {
 	var buf bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&buf, nil))
+	log := slog.New(slog.NewTextHandler(&buf, nil)).With("queue_id", "k7TKRB926176") // as the worker's
 	t0 := time.Date(2026, 8, 29, 20, 27, 11, 0, time.UTC)
 	LogAttempt(context.Background(), log, Attempt{
 		QueueID: "k7TKRB926176", To: "Monique.Sullivan@cpships.com", Arrived: t0, Started: t0.Add(time.Second),
@@ -67,7 +67,7 @@ func TestLogAttemptTLS(t *testing.T) {
 		TLS: "tls=TLSv1.3 verified=yes", Verify: "OK",
 	})
 	want := "relay=email-smtp.eu-west-1.amazonaws.com. [127.0.0.1], tls=TLSv1.3 verified=yes, verify=OK, dsn=2.0.0, stat=Sent (Ok)"
-	if !strings.Contains(buf.String(), want) || !strings.Contains(buf.String(), `tls="tls=TLSv1.3 verified=yes" verify=OK`) {
+	if !strings.Contains(buf.String(), want) || !strings.Contains(buf.String(), `tls=TLSv1.3 verify=OK`) {
 		t.Fatalf("log line\n%s\ndoes not contain\n%s", buf.String(), want)
 	}
 }

@@ -44,6 +44,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/syncfs"
 )
 
@@ -100,6 +101,12 @@ type Config struct {
 	// async-persist stream with LocalStore, and CheckLocalStore that the
 	// directory holds the stream.
 	LocalStore string
+	// EventsStream holds the delivery and operator events (default
+	// "EVENTS"); EventsMaxAge and EventsMaxBytes are its retention
+	// (defaults 7 days, 1 GiB; the oldest events go first).
+	EventsStream   string
+	EventsMaxAge   time.Duration
+	EventsMaxBytes int64
 
 	// DeferConsumer hands deferred envelopes to the workers' mover, which
 	// makes each ready when due; default "deferrals".
@@ -136,6 +143,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PublishWait == 0 {
 		c.PublishWait = 10 * time.Second
+	}
+	if c.EventsStream == "" {
+		c.EventsStream = events.DefaultStream
 	}
 	if c.Propagator == nil {
 		c.Propagator = propagation.TraceContext{}
@@ -311,6 +321,9 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	if err := q.BootstrapEvents(ctx); err != nil {
+		return err
 	}
 	return q.CheckLocalStore(ctx)
 }

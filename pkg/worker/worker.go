@@ -29,6 +29,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/dkim"
 	"github.com/mailfwd/mailfwd/pkg/dsn"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/maillog"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
@@ -135,6 +136,8 @@ type Config struct {
 	MaxBodyBytesInFlight int64
 	Metrics              *telemetry.Metrics // nil: none
 	ShapingMetrics       *telemetry.ShapingMetrics
+	// Events receives one event per recipient state change (nil: none).
+	Events events.Emitter
 	// Held reports whether a domain is on hold (nil: no holds).
 	Held            func(domain string) bool
 	Logger          *slog.Logger
@@ -416,7 +419,34 @@ func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelop
 		return
 	}
 	w.cfg.Metrics.Failed()
+	for _, r := range e.Recipients {
+		st := r.Status // a recipient's own permanent status, else the envelope's
+		if st == "" {
+			st = status
+		}
+		w.emit(e, r.Addr, events.Event{Type: events.Failed, DSN: st, Reply: envelope.TruncateError(reason)})
+	}
 	_ = j.Ack(ctx)
+}
+
+// emitAll sends one event like ev per recipient of e.
+func (w *Worker) emitAll(e *envelope.Envelope, ev events.Event) {
+	if w.cfg.Events == nil {
+		return
+	}
+	for _, r := range e.Recipients {
+		w.emit(e, r.Addr, ev)
+	}
+}
+
+// emit sends ev about recipient rcpt of e.
+func (w *Worker) emit(e *envelope.Envelope, rcpt string, ev events.Event) {
+	if w.cfg.Events == nil {
+		return
+	}
+	ev.QueueID, ev.MessageID, ev.Sender, ev.Recipient, ev.Destination = e.QueueID, e.MsgID, e.From, rcpt, e.Domain
+	ev.Arrived, ev.Size = e.Arrived, e.Size
+	w.cfg.Events.Emit(ev)
 }
 
 // giveUpDSN reports every recipient of e as failed (a panic here is an error).
@@ -495,6 +525,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			return err
 		}
 		log.Info(e.QueueID + ": held: domain " + e.Domain + " is on hold")
+		w.emitAll(e, events.Event{Type: events.Held, Reply: "domain " + e.Domain + " is on hold"})
 		w.cfg.Metrics.Held()
 		return j.Ack(ctx)
 	}
@@ -718,6 +749,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			delayed = append(delayed, dr)
 		}
 		maillog.LogAttempt(ctx, log, a)
+		w.emit(e, r.rcpt.Addr, attemptEvent(a, st, deadline, w.backoff(e.Attempts+1)))
 	}
 
 	if len(failed) > 0 {
@@ -887,6 +919,30 @@ func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, 
 	w.cfg.Metrics.DSN(string(rcpts[0].Action))
 	log.Info(fmt.Sprintf("%s: %s: sender notify: %s", e.QueueID, qid, reason), "dsn_queue_id", qid, "kind", kind)
 	return nil
+}
+
+// attemptEvent is the event of one recipient's attempt, from its log line.
+func attemptEvent(a maillog.Attempt, st delivery.RcptStatus, deadline time.Time, backoff time.Duration) events.Event {
+	ev := events.Event{Time: a.Ended, Attempt: a.Attempts, Relay: a.RelayHost, RelayAddr: a.RelayAddr, DSN: a.DSN,
+		Reply: envelope.TruncateError(replyText(st)), TLSVerify: a.Verify}
+	if a.TLS != "" {
+		ev.TLS = maillog.TLSVersion(a.TLS)
+	}
+	switch {
+	case st.Delivered():
+		ev.Type = events.Delivered
+	case st.Permanent():
+		ev.Type = events.Bounced
+	case a.DSN == "4.4.7" && strings.HasPrefix(a.Stat, "Failed"):
+		ev.Type = events.Expired
+	default:
+		ev.Type = events.Deferred
+		ev.NextAttempt = a.Ended.Add(backoff)
+		if ev.NextAttempt.After(deadline) {
+			ev.NextAttempt = deadline
+		}
+	}
+	return ev
 }
 
 func replyText(st delivery.RcptStatus) string {

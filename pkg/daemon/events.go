@@ -1,0 +1,47 @@
+package daemon
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"time"
+
+	"github.com/mailfwd/mailfwd/pkg/events"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+)
+
+// Events is the event stream's settings, shared by both daemons.
+type Events struct {
+	Enabled    bool
+	MaxAge     time.Duration
+	MaxBytes   int64
+	MaxPending int
+	Buffer     int
+}
+
+func (e *Events) register(fs *flag.FlagSet) {
+	fs.BoolVar(&e.Enabled, "events", true, "publish delivery events to the EVENTS stream (docs/events.md); mail never waits for them")
+	fs.DurationVar(&e.MaxAge, "events-max-age", queue.DefaultEventsMaxAge, "retention of the EVENTS stream by age (set at bootstrap)")
+	fs.Int64Var(&e.MaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first (set at bootstrap)")
+	fs.IntVar(&e.MaxPending, "events-max-pending", 4096, "event publishes awaiting their ack at once")
+	fs.IntVar(&e.Buffer, "events-buffer", 8192, "events kept for another try while the stream does not take them; beyond it events are dropped, counted and logged")
+}
+
+// start connects a publisher to q; nil when events are off.
+func (e *Events) start(q *queue.Queue, source string, log *slog.Logger) (*events.Publisher, error) {
+	if !e.Enabled {
+		return nil, nil
+	}
+	p := events.NewPublisher(events.PublisherConfig{Source: source, MaxPending: e.MaxPending, RetryBuffer: e.Buffer, Logger: log})
+	if err := q.StartEvents(p, e.MaxPending); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// stop flushes what is pending for up to five seconds.
+func stopEvents(p *events.Publisher) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.Close(ctx)
+}

@@ -1,0 +1,339 @@
+package events_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfwd/mailfwd/pkg/events"
+	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
+)
+
+type rig struct {
+	n   *testenv.NATS
+	q   *queue.Queue
+	pub *events.Publisher
+	st  jetstream.Stream
+}
+
+func start(t *testing.T, cfg events.PublisherConfig) *rig {
+	t.Helper()
+	r := &rig{n: testenv.StartNATS(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	r.q, err = queue.Connect(ctx, queue.Config{URL: r.n.URL(), ClientName: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.q.Close)
+	if err := r.q.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.pub = events.NewPublisher(cfg)
+	if err := r.q.StartEvents(r.pub, cfg.MaxPending); err != nil {
+		t.Fatal(err)
+	}
+	if r.st, err = r.q.EventStream(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *rig) flush(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r.pub.Close(ctx)
+}
+
+func (r *rig) stored(t *testing.T, f events.Filter) []events.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []events.Event
+	if err := events.Follow(ctx, r.st, f, events.FollowOptions{All: true, Stop: true}, func(s events.Stored) error {
+		out = append(out, s.Event)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sample() []events.Event {
+	return []events.Event{
+		{Type: events.Received, QueueID: "q1", Sender: "app@src.test", Recipient: "a@example.net", Destination: "example.net"},
+		{Type: events.Deferred, QueueID: "q1", Sender: "app@src.test", Recipient: "a@example.net", Destination: "example.net", DSN: "4.4.1", Reply: "451 try later", Attempt: 1},
+		{Type: events.Received, QueueID: "q2", Sender: "other@src.test", Recipient: "b@mx.sub.example.net", Destination: "mx.sub.example.net"},
+		{Type: events.Delivered, QueueID: "q2", Sender: "other@src.test", Recipient: "b@mx.sub.example.net", Destination: "mx.sub.example.net", DSN: "2.0.0", TLS: "TLSv1.3"},
+		{Type: events.Received, QueueID: "q3", Sender: "app@src.test", Recipient: "c@example.org", Destination: "example.org"},
+		{Type: events.Delivered, QueueID: "q1", Sender: "app@src.test", Recipient: "a@example.net", Destination: "example.net", DSN: "2.0.0", Attempt: 2},
+		{Type: events.Audit, Action: "queue.flush", Actor: "ops", Target: "domain=example.net", Matched: 1},
+	}
+}
+
+func ids(evs []events.Event) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, string(e.Type)+":"+e.QueueID)
+	}
+	return out
+}
+
+func TestPublishAndFilter(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	for _, ev := range sample() {
+		r.pub.Emit(ev)
+	}
+	r.flush(t)
+
+	all := r.stored(t, events.Filter{})
+	if len(all) != len(sample()) {
+		t.Fatalf("stored %v, want %d events", ids(all), len(sample()))
+	}
+	for _, ev := range all {
+		if err := ev.Valid(); err != nil || ev.Schema != events.Schema || ev.Source == "" {
+			t.Fatalf("event %+v: %v", ev, err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		f    events.Filter
+		want []string
+	}{
+		{"domain and subdomains", events.Filter{Domains: []string{"Example.NET"}},
+			[]string{"received:q1", "deferred:q1", "received:q2", "delivered:q2", "delivered:q1"}},
+		{"outcome", events.Filter{Types: []events.Type{events.Delivered}}, []string{"delivered:q2", "delivered:q1"}},
+		{"qid", events.Filter{QueueIDs: []string{"q1"}}, []string{"received:q1", "deferred:q1", "delivered:q1"}},
+		{"sender", events.Filter{Senders: []string{"OTHER@"}}, []string{"received:q2", "delivered:q2"}},
+		{"audit", events.Filter{Types: []events.Type{events.Audit}}, []string{"audit:"}},
+		{"domain and outcome", events.Filter{Domains: []string{"example.org"}, Types: []events.Type{events.Received, events.Delivered}}, []string{"received:q3"}},
+	} {
+		f := tc.f
+		if err := f.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(r.stored(t, f)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	bad := events.Filter{Types: []events.Type{"sent"}}
+	if bad.Validate() == nil {
+		t.Error("an unknown event type was accepted")
+	}
+}
+
+// Events emitted while NATS is down are kept and published once it is back:
+// Emit never waits for the server.
+func TestEventsSurviveAnOutage(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 100})
+	r.n.Stop()
+	for i := range 20 {
+		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
+	}
+	r.n.Start()
+	r.flush(t)
+	if d := r.pub.Dropped(); d != 0 {
+		t.Fatalf("%d events dropped", d)
+	}
+	got := r.stored(t, events.Filter{})
+	seen := map[string]bool{}
+	for _, ev := range got {
+		seen[ev.QueueID] = true
+	}
+	if len(seen) != 20 || len(got) != 20 {
+		t.Fatalf("after the outage the stream holds %d events (%d distinct), want 20: %v", len(got), len(seen), ids(got))
+	}
+}
+
+// When the stream stays unavailable and the retry buffer is full, events
+// are dropped and counted; Emit still returns.
+func TestEventsDroppedBeyondTheBuffer(t *testing.T) {
+	var dropped int
+	var mu sync.Mutex
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 4, Dropped: func() { mu.Lock(); dropped++; mu.Unlock() }})
+	r.n.Stop()
+	for i := range 50 {
+		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r.pub.Close(ctx) // gives up at ctx's end: the rest is dropped too
+	mu.Lock()
+	defer mu.Unlock()
+	if got := r.pub.Dropped(); got != 50 || dropped != 50 {
+		t.Fatalf("dropped %d (callback %d), want all 50 (the server never came back)", got, dropped)
+	}
+}
+
+// receiver is a webhook endpoint on loopback that checks signatures,
+// answers 503 while failing() says so, and records what it accepted.
+type receiver struct {
+	secret  []byte
+	mu      sync.Mutex
+	got     []events.Event
+	refused int
+	failing func(n int) bool // n: requests so far
+	reqs    int
+	bad     []string
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.reqs++
+	if err := events.Verify(rc.secret, r.Header.Get(events.SignatureHeader), r.Header.Get(events.TimestampHeader), body, time.Now(), time.Minute); err != nil {
+		rc.bad = append(rc.bad, err.Error())
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	if rc.failing != nil && rc.failing(rc.reqs) {
+		rc.refused++
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return
+	}
+	var ev events.Event
+	if err := json.Unmarshal(body, &ev); err != nil || r.Header.Get(events.EventIDHeader) != ev.ID {
+		rc.bad = append(rc.bad, fmt.Sprintf("body %q: %v", body, err))
+	}
+	rc.got = append(rc.got, ev)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (rc *receiver) snapshot() ([]events.Event, int, []string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]events.Event(nil), rc.got...), rc.refused, append([]string(nil), rc.bad...)
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func runForwarder(t *testing.T, r *rig, url string, secret []byte, f events.Filter) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	fw := &events.Forwarder{URL: url, Secret: secret, Filter: f, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+	// Create the durable consumer before events are published (it starts
+	// with new events).
+	if _, err := r.st.CreateOrUpdateConsumer(ctx, fw.ConsumerConfig()); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- fw.Run(ctx, r.st) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("forwarder: %v", err)
+		}
+	}
+}
+
+func TestWebhookSignedInOrder(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	rc := &receiver{secret: []byte("s3cret")}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	stop := runForwarder(t, r, srv.URL, rc.secret, events.Filter{Domains: []string{"example.net"}})
+	defer stop()
+	for _, ev := range sample() {
+		r.pub.Emit(ev)
+	}
+	r.flush(t)
+	want := []string{"received:q1", "deferred:q1", "received:q2", "delivered:q2", "delivered:q1"}
+	waitFor(t, "5 events at the endpoint", func() bool { got, _, _ := rc.snapshot(); return len(got) >= len(want) })
+	got, _, bad := rc.snapshot()
+	if len(bad) > 0 {
+		t.Fatalf("the receiver refused requests: %v", bad)
+	}
+	if !slices.Equal(ids(got), want) {
+		t.Fatalf("endpoint got %v, want %v in this order", ids(got), want)
+	}
+}
+
+// The endpoint fails for a while, and the forwarder is restarted meanwhile:
+// no event is lost and the order holds.
+func TestWebhookEndpointDownForAWhile(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	var mu sync.Mutex
+	down := true
+	rc := &receiver{secret: []byte("k"), failing: func(int) bool { mu.Lock(); defer mu.Unlock(); return down }}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	stop := runForwarder(t, r, srv.URL, rc.secret, events.Filter{})
+	for _, ev := range sample() {
+		r.pub.Emit(ev)
+	}
+	r.flush(t)
+	waitFor(t, "the first event to be refused 3 times", func() bool { _, n, _ := rc.snapshot(); return n >= 3 })
+	stop() // the forwarder goes away while the endpoint is down
+	if got, _, _ := rc.snapshot(); len(got) != 0 {
+		t.Fatalf("a down endpoint accepted %v", ids(got))
+	}
+	stop = runForwarder(t, r, srv.URL, rc.secret, events.Filter{})
+	defer stop()
+	waitFor(t, "more refusals by the restarted forwarder", func() bool { _, n, _ := rc.snapshot(); return n >= 6 })
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	waitFor(t, "every event", func() bool { got, _, _ := rc.snapshot(); return len(got) >= len(sample()) })
+	got, refused, bad := rc.snapshot()
+	if len(bad) > 0 {
+		t.Fatalf("bad requests: %v", bad)
+	}
+	if !slices.Equal(ids(got), ids(sample())) {
+		t.Fatalf("after %d refusals the endpoint got %v, want %v", refused, ids(got), ids(sample()))
+	}
+}
+
+func TestVerifyRejectsTampering(t *testing.T) {
+	now := time.Now()
+	body := []byte(`{"schema":1}`)
+	sig := events.Sign([]byte("k"), now.Unix(), body)
+	ts := fmt.Sprint(now.Unix())
+	if err := events.Verify([]byte("k"), sig, ts, body, now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"body":   events.Verify([]byte("k"), sig, ts, []byte(`{"schema":2}`), now, time.Minute),
+		"secret": events.Verify([]byte("x"), sig, ts, body, now, time.Minute),
+		"old":    events.Verify([]byte("k"), sig, ts, body, now.Add(time.Hour), time.Minute),
+	} {
+		if err == nil {
+			t.Errorf("a tampered %s verified", name)
+		}
+	}
+}
+
+// An event too big for the stream is dropped at once (counted), not
+// retried for ever; the next one goes through.
+func TestOversizedEventDropped(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	r.pub.Emit(events.Event{Type: events.Audit, Action: "queue.purge", Target: strings.Repeat("qid=x ", 20000)})
+	r.pub.Emit(events.Event{Type: events.Audit, Action: "queue.purge", Target: "qid=y"})
+	r.flush(t)
+	got := r.stored(t, events.Filter{})
+	if r.pub.Dropped() != 1 || len(got) != 1 || got[0].Target != "qid=y" {
+		t.Fatalf("dropped %d, stored %+v; want the big one dropped and the small one stored", r.pub.Dropped(), got)
+	}
+}

@@ -1,0 +1,278 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// MaxEventBytes bounds one event's JSON (the stream's max_msg_size is 64 KiB).
+const MaxEventBytes = 60 << 10
+
+// Emitter takes events; the daemons and mailfwdctl hold one. A nil
+// *Publisher is a valid Emitter that drops everything (events off).
+type Emitter interface {
+	Emit(ev Event)
+}
+
+// AsyncJS is what the publisher needs of JetStream.
+type AsyncJS interface {
+	PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+	PublishAsyncComplete() <-chan struct{}
+}
+
+// PublisherConfig bounds what events may cost the process.
+type PublisherConfig struct {
+	Source string // "ingress", "worker", "mailfwdctl"; the host name is added
+	// MaxPending bounds the publishes waiting for their PubAck (default
+	// 4096). It is also the JetStream context's async limit: see NewJS.
+	MaxPending int
+	// RetryBuffer bounds the events kept for another try after a failed
+	// publish (default 8192). Beyond it an event is dropped, counted and
+	// logged: mail is never held back for its events.
+	RetryBuffer int
+	// StallWait is how long Emit may wait for a pending slot before the
+	// event goes to the retry buffer (default 5ms).
+	StallWait time.Duration
+	Logger    *slog.Logger
+	// Dropped, when set, is called once per dropped event (a metric).
+	Dropped func()
+}
+
+// NewJS is the JetStream context a Publisher should use: its own async
+// publish window, an error handler that gives failed publishes back to p.
+func NewJS(nc *nats.Conn, maxPending int, p *Publisher) (jetstream.JetStream, error) {
+	if maxPending <= 0 {
+		maxPending = 4096
+	}
+	return jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending),
+		jetstream.WithPublishAsyncTimeout(10*time.Second),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			p.failed(m, err)
+		}))
+}
+
+// Publisher publishes events without blocking the mail path: each Emit is
+// an async publish; a publish that fails (no PubAck, the stream or NATS
+// unavailable) is retried from a bounded buffer with backoff, under the
+// same Nats-Msg-Id so a retry that follows a lost PubAck is not a second
+// copy. When the buffer is full the event is dropped: counted (Dropped),
+// and logged once a second with the count. Mail is never refused or slowed
+// beyond StallWait because events are slow.
+type Publisher struct {
+	cfg   PublisherConfig
+	js    AsyncJS
+	retry chan *nats.Msg
+	done  chan struct{}
+	wg    sync.WaitGroup
+
+	// held are the messages in the retry buffer or dropped: nats.go may
+	// report one failed publish twice (its error return and, when the
+	// connection drops at that moment, the async error handler).
+	// The last dropped messages stay in held (a ring bounds them), so a
+	// late second report of one is not counted again.
+	mu    sync.Mutex
+	held  map[*nats.Msg]struct{}
+	ring  [1024]*nats.Msg
+	ringI int
+
+	dropped  atomic.Uint64
+	lastDrop atomic.Int64 // unix nanos of the last drop log line
+}
+
+// NewPublisher returns a publisher; call SetJS before the first Emit (the
+// JetStream context's error handler needs the publisher: NewJS).
+func NewPublisher(cfg PublisherConfig) *Publisher {
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 4096
+	}
+	if cfg.RetryBuffer <= 0 {
+		cfg.RetryBuffer = 8192
+	}
+	if cfg.StallWait <= 0 {
+		cfg.StallWait = 5 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if host, err := os.Hostname(); err == nil && cfg.Source != "" {
+		cfg.Source += "/" + host
+	}
+	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{}}
+}
+
+// Start sets the JetStream context and starts the retry loop.
+func (p *Publisher) Start(js AsyncJS) {
+	p.js = js
+	p.wg.Add(1)
+	go p.retryLoop()
+}
+
+// Emit publishes ev (filling Schema, ID, Time and Source when empty).
+func (p *Publisher) Emit(ev Event) {
+	if p == nil || p.js == nil {
+		return
+	}
+	if ev.Schema == 0 {
+		ev.Schema = Schema
+	}
+	if ev.ID == "" {
+		ev.ID = NewID()
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	if ev.Source == "" {
+		ev.Source = p.cfg.Source
+	}
+	data, err := json.Marshal(&ev)
+	if err != nil {
+		p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
+		return
+	}
+	if len(data) > MaxEventBytes {
+		p.drop(nats.NewMsg(Subject(&ev)), fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventBytes))
+		return
+	}
+	m := nats.NewMsg(Subject(&ev))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	p.publish(m)
+}
+
+func (p *Publisher) publish(m *nats.Msg) {
+	if _, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(p.cfg.StallWait)); err != nil {
+		p.failed(m, err)
+	}
+}
+
+// permanent reports errors a retry cannot fix: the server refused this
+// event (its size, a bad subject), as opposed to no answer at all.
+func permanent(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrInvalidMsg) ||
+		(errors.As(err, &api) && api.Code != 503)
+}
+
+// failed keeps m for another try, or drops it when the buffer is full or
+// the server refused it.
+func (p *Publisher) failed(m *nats.Msg, err error) {
+	if permanent(err) {
+		p.drop(m, err)
+		return
+	}
+	p.mu.Lock()
+	_, dup := p.held[m]
+	p.held[m] = struct{}{}
+	p.mu.Unlock()
+	if dup {
+		return // the same failure reported twice
+	}
+	select {
+	case <-p.done:
+		p.drop(m, err)
+		return
+	default:
+	}
+	select {
+	case p.retry <- m:
+	default:
+		p.drop(m, err)
+	}
+}
+
+func (p *Publisher) drop(m *nats.Msg, err error) {
+	p.mu.Lock()
+	if old := p.ring[p.ringI]; old != nil {
+		delete(p.held, old)
+	}
+	p.ring[p.ringI] = m
+	p.ringI = (p.ringI + 1) % len(p.ring)
+	p.mu.Unlock()
+	n := p.dropped.Add(1)
+	if p.cfg.Dropped != nil {
+		p.cfg.Dropped()
+	}
+	now := time.Now().UnixNano()
+	if last := p.lastDrop.Load(); now-last >= int64(time.Second) && p.lastDrop.CompareAndSwap(last, now) {
+		p.cfg.Logger.Warn("events: the event stream is not taking events; dropping them (mail is not affected)",
+			"subject", m.Subject, "dropped_total", n, "err", err)
+	}
+}
+
+// retryLoop republishes failed events, backing off while they keep failing.
+func (p *Publisher) retryLoop() {
+	defer p.wg.Done()
+	wait := 50 * time.Millisecond
+	for {
+		select {
+		case <-p.done:
+			return
+		case m := <-p.retry:
+			p.mu.Lock()
+			delete(p.held, m)
+			p.mu.Unlock()
+			if _, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Second)); err != nil {
+				p.failed(m, err)
+				select {
+				case <-p.done:
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, 5*time.Second)
+				continue
+			}
+			wait = 50 * time.Millisecond
+		}
+	}
+}
+
+// Dropped is how many events were given up.
+func (p *Publisher) Dropped() uint64 {
+	if p == nil {
+		return 0
+	}
+	return p.dropped.Load()
+}
+
+// Close waits until ctx ends for the pending publishes and the retry buffer
+// to empty, then stops. What is still unpublished is dropped and counted.
+func (p *Publisher) Close(ctx context.Context) {
+	if p == nil || p.js == nil {
+		return
+	}
+	for {
+		select {
+		case <-p.js.PublishAsyncComplete():
+			if len(p.retry) == 0 {
+				close(p.done)
+				p.wg.Wait()
+				return
+			}
+		case <-ctx.Done():
+			close(p.done)
+			p.wg.Wait()
+			for {
+				select {
+				case m := <-p.retry:
+					p.drop(m, ctx.Err())
+				default:
+					return
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfwd/mailfwd/pkg/address"
+)
+
+// Filter selects events. Empty lists match everything; within a list any
+// entry matches. Types and Domains narrow the stream's subjects (the server
+// filters); QueueIDs and Senders are matched here.
+type Filter struct {
+	QueueIDs []string
+	Senders  []string // case-insensitive substring of the sender, as queue list -S
+	Domains  []string // recipient domain and its subdomains
+	Types    []Type
+}
+
+// Validate checks the types and domains.
+func (f *Filter) Validate() error {
+	for _, t := range f.Types {
+		if !slices.Contains(Types, t) {
+			return fmt.Errorf("unknown event type %q (one of %s)", t, typeList())
+		}
+	}
+	for i, d := range f.Domains {
+		a, err := address.Domain(strings.TrimSuffix(d, "."))
+		if err != nil {
+			return fmt.Errorf("domain %q: %w", d, err)
+		}
+		f.Domains[i] = a
+	}
+	return nil
+}
+
+func typeList() string {
+	var s []string
+	for _, t := range Types {
+		s = append(s, string(t))
+	}
+	return strings.Join(s, ", ")
+}
+
+// Subjects are the stream subjects f can match.
+func (f *Filter) Subjects() []string {
+	types := []string{"*"}
+	if len(f.Types) > 0 {
+		types = nil
+		for _, t := range f.Types {
+			types = append(types, token(string(t)))
+		}
+	}
+	var out []string
+	for _, t := range types {
+		if len(f.Domains) == 0 {
+			out = append(out, Prefix+"."+t+".>")
+			continue
+		}
+		for _, d := range f.Domains {
+			tok := address.SubjectToken(d)
+			out = append(out, Prefix+"."+t+"."+tok, Prefix+"."+t+"."+tok+".>")
+		}
+	}
+	return out
+}
+
+// Match reports whether ev passes f (subjects aside).
+func (f *Filter) Match(ev *Event) bool {
+	if len(f.QueueIDs) > 0 && !slices.Contains(f.QueueIDs, ev.QueueID) {
+		return false
+	}
+	if len(f.Senders) > 0 && !slices.ContainsFunc(f.Senders, func(s string) bool {
+		return strings.Contains(strings.ToLower(ev.Sender), strings.ToLower(s))
+	}) {
+		return false
+	}
+	if len(f.Types) > 0 && !slices.Contains(f.Types, ev.Type) {
+		return false
+	}
+	if len(f.Domains) > 0 && !slices.ContainsFunc(f.Domains, func(d string) bool {
+		x := strings.ToLower(ev.Destination)
+		return x == d || strings.HasSuffix(x, "."+d)
+	}) {
+		return false
+	}
+	return true
+}
+
+// Stored is one event as read from the stream: the event, its raw JSON
+// (as published; what -o json prints and the webhook posts) and its
+// stream sequence.
+type Stored struct {
+	Event
+	Raw []byte
+	Seq uint64
+}
+
+// FollowOptions say where a read starts and whether it stops.
+type FollowOptions struct {
+	Since time.Time // zero: only events published from now on (unless All)
+	All   bool      // from the first event the stream holds
+	// Stop returns once the events stored when the read began are read
+	// (and matched), instead of following new ones.
+	Stop bool
+	// Ready, when set, is called once the server-side consumer exists:
+	// events published after it are seen.
+	Ready func()
+}
+
+// Follow reads the events matching f from stream st, in stream order,
+// calling fn for each, until ctx ends, fn fails, or (with Stop) the stream
+// has no more. An event that does not decode is skipped.
+func Follow(ctx context.Context, st jetstream.Stream, f Filter, o FollowOptions, fn func(Stored) error) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: f.Subjects(), DeliverPolicy: jetstream.DeliverNewPolicy}
+	switch {
+	case o.All:
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	case !o.Since.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &o.Since
+	}
+	c, err := st.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	if o.Ready != nil {
+		o.Ready()
+	}
+	if o.Stop {
+		if info := c.CachedInfo(); info != nil && info.NumPending == 0 {
+			return nil
+		}
+	}
+	for {
+		m, err := c.Next(jetstream.FetchMaxWait(time.Second))
+		if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("events: %w", err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("events: %w", err)
+		}
+		s := Stored{Raw: m.Data(), Seq: meta.Sequence.Stream}
+		if json.Unmarshal(m.Data(), &s.Event) == nil && f.Match(&s.Event) {
+			if err := fn(s); err != nil {
+				return err
+			}
+		}
+		if o.Stop && meta.NumPending == 0 {
+			return nil
+		}
+	}
+}
