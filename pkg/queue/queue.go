@@ -44,6 +44,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/syncfs"
 )
@@ -316,8 +317,8 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		} else if _, err := q.js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("queue: kv %s: %w", kv.Bucket, err)
 		}
-		if kv.Bucket == q.cfg.RefsBucket {
-			if err := q.refsWithoutRollup(ctx); err != nil {
+		if kv.Bucket == q.cfg.RefsBucket || kv.Bucket == shaping.BucketName {
+			if err := q.withoutRollup(ctx, kv.Bucket); err != nil {
 				return err
 			}
 		}
@@ -328,24 +329,29 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 	return q.CheckLocalStore(ctx)
 }
 
-// refsWithoutRollup turns roll-ups off on the refs bucket (a KV bucket is
-// created with them on): the workers may write it, and one roll-up would
-// remove every multi-domain message's pending domains. Nothing mailfwd
-// does needs them (it deletes keys; it never purges them). Turning them off
-// is always allowed, so a bucket of an earlier release is fixed in place.
-func (q *Queue) refsWithoutRollup(ctx context.Context) error {
-	name := "KV_" + q.cfg.RefsBucket
+// withoutRollup turns roll-ups off on a bucket the workers write (a KV
+// bucket is created with them on): one roll-up on the refs would remove
+// every multi-domain message's pending domains, one on the shaping state
+// every destination's slots and suspensions. Nothing mailfwd does needs them
+// (it deletes keys; it never purges them). Turning them off is always
+// allowed, so a bucket of an earlier release is fixed in place.
+func (q *Queue) withoutRollup(ctx context.Context, bucket string) error {
+	name := "KV_" + bucket
 	st, err := q.js.Stream(ctx, name)
 	if err != nil {
-		return fmt.Errorf("queue: kv %s: %w", q.cfg.RefsBucket, err)
+		return fmt.Errorf("queue: kv %s: %w", bucket, err)
 	}
 	c := st.CachedInfo().Config
 	if refsSafe(c) {
 		return nil
 	}
-	c.AllowRollup = false
+	// nats-server keeps roll-ups on while the stream leaves delete markers
+	// for expired keys (a bucket made with LimitMarkerTTL). The shaping
+	// state needs per-key TTLs (AllowMsgTTL, kept) but not the markers: a
+	// suspension carries its end in its value.
+	c.AllowRollup, c.SubjectDeleteMarkerTTL = false, 0
 	if _, err := q.js.UpdateStream(ctx, c); err != nil {
-		return fmt.Errorf("queue: kv %s: turn roll-ups off: %w", q.cfg.RefsBucket, err)
+		return fmt.Errorf("queue: kv %s: turn roll-ups off: %w", bucket, err)
 	}
 	return nil
 }
