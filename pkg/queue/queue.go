@@ -44,8 +44,8 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/events"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/syncfs"
 )
 
