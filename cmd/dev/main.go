@@ -97,6 +97,7 @@ func run(ctx context.Context, o options, log *slog.Logger, tp trace.TracerProvid
 
 	var in daemon.Ingress
 	in.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))
+	common.Events = in.Common.Events // the event stream's defaults (on), as the daemons have them
 	in.Common, in.Listen, in.PolicyDir = common, o.smtp, policyDir
 	var wk daemon.Worker
 	wk.Register(flag.NewFlagSet("defaults", flag.ContinueOnError))
