@@ -92,6 +92,7 @@ func TestCluster(t *testing.T) {
 	c.step("burst: KEDA scales the workers; pods deleted under load", c.burst)
 	c.step("operations: policy REJECT, queue hold/release/flush", c.operations)
 	c.step("traces: one message's trace from Jaeger", c.traces)
+	c.step("observability: a delivery's events, every pod's metrics by the ServiceMonitor's selectors", c.observability)
 	c.step("scale-down: workers back to the minimum after the window", c.scaleDown)
 	t.Logf("cluster test steps took %s", time.Since(start).Round(time.Second))
 }
@@ -825,6 +826,102 @@ func (c *cluster) traces() {
 	if !status {
 		t.Errorf("no span carries the delivery status (mailfwd.dsn)")
 	}
+}
+
+// observability checks what an operator watches: the events of one
+// delivered message in the EVENTS stream (mailfwdctl events tail), and that
+// the shipped ServiceMonitor's selector (rendered by helm with
+// serviceMonitor.enabled) picks the metrics endpoint of every ingress and
+// worker pod, each of which serves mailfwd metrics there.
+func (c *cluster) observability() {
+	t := c.t
+	var qid string
+	c.qids.Range(func(k, v any) bool {
+		if strings.Contains(k.(string), "<basic-") {
+			qid = v.(string)
+			return false
+		}
+		return true
+	})
+	out, err := c.ctl("events", "tail", "--qid", qid, "--all", "--no-follow", "-o", "json")
+	if err != nil {
+		t.Fatalf("events tail: %v", err)
+	}
+	types := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct {
+			Type    string `json:"type"`
+			QueueID string `json:"queue_id"`
+		}
+		if json.Unmarshal([]byte(l), &ev) == nil && ev.QueueID == qid {
+			types[ev.Type] = true
+		}
+	}
+	if !types["received"] || !types["delivered"] {
+		t.Errorf("events of %s: %v, want received and delivered\n%s", qid, types, out)
+	}
+
+	// The ServiceMonitor as the chart ships it, and its selector.
+	rendered := c.helm("template", "mailfwd", filepath.Join(repo, "charts/mailfwd"), "-n", ns,
+		"-f", filepath.Join(repo, "charts/mailfwd/examples/keda.yaml"), "--set", "image.registry=mailfwd.local",
+		"--set", "hostname=mail.example.test", "--set", "serviceMonitor.enabled=true", "-s", "templates/servicemonitor.yaml")
+	var labels []string
+	port := ""
+	inSel := false
+	for _, l := range strings.Split(rendered, "\n") {
+		tl := strings.TrimSpace(l)
+		switch {
+		case tl == "matchLabels:":
+			inSel = true
+		case inSel && strings.Contains(tl, ": ") && !strings.HasPrefix(tl, "-"):
+			k, v, _ := strings.Cut(tl, ": ")
+			labels = append(labels, k+"="+strings.Trim(v, `"`))
+		case inSel:
+			inSel = false
+		}
+		if strings.HasPrefix(tl, "- port: ") {
+			port = strings.TrimPrefix(tl, "- port: ")
+		}
+	}
+	if len(labels) == 0 || port == "" {
+		t.Fatalf("no selector or port in the rendered ServiceMonitor:\n%s", rendered)
+	}
+	// The pod addresses behind the Services that selector picks, on its port.
+	eps := c.kubectl("-n", ns, "get", "endpoints", "-l", strings.Join(labels, ","), "-o",
+		`jsonpath={range .items[*].subsets[*]}{range .ports[?(@.name=="`+port+`")]}{"port="}{.port}{" "}{end}{range .addresses[*]}{.ip}{" "}{end}{"\n"}{end}`)
+	scraped := map[string]string{} // pod IP → ip:port
+	for _, l := range strings.Split(eps, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "port=") {
+			continue
+		}
+		for _, ip := range f[1:] {
+			scraped[ip] = net.JoinHostPort(ip, strings.TrimPrefix(f[0], "port="))
+		}
+	}
+	// Ready pods not being deleted (the workers may be scaling down now).
+	var pods []string
+	for _, l := range strings.Split(c.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component in (ingress,worker)",
+		"-o", `jsonpath={range .items[*]}{.status.podIP}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{.metadata.deletionTimestamp}{"\n"}{end}`), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[1] == "True" {
+			pods = append(pods, f[0])
+		}
+	}
+	if len(pods) < 2 {
+		t.Fatalf("ingress and worker pods: %v", pods)
+	}
+	for _, ip := range pods {
+		addr, ok := scraped[ip]
+		if !ok {
+			t.Errorf("pod %s is not behind the ServiceMonitor's selector %v port %s (endpoints: %v)", ip, labels, port, scraped)
+			continue
+		}
+		b, err := httpGet("http://" + addr + "/metrics")
+		if err != nil || !strings.Contains(string(b), "mailfwd_") {
+			t.Errorf("GET http://%s/metrics: %v (%d bytes, no mailfwd_ metrics)", addr, err, len(b))
+		}
+	}
+	t.Logf("events of %s: %v; ServiceMonitor selector %v port %s reaches %d pods", qid, types, labels, port, len(pods))
 }
 
 // scaleDown waits for KEDA's HPA to bring the workers back to the minimum
