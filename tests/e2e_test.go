@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailfwd/mailfwd/pkg/blob"
+	"github.com/mailfwd/mailfwd/pkg/daemon"
 	"github.com/mailfwd/mailfwd/pkg/sink"
 )
 
@@ -207,7 +208,8 @@ func TestRetryAfterTemporaryFailure(t *testing.T) {
 }
 
 func TestIngressRejects(t *testing.T) {
-	e := newEnv(t, envOptions{blob: "fs", maxSize: 100_000, relayDomains: []string{"alpha.test"}})
+	e := newEnv(t, envOptions{blob: "fs", maxSize: 100_000, relayDomains: []string{"alpha.test"},
+		ingressSetup: func(in *daemon.Ingress) { in.SMTP.MaxDataLineLength = 20_000 }})
 	body := message("r", "r@origin.test", "x\r\n")
 
 	t.Run("relay denied from a non-allowed client", func(t *testing.T) {
@@ -257,11 +259,18 @@ func TestIngressRejects(t *testing.T) {
 		}
 	})
 	t.Run("line too long", func(t *testing.T) {
-		long := message("long", "long@x", strings.Repeat("x", 3000)+"\r\n")
+		// Message lines may be long (generated HTML): 3,000 characters go
+		// through; one over --max-data-line-length (20,000 here) is refused
+		// for good.
+		ok := message("long", "long-ok@x", strings.Repeat("x", 3000)+"\r\n")
+		if res := send(e.smtp, "", "sender@origin.test", []string{"a@alpha.test"}, ok, nil); res.Err != nil {
+			t.Fatalf("a 3000-character line: %v", res.Err)
+		}
+		long := message("long", "long@x", strings.Repeat("x", 30_000)+"\r\n")
 		res := send(e.smtp, "", "sender@origin.test", []string{"a@alpha.test"}, long, nil)
 		var se *smtp.SMTPError
 		if !errors.As(res.Err, &se) || se.Code != 500 || se.EnhancedCode != (smtp.EnhancedCode{5, 5, 2}) {
-			t.Fatalf("a 3000-character line: got %v, want 500 5.5.2 (permanent, not a retry)", res.Err)
+			t.Fatalf("a 30,000-character line: got %v, want 500 5.5.2 (permanent, not a retry)", res.Err)
 		}
 	})
 	t.Run("too many recipients", func(t *testing.T) {
