@@ -136,11 +136,7 @@ func newDKIMList(g *globals, sf *secretFlags) *cobra.Command {
 			if err := out.validate(); err != nil {
 				return err
 			}
-			st, err := sf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			st, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
 			}

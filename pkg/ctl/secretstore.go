@@ -109,6 +109,16 @@ func (f *secretFlags) store() (policyStore, error) {
 	return secretStore{client: cs, namespace: ns, name: f.secret, kf: &f.kube}, nil
 }
 
+// load reads the policy Secret (or the local directory) as it is now.
+func (f *secretFlags) load(ctx context.Context) (policyStore, map[string][]byte, error) {
+	st, err := f.store()
+	if err != nil {
+		return nil, nil, err
+	}
+	files, _, err := st.Load(ctx)
+	return st, files, err
+}
+
 // mutateSecret loads the Secret, applies change, validates the result as
 // policy, and saves it, retrying on a concurrent change. change returns a
 // one-line summary; secrets are never printed as a diff.

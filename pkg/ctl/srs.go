@@ -85,11 +85,7 @@ func newSRSList(g *globals, sf *secretFlags) *cobra.Command {
 		Short: "List the SRS secrets by fingerprint (the first signs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := sf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			st, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
 			}

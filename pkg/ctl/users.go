@@ -63,11 +63,7 @@ func newUsersList(g *globals, sf *secretFlags) *cobra.Command {
 			if err := out.validate(); err != nil {
 				return err
 			}
-			st, err := sf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			st, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -198,11 +194,7 @@ func newUsersAdd(g *globals, sf *secretFlags) *cobra.Command {
 			if _, err := smtpauth.ParseSenders(senders); err != nil {
 				return &ExitError{Code: ExitUsage, Err: err}
 			}
-			st, err := sf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			_, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -248,11 +240,7 @@ func newUsersPasswd(g *globals, sf *secretFlags) *cobra.Command {
 		Short: "Set a user's password (asked, or read with --password-stdin; hashed here)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := sf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			_, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -54,53 +54,49 @@ func (p *Policy) parseUsers(lines []line) []error {
 // parseAuthinfo reads Postfix sasl_passwd lines: "[host]:port user:password".
 // The password is the rest of the line (no comments: it may hold '#').
 func (p *Policy) parseAuthinfo(lines []line) []error {
-	var errs []error
-	seen := map[string]int{}
-	for _, l := range lines {
-		lhs, rhs := fields(l.text)
-		key, err := tlspolicy.ParseKey(lhs)
-		if err != nil {
-			errs = append(errs, l.errorf("%v", err))
-			continue
-		}
+	return parseHopLines(lines, func(l line) string { return l.text }, func(key, rhs string) error {
 		c, err := tlspolicy.ParseCredentials(rhs)
-		if err != nil {
-			errs = append(errs, l.errorf("%s: %v", key, err))
-			continue
+		if err == nil {
+			p.TLS.AddAuth(key, c)
 		}
-		if prev, ok := seen[key]; ok {
-			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", key, prev))
-			continue
-		}
-		seen[key] = l.no
-		p.TLS.AddAuth(key, c)
-	}
-	return errs
+		return err
+	})
 }
 
 // parseTLSPolicy reads Postfix smtp_tls_policy_maps lines:
 // "NEXTHOP-OR-DOMAIN LEVEL [match=…] [ca=PATH]", "." for the default.
 func (p *Policy) parseTLSPolicy(lines []line) []error {
+	return parseHopLines(lines, func(l line) string { return stripComment(l.text) }, func(key, rhs string) error {
+		e, err := tlspolicy.ParseEntry(rhs)
+		if err == nil {
+			p.TLS.AddTLS(key, e)
+		}
+		return err
+	})
+}
+
+// parseHopLines reads "NEXTHOP-OR-DOMAIN VALUE" lines keyed as tls_policy
+// and authinfo are (tlspolicy.ParseKey), refusing a key listed twice; add
+// parses a line's value and files it under the key.
+func parseHopLines(lines []line, text func(line) string, add func(key, rhs string) error) []error {
 	var errs []error
 	seen := map[string]int{}
 	for _, l := range lines {
-		lhs, rhs := fields(stripComment(l.text))
+		lhs, rhs := fields(text(l))
 		key, err := tlspolicy.ParseKey(lhs)
 		if err != nil {
 			errs = append(errs, l.errorf("%v", err))
-			continue
-		}
-		e, err := tlspolicy.ParseEntry(rhs)
-		if err != nil {
-			errs = append(errs, l.errorf("%s: %v", key, err))
 			continue
 		}
 		if prev, ok := seen[key]; ok {
 			errs = append(errs, l.errorf("duplicate entry %s (first on line %d)", key, prev))
 			continue
 		}
+		if err := add(key, rhs); err != nil {
+			errs = append(errs, l.errorf("%s: %v", key, err))
+			continue
+		}
 		seen[key] = l.no
-		p.TLS.AddTLS(key, e)
 	}
 	return errs
 }
