@@ -147,6 +147,16 @@ func Follow(ctx context.Context, st jetstream.Stream, f Filter, o FollowOptions,
 			}
 			continue
 		}
+		if errors.Is(err, nats.ErrNoResponders) {
+			// The stream has no leader for a moment (an election after a
+			// NATS server restarted): wait and ask again.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

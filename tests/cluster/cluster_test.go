@@ -843,23 +843,28 @@ func (c *cluster) observability() {
 		}
 		return true
 	})
-	out, err := c.ctl("events", "tail", "--qid", qid, "--all", "--no-follow", "-o", "json")
-	if err != nil {
-		t.Fatalf("events tail: %v", err)
-	}
+	// The stream may be electing a leader still (the burst restarted a NATS
+	// server): ask again for a while.
+	var out string
 	types := map[string]bool{}
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		var ev struct {
-			Type    string `json:"type"`
-			QueueID string `json:"queue_id"`
+	waitUntil(t, "the delivery's events", 2*time.Minute, func() bool {
+		o, err := c.ctl("events", "tail", "--qid", qid, "--all", "--no-follow", "-o", "json")
+		if err != nil {
+			t.Logf("events tail: %v", err)
+			return false
 		}
-		if json.Unmarshal([]byte(l), &ev) == nil && ev.QueueID == qid {
-			types[ev.Type] = true
+		out = o
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var ev struct {
+				Type    string `json:"type"`
+				QueueID string `json:"queue_id"`
+			}
+			if json.Unmarshal([]byte(l), &ev) == nil && ev.QueueID == qid {
+				types[ev.Type] = true
+			}
 		}
-	}
-	if !types["received"] || !types["delivered"] {
-		t.Errorf("events of %s: %v, want received and delivered\n%s", qid, types, out)
-	}
+		return types["received"] && types["delivered"]
+	})
 
 	// The ServiceMonitor as the chart ships it, and its selector.
 	rendered := c.helm("template", "mailfwd", filepath.Join(repo, "charts/mailfwd"), "-n", ns,
