@@ -8,6 +8,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/events"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/telemetry"
 )
 
 // Events is the event stream's settings, shared by both daemons.
@@ -27,12 +28,14 @@ func (e *Events) register(fs *flag.FlagSet) {
 	fs.IntVar(&e.Buffer, "events-buffer", 8192, "events kept for another try while the stream does not take them; beyond it events are dropped, counted and logged")
 }
 
-// start connects a publisher to q; nil when events are off.
-func (e *Events) start(q *queue.Queue, source string, log *slog.Logger) (*events.Publisher, error) {
+// start connects a publisher to q; nil when events are off. Dropped
+// events are counted in m (mailfwd_events_dropped_total).
+func (e *Events) start(q *queue.Queue, source string, log *slog.Logger, m *telemetry.Metrics) (*events.Publisher, error) {
 	if !e.Enabled {
 		return nil, nil
 	}
-	p := events.NewPublisher(events.PublisherConfig{Source: source, MaxPending: e.MaxPending, RetryBuffer: e.Buffer, Logger: log})
+	p := events.NewPublisher(events.PublisherConfig{Source: source, MaxPending: e.MaxPending, RetryBuffer: e.Buffer, Logger: log,
+		Dropped: m.EventDropped})
 	if err := q.StartEvents(p, e.MaxPending); err != nil {
 		return nil, err
 	}

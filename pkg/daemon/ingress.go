@@ -430,7 +430,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		return err
 	}
 	defer q.Close()
-	pub, err := o.Events.start(q, "ingress", log)
+	pub, err := o.Events.start(q, "ingress", log, metrics)
 	if err != nil {
 		return err
 	}

@@ -430,7 +430,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 		case <-time.After(wait):
 		}
 	}
-	pub, err := o.Events.start(q, "worker", log)
+	pub, err := o.Events.start(q, "worker", log, metrics)
 	if err != nil {
 		return err
 	}

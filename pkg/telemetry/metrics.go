@@ -24,6 +24,7 @@ type Metrics struct {
 	dsns          *prometheus.CounterVec
 	sessions      prometheus.Gauge
 	failed        prometheus.Counter
+	eventsDropped prometheus.Counter
 	obs           *observe
 }
 
@@ -63,6 +64,9 @@ func NewMetrics() *Metrics {
 	m.failed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mailfwd_worker_failed_total", Help: "Envelopes moved to the terminal failed state after too many failed handlings (mailfwdctl queue list --state failed).",
 	})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mailfwd_events_dropped_total", Help: "Delivery events given up because the EVENTS stream did not take them while the retry buffer was full (--events-buffer); mail is not affected.",
+	})
 	// Every result at 0 from the start: rules and panels have series.
 	for _, r := range DeliveryResults {
 		m.deliveries.WithLabelValues(r)
@@ -79,7 +83,7 @@ func NewMetrics() *Metrics {
 	for _, k := range []string{"failed", "delayed"} {
 		m.dsns.WithLabelValues(k)
 	}
-	for _, c := range []prometheus.Collector{m.failed, m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
+	for _, c := range []prometheus.Collector{m.eventsDropped, m.failed, m.sessions, m.policyReloads, m.policyOK, m.messages, m.recipients, m.deliveries, m.handBacks, m.held, m.dsns} {
 		f(c)
 	}
 	return m
@@ -147,6 +151,13 @@ func (m *Metrics) Held() {
 func (m *Metrics) Failed() {
 	if m != nil {
 		m.failed.Inc()
+	}
+}
+
+// EventDropped records a delivery event that was given up.
+func (m *Metrics) EventDropped() {
+	if m != nil {
+		m.eventsDropped.Inc()
 	}
 }
 

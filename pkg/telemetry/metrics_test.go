@@ -19,6 +19,7 @@ func TestMetricsExposition(t *testing.T) {
 	m.HandBack()
 	m.Held()
 	m.DSN("failed")
+	m.EventDropped()
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL)
@@ -37,6 +38,7 @@ func TestMetricsExposition(t *testing.T) {
 		"mailfwd_worker_congested_handbacks_total 1",
 		"mailfwd_worker_held_total 1",
 		`mailfwd_dsn_total{kind="failed"} 1`,
+		"mailfwd_events_dropped_total 1",
 		"go_goroutines",
 	} {
 		if !strings.Contains(string(b), want) {
@@ -46,6 +48,7 @@ func TestMetricsExposition(t *testing.T) {
 	var nilM *Metrics
 	nilM.Sessions(1) // a nil *Metrics is a no-op, not a panic
 	nilM.Message("accepted")
+	nilM.EventDropped()
 }
 
 func TestConfigured(t *testing.T) {
