@@ -1095,6 +1095,10 @@ func (c *Conn) handleBdat(arg string) {
 		c.bdatStatus = c.createStatusCollector()
 	}
 
+	// mailfwd patch 19: the pipe is taken under the lock Close and reset
+	// hold when they close it (Server.Close runs on another goroutine);
+	// a pipe closed meanwhile fails the copy below like a reset does.
+	c.locker.Lock()
 	if c.bdatPipe == nil {
 		var r *io.PipeReader
 		r, c.bdatPipe = io.Pipe()
@@ -1130,6 +1134,8 @@ func (c *Conn) handleBdat(arg string) {
 			r.CloseWithError(err)
 		}()
 	}
+	pipe := c.bdatPipe
+	c.locker.Unlock()
 
 	c.lineLimitReader.LineLimit = 0
 	defer func() {
@@ -1138,7 +1144,7 @@ func (c *Conn) handleBdat(arg string) {
 
 	chunk := io.LimitReader(c.text.R, int64(size))
 	in := &inputReader{r: chunk}
-	n, err := io.Copy(c.bdatPipe, in)
+	n, err := io.Copy(pipe, in)
 	if err == nil && n < int64(size) {
 		in.err = io.ErrUnexpectedEOF // the client went away inside the chunk
 	}
@@ -1172,7 +1178,7 @@ func (c *Conn) handleBdat(arg string) {
 	c.bytesReceived += int64(size)
 
 	if last {
-		c.bdatPipe.Close()
+		pipe.Close()
 
 		err := <-c.dataResult
 
