@@ -136,34 +136,3 @@ func RSS(pid int) int64 {
 	}
 	return 0
 }
-
-// TreeRSS sums the RSS (KiB) of root and its live descendants (Postfix's
-// master and its smtpd/cleanup/qmgr/smtp children). Shared pages are
-// counted once per process, so it overstates what the tree uses.
-func TreeRSS(root int) int64 {
-	ents, err := os.ReadDir("/proc")
-	if err != nil || root <= 0 {
-		return 0
-	}
-	parent := map[int]int{}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := readStat(pid); err == nil {
-			parent[pid] = st.ppid
-		}
-	}
-	var total int64
-	for pid := range parent {
-		for cur, hops := pid, 0; cur > 1 && hops < 64; hops++ {
-			if cur == root {
-				total += RSS(pid)
-				break
-			}
-			cur = parent[cur]
-		}
-	}
-	return total
-}
