@@ -238,9 +238,24 @@ const (
 	MinConcurrency     = 1
 )
 
-// slowLane: a domain none of whose deliveries ended for this long gives
-// up its waiting mail when the worker is full.
-const slowLane = time.Second
+// slowLane: a domain none of whose deliveries ended or made progress (a
+// reply line, a command or body chunk written) for this long gives up its
+// waiting mail when the worker's fetch buffer is full. A destination that
+// answers makes progress every round trip; a tarpit or a dribbling MX
+// makes none.
+const slowLane = 500 * time.Millisecond
+
+// active is when l last showed it delivers: a delivery ended (the lane's
+// creation counts) or a running one made progress.
+func (l *lane) active() time.Time {
+	t := l.lastDone
+	for _, r := range l.runs {
+		if p := r.progress(); p.After(t) {
+			t = p
+		}
+	}
+	return t
+}
 
 // window is a domain's current concurrency.
 type window struct {
@@ -485,14 +500,23 @@ func (s *scheduler) pump() {
 	}
 	if s.held >= s.w.cfg.Concurrency*2 {
 		// No room to fetch: the waiting mail of a domain whose deliveries
-		// do not end (none for slowLane) goes back to the queue, so that
-		// other domains' mail can be fetched at all. A domain that
-		// delivers keeps its backlog.
+		// neither end nor progress (for slowLane) goes back to the queue,
+		// so that the mail behind it in the stream can be fetched at all.
+		// A domain that delivers keeps its backlog. The scheduler wakes
+		// when the next lane turns slow: nothing else would (no delivery
+		// ends, nothing is fetched while the buffer is full).
 		for _, l := range s.lanes {
-			if len(l.waiting) > 0 && now.Sub(l.lastDone) >= slowLane {
-				s.handBack(l.waiting, "destination slow: none of its deliveries ended lately")
-				l.waiting = nil
+			if len(l.waiting) == 0 {
+				continue
 			}
+			if slow := l.active().Add(slowLane); now.Before(slow) {
+				if wake.IsZero() || slow.Before(wake) {
+					wake = slow
+				}
+				continue
+			}
+			s.handBack(l.waiting, "destination slow: none of its deliveries ended or progressed lately")
+			l.waiting = nil
 		}
 	}
 	// While anything runs, look again as runs may become stuck.
