@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,25 @@ type countingMX struct {
 	inData atomic.Int32
 	peak   atomic.Int32
 	hold   atomic.Pointer[chan struct{}] // while set, DATA waits for it to close
+
+	mu      sync.Mutex
+	accepts []time.Time // when each connection was accepted
+}
+
+// acceptTimes records each connection's accept time for countingMX.
+type acceptTimes struct {
+	net.Listener
+	mx *countingMX
+}
+
+func (l acceptTimes) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mx.mu.Lock()
+		l.mx.accepts = append(l.mx.accepts, time.Now())
+		l.mx.mu.Unlock()
+	}
+	return c, err
 }
 
 func startCountingMX(t testing.TB, dataDelay time.Duration, onRcpt ...func(string, int) *smtp.SMTPError) *countingMX {
@@ -55,7 +75,19 @@ func startCountingMX(t testing.TB, dataDelay time.Duration, onRcpt ...func(strin
 		mx.inData.Add(-1)
 		return 0
 	}})
-	mx.addr = mx.Start(t, "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mx.Serve(acceptTimes{Listener: ln, mx: mx}); err != nil {
+			t.Errorf("counting MX: %v", err)
+		}
+	}()
+	t.Cleanup(func() { mx.Close(); <-done })
+	mx.addr = ln.Addr().String()
 	return mx
 }
 
@@ -65,6 +97,18 @@ func (mx *countingMX) busiest() int {
 	for _, m := range mx.Messages() {
 		at = append(at, m.At)
 	}
+	return busiestSecond(at)
+}
+
+// busiestConns is the most connections accepted within any one second.
+func (mx *countingMX) busiestConns() int {
+	mx.mu.Lock()
+	defer mx.mu.Unlock()
+	return busiestSecond(slices.Clone(mx.accepts))
+}
+
+// busiestSecond is the most of at within any one second.
+func busiestSecond(at []time.Time) int {
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
 	best := 0
 	for i := range at {
@@ -200,6 +244,43 @@ func TestFleetRate(t *testing.T) {
 	waitFor(t, "all mail delivered", 120*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= n })
 	if b := mx.busiest(); b > 4+1 {
 		t.Errorf("%d messages in the busiest second, want at most 5 (fleet rate 4/s, burst 1)", b)
+	}
+}
+
+// TestFleetNewConnections: three worker processes with new-conns=2/s (and
+// one message per connection, so that every delivery needs a new one):
+// the busiest second at the MX holds at most the pace plus its burst (1)
+// new connections, and all mail is delivered. (Before, the limit was
+// refused; without the fleet's pace each worker dialled at will.)
+// The same limit on the next hop (the MX's address) in the shaping key.
+func TestFleetNewConnections(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("[127.0.0.1]  new-conns=2/s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"domain", []string{"--domain-limit", "dest.test:new-conns=2/s,msgs-per-conn=1"}},
+		{"next-hop", []string{"--policy-dir", dir, "--max-msgs-per-conn", "1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := startCountingMX(t, 0)
+			f := startFleet(t, mx)
+			for range 3 {
+				f.worker(tc.args...)
+			}
+			const n = 16
+			f.sendN("nc", n)
+			waitFor(t, "all mail delivered", 120*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= n })
+			if b := mx.busiestConns(); b > 2+1 {
+				t.Errorf("%d new connections in the busiest second, want at most 3 (fleet new-conns 2/s, burst 1)", b)
+			}
+			if c := mx.Connections(); c < n {
+				t.Errorf("%d connections for %d messages with msgs-per-conn=1: the scenario did not hold", c, n)
+			}
+		})
 	}
 }
 

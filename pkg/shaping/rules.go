@@ -31,13 +31,16 @@ type Limit struct {
 	Rate        float64 // messages per second (0: no limit)
 	Burst       int     // messages the rate may run ahead of its pace (0 and 1: none)
 	MsgsPerConn int     // SMTP transactions per connection (0: the worker's --max-msgs-per-conn)
+	NewConns    float64 // new SMTP connections per second (0: no limit)
+	ConnBurst   int     // new connections the pace may run ahead of it (0 and 1: none)
 }
 
 // Zero reports whether l limits nothing.
 func (l Limit) Zero() bool { return l == Limit{} }
 
-// Fleet reports whether l needs the fleet state (a concurrency or a rate).
-func (l Limit) Fleet() bool { return l.Concurrency > 0 || l.Rate > 0 }
+// Fleet reports whether l needs the fleet state (a concurrency or a rate
+// of messages or of new connections).
+func (l Limit) Fleet() bool { return l.Concurrency > 0 || l.Rate > 0 || l.NewConns > 0 }
 
 // String is the canonical spelling ParseLimit reads back.
 func (l Limit) String() string {
@@ -54,6 +57,12 @@ func (l Limit) String() string {
 	if l.MsgsPerConn > 0 {
 		parts = append(parts, "msgs-per-conn="+strconv.Itoa(l.MsgsPerConn))
 	}
+	if l.NewConns > 0 {
+		parts = append(parts, "new-conns="+strconv.FormatFloat(l.NewConns, 'g', -1, 64)+"/s")
+	}
+	if l.ConnBurst > 0 {
+		parts = append(parts, "conn-burst="+strconv.Itoa(l.ConnBurst))
+	}
 	return strings.Join(parts, ",")
 }
 
@@ -67,14 +76,14 @@ const (
 	maxPattern     = 512 // bytes of one reply pattern
 )
 
-// ParseLimit reads "concurrency=N,rate=R/s,burst=B,msgs-per-conn=M" (any
-// subset, separated by commas or blanks). A rate is per second unless it
-// says /m or /h.
+// ParseLimit reads "concurrency=N,rate=R/s,burst=B,msgs-per-conn=M,
+// new-conns=R/s,conn-burst=B" (any subset, separated by commas or blanks;
+// "conns" is new-conns too). A rate is per second unless it says /m or /h.
 func ParseLimit(spec string) (Limit, error) {
 	var l Limit
 	items := strings.FieldsFunc(spec, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 	if len(items) == 0 {
-		return l, errors.New("no limit (want concurrency=N, rate=R/s, burst=B, msgs-per-conn=M)")
+		return l, errors.New("no limit (want concurrency=N, rate=R/s, burst=B, msgs-per-conn=M, new-conns=R/s, conn-burst=B)")
 	}
 	for _, kv := range items {
 		k, v, ok := strings.Cut(kv, "=")
@@ -91,8 +100,12 @@ func ParseLimit(spec string) (Limit, error) {
 			l.Burst, err = boundedInt(v, MaxBurst)
 		case "msgs-per-conn":
 			l.MsgsPerConn, err = boundedInt(v, MaxMsgsPerConn)
+		case "new-conns", "conns":
+			l.NewConns, err = parseRate(v)
+		case "conn-burst":
+			l.ConnBurst, err = boundedInt(v, MaxBurst)
 		default:
-			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
+			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn, new-conns, conn-burst)", k)
 		}
 		if err != nil {
 			return l, fmt.Errorf("%s: %w", k, err)

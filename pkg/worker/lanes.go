@@ -167,6 +167,10 @@ func (s *scheduler) laneFor(domain string) *lane {
 		l.fleet = true
 		// What could start within StallAfter stays; more goes back to the queue.
 		l.keep = max(lim.Concurrency*2, int(lim.Rate*s.w.cfg.StallAfter.Seconds()), 1)
+		if lim.Rate == 0 && lim.NewConns > 0 {
+			// Paced connections carry many messages each.
+			l.keep = max(l.keep, l.cap*2)
+		}
 	} else if ok && lim.Rate > 0 {
 		l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 	}

@@ -616,7 +616,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 					// destination's fleet concurrency does not count.
 					msg.MaxMsgsPerConn = 1
 				}
-				out = w.deliver.Deliver(actx, hops, msg)
+				out = w.deliver.Deliver(withDialDest(actx, e.Domain, hops), hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 				spanStatuses(dspan, out)
 				if out.TLS != "" {
