@@ -284,6 +284,45 @@ func TestFleetNewConnections(t *testing.T) {
 	}
 }
 
+// TestFleetConnsPerHost: --max-conns-per-host=2 bounds one worker
+// process's sessions to a next hop, so three processes open up to six;
+// the shaping key's "[*] concurrency=2" bounds them for the fleet: the MX
+// never sees more than two sessions or transactions at once.
+func TestFleetConnsPerHost(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("[*]  concurrency=2   # every next hop, fleet-wide\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		fleetWide bool
+	}{
+		{"flag per process", []string{"--max-conns-per-host", "2"}, false},
+		{"[*] fleet-wide", []string{"--max-conns-per-host", "2", "--policy-dir", dir}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := startCountingMX(t, 300*time.Millisecond)
+			f := startFleet(t, mx)
+			for range 3 {
+				f.worker(tc.args...)
+			}
+			const n = 30
+			f.sendN("h", n)
+			waitFor(t, "all mail delivered", 120*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= n })
+			p := max(int(mx.peak.Load()), mx.PeakConnections())
+			switch {
+			case tc.fleetWide && p > 2:
+				t.Errorf("the MX had %d sessions at once, want at most 2 ([*] concurrency=2)", p)
+			case !tc.fleetWide && p > 3*2:
+				t.Errorf("the MX had %d sessions at once, more than 3 workers × --max-conns-per-host 2", p)
+			case !tc.fleetWide && p <= 2:
+				t.Logf("the MX had only %d sessions at once with three workers (the flag is per process)", p)
+			}
+		})
+	}
+}
+
 // TestFleetKilledWorkerGivesSlotsBack: a worker killed while it holds both
 // slots of a destination gives them back by expiry: the workers started
 // after it deliver the rest of the mail.

@@ -215,6 +215,17 @@ func (r *Rules) Add(lhs, rhs string, line int) error {
 	if lim.Zero() {
 		return fmt.Errorf("%s: every limit is 0 (leave the line out for no limit)", lhs)
 	}
+	if lhs == AnyHost {
+		if _, dup := r.hosts[anyHostKey]; dup {
+			return fmt.Errorf("duplicate entry %s", AnyHost)
+		}
+		if lim != (Limit{Concurrency: lim.Concurrency}) {
+			return fmt.Errorf("%s: only concurrency=N (each next hop gets its own N); other limits need a named next hop", AnyHost)
+		}
+		r.hosts[anyHostKey] = lim
+		r.order = append(r.order, AnyHost+"\t"+lim.String())
+		return nil
+	}
 	if strings.HasPrefix(lhs, "[") {
 		if !strings.HasSuffix(lhs, "]") || len(lhs) < 3 {
 			return fmt.Errorf("bad next hop %q (want [host] or [IP])", lhs)
@@ -314,14 +325,34 @@ func (r *Rules) Domain(domain string) (Dest, bool) {
 	}
 }
 
-// Host finds the rule of a next hop by its name or its IP address.
+// AnyHost is the shaping key's entry for every next hop without a rule of
+// its own: "[*] concurrency=N" caps the sessions the fleet holds to each
+// next hop address.
+const AnyHost = "[*]"
+
+const anyHostKey = "*"
+
+// Host finds the rule of a next hop by its name or its IP address, else
+// the [*] rule as the address's own.
 func (r *Rules) Host(name string, addr netip.Addr) (Dest, bool) {
 	for _, k := range []string{HostKey(name), hostAddrKey(addr)} {
-		if l, ok := r.hosts[k]; ok && k != "" {
-			return Dest{Key: string(KindHost) + "." + k, Name: "[" + strings.ReplaceAll(k, "_", ":") + "]", Limit: l}, true
+		if l, ok := r.hosts[k]; ok && k != "" && k != anyHostKey {
+			return hostDest(k, l), true
+		}
+	}
+	if l, ok := r.hosts[anyHostKey]; ok {
+		if k := hostAddrKey(addr); k != "" {
+			return hostDest(k, l), true
+		}
+		if k := HostKey(name); k != "" && k != anyHostKey {
+			return hostDest(k, l), true
 		}
 	}
 	return Dest{}, false
+}
+
+func hostDest(k string, l Limit) Dest {
+	return Dest{Key: string(KindHost) + "." + k, Name: "[" + strings.ReplaceAll(k, "_", ":") + "]", Limit: l}
 }
 
 func hostAddrKey(a netip.Addr) string {
