@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -419,4 +421,87 @@ func TestFleetReplyRuleSuspends(t *testing.T) {
 		t.Fatalf("flush: %v\n%s", err, out)
 	}
 	waitFor(t, "all mail delivered after the resume", 90*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= 6 })
+}
+
+// consumerLag is what KEDA's nats-jetstream scaler scales the workers on:
+// the "workers" consumer's NumPending + NumAckPending (its getMaxMsgLag).
+func (f *fleet) consumerLag() int {
+	f.t.Helper()
+	nc, err := nats.Connect(f.nats.URL())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, "MAIL", "workers")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return int(info.NumPending) + info.NumAckPending
+}
+
+// TestFleetThrottledMailIsNotLag: mail that shaping holds back waits where
+// KEDA's lag does not see it, so a burst to one throttled destination does
+// not scale the workers out for nothing. A burst to a destination
+// suspended by a reply rule leaves no lag at all (it waits deferred until
+// the suspension ends); a burst to a rate-limited one leaves at most what
+// the workers could start soon, never more than their concurrency (below
+// the chart's lagThreshold of 200 a pod, so the lag it leaves never asks
+// for more pods than run). (Before, a rate-limited lane took mail up to
+// twice the concurrency between two refusals: 128 a pod.)
+func TestFleetThrottledMailIsNotLag(t *testing.T) {
+	const burst, concurrency = 150, 16
+	t.Run("suspended", func(t *testing.T) {
+		var tried atomic.Int32
+		mx := startCountingMX(t, 0, func(string, int) *smtp.SMTPError {
+			tried.Add(1)
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Unusual traffic, try again later"}
+		})
+		f := startFleet(t, mx)
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("reply: ^421 4\\.7\\.0 .*try again later   suspend=10m\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			f.worker("--policy-dir", dir, "--concurrency", strconv.Itoa(concurrency))
+		}
+		f.sendN("first", 1)
+		waitFor(t, "the suspension", 60*time.Second, func() bool {
+			out, err := f.ctlRun("shaping", "status", "-o", "json")
+			return err == nil && strings.Contains(out, "try again later")
+		})
+		before := tried.Load()
+		f.sendN("burst", burst)
+		waitFor(t, "no lag left while the burst waits for the suspension's end", 60*time.Second, func() bool { return f.consumerLag() == 0 })
+		if got := tried.Load(); got > before {
+			t.Errorf("the MX was tried %d more times during the suspension", got-before)
+		}
+	})
+	t.Run("rate-limited", func(t *testing.T) {
+		mx := startCountingMX(t, 0)
+		f := startFleet(t, mx)
+		f.worker("--domain-limit", "dest.test:rate=2/s", "--concurrency", strconv.Itoa(concurrency), "--busy-delay", "5m")
+		f.sendN("burst", burst)
+		waitFor(t, "the burst fetched", 60*time.Second, func() bool { return f.consumerLag() <= 2*concurrency })
+		peak := 0
+		for range 60 { // three seconds of looks: a pod's lag between two refusals
+			peak = max(peak, f.consumerLag())
+			time.Sleep(50 * time.Millisecond)
+		}
+		if peak > concurrency {
+			t.Errorf("the rate-limited burst left a lag of up to %d in one worker, want at most its concurrency %d", peak, concurrency)
+		}
+		if n := len(mx.Messages()); n >= burst/2 {
+			t.Errorf("%d of %d delivered at 2/s: the scenario did not hold", n, burst)
+		}
+	})
 }

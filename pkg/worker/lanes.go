@@ -45,8 +45,10 @@ type lane struct {
 	fleet     bool
 	acquiring int // admissions being asked
 	notBefore time.Time
-	keep      int       // waiting jobs kept while refused; the rest are handed back
-	lastDone  time.Time // when a delivery of the lane last ended (its creation first)
+	keep      int             // waiting jobs kept while refused; the rest are handed back
+	refused   *shaping.Denied // the last refusal, while notBefore is ahead
+	paced     time.Time       // when the last job handed back at the lane's rate is due
+	lastDone  time.Time       // when a delivery of the lane last ended (its creation first)
 }
 
 // run is one job being processed.
@@ -171,6 +173,12 @@ func (s *scheduler) laneFor(domain string) *lane {
 			// Paced connections carry many messages each.
 			l.keep = max(l.keep, l.cap*2)
 		}
+		// Never more than half the worker's concurrency: mail a limit holds
+		// back never fills the fetch buffer (2 × concurrency), so the worker
+		// goes on fetching and handing back, and what KEDA reads as work
+		// (the ready consumer's pending + ack-pending) stays below what
+		// the running pods can take.
+		l.keep = max(min(l.keep, s.w.cfg.Concurrency/2), 1)
 	} else if ok && lim.Rate > 0 {
 		l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 	}
@@ -468,6 +476,9 @@ func (s *scheduler) pump() {
 					if wake.IsZero() || l.notBefore.Before(wake) {
 						wake = l.notBefore
 					}
+					// Refused: mail fetched since goes back at once beyond
+					// what the lane keeps, not at the next refusal.
+					s.trimRefused(l, now)
 				} else {
 					for l.acquiring < len(l.waiting) && len(l.runs)+l.acquiring < win && s.active+s.acquiring < s.w.cfg.Concurrency {
 						l.acquiring++
@@ -565,11 +576,9 @@ func (s *scheduler) acquire(l *lane) {
 	switch {
 	case den != nil:
 		l.notBefore = now.Add(den.After)
+		l.refused = den
 		s.w.throttled(l.key, den)
-		if len(l.waiting) > l.keep {
-			s.handBack(l.waiting[l.keep:], "domain "+den.Reason+" limit (fleet-wide, destination "+den.Dest.Name+")")
-			l.waiting = l.waiting[:l.keep]
-		}
+		s.trimRefused(l, now)
 	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
 		s.start(l, now, lease)
 		lease = nil
@@ -581,12 +590,48 @@ func (s *scheduler) acquire(l *lane) {
 
 // handBack defers jobs without counting an attempt (called with s.mu held).
 func (s *scheduler) handBack(jobs []*queue.Job, why string) {
-	for _, j := range jobs {
+	s.handBackPaced(jobs, why, time.Time{}, 0)
+}
+
+// handBackPaced defers jobs due from first on, one every spacing (first
+// zero: the busy delay), without counting an attempt (called with s.mu held).
+func (s *scheduler) handBackPaced(jobs []*queue.Job, why string, first time.Time, spacing time.Duration) {
+	for i, j := range jobs {
+		var at time.Time
+		if !first.IsZero() {
+			at = first.Add(time.Duration(i) * spacing)
+		}
 		go func() {
-			s.w.handBack(j, why)
+			s.w.handBackUntil(j, why, at)
 			s.done(nil, nil)
 		}()
 	}
+}
+
+// trimRefused hands back a refused fleet lane's waiting mail beyond what it
+// keeps (called with s.mu held). Mail refused by a rate is due again at
+// its turn at that rate (after what the lane keeps), so that the
+// destination's rate is used while none of it waits in the worker; other
+// refusals wait the busy delay.
+func (s *scheduler) trimRefused(l *lane, now time.Time) {
+	den := l.refused
+	if den == nil || len(l.waiting) <= l.keep {
+		return
+	}
+	jobs := l.waiting[l.keep:]
+	l.waiting = l.waiting[:l.keep]
+	why := "domain " + den.Reason + " limit (fleet-wide, destination " + den.Dest.Name + ")"
+	if r := den.Dest.Limit.Rate; strings.HasPrefix(den.Reason, "rate") && r > 0 {
+		spacing := time.Duration(float64(time.Second) / r)
+		first := l.notBefore.Add(time.Duration(l.keep) * spacing)
+		if l.paced.After(first) {
+			first = l.paced.Add(spacing) // after those handed back before
+		}
+		l.paced = first.Add(time.Duration(len(jobs)-1) * spacing)
+		s.handBackPaced(jobs, why, first, spacing)
+		return
+	}
+	s.handBack(jobs, why)
 }
 
 func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job, lease *shaping.Lease) {
