@@ -420,7 +420,7 @@ func (s *scheduler) pump() {
 				if sp, ok := sh.SuspendedDomain(key); ok {
 					for _, j := range l.waiting {
 						go func() {
-							s.w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+							s.w.setAside(j, sp)
 							s.done(nil, nil)
 						}()
 					}

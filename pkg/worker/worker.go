@@ -344,6 +344,21 @@ func (w *Worker) handBackUntil(j *queue.Job, why string, until time.Time) {
 	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay, "handbacks", e.Handbacks)
 }
 
+// setAside defers a job for a suspended destination until the suspension
+// ends, not counting an attempt. The fleet state is asked first: a
+// suspension lifted a moment ago (shaping resume, then queue flush) that
+// this worker's watch has not brought yet sets nothing aside for its old
+// end; the mail is due now.
+func (w *Worker) setAside(j *queue.Job, sp shaping.Suspension) {
+	until := sp.Until
+	ctx, cancel := context.WithTimeout(w.work, shaping.DefaultOpTimeout)
+	if !w.cfg.Shaper.Confirm(ctx, sp) {
+		until = time.Now()
+	}
+	cancel()
+	w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, until)
+}
+
 func (w *Worker) process(ctx context.Context, j *queue.Job) {
 	if j.DecodeErr != nil {
 		w.log.Error("undecodable envelope dropped", "subject", j.Subject, "err", j.DecodeErr)
@@ -558,7 +573,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		// Suspended while this job waited or started (another worker's
 		// reply rule): not attempted.
 		if sp, ok := sh.SuspendedDomain(e.Domain); ok {
-			w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+			w.setAside(j, sp)
 			return nil
 		}
 	}
