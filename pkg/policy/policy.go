@@ -43,7 +43,7 @@ func Keys() []string {
 		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM, // smarthost.go
 		KeyMasquerade, KeyGenericstable, KeySenderRoutes, KeySRS, // senders.go
 		KeyShaping, // shaping.go
-		KeyQuota} // quota.go
+		KeyQuota}   // quota.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
