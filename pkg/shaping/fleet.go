@@ -16,6 +16,10 @@ import (
 // BucketName is the KV bucket of the fleet's shaping state.
 const BucketName = "MAIL_SHAPING"
 
+// QuotaBucketName is the KV bucket of the ingress fleet's sender quotas
+// (GCRA values only; pkg/ingress).
+const QuotaBucketName = "MAIL_QUOTAS"
+
 // Errors a Bucket returns for the outcomes the shaper acts on; anything
 // else means the state cannot be reached.
 var (
