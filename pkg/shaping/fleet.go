@@ -125,6 +125,7 @@ func New(b Bucket, cfg Config) *Shaper {
 		leases: map[*Lease]struct{}{}, local: map[string]*localShare{}, suspended: map[string]Suspension{}}
 	if b != nil {
 		s.gcra = NewGCRA(b, cfg.OpTimeout, cfg.Now)
+		s.gcra.forwardOnly = true // the workers never give a rate step back
 	}
 	return s
 }

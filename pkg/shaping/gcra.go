@@ -36,6 +36,9 @@ type GCRA struct {
 	b         Bucket
 	opTimeout time.Duration
 	now       func() time.Time
+	// forwardOnly: nobody calls Give on these keys, so values only
+	// advance and a refusal on the last view seen is sound (no re-read).
+	forwardOnly bool
 
 	mu     sync.Mutex
 	states map[string]*rateState
@@ -160,7 +163,7 @@ func (g *GCRA) update(ctx context.Context, key string, n int, step func(tat []ti
 		copy(tat, rs.tat)
 		now := g.now()
 		if !step(tat, now) {
-			if fresh {
+			if fresh || g.forwardOnly {
 				return nil
 			}
 			// A refusal on a view this call did not read may be stale (a
