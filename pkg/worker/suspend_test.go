@@ -54,3 +54,29 @@ func TestResumedSuspensionSetsNothingAside(t *testing.T) {
 		t.Fatalf("mail for a resumed destination set aside until %s (the lifted suspension's end)", due.Format(time.RFC3339))
 	}
 }
+
+// A next hop's msgs-per-conn in the shaping key applies to the
+// connections to it, as a domain's does: six messages one after another
+// on pooled connections to [127.0.0.1] with msgs-per-conn=2 take three
+// connections. (Before, only a domain rule's was applied: one connection.)
+func TestNextHopMsgsPerConn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := newRig(t, ctx, delivery.Config{})
+	snk := sink.New(sink.Config{})
+	r.route("dest.test", snk.Start(t, "127.0.0.1:0"))
+	rules := shaping.NewRules()
+	if err := rules.Add("[127.0.0.1]", "msgs-per-conn=2", 1); err != nil {
+		t.Fatal(err)
+	}
+	r.run(Config{Shaping: func() *shaping.Rules { return rules }, RepanicForTests: true}, nil, nil)
+	for i := range 6 {
+		r.message(sender, testBody("m"), map[string][]string{"dest.test": {"u@dest.test"}})
+		if err := snk.WaitCount(ctx, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := snk.Connections(); c != 3 {
+		t.Errorf("%d connections for 6 messages with the next hop's msgs-per-conn=2, want 3", c)
+	}
+}

@@ -624,8 +624,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			}
 			if rerr == nil {
 				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
-				lim, _ := w.limitFor(e.Domain)
-				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				msg.MaxMsgsPerConn = w.msgsPerConn(e.Domain, hops)
 				if w.sched != nil && w.sched.slotted(j) {
 					// A pooled idle connection would be a session the
 					// destination's fleet concurrency does not count.
@@ -828,6 +827,23 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
 	}
 	return nil
+}
+
+// msgsPerConn is the transactions a connection of a delivery to domain
+// over hops may carry: the lower of its domain rule's msgs-per-conn and
+// its first next hop's (0: the delivery client's --max-msgs-per-conn).
+func (w *Worker) msgsPerConn(domain string, hops []delivery.Hop) int {
+	rules := w.rules()
+	n := 0
+	if d, ok := rules.Domain(domain); ok {
+		n = d.Limit.MsgsPerConn
+	}
+	if len(hops) > 0 && rules.HasHosts() {
+		if h, ok := rules.Host(hops[0].Name, hops[0].Addr.Addr()); ok && h.Limit.MsgsPerConn > 0 && (n == 0 || h.Limit.MsgsPerConn < n) {
+			n = h.Limit.MsgsPerConn
+		}
+	}
+	return n
 }
 
 // ownErrors gives every recipient its own last error again (before the
