@@ -398,6 +398,19 @@ func TestFleetReplyRuleSuspends(t *testing.T) {
 		out, err := f.ctlRun("shaping", "status", "-o", "json")
 		return err == nil && strings.Contains(out, `"destination": "dest.test"`) && strings.Contains(out, "try again later")
 	})
+	// Every worker has the suspension (the fleet state reaches them by a
+	// watch; mail a worker takes before its watch brings the suspension is
+	// tried once, and its reply suspends nothing new).
+	waitFor(t, "every worker seeing the suspension", 60*time.Second, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, l := range f.logs {
+			if !strings.Contains(l.String(), "destination suspension seen") {
+				return false
+			}
+		}
+		return true
+	})
 	before := tried.Load()
 	f.sendN("later", 5)
 	handedBack := func() int {

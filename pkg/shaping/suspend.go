@@ -166,6 +166,7 @@ func (s *Shaper) watchSuspensions(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := s.b.Watch(ctx, "s.", func(key string, val []byte) {
 			dest := strings.TrimPrefix(key, "s.")
+			var seen *Suspension
 			s.mu.Lock()
 			if val == nil {
 				delete(s.suspended, dest)
@@ -174,10 +175,14 @@ func (s *Shaper) watchSuspensions(ctx context.Context) {
 				if json.Unmarshal(val, &sp) == nil {
 					sp.Dest = dest
 					s.suspended[dest] = sp
+					seen = &sp
 				}
 			}
 			n := len(s.suspended)
 			s.mu.Unlock()
+			if seen != nil {
+				s.log.Debug("destination suspension seen", "destination", seen.Name(), "until", seen.Until, "by", seen.By)
+			}
 			s.reportSuspended(n)
 		})
 		if ctx.Err() == nil {

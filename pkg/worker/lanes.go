@@ -46,7 +46,7 @@ type lane struct {
 	acquiring int // admissions being asked
 	notBefore time.Time
 	keep      int             // waiting jobs kept while refused; the rest are handed back
-	refused   *shaping.Denied // the last refusal, while notBefore is ahead
+	refused   *shaping.Denied // the last refusal, until an admission succeeds
 	paced     time.Time       // when the last job handed back at the lane's rate is due
 	lastDone  time.Time       // when a delivery of the lane last ended (its creation first)
 }
@@ -472,13 +472,13 @@ func (s *scheduler) pump() {
 			if l.fleet {
 				// Admission by the fleet state, asked off the lock; the job
 				// waits in the lane, holding no worker slot.
+				// Refused last time: mail fetched since goes back at once
+				// beyond what the lane keeps, not at the next refusal.
+				s.trimRefused(l, now)
 				if now.Before(l.notBefore) {
 					if wake.IsZero() || l.notBefore.Before(wake) {
 						wake = l.notBefore
 					}
-					// Refused: mail fetched since goes back at once beyond
-					// what the lane keeps, not at the next refusal.
-					s.trimRefused(l, now)
 				} else {
 					for l.acquiring < len(l.waiting) && len(l.runs)+l.acquiring < win && s.active+s.acquiring < s.w.cfg.Concurrency {
 						l.acquiring++
@@ -580,6 +580,7 @@ func (s *scheduler) acquire(l *lane) {
 		s.w.throttled(l.key, den)
 		s.trimRefused(l, now)
 	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
+		l.refused = nil
 		s.start(l, now, lease)
 		lease = nil
 	}
