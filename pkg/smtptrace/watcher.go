@@ -269,8 +269,8 @@ func Tap(conn net.Conn) net.Conn {
 //   - a session a trace started recording when the connection was already
 //     open starts with "session start" reused=true, then the same note;
 //     over TLS, the TLS state is noted too;
-//   - a recording whose trace ended or no longer matches (the pool is per
-//     address: another name may share it) ends ("session end").
+//   - a recording whose trace ended, or that no longer matches this hop,
+//     ends ("session end").
 //
 // A no-op for a nil w or a conn not made by Tap.
 func (w *Watcher) Attach(conn net.Conn, peerAddr, peerName string, reuse int) {
