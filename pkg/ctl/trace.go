@@ -42,6 +42,18 @@ its log: both directions, time stamps, TLS state. The trace ends by itself after
 'mailfwdctl trace stop ID' ends it sooner. AUTH credentials are always redacted, message
 bodies unless --with-bodies.
 
+Each pod logs one record per dialog line ("smtp trace", from=client|server) between
+"smtp trace: session start" and "smtp trace: session end"; grep its logs for trace=ID.
+On the workers a trace also records:
+  - deliveries over a connection that was already open (pooled) when the trace started,
+    from their transaction on: "session start" with reused=true, then
+    "smtp trace: reusing a pooled connection" transaction=N before every reuse;
+  - connects that get no session: "smtp trace: connect failed" (refused, timed out,
+    unreachable; peer= and err=), and "not connecting, the address failed a moment
+    ago" when the worker skips an address that just failed;
+  - why a connection was given up while being set up ("connection given up" status=…,
+    e.g. a failed STARTTLS handshake).
+
   sendmail -X /tmp/x.log          mailfwdctl trace --client 10.1.2.3 --for 10m
                                   mailfwdctl trace --destination mx.example.com
                                   kubectl logs -l app.kubernetes.io/name=mailfwd | grep 'trace=ID'`,
@@ -76,6 +88,11 @@ bodies unless --with-bodies.
 					if s.WithBodies {
 						fmt.Fprintf(tw, ", with message bodies")
 					}
+					if s.Destination != "" {
+						fmt.Fprintf(tw, "\nrecorded: new and pooled connections, refused and failed connects")
+					}
+					fmt.Fprintf(tw, "\nread it: kubectl logs -l app.kubernetes.io/name=mailfwd --prefix | grep 'trace=%[1]s '"+
+						"\n     or: journalctl -u 'mailfwd-*' | grep 'trace=%[1]s '", s.ID)
 					fmt.Fprintf(tw, "\nstop it with: mailfwdctl trace stop %s\n", s.ID)
 				})
 			})
