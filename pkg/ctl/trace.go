@@ -43,7 +43,8 @@ its log: both directions, time stamps, TLS state. The trace ends by itself after
 bodies unless --with-bodies.
 
 Each pod logs one record per dialog line ("smtp trace", from=client|server) between
-"smtp trace: session start" and "smtp trace: session end"; grep its logs for trace=ID.
+"smtp trace: session start" and "smtp trace: session end", with trace=ID;
+'mailfwdctl trace show ID' prints them from the logs as a transcript.
 On the workers a trace also records:
   - deliveries over a connection that was already open (pooled) when the trace started,
     from their transaction on: "session start" with reused=true, then
@@ -56,7 +57,7 @@ On the workers a trace also records:
 
   sendmail -X /tmp/x.log          mailfwdctl trace --client 10.1.2.3 --for 10m
                                   mailfwdctl trace --destination mx.example.com
-                                  kubectl logs -l app.kubernetes.io/name=mailfwd | grep 'trace=ID'`,
+                                  kubectl logs -l app.kubernetes.io/name=mailfwd --prefix | mailfwdctl trace show ID`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := out.validate(); err != nil {
@@ -91,8 +92,8 @@ On the workers a trace also records:
 					if s.Destination != "" {
 						fmt.Fprintf(tw, "\nrecorded: new and pooled connections, refused and failed connects")
 					}
-					fmt.Fprintf(tw, "\nread it: kubectl logs -l app.kubernetes.io/name=mailfwd --prefix | grep 'trace=%[1]s '"+
-						"\n     or: journalctl -u 'mailfwd-*' | grep 'trace=%[1]s '", s.ID)
+					fmt.Fprintf(tw, "\nread it: kubectl logs -l app.kubernetes.io/name=mailfwd --prefix --tail=-1 | mailfwdctl trace show %[1]s"+
+						"\n     or: journalctl -u 'mailfwd-*' | mailfwdctl trace show %[1]s", s.ID)
 					fmt.Fprintf(tw, "\nstop it with: mailfwdctl trace stop %s\n", s.ID)
 				})
 			})
@@ -106,7 +107,7 @@ On the workers a trace also records:
 	f.StringVar(&s.ID, "id", "", "name of the trace (default: generated)")
 	f.IntVar(&maxTraces, "max-traces", smtptrace.DefaultLimits().MaxTraces, "refuse to start a trace when this many are running (the daemons honour --trace-max-traces)")
 	f.StringVarP(&out.format, "output", "o", "table", "output format: table, json or yaml")
-	cmd.AddCommand(newTraceList(g), newTraceStop(g))
+	cmd.AddCommand(newTraceList(g), newTraceStop(g), newTraceShow(g))
 	return cmd
 }
 

@@ -351,7 +351,7 @@ func (w *Watcher) unreached(msg, peerAddr, peerName string, args ...any) {
 		return
 	}
 	w.record(slog.LevelInfo, msg, append([]any{"component", w.component, "trace", c.ID,
-		"session", xid.New().String(), "side", string(Delivery), "peer", peerAddr, "peer_name", peerName}, args...)...)
+		"side", string(Delivery), "peer", peerAddr, "peer_name", peerName}, args...)...)
 }
 
 // Failed notes in the session over conn, when it is recorded, why the
