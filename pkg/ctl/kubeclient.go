@@ -45,29 +45,36 @@ type kubeAuthenticationV1 interface {
 	SelfSubjectReviews() kubeSelfSubjectReviews
 }
 
-var (
-	kubeScheme = func() *runtime.Scheme {
-		s := runtime.NewScheme()
-		for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authenticationv1.AddToScheme} {
-			if err := add(s); err != nil {
-				panic(err)
-			}
+// newKubeClient makes the core/v1 and authentication/v1 clients for rc.
+func newKubeClient(rc *rest.Config) (coreClient, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authenticationv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, err
 		}
-		// Status and the other unversioned meta types, as client-go's scheme.
-		metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
-		return s
-	}()
-	kubeCodecs = serializer.NewCodecFactory(kubeScheme)
-	kubeParams = runtime.NewParameterCodec(kubeScheme)
-)
+	}
+	// Status and the other unversioned meta types, as client-go's scheme.
+	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
+	codecs := serializer.NewCodecFactory(scheme)
+	params := runtime.NewParameterCodec(scheme)
+	core, err := restFor(rc, codecs, corev1.SchemeGroupVersion, "/api")
+	if err != nil {
+		return nil, err
+	}
+	auth, err := restFor(rc, codecs, authenticationv1.SchemeGroupVersion, "/apis")
+	if err != nil {
+		return nil, err
+	}
+	return restClients{core: restCore{c: core, params: params}, auth: restAuth{c: auth, params: params}}, nil
+}
 
 // restFor is a REST client of one API group version, as the typed client
 // of that group makes it.
-func restFor(rc *rest.Config, gv schema.GroupVersion, apiPath string) (*rest.RESTClient, error) {
+func restFor(rc *rest.Config, codecs serializer.CodecFactory, gv schema.GroupVersion, apiPath string) (*rest.RESTClient, error) {
 	cfg := rest.CopyConfig(rc)
 	cfg.GroupVersion = &gv
 	cfg.APIPath = apiPath
-	cfg.NegotiatedSerializer = kubeCodecs.WithoutConversion()
+	cfg.NegotiatedSerializer = codecs.WithoutConversion()
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -78,19 +85,6 @@ func restFor(rc *rest.Config, gv schema.GroupVersion, apiPath string) (*rest.RES
 	return c, nil
 }
 
-// newKubeClient makes the core/v1 and authentication/v1 clients for rc.
-func newKubeClient(rc *rest.Config) (coreClient, error) {
-	core, err := restFor(rc, corev1.SchemeGroupVersion, "/api")
-	if err != nil {
-		return nil, err
-	}
-	auth, err := restFor(rc, authenticationv1.SchemeGroupVersion, "/apis")
-	if err != nil {
-		return nil, err
-	}
-	return restClients{core: restCore{core}, auth: restAuth{auth}}, nil
-}
-
 type restClients struct {
 	core restCore
 	auth restAuth
@@ -99,18 +93,21 @@ type restClients struct {
 func (c restClients) CoreV1() kubeCoreV1                     { return c.core }
 func (c restClients) AuthenticationV1() kubeAuthenticationV1 { return c.auth }
 
-type restCore struct{ c rest.Interface }
+type restCore struct {
+	c      rest.Interface
+	params runtime.ParameterCodec
+}
 
 func (c restCore) ConfigMaps(ns string) kubeObjects[*corev1.ConfigMap] {
-	return restObjects[*corev1.ConfigMap]{c: c.c, ns: ns, resource: "configmaps", new: func() *corev1.ConfigMap { return &corev1.ConfigMap{} }}
+	return restObjects[*corev1.ConfigMap]{c: c.c, params: c.params, ns: ns, resource: "configmaps", new: func() *corev1.ConfigMap { return &corev1.ConfigMap{} }}
 }
 
 func (c restCore) Secrets(ns string) kubeObjects[*corev1.Secret] {
-	return restObjects[*corev1.Secret]{c: c.c, ns: ns, resource: "secrets", new: func() *corev1.Secret { return &corev1.Secret{} }}
+	return restObjects[*corev1.Secret]{c: c.c, params: c.params, ns: ns, resource: "secrets", new: func() *corev1.Secret { return &corev1.Secret{} }}
 }
 
 func (c restCore) Namespaces() kubeObjects[*corev1.Namespace] {
-	return restObjects[*corev1.Namespace]{c: c.c, resource: "namespaces", new: func() *corev1.Namespace { return &corev1.Namespace{} }}
+	return restObjects[*corev1.Namespace]{c: c.c, params: c.params, resource: "namespaces", new: func() *corev1.Namespace { return &corev1.Namespace{} }}
 }
 
 // restObjects is one resource (namespaced when ns is set), as the typed
@@ -120,6 +117,7 @@ type restObjects[T interface {
 	GetName() string
 }] struct {
 	c        rest.Interface
+	params   runtime.ParameterCodec
 	ns       string
 	resource string
 	new      func() T
@@ -128,30 +126,33 @@ type restObjects[T interface {
 func (o restObjects[T]) Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error) {
 	out := o.new()
 	err := o.c.Get().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(name).
-		VersionedParams(&opts, kubeParams).Do(ctx).Into(out)
+		VersionedParams(&opts, o.params).Do(ctx).Into(out)
 	return out, err
 }
 
 func (o restObjects[T]) Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error) {
 	out := o.new()
 	err := o.c.Post().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).
-		VersionedParams(&opts, kubeParams).Body(obj).Do(ctx).Into(out)
+		VersionedParams(&opts, o.params).Body(obj).Do(ctx).Into(out)
 	return out, err
 }
 
 func (o restObjects[T]) Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error) {
 	out := o.new()
 	err := o.c.Put().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(obj.GetName()).
-		VersionedParams(&opts, kubeParams).Body(obj).Do(ctx).Into(out)
+		VersionedParams(&opts, o.params).Body(obj).Do(ctx).Into(out)
 	return out, err
 }
 
-type restAuth struct{ c rest.Interface }
+type restAuth struct {
+	c      rest.Interface
+	params runtime.ParameterCodec
+}
 
 func (a restAuth) SelfSubjectReviews() kubeSelfSubjectReviews { return a }
 
 func (a restAuth) Create(ctx context.Context, r *authenticationv1.SelfSubjectReview, opts metav1.CreateOptions) (*authenticationv1.SelfSubjectReview, error) {
 	out := &authenticationv1.SelfSubjectReview{}
-	err := a.c.Post().Resource("selfsubjectreviews").VersionedParams(&opts, kubeParams).Body(r).Do(ctx).Into(out)
+	err := a.c.Post().Resource("selfsubjectreviews").VersionedParams(&opts, a.params).Body(r).Do(ctx).Into(out)
 	return out, err
 }
