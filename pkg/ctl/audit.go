@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -21,7 +22,7 @@ import (
 func kubeUser(ctx context.Context, cs coreClient, kf *kubeFlags) string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &kubeSelfSubjectReview{}, metav1.CreateOptions{}); err == nil && r.Status.UserInfo.Username != "" {
+	if r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{}); err == nil && r.Status.UserInfo.Username != "" {
 		return r.Status.UserInfo.Username
 	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()

@@ -2,9 +2,10 @@ package ctl
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -13,80 +14,30 @@ import (
 )
 
 // The Kubernetes API as mailfwdctl uses it: ConfigMaps, Secrets and
-// Namespaces of core/v1, and SelfSubjectReviews for the audit trail, over
-// client-go's REST client and kubeconfig handling. Neither client-go's typed
-// clients nor k8s.io/api's types are linked: the typed clients import
+// Namespaces of core/v1, and SelfSubjectReviews for the audit trail. It is
+// client-go's REST client over a scheme of just these two API groups: the
+// typed clients (k8s.io/client-go/kubernetes/typed/...) import
 // k8s.io/client-go/kubernetes/scheme, which registers every API group of
-// Kubernetes (12.6 MB of mailfwdctl), and k8s.io/api/core/v1 holds every
-// core kind (3.2 MB) for the three used here (issue 21).
-
-// kubeConfigMap is a core/v1 ConfigMap. Every field of the API's is here:
-// an update writes back all it read.
-type kubeConfigMap struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Immutable         *bool             `json:"immutable,omitempty"`
-	Data              map[string]string `json:"data,omitempty"`
-	BinaryData        map[string][]byte `json:"binaryData,omitempty"`
-}
-
-// kubeSecret is a core/v1 Secret, every field of the API's.
-type kubeSecret struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Immutable         *bool             `json:"immutable,omitempty"`
-	Data              map[string][]byte `json:"data,omitempty"`
-	StringData        map[string]string `json:"stringData,omitempty"`
-	Type              string            `json:"type,omitempty"`
-}
-
-// secretTypeOpaque is core/v1's SecretTypeOpaque.
-const secretTypeOpaque = "Opaque"
-
-// kubeNamespace is a core/v1 Namespace as far as mailfwdctl looks (whether
-// it exists); it is only read.
-type kubeNamespace struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-}
-
-// kubeSelfSubjectReview is an authentication/v1 SelfSubjectReview.
-type kubeSelfSubjectReview struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Status            struct {
-		UserInfo struct {
-			Username string              `json:"username,omitempty"`
-			UID      string              `json:"uid,omitempty"`
-			Groups   []string            `json:"groups,omitempty"`
-			Extra    map[string][]string `json:"extra,omitempty"`
-		} `json:"userInfo,omitempty"`
-	} `json:"status,omitempty"`
-}
-
-var (
-	coreGV = schema.GroupVersion{Version: "v1"}
-	authGV = schema.GroupVersion{Group: "authentication.k8s.io", Version: "v1"}
-)
+// Kubernetes and linked about a third of the binary (issue 21).
 
 // kubeObjects is the part of a typed resource client mailfwdctl calls, with
 // client-go's method shapes.
-type kubeObjects[T any] interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*T, error)
-	Create(ctx context.Context, obj *T, opts metav1.CreateOptions) (*T, error)
-	Update(ctx context.Context, obj *T, opts metav1.UpdateOptions) (*T, error)
+type kubeObjects[T runtime.Object] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
 }
 
 // kubeCoreV1 is the core/v1 client mailfwdctl uses.
 type kubeCoreV1 interface {
-	ConfigMaps(namespace string) kubeObjects[kubeConfigMap]
-	Secrets(namespace string) kubeObjects[kubeSecret]
-	Namespaces() kubeObjects[kubeNamespace]
+	ConfigMaps(namespace string) kubeObjects[*corev1.ConfigMap]
+	Secrets(namespace string) kubeObjects[*corev1.Secret]
+	Namespaces() kubeObjects[*corev1.Namespace]
 }
 
 // kubeSelfSubjectReviews asks the API server who we are.
 type kubeSelfSubjectReviews interface {
-	Create(ctx context.Context, r *kubeSelfSubjectReview, opts metav1.CreateOptions) (*kubeSelfSubjectReview, error)
+	Create(ctx context.Context, r *authenticationv1.SelfSubjectReview, opts metav1.CreateOptions) (*authenticationv1.SelfSubjectReview, error)
 }
 
 // kubeAuthenticationV1 is the authentication/v1 client mailfwdctl uses.
@@ -96,18 +47,21 @@ type kubeAuthenticationV1 interface {
 
 // newKubeClient makes the core/v1 and authentication/v1 clients for rc.
 func newKubeClient(rc *rest.Config) (coreClient, error) {
-	// The meta types only: Status (for errors) and the options of the two
-	// group versions; objects are JSON (encoding/json) in and out.
 	scheme := runtime.NewScheme()
-	metav1.AddToGroupVersion(scheme, coreGV)
-	metav1.AddToGroupVersion(scheme, authGV)
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authenticationv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, err
+		}
+	}
+	// Status and the other unversioned meta types, as client-go's scheme.
+	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
 	codecs := serializer.NewCodecFactory(scheme)
 	params := runtime.NewParameterCodec(scheme)
-	core, err := restFor(rc, codecs, coreGV, "/api")
+	core, err := restFor(rc, codecs, corev1.SchemeGroupVersion, "/api")
 	if err != nil {
 		return nil, err
 	}
-	auth, err := restFor(rc, codecs, authGV, "/apis")
+	auth, err := restFor(rc, codecs, authenticationv1.SchemeGroupVersion, "/apis")
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +74,6 @@ func restFor(rc *rest.Config, codecs serializer.CodecFactory, gv schema.GroupVer
 	cfg := rest.CopyConfig(rc)
 	cfg.GroupVersion = &gv
 	cfg.APIPath = apiPath
-	cfg.ContentType = "application/json"
 	cfg.NegotiatedSerializer = codecs.WithoutConversion()
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
@@ -145,89 +98,50 @@ type restCore struct {
 	params runtime.ParameterCodec
 }
 
-func (c restCore) ConfigMaps(ns string) kubeObjects[kubeConfigMap] {
-	return restObjects[kubeConfigMap]{c: c.c, params: c.params, ns: ns, resource: "configmaps", kind: "ConfigMap", gv: coreGV}
+func (c restCore) ConfigMaps(ns string) kubeObjects[*corev1.ConfigMap] {
+	return restObjects[*corev1.ConfigMap]{c: c.c, params: c.params, ns: ns, resource: "configmaps", new: func() *corev1.ConfigMap { return &corev1.ConfigMap{} }}
 }
 
-func (c restCore) Secrets(ns string) kubeObjects[kubeSecret] {
-	return restObjects[kubeSecret]{c: c.c, params: c.params, ns: ns, resource: "secrets", kind: "Secret", gv: coreGV}
+func (c restCore) Secrets(ns string) kubeObjects[*corev1.Secret] {
+	return restObjects[*corev1.Secret]{c: c.c, params: c.params, ns: ns, resource: "secrets", new: func() *corev1.Secret { return &corev1.Secret{} }}
 }
 
-func (c restCore) Namespaces() kubeObjects[kubeNamespace] {
-	return restObjects[kubeNamespace]{c: c.c, params: c.params, resource: "namespaces", kind: "Namespace", gv: coreGV}
-}
-
-// kubeObject is what restObjects needs of an object: its metadata.
-type kubeObject interface {
-	GetName() string
-	GetObjectKind() schema.ObjectKind
+func (c restCore) Namespaces() kubeObjects[*corev1.Namespace] {
+	return restObjects[*corev1.Namespace]{c: c.c, params: c.params, resource: "namespaces", new: func() *corev1.Namespace { return &corev1.Namespace{} }}
 }
 
 // restObjects is one resource (namespaced when ns is set), as the typed
 // clients call it.
-type restObjects[T any] struct {
+type restObjects[T interface {
+	runtime.Object
+	GetName() string
+}] struct {
 	c        rest.Interface
 	params   runtime.ParameterCodec
 	ns       string
 	resource string
-	kind     string
-	gv       schema.GroupVersion
+	new      func() T
 }
 
-func (o restObjects[T]) Get(ctx context.Context, name string, opts metav1.GetOptions) (*T, error) {
-	return kubeDo[T](ctx, o.c.Get().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(name).
-		VersionedParams(&opts, o.params))
+func (o restObjects[T]) Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error) {
+	out := o.new()
+	err := o.c.Get().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(name).
+		VersionedParams(&opts, o.params).Do(ctx).Into(out)
+	return out, err
 }
 
-func (o restObjects[T]) Create(ctx context.Context, obj *T, opts metav1.CreateOptions) (*T, error) {
-	req := o.c.Post().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).VersionedParams(&opts, o.params)
-	if err := kubeBody(req, obj, o.kind, o.gv); err != nil {
-		return nil, err
-	}
-	return kubeDo[T](ctx, req)
+func (o restObjects[T]) Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error) {
+	out := o.new()
+	err := o.c.Post().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).
+		VersionedParams(&opts, o.params).Body(obj).Do(ctx).Into(out)
+	return out, err
 }
 
-func (o restObjects[T]) Update(ctx context.Context, obj *T, opts metav1.UpdateOptions) (*T, error) {
-	m, ok := any(obj).(kubeObject)
-	if !ok {
-		return nil, fmt.Errorf("kubernetes: %T has no name", obj)
-	}
-	req := o.c.Put().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(m.GetName()).VersionedParams(&opts, o.params)
-	if err := kubeBody(req, obj, o.kind, o.gv); err != nil {
-		return nil, err
-	}
-	return kubeDo[T](ctx, req)
-}
-
-// kubeBody sets obj, with its kind and apiVersion, as the JSON body of req.
-func kubeBody(req *rest.Request, obj any, kind string, gv schema.GroupVersion) error {
-	if m, ok := obj.(kubeObject); ok {
-		m.GetObjectKind().SetGroupVersionKind(gv.WithKind(kind))
-	}
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return err
-	}
-	req.SetHeader("Content-Type", "application/json").Body(b)
-	return nil
-}
-
-// kubeDo runs req and reads the object it returns; an API error is a
-// *apierrors.StatusError (apierrors.IsNotFound and the rest work).
-func kubeDo[T any](ctx context.Context, req *rest.Request) (*T, error) {
-	res := req.Do(ctx)
-	if err := res.Error(); err != nil {
-		return nil, err
-	}
-	body, err := res.Raw()
-	if err != nil {
-		return nil, err
-	}
-	out := new(T)
-	if err := json.Unmarshal(body, out); err != nil {
-		return nil, fmt.Errorf("kubernetes: read the API server's answer: %w", err)
-	}
-	return out, nil
+func (o restObjects[T]) Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error) {
+	out := o.new()
+	err := o.c.Put().NamespaceIfScoped(o.ns, o.ns != "").Resource(o.resource).Name(obj.GetName()).
+		VersionedParams(&opts, o.params).Body(obj).Do(ctx).Into(out)
+	return out, err
 }
 
 type restAuth struct {
@@ -237,10 +151,8 @@ type restAuth struct {
 
 func (a restAuth) SelfSubjectReviews() kubeSelfSubjectReviews { return a }
 
-func (a restAuth) Create(ctx context.Context, r *kubeSelfSubjectReview, opts metav1.CreateOptions) (*kubeSelfSubjectReview, error) {
-	req := a.c.Post().Resource("selfsubjectreviews").VersionedParams(&opts, a.params)
-	if err := kubeBody(req, r, "SelfSubjectReview", authGV); err != nil {
-		return nil, err
-	}
-	return kubeDo[kubeSelfSubjectReview](ctx, req)
+func (a restAuth) Create(ctx context.Context, r *authenticationv1.SelfSubjectReview, opts metav1.CreateOptions) (*authenticationv1.SelfSubjectReview, error) {
+	out := &authenticationv1.SelfSubjectReview{}
+	err := a.c.Post().Resource("selfsubjectreviews").VersionedParams(&opts, a.params).Body(r).Do(ctx).Into(out)
+	return out, err
 }

@@ -15,9 +15,9 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
-// mailfwdctl reads and writes ConfigMaps and Secrets as JSON with its own
-// small types (kubeclient.go), not k8s.io/api's: a write must keep every
-// field it does not manage (binaryData, annotations, labels, other keys).
+// mailfwdctl reads and writes ConfigMaps and Secrets over client-go's REST
+// client (kubeclient.go): a write must keep every field it does not manage
+// (binaryData, annotations, labels, other keys).
 func TestKubeWritesKeepWhatMailfwdctlDoesNotManage(t *testing.T) {
 	t.Setenv("MAILFWD_POLICY_DIR", "")
 	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "no-such-kubeconfig"))

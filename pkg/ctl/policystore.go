@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
@@ -166,7 +167,7 @@ func (c configMapStore) Save(ctx context.Context, files map[string][]byte, versi
 	}
 	cms := c.client.CoreV1().ConfigMaps(c.namespace)
 	if version == "" {
-		cm := &kubeConfigMap{
+		cm := &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: c.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy"}},
 			Data: data,

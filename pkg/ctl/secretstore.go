@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -51,10 +52,10 @@ func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error
 func (s secretStore) Save(ctx context.Context, files map[string][]byte, version string) error {
 	secrets := s.client.CoreV1().Secrets(s.namespace)
 	if version == "" {
-		sec := &kubeSecret{
+		sec := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy-secret"}},
-			Type: secretTypeOpaque,
+			Type: corev1.SecretTypeOpaque,
 			Data: files,
 		}
 		_, err := secrets.Create(ctx, sec, metav1.CreateOptions{FieldManager: "mailfwdctl"})
