@@ -72,6 +72,7 @@ const (
 	MaxRate        = 100_000 // messages per second
 	MaxBurst       = 100_000
 	MaxMsgsPerConn = 100_000
+	MinRate        = 1.0 / 3600 // per second: one an hour, the slowest rate or pace
 	MaxSuspend     = 7 * 24 * time.Hour
 	maxPattern     = 512 // bytes of one reply pattern
 )
@@ -149,6 +150,9 @@ func ParseRate(v string) (float64, error) {
 		return 0, fmt.Errorf("negative rate %q", v)
 	case f/per > MaxRate:
 		return 0, fmt.Errorf("%q is above the maximum %d/s", v, MaxRate)
+	case f > 0 && f/per < MinRate:
+		// Slower is a typo (and a tiny rate would overflow its interval).
+		return 0, fmt.Errorf("%q is below the minimum 1/h", v)
 	}
 	return f / per, nil
 }

@@ -49,3 +49,29 @@ func TestParseNewConns(t *testing.T) {
 		t.Errorf("round trip %q: %+v %v", l.String(), back, err)
 	}
 }
+
+// FuzzParseLimit: any spelling either fails or yields a limit within the
+// bounds whose canonical form reads back to it.
+func FuzzParseLimit(f *testing.F) {
+	for _, s := range []string{"concurrency=2,rate=4/s", "new-conns=30/m conn-burst=4", "conns=0.5", "burst=3 msgs-per-conn=9", "rate=1e5/s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		l, err := shaping.ParseLimit(spec)
+		if err != nil {
+			return
+		}
+		if l.Concurrency > shaping.MaxConcurrency || l.Rate > shaping.MaxRate || l.NewConns > shaping.MaxRate ||
+			l.Burst > shaping.MaxBurst || l.ConnBurst > shaping.MaxBurst || l.MsgsPerConn > shaping.MaxMsgsPerConn ||
+			l.Rate < 0 || l.NewConns < 0 || (l.Rate > 0 && l.Rate < shaping.MinRate) || (l.NewConns > 0 && l.NewConns < shaping.MinRate) {
+			t.Fatalf("%q: out of bounds: %+v", spec, l)
+		}
+		if l.Zero() {
+			return
+		}
+		back, err := shaping.ParseLimit(l.String())
+		if err != nil || back != l {
+			t.Fatalf("%q → %q → %+v, %v; want %+v", spec, l.String(), back, err, l)
+		}
+	})
+}
