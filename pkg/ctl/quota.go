@@ -243,7 +243,11 @@ func (it quotaItem) nextIn() string {
 			ms = max(ms, p.NextInMs)
 		}
 	}
-	return (time.Duration(ms) * time.Millisecond).String()
+	d := time.Duration(ms) * time.Millisecond
+	if d >= time.Minute {
+		d = d.Round(time.Second)
+	}
+	return d.String()
 }
 
 func newQuotaReset(g *globals) *cobra.Command {
