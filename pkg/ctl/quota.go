@@ -58,12 +58,14 @@ type quotaItem struct {
 }
 
 // quotaState reads the bucket's values under rules (nil: the limits are
-// not known here; only when each count is paid off is).
-func quotaState(kv map[string][]byte, rules *policy.Quotas, now time.Time) []quotaItem {
+// not known here; only when each count is paid off is). odd are the keys
+// no ingress makes (written by hand, or with a stolen credential).
+func quotaState(kv map[string][]byte, rules *policy.Quotas, now time.Time) (items []quotaItem, odd []string) {
 	out := make([]quotaItem, 0, len(kv))
 	for k, v := range kv {
 		name, ok := policy.QuotaKeyName(k)
 		if !ok {
+			odd = append(odd, k)
 			continue
 		}
 		it := quotaItem{Name: name}
@@ -106,7 +108,8 @@ func quotaState(kv map[string][]byte, rules *policy.Quotas, now time.Time) []quo
 		out = append(out, it)
 	}
 	slices.SortFunc(out, func(a, b quotaItem) int { return strings.Compare(a.Name, b.Name) })
-	return out
+	slices.Sort(odd)
+	return out, odd
 }
 
 func (g *globals) withQuotas(cmd *cobra.Command, fn func(ctx context.Context, q *queue.Queue, b shaping.Bucket) error) error {
@@ -199,7 +202,15 @@ again; when the policy cannot be read, a warning says so and the flags' limits a
 				if err != nil {
 					return err
 				}
-				items := quotaState(kv, rules, time.Now())
+				items, odd := quotaState(kv, rules, time.Now())
+				if len(odd) > 0 {
+					// Quoted: a key published on the raw subject may hold any byte.
+					quoted := make([]string, len(odd))
+					for i, k := range odd {
+						quoted[i] = strconv.QuoteToASCII(k)
+					}
+					fmt.Fprintf(g.errOut, "warning: %d keys in %s are no sender's count (not made by an ingress): %s\n", len(odd), shaping.QuotaBucketName, strings.Join(quoted, " "))
+				}
 				return out.print(g.out, items, func(tw *tabwriter.Writer) {
 					fmt.Fprintln(tw, "NAME\tRULE\tLIMIT\tRATE USED/LEFT\tHOURLY USED/LEFT\tNEXT IN\tFULL AGAIN")
 					for _, it := range items {

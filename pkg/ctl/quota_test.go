@@ -133,9 +133,16 @@ func TestQuotaStatusAndReset(t *testing.T) {
 	ic.mustTake(2, "", "Alice")
 	ic.mustTake(5, "", "bob@x.test") // user:*, a name that is no key token
 
+	// A key no ingress makes (by hand, or a stolen credential): not a
+	// sender's count, named in a warning.
+	if _, err := b.Create(ctx, "u.=G1sySg", []byte("1"), time.Hour); err != nil { // "\x1b[2J"
+		t.Fatal(err)
+	}
+
 	nats := []string{"--nats-url", n.URL()}
 	full := append(nats, "--policy-dir", dir, "--sender-quota", "hourly=2", "--user-quota", "hourly=5")
-	st, _ := quotaStatus(t, full...)
+	st, r := quotaStatus(t, full...)
+	mustContain(t, "odd key", r.errOut, `1 keys in MAIL_QUOTAS are no sender's count`, `"u.=G1sySg"`)
 	if len(st) != 4 {
 		t.Fatalf("want 4 counts, got %+v", st)
 	}
@@ -161,7 +168,7 @@ func TestQuotaStatusAndReset(t *testing.T) {
 	usedLeft(t, "user:bob@x.test hourly", st["user:bob@x.test"].Hourly, 5, 0)
 
 	// The table says the same.
-	r := mustCtl(t, ctl.ExitOK, append([]string{"quota", "status"}, full...)...)
+	r = mustCtl(t, ctl.ExitOK, append([]string{"quota", "status"}, full...)...)
 	mustContain(t, "status table", r.out, "NAME", "HOURLY USED/LEFT", "FULL AGAIN", "ops.test", "3/0", "user:bob@x.test", "user:*")
 
 	// Without the policy and the defaults: the counts and when each is full

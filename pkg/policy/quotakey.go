@@ -5,13 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mailfwd/mailfwd/pkg/address"
 )
 
 // QuotaKeyName is the sender a key of the fleet's quota state counts, as
 // operators write it: the domain ("example.com") of a "d." key, or
-// "user:NAME" of a "u." key. ok is false for any other key.
+// "user:NAME" of a "u." key. ok is false for any other key: one no
+// ingress makes (QuotaNameKey of the name is not the key), or whose name
+// is not printable text (a key written with a stolen credential must not
+// reach an operator's terminal as control characters).
 func QuotaKeyName(key string) (name string, ok bool) {
 	kind, tok, _ := strings.Cut(key, ".")
 	if tok == "" || (kind != "d" && kind != "u") {
@@ -24,10 +29,29 @@ func QuotaKeyName(key string) (name string, ok bool) {
 		}
 		tok = string(b)
 	}
-	if kind == "u" {
-		return quotaUser + tok, true
+	if !printable(tok) {
+		return "", false
 	}
-	return tok, true
+	name = tok
+	if kind == "u" {
+		name = quotaUser + tok
+	}
+	if k, err := QuotaNameKey(name); err != nil || k != key {
+		return "", false
+	}
+	return name, true
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // QuotaNameKey is the key of the count QuotaKeyName names: "example.com"

@@ -1,6 +1,11 @@
 package policy
 
-import "testing"
+import (
+	"encoding/base64"
+	"testing"
+)
+
+func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
 // Every key For makes names its sender (QuotaKeyName), that name leads back
 // to the key (QuotaNameKey: what mailfwdctl quota reset takes), and RuleOf
@@ -54,9 +59,40 @@ func TestQuotaKeysRoundTrip(t *testing.T) {
 			t.Errorf("QuotaNameKey(%q) = %q, want an error", bad, k)
 		}
 	}
-	for _, bad := range []string{"x.y", "d.", "u.=!!", "d"} {
+	for _, bad := range []string{"x.y", "d.", "u.=!!", "d", "d.Example.com", "u.=" + b64("alice"), "u.=" + b64("evil\x1b[2J"), "d.=" + b64("a\nb.test")} {
 		if n, ok := QuotaKeyName(bad); ok {
 			t.Errorf("QuotaKeyName(%q) = %q, want none", bad, n)
 		}
 	}
+}
+
+// FuzzQuotaKeys: any key that names a sender names it in printable text
+// and leads back to itself; any name that has a key is named by it.
+func FuzzQuotaKeys(f *testing.F) {
+	for _, s := range []string{"d.example.com", "u.alice", "u.=" + b64("bob@x.test"), "d.=" + b64("[192.0.2.1]"), "example.com", "user:Alice", "user:bob@x.test", "[192.0.2.1]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if name, ok := QuotaKeyName(s); ok {
+			if !printable(name) {
+				t.Fatalf("key %q names %q", s, name)
+			}
+			if k, err := QuotaNameKey(name); err != nil || k != s {
+				t.Fatalf("key %q names %q, whose key is %q (%v)", s, name, k, err)
+			}
+		}
+		key, err := QuotaNameKey(s)
+		if err != nil {
+			return
+		}
+		name, ok := QuotaKeyName(key)
+		if !ok && printable(s) {
+			t.Fatalf("name %q has key %q, which names no one", s, key)
+		}
+		if ok {
+			if k2, err := QuotaNameKey(name); err != nil || k2 != key {
+				t.Fatalf("name %q: key %q names %q, whose key is %q", s, key, name, k2)
+			}
+		}
+	})
 }
