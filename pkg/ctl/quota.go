@@ -319,3 +319,10 @@ func paidOff(val []byte, now time.Time) string {
 	}
 	return "full again at " + last.UTC().Truncate(time.Second).Format(time.RFC3339)
 }
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
