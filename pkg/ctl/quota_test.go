@@ -169,6 +169,8 @@ func TestQuotaStatusAndReset(t *testing.T) {
 
 	// The table says the same.
 	r = mustCtl(t, ctl.ExitOK, append([]string{"quota", "status"}, full...)...)
+	y := mustCtl(t, ctl.ExitOK, append([]string{"quota", "status", "-o", "yaml"}, full...)...)
+	mustContain(t, "status yaml", y.out, "- fullAt:", "name: ops.test", "rule: user:*", "used: 3")
 	mustContain(t, "status table", r.out, "NAME", "HOURLY USED/LEFT", "FULL AGAIN", "ops.test", "3/0", "user:bob@x.test", "user:*")
 
 	// Without the policy and the defaults: the counts and when each is full
