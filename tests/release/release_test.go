@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -78,13 +80,16 @@ func TestRelease(t *testing.T) {
 	// The binaries archive.
 	files := untar(t, filepath.Join(out, "mailfwd-"+version+"-linux-"+arch+".tar.gz"))
 	dir := "mailfwd-" + version + "-linux-" + arch + "/"
-	for _, name := range []string{"mailfwd-ingress", "mailfwd-worker", "mailfwdctl", "mailfwd-sendmail", "README.md", "CHANGELOG.md", "systemd/mailfwd-ingress.service", "systemd/ingress.conf"} {
+	for _, name := range []string{"bin/mailfwd-ingress", "bin/mailfwd-worker", "bin/mailfwdctl", "bin/mailfwd-sendmail", "README.md", "CHANGELOG.md",
+		"deploy/systemd/mailfwd-ingress.service", "deploy/systemd/ingress.conf", "deploy/quickstart/nats.yaml", "docs/one-machine.md"} {
 		if _, ok := files[dir+name]; !ok {
 			t.Errorf("binaries archive lacks %s", dir+name)
 		}
 	}
+	checkDocsInstallFromArchive(t, files, dir)
+	checkDocsNameReleaseFiles(t, out, arch)
 	sendmail := filepath.Join(t.TempDir(), "mailfwd-sendmail")
-	if err := os.WriteFile(sendmail, files[dir+"mailfwd-sendmail"], 0o755); err != nil {
+	if err := os.WriteFile(sendmail, files[dir+"bin/mailfwd-sendmail"], 0o755); err != nil {
 		t.Fatal(err)
 	}
 	v := exec.Command(sendmail, "-C", "/dev/null", "-d0", "-bt")
@@ -198,5 +203,98 @@ func untarPlain(t *testing.T, path string) map[string][]byte {
 			b, _ := io.ReadAll(io.LimitReader(tr, 1<<20))
 			out[h.Name] = b
 		}
+	}
+}
+
+// shellBlocks returns the lines of a Markdown file's ```sh blocks.
+func shellBlocks(t *testing.T, doc string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		switch t := strings.TrimSpace(l); {
+		case t == "```sh":
+			in = true
+		case strings.HasPrefix(t, "```"):
+			in = false
+		case in:
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+var archivePath = regexp.MustCompile(`(?:^|[\s=])((?:bin|deploy)/[A-Za-z0-9_.*/-]+)`)
+
+// The docs that install from the binaries archive (releases.md: unpack, cd
+// into it, then one-machine.md) name only files it has: every bin/… and
+// deploy/… path of their shell blocks matches a file of the archive.
+func checkDocsInstallFromArchive(t *testing.T, files map[string][]byte, dir string) {
+	t.Helper()
+	n := 0
+	for _, doc := range []string{"docs/one-machine.md", "docs/releases.md"} {
+		for _, l := range shellBlocks(t, doc) {
+			for _, m := range archivePath.FindAllStringSubmatch(l, -1) {
+				n++
+				pat := strings.TrimSuffix(m[1], "/")
+				found := false
+				for name := range files {
+					rel := strings.TrimPrefix(name, dir)
+					if ok, _ := path.Match(pat, rel); ok || strings.HasPrefix(rel, pat+"/") {
+						found = true
+						break
+					}
+				}
+				if !found {
+					t.Errorf("%s: `%s` names %s, which the binaries archive does not have", doc, strings.TrimSpace(l), pat)
+				}
+			}
+		}
+	}
+	if n < 5 {
+		t.Errorf("found only %d archive paths in docs/one-machine.md and docs/releases.md", n)
+	}
+}
+
+var releaseRef = regexp.MustCompile(`dist/release/(0\.2\.0|x\.y\.z|\$V|\$VERSION)/([A-Za-z0-9_.*/$<>{}-]+)`)
+
+// Every release file a doc names (dist/release/0.2.0/mailfwd-chart-0.2.0.tgz,
+// …/images/linux-amd64/$img.tar) is one the release built, under this
+// release's version and architecture.
+func checkDocsNameReleaseFiles(t *testing.T, out, arch string) {
+	t.Helper()
+	docs, _ := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	docs = append(docs, filepath.Join("..", "..", "README.md"), filepath.Join("..", "..", "charts", "mailfwd", "README.md"), filepath.Join("..", "..", "deploy", "README.md"))
+	n := 0
+	for _, doc := range docs {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range releaseRef.FindAllStringSubmatch(string(b), -1) {
+			rel := strings.TrimRight(m[2], ".")
+			for _, v := range []string{m[1], "0.2.0", "x.y.z", "${V}", "$V", "$VERSION"} {
+				rel = strings.ReplaceAll(rel, v, version)
+			}
+			for _, a := range []string{"<arch>", "$arch", "amd64", "arm64"} {
+				rel = strings.ReplaceAll(rel, a, arch)
+			}
+			rel = strings.ReplaceAll(rel, "$img", "*")
+			rel = strings.ReplaceAll(rel, "<binary>", "*")
+			if strings.ContainsAny(rel, "$<>{}") {
+				continue
+			}
+			n++
+			if matches, _ := filepath.Glob(filepath.Join(out, rel)); len(matches) == 0 {
+				t.Errorf("%s names %s, which the release does not have (as %s)", doc, m[0], rel)
+			}
+		}
+	}
+	if n < 5 {
+		t.Errorf("found only %d release files named in the docs", n)
 	}
 }
