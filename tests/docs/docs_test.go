@@ -695,8 +695,17 @@ func checkPaths(d doc) []string {
 			check(s.n, strings.Trim(tok, "()[],;:'\""))
 		}
 	}
+	// A file named in plain prose ("see docs/benchmarks.md").
+	for _, l := range d.prose {
+		text := mdLink.ReplaceAllString(inlineCode.ReplaceAllString(l.text, ""), "")
+		for _, m := range proseFile.FindAllString(text, -1) {
+			check(l.n, m)
+		}
+	}
 	return probs
 }
+
+var proseFile = regexp.MustCompile(`\b(?:cmd|pkg|docs|deploy|charts|tests|scripts|bench)/[A-Za-z0-9_./-]+\.(?:md|go|sh|yaml|json)\b`)
 
 // ---- chart values ----
 
@@ -1128,6 +1137,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"environment variable", "set MAILFWD_" + "NATS_URLS", "set MAILFWD_NATS_URL or MAILFWD_SENDMAIL_QUALIFY_DOMAIN", func(d doc) []string { return checkEnv(d, known) }},
 		{"repository path", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.sevice /etc/systemd/system/\n```", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.service /etc/systemd/system/\n```", checkPaths},
 		{"inline repository path", "see `charts/mailfwd/examples/kedda.yaml`", "see `charts/mailfwd/examples/keda.yaml`", checkPaths},
+		{"repository path in prose", "(see docs/benchmark.md)", "(see docs/benchmarks.md)", checkPaths},
 		{"helm --set key", "```sh\nhelm install m charts/mailfwd --set hostname=a.example --set image.regsitry=r\n```", "```sh\nhelm install m charts/mailfwd --set hostname=a.example --set image.registry=r\n```", func(d doc) []string { return checkValues(d, v) }},
 		{"chart value named in prose", "(chart: `ingress.proxyProtocol.form`)", "(chart: `ingress.proxyProtocol.from`)", func(d doc) []string { return checkValues(d, v) }},
 	} {
@@ -1210,5 +1220,40 @@ func TestSystemdUnits(t *testing.T) {
 	}
 	if n < 3 {
 		t.Fatalf("found only %d ExecStart lines", n)
+	}
+}
+
+// Every nats-server flag a doc shows (nats-server -js -sd DIR) is one the
+// pinned nats-server lists in its -h.
+func TestDocNatsServerFlags(t *testing.T) {
+	bin := os.Getenv("MAILFWD_NATS_SERVER_BIN")
+	if bin == "" {
+		t.Skip("MAILFWD_NATS_SERVER_BIN not set (make test sets it)")
+	}
+	help, _ := exec.Command(bin, "-h").CombinedOutput()
+	has := func(flag string) bool {
+		return regexp.MustCompile(`(^|[\s,])` + regexp.QuoteMeta(flag) + `([\s,=]|$)`).Match(help)
+	}
+	if !has("-js") || has("-nosuchflag") {
+		t.Fatalf("nats-server -h does not read as expected:\n%s", help)
+	}
+	n := 0
+	for _, d := range userDocs(t) {
+		calls, _ := d.calls()
+		for _, c := range calls {
+			if prog, args := program(c.args); prog == "nats-server" {
+				for _, a := range args {
+					if strings.HasPrefix(a, "-") {
+						n++
+						if name, _, _ := strings.Cut(a, "="); !has(name) {
+							t.Errorf("%s:%d: nats-server %s: not a flag of nats-server", d.path, c.n, name)
+						}
+					}
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("found no nats-server flags in the docs")
 	}
 }
