@@ -136,6 +136,7 @@ func TestRelease(t *testing.T) {
 	if _, ok := chart["mailfwd/values.schema.json"]; !ok {
 		t.Errorf("packaged chart lacks values.schema.json")
 	}
+	checkChartImagesBuilt(t, out, arch)
 
 	// The SBOMs.
 	for _, bin := range []string{"mailfwd-ingress", "mailfwd-worker", "mailfwdctl", "mailfwd-sendmail"} {
@@ -296,5 +297,47 @@ func checkDocsNameReleaseFiles(t *testing.T, out, arch string) {
 	}
 	if n < 5 {
 		t.Errorf("found only %d release files named in the docs", n)
+	}
+}
+
+// The packaged chart, installed as docs/releases.md says (image.registry
+// where the archives were pushed), runs exactly the images the release
+// built: every image: it renders is the reference one of the archives
+// carries (the test builds with REGISTRY=registry.example.test/mailfwd).
+func checkChartImagesBuilt(t *testing.T, out, arch string) {
+	t.Helper()
+	helm := os.Getenv("MAILFWD_HELM_BIN")
+	if _, err := os.Stat(helm); helm == "" || err != nil {
+		if os.Getenv("MAILFWD_REQUIRE_KUBE") != "" {
+			t.Fatalf("MAILFWD_HELM_BIN=%q: make tools builds it", helm)
+		}
+		t.Log("MAILFWD_HELM_BIN not set: the chart's images are not compared with the archives")
+		return
+	}
+	rendered, err := exec.Command(helm, "template", "mailfwd", filepath.Join(out, "mailfwd-chart-"+version+".tgz"), "-n", "mail",
+		"--set", "hostname=mail.example.com", "--set", "image.registry=registry.example.test/mailfwd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template of the release's chart: %v\n%s", err, rendered)
+	}
+	built := map[string]bool{}
+	for _, c := range image.Components() {
+		m := untarPlain(t, filepath.Join(out, "images", "linux-"+arch, c.Name+".tar"))["manifest.json"]
+		var manifest []struct{ RepoTags []string }
+		if err := json.Unmarshal(m, &manifest); err != nil || len(manifest) != 1 {
+			t.Fatalf("image %s: manifest.json %s: %v", c.Name, m, err)
+		}
+		for _, tag := range manifest[0].RepoTags {
+			built[tag] = true
+		}
+	}
+	n := 0
+	for _, m := range regexp.MustCompile(`(?m)^\s+image: "?([^"\s]+)"?$`).FindAllStringSubmatch(string(rendered), -1) {
+		n++
+		if !built[m[1]] {
+			t.Errorf("the chart runs image %s, which the release did not build (it built %v)", m[1], built)
+		}
+	}
+	if n < 3 {
+		t.Errorf("the rendered chart has only %d images", n)
 	}
 }
