@@ -1221,6 +1221,40 @@ func TestSystemdUnits(t *testing.T) {
 	if n < 3 {
 		t.Fatalf("found only %d ExecStart lines", n)
 	}
+	verifyUnits(t, units)
+}
+
+// verifyUnits runs `systemd-analyze verify` on the units (their binaries
+// replaced by stand-ins), which names every unknown key or bad value.
+func verifyUnits(t *testing.T, units []string) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("no systemd-analyze: the units' syntax is not verified")
+		return
+	}
+	dir := t.TempDir()
+	for _, b := range []string{"mailfwd-ingress", "mailfwd-worker", "nats-server"} {
+		if err := os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"verify"}
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(u))
+		if err := os.WriteFile(p, bytes.ReplaceAll(b, []byte("/usr/local/bin/"), []byte(dir+"/")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, p)
+	}
+	cmd := exec.Command(analyze, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify deploy/systemd/*.service: %v\n%s", err, out)
+	}
 }
 
 // Every nats-server flag a doc shows (nats-server -js -sd DIR) is one the
