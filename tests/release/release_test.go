@@ -137,6 +137,7 @@ func TestRelease(t *testing.T) {
 		t.Errorf("packaged chart lacks values.schema.json")
 	}
 	checkChartImagesBuilt(t, out, arch)
+	checkDocsCopyFromImages(t, out, arch)
 
 	// The SBOMs.
 	for _, bin := range []string{"mailfwd-ingress", "mailfwd-worker", "mailfwdctl", "mailfwd-sendmail"} {
@@ -339,5 +340,37 @@ func checkChartImagesBuilt(t *testing.T, out, arch string) {
 	}
 	if n < 3 {
 		t.Errorf("the rendered chart has only %d images", n)
+	}
+}
+
+var copyFrom = regexp.MustCompile(`COPY --from=\S+/(mailfwd-[a-z]+|mailfwdctl):\S+ (/\S+)`)
+
+// A file the docs copy out of a release image into an application image
+// (README: COPY --from=…/mailfwd-sendmail:0.2.0 /usr/local/bin/mailfwd-sendmail …)
+// is in that image.
+func checkDocsCopyFromImages(t *testing.T, out, arch string) {
+	t.Helper()
+	docs, _ := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	docs = append(docs, filepath.Join("..", "..", "README.md"), filepath.Join("..", "..", "charts", "mailfwd", "README.md"))
+	n := 0
+	for _, doc := range docs {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range copyFrom.FindAllStringSubmatch(string(b), -1) {
+			n++
+			contents, err := image.ReadTarball(filepath.Join(out, "images", "linux-"+arch, m[1]+".tar"))
+			if err != nil {
+				t.Errorf("%s: %s: %v", doc, m[0], err)
+				continue
+			}
+			if _, ok := contents.Files[m[2]]; !ok {
+				t.Errorf("%s: %s: the image has no %s", doc, m[0], m[2])
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("found no COPY --from of a release image in the docs")
 	}
 }
