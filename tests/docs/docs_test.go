@@ -797,6 +797,8 @@ func chartContext(d doc, s span) bool {
 	return strings.Contains(s.text, "=")
 }
 
+var tableKey = regexp.MustCompile("^\\| `([A-Za-z][A-Za-z0-9.-]*)`")
+
 // checkValues: every chart value a helm command sets, and every value a
 // chart doc names in inline code (`ingress.proxyProtocol.from`), is a key
 // of values.yaml; every -f file exists.
@@ -810,6 +812,18 @@ func checkValues(d doc, v values) []string {
 		for _, k := range helmSets(c.args) {
 			if !strings.ContainsAny(k, "…$") && !v.has(k) {
 				probs = append(probs, fmt.Sprintf("%s:%d: helm --set %s: no such key in charts/mailfwd/values.yaml", d.path, c.n, k))
+			}
+		}
+	}
+	// The chart README's values table: the first column's keys.
+	if d.path == "charts/mailfwd/README.md" {
+		for _, l := range d.prose {
+			m := tableKey.FindStringSubmatch(l.text)
+			if m == nil || m[1] == "Key" {
+				continue
+			}
+			if !v.has(m[1]) {
+				probs = append(probs, fmt.Sprintf("%s:%d: values table: `%s` is not a key of charts/mailfwd/values.yaml", d.path, l.n, m[1]))
 			}
 		}
 	}
@@ -1140,6 +1154,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"repository path in prose", "(see docs/benchmark.md)", "(see docs/benchmarks.md)", checkPaths},
 		{"helm --set key", "```sh\nhelm install m charts/mailfwd --set hostname=a.example --set image.regsitry=r\n```", "```sh\nhelm install m charts/mailfwd --set hostname=a.example --set image.registry=r\n```", func(d doc) []string { return checkValues(d, v) }},
 		{"chart value named in prose", "(chart: `ingress.proxyProtocol.form`)", "(chart: `ingress.proxyProtocol.from`)", func(d doc) []string { return checkValues(d, v) }},
+		{"chart README values table", "| `hostnme` | `\"\"` | x |", "| `hostname` | `\"\"` | x |", func(d doc) []string { d.path = "charts/mailfwd/README.md"; return checkValues(d, v) }},
 	} {
 		broken := tc.check(parseDoc("README.md", []byte(tc.broken)))
 		fixed := tc.check(parseDoc("README.md", []byte(tc.fixed)))
