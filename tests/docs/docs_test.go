@@ -223,6 +223,7 @@ type call struct {
 	args []string
 	dyn  bool              // some word has an expansion ($V, $(…))
 	env  map[string]string // MAILFWD_* exported earlier in the block
+	out  string            // the file its output is written to (> FILE)
 }
 
 // calls parses the shell blocks (sh, bash, shell; "$ "-prompted lines of
@@ -255,8 +256,17 @@ func (d doc) calls() ([]call, []string) {
 			continue
 		}
 		env := map[string]string{}
+		outs := map[*syntax.CallExpr]string{}
 		syntax.Walk(f, func(n syntax.Node) bool {
 			switch x := n.(type) {
+			case *syntax.Stmt:
+				if ce, ok := x.Cmd.(*syntax.CallExpr); ok {
+					for _, r := range x.Redirs {
+						if r.Op == syntax.RdrOut && r.Word != nil {
+							outs[ce], _ = word(r.Word)
+						}
+					}
+				}
 			case *syntax.DeclClause:
 				if x.Variant != nil && x.Variant.Value == "export" {
 					for _, a := range x.Args {
@@ -266,7 +276,7 @@ func (d doc) calls() ([]call, []string) {
 					}
 				}
 			case *syntax.CallExpr:
-				c := call{n: b.start + int(x.Pos().Line()) - 1, env: maps(env)}
+				c := call{n: b.start + int(x.Pos().Line()) - 1, env: maps(env), out: outs[x]}
 				for _, a := range x.Assigns {
 					if a.Name != nil && a.Value != nil {
 						c.env[a.Name.Value], _ = word(a.Value)
@@ -524,6 +534,33 @@ func checkConfigBlocks(d doc) []string {
 			errs = append(errs, fmt.Sprintf("policy settings: %v", err))
 		}
 		probs = append(probs, fmt.Sprintf("%s:%d: a configuration example no loader reads: %s", d.path, b.start, strings.Join(errs, "; ")))
+	}
+	return probs
+}
+
+// checkWrittenConfigs: a settings file a command writes (printf '…' >
+// /etc/mailfwd/sendmail.conf) is read by its loader.
+func checkWrittenConfigs(d doc) []string {
+	var probs []string
+	calls, _ := d.calls()
+	for _, c := range calls {
+		if c.args[0] != "printf" || len(c.args) < 2 || c.dyn || !strings.HasSuffix(c.out, ".conf") {
+			continue
+		}
+		text := strings.ReplaceAll(c.args[1], `\n`, "\n")
+		var err error
+		switch path.Base(c.out) {
+		case "sendmail.conf":
+			err = sendmailSettings(text)
+		case "ingress.conf", "worker.conf":
+			fs, _ := daemonFlags("cmd/" + strings.TrimSuffix(path.Base(c.out), ".conf"))
+			err = config.ParseFile(strings.NewReader(text), fs.Set)
+		default:
+			continue
+		}
+		if err != nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: the %s it writes: %v", d.path, c.n, c.out, err))
+		}
 	}
 	return probs
 }
@@ -892,6 +929,7 @@ func TestDocCommands(t *testing.T) {
 func TestDocConfigExamples(t *testing.T) {
 	for _, d := range userDocs(t) {
 		report(t, "config", checkConfigBlocks(d))
+		report(t, "config", checkWrittenConfigs(d))
 	}
 }
 
@@ -1147,6 +1185,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"sendmail setting", "```sh\nmailfwd-sendmail --srever=h:25 x@example.com\n```", "```sh\nmailfwd-sendmail --server=h:25 x@example.com\n```", checkCommands},
 		{"shell that does not parse", "```sh\nmailfwd-worker --helo-name 'x\n```", "```sh\nmailfwd-worker --helo-name 'x'\n```", func(d doc) []string { _, p := d.calls(); return p }},
 		{"configuration key", "```\nhostname = a.example\nmax-sesions = 5\n```", "```\nhostname = a.example\nmax-sessions = 5\n```", checkConfigBlocks},
+		{"settings file written by printf", "```sh\nprintf 'server = a:25\\nqualify-domian = example.com\\n' > /etc/mailfwd/sendmail.conf\n```", "```sh\nprintf 'server = a:25\\nqualify-domain = example.com\\n' > /etc/mailfwd/sendmail.conf\n```", checkWrittenConfigs},
 		{"configuration value", "```\nread-timeout = 5x\n```", "```\nread-timeout = 5d\n```", checkConfigBlocks},
 		{"environment variable", "set MAILFWD_" + "NATS_URLS", "set MAILFWD_NATS_URL or MAILFWD_SENDMAIL_QUALIFY_DOMAIN", func(d doc) []string { return checkEnv(d, known) }},
 		{"repository path", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.sevice /etc/systemd/system/\n```", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.service /etc/systemd/system/\n```", checkPaths},
