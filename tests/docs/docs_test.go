@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -276,7 +277,7 @@ func (d doc) calls() ([]call, []string) {
 					}
 				}
 			case *syntax.CallExpr:
-				c := call{n: b.start + int(x.Pos().Line()) - 1, env: maps(env), out: outs[x]}
+				c := call{n: b.start + int(x.Pos().Line()) - 1, env: maps.Clone(env), out: outs[x]}
 				for _, a := range x.Assigns {
 					if a.Name != nil && a.Value != nil {
 						c.env[a.Name.Value], _ = word(a.Value)
@@ -295,14 +296,6 @@ func (d doc) calls() ([]call, []string) {
 		})
 	}
 	return out, probs
-}
-
-func maps(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // word is a shell word's text; false when it has expansions (shown as $X).
@@ -1143,7 +1136,7 @@ func TestDocSecretNames(t *testing.T) {
 				n++
 				kind := map[string]string{"secret": "Secret", "configmap": "ConfigMap"}[m[1]]
 				if _, ok := used[kind+"/"+m[2]]; !ok {
-					t.Errorf("%s:%d: the docs create %s %s, which the chart (release mailfwd) does not use; it uses %v", d.path, l.n, kind, m[2], keys(used))
+					t.Errorf("%s:%d: the docs create %s %s, which the chart (release mailfwd) does not use; it uses %v", d.path, l.n, kind, m[2], slices.Sorted(maps.Keys(used)))
 				}
 			}
 		}
@@ -1153,14 +1146,6 @@ func TestDocSecretNames(t *testing.T) {
 	}
 }
 
-func keys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}
 
 // Each check finds a planted broken example (and passes its fixed twin), so
 // none passes by finding nothing.
