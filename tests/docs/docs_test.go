@@ -1146,7 +1146,6 @@ func TestDocSecretNames(t *testing.T) {
 	}
 }
 
-
 // Each check finds a planted broken example (and passes its fixed twin), so
 // none passes by finding nothing.
 func TestDocChecksCatchPlants(t *testing.T) {
