@@ -1097,8 +1097,25 @@ var kubectlCreate = regexp.MustCompile(`kubectl .*create (secret|configmap) (?:g
 // deploy/quickstart (or is optional), and every one the docs tell a user to
 // create with kubectl is one the chart mounts.
 func TestDocSecretNames(t *testing.T) {
-	helm := helmBin(t)
-	out, err := exec.Command(helm, append([]string{"template", "mailfwd", filepath.Join(root, "charts", "mailfwd"), "-n", "mail"}, requiredSets...)...).CombinedOutput()
+	used := chartSecretRefs(t, helmBin(t), requiredSets...)
+	n := 0
+	for _, d := range userDocs(t) {
+		probs, found := checkKubectlCreate(d, used)
+		n += found
+		report(t, "secret", probs)
+	}
+	if n == 0 {
+		t.Fatal("found no kubectl create secret in the docs")
+	}
+}
+
+// chartSecretRefs renders the chart as the docs install it (release
+// mailfwd, namespace mail) with sets, checks that every Secret and
+// ConfigMap its pods need is made by it or by deploy/quickstart (or is
+// optional), and returns those it references.
+func chartSecretRefs(t *testing.T, helm string, sets ...string) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(helm, append([]string{"template", "mailfwd", filepath.Join(root, "charts", "mailfwd"), "-n", "mail"}, sets...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}
@@ -1120,30 +1137,31 @@ func TestDocSecretNames(t *testing.T) {
 			t.Errorf("the chart's pods need %s, which neither the chart nor deploy/quickstart makes", ref)
 		}
 	}
-	n := 0
-	for _, d := range userDocs(t) {
-		var texts []line
-		for _, b := range d.blocks {
-			for i, l := range b.lines {
-				texts = append(texts, line{b.start + i, l})
-			}
+	return used
+}
+
+// checkKubectlCreate: a Secret or ConfigMap the docs tell a user to create
+// (kubectl create secret generic NAME) is one the chart uses.
+func checkKubectlCreate(d doc, used map[string]bool) (probs []string, found int) {
+	var texts []line
+	for _, b := range d.blocks {
+		for i, l := range b.lines {
+			texts = append(texts, line{b.start + i, l})
 		}
-		for _, s := range d.spans() {
-			texts = append(texts, line{s.n, s.text})
-		}
-		for _, l := range texts {
-			for _, m := range kubectlCreate.FindAllStringSubmatch(l.text, -1) {
-				n++
-				kind := map[string]string{"secret": "Secret", "configmap": "ConfigMap"}[m[1]]
-				if _, ok := used[kind+"/"+m[2]]; !ok {
-					t.Errorf("%s:%d: the docs create %s %s, which the chart (release mailfwd) does not use; it uses %v", d.path, l.n, kind, m[2], slices.Sorted(maps.Keys(used)))
-				}
+	}
+	for _, s := range d.spans() {
+		texts = append(texts, line{s.n, s.text})
+	}
+	for _, l := range texts {
+		for _, m := range kubectlCreate.FindAllStringSubmatch(l.text, -1) {
+			found++
+			kind := map[string]string{"secret": "Secret", "configmap": "ConfigMap"}[m[1]]
+			if _, ok := used[kind+"/"+m[2]]; !ok {
+				probs = append(probs, fmt.Sprintf("%s:%d: the docs create %s %s, which the chart (release mailfwd) does not use; it uses %v", d.path, l.n, kind, m[2], slices.Sorted(maps.Keys(used))))
 			}
 		}
 	}
-	if n == 0 {
-		t.Fatal("found no kubectl create secret in the docs")
-	}
+	return probs, found
 }
 
 // Each check finds a planted broken example (and passes its fixed twin), so
@@ -1204,6 +1222,18 @@ func TestDocHelmCheckCatchesPlants(t *testing.T) {
 	}
 	if out, err := exec.Command(helm, args...).CombinedOutput(); err == nil {
 		t.Errorf("an install without hostname rendered:\n%.300s", out)
+	}
+	used := chartSecretRefs(t, helm, requiredSets...)
+	if probs, _ := checkKubectlCreate(parseDoc("README.md", []byte("```sh\nkubectl -n mail create secret generic mailfwd-policy-secrets --from-file=authinfo\n```\n")), used); len(probs) == 0 {
+		t.Error("a Secret the chart does not use (mailfwd-policy-secrets) was accepted")
+	}
+	if probs, _ := checkKubectlCreate(parseDoc("README.md", []byte("`kubectl create secret generic mailfwd-policy-secret --from-file=authinfo`")), used); len(probs) != 0 {
+		t.Errorf("the chart's policy Secret was refused: %v", probs)
+	}
+	// A Secret the pods need that nobody makes.
+	_, refs := renderedNames(t, []byte("kind: Pod\nspec:\n  volumes:\n  - secret: {secretName: nosuch}\n"))
+	if !refs["Secret/nosuch"] {
+		t.Errorf("a required Secret volume was not seen: %v", refs)
 	}
 }
 
