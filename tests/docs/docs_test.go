@@ -43,10 +43,13 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"mvdan.cc/sh/v3/syntax"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
+	"github.com/mailfwd/mailfwd/pkg/ctl"
 	"github.com/mailfwd/mailfwd/pkg/daemon"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/submit"
@@ -737,6 +740,89 @@ func checkPaths(d doc) []string {
 
 var proseFile = regexp.MustCompile(`\b(?:cmd|pkg|docs|deploy|charts|tests|scripts|bench)/[A-Za-z0-9_./-]+\.(?:md|go|sh|yaml|json)\b`)
 
+// ---- flags named in prose ----
+
+// flagSets knows the flags of mailfwd's binaries: a daemon's, any
+// mailfwdctl command's, and mailfwd-sendmail's --key=value settings.
+type flagSets struct {
+	daemon map[string]map[string]bool // cmd/ingress, cmd/worker → names
+	ctl    map[string]bool
+}
+
+func newFlagSets() flagSets {
+	f := flagSets{daemon: map[string]map[string]bool{}, ctl: map[string]bool{"help": true}}
+	for _, prog := range []string{"cmd/ingress", "cmd/worker"} {
+		fs, _ := daemonFlags(prog)
+		f.daemon[prog] = map[string]bool{"help": true}
+		fs.VisitAll(func(fl *flag.Flag) { f.daemon[prog][fl.Name] = true })
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, set := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+			set.VisitAll(func(fl *pflag.Flag) {
+				if !fl.Hidden {
+					f.ctl[fl.Name] = true
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(ctl.NewRoot(io.Discard, io.Discard))
+	return f
+}
+
+func (f flagSets) has(prog, name string) bool {
+	switch prog {
+	case "cmd/ingress", "cmd/worker":
+		return f.daemon[prog][name]
+	case "cmd/ctl":
+		return f.ctl[name]
+	case "cmd/sendmail":
+		err := sendmailSettings(name + " = x\n")
+		return err == nil || !strings.Contains(err.Error(), "unknown setting")
+	}
+	// A flag alone: any of mailfwd's, or the few of other tools the docs
+	// name by themselves (helm --set, kubectl --prefix, bench/profiled's
+	// --cpuprofile, sendmail's --key=value).
+	return f.daemon["cmd/ingress"][name] || f.daemon["cmd/worker"][name] || f.ctl[name] || f.has("cmd/sendmail", name) ||
+		slices.Contains([]string{"set", "prefix", "cpuprofile", "key"}, name)
+}
+
+var flagName = regexp.MustCompile(`^--([a-z][a-z0-9-]*[a-z0-9])(?:=|$)`)
+
+// checkFlagNames: every --flag named in inline code (`--queue-return`,
+// `mailfwdctl queue release --extend 5d`) is one of the binary it goes with,
+// or, alone, of one of mailfwd's binaries.
+func checkFlagNames(d doc, f flagSets) []string {
+	var probs []string
+	if d.path == "CHANGELOG.md" {
+		return nil // history: it names the flags that were renamed
+	}
+	for _, s := range d.spans() {
+		for _, seg := range strings.Split(s.text, "|") {
+			words := strings.Fields(seg)
+			if len(words) == 0 {
+				continue
+			}
+			prog := ""
+			if !strings.HasPrefix(words[0], "-") {
+				if prog, words = program(words); !strings.HasPrefix(prog, "cmd/") {
+					continue // another tool's command line
+				}
+			}
+			for _, w := range words {
+				m := flagName.FindStringSubmatch(strings.TrimRight(w, ",;:.)"))
+				if m != nil && !f.has(prog, m[1]) {
+					probs = append(probs, fmt.Sprintf("%s:%d: `%s`: no flag --%s", d.path, s.n, s.text, m[1]))
+				}
+			}
+		}
+	}
+	return probs
+}
+
 // ---- chart values ----
 
 type values map[string]any
@@ -936,6 +1022,13 @@ func TestDocEnvironment(t *testing.T) {
 func TestDocPaths(t *testing.T) {
 	for _, d := range userDocs(t) {
 		report(t, "path", checkPaths(d))
+	}
+}
+
+func TestDocFlagNames(t *testing.T) {
+	f := newFlagSets()
+	for _, d := range userDocs(t) {
+		report(t, "flag", checkFlagNames(d, f))
 	}
 }
 
@@ -1170,6 +1263,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 	targets := makeTargets(t)
 	known := knownEnv(t)
 	v := loadValues(t)
+	flags := newFlagSets()
 	for _, tc := range []struct {
 		name, broken, fixed string
 		check               func(doc) []string
@@ -1190,6 +1284,11 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"settings file written by printf", "```sh\nprintf 'server = a:25\\nqualify-domian = example.com\\n' > /etc/mailfwd/sendmail.conf\n```", "```sh\nprintf 'server = a:25\\nqualify-domain = example.com\\n' > /etc/mailfwd/sendmail.conf\n```", checkWrittenConfigs},
 		{"configuration value", "```\nread-timeout = 5x\n```", "```\nread-timeout = 5d\n```", checkConfigBlocks},
 		{"environment variable", "set MAILFWD_" + "NATS_URLS", "set MAILFWD_NATS_URL or MAILFWD_SENDMAIL_QUALIFY_DOMAIN", func(d doc) []string { return checkEnv(d, known) }},
+		{"flag alone", "worker `--queue-retrun` (5d)", "worker `--queue-return` (5d)", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"flag of a command", "`mailfwdctl queue release --extnd 5d`", "`mailfwdctl queue release --extend 5d`", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"flag of the daemon it goes with", "`mailfwd-ingress --helo-name x`", "`mailfwd-worker --helo-name x`", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"sendmail setting", "`mailfwd-sendmail --qualify-domian=example.com`", "`mailfwd-sendmail --qualify-domain=example.com`", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"old hidden flag", "`--dir`", "`--policy-dir`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"repository path", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.sevice /etc/systemd/system/\n```", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.service /etc/systemd/system/\n```", checkPaths},
 		{"inline repository path", "see `charts/mailfwd/examples/kedda.yaml`", "see `charts/mailfwd/examples/keda.yaml`", checkPaths},
 		{"repository path in prose", "(see docs/benchmark.md)", "(see docs/benchmarks.md)", checkPaths},
