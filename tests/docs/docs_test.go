@@ -780,6 +780,10 @@ func (f flagSets) has(prog, name string) bool {
 	case "cmd/ctl":
 		return f.ctl[name]
 	case "cmd/sendmail":
+		// Its own long options (--version, --help), else a --key=value setting.
+		if inv, err := submit.Parse("mailfwd-sendmail", []string{"--" + name}); err == nil && len(inv.Settings) == 0 {
+			return true
+		}
 		err := sendmailSettings(name + " = x\n")
 		return err == nil || !strings.Contains(err.Error(), "unknown setting")
 	}
@@ -1288,6 +1292,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"flag of a command", "`mailfwdctl queue release --extnd 5d`", "`mailfwdctl queue release --extend 5d`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"flag of the daemon it goes with", "`mailfwd-ingress --helo-name x`", "`mailfwd-worker --helo-name x`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"sendmail setting", "`mailfwd-sendmail --qualify-domian=example.com`", "`mailfwd-sendmail --qualify-domain=example.com`", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"sendmail option", "`mailfwd-sendmail --verison`", "`mailfwd-sendmail --version`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"old hidden flag", "`--dir`", "`--policy-dir`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"repository path", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.sevice /etc/systemd/system/\n```", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.service /etc/systemd/system/\n```", checkPaths},
 		{"inline repository path", "see `charts/mailfwd/examples/kedda.yaml`", "see `charts/mailfwd/examples/keda.yaml`", checkPaths},
