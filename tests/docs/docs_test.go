@@ -1292,7 +1292,7 @@ func TestDocChecksCatchPlants(t *testing.T) {
 		{"flag of a command", "`mailfwdctl queue release --extnd 5d`", "`mailfwdctl queue release --extend 5d`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"flag of the daemon it goes with", "`mailfwd-ingress --helo-name x`", "`mailfwd-worker --helo-name x`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"sendmail setting", "`mailfwd-sendmail --qualify-domian=example.com`", "`mailfwd-sendmail --qualify-domain=example.com`", func(d doc) []string { return checkFlagNames(d, flags) }},
-		{"sendmail option", "`mailfwd-sendmail --verison`", "`mailfwd-sendmail --version`", func(d doc) []string { return checkFlagNames(d, flags) }},
+		{"sendmail long option", "`mailfwd-sendmail --verison`", "`mailfwd-sendmail --version`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"old hidden flag", "`--dir`", "`--policy-dir`", func(d doc) []string { return checkFlagNames(d, flags) }},
 		{"repository path", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.sevice /etc/systemd/system/\n```", "```sh\nsudo install -m 0644 deploy/systemd/mailfwd-*.service /etc/systemd/system/\n```", checkPaths},
 		{"inline repository path", "see `charts/mailfwd/examples/kedda.yaml`", "see `charts/mailfwd/examples/keda.yaml`", checkPaths},
