@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
+	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
 // closeHookListener hands the server conns whose Close calls onClose (once)
@@ -19,13 +21,17 @@ import (
 // the server's side of the connection really closes.
 type closeHookListener struct {
 	net.Listener
-	onClose func(tcp net.Conn)
+	onAccept func() // nil: none
+	onClose  func(tcp net.Conn)
 }
 
 func (l *closeHookListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if l.onAccept != nil {
+		l.onAccept()
 	}
 	return &closeHookConn{Conn: c, onClose: l.onClose}, nil
 }
@@ -46,6 +52,13 @@ func (c *closeHookConn) Close() error {
 // then closes, as go-smtp and Postfix do.
 func startCloseHook(t *testing.T, cert *tls.Certificate, onClose func(net.Conn)) string {
 	t.Helper()
+	return startCloseHookListener(t, cert, &closeHookListener{onClose: onClose})
+}
+
+// startCloseHookListener is startCloseHook with the listener's hooks set in
+// hl (its Listener is filled in).
+func startCloseHookListener(t *testing.T, cert *tls.Certificate, hl *closeHookListener) string {
+	t.Helper()
 	srv := smtp.NewServer(&fakeBackend{})
 	srv.Domain = "mx.test"
 	srv.ErrorLog = discardLog{}
@@ -59,7 +72,8 @@ func startCloseHook(t *testing.T, cert *tls.Certificate, onClose func(net.Conn))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(&closeHookListener{Listener: ln, onClose: onClose})
+		hl.Listener = ln
+		srv.Serve(hl)
 	}()
 	t.Cleanup(func() {
 		srv.Close()
@@ -143,5 +157,42 @@ func TestRetireServerNeverCloses(t *testing.T) {
 				t.Fatal("the client never closed its side")
 			}
 		})
+	}
+}
+
+// At the per-host cap, a pooled connection set up under other security is
+// retired to make room: its slot passes to the new connection only once the
+// server has closed the old one, so the destination never sees one more
+// session than the cap.
+func TestRetireForOtherSecurityWaitsForServerClose(t *testing.T) {
+	events := make(chan string, 8)
+	var accepts int
+	cert := testenv.SelfSignedCert(t, "mx.test")
+	addr := startCloseHookListener(t, &cert, &closeHookListener{
+		onAccept: func() { accepts++; events <- fmt.Sprintf("accepted %d", accepts) },
+		onClose: func(tcp net.Conn) {
+			time.Sleep(100 * time.Millisecond)
+			events <- "server closed"
+			tcp.Close()
+		},
+	})
+	pol := tlsPolicy(t, map[string]string{"plain.example": "none"}, nil)
+	c := newClient(t, func(cfg *delivery.Config) {
+		cfg.StartTLS = true
+		cfg.MaxConnsPerHost = 1
+		cfg.TLSPolicy = func() *tlspolicy.Policy { return pol }
+	})
+	for _, domain := range []string{"plain.example", "tls.example"} {
+		hop := hopFor(t, "mx.test", addr)
+		hop.Policy = tlspolicy.Hop{Domain: domain}
+		if out := c.Deliver(testCtx(t), []delivery.Hop{hop}, msg(testBody, "r@"+domain)); !out.Statuses[0].Delivered() {
+			t.Fatalf("%s: %+v", domain, out.Statuses[0])
+		}
+	}
+	want := []string{"accepted 1", "server closed", "accepted 2"}
+	for i, w := range want {
+		if got := <-events; got != w {
+			t.Fatalf("event %d: %q, want %q (order %q)", i, got, w, want)
+		}
 	}
 }
