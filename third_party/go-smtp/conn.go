@@ -1099,38 +1099,49 @@ func (c *Conn) handleBdat(arg string) {
 	// hold when they close it (Server.Close runs on another goroutine);
 	// a pipe closed meanwhile fails the copy below like a reset does.
 	c.locker.Lock()
+	if c.session == nil {
+		// mailfwd patch 21: Close ran (on another goroutine): nothing to
+		// hand the chunk to, and the connection is gone.
+		c.locker.Unlock()
+		return
+	}
 	if c.bdatPipe == nil {
 		var r *io.PipeReader
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
 
+		// mailfwd patch 21: the goroutine reads only what it is given
+		// here; reset (after a failed chunk) and Close clear c.bdatStatus,
+		// c.recipients and c.session under the lock while it may still
+		// run (a nil session made it panic).
+		result, status, recipients, session := c.dataResult, c.bdatStatus, c.recipients, c.session
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, status)
 
-					c.dataResult <- errPanic
+					result <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
 
 			var err error
 			if !c.server.LMTP {
-				err = c.Session().Data(r)
+				err = session.Data(r)
 			} else {
-				lmtpSession, ok := c.Session().(LMTPSession)
+				lmtpSession, ok := session.(LMTPSession)
 				if !ok {
-					err = c.Session().Data(r)
-					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+					err = session.Data(r)
+					for _, rcpt := range recipients {
+						status.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, status)
 				}
 			}
 
-			c.dataResult <- err
+			result <- err
 			r.CloseWithError(err)
 		}()
 	}
