@@ -57,30 +57,48 @@ func checkKey(k string) error {
 	return nil
 }
 
-// mutate loads, changes, validates and saves, retrying on a concurrent change.
+// mutate loads, changes, validates and saves the policy, showing the change
+// as a diff, retrying on a concurrent change.
 func (g *globals) mutate(ctx context.Context, action string, kf *kubeFlags, dryRun bool, change func(files map[string][]byte) error) error {
 	st, err := kf.store()
 	if err != nil {
 		return err
 	}
-	for attempt := 0; attempt < 5; attempt++ {
+	return g.mutateStore(ctx, action, st, dryRun,
+		func(files map[string][]byte) (string, error) { return "", change(files) },
+		func(before, after map[string][]byte, _ string) bool {
+			diff := diffFiles(before, after)
+			if diff == "" {
+				fmt.Fprintf(g.out, "%s: no change\n", st.Where())
+				return false
+			}
+			fmt.Fprint(g.out, diff)
+			return true
+		})
+}
+
+// mutateStore is the write cycle of mutate and mutateSecret: load st, apply
+// change (which returns a one-line summary for the audit trail), validate
+// the result as policy, show it (show returns false when there is nothing to
+// write), and save it unless dryRun, retrying on a concurrent change.
+func (g *globals) mutateStore(ctx context.Context, action string, st policyStore, dryRun bool,
+	change func(files map[string][]byte) (string, error), show func(before, after map[string][]byte, summary string) bool) error {
+	for range 5 {
 		files, version, err := st.Load(ctx)
 		if err != nil {
 			return err
 		}
 		before := cloneFiles(files)
-		if err := change(files); err != nil {
+		summary, err := change(files)
+		if err != nil {
 			return err
 		}
 		if _, err := validate(files); err != nil {
 			return err
 		}
-		diff := diffFiles(before, files)
-		if diff == "" {
-			fmt.Fprintf(g.out, "%s: no change\n", st.Where())
+		if !show(before, files, summary) {
 			return nil
 		}
-		fmt.Fprint(g.out, diff)
 		if dryRun {
 			fmt.Fprintf(g.out, "%s: valid; not written (dry run)\n", st.Where())
 			return nil
@@ -93,7 +111,7 @@ func (g *globals) mutate(ctx context.Context, action string, kf *kubeFlags, dryR
 			return err
 		}
 		fmt.Fprintf(g.out, "%s: written\n", st.Where())
-		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), "")
+		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), summary)
 		return nil
 	}
 	return fmt.Errorf("%w; gave up after 5 tries", errConflict)

@@ -127,41 +127,19 @@ func (g *globals) mutateSecret(ctx context.Context, action string, sf *secretFla
 	if err != nil {
 		return err
 	}
-	for range 5 {
-		files, version, err := st.Load(ctx)
-		if err != nil {
-			return err
-		}
-		for k := range files {
-			if !slices.Contains(policy.SecretKeys(), k) {
-				return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
+	return g.mutateStore(ctx, action, st, dryRun,
+		func(files map[string][]byte) (string, error) {
+			for k := range files {
+				if !slices.Contains(policy.SecretKeys(), k) {
+					return "", &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
+				}
 			}
-		}
-		before := cloneFiles(files)
-		summary, err := change(files)
-		if err != nil {
-			return err
-		}
-		if _, err := policy.Parse(files); err != nil {
-			return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("invalid policy, nothing written: %w", err)}
-		}
-		fmt.Fprintln(g.out, summary)
-		if dryRun {
-			fmt.Fprintf(g.out, "%s: valid; not written (dry run)\n", st.Where())
-			return nil
-		}
-		err = st.Save(ctx, files, version)
-		if errors.Is(err, errConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(g.out, "%s: written\n", st.Where())
-		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), summary)
-		return nil
-	}
-	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
+			return change(files)
+		},
+		func(_, _ map[string][]byte, summary string) bool {
+			fmt.Fprintln(g.out, summary)
+			return true
+		})
 }
 
 // readSecretKeys adds the Secret's keys found in dir to files (policy check
