@@ -32,15 +32,7 @@ secrets so that bounces to addresses signed before the rotation still come back
 	return cmd
 }
 
-func srsSecrets(files map[string][]byte) []string {
-	var out []string
-	for _, l := range strings.Split(string(files[policy.KeySRS]), "\n") {
-		if t := strings.TrimSpace(l); t != "" && t[0] != '#' {
-			out = append(out, t)
-		}
-	}
-	return out
-}
+func srsSecrets(files map[string][]byte) []string { return entryLines(files[policy.KeySRS]) }
 
 // secretID names a secret without showing it.
 func secretID(secret string) string {
