@@ -133,9 +133,6 @@ func newDKIMList(g *globals, sf *secretFlags) *cobra.Command {
 		Short: "List the signing keys and the TXT records to publish (never the private keys)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			st, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
@@ -161,6 +158,6 @@ func newDKIMList(g *globals, sf *secretFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }

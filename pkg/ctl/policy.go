@@ -151,9 +151,6 @@ func newPolicyGet(g *globals, kf *kubeFlags) *cobra.Command {
 		Short: "Show the policy, or one key as sendmail text",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			st, err := kf.store()
 			if err != nil {
 				return err
@@ -185,7 +182,7 @@ func newPolicyGet(g *globals, kf *kubeFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 

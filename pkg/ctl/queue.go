@@ -153,9 +153,6 @@ func newQueueList(g *globals) *cobra.Command {
 		Short:   "List queued messages (mailq)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			f, err := ff.filter()
 			if err != nil {
 				return err
@@ -190,7 +187,7 @@ func newQueueList(g *globals) *cobra.Command {
 		},
 	}
 	ff.register(cmd, true)
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().IntVar(&limit, "limit", 0, "stop after this many (0: all)")
 	return cmd
 }
@@ -209,9 +206,6 @@ func newQueueStats(g *globals) *cobra.Command {
 		Short: "Count queued messages by state and domain, with the oldest one's age since arrival (from subject counts, no scan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				s, err := q.Stats(ctx)
 				if err != nil {
@@ -242,7 +236,7 @@ func newQueueStats(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 
@@ -277,9 +271,6 @@ func newQueueShow(g *globals) *cobra.Command {
 		Short: "Show one message: envelope per domain, per-recipient history, body headers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			qid := args[0]
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				res := showResult{QueueID: qid, Envelopes: []listDetail{}}
@@ -348,7 +339,7 @@ func newQueueShow(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to show the message headers (env MAILFWD_BLOB_STORE)")
 	return cmd
 }

@@ -60,9 +60,6 @@ func newUsersList(g *globals, sf *secretFlags) *cobra.Command {
 		Short: "List the users and the senders they may use (never the hashes)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			st, files, err := sf.load(cmd.Context())
 			if err != nil {
 				return err
@@ -84,7 +81,7 @@ func newUsersList(g *globals, sf *secretFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 
