@@ -151,11 +151,7 @@ func newPolicyGet(g *globals, kf *kubeFlags) *cobra.Command {
 		Short: "Show the policy, or one key as sendmail text",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := kf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			st, files, err := kf.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -513,11 +509,7 @@ func newPolicyDiff(g *globals, kf *kubeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := kf.store()
-			if err != nil {
-				return err
-			}
-			cur, _, err := st.Load(cmd.Context())
+			_, cur, err := kf.load(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -236,6 +236,21 @@ func (k *kubeFlags) store() (policyStore, error) {
 	return configMapStore{client: cs, namespace: ns, name: k.configMap, kf: k}, nil
 }
 
+// load reads the policy (ConfigMap or directory) as it is now.
+func (k *kubeFlags) load(ctx context.Context) (policyStore, map[string][]byte, error) {
+	return loadNow(ctx, k.store)
+}
+
+// loadNow opens the store and reads it as it is now.
+func loadNow(ctx context.Context, open func() (policyStore, error)) (policyStore, map[string][]byte, error) {
+	st, err := open()
+	if err != nil {
+		return nil, nil, err
+	}
+	files, _, err := st.Load(ctx)
+	return st, files, err
+}
+
 // clientset connects as kubectl would, and returns the namespace to use.
 // coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,
 // Secrets, Namespaces). Only the core/v1 client is linked in, not every API

@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"github.com/spf13/pflag"
 
@@ -111,12 +114,37 @@ func (f *secretFlags) store() (policyStore, error) {
 
 // load reads the policy Secret (or the local directory) as it is now.
 func (f *secretFlags) load(ctx context.Context) (policyStore, map[string][]byte, error) {
-	st, err := f.store()
-	if err != nil {
-		return nil, nil, err
+	return loadNow(ctx, f.store)
+}
+
+// newSecretList is the list command of one key of the policy Secret: rows
+// makes the rows to show from the Secret's files, printed as json/yaml or as
+// a table (header, then line of each row) under the store's name.
+func newSecretList[V any](g *globals, sf *secretFlags, short, header string, rows func(files map[string][]byte) ([]V, error), line func(V) string) *cobra.Command {
+	var out printer
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, files, err := sf.load(cmd.Context())
+			if err != nil {
+				return err
+			}
+			views, err := rows(files)
+			if err != nil {
+				return err
+			}
+			return out.print(g.out, views, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "# %s\n%s\n", st.Where(), header)
+				for _, v := range views {
+					fmt.Fprintln(tw, line(v))
+				}
+			})
+		},
 	}
-	files, _, err := st.Load(ctx)
-	return st, files, err
+	out.register(cmd)
+	return cmd
 }
 
 // mutateSecret loads the Secret, applies change, validates the result as

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -54,35 +53,19 @@ type userView struct {
 }
 
 func newUsersList(g *globals, sf *secretFlags) *cobra.Command {
-	var out printer
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the users and the senders they may use (never the hashes)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, files, err := sf.load(cmd.Context())
-			if err != nil {
-				return err
-			}
+	return newSecretList(g, sf, "List the users and the senders they may use (never the hashes)", "NAME\tHASH\tSENDERS",
+		func(files map[string][]byte) ([]userView, error) {
 			us, err := parseUsers(files)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			views := []userView{}
 			for _, u := range us.List() {
 				views = append(views, userView{Name: u.Name, Algorithm: string(u.Hash.Algorithm), Senders: u.Senders})
 			}
-			return out.print(g.out, views, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "# %s\n", st.Where())
-				fmt.Fprintf(tw, "NAME\tHASH\tSENDERS\n")
-				for _, v := range views {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Algorithm, strings.Join(v.Senders, ","))
-				}
-			})
+			return views, nil
 		},
-	}
-	out.register(cmd)
-	return cmd
+		func(v userView) string { return v.Name + "\t" + v.Algorithm + "\t" + strings.Join(v.Senders, ",") })
 }
 
 // passwordFlags say where the password comes from and how to hash it.
