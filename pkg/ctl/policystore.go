@@ -142,18 +142,12 @@ func (c configMapStore) Where() string {
 }
 
 func (c configMapStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	cm, err := c.client.CoreV1().ConfigMaps(c.namespace).Get(ctx, c.name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		// A missing ConfigMap is an empty policy, but a missing namespace
-		// (a typo in -n) is an error, not an empty policy. A caller that
-		// may not read namespaces gets the empty policy.
-		if _, nerr := c.client.CoreV1().Namespaces().Get(ctx, c.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
-			return nil, "", fmt.Errorf("read %s: namespace %q not found", c.Where(), c.namespace)
-		}
-		return map[string][]byte{}, "", nil
-	}
+	cm, err := kubeLoad(ctx, c.client, c.client.CoreV1().ConfigMaps(c.namespace), c.namespace, c.name, c.Where())
 	if err != nil {
-		return nil, "", fmt.Errorf("read %s: %w", c.Where(), err)
+		return nil, "", err
+	}
+	if cm == nil {
+		return map[string][]byte{}, "", nil
 	}
 	files := map[string][]byte{}
 	for k, v := range cm.Data {
@@ -167,35 +161,73 @@ func (c configMapStore) Save(ctx context.Context, files map[string][]byte, versi
 	for k, v := range files {
 		data[k] = string(v)
 	}
-	cms := c.client.CoreV1().ConfigMaps(c.namespace)
-	if version == "" {
-		cm := &corev1.ConfigMap{
+	return kubeSave(ctx, c.client.CoreV1().ConfigMaps(c.namespace), c.name, c.Where(), version,
+		&corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: c.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy"}},
 			Data: data,
+		},
+		func(cm *corev1.ConfigMap) { cm.Data = data })
+}
+
+// kubeClient is what the stores use of a typed client of ConfigMaps or
+// Secrets.
+type kubeClient[T any] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*T, error)
+	Create(ctx context.Context, obj *T, opts metav1.CreateOptions) (*T, error)
+	Update(ctx context.Context, obj *T, opts metav1.UpdateOptions) (*T, error)
+}
+
+// kubeObject is a pointer to a ConfigMap or Secret.
+type kubeObject[T any] interface {
+	*T
+	metav1.Object
+}
+
+// kubeLoad gets the object; a missing object is nil (an empty policy), but a
+// missing namespace (a typo in -n) is an error, not an empty policy. A caller
+// that may not read namespaces gets the empty policy.
+func kubeLoad[T any](ctx context.Context, client coreClient, c kubeClient[T], namespace, name, where string) (*T, error) {
+	obj, err := c.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, nerr := client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
+			return nil, fmt.Errorf("read %s: namespace %q not found", where, namespace)
 		}
-		_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mailfwdctl"})
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", where, err)
+	}
+	return obj, nil
+}
+
+// kubeSave creates the object when there was none (version ""), or else
+// sets the new content on it with update and writes it if it is still at
+// version; a concurrent writer is errConflict.
+func kubeSave[T any, P kubeObject[T]](ctx context.Context, c kubeClient[T], name, where, version string, create P, update func(P)) error {
+	if version == "" {
+		_, err := c.Create(ctx, create, metav1.CreateOptions{FieldManager: "mailfwdctl"})
 		if apierrors.IsAlreadyExists(err) {
 			return errConflict
 		}
 		if err != nil {
-			return fmt.Errorf("create %s: %w", c.Where(), err)
+			return fmt.Errorf("create %s: %w", where, err)
 		}
 		return nil
 	}
-	cm, err := cms.Get(ctx, c.name, metav1.GetOptions{})
+	cur, err := c.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("read %s: %w", c.Where(), err)
+		return fmt.Errorf("read %s: %w", where, err)
 	}
-	if cm.ResourceVersion != version {
+	if P(cur).GetResourceVersion() != version {
 		return errConflict
 	}
-	cm.Data = data
-	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
+	update(cur)
+	if _, err := c.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
 		if apierrors.IsConflict(err) {
 			return errConflict
 		}
-		return fmt.Errorf("update %s: %w", c.Where(), err)
+		return fmt.Errorf("update %s: %w", where, err)
 	}
 	return nil
 }

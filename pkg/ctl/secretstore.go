@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/pflag"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mailfwd/mailfwd/pkg/policy"
@@ -35,15 +34,12 @@ func (s secretStore) Who(ctx context.Context) string { return kubeUser(ctx, s.cl
 func (s secretStore) Where() string { return fmt.Sprintf("Secret %s/%s", s.namespace, s.name) }
 
 func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		if _, nerr := s.client.CoreV1().Namespaces().Get(ctx, s.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
-			return nil, "", fmt.Errorf("read %s: namespace %q not found", s.Where(), s.namespace)
-		}
-		return map[string][]byte{}, "", nil
-	}
+	sec, err := kubeLoad(ctx, s.client, s.client.CoreV1().Secrets(s.namespace), s.namespace, s.name, s.Where())
 	if err != nil {
-		return nil, "", fmt.Errorf("read %s: %w", s.Where(), err)
+		return nil, "", err
+	}
+	if sec == nil {
+		return map[string][]byte{}, "", nil
 	}
 	files := map[string][]byte{}
 	for k, v := range sec.Data {
@@ -53,38 +49,14 @@ func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error
 }
 
 func (s secretStore) Save(ctx context.Context, files map[string][]byte, version string) error {
-	secrets := s.client.CoreV1().Secrets(s.namespace)
-	if version == "" {
-		sec := &corev1.Secret{
+	return kubeSave(ctx, s.client.CoreV1().Secrets(s.namespace), s.name, s.Where(), version,
+		&corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy-secret"}},
 			Type: corev1.SecretTypeOpaque,
 			Data: files,
-		}
-		_, err := secrets.Create(ctx, sec, metav1.CreateOptions{FieldManager: "mailfwdctl"})
-		if apierrors.IsAlreadyExists(err) {
-			return errConflict
-		}
-		if err != nil {
-			return fmt.Errorf("create %s: %w", s.Where(), err)
-		}
-		return nil
-	}
-	sec, err := secrets.Get(ctx, s.name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("read %s: %w", s.Where(), err)
-	}
-	if sec.ResourceVersion != version {
-		return errConflict
-	}
-	sec.Data, sec.StringData = files, nil
-	if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
-		if apierrors.IsConflict(err) {
-			return errConflict
-		}
-		return fmt.Errorf("update %s: %w", s.Where(), err)
-	}
-	return nil
+		},
+		func(sec *corev1.Secret) { sec.Data, sec.StringData = files, nil })
 }
 
 // secretFlags are kubectl's connection flags plus the Secret's name.
