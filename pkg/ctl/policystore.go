@@ -142,18 +142,14 @@ func (c configMapStore) Where() string {
 }
 
 func (c configMapStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	cm, err := kubeLoad(ctx, c.client, c.client.CoreV1().ConfigMaps(c.namespace), c.namespace, c.name, c.Where())
-	if err != nil {
-		return nil, "", err
-	}
-	if cm == nil {
-		return map[string][]byte{}, "", nil
-	}
-	files := map[string][]byte{}
-	for k, v := range cm.Data {
-		files[k] = []byte(v)
-	}
-	return files, cm.ResourceVersion, nil
+	return kubeLoad(ctx, c.client, c.client.CoreV1().ConfigMaps(c.namespace), c.namespace, c.name, c.Where(),
+		func(cm *corev1.ConfigMap) map[string][]byte {
+			files := map[string][]byte{}
+			for k, v := range cm.Data {
+				files[k] = []byte(v)
+			}
+			return files
+		})
 }
 
 func (c configMapStore) Save(ctx context.Context, files map[string][]byte, version string) error {
@@ -184,21 +180,22 @@ type kubeObject[T any] interface {
 	metav1.Object
 }
 
-// kubeLoad gets the object; a missing object is nil (an empty policy), but a
-// missing namespace (a typo in -n) is an error, not an empty policy. A caller
-// that may not read namespaces gets the empty policy.
-func kubeLoad[T any](ctx context.Context, client coreClient, c kubeClient[T], namespace, name, where string) (*T, error) {
+// kubeLoad gets the object and returns its files and version; a missing
+// object is an empty policy, but a missing namespace (a typo in -n) is an
+// error, not an empty policy. A caller that may not read namespaces gets
+// the empty policy.
+func kubeLoad[T any, P kubeObject[T]](ctx context.Context, client coreClient, c kubeClient[T], namespace, name, where string, files func(P) map[string][]byte) (map[string][]byte, string, error) {
 	obj, err := c.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		if _, nerr := client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
-			return nil, fmt.Errorf("read %s: namespace %q not found", where, namespace)
+			return nil, "", fmt.Errorf("read %s: namespace %q not found", where, namespace)
 		}
-		return nil, nil
+		return map[string][]byte{}, "", nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", where, err)
+		return nil, "", fmt.Errorf("read %s: %w", where, err)
 	}
-	return obj, nil
+	return files(obj), P(obj).GetResourceVersion(), nil
 }
 
 // kubeSave creates the object when there was none (version ""), or else

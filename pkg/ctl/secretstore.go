@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,18 +35,12 @@ func (s secretStore) Who(ctx context.Context) string { return kubeUser(ctx, s.cl
 func (s secretStore) Where() string { return fmt.Sprintf("Secret %s/%s", s.namespace, s.name) }
 
 func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	sec, err := kubeLoad(ctx, s.client, s.client.CoreV1().Secrets(s.namespace), s.namespace, s.name, s.Where())
-	if err != nil {
-		return nil, "", err
-	}
-	if sec == nil {
-		return map[string][]byte{}, "", nil
-	}
-	files := map[string][]byte{}
-	for k, v := range sec.Data {
-		files[k] = v
-	}
-	return files, sec.ResourceVersion, nil
+	return kubeLoad(ctx, s.client, s.client.CoreV1().Secrets(s.namespace), s.namespace, s.name, s.Where(),
+		func(sec *corev1.Secret) map[string][]byte {
+			files := make(map[string][]byte, len(sec.Data)) // never nil: the commands add to it
+			maps.Copy(files, sec.Data)
+			return files
+		})
 }
 
 func (s secretStore) Save(ctx context.Context, files map[string][]byte, version string) error {
