@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -29,6 +30,22 @@ type cutProxy struct {
 	marker []byte
 	nth    int
 	extra  int
+}
+
+// ingress connects an ingress's queue client through the proxy (the test's
+// name, publish wait 6 s) and checks the connection; it closes with the test.
+func (px *cutProxy) ingress(t *testing.T, ctx context.Context) *queue.Queue {
+	t.Helper()
+	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
+		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	if err := q.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
 
 func startCutProxy(t *testing.T, target string) *cutProxy {
@@ -115,21 +132,13 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing
 	f := setup(t)
 	ctx := ctxT(t)
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("HPUB "+queue.AcceptPrefix+"."), 2, 0)
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
-		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q := px.ingress(t, ctx)
 	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test", "c.test")
 	for _, e := range envs {
 		bigRecipients(e, 400<<10)
 	}
 	px.armed.Store(true)
-	err = q.Enqueue(ctx, envs)
+	err := q.Enqueue(ctx, envs)
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}

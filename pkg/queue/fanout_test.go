@@ -29,16 +29,8 @@ const fanAckWait = 2 * time.Second
 
 func setupFan(t *testing.T) *fanFixture {
 	t.Helper()
-	n := testenv.StartNATS(t)
 	ctx := ctxT(t)
-	in, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name() + "-ingress", AckWait: fanAckWait, PublishWait: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Close)
-	if err := in.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	in, n := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name() + "-ingress", AckWait: fanAckWait, PublishWait: 5 * time.Second})
 	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -160,19 +152,11 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksMidRecord(t *testing.T) {
 	f := setupFan(t)
 	ctx := ctxT(t)
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("HPUB "+queue.AcceptPrefix+"."), 1, 60)
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
-		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q := px.ingress(t, ctx)
 	_, _ = f.worker(t, f.nats.URL())
 	qid := envelope.NewQueueID()
 	px.armed.Store(true)
-	err = q.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test"))
+	err := q.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test"))
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // A queue in the stream of an earlier release (schedules on, so roll-ups
@@ -19,14 +18,9 @@ import (
 // deferred envelope the deferrals consumer makes ready when due. A second
 // run has nothing to do.
 func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, _ := ConnectTest(t, ctx, Config{})
 	js, _ := jetstream.New(q.nc)
 	oldCfg := q.Expected().Stream
 	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
@@ -132,14 +126,9 @@ func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
 // timeout) resumes after the last parked message when run again: every
 // message ends in the new stream exactly once.
 func TestMigrateResumesAfterAStop(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, _ := ConnectTest(t, ctx, Config{})
 	js, _ := jetstream.New(q.nc)
 	oldCfg := q.Expected().Stream
 	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false

@@ -30,22 +30,9 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{
-		URL:         n.URL(),
-		ClientName:  t.Name(),
-		PublishWait: 5 * time.Second,
-		Propagator:  propagation.TraceContext{},
-	})
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatalf("bootstrap: %v", err)
-	}
+	q, n := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name(), PublishWait: 5 * time.Second, Propagator: propagation.TraceContext{}})
 	cons, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
