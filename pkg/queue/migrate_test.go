@@ -12,6 +12,20 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 )
 
+// earlierStream connects to a new NATS server that holds the (empty) stream
+// of an earlier release: schedules on, so roll-ups on, and purge allowed.
+func earlierStream(t *testing.T, ctx context.Context) (*Queue, jetstream.JetStream, jetstream.StreamConfig) {
+	t.Helper()
+	q, _ := ConnectTest(t, ctx, Config{})
+	js, _ := jetstream.New(q.nc)
+	oldCfg := q.Expected().Stream
+	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
+	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
+		t.Fatal(err)
+	}
+	return q, js, oldCfg
+}
+
 // A queue in the stream of an earlier release (schedules on, so roll-ups
 // on and purge allowed) is moved by Migrate into a safe stream: every
 // envelope, in every state, byte for byte; the scheduled one as a plain
@@ -20,13 +34,7 @@ import (
 func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, _ := ConnectTest(t, ctx, Config{})
-	js, _ := jetstream.New(q.nc)
-	oldCfg := q.Expected().Stream
-	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
-	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
-		t.Fatal(err)
-	}
+	q, js, _ := earlierStream(t, ctx)
 	env := func(qid, domain string) []byte {
 		e := &envelope.Envelope{QueueID: qid, Domain: domain, BodyKey: "b-" + qid, Recipients: []envelope.Recipient{{Addr: "x@" + domain}}, Parts: 1,
 			Arrived: time.Now().UTC(), NextAttempt: time.Now().Add(500 * time.Millisecond).UTC()}
@@ -128,13 +136,7 @@ func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
 func TestMigrateResumesAfterAStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, _ := ConnectTest(t, ctx, Config{})
-	js, _ := jetstream.New(q.nc)
-	oldCfg := q.Expected().Stream
-	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
-	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
-		t.Fatal(err)
-	}
+	q, js, oldCfg := earlierStream(t, ctx)
 	for _, d := range []string{"a.test", "b.test", "c.test"} {
 		if _, err := js.Publish(ctx, ReadySubject(d), []byte(d)); err != nil {
 			t.Fatal(err)
