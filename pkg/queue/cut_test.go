@@ -143,10 +143,7 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}
 	// A partial count would show at once; look a few times for a late one.
-	st, serr := f.js.Stream(ctx, "MAIL")
-	if serr != nil {
-		t.Fatal(serr)
-	}
+	st := mailStream(t, ctx, f.js)
 	var stored uint64
 	for range 3 {
 		info, ierr := st.Info(ctx, jetstream.WithSubjectFilter("mail.accept.>"))

@@ -213,15 +213,7 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 func TestFanOutOfACompletedMessageRepublishesNothing(t *testing.T) {
 	f := setupFan(t)
 	ctx := ctxT(t)
-	st, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := st.CachedInfo().Config
-	cfg.Duplicates = 500 * time.Millisecond
-	if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatalf("shorten the dedupe window: %v", err)
-	}
+	editMailStream(t, ctx, f.js, func(c *jetstream.StreamConfig) { c.Duplicates = 500 * time.Millisecond })
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("PUB $JS.ACK.MAIL.accepts."), 1, 0)
 	px.armed.Store(true)
 	_, _ = f.worker(t, "nats://"+px.ln.Addr().String())

@@ -53,15 +53,56 @@ func (f *fixture) streamMsgs(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
+	s := mailStream(t, ctx, f.js)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatalf("stream info: %v", err)
 	}
 	return info.State.Msgs
+}
+
+// streamMsgsSettle polls the stream's message count (every 50 ms, at most
+// for within) until it is want, and returns the last count seen.
+func (f *fixture) streamMsgsSettle(t *testing.T, want uint64, within time.Duration) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	n := f.streamMsgs(t)
+	for n != want && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		n = f.streamMsgs(t)
+	}
+	return n
+}
+
+// releaseAllAtOnce releases the body of each of envs, all at once from as
+// many goroutines, and returns how many releases reported the last one,
+// with the errors.
+func (f *fixture) releaseAllAtOnce(ctx context.Context, envs []*envelope.Envelope) (int, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		lasts int
+		errs  []error
+	)
+	start := make(chan struct{})
+	for _, e := range envs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			last, err := f.q.ReleaseBody(ctx, e)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", e.Domain, err))
+			} else if last {
+				lasts++
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return lasts, errors.Join(errs...)
 }
 
 // fannedOut waits (at most 10 s) until the accepts consumer has fanned
@@ -71,10 +112,7 @@ func (f *fixture) fannedOut(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
+	s := mailStream(t, ctx, f.js)
 	for {
 		info, err := s.Info(ctx, jetstream.WithSubjectFilter(queue.AcceptPrefix+".>"))
 		if err != nil {
@@ -112,6 +150,26 @@ func newEnvelopes(qid string, domains ...string) []*envelope.Envelope {
 		}
 	}
 	return envs
+}
+
+// mailStream is the MAIL stream as js sees it now.
+func mailStream(t *testing.T, ctx context.Context, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	st, err := js.Stream(ctx, "MAIL")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	return st
+}
+
+// editMailStream changes the MAIL stream's configuration with edit.
+func editMailStream(t *testing.T, ctx context.Context, js jetstream.JetStream, edit func(*jetstream.StreamConfig)) {
+	t.Helper()
+	cfg := mailStream(t, ctx, js).CachedInfo().Config
+	edit(&cfg)
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("edit stream: %v", err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -176,14 +234,7 @@ func TestEnqueuePublishesOneMessagePerEnvelopeWithTraceContext(t *testing.T) {
 		}
 	}
 	// Acks are not confirmed by the server: give them a moment to land.
-	var got uint64
-	for range 50 {
-		if got = f.streamMsgs(t); got == 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got != 0 {
+	if got := f.streamMsgsSettle(t, 0, 2500*time.Millisecond); got != 0 {
 		t.Errorf("after acks the work queue holds %d messages, want 0", got)
 	}
 }
@@ -283,14 +334,7 @@ func TestDeferSchedulesAndReplaces(t *testing.T) {
 		t.Fatalf("ack: %v", err)
 	}
 	// Nothing of the schedule is left behind in the stream.
-	var n uint64
-	for range 50 {
-		if n = f.streamMsgs(t); n == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if n != 0 {
+	if n := f.streamMsgsSettle(t, 0, 5*time.Second); n != 0 {
 		t.Errorf("stream still holds %d messages after the deferred envelope was acked", n)
 	}
 }
@@ -352,33 +396,9 @@ func TestReleaseBodyConcurrent(t *testing.T) {
 			t.Fatalf("enqueue: %v", err)
 		}
 		f.fannedOut(t)
-		var (
-			wg    sync.WaitGroup
-			mu    sync.Mutex
-			lasts int
-			errs  []error
-		)
-		start := make(chan struct{})
-		for _, e := range envs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				last, err := f.q.ReleaseBody(ctx, e)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", e.Domain, err))
-				}
-				if last {
-					lasts++
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		if len(errs) > 0 {
-			t.Fatalf("round %d: release errors: %v", round, errors.Join(errs...))
+		lasts, err := f.releaseAllAtOnce(ctx, envs)
+		if err != nil {
+			t.Fatalf("round %d: release errors: %v", round, err)
 		}
 		if lasts != 1 {
 			t.Fatalf("round %d: %d releases reported last, want exactly 1", round, lasts)
@@ -446,14 +466,7 @@ func TestFetchReportsUndecodablePayload(t *testing.T) {
 			t.Errorf("term: %v", err)
 		}
 	}
-	var n uint64
-	for range 50 {
-		if n = f.streamMsgs(t); n == 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n != 0 {
+	if n := f.streamMsgsSettle(t, 0, 2500*time.Millisecond); n != 0 {
 		t.Errorf("terminated messages still in the work queue: %d", n)
 	}
 }
@@ -486,10 +499,7 @@ func TestGuessedQueueIDCannotPreemptAMessage(t *testing.T) {
 			t.Fatalf("enqueue: %v", err)
 		}
 		// Each domain gets its real envelope (multi-domain: after the fan-out).
-		st, err := f.js.Stream(ctx, "MAIL")
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := mailStream(t, ctx, f.js)
 		for _, d := range doms {
 			found := false
 			for deadline := time.Now().Add(10 * time.Second); !found && time.Now().Before(deadline); {
