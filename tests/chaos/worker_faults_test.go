@@ -257,8 +257,7 @@ func TestHostileMX(t *testing.T) {
 	m := startStack(t, "file", nil, 2, h.addr)
 	l := newLedger()
 	n := envN("CHAOS_HOSTILE_N", 300)
-	ld := &load{name: "hostile", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	<-runLoad(ld, l)
+	<-runLoad(loadOn(m, "hostile", n), l)
 	// Let the floods run for a while: every attempt meets one.
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && h.floods.Load() < int64(4*n/10); {
 		time.Sleep(100 * time.Millisecond)
