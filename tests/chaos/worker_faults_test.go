@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailfwd/mailfwd/bench/rig"
 	"github.com/mailfwd/mailfwd/pkg/sink"
 )
 
@@ -233,21 +232,6 @@ func startHostileMX(t *testing.T) *hostileMX {
 	return h
 }
 
-// peakRSS is a process's high-water resident set (VmHWM) in bytes.
-func peakRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return -1
-}
-
 // TestHostileMX: the destination floods every EHLO reply with endless
 // continuation lines. The workers must stay up with bounded memory (each
 // reply is cut at --max-reply-bytes, the connection dropped, the mail
@@ -267,7 +251,7 @@ func TestHostileMX(t *testing.T) {
 		if !w.Running() {
 			t.Errorf("%s died under the hostile MX", w.Name)
 		}
-		peak = max(peak, peakRSS(w.Pid()))
+		peak = max(peak, rig.PeakRSS(w.Pid())<<10)
 	}
 	floods, flooded := h.floods.Load(), h.flooded.Load()
 	if h.sink.Count() != 0 {
