@@ -126,21 +126,12 @@ func (p *Policy) parseDKIM(lines []line) []error {
 func (p *Policy) smarthostFiles(out map[string][]byte) {
 	out[KeyUsers] = []byte(p.Users.Text())
 
-	var b strings.Builder
 	auth := p.TLS.AuthEntries()
-	for _, k := range sortedKeys(auth) {
-		fmt.Fprintf(&b, "%s\t%s\n", k, auth[k])
-	}
-	out[KeyAuthinfo] = []byte(b.String())
-
-	b.Reset()
+	out[KeyAuthinfo] = lineEach(sortedKeys(auth), func(k string) string { return fmt.Sprintf("%s\t%s", k, auth[k]) })
 	tls := p.TLS.TLSEntries()
-	for _, k := range sortedKeys(tls) {
-		fmt.Fprintf(&b, "%s\t%s\n", k, tls[k])
-	}
-	out[KeyTLSPolicy] = []byte(b.String())
+	out[KeyTLSPolicy] = lineEach(sortedKeys(tls), func(k string) string { return fmt.Sprintf("%s\t%s", k, tls[k]) })
 
-	b.Reset()
+	var b strings.Builder
 	for _, k := range p.DKIM.List() {
 		if l, err := k.Line(); err == nil {
 			b.WriteString(l + "\n")
