@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/bench/rig"
 	"github.com/mailfwd/mailfwd/pkg/sink"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // sendTwo sends one message with two recipients over a fresh session and
@@ -176,57 +177,38 @@ type hostileMX struct {
 
 func startHostileMX(t *testing.T) *hostileMX {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &hostileMX{addr: ln.Addr().String(), sink: sink.New(sink.Config{Hostname: "dest.chaos.test"}),
-		feed: make(chan net.Conn), stop: make(chan struct{})}
+	h := &hostileMX{sink: sink.New(sink.Config{Hostname: "dest.chaos.test"}), feed: make(chan net.Conn), stop: make(chan struct{})}
 	h.hostile.Store(true)
-	go func() { _ = h.sink.Serve(&chanListener{addr: ln.Addr(), ch: h.feed, done: h.stop}) }()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	addr := testenv.ServeTCP(t, func(c net.Conn) {
+		if !h.hostile.Load() {
+			select {
+			case h.feed <- c:
+			case <-h.stop:
+				c.Close()
+			}
+			return
+		}
+		defer c.Close()
+		h.floods.Add(1)
+		c.SetDeadline(time.Now().Add(time.Minute))
+		io.WriteString(c, "220 hostile.chaos.test ESMTP\r\n")
+		var b [512]byte
+		if _, err := c.Read(b[:]); err != nil {
+			return
+		}
+		line := "250-" + strings.Repeat("x", 990) + "\r\n"
 		for {
-			c, err := ln.Accept()
+			n, err := io.WriteString(c, line)
+			h.flooded.Add(int64(n))
 			if err != nil {
 				return
 			}
-			if !h.hostile.Load() {
-				select {
-				case h.feed <- c:
-				case <-h.stop:
-					c.Close()
-				}
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				h.floods.Add(1)
-				c.SetDeadline(time.Now().Add(time.Minute))
-				io.WriteString(c, "220 hostile.chaos.test ESMTP\r\n")
-				var b [512]byte
-				if _, err := c.Read(b[:]); err != nil {
-					return
-				}
-				line := "250-" + strings.Repeat("x", 990) + "\r\n"
-				for {
-					n, err := io.WriteString(c, line)
-					h.flooded.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
+	h.addr = addr.String()
+	go func() { _ = h.sink.Serve(&chanListener{addr: addr, ch: h.feed, done: h.stop}) }()
 	t.Cleanup(func() {
-		ln.Close()
 		close(h.stop)
-		wg.Wait()
 		h.sink.Close()
 	})
 	return h
