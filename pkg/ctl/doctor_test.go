@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailfwd/mailfwd/pkg/ctl"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/sink"
@@ -73,16 +74,7 @@ func detail(rep doctorOut, check string) string {
 
 func bootstrap(t *testing.T, url string, ackWait time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: url, AckWait: ackWait})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctl.BootstrapQueue(t, url, ackWait)
 }
 
 // startQueue starts NATS with the queue bootstrapped (ack wait 30 s) and
