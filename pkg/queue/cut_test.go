@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // cutProxy forwards NATS connections to target; when armed, it cuts the
@@ -23,10 +23,9 @@ import (
 // nth and extra change where: before the nth occurrence of marker, plus
 // extra bytes of it.
 type cutProxy struct {
-	ln     net.Listener
+	addr   string
 	armed  atomic.Bool
 	cuts   atomic.Int32
-	wg     sync.WaitGroup
 	marker []byte
 	nth    int
 	extra  int
@@ -36,7 +35,7 @@ type cutProxy struct {
 // name, publish wait 6 s) and checks the connection; it closes with the test.
 func (px *cutProxy) ingress(t *testing.T, ctx context.Context) *queue.Queue {
 	t.Helper()
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
+	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.addr, ClientName: t.Name(),
 		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
 	if err != nil {
 		t.Fatal(err)
@@ -56,30 +55,20 @@ func startCutProxy(t *testing.T, target string) *cutProxy {
 // startCutProxyAt is startCutProxy cutting before the nth marker (+extra bytes).
 func startCutProxyAt(t *testing.T, target string, marker []byte, nth, extra int) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, marker: marker, nth: nth, extra: extra}
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); _, _ = io.Copy(c, s); c.Close() }()
-			go func() { defer p.wg.Done(); p.forward(c, s); s.Close(); c.Close() }()
+	p := &cutProxy{marker: marker, nth: nth, extra: extra}
+	p.addr = testenv.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		s, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		back := make(chan struct{})
+		go func() { defer close(back); _, _ = io.Copy(c, s); c.Close() }()
+		p.forward(c, s)
+		s.Close()
+		c.Close()
+		<-back
+	}).String()
 	return p
 }
 

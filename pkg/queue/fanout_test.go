@@ -185,7 +185,7 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 	ctx := ctxT(t)
 	px := startCutProxy(t, f.nats.URL()[len("nats://"):])
 	px.armed.Store(true)
-	_, _ = f.worker(t, "nats://"+px.ln.Addr().String())
+	_, _ = f.worker(t, "nats://"+px.addr)
 	qid := envelope.NewQueueID()
 	if err := f.in.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test")); err != nil {
 		t.Fatalf("enqueue: %v", err)
@@ -216,7 +216,7 @@ func TestFanOutOfACompletedMessageRepublishesNothing(t *testing.T) {
 	editMailStream(t, ctx, f.js, func(c *jetstream.StreamConfig) { c.Duplicates = 500 * time.Millisecond })
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("PUB $JS.ACK.MAIL.accepts."), 1, 0)
 	px.armed.Store(true)
-	_, _ = f.worker(t, "nats://"+px.ln.Addr().String())
+	_, _ = f.worker(t, "nats://"+px.addr)
 	qid := envelope.NewQueueID()
 	envs := newEnvelopes(qid, "a.test", "b.test", "c.test")
 	if err := f.in.Enqueue(ctx, envs); err != nil {
