@@ -27,6 +27,21 @@ type fanFixture struct {
 // ackWait is short so that a record whose fan-out was cut comes back soon.
 const fanAckWait = 2 * time.Second
 
+// oneReadyEach fails the test unless the stream holds exactly one ready
+// envelope for each of domains and nothing else.
+func (f *fanFixture) oneReadyEach(t *testing.T, domains ...string) {
+	t.Helper()
+	got := f.subjects(t, ">")
+	for _, d := range domains {
+		if got[queue.ReadySubject(d)] != 1 {
+			t.Errorf("%s: %d ready envelopes; want exactly 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
+		}
+	}
+	if len(got) != len(domains) {
+		t.Errorf("stream: %v; want the %d ready envelopes only", got, len(domains))
+	}
+}
+
 func setupFan(t *testing.T) *fanFixture {
 	t.Helper()
 	ctx := ctxT(t)
@@ -131,15 +146,7 @@ func TestMultiDomainAcceptIsOneWrite(t *testing.T) {
 	}
 	_, _ = f.worker(t, f.nats.URL())
 	f.settled(t)
-	got := f.subjects(t, ">")
-	for _, d := range []string{"a.test", "b.test", "c.test"} {
-		if got[queue.ReadySubject(d)] != 1 {
-			t.Errorf("%s: %d ready envelopes; want 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
-		}
-	}
-	if len(got) != 3 {
-		t.Errorf("stream after the fan-out: %v; want the three ready envelopes only", got)
-	}
+	f.oneReadyEach(t, "a.test", "b.test", "c.test")
 	if _, err := f.refs(t, qid); err != nil {
 		t.Errorf("refs entry after the fan-out: %v", err)
 	}
@@ -194,15 +201,7 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}
-	got := f.subjects(t, ">")
-	for _, d := range []string{"a.test", "b.test", "c.test"} {
-		if got[queue.ReadySubject(d)] != 1 {
-			t.Errorf("%s: %d ready envelopes; want exactly 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
-		}
-	}
-	if len(got) != 3 {
-		t.Errorf("stream: %v; want the three ready envelopes only", got)
-	}
+	f.oneReadyEach(t, "a.test", "b.test", "c.test")
 }
 
 // The fan-out's ack is lost (the connection breaks just before it), and
