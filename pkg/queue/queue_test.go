@@ -74,6 +74,15 @@ func (f *fixture) streamMsgsSettle(t *testing.T, want uint64, within time.Durati
 	return n
 }
 
+// streamEmpties fails the test unless the stream is empty within that
+// long (acks and terms are not confirmed by the server); when says when.
+func (f *fixture) streamEmpties(t *testing.T, within time.Duration, when string) {
+	t.Helper()
+	if n := f.streamMsgsSettle(t, 0, within); n != 0 {
+		t.Errorf("%s the stream still holds %d messages, want 0", when, n)
+	}
+}
+
 // releaseAllAtOnce releases the body of each of envs, all at once from as
 // many goroutines, and returns how many releases reported the last one,
 // with the errors.
@@ -234,9 +243,7 @@ func TestEnqueuePublishesOneMessagePerEnvelopeWithTraceContext(t *testing.T) {
 		}
 	}
 	// Acks are not confirmed by the server: give them a moment to land.
-	if got := f.streamMsgsSettle(t, 0, 2500*time.Millisecond); got != 0 {
-		t.Errorf("after acks the work queue holds %d messages, want 0", got)
-	}
+	f.streamEmpties(t, 2500*time.Millisecond, "after acks")
 }
 
 func TestEnqueueIsDeduplicated(t *testing.T) {
@@ -334,9 +341,7 @@ func TestDeferSchedulesAndReplaces(t *testing.T) {
 		t.Fatalf("ack: %v", err)
 	}
 	// Nothing of the schedule is left behind in the stream.
-	if n := f.streamMsgsSettle(t, 0, 5*time.Second); n != 0 {
-		t.Errorf("stream still holds %d messages after the deferred envelope was acked", n)
-	}
+	f.streamEmpties(t, 5*time.Second, "after the deferred envelope was acked")
 }
 
 func TestReleaseBodyAndPartDone(t *testing.T) {
@@ -466,9 +471,7 @@ func TestFetchReportsUndecodablePayload(t *testing.T) {
 			t.Errorf("term: %v", err)
 		}
 	}
-	if n := f.streamMsgsSettle(t, 0, 2500*time.Millisecond); n != 0 {
-		t.Errorf("terminated messages still in the work queue: %d", n)
-	}
+	f.streamEmpties(t, 2500*time.Millisecond, "after the terms")
 }
 
 // A NATS user who may publish to the queue (a stolen ingress password) and
