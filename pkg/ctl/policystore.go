@@ -13,8 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	authv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -22,7 +21,7 @@ import (
 
 // PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
 var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings", "tls_policy",
-	"masquerade", "genericstable", "senderroutes", "shaping"}
+	"masquerade", "genericstable", "senderroutes", "shaping", "quota"}
 
 // policyStore is where the policy lives: a ConfigMap, or a directory.
 type policyStore interface {
@@ -166,17 +165,9 @@ func (c configMapStore) Save(ctx context.Context, files map[string][]byte, versi
 		func(cm *corev1.ConfigMap) { cm.Data = data })
 }
 
-// kubeClient is what the stores use of a typed client of ConfigMaps or
-// Secrets.
-type kubeClient[T any] interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*T, error)
-	Create(ctx context.Context, obj *T, opts metav1.CreateOptions) (*T, error)
-	Update(ctx context.Context, obj *T, opts metav1.UpdateOptions) (*T, error)
-}
-
-// kubeObject is a pointer to a ConfigMap or Secret.
-type kubeObject[T any] interface {
-	*T
+// kubeObject is a ConfigMap or a Secret (a pointer to one).
+type kubeObject interface {
+	runtime.Object
 	metav1.Object
 }
 
@@ -184,7 +175,7 @@ type kubeObject[T any] interface {
 // object is an empty policy, but a missing namespace (a typo in -n) is an
 // error, not an empty policy. A caller that may not read namespaces gets
 // the empty policy.
-func kubeLoad[T any, P kubeObject[T]](ctx context.Context, client coreClient, c kubeClient[T], namespace, name, where string, files func(P) map[string][]byte) (map[string][]byte, string, error) {
+func kubeLoad[P kubeObject](ctx context.Context, client coreClient, c kubeObjects[P], namespace, name, where string, files func(P) map[string][]byte) (map[string][]byte, string, error) {
 	obj, err := c.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		if _, nerr := client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
@@ -195,13 +186,13 @@ func kubeLoad[T any, P kubeObject[T]](ctx context.Context, client coreClient, c 
 	if err != nil {
 		return nil, "", fmt.Errorf("read %s: %w", where, err)
 	}
-	return files(obj), P(obj).GetResourceVersion(), nil
+	return files(obj), obj.GetResourceVersion(), nil
 }
 
 // kubeSave creates the object when there was none (version ""), or else
 // sets the new content on it with update and writes it if it is still at
 // version; a concurrent writer is errConflict.
-func kubeSave[T any, P kubeObject[T]](ctx context.Context, c kubeClient[T], name, where, version string, create P, update func(P)) error {
+func kubeSave[P kubeObject](ctx context.Context, c kubeObjects[P], name, where, version string, create P, update func(P)) error {
 	if version == "" {
 		_, err := c.Create(ctx, create, metav1.CreateOptions{FieldManager: "mailfwdctl"})
 		if apierrors.IsAlreadyExists(err) {
@@ -216,7 +207,7 @@ func kubeSave[T any, P kubeObject[T]](ctx context.Context, c kubeClient[T], name
 	if err != nil {
 		return fmt.Errorf("read %s: %w", where, err)
 	}
-	if P(cur).GetResourceVersion() != version {
+	if cur.GetResourceVersion() != version {
 		return errConflict
 	}
 	update(cur)
@@ -280,23 +271,16 @@ func loadNow(ctx context.Context, open func() (policyStore, error)) (policyStore
 	return st, files, err
 }
 
-// clientset connects as kubectl would, and returns the namespace to use.
 // coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,
-// Secrets, Namespaces). Only the core/v1 client is linked in, not every API
-// group of kubernetes.Clientset (half of the binary's size).
+// Secrets, Namespaces), with client-go's method shapes; kubeclient.go makes
+// it without linking every API group of Kubernetes.
 type coreClient interface {
-	CoreV1() corev1client.CoreV1Interface
+	CoreV1() kubeCoreV1
 	// AuthenticationV1 asks who we are (SelfSubjectReview) for the audit trail.
-	AuthenticationV1() authv1client.AuthenticationV1Interface
+	AuthenticationV1() kubeAuthenticationV1
 }
 
-type coreOnly struct {
-	core corev1client.CoreV1Interface
-	auth authv1client.AuthenticationV1Interface
-}
-
-func (c coreOnly) CoreV1() corev1client.CoreV1Interface                     { return c.core }
-func (c coreOnly) AuthenticationV1() authv1client.AuthenticationV1Interface { return c.auth }
+// clientset connects as kubectl would, and returns the namespace to use.
 
 func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if !config.KubernetesHere(k.kubeconfig, os.Getenv) {
@@ -317,13 +301,9 @@ func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cs, err := corev1client.NewForConfig(rc)
+	cs, err := newKubeClient(rc)
 	if err != nil {
 		return nil, "", err
 	}
-	as, err := authv1client.NewForConfig(rc)
-	if err != nil {
-		return nil, "", err
-	}
-	return coreOnly{core: cs, auth: as}, ns, nil
+	return cs, ns, nil
 }
