@@ -15,7 +15,7 @@ func TestOutputFormatChecked(t *testing.T) {
 	none := t.TempDir() + "/none"
 	for _, args := range [][]string{
 		{"queue", "list"}, {"queue", "stats"}, {"queue", "show", "x"}, {"queue", "orphans"},
-		{"shaping", "status"}, {"version"}, {"doctor"},
+		{"shaping", "status"}, {"version"}, {"doctor"}, {"quota", "status", "--policy-dir", none},
 		{"policy", "get", "--policy-dir", none}, {"users", "list", "--policy-dir", none},
 		{"dkim", "list", "--policy-dir", none}, {"route", "--policy-dir", none, "x@example.com"},
 	} {
