@@ -242,17 +242,25 @@ func newPolicySet(g *globals, kf *kubeFlags) *cobra.Command {
 	return cmd
 }
 
-// policyChangeCmd finishes cmd as a command that changes the policy: plan
-// checks the arguments, reads what the change needs and returns the change,
-// which g.mutate applies; --dry-run validates and shows it, writing nothing.
+// policyChangeCmd is changeCmd for the policy (ConfigMap or directory).
 func policyChangeCmd(g *globals, kf *kubeFlags, cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (func(files map[string][]byte) error, error)) *cobra.Command {
+	return changeCmd(cmd, plan, func(ctx context.Context, action string, dryRun bool, change func(map[string][]byte) error) error {
+		return g.mutate(ctx, action, kf, dryRun, change)
+	})
+}
+
+// changeCmd finishes cmd as a command that changes the policy or its
+// Secret: plan checks the arguments, reads or asks for what the change
+// needs and returns it, and apply makes it (g.mutate, g.mutateSecret);
+// --dry-run validates and shows the change, writing nothing.
+func changeCmd[C any](cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (C, error), apply func(ctx context.Context, action string, dryRun bool, change C) error) *cobra.Command {
 	var dryRun bool
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		change, err := plan(cmd, args)
 		if err != nil {
 			return err
 		}
-		return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, change)
+		return apply(cmd.Context(), actionOf(cmd), dryRun, change)
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd

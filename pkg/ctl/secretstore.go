@@ -114,21 +114,12 @@ func newSecretList[V any](g *globals, sf *secretFlags, short, header string, row
 	return cmd
 }
 
-// secretChangeCmd finishes cmd as a command that changes the policy Secret:
-// plan checks the arguments, asks for what it needs (a password) and returns
-// the change, which g.mutateSecret applies; --dry-run validates and shows it,
-// writing nothing.
+// secretChangeCmd is changeCmd for the policy Secret: the change returns a
+// one-line summary (secrets are never shown as a diff).
 func secretChangeCmd(g *globals, sf *secretFlags, cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (func(files map[string][]byte) (string, error), error)) *cobra.Command {
-	var dryRun bool
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		change, err := plan(cmd, args)
-		if err != nil {
-			return err
-		}
-		return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, change)
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
-	return cmd
+	return changeCmd(cmd, plan, func(ctx context.Context, action string, dryRun bool, change func(map[string][]byte) (string, error)) error {
+		return g.mutateSecret(ctx, action, sf, dryRun, change)
+	})
 }
 
 // mutateSecret loads the Secret, applies change, validates the result as
