@@ -35,16 +35,8 @@ type cutProxy struct {
 // name, publish wait 6 s) and checks the connection; it closes with the test.
 func (px *cutProxy) ingress(t *testing.T, ctx context.Context) *queue.Queue {
 	t.Helper()
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.addr, ClientName: t.Name(),
+	return connectChecked(t, ctx, queue.Config{URL: "nats://" + px.addr, ClientName: t.Name(),
 		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return q
 }
 
 func startCutProxy(t *testing.T, target string) *cutProxy {

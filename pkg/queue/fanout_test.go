@@ -76,15 +76,8 @@ func (f *fanFixture) subjects(t *testing.T, filter string) map[string]uint64 {
 func (f *fanFixture) worker(t *testing.T, url string) (*queue.Queue, *queue.Consumer) {
 	t.Helper()
 	ctx := ctxT(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: url, ClientName: t.Name() + "-worker", AckWait: fanAckWait,
+	q := connectChecked(t, ctx, queue.Config{URL: url, ClientName: t.Name() + "-worker", AckWait: fanAckWait,
 		PublishWait: 3 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
 	c, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -161,6 +161,21 @@ func newEnvelopes(qid string, domains ...string) []*envelope.Envelope {
 	return envs
 }
 
+// connectChecked connects a client made with cfg, checks the connection
+// and closes the client with the test.
+func connectChecked(t *testing.T, ctx context.Context, cfg queue.Config) *queue.Queue {
+	t.Helper()
+	q, err := queue.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	if err := q.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 // mailStream is the MAIL stream as js sees it now.
 func mailStream(t *testing.T, ctx context.Context, js jetstream.JetStream) jetstream.Stream {
 	t.Helper()
