@@ -662,67 +662,62 @@ func newQueueRelease(g *globals) *cobra.Command {
 }
 
 func newQueueBounce(g *globals) *cobra.Command {
-	var ff filterFlags
-	var of opFlags
-	var blobURL, hostname, reason string
-	cmd := &cobra.Command{
+	var hostname, reason string
+	cmd := g.removeCmd(&cobra.Command{
 		Use:   "bounce",
 		Short: "Return matching deferred or held messages to their senders now (DSN) and remove them",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !ff.any() {
-				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+	}, "body store (env MAILFWD_BLOB_STORE)", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
+		body := e.Env.Body
+		if body == nil {
+			if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
+				body = b
 			}
-			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
-				body := e.Env.Body
-				if body == nil {
-					if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
-						body = b
-					}
-				}
-				var rcpts []dsn.Recipient
-				for _, r := range e.Env.Recipients {
-					st := "5.0.0"
-					if r.Status != "" {
-						st = r.Status
-					}
-					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
-				}
-				bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
-				_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
-				if errors.Is(err, bounce.ErrNotReturnable) {
-					return nil
-				}
-				return err
-			})
-		},
-	}
-	ff.register(cmd, true)
-	of.register(cmd, true)
-	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store (env MAILFWD_BLOB_STORE)")
+		}
+		var rcpts []dsn.Recipient
+		for _, r := range e.Env.Recipients {
+			st := "5.0.0"
+			if r.Status != "" {
+				st = r.Status
+			}
+			rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
+		}
+		bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
+		_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
+		if errors.Is(err, bounce.ErrNotReturnable) {
+			return nil
+		}
+		return err
+	})
 	cmd.Flags().StringVar(&hostname, "hostname", config.Hostname(), "Reporting-MTA in the DSN")
 	cmd.Flags().StringVar(&reason, "reason", "Message returned by the postmaster", "reason given to the sender")
 	return cmd
 }
 
 func newQueuePurge(g *globals) *cobra.Command {
+	return g.removeCmd(&cobra.Command{
+		Use:   "purge",
+		Short: "Delete matching deferred or held messages without notice",
+	}, "body store, to delete the bodies too (env MAILFWD_BLOB_STORE)", nil)
+}
+
+// removeCmd finishes cmd (queue bounce, purge) as a command that removes
+// the messages its filter flags match (at least one is required), with
+// their bodies from the body store (--blob-store, described by blobUsage),
+// after each (nil: nothing) has done what it must with each one.
+func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) *cobra.Command {
 	var ff filterFlags
 	var of opFlags
 	var blobURL string
-	cmd := &cobra.Command{
-		Use:   "purge",
-		Short: "Delete matching deferred or held messages without notice",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !ff.any() {
-				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
-			}
-			return g.removeMatching(cmd, &ff, &of, blobURL, "purge", nil)
-		},
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if !ff.any() {
+			return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+		}
+		return g.removeMatching(cmd, &ff, &of, blobURL, cmd.Name(), each)
 	}
 	ff.register(cmd, true)
 	of.register(cmd, true)
-	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to delete the bodies too (env MAILFWD_BLOB_STORE)")
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), blobUsage)
 	return cmd
 }
 
