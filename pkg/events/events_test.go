@@ -27,7 +27,7 @@ type rig struct {
 	st  jetstream.Stream
 }
 
-func start(t *testing.T, cfg events.PublisherConfig) *rig {
+func start(t testing.TB, cfg events.PublisherConfig) *rig {
 	t.Helper()
 	r := &rig{n: testenv.StartNATS(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -336,4 +336,35 @@ func TestOversizedEventDropped(t *testing.T) {
 	if r.pub.Dropped() != 1 || len(got) != 1 || got[0].Target != "qid=y" {
 		t.Fatalf("dropped %d, stored %+v; want the big one dropped and the small one stored", r.pub.Dropped(), got)
 	}
+}
+
+// Lingering publishes gathered events together, in the order they were
+// emitted (across several batches), and Close publishes what is gathered.
+func TestLingerKeepsOrder(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", Linger: time.Hour, MaxBatch: 64})
+	const n = 150 // two full batches and a gathered rest that only Close sends
+	for i := range n {
+		r.pub.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("q%03d", i), Destination: "example.net"})
+	}
+	r.flush(t)
+	got := r.stored(t, events.Filter{})
+	if len(got) != n {
+		t.Fatalf("stored %d events, want %d", len(got), n)
+	}
+	for i, ev := range got {
+		if want := fmt.Sprintf("q%03d", i); ev.QueueID != want {
+			t.Fatalf("event %d is %s, want %s: order not kept", i, ev.QueueID, want)
+		}
+	}
+}
+
+// A gathered event is published after Linger without anything else
+// happening.
+func TestLingerPublishesAfterTheDelay(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", Linger: 20 * time.Millisecond})
+	r.pub.Emit(events.Event{Type: events.Delivered, QueueID: "q1", Destination: "example.net"})
+	waitFor(t, "the lingering event stored", func() bool {
+		info, err := r.st.Info(context.Background())
+		return err == nil && info.State.Msgs == 1
+	})
 }

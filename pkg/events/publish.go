@@ -43,7 +43,17 @@ type PublisherConfig struct {
 	// StallWait is how long Emit may wait for a pending slot before the
 	// event goes to the retry buffer (default 5ms).
 	StallWait time.Duration
-	Logger    *slog.Logger
+	// Linger, when set, gathers the events emitted within this long (at
+	// most MaxBatch of them) and publishes them together: one write to
+	// NATS, one server read and one burst of acks for the lot instead of a
+	// round of wake-ups per event, which is most of an event's cost. It
+	// delays the events by at most Linger; their order is kept. The
+	// ingress publishes at once (its received event must be stored before
+	// the envelope it precedes); the workers linger.
+	Linger time.Duration
+	// MaxBatch bounds what Linger gathers (default 256).
+	MaxBatch int
+	Logger   *slog.Logger
 	// Dropped, when set, is called once per dropped event (a metric).
 	Dropped func()
 }
@@ -87,6 +97,11 @@ type Publisher struct {
 
 	dropped  atomic.Uint64
 	lastDrop atomic.Int64 // unix nanos of the last drop log line
+
+	// batch holds the events gathered while lingering, in emit order.
+	bmu   sync.Mutex
+	batch []*nats.Msg
+	timer *time.Timer
 }
 
 // NewPublisher returns a publisher; call SetJS before the first Emit (the
@@ -100,6 +115,9 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	}
 	if cfg.StallWait <= 0 {
 		cfg.StallWait = 5 * time.Millisecond
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -146,7 +164,46 @@ func (p *Publisher) Emit(ev Event) {
 	m := nats.NewMsg(Subject(&ev))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
-	p.publish(m)
+	if p.cfg.Linger <= 0 {
+		p.publish(m)
+		return
+	}
+	p.bmu.Lock()
+	p.batch = append(p.batch, m)
+	switch {
+	case len(p.batch) >= p.cfg.MaxBatch:
+		p.flushLocked()
+	case len(p.batch) == 1:
+		if p.timer == nil {
+			p.timer = time.AfterFunc(p.cfg.Linger, p.Flush)
+		} else {
+			p.timer.Reset(p.cfg.Linger)
+		}
+	}
+	p.bmu.Unlock()
+}
+
+// Flush publishes the events gathered while lingering now.
+func (p *Publisher) Flush() {
+	if p == nil {
+		return
+	}
+	p.bmu.Lock()
+	p.flushLocked()
+	p.bmu.Unlock()
+}
+
+// flushLocked publishes the batch in order (bmu held, so a later batch
+// cannot overtake it).
+func (p *Publisher) flushLocked() {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	for i, m := range p.batch {
+		p.publish(m)
+		p.batch[i] = nil
+	}
+	p.batch = p.batch[:0]
 }
 
 func (p *Publisher) publish(m *nats.Msg) {
@@ -250,6 +307,7 @@ func (p *Publisher) Close(ctx context.Context) {
 	if p == nil || p.js == nil {
 		return
 	}
+	p.Flush()
 	for {
 		select {
 		case <-p.js.PublishAsyncComplete():
