@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailfwd/mailfwd/pkg/events"
@@ -367,4 +368,52 @@ func TestLingerPublishesAfterTheDelay(t *testing.T) {
 		info, err := r.st.Info(context.Background())
 		return err == nil && info.State.Msgs == 1
 	})
+}
+
+// --qid reads one message's events without the server handing over the
+// rest of the stream: the consumer it makes has only those pending. Events
+// in the older subject form (no queue id) are still found by domain.
+func TestQueueIDFilterIsServerSide(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	for i := range 300 {
+		r.pub.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("other%03d", i), Destination: "example.net"})
+	}
+	r.pub.Emit(events.Event{Type: events.Received, QueueID: "dcb9gghksdudshfsg7r0", Destination: "example.net"})
+	r.pub.Emit(events.Event{Type: events.Delivered, QueueID: "dcb9gghksdudshfsg7r0", Destination: "example.net"})
+	r.flush(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	old := events.Event{Schema: 1, ID: events.NewID(), Type: events.Bounced, Time: time.Now().UTC(), QueueID: "oldform", Destination: "example.net"}
+	data, _ := json.Marshal(old)
+	nc, err := nats.Connect(r.n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "mailfwd.events.bounced.net.example", data); err != nil {
+		t.Fatal(err)
+	}
+
+	f := events.Filter{QueueIDs: []string{"dcb9gghksdudshfsg7r0"}}
+	c, err := r.st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: f.Subjects()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.CachedInfo().NumPending; n != 2 {
+		t.Errorf("the --qid consumer has %d events pending, want the message's 2", n)
+	}
+	if got := ids(r.stored(t, f)); !slices.Equal(got, []string{"received:dcb9gghksdudshfsg7r0", "delivered:dcb9gghksdudshfsg7r0"}) {
+		t.Errorf("--qid read %v", got)
+	}
+	f = events.Filter{Domains: []string{"example.net"}, Types: []events.Type{events.Bounced}}
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r.stored(t, f)); !slices.Equal(got, []string{"bounced:oldform"}) {
+		t.Errorf("an event in the older subject form read by domain: %v", got)
+	}
 }
