@@ -555,7 +555,7 @@ Release it with "mailfwdctl queue release".`,
 					if err := q.Remove(ctx, e); err != nil {
 						return err
 					}
-					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, false)
+					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, "", false)
 					moved++
 					p.tick()
 				}
@@ -646,7 +646,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 						}
 						if k := env.QueueID + " " + env.Domain; !seen[k] {
 							seen[k] = true
-							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, false)
+							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, "", false)
 							released++
 							p.tick()
 						}
@@ -682,7 +682,7 @@ func newQueueBounce(g *globals) *cobra.Command {
 			if !ff.any() {
 				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
 			}
-			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
+			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) (string, error) {
 				body := e.Env.Body
 				if body == nil {
 					if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
@@ -698,11 +698,11 @@ func newQueueBounce(g *globals) *cobra.Command {
 					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
 				}
 				bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
-				_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
+				qid, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
 				if errors.Is(err, bounce.ErrNotReturnable) {
-					return nil
+					return "", nil
 				}
-				return err
+				return qid, err
 			})
 		},
 	}
@@ -739,7 +739,7 @@ func newQueuePurge(g *globals) *cobra.Command {
 // (ready ones are being delivered), confirm, act on each, remove it, and
 // delete its body when it was the last envelope of its message.
 func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlags, blobURL, verb string,
-	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) error {
+	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) (string, error)) error {
 	f, err := ff.filter(queue.StateDeferred, queue.StateHeld, queue.StateFailed)
 	if err != nil {
 		return err
@@ -799,8 +799,9 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 				}
 				continue
 			}
+			var dsnQID string // the DSN a bounce sent
 			if each != nil {
-				if err := each(ctx, q, store, e); err != nil {
+				if dsnQID, err = each(ctx, q, store, e); err != nil {
 					return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 				}
 			}
@@ -810,7 +811,7 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" && store != nil {
 				_ = store.Delete(ctx, e.Env.BodyKey)
 			}
-			au.final(typ, e, verb)
+			au.final(typ, e, verb, dsnQID)
 			done++
 			p.tick()
 		}

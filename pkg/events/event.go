@@ -81,6 +81,9 @@ type Event struct {
 	TLS         string    `json:"tls,omitempty"`        // TLSv1.3, TLSv1.2, none
 	TLSVerify   string    `json:"tls_verify,omitempty"` // sendmail's verify=: OK, FAIL, NO, NONE
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// DSNQueueID is the queue id of the DSN (bounce, or delay warning) this
+	// change sent to the sender: that message's own events are under it.
+	DSNQueueID string `json:"dsn_queue_id,omitempty"`
 
 	// Operator actions (Audit, and the per-message events they cause).
 	Actor   string `json:"actor,omitempty"`   // NATS user, or Kubernetes user for policy writes
