@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -152,7 +151,7 @@ func (p *Publisher) Emit(ev Event) {
 	if ev.Source == "" {
 		ev.Source = p.cfg.Source
 	}
-	data, err := json.Marshal(&ev)
+	data, err := ev.Marshal()
 	if err != nil {
 		p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
 		return
