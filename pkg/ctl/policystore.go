@@ -22,7 +22,7 @@ import (
 
 // PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
 var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings", "tls_policy",
-	"masquerade", "genericstable", "senderroutes", "shaping"}
+	"masquerade", "genericstable", "senderroutes", "shaping", "quota"}
 
 // policyStore is where the policy lives: a ConfigMap, or a directory.
 type policyStore interface {
