@@ -139,7 +139,13 @@ func TestPublishAndFilter(t *testing.T) {
 // Events emitted while NATS is down are kept and published once it is back:
 // Emit never waits for the server.
 func TestEventsSurviveAnOutage(t *testing.T) {
-	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 100})
+	for _, linger := range []time.Duration{0, 5 * time.Millisecond} {
+		t.Run("linger="+linger.String(), func(t *testing.T) { eventsSurviveAnOutage(t, linger) })
+	}
+}
+
+func eventsSurviveAnOutage(t *testing.T, linger time.Duration) {
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 100, Linger: linger})
 	r.n.Stop()
 	for i := range 20 {
 		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
@@ -162,9 +168,15 @@ func TestEventsSurviveAnOutage(t *testing.T) {
 // When the stream stays unavailable and the retry buffer is full, events
 // are dropped and counted; Emit still returns.
 func TestEventsDroppedBeyondTheBuffer(t *testing.T) {
+	for _, linger := range []time.Duration{0, 5 * time.Millisecond} {
+		t.Run("linger="+linger.String(), func(t *testing.T) { eventsDroppedBeyondTheBuffer(t, linger) })
+	}
+}
+
+func eventsDroppedBeyondTheBuffer(t *testing.T, linger time.Duration) {
 	var dropped int
 	var mu sync.Mutex
-	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 4, Dropped: func() { mu.Lock(); dropped++; mu.Unlock() }})
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 4, Linger: linger, Dropped: func() { mu.Lock(); dropped++; mu.Unlock() }})
 	r.n.Stop()
 	for i := range 50 {
 		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
@@ -415,5 +427,61 @@ func TestQueueIDFilterIsServerSide(t *testing.T) {
 	}
 	if got := ids(r.stored(t, f)); !slices.Equal(got, []string{"bounced:oldform"}) {
 		t.Errorf("an event in the older subject form read by domain: %v", got)
+	}
+}
+
+// stallJS is a JetStream whose publishes hang until released: NATS stalled.
+type stallJS struct {
+	release chan struct{}
+	mu      sync.Mutex
+	got     []string
+}
+
+func (s *stallJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	<-s.release
+	s.mu.Lock()
+	s.got = append(s.got, m.Subject)
+	s.mu.Unlock()
+	return nil, nil
+}
+
+func (s *stallJS) PublishAsyncComplete() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// While lingering, Emit only gathers: a publish that hangs (NATS stalled)
+// holds up the linger loop, never the caller, even past full batches; the
+// events then go out in order.
+func TestLingerNeverBlocksEmit(t *testing.T) {
+	js := &stallJS{release: make(chan struct{})}
+	p := events.NewPublisher(events.PublisherConfig{Source: "test", Linger: time.Millisecond, MaxBatch: 8, RetryBuffer: 1000})
+	p.Start(js)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			p.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("q%03d", i), Destination: "example.net"})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second): // a hang detector, not a speed goal
+		t.Fatal("Emit blocked while the publishes hung")
+	}
+	close(js.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.Close(ctx)
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if len(js.got) != 200 || p.Dropped() != 0 {
+		t.Fatalf("published %d, dropped %d; want all 200", len(js.got), p.Dropped())
+	}
+	for i, s := range js.got {
+		if want := fmt.Sprintf("mailfwd.events.delivered.q%03d.net.example", i); s != want {
+			t.Fatalf("publish %d is %s, want %s: order not kept", i, s, want)
+		}
 	}
 }

@@ -97,10 +97,15 @@ type Publisher struct {
 	dropped  atomic.Uint64
 	lastDrop atomic.Int64 // unix nanos of the last drop log line
 
-	// batch holds the events gathered while lingering, in emit order.
+	// batch holds the events gathered while lingering, in emit order
+	// (bmu); one flush publishes at a time (pmu), so batches keep their
+	// order. Emit only appends and wakes the linger loop: a publish that
+	// stalls (the async window full) never holds up the mail path.
 	bmu   sync.Mutex
 	batch []*nats.Msg
 	timer *time.Timer
+	kick  chan struct{}
+	pmu   sync.Mutex
 }
 
 // NewPublisher returns a publisher; call SetJS before the first Emit (the
@@ -124,7 +129,8 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	if host, err := os.Hostname(); err == nil && cfg.Source != "" {
 		cfg.Source += "/" + host
 	}
-	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{}}
+	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{},
+		kick: make(chan struct{}, 1)}
 }
 
 // Start sets the JetStream context and starts the retry loop.
@@ -132,6 +138,31 @@ func (p *Publisher) Start(js AsyncJS) {
 	p.js = js
 	p.wg.Add(1)
 	go p.retryLoop()
+	if p.cfg.Linger > 0 {
+		p.wg.Add(1)
+		go p.lingerLoop()
+	}
+}
+
+// lingerLoop publishes the gathered events when the linger ends or a batch
+// is full.
+func (p *Publisher) lingerLoop() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.kick:
+			p.Flush()
+		}
+	}
+}
+
+func (p *Publisher) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Emit publishes ev (filling Schema, ID, Time and Source when empty).
@@ -168,41 +199,43 @@ func (p *Publisher) Emit(ev Event) {
 		return
 	}
 	p.bmu.Lock()
+	if len(p.batch) >= p.cfg.RetryBuffer { // the loop cannot publish (NATS stalls)
+		p.bmu.Unlock()
+		p.drop(m, errors.New("events: too many events waiting to be published"))
+		return
+	}
 	p.batch = append(p.batch, m)
-	switch {
-	case len(p.batch) >= p.cfg.MaxBatch:
-		p.flushLocked()
-	case len(p.batch) == 1:
+	n := len(p.batch)
+	if n == 1 {
 		if p.timer == nil {
-			p.timer = time.AfterFunc(p.cfg.Linger, p.Flush)
+			p.timer = time.AfterFunc(p.cfg.Linger, p.wake)
 		} else {
 			p.timer.Reset(p.cfg.Linger)
 		}
 	}
 	p.bmu.Unlock()
+	if n >= p.cfg.MaxBatch {
+		p.wake()
+	}
 }
 
-// Flush publishes the events gathered while lingering now.
+// Flush publishes the events gathered while lingering now, in order.
 func (p *Publisher) Flush() {
 	if p == nil {
 		return
 	}
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
 	p.bmu.Lock()
-	p.flushLocked()
-	p.bmu.Unlock()
-}
-
-// flushLocked publishes the batch in order (bmu held, so a later batch
-// cannot overtake it).
-func (p *Publisher) flushLocked() {
+	batch := p.batch
+	p.batch = make([]*nats.Msg, 0, min(len(batch), p.cfg.MaxBatch))
 	if p.timer != nil {
 		p.timer.Stop()
 	}
-	for i, m := range p.batch {
+	p.bmu.Unlock()
+	for _, m := range batch {
 		p.publish(m)
-		p.batch[i] = nil
 	}
-	p.batch = p.batch[:0]
 }
 
 func (p *Publisher) publish(m *nats.Msg) {
