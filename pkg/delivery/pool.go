@@ -48,6 +48,9 @@ type conn struct {
 	// turns out dead at MAIL FROM, Deliver retries on a fresh one.
 	pooledAt time.Time
 	reused   bool // taken from the pool without a check
+	// tap is the conn a trace records the dialog on (smtptrace.Tap, inside
+	// TLS after STARTTLS); nil without Config.Trace.
+	tap net.Conn
 }
 
 // reuseUnchecked: how recently a pooled connection must have been used to be
@@ -63,12 +66,45 @@ func (cn *conn) reset(helo string) error {
 	return cn.sc.Hello(helo)
 }
 
-// quit sends QUIT (bounded) and closes the connection.
+// quit sends QUIT (bounded), waits for the server to close the connection
+// after its 221 (bounded, awaitClose), and closes our side.
 func (cn *conn) quit() {
 	cn.sc.CommandTimeout = min(cn.sc.CommandTimeout, quitTimeout)
-	_ = cn.sc.Quit()
+	if cn.sc.SendQuit() == nil {
+		cn.awaitClose(min(cn.sc.CommandTimeout, quitCloseWait))
+	}
 	_ = cn.sc.Close()
 	_ = cn.raw.Close()
+}
+
+// awaitClose waits, after QUIT's 221, until the server has closed the
+// connection, at most wait. The session counts as ended only then: the
+// caller releases the host slot and, above it, the worker the fleet
+// concurrency lease, and another delivery may dial at once. A server
+// writes 221 and then closes, so without the wait the destination can
+// still count this session when the next one connects, limit+1 at once
+// (TestFleetConcurrency saw 3 against a limit of 2).
+//
+// It reads the TCP connection itself (cn.raw), below any TLS: a server's
+// close_notify comes before its TCP close, and only the end of the TCP
+// stream means the socket is closed. Nothing read is used (a trace
+// records the TLS layer, not the ciphertext under it); at most
+// quitDrainBytes are read. A server that closes right after its 221 costs
+// no more than the FIN's arrival. A hostile or broken one that keeps the
+// connection open after 221 (or keeps sending) costs at most wait, then
+// we close anyway.
+func (cn *conn) awaitClose(wait time.Duration) {
+	if cn.raw.SetReadDeadline(time.Now().Add(wait)) != nil {
+		return
+	}
+	var buf [512]byte
+	for left := quitDrainBytes; left > 0; {
+		n, err := cn.raw.Read(buf[:min(len(buf), left)])
+		if err != nil { // EOF: closed; a reset, timeout or reply bound: done too
+			return
+		}
+		left -= n
+	}
 }
 
 // getConn returns a ready connection to hop: a live pooled one or a new one.
@@ -84,6 +120,9 @@ func (c *Client) getConn(ctx context.Context, hop Hop, sec *security, log *slog.
 			return c.connect(ctx, hop, sec, log)
 		}
 		cn.hop = hop // same address; the name is this delivery's
+		// A trace that started while the connection was pooled records
+		// from here on (the check and the transaction).
+		c.tracer().Attach(cn.tap, hop.Addr.String(), hop.Name, cn.msgs+1)
 		if time.Since(cn.pooledAt) < reuseUnchecked {
 			cn.reused = true
 			return cn, result{}, true
@@ -133,18 +172,21 @@ func (c *Client) acquire(ctx context.Context, hop Hop, key string) (*conn, resul
 			}
 			if hs.open >= c.cfg.MaxConnsPerHost && len(hs.idle) > 0 {
 				// Only connections under other keys are idle: retire the
-				// oldest and take its slot.
+				// oldest and take its slot, once the server has closed it
+				// (quit is bounded), so the destination never sees more
+				// than the cap.
 				old := hs.idle[0]
 				hs.idle = hs.idle[1:]
 				old.timer.Stop()
 				c.mu.Unlock()
-				go old.quit()
+				old.quit()
 				return nil, result{}, true
 			}
 		}
 		if d, ok := c.down[addr]; ok {
 			if time.Now().Before(d.until) {
 				c.mu.Unlock()
+				c.tracer().ConnectSkipped(addr.String(), hop.Name, d.err, d.until)
 				return nil, connectResult(ctx, hop.Name, d.err), false
 			}
 			delete(c.down, addr)
@@ -323,20 +365,28 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 			c.markDown(hop.Addr, err)
 		}
 		log.Debug("connect failed", "relay", name, "addr", hop.Addr, "err", err)
+		c.tracer().ConnectFailed(hop.Addr.String(), name, err)
 		return nil, r, false
 	}
 	c.clearDown(hop.Addr)
 	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", tcp.LocalAddr().String())
-	traced := tcp // the conn a trace (if any) records; the reply bound sits above it
+	// The conn a trace records (the reply bound sits above it): every
+	// connection is tapped, so that a trace started while it is pooled can
+	// record its later transactions; top is the tap of the layer the
+	// dialog runs on (inside TLS after STARTTLS).
+	traced := tcp
 	if c.cfg.Trace != nil {
-		traced = c.cfg.Trace(tcp, hop.Addr.String(), name)
+		traced = smtptrace.Tap(tcp)
+		c.tracer().Attach(traced, hop.Addr.String(), name, 0)
 	}
+	top := traced
 	wire := newWireConn(traced, c.cfg.MaxReplyBytes)
 	var raw net.Conn = wire
 
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	fail := func(r result, tlsFailed bool) (*conn, result, bool) {
 		stop()
+		smtptrace.Failed(top, r.String())
 		raw.Close()
 		return nil, r, tlsFailed
 	}
@@ -347,7 +397,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
 		return fail(r, false)
 	}
-	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE"}
+	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE", tap: top}
 	required := sec.level().RequiresTLS()
 	offered, _ := sc.Extension("STARTTLS")
 	if required && !offered {
@@ -377,6 +427,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		// A traced session records the dialog inside TLS from here on (the
 		// conn below only sees ciphertext); untraced, this is tc itself.
 		inTLS := smtptrace.Continue(tc, traced)
+		top = inTLS
 		sc = c.newSMTP(&greetedConn{Conn: inTLS, pending: []byte("220 TLS established\r\n")})
 		if err := sc.Hello(c.cfg.HeloName); err != nil {
 			r, _ := stepError(ctx, name, "EHLO after STARTTLS", err)
@@ -388,7 +439,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		log.Debug("STARTTLS established", "relay", name, "addr", hop.Addr,
 			"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite),
 			"tls_level", sec.describe(), "verify", cn.verify)
-		cn.sc, cn.tls = sc, true
+		cn.sc, cn.tls, cn.tap = sc, true, inTLS
 	}
 	if required && !cn.tls {
 		// Not reached (tryTLS is true above may); kept so that no later
@@ -405,6 +456,14 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		return nil, lostResult(ctx, name, "connection setup", ctx.Err()), false
 	}
 	return cn, result{}, false
+}
+
+// tracer is the trace watcher in force (nil: none; its methods are no-ops).
+func (c *Client) tracer() *smtptrace.Watcher {
+	if c.cfg.Trace == nil {
+		return nil
+	}
+	return c.cfg.Trace()
 }
 
 func (c *Client) newSMTP(nc net.Conn) *smtp.Client {
