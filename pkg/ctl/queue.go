@@ -546,7 +546,7 @@ Release it with "mailfwdctl queue release".`,
 					if err := q.Remove(ctx, e); err != nil {
 						return err
 					}
-					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, false)
+					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, "", false)
 					moved++
 					p.tick()
 				}
@@ -637,7 +637,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 						}
 						if k := env.QueueID + " " + env.Domain; !seen[k] {
 							seen[k] = true
-							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, false)
+							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, "", false)
 							released++
 							p.tick()
 						}
@@ -666,7 +666,7 @@ func newQueueBounce(g *globals) *cobra.Command {
 	cmd := g.removeCmd(&cobra.Command{
 		Use:   "bounce",
 		Short: "Return matching deferred or held messages to their senders now (DSN) and remove them",
-	}, "body store (env MAILFWD_BLOB_STORE)", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
+	}, "body store (env MAILFWD_BLOB_STORE)", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) (string, error) {
 		body := e.Env.Body
 		if body == nil {
 			if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
@@ -682,11 +682,11 @@ func newQueueBounce(g *globals) *cobra.Command {
 			rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
 		}
 		bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
-		_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
+		qid, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
 		if errors.Is(err, bounce.ErrNotReturnable) {
-			return nil
+			return "", nil
 		}
-		return err
+		return qid, err
 	})
 	cmd.Flags().StringVar(&hostname, "hostname", config.Hostname(), "Reporting-MTA in the DSN")
 	cmd.Flags().StringVar(&reason, "reason", "Message returned by the postmaster", "reason given to the sender")
@@ -704,7 +704,7 @@ func newQueuePurge(g *globals) *cobra.Command {
 // the messages its filter flags match (at least one is required), with
 // their bodies from the body store (--blob-store, described by blobUsage),
 // after each (nil: nothing) has done what it must with each one.
-func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) *cobra.Command {
+func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(context.Context, *queue.Queue, blob.Store, queue.Entry) (string, error)) *cobra.Command {
 	var ff filterFlags
 	var of opFlags
 	var blobURL string
@@ -725,7 +725,7 @@ func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(cont
 // (ready ones are being delivered), confirm, act on each, remove it, and
 // delete its body when it was the last envelope of its message.
 func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlags, blobURL, verb string,
-	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) error {
+	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) (string, error)) error {
 	f, err := ff.filter(queue.StateDeferred, queue.StateHeld, queue.StateFailed)
 	if err != nil {
 		return err
@@ -785,8 +785,9 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 				}
 				continue
 			}
+			var dsnQID string // the DSN a bounce sent
 			if each != nil {
-				if err := each(ctx, q, store, e); err != nil {
+				if dsnQID, err = each(ctx, q, store, e); err != nil {
 					return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 				}
 			}
@@ -796,7 +797,7 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" && store != nil {
 				_ = store.Delete(ctx, e.Env.BodyKey)
 			}
-			au.final(typ, e, verb)
+			au.final(typ, e, verb, dsnQID)
 			done++
 			p.tick()
 		}
