@@ -1,7 +1,10 @@
 // Command sinkd is the cluster test's destination: mailfwd's recording SMTP
 // sink (pkg/sink) on :2525, optionally slow (-data-delay), with what it
 // received served as JSON on :8080/messages for the test to compare byte for
-// byte. It runs in a pod behind a Service that the chart's mailertable routes to.
+// byte, and the most SMTP sessions it has had open at once on :8080/peak. It
+// runs in a pod behind a Service that the chart's mailertable routes to.
+// -tempfail-domain D answers RCPT TO a recipient in D with "421 4.7.0 Try
+// again later", the reply a provider throttling a sender gives.
 package main
 
 import (
@@ -12,7 +15,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/mailfwd/mailfwd/pkg/sink"
 )
@@ -21,8 +29,18 @@ func main() {
 	smtpAddr := flag.String("smtp", ":2525", "SMTP listen address")
 	httpAddr := flag.String("http", ":8080", "listen address of GET /messages")
 	delay := flag.Duration("data-delay", 0, "sleep before answering DATA (a slow destination)")
+	logSessions := flag.Bool("log-sessions", false, "log each connection's open and close, with the number open")
+	tempfail := flag.String("tempfail-domain", "", "answer RCPT TO this domain's recipients with 421 4.7.0 Try again later")
 	flag.Parse()
 	cfg := sink.Config{Hostname: "sink.mailfwd-test", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	if d := strings.ToLower(*tempfail); d != "" {
+		cfg.OnRcpt = func(rcpt string, _ int) *smtp.SMTPError {
+			if strings.HasSuffix(strings.ToLower(rcpt), "@"+d) {
+				return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Try again later"}
+			}
+			return nil
+		}
+	}
 	if *delay > 0 {
 		d := *delay
 		cfg.DataDelay = func() time.Duration { return d }
@@ -33,6 +51,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if *logSessions {
+		ln = &loggingListener{Listener: ln, log: cfg.Logger}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /messages", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -40,6 +61,11 @@ func main() {
 	})
 	mux.HandleFunc("GET /count", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, s.Count())
+	})
+	// The most sessions (connections) open at once since start: what a
+	// fleet-wide concurrency limit toward this destination must bound.
+	mux.HandleFunc("GET /peak", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, s.PeakConnections())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	go func() {
@@ -49,4 +75,35 @@ func main() {
 	}()
 	fmt.Fprintln(os.Stderr, s.Serve(ln))
 	os.Exit(1)
+}
+
+// loggingListener logs each connection's open and close and how many are
+// open then: who held the sessions when /peak rose.
+type loggingListener struct {
+	net.Listener
+	log  *slog.Logger
+	open atomic.Int64
+}
+
+func (l *loggingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.log.Info("session open", "remote", c.RemoteAddr().String(), "open", l.open.Add(1))
+	return &loggingConn{Conn: c, l: l, start: time.Now()}, nil
+}
+
+type loggingConn struct {
+	net.Conn
+	l     *loggingListener
+	start time.Time
+	once  sync.Once
+}
+
+func (c *loggingConn) Close() error {
+	c.once.Do(func() {
+		c.l.log.Info("session closed", "remote", c.RemoteAddr().String(), "open", c.l.open.Add(-1), "held", time.Since(c.start))
+	})
+	return c.Conn.Close()
 }
