@@ -510,7 +510,8 @@ func (c *cluster) proxyProtocol() {
 		pods = c.ingressPods()
 		for _, p := range pods {
 			logs, err := c.kubectlErr("-n", ns, "logs", p.name)
-			if err != nil || !strings.Contains(logs, "proxy_protocol_from=") {
+			// The start line (JSON logs): "proxy_protocol_from":"<networks>".
+			if err != nil || !strings.Contains(logs, `"proxy_protocol_from":"`+podCIDR+`"`) {
 				return false
 			}
 		}

@@ -4,7 +4,8 @@
 // byte, and the most SMTP sessions it has had open at once on :8080/peak. It
 // runs in a pod behind a Service that the chart's mailertable routes to.
 // -tempfail-domain D answers RCPT TO a recipient in D with "421 4.7.0 Try
-// again later", the reply a provider throttling a sender gives.
+// again later" (after -tempfail-delay), the reply a provider throttling a
+// sender gives.
 package main
 
 import (
@@ -31,11 +32,13 @@ func main() {
 	delay := flag.Duration("data-delay", 0, "sleep before answering DATA (a slow destination)")
 	logSessions := flag.Bool("log-sessions", false, "log each connection's open and close, with the number open")
 	tempfail := flag.String("tempfail-domain", "", "answer RCPT TO this domain's recipients with 421 4.7.0 Try again later")
+	tempfailDelay := flag.Duration("tempfail-delay", 0, "sleep before that 421 (a slow destination: each attempt holds a worker slot)")
 	flag.Parse()
 	cfg := sink.Config{Hostname: "sink.mailfwd-test", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	if d := strings.ToLower(*tempfail); d != "" {
 		cfg.OnRcpt = func(rcpt string, _ int) *smtp.SMTPError {
 			if strings.HasSuffix(strings.ToLower(rcpt), "@"+d) {
+				time.Sleep(*tempfailDelay)
 				return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Try again later"}
 			}
 			return nil
