@@ -505,17 +505,20 @@ func (c *cluster) proxyProtocol() {
 	c.helm("upgrade", "mailfwd", c.releaseChart(), "-n", ns, "--reuse-values",
 		"--set", "ingress.proxyProtocol.from={"+podCIDR+"}", "--timeout", "10m")
 	c.kubectl("-n", ns, "rollout", "status", "deploy/mailfwd-ingress", "--timeout=5m")
+	// Every ingress pod, terminating ones too: an old pod in its preStop
+	// drain still gets connections until kube-proxy has dropped it.
 	var pods map[string]podState
 	waitUntil(t, "only ingress pods with the PROXY protocol", 3*time.Minute, func() bool {
 		pods = c.ingressPods()
-		for _, p := range pods {
-			logs, err := c.kubectlErr("-n", ns, "logs", p.name)
+		all := strings.Fields(c.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=ingress", "-o", "jsonpath={.items[*].metadata.name}"))
+		for _, p := range all {
+			logs, err := c.kubectlErr("-n", ns, "logs", p)
 			// The start line (JSON logs): "proxy_protocol_from":"<networks>".
 			if err != nil || !strings.Contains(logs, `"proxy_protocol_from":"`+podCIDR+`"`) {
 				return false
 			}
 		}
-		return len(pods) > 0
+		return len(pods) > 0 && len(pods) == len(all)
 	})
 
 	// Through the proxy pod, from the node's address.

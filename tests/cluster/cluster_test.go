@@ -713,7 +713,7 @@ func (c *cluster) burst() {
 	before := c.sinkCount()
 	t0 := time.Now()
 	var timeline strings.Builder
-	fmt.Fprintf(&timeline, "| t (s) | ready lag | worker pods | delivered | %s delivered | its sink's peak sessions |\n|---|---|---|---|---|---|\n", limitedDomain)
+	fmt.Fprintf(&timeline, "| t (s) | ready lag | worker pods | delivered | %s delivered | its sink's peak deliveries / connections |\n|---|---|---|---|---|---|\n", limitedDomain)
 	stopTL := make(chan struct{})
 	tlDone := make(chan struct{})
 	var maxReplicas atomic.Int64
@@ -732,8 +732,8 @@ func (c *cluster) burst() {
 			if ld >= 0 && int64(ld) < acc && int64(r) > limitedPods.Load() {
 				limitedPods.Store(int64(r))
 			}
-			fmt.Fprintf(&timeline, "| %d | %d | %d | %d | %d | %d |\n", int(time.Since(t0).Seconds()), c.lag(), r, c.sinkCount()-before,
-				ld, sinkNumber(c.limitedHTTP+"/peak"))
+			fmt.Fprintf(&timeline, "| %d | %d | %d | %d | %d | %d / %d |\n", int(time.Since(t0).Seconds()), c.lag(), r, c.sinkCount()-before,
+				ld, sinkNumber(c.limitedHTTP+"/peak-deliveries"), sinkNumber(c.limitedHTTP+"/peak"))
 			select {
 			case <-stopTL:
 				return
@@ -825,22 +825,28 @@ func (c *cluster) burst() {
 		t.Errorf("%d of %d acknowledged messages delivered", d, a)
 	}
 	// The fleet-wide limit: sink-limited only ever gets limitedDomain's mail.
-	peak, ld := sinkNumber(c.limitedHTTP+"/peak"), sinkNumber(c.limitedHTTP+"/count")
-	t.Logf("shaping: %s concurrency=%d: its sink took %d messages (%d acknowledged) with at most %d sessions at once, while the workers ran up to %d pods",
-		limitedDomain, limitedConc, ld, limitedAcc.Load(), peak, limitedPods.Load())
-	if peak > limitedConc || peak < 1 {
-		t.Errorf("%s's sink saw at most %d sessions at once; the fleet-wide limit is %d", limitedDomain, peak, limitedConc)
+	// Deliveries in progress (RCPT TO accepted, DATA not answered) must stay
+	// within it. Open connections are logged: a worker's next session can
+	// be accepted before the sink, starved of CPU, has closed the last one
+	// after its 221 (seen on this 2-core machine, within the same ms).
+	peak, conns, ld := sinkNumber(c.limitedHTTP+"/peak-deliveries"), sinkNumber(c.limitedHTTP+"/peak"), sinkNumber(c.limitedHTTP+"/count")
+	t.Logf("shaping: %s concurrency=%d: its sink took %d messages (%d acknowledged) with at most %d deliveries in progress at once (%d connections open), while the workers ran up to %d pods",
+		limitedDomain, limitedConc, ld, limitedAcc.Load(), peak, conns, limitedPods.Load())
+	if peak > limitedConc || peak < 1 || conns > limitedConc {
 		// Who held them: the sink's session log around each excess.
 		logs, _ := c.kubectlErr("-n", "mailfwd-test", "logs", "deploy/sink-limited")
 		lines := strings.Split(logs, "\n")
 		var excess []string
 		for i, l := range lines {
 			if strings.Contains(l, "session open") && !strings.Contains(l, fmt.Sprintf("open=%d", limitedConc)) && !strings.Contains(l, "open=1") {
-				excess = append(excess, lines[max(i-6, 0):min(i+7, len(lines))]...)
+				excess = append(excess, lines[max(i-3, 0):min(i+3, len(lines))]...)
 				excess = append(excess, "--")
 			}
 		}
-		t.Logf("sink-limited sessions around the excess:\n%s", tail(strings.Join(excess, "\n"), 60))
+		t.Logf("sink-limited's connections around each excess:\n%s", tail(strings.Join(excess, "\n"), 40))
+	}
+	if peak > limitedConc || peak < 1 {
+		t.Errorf("%s's sink had at most %d deliveries in progress at once; the fleet-wide limit is %d", limitedDomain, peak, limitedConc)
 	}
 	if int64(ld) < limitedAcc.Load() {
 		t.Errorf("%s's sink got %d of the %d acknowledged messages", limitedDomain, ld, limitedAcc.Load())

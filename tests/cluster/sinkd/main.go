@@ -1,7 +1,8 @@
 // Command sinkd is the cluster test's destination: mailfwd's recording SMTP
 // sink (pkg/sink) on :2525, optionally slow (-data-delay), with what it
 // received served as JSON on :8080/messages for the test to compare byte for
-// byte, and the most SMTP sessions it has had open at once on :8080/peak. It
+// byte, the most SMTP sessions it has had open at once on :8080/peak and the
+// most deliveries in progress at once on :8080/peak-deliveries. It
 // runs in a pod behind a Service that the chart's mailertable routes to.
 // -tempfail-domain D answers RCPT TO a recipient in D with "421 4.7.0 Try
 // again later" (after -tempfail-delay), the reply a provider throttling a
@@ -35,14 +36,25 @@ func main() {
 	tempfailDelay := flag.Duration("tempfail-delay", 0, "sleep before that 421 (a slow destination: each attempt holds a worker slot)")
 	flag.Parse()
 	cfg := sink.Config{Hostname: "sink.mailfwd-test", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
-	if d := strings.ToLower(*tempfail); d != "" {
-		cfg.OnRcpt = func(rcpt string, _ int) *smtp.SMTPError {
-			if strings.HasSuffix(strings.ToLower(rcpt), "@"+d) {
-				time.Sleep(*tempfailDelay)
-				return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Try again later"}
-			}
-			return nil
+	// Deliveries in progress: a recipient accepted whose DATA has not been
+	// answered yet. Unlike open connections, this does not depend on how
+	// soon this process gets to close a connection after its 221 (on a
+	// busy machine a worker's next session can be accepted first).
+	var inFlight, peakInFlight atomic.Int64
+	tf := strings.ToLower(*tempfail)
+	cfg.OnRcpt = func(rcpt string, _ int) *smtp.SMTPError {
+		if tf != "" && strings.HasSuffix(strings.ToLower(rcpt), "@"+tf) {
+			time.Sleep(*tempfailDelay)
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Try again later"}
 		}
+		n := inFlight.Add(1)
+		for p := peakInFlight.Load(); n > p && !peakInFlight.CompareAndSwap(p, n); p = peakInFlight.Load() {
+		}
+		return nil
+	}
+	cfg.OnData = func(_ string, rcpts []string, _ int) *smtp.SMTPError {
+		inFlight.Add(-int64(len(rcpts)))
+		return nil
 	}
 	if *delay > 0 {
 		d := *delay
@@ -69,6 +81,11 @@ func main() {
 	// fleet-wide concurrency limit toward this destination must bound.
 	mux.HandleFunc("GET /peak", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, s.PeakConnections())
+	})
+	// The most deliveries in progress at once (RCPT TO accepted, DATA not
+	// yet answered; the test sends one recipient per message).
+	mux.HandleFunc("GET /peak-deliveries", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, peakInFlight.Load())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	go func() {
