@@ -386,6 +386,34 @@ func TestNATSQuickstartAuth(t *testing.T) {
 		t.Fatalf("stream MAIL has %d messages after the attacks, had %d", got, before)
 	}
 
+	t.Run("the ingress writes only the sender quota keys", func(t *testing.T) {
+		_, js, _ := connectAs(t, url, ingressUser)
+		ctx, cancel := short()
+		defer cancel()
+		kv, err := js.KeyValue(ctx, shaping.QuotaBucketName)
+		if err != nil {
+			t.Fatalf("ingress cannot open the quota bucket: %v", err)
+		}
+		if _, err := kv.Create(ctx, "d.sender.test", []byte("1"), jetstream.KeyTTL(6*time.Second)); err != nil {
+			t.Errorf("ingress cannot count a sender domain: %v", err)
+		}
+		if _, err := kv.Get(ctx, "d.sender.test"); err != nil {
+			t.Errorf("ingress cannot read a sender's count: %v", err)
+		}
+		ctx2, cancel2 := short()
+		defer cancel2()
+		if _, err := kv.Put(ctx2, "x.anything", []byte("w")); err == nil {
+			t.Error("ingress wrote a quota key outside d.*, u.*")
+		}
+		ctx3, cancel3 := short()
+		defer cancel3()
+		if sk, err := js.KeyValue(ctx3, shaping.BucketName); err == nil {
+			if _, err := sk.Put(ctx3, "s.d.victim.test", []byte("x")); err == nil {
+				t.Error("ingress wrote the shaping state")
+			}
+		}
+	})
+
 	t.Run("control requests", func(t *testing.T) {
 		for _, user := range []string{ingressUser, workerUser} {
 			nc, _, _ := connectAs(t, url, user)
@@ -440,6 +468,7 @@ func testPipelineWithUsers(t *testing.T, url string) {
 	in.SMTP.Hostname = "mx.mailfwd.test"
 	in.RelayNetworks = config.StringList{"127.0.0.1/32"}
 	in.ShutdownTimeout = 5 * time.Second
+	in.SenderQuota = "rate=100/s,hourly=10000" // counted in MAIL_QUOTAS through the ingress user's grants
 	var wk daemon.Worker
 	wk.Register(flag.NewFlagSet("t", flag.ContinueOnError))
 	wk.Common = common(workerUser)
@@ -485,6 +514,9 @@ func testPipelineWithUsers(t *testing.T, url string) {
 	r := send(e.smtp, "", "a@client.test", []string{"x@alpha.test", "defer@gamma.test"}, body, nil)
 	if r.Err != nil || r.FinalCode != 250 {
 		t.Fatalf("send: %+v", r)
+	}
+	if l := e.logs.String(); strings.Contains(l, "rate state unreachable") || strings.Contains(l, "quota state unavailable") {
+		t.Errorf("the ingress user could not count the sender quota in MAIL_QUOTAS:\n%s", l)
 	}
 	sinkAlpha, sinkGamma := e.sinks["127.0.0.2"], e.sinks["127.0.0.4"]
 	waitFor(t, "both recipients delivered", 60*time.Second, func() bool {

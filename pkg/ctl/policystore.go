@@ -13,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	authv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -22,7 +20,7 @@ import (
 
 // PolicyKeys are the ConfigMap keys (files) mailfwd reads, in display order.
 var PolicyKeys = []string{"access", "mailertable", "aliases", "virtusertable", "local-host-names", "settings", "tls_policy",
-	"masquerade", "genericstable", "senderroutes", "shaping"}
+	"masquerade", "genericstable", "senderroutes", "shaping", "quota"}
 
 // policyStore is where the policy lives: a ConfigMap, or a directory.
 type policyStore interface {
@@ -236,23 +234,16 @@ func (k *kubeFlags) store() (policyStore, error) {
 	return configMapStore{client: cs, namespace: ns, name: k.configMap, kf: k}, nil
 }
 
-// clientset connects as kubectl would, and returns the namespace to use.
 // coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,
-// Secrets, Namespaces). Only the core/v1 client is linked in, not every API
-// group of kubernetes.Clientset (half of the binary's size).
+// Secrets, Namespaces), with client-go's method shapes; kubeclient.go makes
+// it without linking every API group of Kubernetes.
 type coreClient interface {
-	CoreV1() corev1client.CoreV1Interface
+	CoreV1() kubeCoreV1
 	// AuthenticationV1 asks who we are (SelfSubjectReview) for the audit trail.
-	AuthenticationV1() authv1client.AuthenticationV1Interface
+	AuthenticationV1() kubeAuthenticationV1
 }
 
-type coreOnly struct {
-	core corev1client.CoreV1Interface
-	auth authv1client.AuthenticationV1Interface
-}
-
-func (c coreOnly) CoreV1() corev1client.CoreV1Interface                     { return c.core }
-func (c coreOnly) AuthenticationV1() authv1client.AuthenticationV1Interface { return c.auth }
+// clientset connects as kubectl would, and returns the namespace to use.
 
 func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if !config.KubernetesHere(k.kubeconfig, os.Getenv) {
@@ -273,13 +264,9 @@ func (k *kubeFlags) clientset() (coreClient, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cs, err := corev1client.NewForConfig(rc)
+	cs, err := newKubeClient(rc)
 	if err != nil {
 		return nil, "", err
 	}
-	as, err := authv1client.NewForConfig(rc)
-	if err != nil {
-		return nil, "", err
-	}
-	return coreOnly{core: cs, auth: as}, ns, nil
+	return cs, ns, nil
 }

@@ -42,9 +42,22 @@ its log: both directions, time stamps, TLS state. The trace ends by itself after
 'mailfwdctl trace stop ID' ends it sooner. AUTH credentials are always redacted, message
 bodies unless --with-bodies.
 
+Each pod logs one record per dialog line ("smtp trace", from=client|server) between
+"smtp trace: session start" and "smtp trace: session end", with trace=ID;
+'mailfwdctl trace show ID' prints them from the logs as a transcript.
+On the workers a trace also records:
+  - deliveries over a connection that was already open (pooled) when the trace started,
+    from their transaction on: "session start" with reused=true, then
+    "smtp trace: reusing a pooled connection" transaction=N before every reuse;
+  - connects that get no session: "smtp trace: connect failed" (refused, timed out,
+    unreachable; peer= and err=), and "not connecting, the address failed a moment
+    ago" when the worker skips an address that just failed;
+  - why a connection was given up while being set up ("connection given up" status=…,
+    e.g. a failed STARTTLS handshake).
+
   sendmail -X /tmp/x.log          mailfwdctl trace --client 10.1.2.3 --for 10m
                                   mailfwdctl trace --destination mx.example.com
-                                  kubectl logs -l app.kubernetes.io/name=mailfwd | grep 'trace=ID'`,
+                                  kubectl logs -l app.kubernetes.io/name=mailfwd --prefix | mailfwdctl trace show ID`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := out.validate(); err != nil {
@@ -76,6 +89,11 @@ bodies unless --with-bodies.
 					if s.WithBodies {
 						fmt.Fprintf(tw, ", with message bodies")
 					}
+					if s.Destination != "" {
+						fmt.Fprintf(tw, "\nrecorded: new and pooled connections, refused and failed connects")
+					}
+					fmt.Fprintf(tw, "\nread it: kubectl logs -l app.kubernetes.io/name=mailfwd --prefix --tail=-1 | mailfwdctl trace show %[1]s"+
+						"\n     or: journalctl -u 'mailfwd-*' | mailfwdctl trace show %[1]s", s.ID)
 					fmt.Fprintf(tw, "\nstop it with: mailfwdctl trace stop %s\n", s.ID)
 				})
 			})
@@ -89,7 +107,7 @@ bodies unless --with-bodies.
 	f.StringVar(&s.ID, "id", "", "name of the trace (default: generated)")
 	f.IntVar(&maxTraces, "max-traces", smtptrace.DefaultLimits().MaxTraces, "refuse to start a trace when this many are running (the daemons honour --trace-max-traces)")
 	f.StringVarP(&out.format, "output", "o", "table", "output format: table, json or yaml")
-	cmd.AddCommand(newTraceList(g), newTraceStop(g))
+	cmd.AddCommand(newTraceList(g), newTraceStop(g), newTraceShow(g))
 	return cmd
 }
 

@@ -57,7 +57,8 @@ func TestTraceCommands(t *testing.T) {
 		t.Fatalf("trace -o json: %q (%v)", out, err)
 	}
 	code, out, _ = traceCtl(t, append(nats, "trace", "--destination", "mx.example.com", "--with-bodies", "--id", "mx")...)
-	if code != 0 || !strings.Contains(out, "tracing destination mx.example.com") || !strings.Contains(out, "with message bodies") {
+	if code != 0 || !strings.Contains(out, "tracing destination mx.example.com") || !strings.Contains(out, "with message bodies") ||
+		!strings.Contains(out, "recorded: new and pooled connections, refused and failed connects") || !strings.Contains(out, "| mailfwdctl trace show mx") {
 		t.Fatalf("trace --destination: %d %q", code, out)
 	}
 	if code, _, e := traceCtl(t, append(nats, "trace", "--destination", "mx.example.com", "--id", "mx")...); code != ctl.ExitRejected || !strings.Contains(e, "running") {

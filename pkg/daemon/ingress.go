@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -28,6 +29,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/ingress"
 	"github.com/mailfwd/mailfwd/pkg/policy"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/smtpauth"
 	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/telemetry"
@@ -187,6 +189,10 @@ type Ingress struct {
 	Trace smtptrace.Limits
 	// DKIMSigningNetworks is --dkim-signing-networks (nil: the default, relay).
 	DKIMSigningNetworks config.StringList
+	// SenderQuota and UserQuota are --sender-quota and --user-quota: the
+	// quota of every sender domain and of every AUTH user without a rule
+	// of the policy's quota key ("" none; docs/quotas.md).
+	SenderQuota, UserQuota string
 	// OnListen, when set, is told each listener's address once it listens
 	// (kind "smtp", "submission" or "smtps"); tests use it with port 0.
 	OnListen func(kind, addr string)
@@ -234,8 +240,29 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.IntVar(&o.AuthMaxConcurrentChecks, "auth-max-concurrent-checks", 4, "password-hash checks (bcrypt/argon2id: CPU and memory) running at once; others wait, then 454 4.7.0")
 	fs.IntVar(&o.SMTP.DKIMMaxHeaderBytes, "dkim-max-header-bytes", dkim.DefaultMaxHeaderBytes, "header section a DKIM signer holds per message while it looks for From:; a longer header is delivered unsigned")
 	fs.Var(&o.DKIMSigningNetworks, "dkim-signing-networks", "clients whose mail is DKIM-signed without SMTP AUTH, for any From: domain with a key (OpenDKIM's InternalHosts): CIDRs or addresses, and \"relay\" for the clients the policy lets relay anywhere (Connect: RELAY, --relay-networks); comma-separated; default relay; \"none\": only AUTH users, for the From: addresses they may send as")
+	fs.StringVar(&o.SenderQuota, "sender-quota", "", "outbound quota of every envelope sender domain, each its own count for the whole ingress fleet: 'rate=R/s,burst=B,hourly=N' (any subset); more gets 450 4.7.1 at MAIL FROM; the policy key quota's \"*\" line and per-domain lines override it (docs/quotas.md); empty: none")
+	fs.StringVar(&o.UserQuota, "user-quota", "", "outbound quota of every SMTP AUTH user, each its own count for the whole ingress fleet: 'rate=R/s,burst=B,hourly=N'; the policy key quota's \"user:*\" and user:NAME lines override it; empty: none")
 	o.Trace.Register(fs)
 	o.Proxy.Register(fs)
+}
+
+// quotaDefaults parses --sender-quota and --user-quota (nil: not set).
+func (o *Ingress) quotaDefaults() (sender, user *policy.QuotaLimit, err error) {
+	parse := func(name, spec string) (*policy.QuotaLimit, error) {
+		if spec == "" {
+			return nil, nil
+		}
+		l, err := policy.ParseQuotaLimit(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--%s %q: %v", name, spec, err)
+		}
+		return &l, nil
+	}
+	if sender, err = parse("sender-quota", o.SenderQuota); err != nil {
+		return nil, nil, err
+	}
+	user, err = parse("user-quota", o.UserQuota)
+	return sender, user, err
 }
 
 // Validate checks the configuration before anything starts.
@@ -312,6 +339,9 @@ func (o *Ingress) Validate() error {
 	}
 	if o.SMTP.MaxRecipientOvershoot < 1 {
 		errs = append(errs, errors.New("--max-recipient-overshoot must be at least 1"))
+	}
+	if _, _, err := o.quotaDefaults(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.SMTP.MaxDataLineLength < 1000 {
 		errs = append(errs, errors.New("--max-data-line-length must be at least 1000 (RFC 5321: 998 and CR LF)"))
@@ -445,6 +475,7 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		tw = smtptrace.NewWatcher(b, log, "ingress", o.Trace)
 	}
 	o.SMTP.Trace = tw
+	o.SMTP.Quotas = o.quotas(ctx, q, watcher, metrics, log)
 	srv, err := ingress.New(o.SMTP, q, store)
 	if err != nil {
 		return err
@@ -474,7 +505,8 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 		lns = append(lns, listening{l.kind, ln})
 	}
 	attrs := []any{"component", "ingress", "hostname", o.SMTP.Hostname, "relay_networks", o.RelayNetworks.String(), "relay_domains", o.RelayDomains.String(),
-		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil, "proxy_protocol_from", o.Proxy.From.String()}
+		"policy_dir", o.PolicyDir, "starttls", o.SMTP.TLSConfig != nil, "proxy_protocol_from", o.Proxy.From.String(),
+		"sender_quota", o.SenderQuota, "user_quota", o.UserQuota}
 	for _, l := range lns {
 		attrs = append(attrs, l.kind, l.ln.Addr().String())
 	}
@@ -522,6 +554,31 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	g.Go(func() error { q.WatchEnvelopeReaders(gctx, 5*time.Second, log); return nil })
 	startHealth(ctx, g, gctx, o.HTTPAddr, o.Pprof, log, map[string]config.Check{"queue": q.Check, "blob": store.Check}, metrics)
 	return g.Wait()
+}
+
+// quotas sets up the sender quotas: the policy's quota key over the flags'
+// defaults, counted in the fleet's bucket MAIL_QUOTAS (nil: no quota can
+// apply: no flag and no policy directory).
+func (o *Ingress) quotas(ctx context.Context, q *queue.Queue, watcher *policy.Watcher, metrics *telemetry.Metrics, log *slog.Logger) *ingress.Quotas {
+	sender, user, _ := o.quotaDefaults()
+	if watcher == nil && sender == nil && user == nil {
+		return nil
+	}
+	rules := func() *policy.Quotas { return watcher.Current().Quotas.WithDefaults(sender, user) }
+	if watcher == nil {
+		static := policy.NewQuotas().WithDefaults(sender, user)
+		rules = func() *policy.Quotas { return static }
+	}
+	qm := metrics.Quotas()
+	b, err := q.QuotaBucket(ctx)
+	if err != nil {
+		log.Warn("sender quota state unavailable; each ingress keeps a local share of every quota", "component", "ingress", "err", err,
+			"share", "1/"+strconv.Itoa(shaping.LocalShareDivisor))
+		qm.LocalFallback()
+		b = nil
+	}
+	return &ingress.Quotas{Rules: rules, Metrics: qm, Rates: shaping.NewRates(b, shaping.RatesConfig{
+		Logger: log.With("component", "ingress"), What: "sender quotas", OnFallback: qm.LocalFallback})}
 }
 
 func startHealth(ctx context.Context, g *errgroup.Group, gctx context.Context, addr string, pprofOn bool, log *slog.Logger, checks map[string]config.Check, m *telemetry.Metrics) {

@@ -401,9 +401,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	// Deliveries to a destination named by mailfwdctl trace --destination
 	// record their dialog; the watcher exists once the queue is connected.
 	var tracer atomic.Pointer[smtptrace.Watcher]
-	o.Delivery.Trace = func(conn net.Conn, peerAddr, peerName string) net.Conn {
-		return tracer.Load().Wrap(conn, smtptrace.Delivery, peerAddr, peerName)
-	}
+	o.Delivery.Trace = tracer.Load
 	client, err := delivery.New(o.Delivery)
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/dane"
 	"github.com/mailfwd/mailfwd/pkg/mtasts"
+	"github.com/mailfwd/mailfwd/pkg/smtptrace"
 	"github.com/mailfwd/mailfwd/pkg/tlspolicy"
 )
 
@@ -135,11 +136,13 @@ type Config struct {
 	HostDownTTL time.Duration
 	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil → net.Dialer
 	Logger      *slog.Logger                                                      // nil → discard
-	// Trace, when set, may wrap each new connection to record its SMTP
-	// dialog (mailfwdctl trace --destination; pkg/smtptrace's Watcher.Wrap):
-	// it returns conn itself when no trace matches. After STARTTLS the
-	// dialog inside TLS goes on in the same trace (smtptrace.Continue).
-	Trace func(conn net.Conn, peerAddr, peerName string) net.Conn
+	// Trace, when set, returns the watcher of the running SMTP traces
+	// (mailfwdctl trace --destination; nil while there is none yet). Every
+	// connection is then tapped (smtptrace.Tap) and a matching trace
+	// records its dialog: from the greeting on for a new connection, from
+	// the next transaction on for a pooled one, inside STARTTLS too; a
+	// connect that fails or is skipped (HostDownTTL) is recorded as such.
+	Trace func() *smtptrace.Watcher
 }
 
 const (

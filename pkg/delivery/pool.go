@@ -48,6 +48,9 @@ type conn struct {
 	// turns out dead at MAIL FROM, Deliver retries on a fresh one.
 	pooledAt time.Time
 	reused   bool // taken from the pool without a check
+	// tap is the conn a trace records the dialog on (smtptrace.Tap, inside
+	// TLS after STARTTLS); nil without Config.Trace.
+	tap net.Conn
 }
 
 // reuseUnchecked: how recently a pooled connection must have been used to be
@@ -84,6 +87,9 @@ func (c *Client) getConn(ctx context.Context, hop Hop, sec *security, log *slog.
 			return c.connect(ctx, hop, sec, log)
 		}
 		cn.hop = hop // same address; the name is this delivery's
+		// A trace that started while the connection was pooled records
+		// from here on (the check and the transaction).
+		c.tracer().Attach(cn.tap, hop.Addr.String(), hop.Name, cn.msgs+1)
 		if time.Since(cn.pooledAt) < reuseUnchecked {
 			cn.reused = true
 			return cn, result{}, true
@@ -145,6 +151,7 @@ func (c *Client) acquire(ctx context.Context, hop Hop, key string) (*conn, resul
 		if d, ok := c.down[addr]; ok {
 			if time.Now().Before(d.until) {
 				c.mu.Unlock()
+				c.tracer().ConnectSkipped(addr.String(), hop.Name, d.err, d.until)
 				return nil, connectResult(ctx, hop.Name, d.err), false
 			}
 			delete(c.down, addr)
@@ -323,20 +330,28 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 			c.markDown(hop.Addr, err)
 		}
 		log.Debug("connect failed", "relay", name, "addr", hop.Addr, "err", err)
+		c.tracer().ConnectFailed(hop.Addr.String(), name, err)
 		return nil, r, false
 	}
 	c.clearDown(hop.Addr)
 	log.Debug("connected", "relay", name, "addr", hop.Addr, "local", tcp.LocalAddr().String())
-	traced := tcp // the conn a trace (if any) records; the reply bound sits above it
+	// The conn a trace records (the reply bound sits above it): every
+	// connection is tapped, so that a trace started while it is pooled can
+	// record its later transactions; top is the tap of the layer the
+	// dialog runs on (inside TLS after STARTTLS).
+	traced := tcp
 	if c.cfg.Trace != nil {
-		traced = c.cfg.Trace(tcp, hop.Addr.String(), name)
+		traced = smtptrace.Tap(tcp)
+		c.tracer().Attach(traced, hop.Addr.String(), name, 0)
 	}
+	top := traced
 	wire := newWireConn(traced, c.cfg.MaxReplyBytes)
 	var raw net.Conn = wire
 
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	fail := func(r result, tlsFailed bool) (*conn, result, bool) {
 		stop()
+		smtptrace.Failed(top, r.String())
 		raw.Close()
 		return nil, r, tlsFailed
 	}
@@ -347,7 +362,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
 		return fail(r, false)
 	}
-	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE"}
+	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE", tap: top}
 	required := sec.level().RequiresTLS()
 	offered, _ := sc.Extension("STARTTLS")
 	if required && !offered {
@@ -377,6 +392,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		// A traced session records the dialog inside TLS from here on (the
 		// conn below only sees ciphertext); untraced, this is tc itself.
 		inTLS := smtptrace.Continue(tc, traced)
+		top = inTLS
 		sc = c.newSMTP(&greetedConn{Conn: inTLS, pending: []byte("220 TLS established\r\n")})
 		if err := sc.Hello(c.cfg.HeloName); err != nil {
 			r, _ := stepError(ctx, name, "EHLO after STARTTLS", err)
@@ -388,7 +404,7 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		log.Debug("STARTTLS established", "relay", name, "addr", hop.Addr,
 			"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite),
 			"tls_level", sec.describe(), "verify", cn.verify)
-		cn.sc, cn.tls = sc, true
+		cn.sc, cn.tls, cn.tap = sc, true, inTLS
 	}
 	if required && !cn.tls {
 		// Not reached (tryTLS is true above may); kept so that no later
@@ -405,6 +421,14 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		return nil, lostResult(ctx, name, "connection setup", ctx.Err()), false
 	}
 	return cn, result{}, false
+}
+
+// tracer is the trace watcher in force (nil: none; its methods are no-ops).
+func (c *Client) tracer() *smtptrace.Watcher {
+	if c.cfg.Trace == nil {
+		return nil
+	}
+	return c.cfg.Trace()
 }
 
 func (c *Client) newSMTP(nc net.Conn) *smtp.Client {

@@ -180,6 +180,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 }
 
 func (ss *session) queued() error {
+	ss.quota.Store(nil) // the message counts on its quotas
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
 }
 

@@ -133,6 +133,9 @@ type Config struct {
 	// one second per MinDataRate bytes; slower clients get 421 4.4.2 and
 	// nothing is queued. 0: DefaultMinDataRate; negative: no minimum.
 	MinDataRate int
+	// Quotas are the fleet-wide sender quotas checked at MAIL FROM (nil:
+	// none; quota.go).
+	Quotas *Quotas
 }
 
 // Defaults of Config's session limits.
@@ -449,6 +452,9 @@ type session struct {
 	user       *smtpauth.User // after a successful AUTH; kept across transactions
 	authCancel context.CancelFunc
 	submission bool // a submission listener's session: MAIL needs AUTH
+	// quota is the transaction's count on its sender quotas, until its 250
+	// (atomic: a forced close's Logout runs on another goroutine).
+	quota atomic.Pointer[charge]
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -457,10 +463,12 @@ func (ss *session) Reset() {
 	if wire := wireOf(ss.conn.Conn()); wire != nil {
 		wire.endData() // go-smtp resets after a message transfer, once it has read it all
 	}
+	ss.giveBack(ss.quota.Swap(nil)) // a transaction that ended without its 250
 	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets, ss.fwd = "", "", false, false, false, nil, nil, nil
 }
 
 func (ss *session) Logout() error {
+	ss.giveBack(ss.quota.Swap(nil))
 	if ss.authCancel != nil {
 		ss.authCancel()
 	}
@@ -499,6 +507,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.user != nil && !ss.user.MaySend(from) {
 		ss.s.log.Info("sender refused: not allowed for the authenticated user", "client", ss.client.Addr.String(), "user", ss.user.Name, "from", from)
 		return reply(errSenderNotAllowed, "")
+	}
+	if err := ss.takeQuotas(from); err != nil {
+		return reply(err, "")
 	}
 	ss.from, ss.hasFrom = from, true
 	ss.qid = envelope.NewQueueID()

@@ -43,12 +43,14 @@ type policyView struct {
 	Local       []string
 	Settings    Settings
 	Senders     []string
+	Quotas      string
 }
 
 func viewOf(p *Policy) policyView {
 	v := policyView{
 		Nets: map[netKey]accessRule{}, Names: map[nameKey]accessRule{},
 		HostNames: p.access.hostNames, Table: p.Mailertable, Local: p.localOrder, Settings: p.Settings,
+		Quotas: p.Quotas.String(),
 	}
 	for _, r := range p.access.rules {
 		c := *r

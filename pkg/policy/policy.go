@@ -42,7 +42,8 @@ func Keys() []string {
 	return []string{KeyAccess, KeyMailertable, KeyAliases, KeyVirtusertable, KeyLocalHostNames, KeySettings,
 		KeyTLSPolicy, KeyUsers, KeyAuthinfo, KeyDKIM, // smarthost.go
 		KeyMasquerade, KeyGenericstable, KeySenderRoutes, KeySRS, // senders.go
-		KeyShaping} // shaping.go
+		KeyShaping, // shaping.go
+		KeyQuota}   // quota.go
 }
 
 // Reply is an SMTP reply: code, RFC 3463 enhanced status and text.
@@ -102,6 +103,8 @@ type Policy struct {
 	DKIM  *dkim.Keys
 	// Shaping: fleet-wide destination limits and reply rules (never nil).
 	Shaping *shaping.Rules
+	// Quotas: outbound quotas per sender domain and AUTH user (never nil).
+	Quotas *Quotas
 
 	access      accessMap
 	mailertable []mtEntry
@@ -128,6 +131,7 @@ func newPolicy() *Policy {
 		Mailertable: route.NewTable(),
 		TLS:         tlspolicy.New(),
 		Shaping:     shaping.NewRules(),
+		Quotas:      NewQuotas(),
 		access:      newAccessMap(),
 		aliases:     map[string]*aliasEntry{},
 		virt:        map[string]*virtEntry{},
@@ -179,6 +183,7 @@ func Parse(files map[string][]byte) (*Policy, error) {
 		{KeySenderRoutes, (*Policy).parseSenderRoutes},
 		{KeySRS, (*Policy).parseSRS},
 		{KeyShaping, (*Policy).parseShaping},
+		{KeyQuota, (*Policy).parseQuota},
 	}
 	for _, ps := range parsers {
 		lines, lerrs := splitLines(ps.key, files[ps.key])
@@ -342,6 +347,7 @@ func (p *Policy) Files() map[string][]byte {
 	p.smarthostFiles(out)
 	p.sendersFiles(out)
 	out[KeyShaping] = []byte(p.Shaping.String())
+	out[KeyQuota] = []byte(p.Quotas.String())
 	return out
 }
 

@@ -90,6 +90,7 @@ func (q *Queue) Expected() Expected {
 				Storage: jetstream.FileStorage, Replicas: q.cfg.Replicas, History: 5},
 			smtptrace.BucketConfig(q.cfg.Replicas),
 			shapingBucketConfig(q.cfg.Replicas),
+			quotaBucketConfig(q.cfg.Replicas),
 		},
 	}
 }

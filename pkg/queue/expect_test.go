@@ -33,7 +33,7 @@ func TestVerify(t *testing.T) {
 			missing[x.Kind+" "+x.Name] = true
 		}
 	}
-	for _, w := range []string{"stream MAIL", "consumer workers", "consumer accepts", "bucket MAIL_REFS", "bucket MAIL_HOLDS", "bucket MAIL_TRACE", "bucket MAIL_SHAPING"} {
+	for _, w := range []string{"stream MAIL", "consumer workers", "consumer accepts", "bucket MAIL_REFS", "bucket MAIL_HOLDS", "bucket MAIL_TRACE", "bucket MAIL_SHAPING", "bucket MAIL_QUOTAS"} {
 		if !missing[w] {
 			t.Errorf("before bootstrap: %s not reported missing (%+v)", w, f)
 		}
@@ -42,7 +42,7 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	l, f, err := q.Verify(ctx)
-	if err != nil || len(f) != 0 || l.Stream == nil || l.Consumer == nil || len(l.Buckets) != 4 || l.Account == nil {
+	if err != nil || len(f) != 0 || l.Stream == nil || l.Consumer == nil || len(l.Buckets) != 5 || l.Account == nil {
 		t.Fatalf("after bootstrap: findings %+v, layout %+v, err %v", f, l, err)
 	}
 	// Another ack wait than this configuration's: the differences, named

@@ -317,7 +317,7 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 		} else if _, err := q.js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("queue: kv %s: %w", kv.Bucket, err)
 		}
-		if kv.Bucket == q.cfg.RefsBucket || kv.Bucket == shaping.BucketName {
+		if kv.Bucket == q.cfg.RefsBucket || kv.Bucket == shaping.BucketName || kv.Bucket == shaping.QuotaBucketName {
 			if err := q.withoutRollup(ctx, kv.Bucket); err != nil {
 				return err
 			}
@@ -332,7 +332,8 @@ func (q *Queue) Bootstrap(ctx context.Context) error {
 // withoutRollup turns roll-ups off on a bucket the workers write (a KV
 // bucket is created with them on): one roll-up on the refs would remove
 // every multi-domain message's pending domains, one on the shaping state
-// every destination's slots and suspensions. Nothing mailfwd does needs them
+// every destination's slots and suspensions, one on the quotas every
+// sender's count. Nothing mailfwd does needs them
 // (it deletes keys; it never purges them). Turning them off is always
 // allowed, so a bucket of an earlier release is fixed in place.
 func (q *Queue) withoutRollup(ctx context.Context, bucket string) error {

@@ -26,13 +26,32 @@ func shapingBucketConfig(replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// quotaBucketConfig is the ingress fleet's sender quotas as Bootstrap
+// makes it: GCRA values with per-key TTLs (a quota's value expires once
+// it means nothing), one value per key.
+func quotaBucketConfig(replicas int) jetstream.KeyValueConfig {
+	c := shapingBucketConfig(replicas)
+	c.Bucket = shaping.QuotaBucketName
+	c.Description = "mailfwd: fleet-wide sender quotas of the ingress (rate state per sender domain and AUTH user)"
+	return c
+}
+
 // ShapingBucket opens the shaping state bucket (made by Bootstrap).
 func (q *Queue) ShapingBucket(ctx context.Context) (shaping.Bucket, error) {
-	kv, err := q.js.KeyValue(ctx, shaping.BucketName)
+	return q.stateBucket(ctx, shaping.BucketName)
+}
+
+// QuotaBucket opens the sender quotas' bucket (made by Bootstrap).
+func (q *Queue) QuotaBucket(ctx context.Context) (shaping.Bucket, error) {
+	return q.stateBucket(ctx, shaping.QuotaBucketName)
+}
+
+func (q *Queue) stateBucket(ctx context.Context, name string) (shaping.Bucket, error) {
+	kv, err := q.js.KeyValue(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("queue: kv %s: %w (run mailfwdctl bootstrap)", shaping.BucketName, err)
+		return nil, fmt.Errorf("queue: kv %s: %w (run mailfwdctl bootstrap)", name, err)
 	}
-	return &shapingKV{kv: kv, js: q.js, prefix: "$KV." + shaping.BucketName + "."}, nil
+	return &shapingKV{kv: kv, js: q.js, prefix: "$KV." + name + "."}, nil
 }
 
 // shapingKV is shaping.Bucket over a JetStream KV bucket. Swap publishes

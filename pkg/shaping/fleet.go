@@ -16,6 +16,10 @@ import (
 // BucketName is the KV bucket of the fleet's shaping state.
 const BucketName = "MAIL_SHAPING"
 
+// QuotaBucketName is the KV bucket of the ingress fleet's sender quotas
+// (GCRA values only; pkg/ingress).
+const QuotaBucketName = "MAIL_QUOTAS"
+
 // Errors a Bucket returns for the outcomes the shaper acts on; anything
 // else means the state cannot be reached.
 var (
@@ -92,8 +96,8 @@ type Shaper struct {
 	leases    map[*Lease]struct{}
 	local     map[string]*localShare
 	suspended map[string]Suspension // by destination key
-	rates     map[string]*rateState
-	degraded  time.Time // local shares until then
+	gcra      *GCRA                 // nil without a bucket
+	fb        fallback              // local shares while on
 }
 
 // localShare is a destination's share while the bucket cannot be reached.
@@ -117,8 +121,13 @@ func New(b Bucket, cfg Config) *Shaper {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Shaper{b: b, cfg: cfg, log: cfg.Logger.With("component", "shaping"),
-		leases: map[*Lease]struct{}{}, local: map[string]*localShare{}, suspended: map[string]Suspension{}, rates: map[string]*rateState{}}
+	s := &Shaper{b: b, cfg: cfg, log: cfg.Logger.With("component", "shaping"),
+		leases: map[*Lease]struct{}{}, local: map[string]*localShare{}, suspended: map[string]Suspension{}}
+	if b != nil {
+		s.gcra = NewGCRA(b, cfg.OpTimeout, cfg.Now)
+		s.gcra.forwardOnly = true // the workers never give a rate step back
+	}
+	return s
 }
 
 // Lease is one admitted delivery's hold on its destinations.
@@ -178,20 +187,12 @@ func (s *Shaper) throttled(d Dest, reason string) {
 }
 
 func (s *Shaper) useLocal() bool {
-	if s.b == nil {
-		return true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cfg.Now().Before(s.degraded)
+	return s.b == nil || s.fb.active(s.cfg.Now())
 }
 
 // unreachable switches to local shares for a while.
 func (s *Shaper) unreachable(err error) {
-	s.mu.Lock()
-	first := !s.cfg.Now().Before(s.degraded)
-	s.degraded = s.cfg.Now().Add(degradedFor)
-	s.mu.Unlock()
+	first := s.fb.trip(s.cfg.Now())
 	if first && s.cfg.Metrics != nil {
 		s.cfg.Metrics.LocalFallback()
 	}
@@ -260,94 +261,11 @@ func (s *Shaper) takeSlot(ctx context.Context, l *Lease, d Dest) (bool, error) {
 	return false, nil
 }
 
-// rateState is this process's last view of a destination's GCRA value;
-// its lock makes the process's steps on one key go one at a time (no CAS
-// races among its own deliveries).
-type rateState struct {
-	mu    sync.Mutex
-	tat   time.Time
-	rev   uint64
-	known bool
-}
-
-func (s *Shaper) rateOf(key string) *rateState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	rs := s.rates[key]
-	if rs == nil {
-		if len(s.rates) >= maxRateStates {
-			clear(s.rates)
-		}
-		rs = &rateState{}
-		s.rates[key] = rs
-	}
-	return rs
-}
-
-// maxRateStates bounds the cached rate views (one per rated destination).
-const maxRateStates = 10000
-
-// takeRate advances d's theoretical arrival time (GCRA) by one message, or
-// says how long until it may. It tries the compare-and-swap on the value
-// it saw last (one round trip while no other worker moved it).
+// takeRate advances d's GCRA value by one message, or says how long
+// until it may.
 func (s *Shaper) takeRate(ctx context.Context, d Dest) (time.Duration, error) {
-	key := "r." + d.Key
-	interval := time.Duration(float64(time.Second) / d.Limit.Rate)
-	tolerance := time.Duration(max(d.Limit.Burst-1, 0)) * interval
-	rs := s.rateOf(key)
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for range casRetries {
-		if !rs.known {
-			octx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
-			v, rev, err := s.b.Get(octx, key)
-			cancel()
-			switch {
-			case errors.Is(err, ErrNotFound):
-				rs.tat, rs.rev = time.Time{}, 0
-			case err != nil:
-				return 0, err
-			default:
-				rs.rev = rev
-				rs.tat = time.Time{}
-				if n, perr := strconv.ParseInt(string(v), 10, 64); perr == nil {
-					rs.tat = time.Unix(0, n)
-				}
-			}
-			rs.known = true
-		}
-		now := s.cfg.Now()
-		tat := now
-		if rs.tat.After(tat) {
-			tat = rs.tat
-		}
-		if wait := tat.Sub(now) - tolerance; wait > 0 {
-			return wait, nil
-		}
-		next := tat.Add(interval)
-		val := []byte(strconv.FormatInt(next.UnixNano(), 10))
-		ttl := next.Sub(now) + 2*time.Second // the value means nothing once past
-		octx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
-		var rev uint64
-		var err error
-		if rs.rev == 0 {
-			rev, err = s.b.Create(octx, key, val, ttl)
-		} else {
-			rev, err = s.b.Swap(octx, key, val, rs.rev, ttl)
-		}
-		cancel()
-		switch {
-		case err == nil:
-			rs.tat, rs.rev = next, rev
-			return 0, nil
-		case errors.Is(err, ErrExists), errors.Is(err, ErrChanged):
-			rs.known = false // another worker moved it: read it again
-		default:
-			rs.known = false
-			return 0, err
-		}
-	}
-	return jitter(retryFull), nil
+	wait, _, err := s.gcra.Take(ctx, "r."+d.Key, []Pace{{Rate: d.Limit.Rate, Burst: d.Limit.Burst}})
+	return wait, err
 }
 
 // localAcquire takes d's local share.

@@ -84,13 +84,13 @@ func ParseLimit(spec string) (Limit, error) {
 		var err error
 		switch k {
 		case "concurrency":
-			l.Concurrency, err = boundedInt(v, MaxConcurrency)
+			l.Concurrency, err = BoundedInt(v, MaxConcurrency)
 		case "rate":
-			l.Rate, err = parseRate(v)
+			l.Rate, err = ParseRate(v)
 		case "burst":
-			l.Burst, err = boundedInt(v, MaxBurst)
+			l.Burst, err = BoundedInt(v, MaxBurst)
 		case "msgs-per-conn":
-			l.MsgsPerConn, err = boundedInt(v, MaxMsgsPerConn)
+			l.MsgsPerConn, err = BoundedInt(v, MaxMsgsPerConn)
 		default:
 			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
 		}
@@ -101,7 +101,8 @@ func ParseLimit(spec string) (Limit, error) {
 	return l, nil
 }
 
-func boundedInt(v string, hi int) (int, error) {
+// BoundedInt reads a count from 0 to hi.
+func BoundedInt(v string, hi int) (int, error) {
 	n, err := strconv.Atoi(v)
 	switch {
 	case err != nil:
@@ -114,8 +115,8 @@ func boundedInt(v string, hi int) (int, error) {
 	return n, nil
 }
 
-// parseRate reads "4/s", "4", "120/m", "3600/h" as messages per second.
-func parseRate(v string) (float64, error) {
+// ParseRate reads "4/s", "4", "120/m", "3600/h" as messages per second.
+func ParseRate(v string) (float64, error) {
 	num, unit, _ := strings.Cut(v, "/")
 	per := 1.0
 	switch unit {

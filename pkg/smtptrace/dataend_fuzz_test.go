@@ -46,7 +46,7 @@ func FuzzRecorderDataEndDifferential(f *testing.F) {
 		s := Setting{ID: "f", Client: "127.0.0.1", Created: now, Until: now.Add(time.Hour), WithBodies: withBodies}
 		w.publish(map[string]Setting{"f": s})
 		w.sessions.Add(1)
-		r := newRecorder(w, s, Ingress, "sess", "127.0.0.1:1", "")
+		r := newRecorder(w, s, Ingress, "sess", "127.0.0.1:1", "", 0, false)
 		r.feed(0, true, []byte("DATA\r\n"))
 		r.feed(0, false, []byte("354 go ahead\r\n"))
 		step := int(split%23) + 1

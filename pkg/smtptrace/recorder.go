@@ -59,13 +59,23 @@ type lineBuf struct {
 	cut int // bytes of the current line beyond the limit
 }
 
-func newRecorder(w *Watcher, s Setting, side Side, session, peerAddr, peerName string) *recorder {
-	r := &recorder{w: w, s: s, side: side, session: session, pending: []string{"<greeting>"}}
+// newRecorder starts recording a session at layer. A session recorded from
+// its start waits for the greeting; one joined between two transactions
+// (midSession: a pooled connection) expects nothing. extra are attributes
+// of the session start record.
+func newRecorder(w *Watcher, s Setting, side Side, session, peerAddr, peerName string, layer int, midSession bool, extra ...any) *recorder {
+	r := &recorder{w: w, s: s, side: side, session: session, layer: layer}
+	if !midSession {
+		r.pending = []string{"<greeting>"}
+	}
 	r.base = []any{"component", w.component, "trace", s.ID, "session", session, "side", string(side)}
-	w.record(slog.LevelInfo, "smtp trace: session start", append(r.base[:len(r.base):len(r.base)],
-		"peer", peerAddr, "peer_name", peerName, "with_bodies", s.WithBodies, "until", s.Until)...)
+	w.record(slog.LevelInfo, "smtp trace: session start", append(append(r.base[:len(r.base):len(r.base)],
+		"peer", peerAddr, "peer_name", peerName, "with_bodies", s.WithBodies, "until", s.Until), extra...)...)
 	return r
 }
+
+// live reports whether r records: its trace runs and the session is open.
+func (r *recorder) live() bool { return r != nil && !r.done.Load() && r.w.live(r.s.ID) }
 
 // from names who sent a direction's bytes.
 func (r *recorder) from(read bool) string {
@@ -402,27 +412,41 @@ func (r *recorder) close() {
 	})
 }
 
-// tracedConn tees what passes through it into its recorder.
+// tap is what the conns of one connection share (the raw one and, after
+// TLS, the one over the decrypted stream): the recorder of the session, nil
+// while no trace records it. A client-side connection keeps its tap for its
+// whole life, so a trace can start recording it between two transactions
+// (Watcher.Attach); a recorder replaced there was closed first.
+type tap struct{ r atomic.Pointer[recorder] }
+
+// tracedConn tees what passes through it into the recorder of its tap;
+// only the conn of the recorder's layer records.
 type tracedConn struct {
 	net.Conn
-	r     *recorder
+	t     *tap
 	layer int
 }
 
 func (c *tracedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.r.feed(c.layer, true, p[:n])
+	if r := c.t.r.Load(); r != nil {
+		r.feed(c.layer, true, p[:n])
+	}
 	return n, err
 }
 
 func (c *tracedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.r.feed(c.layer, false, p[:n])
+	if r := c.t.r.Load(); r != nil {
+		r.feed(c.layer, false, p[:n])
+	}
 	return n, err
 }
 
 func (c *tracedConn) Close() error {
-	c.r.close()
+	if r := c.t.r.Load(); r != nil {
+		r.close()
+	}
 	return c.Conn.Close()
 }
 
@@ -444,20 +468,39 @@ func traced(conn net.Conn) *tracedConn {
 	return nil
 }
 
+// recording returns the live recorder of the session over conn, or nil.
+func recording(conn net.Conn) *recorder {
+	if t := traced(conn); t != nil {
+		if r := t.t.r.Load(); r != nil && !r.done.Load() {
+			return r
+		}
+	}
+	return nil
+}
+
 // Continue is for a caller that runs TLS over a conn Wrap returned (its
 // own STARTTLS or implicit TLS): give it the *tls.Conn after the handshake
 // and the conn it runs over, and use the result instead of tlsConn. The
 // session's trace goes on with the decrypted dialog (same session id and
-// bounds) and notes the TLS state. When raw is not traced, tlsConn is
-// returned unchanged.
+// bounds) and notes the TLS state. When raw is neither traced nor made by
+// Tap, tlsConn is returned unchanged.
+//
+// A connection made by Tap stays tappable inside TLS: the result is a
+// conn over tlsConn that Watcher.Attach can start recording later.
 func Continue(tlsConn *tls.Conn, raw net.Conn) net.Conn {
 	t := traced(raw)
-	if t == nil || t.r.done.Load() {
+	if t == nil {
 		return tlsConn
 	}
-	layer := t.r.continued()
-	t.r.tls(tlsConn.ConnectionState())
-	return &tracedConn{Conn: tlsConn, r: t.r, layer: layer}
+	r := t.t.r.Load()
+	if r == nil || r.done.Load() {
+		// Nothing records now; a recorder attached later records at the
+		// new layer, never the ciphertext below it.
+		return &tracedConn{Conn: tlsConn, t: t.t, layer: t.layer + 1}
+	}
+	layer := r.continued()
+	r.tls(tlsConn.ConnectionState())
+	return &tracedConn{Conn: tlsConn, t: t.t, layer: layer}
 }
 
 // NoteTLS records the TLS state of a session whose TLS the caller cannot
@@ -468,8 +511,8 @@ func Continue(tlsConn *tls.Conn, raw net.Conn) net.Conn {
 // is not complete is ignored, and each upgrade is noted once. A no-op when
 // conn is not traced.
 func NoteTLS(conn net.Conn, st tls.ConnectionState) {
-	if t := traced(conn); t != nil && st.HandshakeComplete {
-		t.r.tls(st)
+	if r := recording(conn); r != nil && st.HandshakeComplete {
+		r.tls(st)
 	}
 }
 
@@ -494,8 +537,8 @@ func (w *Watcher) TLSConfig(cfg *tls.Config) *tls.Config {
 				base = c
 			}
 		}
-		t := traced(hello.Conn)
-		if t == nil || t.r.done.Load() {
+		r := recording(hello.Conn)
+		if r == nil {
 			if base == cfg {
 				return nil, nil
 			}
@@ -510,7 +553,7 @@ func (w *Watcher) TLSConfig(cfg *tls.Config) *tls.Config {
 					return err
 				}
 			}
-			t.r.tls(st)
+			r.tls(st)
 			return nil
 		}
 		return c, nil

@@ -51,7 +51,7 @@ func FuzzRedactor(f *testing.F) {
 		s := Setting{ID: "f", Client: "127.0.0.1", Created: now, Until: now.Add(time.Hour)}
 		w.publish(map[string]Setting{"f": s})
 		w.sessions.Add(1)
-		r := newRecorder(w, s, Ingress, "sess", "127.0.0.1:1", "")
+		r := newRecorder(w, s, Ingress, "sess", "127.0.0.1:1", "", 0, false)
 		step := int(split%17) + 1
 		feed := func(read bool, p string) {
 			for len(p) > 0 {

@@ -1,8 +1,11 @@
 // Package smtptrace is mailfwd's live SMTP traffic trace, sendmail's -X
 // without a restart and without tracing everyone: an operator stores a
 // Setting in the MAIL_TRACE bucket (mailfwdctl trace), every ingress and
-// worker watches the bucket (Watcher.Run), and Watcher.Wrap tees the
-// sessions that match into bounded, redacting slog records.
+// worker watches the bucket (Watcher.Run), and Watcher.Wrap (the ingress's
+// sessions) or Tap and Watcher.Attach (the worker's connections, pooled
+// ones included) tee the sessions that match into bounded, redacting slog
+// records; a worker's connect that gets no session is recorded as such
+// (Watcher.ConnectFailed, ConnectSkipped).
 //
 // AUTH credentials are always redacted, message bodies unless the setting
 // asks for them; every record is bounded by Limits (line length, lines per

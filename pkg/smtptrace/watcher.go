@@ -2,6 +2,7 @@ package smtptrace
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -215,23 +216,164 @@ func (w *Watcher) Wrap(conn net.Conn, side Side, peerAddr, peerName string, opts
 	if !ok {
 		return conn
 	}
+	o := wrapOpts{}
+	for _, f := range opts {
+		f(&o)
+	}
+	r := w.begin(c, side, o.session, peerAddr, peerName, 0, false)
+	if r == nil {
+		return conn
+	}
+	t := &tap{}
+	t.r.Store(r)
+	return &tracedConn{Conn: conn, t: t}
+}
+
+// begin starts a recorder for a session that c matches, within
+// --trace-max-traced-sessions (nil beyond it). session "" makes an id.
+func (w *Watcher) begin(c compiled, side Side, session, peerAddr, peerName string, layer int, midSession bool, extra ...any) *recorder {
 	if w.sessions.Add(1) > int64(w.limits.MaxTracedSessions) {
 		w.sessions.Add(-1)
 		if w.skipped.Add(1)%1000 == 1 {
 			w.record(slog.LevelWarn, "smtp trace: matching session not traced (--trace-max-traced-sessions)",
 				"component", w.component, "trace", c.ID, "skipped", w.skipped.Load())
 		}
-		return conn
+		return nil
 	}
-	o := wrapOpts{}
-	for _, f := range opts {
-		f(&o)
+	if session == "" {
+		session = xid.New().String()
 	}
-	if o.session == "" {
-		o.session = xid.New().String()
+	return newRecorder(w, c.Setting, side, session, peerAddr, peerName, layer, midSession, extra...)
+}
+
+// Tap wraps conn, a new client-side (worker) connection, so that a trace
+// can record it from any point of its life on: Attach when it is set up,
+// and again at each reuse from a pool. Traced or not, it costs one atomic
+// load per read and write. Continue keeps the result tappable inside TLS.
+func Tap(conn net.Conn) net.Conn {
+	if conn == nil {
+		return nil
 	}
-	r := newRecorder(w, c.Setting, side, o.session, peerAddr, peerName)
-	return &tracedConn{Conn: conn, r: r}
+	return &tracedConn{Conn: conn, t: &tap{}}
+}
+
+// Attach records the delivery session over conn (made by Tap, or by
+// Continue over it) when a running trace matches the next hop (peerAddr,
+// peerName), from now on. Call it when the connection is new (reuse 0:
+// before the greeting is read), and each time a pooled connection is taken
+// for another transaction (reuse: the number of that transaction on the
+// connection, 2 or more; between transactions, with no reply pending):
+//
+//   - a session already recorded by a trace that still matches goes on,
+//     with the note "smtp trace: reusing a pooled connection";
+//   - a session a trace started recording when the connection was already
+//     open starts with "session start" reused=true, then the same note;
+//     over TLS, the TLS state is noted too;
+//   - a recording whose trace ended, or that no longer matches this hop,
+//     ends ("session end").
+//
+// A no-op for a nil w or a conn not made by Tap.
+func (w *Watcher) Attach(conn net.Conn, peerAddr, peerName string, reuse int) {
+	if w == nil {
+		return
+	}
+	t := traced(conn)
+	if t == nil {
+		return
+	}
+	ip := peerIP(peerAddr)
+	cur := t.t.r.Load()
+	if cur != nil && cur.live() {
+		if c, ok := w.find(cur.s.ID); ok && c.matches(Delivery, ip, peerName) {
+			if reuse > 0 {
+				cur.note("smtp trace: reusing a pooled connection", "transaction", reuse)
+			}
+			return
+		}
+	}
+	if cur != nil {
+		cur.close()
+		t.t.r.CompareAndSwap(cur, nil)
+	}
+	c, ok := w.match(Delivery, peerAddr, peerName)
+	if !ok {
+		return
+	}
+	var extra []any
+	if reuse > 0 {
+		extra = []any{"reused", true, "transactions_before", reuse - 1}
+	}
+	r := w.begin(c, Delivery, "", peerAddr, peerName, t.layer, reuse > 0, extra...)
+	if r == nil {
+		return
+	}
+	t.t.r.Store(r)
+	if reuse > 0 {
+		if tc, ok := t.Conn.(*tls.Conn); ok {
+			r.tls(tc.ConnectionState())
+		}
+		r.note("smtp trace: reusing a pooled connection", "transaction", reuse)
+	}
+}
+
+// find returns the running trace id.
+func (w *Watcher) find(id string) (compiled, bool) {
+	now := w.now()
+	for _, c := range *w.snap.Load() {
+		if c.ID == id && c.Active(now) {
+			return c, true
+		}
+	}
+	return compiled{}, false
+}
+
+// ConnectFailed records, in the trace that matches the next hop if any, a
+// connect that got no session: refused, timed out, unreachable. There is no
+// dialog; the record names the address and the error.
+func (w *Watcher) ConnectFailed(peerAddr, peerName string, err error) {
+	w.unreached("smtp trace: connect failed", peerAddr, peerName, "err", errText(err))
+}
+
+// ConnectSkipped records, in the trace that matches the next hop if any, a
+// delivery that did not dial the address because a connect to it failed
+// moments ago (the worker's --host-down-ttl); err is that failure.
+func (w *Watcher) ConnectSkipped(peerAddr, peerName string, err error, until time.Time) {
+	w.unreached("smtp trace: not connecting, the address failed a moment ago", peerAddr, peerName,
+		"err", errText(err), "retry_after", until.UTC())
+}
+
+func (w *Watcher) unreached(msg, peerAddr, peerName string, args ...any) {
+	if w == nil {
+		return
+	}
+	c, ok := w.match(Delivery, peerAddr, peerName)
+	if !ok {
+		return
+	}
+	w.record(slog.LevelInfo, msg, append([]any{"component", w.component, "trace", c.ID,
+		"side", string(Delivery), "peer", peerAddr, "peer_name", peerName}, args...)...)
+}
+
+// Failed notes in the session over conn, when it is recorded, why the
+// client gives the connection up before or outside a transaction (a TLS
+// handshake that failed, TLS required but not offered, a refused EHLO or
+// AUTH): status is the delivery status its recipients get.
+func Failed(conn net.Conn, status string) {
+	if r := recording(conn); r != nil {
+		r.note("smtp trace: connection given up", "status", status)
+	}
+}
+
+// errText bounds an error's text in a record.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := err.Error()
+	if len(s) > 500 {
+		s = s[:500] + "…"
+	}
+	return s
 }
 
 // record logs one record if the process's byte budget allows it.
