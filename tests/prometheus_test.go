@@ -140,9 +140,10 @@ func ruleQueries(t *testing.T, file string) map[string]string {
 
 // TestPrometheusScrapesDashboardAndRules runs a real Prometheus (scrape
 // every second) against a running ingress and worker under a small load
-// with failures (a 5xx and a 4xx recipient), with the shipped alert rules
-// loaded, and runs every dashboard panel's query and every rule's
-// expression through its HTTP API: each must parse and return series.
+// with failures (a 5xx and a 4xx recipient, a sender over its quota), with
+// the shipped alert rules loaded, and runs every dashboard panel's query
+// and every rule's expression through its HTTP API: each must parse and
+// return series.
 func TestPrometheusScrapesDashboardAndRules(t *testing.T) {
 	bin := prometheusBin(t)
 	ingressHTTP := "127.0.0.1:" + strconv.Itoa(freePortForAuth(t))
@@ -157,7 +158,10 @@ func TestPrometheusScrapesDashboardAndRules(t *testing.T) {
 			}
 			return nil
 		},
-		ingressSetup: func(in *daemon.Ingress) { in.HTTPAddr = ingressHTTP },
+		ingressSetup: func(in *daemon.Ingress) {
+			in.HTTPAddr = ingressHTTP
+			in.SenderQuota = "hourly=1" // each sender domain one message an hour: the load's second from one is refused
+		},
 		workerSetup: func(w *daemon.Worker) {
 			w.HTTPAddr = workerHTTP
 			w.QueueMetrics.Interval = time.Second
@@ -214,9 +218,14 @@ scrape_configs:
 		case 2:
 			rcpts = append(rcpts, fmt.Sprintf("later%d@alpha.test", i))
 		}
-		if r := send(e.smtp, "", "sender@origin.test", rcpts, message("m", fmt.Sprintf("m%d@origin.test", i), "hello\r\n"), nil); r.Err != nil {
+		// Each message from a sender domain of its own (its quota's one).
+		if r := send(e.smtp, "", fmt.Sprintf("sender@s%d.origin.test", i), rcpts, message("m", fmt.Sprintf("m%d@origin.test", i), "hello\r\n"), nil); r.Err != nil {
 			t.Fatalf("send %d: %v", i, r.Err)
 		}
+	}
+	// And one over its sender quota: refused at MAIL FROM.
+	if r, err := sendQuota(e.smtp, "sender@s0.origin.test", "ok@alpha.test", quotaClient{}); err != nil || r.code != 450 || r.at != "MAIL" {
+		t.Fatalf("a second message from s0.origin.test: %+v %v, want 450 at MAIL FROM (its sender quota)", r, err)
 	}
 
 	queries := dashboardQueries(t)
@@ -236,6 +245,8 @@ scrape_configs:
 		"one queue-metrics leader":    `sum(mailfwd_queue_stats_leader) == 1`,
 		"NATS and body store up":      `count(mailfwd_dependency_up == 1) == 4`,
 		"ingress replies 2xx counted": `mailfwd_ingress_replies_total{class="2xx"} > 0`,
+		"sender quota refusal":        `mailfwd_ingress_quota_refused_total{quota="*"} > 0`,
+		"as the ingress limit quota":  `mailfwd_ingress_limit_refusals_total{limit="quota"} > 0`,
 	} {
 		queries["load "+name] = q
 	}

@@ -77,6 +77,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newUsersCmd(g), newDKIMCmd(g), newSRSCmd(g))
 	root.AddCommand(newTraceCmd(g), newEventsCmd(g))
 	root.AddCommand(newShapingCmd(g))
+	root.AddCommand(newQuotaCmd(g))
 	strictGroups(root)
 	return root
 }

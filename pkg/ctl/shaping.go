@@ -141,11 +141,18 @@ func newShapingResume(g *globals) *cobra.Command {
 			if err != nil {
 				return &ExitError{Code: ExitUsage, Err: err}
 			}
-			return g.withShaping(cmd, func(ctx context.Context, b shaping.Bucket) error {
+			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
+				b, err := q.ShapingBucket(ctx)
+				if err != nil {
+					return err
+				}
 				had, err := shaping.Resume(ctx, b, key)
 				if err != nil {
 					return err
 				}
+				au := g.startAudit(ctx, q)
+				defer au.close()
+				au.action(actionOf(cmd), shaping.DestName(key), boolInt(had), "")
 				if !had {
 					fmt.Fprintf(g.out, "%s was not suspended\n", shaping.DestName(key))
 					return nil
