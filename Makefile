@@ -170,7 +170,7 @@ bench: tools ## mailfwd (single node, chart, R3) vs a private Postfix vs maddy v
 	$(MAKE) --no-print-directory bench-go
 
 .PHONY: bench-go
-bench-go: tools ## In-process Go benchmarks: end-to-end rate, healthy-domain latency with a 10k dead-domain backlog
+bench-go: tools ## In-process Go benchmarks: end-to-end rate, healthy-domain latency with a 10k dead-domain backlog, the cost of fleet-wide limits (CPU, latency)
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 2000x -timeout 20m ./tests/...
 	# Fleet shaping: healthy-mail latency beside dribbling and tarpit destinations (docs/shaping.md).
 	$(GO) test -run '^$$' -bench BenchmarkHealthyBesideSlowHops -benchtime 20x -timeout 10m ./pkg/worker

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds a mailfwd release without any registry: `make release VERSION=x.y.z`.
 #
-#   $OUT/mailfwd-$VERSION-linux-$ARCH.tar.gz   the four binaries (trimmed, stripped),
-#                                             deploy/systemd, README.md, CHANGELOG.md
+#   $OUT/mailfwd-$VERSION-linux-$ARCH.tar.gz   bin/ (the four binaries, trimmed, stripped),
+#                                             deploy/ (systemd units and configurations, the
+#                                             quickstart), docs/, README.md, CHANGELOG.md: the
+#                                             clone's layout, so the docs' commands run in it
 #   $OUT/images/linux-$ARCH/<image>.tar       OCI image archives (cmd/image), tagged $VERSION
 #   $OUT/mailfwd-chart-$VERSION.tgz           the chart, version and appVersion $VERSION
 #   $OUT/sbom/mailfwd-$VERSION-linux-$ARCH.<binary>.cdx.json   CycloneDX SBOM per binary (cyclonedx-gomod)
@@ -37,13 +39,14 @@ trap 'rm -rf "$work"' EXIT
 
 for arch in $ARCHES; do
   dir="$work/mailfwd-$VERSION-linux-$arch"
-  mkdir -p "$dir"
+  mkdir -p "$dir/bin" "$dir/deploy"
   for b in $BINARIES; do
     # The same flags as cmd/image's builds: its image build below reuses the build cache.
     CGO_ENABLED=0 GOOS=linux GOARCH=$arch GOFLAGS=-mod=readonly \
-      $GO build -trimpath -buildvcs=false -ldflags "$LDFLAGS" -o "$dir/${b#*:}" "./cmd/${b%%:*}"
+      $GO build -trimpath -buildvcs=false -ldflags "$LDFLAGS" -o "$dir/bin/${b#*:}" "./cmd/${b%%:*}"
   done
-  cp -r deploy/systemd "$dir/systemd"
+  cp -r deploy/README.md deploy/systemd deploy/quickstart "$dir/deploy/"
+  cp -r docs "$dir/docs"
   cp README.md CHANGELOG.md "$dir/"
   tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
     -C "$work" -czf "$OUT/mailfwd-$VERSION-linux-$arch.tar.gz" "mailfwd-$VERSION-linux-$arch"
@@ -65,7 +68,7 @@ for arch in $ARCHES; do
   dir="$work/mailfwd-$VERSION-linux-$arch"
   for b in $BINARIES; do
     "$CYCLONEDX" bin -json -noserial -notimestamp -version "v$VERSION" \
-      -output "$OUT/sbom/mailfwd-$VERSION-linux-$arch.${b#*:}.cdx.json" "$dir/${b#*:}"
+      -output "$OUT/sbom/mailfwd-$VERSION-linux-$arch.${b#*:}.cdx.json" "$dir/bin/${b#*:}"
   done
 done
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -36,6 +39,25 @@ type countingMX struct {
 	inData atomic.Int32
 	peak   atomic.Int32
 	hold   atomic.Pointer[chan struct{}] // while set, DATA waits for it to close
+
+	mu      sync.Mutex
+	accepts []time.Time // when each connection was accepted
+}
+
+// acceptTimes records each connection's accept time for countingMX.
+type acceptTimes struct {
+	net.Listener
+	mx *countingMX
+}
+
+func (l acceptTimes) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mx.mu.Lock()
+		l.mx.accepts = append(l.mx.accepts, time.Now())
+		l.mx.mu.Unlock()
+	}
+	return c, err
 }
 
 func startCountingMX(t testing.TB, dataDelay time.Duration, onRcpt ...func(string, int) *smtp.SMTPError) *countingMX {
@@ -55,7 +77,19 @@ func startCountingMX(t testing.TB, dataDelay time.Duration, onRcpt ...func(strin
 		mx.inData.Add(-1)
 		return 0
 	}})
-	mx.addr = mx.Start(t, "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mx.Serve(acceptTimes{Listener: ln, mx: mx}); err != nil {
+			t.Errorf("counting MX: %v", err)
+		}
+	}()
+	t.Cleanup(func() { mx.Close(); <-done })
+	mx.addr = ln.Addr().String()
 	return mx
 }
 
@@ -65,6 +99,18 @@ func (mx *countingMX) busiest() int {
 	for _, m := range mx.Messages() {
 		at = append(at, m.At)
 	}
+	return busiestSecond(at)
+}
+
+// busiestConns is the most connections accepted within any one second.
+func (mx *countingMX) busiestConns() int {
+	mx.mu.Lock()
+	defer mx.mu.Unlock()
+	return busiestSecond(slices.Clone(mx.accepts))
+}
+
+// busiestSecond is the most of at within any one second.
+func busiestSecond(at []time.Time) int {
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
 	best := 0
 	for i := range at {
@@ -203,6 +249,82 @@ func TestFleetRate(t *testing.T) {
 	}
 }
 
+// TestFleetNewConnections: three worker processes with new-conns=2/s (and
+// one message per connection, so that every delivery needs a new one):
+// the busiest second at the MX holds at most the pace plus its burst (1)
+// new connections, and all mail is delivered. (Before, the limit was
+// refused; without the fleet's pace each worker dialled at will.)
+// The same limit on the next hop (the MX's address) in the shaping key.
+func TestFleetNewConnections(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("[127.0.0.1]  new-conns=2/s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"domain", []string{"--domain-limit", "dest.test:new-conns=2/s,msgs-per-conn=1"}},
+		{"next-hop", []string{"--policy-dir", dir, "--max-msgs-per-conn", "1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := startCountingMX(t, 0)
+			f := startFleet(t, mx)
+			for range 3 {
+				f.worker(tc.args...)
+			}
+			const n = 16
+			f.sendN("nc", n)
+			waitFor(t, "all mail delivered", 120*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= n })
+			if b := mx.busiestConns(); b > 2+1 {
+				t.Errorf("%d new connections in the busiest second, want at most 3 (fleet new-conns 2/s, burst 1)", b)
+			}
+			if c := mx.Connections(); c < n {
+				t.Errorf("%d connections for %d messages with msgs-per-conn=1: the scenario did not hold", c, n)
+			}
+		})
+	}
+}
+
+// TestFleetConnsPerHost: --max-conns-per-host=2 bounds one worker
+// process's sessions to a next hop, so three processes open up to six;
+// the shaping key's "[*] concurrency=2" bounds them for the fleet: the MX
+// never sees more than two sessions or transactions at once.
+func TestFleetConnsPerHost(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("[*]  concurrency=2   # every next hop, fleet-wide\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		fleetWide bool
+	}{
+		{"flag per process", []string{"--max-conns-per-host", "2"}, false},
+		{"[*] fleet-wide", []string{"--max-conns-per-host", "2", "--policy-dir", dir}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mx := startCountingMX(t, 300*time.Millisecond)
+			f := startFleet(t, mx)
+			for range 3 {
+				f.worker(tc.args...)
+			}
+			const n = 30
+			f.sendN("h", n)
+			waitFor(t, "all mail delivered", 120*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= n })
+			p := max(int(mx.peak.Load()), mx.PeakConnections())
+			switch {
+			case tc.fleetWide && p > 2:
+				t.Errorf("the MX had %d sessions at once, want at most 2 ([*] concurrency=2)", p)
+			case !tc.fleetWide && p > 3*2:
+				t.Errorf("the MX had %d sessions at once, more than 3 workers × --max-conns-per-host 2", p)
+			case !tc.fleetWide && p <= 2:
+				t.Logf("the MX had only %d sessions at once with three workers (the flag is per process)", p)
+			}
+		})
+	}
+}
+
 // TestFleetKilledWorkerGivesSlotsBack: a worker killed while it holds both
 // slots of a destination gives them back by expiry: the workers started
 // after it deliver the rest of the mail.
@@ -276,6 +398,19 @@ func TestFleetReplyRuleSuspends(t *testing.T) {
 		out, err := f.ctlRun("shaping", "status", "-o", "json")
 		return err == nil && strings.Contains(out, `"destination": "dest.test"`) && strings.Contains(out, "try again later")
 	})
+	// Every worker has the suspension (the fleet state reaches them by a
+	// watch; mail a worker takes before its watch brings the suspension is
+	// tried once, and its reply suspends nothing new).
+	waitFor(t, "every worker seeing the suspension", 60*time.Second, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, l := range f.logs {
+			if !strings.Contains(l.String(), "destination suspension seen") {
+				return false
+			}
+		}
+		return true
+	})
 	before := tried.Load()
 	f.sendN("later", 5)
 	handedBack := func() int {
@@ -287,16 +422,111 @@ func TestFleetReplyRuleSuspends(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "the later mail set aside by the suspension", 60*time.Second, func() bool { return handedBack() >= 5 || tried.Load() > before })
+	// Set aside: none left in the workers' consumer (a log line may count
+	// the first message's retry too).
+	waitFor(t, "the later mail set aside by the suspension", 60*time.Second, func() bool {
+		return (handedBack() >= 5 && f.consumerLag() == 0) || tried.Load() > before
+	})
 	if got := tried.Load(); got > before {
 		t.Fatalf("the MX was tried %d more times during the suspension", got-before)
 	}
+	// The MX recovers, then the operator resumes (the other way round, the
+	// first message's retry could meet the 421 again and suspend anew).
+	busy.Store(false)
 	if out, err := f.ctlRun("shaping", "resume", "dest.test"); err != nil || !strings.Contains(out, "resumed dest.test") {
 		t.Fatalf("resume: %v\n%s", err, out)
 	}
-	busy.Store(false)
 	if out, err := f.ctlRun("queue", "flush", "--domain", "dest.test"); err != nil {
 		t.Fatalf("flush: %v\n%s", err, out)
 	}
 	waitFor(t, "all mail delivered after the resume", 90*time.Second, func() bool { return len(mx.RecipientsDelivered()) >= 6 })
+}
+
+// consumerLag is what KEDA's nats-jetstream scaler scales the workers on:
+// the "workers" consumer's NumPending + NumAckPending (its getMaxMsgLag).
+func (f *fleet) consumerLag() int {
+	p, a := f.consumerState()
+	return p + a
+}
+
+// consumerState is the "workers" consumer's NumPending and NumAckPending.
+func (f *fleet) consumerState() (pending, ackPending int) {
+	f.t.Helper()
+	nc, err := nats.Connect(f.nats.URL())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, "MAIL", "workers")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return int(info.NumPending), info.NumAckPending
+}
+
+// TestFleetThrottledMailIsNotLag: mail that shaping holds back waits where
+// KEDA's lag does not see it, so a burst to one throttled destination does
+// not scale the workers out for nothing. A burst to a destination
+// suspended by a reply rule leaves no lag at all (it waits deferred until
+// the suspension ends); a burst to a rate-limited one leaves at most what
+// the workers could start soon, never more than their concurrency (below
+// the chart's lagThreshold of 200 a pod, so the lag it leaves never asks
+// for more pods than run). (Before, a rate-limited lane took mail up to
+// twice the concurrency between two refusals: 128 a pod.)
+func TestFleetThrottledMailIsNotLag(t *testing.T) {
+	const burst, concurrency = 150, 16
+	t.Run("suspended", func(t *testing.T) {
+		var tried atomic.Int32
+		mx := startCountingMX(t, 0, func(string, int) *smtp.SMTPError {
+			tried.Add(1)
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Unusual traffic, try again later"}
+		})
+		f := startFleet(t, mx)
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "shaping"), []byte("reply: ^421 4\\.7\\.0 .*try again later   suspend=10m\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			f.worker("--policy-dir", dir, "--concurrency", strconv.Itoa(concurrency))
+		}
+		f.sendN("first", 1)
+		waitFor(t, "the suspension", 60*time.Second, func() bool {
+			out, err := f.ctlRun("shaping", "status", "-o", "json")
+			return err == nil && strings.Contains(out, "try again later")
+		})
+		before := tried.Load()
+		f.sendN("burst", burst)
+		waitFor(t, "no lag left while the burst waits for the suspension's end", 60*time.Second, func() bool { return f.consumerLag() == 0 })
+		if got := tried.Load(); got > before {
+			t.Errorf("the MX was tried %d more times during the suspension", got-before)
+		}
+	})
+	t.Run("rate-limited", func(t *testing.T) {
+		mx := startCountingMX(t, 0)
+		f := startFleet(t, mx)
+		f.worker("--domain-limit", "dest.test:rate=2/s", "--concurrency", strconv.Itoa(concurrency), "--busy-delay", "5m")
+		f.sendN("burst", burst)
+		waitFor(t, "the burst fetched", 60*time.Second, func() bool { p, _ := f.consumerState(); return p == 0 })
+		peak := 0
+		for range 60 { // three seconds of looks: a pod's lag between two refusals, with mail coming back
+			peak = max(peak, f.consumerLag())
+			time.Sleep(50 * time.Millisecond)
+		}
+		if peak > concurrency {
+			t.Errorf("the rate-limited burst left a lag of up to %d in one worker, want at most its concurrency %d", peak, concurrency)
+		}
+		if n := len(mx.Messages()); n >= burst/2 {
+			t.Errorf("%d of %d delivered at 2/s: the scenario did not hold", n, burst)
+		}
+	})
 }

@@ -376,10 +376,13 @@ func TestNATSQuickstartAuth(t *testing.T) {
 		if _, err := kv.Get(ctx, "l.d.dest.test.0"); err != nil {
 			t.Errorf("worker cannot read a slot lease: %v", err)
 		}
+		if _, err := kv.Create(ctx, "c.d.dest.test", []byte("1"), jetstream.KeyTTL(6*time.Second)); err != nil {
+			t.Errorf("worker cannot step a new-connection pace: %v", err)
+		}
 		ctx2, cancel2 := short()
 		defer cancel2()
 		if _, err := kv.Put(ctx2, "x.anything", []byte("w")); err == nil {
-			t.Error("worker wrote a shaping key outside l.*, r.*, s.*")
+			t.Error("worker wrote a shaping key outside l.*, r.*, c.*, s.*")
 		}
 	})
 	if got := streamMsgs(t, adminJS); got != before {

@@ -122,7 +122,7 @@ mailfwd dev is running
 Send a test message:
   go run ./cmd/ctl send --server 127.0.0.1:%d --from me@example.com --to you@example.net
 then look in %s (and for "stat=Sent" in the log above).
-Policy: go run ./cmd/ctl policy --dir %s get   (changes apply within seconds)
+Policy: go run ./cmd/ctl policy --policy-dir %s get   (changes apply within seconds)
 Queue:  go run ./cmd/ctl queue list            Ctrl-C stops.
 
 `, addr, policyDir, natsURL, filepath.Join(dir, "nats"), blobURL, o.sinkAddr, filepath.Join(dir, "sink"), p, filepath.Join(dir, "sink"), policyDir)
@@ -135,7 +135,7 @@ Queue:  go run ./cmd/ctl queue list            Ctrl-C stops.
 // clients only, and every domain routed to the sink.
 func seedPolicy(dir string, o options) error {
 	seed := map[string]string{
-		"access": "# sendmail access map: who may relay where (mailfwdctl policy --dir " + dir + " edit access)\n" +
+		"access": "# sendmail access map: who may relay where (mailfwdctl policy --policy-dir " + dir + " edit access)\n" +
 			"Connect:127.0.0.1\tRELAY\nConnect:localhost\tRELAY\n",
 	}
 	if !o.noSink {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -37,6 +36,7 @@ type shapingItem struct {
 	Destination    string     `json:"destination"`
 	SlotsInUse     int        `json:"slotsInUse"`
 	RateNextFreeMs int64      `json:"rateNextFreeMs,omitempty"` // the next message may start in this long (GCRA)
+	ConnNextFreeMs int64      `json:"connNextFreeMs,omitempty"` // the next new connection may open in this long (new-conns GCRA)
 	SuspendedUntil *time.Time `json:"suspendedUntil,omitempty"`
 	Why            string     `json:"why,omitempty"`
 	By             string     `json:"by,omitempty"`
@@ -60,14 +60,10 @@ func shapingState(kv map[string][]byte, now time.Time) []shapingItem {
 			if i := strings.LastIndexByte(rest, '.'); i > 0 {
 				get(rest[:i]).SlotsInUse++
 			}
-		case "r":
-			if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
-				if d := time.Unix(0, n).Sub(now); d > 0 {
-					get(rest).RateNextFreeMs = d.Milliseconds()
-				} else {
-					get(rest)
-				}
-			}
+		case "r": // r.<dest>: the message pace's theoretical arrival time
+			get(rest).RateNextFreeMs = nextFreeMs(v, now)
+		case "c": // c.<dest>: the new-connection pace's
+			get(rest).ConnNextFreeMs = nextFreeMs(v, now)
 		case "s":
 			var sp shaping.Suspension
 			if json.Unmarshal(v, &sp) == nil && now.Before(sp.Until) {
@@ -83,6 +79,15 @@ func shapingState(kv map[string][]byte, now time.Time) []shapingItem {
 	}
 	slices.SortFunc(out, func(a, b shapingItem) int { return strings.Compare(a.Destination, b.Destination) })
 	return out
+}
+
+// nextFreeMs is how long from now until a GCRA value's debt is paid off
+// (0: none, or unreadable).
+func nextFreeMs(v []byte, now time.Time) int64 {
+	if tat := shaping.ReadTATs(v, 1)[0]; tat.After(now) {
+		return tat.Sub(now).Milliseconds()
+	}
+	return 0
 }
 
 func (g *globals) withShaping(cmd *cobra.Command, fn func(ctx context.Context, b shaping.Bucket) error) error {
@@ -112,16 +117,19 @@ func newShapingStatus(g *globals) *cobra.Command {
 				}
 				items := shapingState(kv, time.Now())
 				return out.print(g.out, items, func(tw *tabwriter.Writer) {
-					fmt.Fprintln(tw, "DESTINATION\tSLOTS IN USE\tRATE NEXT FREE\tSUSPENDED UNTIL\tWHY")
+					fmt.Fprintln(tw, "DESTINATION\tSLOTS IN USE\tRATE NEXT FREE\tNEW CONN NEXT FREE\tSUSPENDED UNTIL\tWHY")
+					ms := func(n int64) string {
+						if n <= 0 {
+							return "-"
+						}
+						return (time.Duration(n) * time.Millisecond).String()
+					}
 					for _, it := range items {
-						until, next := "-", "-"
+						until := "-"
 						if it.SuspendedUntil != nil {
 							until = it.SuspendedUntil.UTC().Format(time.RFC3339) + " (by " + it.By + ")"
 						}
-						if it.RateNextFreeMs > 0 {
-							next = (time.Duration(it.RateNextFreeMs) * time.Millisecond).String()
-						}
-						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", it.Destination, it.SlotsInUse, next, until, it.Why)
+						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", it.Destination, it.SlotsInUse, ms(it.RateNextFreeMs), ms(it.ConnNextFreeMs), until, it.Why)
 					}
 				})
 			})

@@ -11,7 +11,8 @@ import (
 )
 
 func TestParseDomainLimits(t *testing.T) {
-	got, err := ParseDomainLimits([]string{"Example.COM:concurrency=5,rate=2.5/s,burst=3,msgs-per-conn=10", ".mms.gprs:rate=1"})
+	got, err := ParseDomainLimits([]string{"Example.COM:concurrency=5,rate=2.5/s,burst=3,msgs-per-conn=10", ".mms.gprs:rate=1",
+		"conns.test:new-conns=120/m,conn-burst=2", "short.test:conns=3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +22,15 @@ func TestParseDomainLimits(t *testing.T) {
 	if got["mms.gprs"] != (worker.DomainLimit{Rate: 1}) {
 		t.Errorf("mms.gprs: %+v", got["mms.gprs"])
 	}
+	if got["conns.test"] != (worker.DomainLimit{NewConns: 2, ConnBurst: 2}) || got["short.test"] != (worker.DomainLimit{NewConns: 3}) {
+		t.Errorf("new connections: %+v, %+v", got["conns.test"], got["short.test"])
+	}
+	if s := got["conns.test"].String(); s != "new-conns=2/s,conn-burst=2" {
+		t.Errorf("canonical form %q", s)
+	}
 	for _, bad := range []struct{ in, want string }{
+		{"example.com:new-conns=-2/s", "negative"},
+		{"example.com:new-conns=2/d", "unit"},
 		{"example.com", "want DOMAIN:"},
 		{"example.com:speed=3", "unknown limit"},
 		{"example.com:rate=fast", "not a number"},

@@ -117,7 +117,7 @@ func (o *Worker) Register(fs *flag.FlagSet) {
 	config.DurationVar(fs, &o.Engine.DrainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, time for in-flight deliveries to finish before they go back to the queue")
 	config.DurationVar(fs, &o.Engine.WarnAfter, "warn-after", 0, "send the sender a delay warning DSN after this long undelivered, e.g. 4h (sendmail Timeout.queuewarn); 0 disables")
 	fs.IntVar(&o.Engine.DomainConcurrency, "domain-concurrency", 20, "deliveries in flight per recipient domain in this process")
-	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M' (also covers subdomains; repeatable); concurrency and rate hold for the whole fleet (the policy key shaping overrides them)")
+	fs.Var(&o.Limits, "domain-limit", "per-domain limits, 'DOMAIN:concurrency=N,rate=R/s,burst=B,msgs-per-conn=M,new-conns=R/s,conn-burst=B' (also covers subdomains; repeatable); concurrency, rate and new-conns hold for the whole fleet (the policy key shaping overrides them)")
 	config.DurationVar(fs, &o.Engine.StallAfter, "stall-after", 10*time.Second, "a domain whose deliveries are all stuck this long is congested: its waiting mail goes back to the queue")
 	fs.Int64Var(&o.Engine.MaxBodyBytesInFlight, "max-body-bytes-in-flight", 256<<20, "body bytes being transferred to destinations at once by this process (bodies are streamed from the store; a transfer waits for room)")
 	fs.IntVar(&o.Engine.MaxHandlings, "max-handlings", 10, "failed handlings of one envelope (outcome not recorded, panic, ack deadline missed) before it goes to the terminal failed state with a DSN")
@@ -402,6 +402,11 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	// record their dialog; the watcher exists once the queue is connected.
 	var tracer atomic.Pointer[smtptrace.Watcher]
 	o.Delivery.Trace = tracer.Load
+	// New connections to a destination limited in them (new-conns=R/s)
+	// take one from the fleet's pace; the shaper exists once the queue is
+	// connected.
+	var shaperRef atomic.Pointer[shaping.Shaper]
+	o.Delivery.Dial = worker.ShapedDial(shaperRef.Load, shapingRules.Load, o.Delivery.Dial)
 	client, err := delivery.New(o.Delivery)
 	if err != nil {
 		return err
@@ -456,6 +461,7 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log,
 		Metrics: o.Engine.ShapingMetrics, Rules: shapingRules.Load})
 	o.Engine.Shaper = shaper
+	shaperRef.Store(shaper)
 	o.Engine.HopConcurrency = o.Delivery.MaxConnsPerHost
 	var holds atomic.Pointer[map[string]queue.Hold]
 	o.Engine.Held = func(domain string) bool {

@@ -153,6 +153,13 @@ const (
 	checkTimeout = 30 * time.Second
 	// quitTimeout bounds the QUIT sent when a connection is retired.
 	quitTimeout = 10 * time.Second
+	// quitCloseWait bounds the wait, after QUIT's 221, for the server to
+	// close the connection before it counts as closed (conn.awaitClose):
+	// what a server that keeps it open costs a retired connection.
+	quitCloseWait = 500 * time.Millisecond
+	// quitDrainBytes bounds what is read after QUIT's 221 while waiting
+	// for the close (a TLS close_notify record is 24 to 31 bytes).
+	quitDrainBytes = 4096
 	// pruneAt is the size at which the host-status maps are swept of
 	// expired entries.
 	pruneAt = 512

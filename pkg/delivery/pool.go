@@ -66,12 +66,45 @@ func (cn *conn) reset(helo string) error {
 	return cn.sc.Hello(helo)
 }
 
-// quit sends QUIT (bounded) and closes the connection.
+// quit sends QUIT (bounded), waits for the server to close the connection
+// after its 221 (bounded, awaitClose), and closes our side.
 func (cn *conn) quit() {
 	cn.sc.CommandTimeout = min(cn.sc.CommandTimeout, quitTimeout)
-	_ = cn.sc.Quit()
+	if cn.sc.SendQuit() == nil {
+		cn.awaitClose(min(cn.sc.CommandTimeout, quitCloseWait))
+	}
 	_ = cn.sc.Close()
 	_ = cn.raw.Close()
+}
+
+// awaitClose waits, after QUIT's 221, until the server has closed the
+// connection, at most wait. The session counts as ended only then: the
+// caller releases the host slot and, above it, the worker the fleet
+// concurrency lease, and another delivery may dial at once. A server
+// writes 221 and then closes, so without the wait the destination can
+// still count this session when the next one connects, limit+1 at once
+// (TestFleetConcurrency saw 3 against a limit of 2).
+//
+// It reads the TCP connection itself (cn.raw), below any TLS: a server's
+// close_notify comes before its TCP close, and only the end of the TCP
+// stream means the socket is closed. Nothing read is used (a trace
+// records the TLS layer, not the ciphertext under it); at most
+// quitDrainBytes are read. A server that closes right after its 221 costs
+// no more than the FIN's arrival. A hostile or broken one that keeps the
+// connection open after 221 (or keeps sending) costs at most wait, then
+// we close anyway.
+func (cn *conn) awaitClose(wait time.Duration) {
+	if cn.raw.SetReadDeadline(time.Now().Add(wait)) != nil {
+		return
+	}
+	var buf [512]byte
+	for left := quitDrainBytes; left > 0; {
+		n, err := cn.raw.Read(buf[:min(len(buf), left)])
+		if err != nil { // EOF: closed; a reset, timeout or reply bound: done too
+			return
+		}
+		left -= n
+	}
 }
 
 // getConn returns a ready connection to hop: a live pooled one or a new one.
@@ -139,12 +172,14 @@ func (c *Client) acquire(ctx context.Context, hop Hop, key string) (*conn, resul
 			}
 			if hs.open >= c.cfg.MaxConnsPerHost && len(hs.idle) > 0 {
 				// Only connections under other keys are idle: retire the
-				// oldest and take its slot.
+				// oldest and take its slot, once the server has closed it
+				// (quit is bounded), so the destination never sees more
+				// than the cap.
 				old := hs.idle[0]
 				hs.idle = hs.idle[1:]
 				old.timer.Stop()
 				c.mu.Unlock()
-				go old.quit()
+				old.quit()
 				return nil, result{}, true
 			}
 		}

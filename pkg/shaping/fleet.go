@@ -102,9 +102,10 @@ type Shaper struct {
 
 // localShare is a destination's share while the bucket cannot be reached.
 type localShare struct {
-	inUse int
-	cap   int
-	pace  *rate.Limiter
+	inUse    int
+	cap      int
+	pace     *rate.Limiter
+	connPace *rate.Limiter // new connections
 }
 
 // New returns a shaper over b (nil: local shares only).
@@ -234,7 +235,69 @@ func (s *Shaper) fleetAcquire(ctx context.Context, l *Lease, d Dest) (*Denied, e
 			return &Denied{Dest: d, Reason: "rate", After: wait}, nil
 		}
 	}
+	if d.Limit.NewConns > 0 {
+		// Only a look: the connection's step is taken when (and if) the
+		// delivery dials (TakeConn). Mail does not start while none is due.
+		wait, err := s.gcra.Due(ctx, connKey(d), connPaces(d))
+		if err != nil {
+			return nil, err
+		}
+		if wait > 0 {
+			return &Denied{Dest: d, Reason: "new-connections", After: wait}, nil
+		}
+	}
 	return nil, nil
+}
+
+func connKey(d Dest) string   { return "c." + d.Key }
+func connPaces(d Dest) []Pace { return []Pace{{Rate: d.Limit.NewConns, Burst: d.Limit.ConnBurst}} }
+
+// TakeConn takes one new connection of every destination of dests that
+// limits them (GCRA, fleet-wide; a local share while the bucket cannot be
+// reached). It returns how long until one is due when it is not yet; then
+// that destination's was not taken. It never blocks beyond the bucket's
+// round trips.
+func (s *Shaper) TakeConn(ctx context.Context, dests []Dest) (time.Duration, error) {
+	for _, d := range dests {
+		if d.Limit.NewConns <= 0 {
+			continue
+		}
+		var wait time.Duration
+		if !s.useLocal() {
+			var err error
+			wait, _, err = s.gcra.Take(ctx, connKey(d), connPaces(d))
+			if err != nil {
+				s.unreachable(err)
+				wait = s.localConn(d)
+			}
+		} else {
+			wait = s.localConn(d)
+		}
+		if wait > 0 {
+			// An earlier destination's step (a domain's, when its next
+			// hop has a limit too) stays taken: conservative, and rare.
+			s.throttled(d, "new-connections")
+			return wait, nil
+		}
+	}
+	return 0, nil
+}
+
+// localConn takes d's new connection from its local share's pace.
+func (s *Shaper) localConn(d Dest) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sh := s.localShareOf(d)
+	if sh.connPace == nil { // the share was made before the rule had the limit
+		sh.connPace = rate.NewLimiter(rate.Limit(d.Limit.NewConns/LocalShareDivisor), 1)
+	}
+	now := s.cfg.Now()
+	r := sh.connPace.ReserveN(now, 1)
+	if wait := r.DelayFrom(now); wait > 0 {
+		r.CancelAt(now)
+		return wait
+	}
+	return 0
 }
 
 // takeSlot creates one of d's slot keys, starting at a random one.
@@ -268,18 +331,27 @@ func (s *Shaper) takeRate(ctx context.Context, d Dest) (time.Duration, error) {
 	return wait, err
 }
 
-// localAcquire takes d's local share.
-func (s *Shaper) localAcquire(l *Lease, d Dest) *Denied {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// localShareOf returns d's local share (called with s.mu held).
+func (s *Shaper) localShareOf(d Dest) *localShare {
 	sh := s.local[d.Key]
 	if sh == nil {
 		sh = &localShare{cap: max(d.Limit.Concurrency/LocalShareDivisor, 1)}
 		if d.Limit.Rate > 0 {
 			sh.pace = rate.NewLimiter(rate.Limit(d.Limit.Rate/LocalShareDivisor), 1)
 		}
+		if d.Limit.NewConns > 0 {
+			sh.connPace = rate.NewLimiter(rate.Limit(d.Limit.NewConns/LocalShareDivisor), 1)
+		}
 		s.local[d.Key] = sh
 	}
+	return sh
+}
+
+// localAcquire takes d's local share.
+func (s *Shaper) localAcquire(l *Lease, d Dest) *Denied {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sh := s.localShareOf(d)
 	if d.Limit.Concurrency > 0 && sh.inUse >= sh.cap {
 		return &Denied{Dest: d, Reason: "concurrency (local share)", After: jitter(retryFull)}
 	}

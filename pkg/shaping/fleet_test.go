@@ -128,3 +128,32 @@ func TestUnreachableFallsBackToLocalShare(t *testing.T) {
 		t.Fatalf("%d slots granted without the fleet state, want the local share %d", granted, 8/shaping.LocalShareDivisor)
 	}
 }
+
+// New connections: Acquire only looks at the pace (admitting many
+// deliveries does not spend it; they may reuse connections), TakeConn
+// spends it, shared by the fleet: at 1/s, one shaper's connection makes
+// the other's wait, and its admission too.
+func TestNewConnsAreShared(t *testing.T) {
+	_, b := bucket(t)
+	ctx := context.Background()
+	d := shaping.Dest{Key: "d.conns.test", Name: "conns.test", Limit: shaping.Limit{NewConns: 1}}
+	a := shaping.New(b, shaping.Config{Owner: "a"})
+	c := shaping.New(b, shaping.Config{Owner: "c"})
+	for range 3 {
+		l, den := a.Acquire(ctx, []shaping.Dest{d})
+		if den != nil {
+			t.Fatalf("admission spent the connection pace: %+v", den)
+		}
+		l.Release()
+	}
+	if wait, err := a.TakeConn(ctx, []shaping.Dest{d}); err != nil || wait != 0 {
+		t.Fatalf("first connection: wait %v, %v", wait, err)
+	}
+	wait, err := c.TakeConn(ctx, []shaping.Dest{d})
+	if err != nil || wait <= 0 || wait > time.Second {
+		t.Fatalf("second connection at 1/s from another shaper: wait %v, %v", wait, err)
+	}
+	if _, den := c.Acquire(ctx, []shaping.Dest{d}); den == nil || den.Reason != "new-connections" {
+		t.Fatalf("admission while no connection is due: %+v", den)
+	}
+}

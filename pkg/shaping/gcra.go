@@ -112,6 +112,25 @@ func (g *GCRA) Take(ctx context.Context, key string, paces []Pace) (wait time.Du
 	return wait, refused, err
 }
 
+// Due says how long until Take would admit one event of key under every
+// pace, without taking one: a look (one round trip at most; none while
+// this process's view of a forward-only key already says to wait).
+func (g *GCRA) Due(ctx context.Context, key string, paces []Pace) (wait time.Duration, err error) {
+	err = g.update(ctx, key, len(paces), func(tat []time.Time, now time.Time) bool {
+		wait = 0
+		for i, p := range paces {
+			if p.Rate > 0 {
+				wait = max(wait, maxTime(tat[i], now).Sub(now)-p.tolerance())
+			}
+		}
+		return false // store nothing
+	})
+	if errors.Is(err, errBusy) {
+		return jitter(retryFull), nil
+	}
+	return wait, err
+}
+
 // Give returns one event that Take admitted and that did not happen (an
 // SMTP transaction that ended without its message): each pace's TAT moves
 // back by one interval. A failure leaves the event counted.

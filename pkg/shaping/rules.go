@@ -31,13 +31,16 @@ type Limit struct {
 	Rate        float64 // messages per second (0: no limit)
 	Burst       int     // messages the rate may run ahead of its pace (0 and 1: none)
 	MsgsPerConn int     // SMTP transactions per connection (0: the worker's --max-msgs-per-conn)
+	NewConns    float64 // new SMTP connections per second (0: no limit)
+	ConnBurst   int     // new connections the pace may run ahead of it (0 and 1: none)
 }
 
 // Zero reports whether l limits nothing.
 func (l Limit) Zero() bool { return l == Limit{} }
 
-// Fleet reports whether l needs the fleet state (a concurrency or a rate).
-func (l Limit) Fleet() bool { return l.Concurrency > 0 || l.Rate > 0 }
+// Fleet reports whether l needs the fleet state (a concurrency or a rate
+// of messages or of new connections).
+func (l Limit) Fleet() bool { return l.Concurrency > 0 || l.Rate > 0 || l.NewConns > 0 }
 
 // String is the canonical spelling ParseLimit reads back.
 func (l Limit) String() string {
@@ -54,6 +57,12 @@ func (l Limit) String() string {
 	if l.MsgsPerConn > 0 {
 		parts = append(parts, "msgs-per-conn="+strconv.Itoa(l.MsgsPerConn))
 	}
+	if l.NewConns > 0 {
+		parts = append(parts, "new-conns="+strconv.FormatFloat(l.NewConns, 'g', -1, 64)+"/s")
+	}
+	if l.ConnBurst > 0 {
+		parts = append(parts, "conn-burst="+strconv.Itoa(l.ConnBurst))
+	}
 	return strings.Join(parts, ",")
 }
 
@@ -63,18 +72,19 @@ const (
 	MaxRate        = 100_000 // messages per second
 	MaxBurst       = 100_000
 	MaxMsgsPerConn = 100_000
+	MinRate        = 1.0 / 3600 // per second: one an hour, the slowest rate or pace
 	MaxSuspend     = 7 * 24 * time.Hour
 	maxPattern     = 512 // bytes of one reply pattern
 )
 
-// ParseLimit reads "concurrency=N,rate=R/s,burst=B,msgs-per-conn=M" (any
-// subset, separated by commas or blanks). A rate is per second unless it
-// says /m or /h.
+// ParseLimit reads "concurrency=N,rate=R/s,burst=B,msgs-per-conn=M,
+// new-conns=R/s,conn-burst=B" (any subset, separated by commas or blanks;
+// "conns" is new-conns too). A rate is per second unless it says /m or /h.
 func ParseLimit(spec string) (Limit, error) {
 	var l Limit
 	items := strings.FieldsFunc(spec, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 	if len(items) == 0 {
-		return l, errors.New("no limit (want concurrency=N, rate=R/s, burst=B, msgs-per-conn=M)")
+		return l, errors.New("no limit (want concurrency=N, rate=R/s, burst=B, msgs-per-conn=M, new-conns=R/s, conn-burst=B)")
 	}
 	for _, kv := range items {
 		k, v, ok := strings.Cut(kv, "=")
@@ -91,8 +101,12 @@ func ParseLimit(spec string) (Limit, error) {
 			l.Burst, err = BoundedInt(v, MaxBurst)
 		case "msgs-per-conn":
 			l.MsgsPerConn, err = BoundedInt(v, MaxMsgsPerConn)
+		case "new-conns", "conns":
+			l.NewConns, err = ParseRate(v)
+		case "conn-burst":
+			l.ConnBurst, err = BoundedInt(v, MaxBurst)
 		default:
-			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn)", k)
+			return l, fmt.Errorf("unknown limit %q (concurrency, rate, burst, msgs-per-conn, new-conns, conn-burst)", k)
 		}
 		if err != nil {
 			return l, fmt.Errorf("%s: %w", k, err)
@@ -136,6 +150,9 @@ func ParseRate(v string) (float64, error) {
 		return 0, fmt.Errorf("negative rate %q", v)
 	case f/per > MaxRate:
 		return 0, fmt.Errorf("%q is above the maximum %d/s", v, MaxRate)
+	case f > 0 && f/per < MinRate:
+		// Slower is a typo (and a tiny rate would overflow its interval).
+		return 0, fmt.Errorf("%q is below the minimum 1/h", v)
 	}
 	return f / per, nil
 }
@@ -202,6 +219,17 @@ func (r *Rules) Add(lhs, rhs string, line int) error {
 	}
 	if lim.Zero() {
 		return fmt.Errorf("%s: every limit is 0 (leave the line out for no limit)", lhs)
+	}
+	if lhs == AnyHost {
+		if _, dup := r.hosts[anyHostKey]; dup {
+			return fmt.Errorf("duplicate entry %s", AnyHost)
+		}
+		if lim != (Limit{Concurrency: lim.Concurrency}) {
+			return fmt.Errorf("%s: only concurrency=N (each next hop gets its own N); other limits need a named next hop", AnyHost)
+		}
+		r.hosts[anyHostKey] = lim
+		r.order = append(r.order, AnyHost+"\t"+lim.String())
+		return nil
 	}
 	if strings.HasPrefix(lhs, "[") {
 		if !strings.HasSuffix(lhs, "]") || len(lhs) < 3 {
@@ -302,14 +330,34 @@ func (r *Rules) Domain(domain string) (Dest, bool) {
 	}
 }
 
-// Host finds the rule of a next hop by its name or its IP address.
+// AnyHost is the shaping key's entry for every next hop without a rule of
+// its own: "[*] concurrency=N" caps the sessions the fleet holds to each
+// next hop address.
+const AnyHost = "[*]"
+
+const anyHostKey = "*"
+
+// Host finds the rule of a next hop by its name or its IP address, else
+// the [*] rule as the address's own.
 func (r *Rules) Host(name string, addr netip.Addr) (Dest, bool) {
 	for _, k := range []string{HostKey(name), hostAddrKey(addr)} {
-		if l, ok := r.hosts[k]; ok && k != "" {
-			return Dest{Key: string(KindHost) + "." + k, Name: "[" + strings.ReplaceAll(k, "_", ":") + "]", Limit: l}, true
+		if l, ok := r.hosts[k]; ok && k != "" && k != anyHostKey {
+			return hostDest(k, l), true
+		}
+	}
+	if l, ok := r.hosts[anyHostKey]; ok {
+		if k := hostAddrKey(addr); k != "" {
+			return hostDest(k, l), true
+		}
+		if k := HostKey(name); k != "" && k != anyHostKey {
+			return hostDest(k, l), true
 		}
 	}
 	return Dest{}, false
+}
+
+func hostDest(k string, l Limit) Dest {
+	return Dest{Key: string(KindHost) + "." + k, Name: "[" + strings.ReplaceAll(k, "_", ":") + "]", Limit: l}
 }
 
 func hostAddrKey(a netip.Addr) string {

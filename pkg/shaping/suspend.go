@@ -87,6 +87,31 @@ func (s *Shaper) Suspend(ctx context.Context, destKey string, d time.Duration, w
 	return sp, errors.New("shaping: suspension kept changing")
 }
 
+// Confirm asks the fleet state whether sp still holds: false when it was
+// lifted (mailfwdctl shaping resume) or expired, which the watch may not
+// have brought yet; the local view forgets it then. Without the state (nil
+// bucket, unreachable) the local view stands.
+func (s *Shaper) Confirm(ctx context.Context, sp Suspension) bool {
+	if !s.cfg.Now().Before(sp.Until) {
+		return false
+	}
+	if s.b == nil {
+		return true
+	}
+	octx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	_, _, err := s.b.Get(octx, "s."+sp.Dest)
+	if !errors.Is(err, ErrNotFound) {
+		return true
+	}
+	s.mu.Lock()
+	if cur, ok := s.suspended[sp.Dest]; ok && cur.Until.Equal(sp.Until) {
+		delete(s.suspended, sp.Dest)
+	}
+	s.mu.Unlock()
+	return false
+}
+
 // Resume lifts dest's suspension; false if it had none.
 func Resume(ctx context.Context, b Bucket, destKey string) (bool, error) {
 	if _, _, err := b.Get(ctx, "s."+destKey); errors.Is(err, ErrNotFound) {
@@ -141,6 +166,7 @@ func (s *Shaper) watchSuspensions(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := s.b.Watch(ctx, "s.", func(key string, val []byte) {
 			dest := strings.TrimPrefix(key, "s.")
+			var seen *Suspension
 			s.mu.Lock()
 			if val == nil {
 				delete(s.suspended, dest)
@@ -149,10 +175,14 @@ func (s *Shaper) watchSuspensions(ctx context.Context) {
 				if json.Unmarshal(val, &sp) == nil {
 					sp.Dest = dest
 					s.suspended[dest] = sp
+					seen = &sp
 				}
 			}
 			n := len(s.suspended)
 			s.mu.Unlock()
+			if seen != nil {
+				s.log.Debug("destination suspension seen", "destination", seen.Name(), "until", seen.Until, "by", seen.By)
+			}
 			s.reportSuspended(n)
 		})
 		if ctx.Err() == nil {

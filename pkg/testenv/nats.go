@@ -63,3 +63,10 @@ func freePort(t testing.TB) int {
 	n, _ := strconv.Atoi(port)
 	return n
 }
+
+// FreeAddr is a 127.0.0.1:port that was free a moment ago, for a process
+// whose address must be written into its configuration.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return freeLoopbackAddr(t)
+}

@@ -45,8 +45,10 @@ type lane struct {
 	fleet     bool
 	acquiring int // admissions being asked
 	notBefore time.Time
-	keep      int       // waiting jobs kept while refused; the rest are handed back
-	lastDone  time.Time // when a delivery of the lane last ended (its creation first)
+	keep      int             // waiting jobs kept while refused; the rest are handed back
+	refused   *shaping.Denied // the last refusal, until an admission succeeds
+	paced     time.Time       // when the last job handed back at the lane's rate is due
+	lastDone  time.Time       // when a delivery of the lane last ended (its creation first)
 }
 
 // run is one job being processed.
@@ -167,6 +169,16 @@ func (s *scheduler) laneFor(domain string) *lane {
 		l.fleet = true
 		// What could start within StallAfter stays; more goes back to the queue.
 		l.keep = max(lim.Concurrency*2, int(lim.Rate*s.w.cfg.StallAfter.Seconds()), 1)
+		if lim.Rate == 0 && lim.NewConns > 0 {
+			// Paced connections carry many messages each.
+			l.keep = max(l.keep, l.cap*2)
+		}
+		// Never more than half the worker's concurrency: mail a limit holds
+		// back never fills the fetch buffer (2 × concurrency), so the worker
+		// goes on fetching and handing back, and what KEDA reads as work
+		// (the ready consumer's pending + ack-pending) stays below what
+		// the running pods can take.
+		l.keep = max(min(l.keep, s.w.cfg.Concurrency/2), 1)
 	} else if ok && lim.Rate > 0 {
 		l.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 	}
@@ -238,9 +250,24 @@ const (
 	MinConcurrency     = 1
 )
 
-// slowLane: a domain none of whose deliveries ended for this long gives
-// up its waiting mail when the worker is full.
-const slowLane = time.Second
+// slowLane: a domain none of whose deliveries ended or made progress (a
+// reply line, a command or body chunk written) for this long gives up its
+// waiting mail when the worker's fetch buffer is full. A destination that
+// answers makes progress every round trip; a tarpit or a dribbling MX
+// makes none.
+const slowLane = 500 * time.Millisecond
+
+// active is when l last showed it delivers: a delivery ended (the lane's
+// creation counts) or a running one made progress.
+func (l *lane) active() time.Time {
+	t := l.lastDone
+	for _, r := range l.runs {
+		if p := r.progress(); p.After(t) {
+			t = p
+		}
+	}
+	return t
+}
 
 // window is a domain's current concurrency.
 type window struct {
@@ -393,7 +420,7 @@ func (s *scheduler) pump() {
 				if sp, ok := sh.SuspendedDomain(key); ok {
 					for _, j := range l.waiting {
 						go func() {
-							s.w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+							s.w.setAside(j, sp)
 							s.done(nil, nil)
 						}()
 					}
@@ -445,6 +472,9 @@ func (s *scheduler) pump() {
 			if l.fleet {
 				// Admission by the fleet state, asked off the lock; the job
 				// waits in the lane, holding no worker slot.
+				// Refused last time: mail fetched since goes back at once
+				// beyond what the lane keeps, not at the next refusal.
+				s.trimRefused(l, now)
 				if now.Before(l.notBefore) {
 					if wake.IsZero() || l.notBefore.Before(wake) {
 						wake = l.notBefore
@@ -485,14 +515,23 @@ func (s *scheduler) pump() {
 	}
 	if s.held >= s.w.cfg.Concurrency*2 {
 		// No room to fetch: the waiting mail of a domain whose deliveries
-		// do not end (none for slowLane) goes back to the queue, so that
-		// other domains' mail can be fetched at all. A domain that
-		// delivers keeps its backlog.
+		// neither end nor progress (for slowLane) goes back to the queue,
+		// so that the mail behind it in the stream can be fetched at all.
+		// A domain that delivers keeps its backlog. The scheduler wakes
+		// when the next lane turns slow: nothing else would (no delivery
+		// ends, nothing is fetched while the buffer is full).
 		for _, l := range s.lanes {
-			if len(l.waiting) > 0 && now.Sub(l.lastDone) >= slowLane {
-				s.handBack(l.waiting, "destination slow: none of its deliveries ended lately")
-				l.waiting = nil
+			if len(l.waiting) == 0 {
+				continue
 			}
+			if slow := l.active().Add(slowLane); now.Before(slow) {
+				if wake.IsZero() || slow.Before(wake) {
+					wake = slow
+				}
+				continue
+			}
+			s.handBack(l.waiting, "destination slow: none of its deliveries ended or progressed lately")
+			l.waiting = nil
 		}
 	}
 	// While anything runs, look again as runs may become stuck.
@@ -537,12 +576,11 @@ func (s *scheduler) acquire(l *lane) {
 	switch {
 	case den != nil:
 		l.notBefore = now.Add(den.After)
+		l.refused = den
 		s.w.throttled(l.key, den)
-		if len(l.waiting) > l.keep {
-			s.handBack(l.waiting[l.keep:], "domain "+den.Reason+" limit (fleet-wide, destination "+den.Dest.Name+")")
-			l.waiting = l.waiting[:l.keep]
-		}
+		s.trimRefused(l, now)
 	case len(l.waiting) > 0 && s.active < s.w.cfg.Concurrency && len(l.runs) < s.windowOf(l).cur && s.lanes[l.key] == l:
+		l.refused = nil
 		s.start(l, now, lease)
 		lease = nil
 	}
@@ -553,12 +591,48 @@ func (s *scheduler) acquire(l *lane) {
 
 // handBack defers jobs without counting an attempt (called with s.mu held).
 func (s *scheduler) handBack(jobs []*queue.Job, why string) {
-	for _, j := range jobs {
+	s.handBackPaced(jobs, why, time.Time{}, 0)
+}
+
+// handBackPaced defers jobs due from first on, one every spacing (first
+// zero: the busy delay), without counting an attempt (called with s.mu held).
+func (s *scheduler) handBackPaced(jobs []*queue.Job, why string, first time.Time, spacing time.Duration) {
+	for i, j := range jobs {
+		var at time.Time
+		if !first.IsZero() {
+			at = first.Add(time.Duration(i) * spacing)
+		}
 		go func() {
-			s.w.handBack(j, why)
+			s.w.handBackUntil(j, why, at)
 			s.done(nil, nil)
 		}()
 	}
+}
+
+// trimRefused hands back a refused fleet lane's waiting mail beyond what it
+// keeps (called with s.mu held). Mail refused by a rate is due again at
+// its turn at that rate (after what the lane keeps), so that the
+// destination's rate is used while none of it waits in the worker; other
+// refusals wait the busy delay.
+func (s *scheduler) trimRefused(l *lane, now time.Time) {
+	den := l.refused
+	if den == nil || len(l.waiting) <= l.keep {
+		return
+	}
+	jobs := l.waiting[l.keep:]
+	l.waiting = l.waiting[:l.keep]
+	why := "domain " + den.Reason + " limit (fleet-wide, destination " + den.Dest.Name + ")"
+	if r := den.Dest.Limit.Rate; strings.HasPrefix(den.Reason, "rate") && r > 0 {
+		spacing := time.Duration(float64(time.Second) / r)
+		first := l.notBefore.Add(time.Duration(l.keep) * spacing)
+		if l.paced.After(first) {
+			first = l.paced.Add(spacing) // after those handed back before
+		}
+		l.paced = first.Add(time.Duration(len(jobs)-1) * spacing)
+		s.handBackPaced(jobs, why, first, spacing)
+		return
+	}
+	s.handBack(jobs, why)
 }
 
 func (s *scheduler) run(ctx context.Context, l *lane, j *queue.Job, lease *shaping.Lease) {

@@ -344,6 +344,21 @@ func (w *Worker) handBackUntil(j *queue.Job, why string, until time.Time) {
 	w.log.Debug("handed back to the queue", "queue_id", e.QueueID, "domain", e.Domain, "reason", why, "delay", delay, "handbacks", e.Handbacks)
 }
 
+// setAside defers a job for a suspended destination until the suspension
+// ends, not counting an attempt. The fleet state is asked first: a
+// suspension lifted a moment ago (shaping resume, then queue flush) that
+// this worker's watch has not brought yet sets nothing aside for its old
+// end; the mail is due now.
+func (w *Worker) setAside(j *queue.Job, sp shaping.Suspension) {
+	until := sp.Until
+	ctx, cancel := context.WithTimeout(w.work, shaping.DefaultOpTimeout)
+	if !w.cfg.Shaper.Confirm(ctx, sp) {
+		until = time.Now()
+	}
+	cancel()
+	w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, until)
+}
+
 func (w *Worker) process(ctx context.Context, j *queue.Job) {
 	if j.DecodeErr != nil {
 		w.log.Error("undecodable envelope dropped", "subject", j.Subject, "err", j.DecodeErr)
@@ -558,7 +573,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		// Suspended while this job waited or started (another worker's
 		// reply rule): not attempted.
 		if sp, ok := sh.SuspendedDomain(e.Domain); ok {
-			w.handBackUntil(j, "destination "+sp.Name()+" suspended: "+sp.Why, sp.Until)
+			w.setAside(j, sp)
 			return nil
 		}
 	}
@@ -609,14 +624,13 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			}
 			if rerr == nil {
 				_, dspan := w.tracer.Start(actx, "smtp.send", trace.WithSpanKind(trace.SpanKindClient))
-				lim, _ := w.limitFor(e.Domain)
-				msg.MaxMsgsPerConn = lim.MsgsPerConn
+				msg.MaxMsgsPerConn = w.msgsPerConn(e.Domain, hops)
 				if w.sched != nil && w.sched.slotted(j) {
 					// A pooled idle connection would be a session the
 					// destination's fleet concurrency does not count.
 					msg.MaxMsgsPerConn = 1
 				}
-				out = w.deliver.Deliver(actx, hops, msg)
+				out = w.deliver.Deliver(withDialDest(actx, e.Domain, hops), hops, msg)
 				dspan.SetAttributes(attribute.String("mailfwd.relay", out.Hop.Name))
 				spanStatuses(dspan, out)
 				if out.TLS != "" {
@@ -813,6 +827,23 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		log.Warn("could not delete body of completed message", "body", e.BodyKey, "err", err)
 	}
 	return nil
+}
+
+// msgsPerConn is the transactions a connection of a delivery to domain
+// over hops may carry: the lower of its domain rule's msgs-per-conn and
+// its first next hop's (0: the delivery client's --max-msgs-per-conn).
+func (w *Worker) msgsPerConn(domain string, hops []delivery.Hop) int {
+	rules := w.rules()
+	n := 0
+	if d, ok := rules.Domain(domain); ok {
+		n = d.Limit.MsgsPerConn
+	}
+	if len(hops) > 0 && rules.HasHosts() {
+		if h, ok := rules.Host(hops[0].Name, hops[0].Addr.Addr()); ok && h.Limit.MsgsPerConn > 0 && (n == 0 || h.Limit.MsgsPerConn < n) {
+			n = h.Limit.MsgsPerConn
+		}
+	}
+	return n
 }
 
 // ownErrors gives every recipient its own last error again (before the

@@ -931,14 +931,23 @@ func (c *Client) Noop() error {
 // If Quit fails the connection is not closed, Close should be used
 // in this case.
 func (c *Client) Quit() error {
+	if err := c.SendQuit(); err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// SendQuit sends the QUIT command and reads the 221 reply, leaving the
+// connection open (mailfwd patch 20): the server closes it after the 221
+// (RFC 5321 §4.1.1.10), and a caller that must not count the session as
+// ended before the server has (a connection limit shared with others) can
+// wait for that, then Close.
+func (c *Client) SendQuit() error {
 	if err := c.hello(); err != nil {
 		return err
 	}
 	_, _, err := c.cmd(221, "QUIT")
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return err
 }
 
 func parseEnhancedCode(s string) (EnhancedCode, error) {

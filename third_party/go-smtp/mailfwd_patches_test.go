@@ -367,3 +367,48 @@ func TestDataEndAgreesWithDataReader(t *testing.T) {
 		}
 	}
 }
+
+// Patch 20: SendQuit reads the 221 and leaves the connection open, so the
+// caller sees the server's close; Quit still closes.
+func TestSendQuitLeavesConnectionOpen(t *testing.T) {
+	for _, quit := range []string{"SendQuit", "Quit"} {
+		t.Run(quit, func(t *testing.T) {
+			cliConn, srvConn := net.Pipe()
+			defer srvConn.Close()
+			go func() {
+				r := bufio.NewReader(srvConn)
+				io.WriteString(srvConn, "220 mx.test ESMTP\r\n")
+				r.ReadString('\n') // EHLO
+				io.WriteString(srvConn, "250 mx.test\r\n")
+				r.ReadString('\n') // QUIT
+				io.WriteString(srvConn, "221 2.0.0 Bye\r\n")
+				// The server closes only after the client's next read
+				// (on a closed pipe, Read fails with io.ErrClosedPipe).
+				srvConn.Write([]byte("x"))
+				srvConn.Close()
+			}()
+			c := smtp.NewClient(cliConn)
+			c.CommandTimeout = 10 * time.Second
+			if err := c.Hello("client.test"); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if quit == "SendQuit" {
+				err = c.SendQuit()
+			} else {
+				err = c.Quit()
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", quit, err)
+			}
+			buf := make([]byte, 1)
+			n, err := cliConn.Read(buf)
+			if quit == "SendQuit" && (n != 1 || err != nil) {
+				t.Fatalf("after SendQuit the connection must be open to the server's close: %d, %v", n, err)
+			}
+			if quit == "Quit" && err != io.ErrClosedPipe {
+				t.Fatalf("after Quit the connection must be closed: %d, %v", n, err)
+			}
+		})
+	}
+}
