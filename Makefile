@@ -81,13 +81,20 @@ cluster-tools: ## Build kubelet, controller-manager, scheduler, kube-proxy, Core
 	GO=$(GO) bash scripts/cluster-tools.sh $(dir $(TOOLS_DIR))
 
 .PHONY: test-cluster
-test-cluster: tools cluster-tools ## A real one-node Kubernetes in a network namespace: quickstart + chart, mail via the Service, KEDA burst, faults, mailfwdctl, Jaeger trace (root; ~10 min warm)
-	rm -rf dist/cluster-images && $(GO) run ./cmd/image -out dist/cluster-images -registry mailfwd.local
+# The cluster runs the images of a release built as `make release` builds one (this machine's
+# architecture only), installed from the release's chart: docs/releases.md's way.
+CLUSTER_VERSION := 0.0.0-cluster
+test-cluster: tools cluster-tools $(CYCLONEDX) ## A real one-node Kubernetes in a network namespace: release images + chart, quickstart, mail via the Service, KEDA burst with shaping, faults, PROXY protocol, cert reload, mailfwdctl, Jaeger trace (root; ~12 min warm)
+	rm -rf dist/cluster-images dist/cluster-release && mkdir -p dist/cluster-images
+	$(MAKE) --no-print-directory release VERSION=$(CLUSTER_VERSION) ARCHES=$$($(GO) env GOARCH) OUT=$(CURDIR)/dist/cluster-release
 	CGO_ENABLED=0 $(GO) build -trimpath -o dist/cluster-bin/sinkd ./tests/cluster/sinkd
+	CGO_ENABLED=0 $(GO) build -trimpath -o dist/cluster-bin/proxyd ./tests/cluster/proxyd
 	$(GO) run ./tests/cluster/imagewrap -name mailfwd-sink -tag 0.1.0 -binary dist/cluster-bin/sinkd -port 2525/tcp -port 8080/tcp -out dist/cluster-images/mailfwd-sink.tar
+	$(GO) run ./tests/cluster/imagewrap -name mailfwd-smtp-proxy -tag 0.1.0 -binary dist/cluster-bin/proxyd -port 2525/tcp -port 2526/tcp -out dist/cluster-images/mailfwd-smtp-proxy.tar
 	$(GO) build -o dist/cluster-bin/mailfwdctl ./cmd/ctl
 	$(GO) test -c -tags cluster -o dist/cluster-bin/cluster.test ./tests/cluster
-	MAILFWD_CTL_BIN=$(CURDIR)/dist/cluster-bin/mailfwdctl bash scripts/cluster-test.sh \
+	MAILFWD_CTL_BIN=$(CURDIR)/dist/cluster-bin/mailfwdctl MAILFWD_CLUSTER_RELEASE=$(CURDIR)/dist/cluster-release \
+		MAILFWD_CLUSTER_VERSION=$(CLUSTER_VERSION) bash scripts/cluster-test.sh \
 		$(CURDIR)/dist/cluster-bin/cluster.test -test.v -test.count=1 -test.timeout 40m
 
 .PHONY: image

@@ -229,33 +229,21 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 			pdir := filepath.Join(profDir, name)
 			_ = os.MkdirAll(pdir, 0o755)
 			cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Blob: "file", ProfileDir: pdir}
-			var cluster *rig.NATSCluster
 			switch variant {
 			case "single":
 				cfg.LocalStore = true // mailfwd-file-sync
-			case "chart", "r3":
-				if variant == "chart" {
-					if minio == nil {
-						if minio, err = rig.StartMinio(tools.Minio, filepath.Join(work, "profile-minio")); err != nil {
-							_ = sink.Kill()
-							return err
-						}
-						defer minio.Stop(10 * time.Second)
+			case "chart":
+				if minio == nil {
+					if minio, err = rig.StartMinio(tools.Minio, filepath.Join(work, "profile-minio")); err != nil {
+						_ = sink.Kill()
+						return err
 					}
-					cfg.Blob, cfg.Minio = "s3", minio
+					defer minio.Stop(10 * time.Second)
 				}
-				if cluster, err = rig.StartNATSCluster(tools.NATSServer, filepath.Join(dir, "nats"), 3, false); err != nil {
-					_ = sink.Kill()
-					return err
-				}
-				cfg.Cluster, cfg.Replicas = cluster, 3
+				cfg.Blob, cfg.Minio = "s3", minio
 			}
-			m, err := rig.StartMailfwd(tools, cfg)
+			m, stop, err := startMailfwd(tools, cfg, variant == "chart" || variant == "r3", sink)
 			if err != nil {
-				if cluster != nil {
-					cluster.Stop()
-				}
-				_ = sink.Kill()
 				return err
 			}
 			sys := &system{name: "mailfwd-" + name + " (profiled)", addr: m.SMTPAddr, sink: sink, cpu: m.CPU}
@@ -272,11 +260,7 @@ func profile(ctx context.Context, work string, o options, stamp string) error {
 			for _, p := range m.Procs() {
 				split = append(split, fmt.Sprintf("%s %.3f", p.Name, float64((p.CPU()-cpu0[p.Name]).Microseconds())/1000/float64(n)))
 			}
-			m.Close()
-			if cluster != nil {
-				cluster.Stop()
-			}
-			_ = sink.Kill()
+			stop()
 			if smp.err != nil {
 				return smp.err
 			}

@@ -324,6 +324,38 @@ func run() error {
 }
 
 // startSystem starts one system with its own smtp-sink.
+
+// mailfwdVariant is how one mailfwd-* system of the benchmark is run.
+type mailfwdVariant struct {
+	blob          string // body store: file or s3
+	syncAlways    bool   // nats-server sync_interval always
+	localStore    bool   // every accept flushed (syncfs of the server's store) before the 250
+	inlineBodyMax string // the ingress's --inline-body-max; "" its default (128 KiB)
+	cluster       bool   // a 3-node NATS cluster, R3
+	durability    string
+}
+
+var mailfwdVariants = map[string]mailfwdVariant{
+	"mailfwd-chart": {blob: "s3", cluster: true,
+		durability: "envelope (body inline ≤128 KiB, larger bodies in MinIO) on a quorum of 3 JetStream nodes (R3, default sync) before the 250"},
+	"mailfwd-r3": {blob: "file", cluster: true,
+		durability: "envelope (body inline ≤128 KiB, larger bodies fsynced files) on a quorum of 3 JetStream nodes (R3, default sync)"},
+	// What make run and the single-node docs use: bodies up to the default
+	// --inline-body-max in the envelope, larger ones in file://; every
+	// accept flushed to disk (syncfs of the server's store, group commit)
+	// before the 250.
+	"mailfwd-file-sync": {blob: "file", localStore: true,
+		durability: "on disk before the 250: envelope (body inline ≤128 KiB) written by nats-server, then syncfs of its store (group commit); larger bodies fsynced files"},
+	// Round 1's single-node configuration: JetStream fsyncs every write,
+	// bodies in files.
+	"mailfwd-jsync":       {blob: "file", syncAlways: true, inlineBodyMax: "0", durability: "body fsync + JetStream sync always"},
+	"mailfwd-file":        {blob: "file", inlineBodyMax: "0", durability: "body fsync + JetStream default sync (2m)"},
+	"mailfwd-inline-sync": {blob: "file", syncAlways: true, inlineBodyMax: "65536", durability: "bodies ≤64 KiB inline in JetStream, sync always"},
+	"mailfwd-inline":      {blob: "file", inlineBodyMax: "65536", durability: "bodies ≤64 KiB inline in JetStream, default sync (2m)"},
+	"mailfwd-s3-sync":     {blob: "s3", syncAlways: true, inlineBodyMax: "0", durability: "MinIO + JetStream sync always"},
+	"mailfwd-s3":          {blob: "s3", inlineBodyMax: "0", durability: "MinIO + JetStream default sync (2m)"},
+}
+
 func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system, error) {
 	dir := filepath.Join(work, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -363,84 +395,52 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 		s.close = func() { pf.Stop(); _ = sink.Kill() }
 		return s, nil
 	}
-	cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Minio: minio}
-	var cluster *rig.NATSCluster
-	startCluster := func() error {
-		var err error
-		cluster, err = rig.StartNATSCluster(tools.NATSServer, filepath.Join(dir, "nats"), 3, false)
-		cfg.Cluster, cfg.Replicas = cluster, 3
-		return err
-	}
-	switch name {
-	case "mailfwd-chart":
-		if err := startCluster(); err != nil {
-			_ = sink.Kill()
-			return nil, err
-		}
-		cfg.Blob = "s3"
-		s.durability = "envelope (body inline ≤128 KiB, larger bodies in MinIO) on a quorum of 3 JetStream nodes (R3, default sync) before the 250"
-	case "mailfwd-r3":
-		if err := startCluster(); err != nil {
-			_ = sink.Kill()
-			return nil, err
-		}
-		cfg.Blob = "file"
-		s.durability = "envelope (body inline ≤128 KiB, larger bodies fsynced files) on a quorum of 3 JetStream nodes (R3, default sync)"
-	case "mailfwd-file-sync":
-		// What make run and the single-node docs use: bodies up to the
-		// default --inline-body-max in the envelope, larger ones in
-		// file://; every accept flushed to disk (syncfs of the server's
-		// store, group commit) before the 250.
-		cfg.Blob, cfg.LocalStore = "file", true
-		s.durability = "on disk before the 250: envelope (body inline ≤128 KiB) written by nats-server, then syncfs of its store (group commit); larger bodies fsynced files"
-	case "mailfwd-jsync":
-		// Round 1's single-node configuration: JetStream fsyncs every
-		// write, bodies in files.
-		cfg.Blob, cfg.SyncAlways = "file", true
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
-		s.durability = "body fsync + JetStream sync always"
-	case "mailfwd-file":
-		cfg.Blob = "file"
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
-		s.durability = "body fsync + JetStream default sync (2m)"
-	case "mailfwd-inline-sync":
-		cfg.Blob, cfg.SyncAlways = "file", true
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "65536")
-		s.durability = "bodies ≤64 KiB inline in JetStream, sync always"
-	case "mailfwd-inline":
-		cfg.Blob = "file"
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "65536")
-		s.durability = "bodies ≤64 KiB inline in JetStream, default sync (2m)"
-	case "mailfwd-s3-sync":
-		cfg.Blob, cfg.SyncAlways = "s3", true
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
-		s.durability = "MinIO + JetStream sync always"
-	case "mailfwd-s3":
-		cfg.Blob = "s3"
-		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", "0")
-		s.durability = "MinIO + JetStream default sync (2m)"
-	default:
+	v, ok := mailfwdVariants[name]
+	if !ok {
 		_ = sink.Kill()
 		return nil, fmt.Errorf("unknown system %q", name)
 	}
-	m, err := rig.StartMailfwd(tools, cfg)
+	cfg := rig.MailfwdConfig{Dir: dir, Route: sink.Addr, Minio: minio, Blob: v.blob, SyncAlways: v.syncAlways, LocalStore: v.localStore}
+	if v.inlineBodyMax != "" {
+		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", v.inlineBodyMax)
+	}
+	s.durability = v.durability
+	m, stop, err := startMailfwd(tools, cfg, v.cluster, sink)
 	if err != nil {
-		if cluster != nil {
-			cluster.Stop()
-		}
-		_ = sink.Kill()
 		return nil, err
 	}
 	s.addr, s.cpu = m.SMTPAddr, m.CPU
 	s.rss = func() int64 { return rig.TreePSS(procPids(m.Procs())...) }
-	s.close = func() {
-		m.Close()
-		if cluster != nil {
-			cluster.Stop()
+	s.close = stop
+	return s, nil
+}
+
+// startMailfwd starts mailfwd as cfg says, on a 3-node NATS cluster (R3) in
+// cfg.Dir when cluster is set, delivering to sink; stop ends it all, sink
+// too. When it fails, what it started and sink are stopped.
+func startMailfwd(tools rig.Tools, cfg rig.MailfwdConfig, cluster bool, sink *rig.Sink) (m *rig.Mailfwd, stop func(), err error) {
+	var nc *rig.NATSCluster
+	if cluster {
+		if nc, err = rig.StartNATSCluster(tools.NATSServer, filepath.Join(cfg.Dir, "nats"), 3, false); err != nil {
+			_ = sink.Kill()
+			return nil, nil, err
+		}
+		cfg.Cluster, cfg.Replicas = nc, 3
+	}
+	stopAll := func() {
+		if m != nil {
+			m.Close()
+		}
+		if nc != nil {
+			nc.Stop()
 		}
 		_ = sink.Kill()
 	}
-	return s, nil
+	if m, err = rig.StartMailfwd(tools, cfg); err != nil {
+		stopAll()
+		return nil, nil, err
+	}
+	return m, stopAll, nil
 }
 
 // sample is one run's measurement.

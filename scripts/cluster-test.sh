@@ -317,6 +317,9 @@ log "node $NODE_NAME is Ready ($SECONDS s since start)"
 export MAILFWD_CLUSTER_WORK="$WORK" MAILFWD_CLUSTER_PV_DIR="$WORK/pv" MAILFWD_CLUSTER_CACHE="$cache"
 export MAILFWD_KUBECTL="$bin/kubectl-$KUBE_VERSION" MAILFWD_HELM_BIN="$bin/helm-$HELM_VERSION"
 export MAILFWD_CLUSTER_REPO="$repo" HOME="$WORK" KUBECONFIG
+# The test imports the release's image archives itself (ctr), and dials from
+# the node's address (outside the pod network) as a distinct client.
+export MAILFWD_CLUSTER_CONTAINERD="$WORK/containerd.sock" MAILFWD_CLUSTER_NODE_IP="$NODE_IP" MAILFWD_CLUSTER_POD_CIDR="$POD_CIDR"
 # In the background, so that a signal reaches the trap at once (bash runs
 # traps only between foreground commands); the teardown kills it.
 nsenter --net="/run/netns/$NS" -- "$@" &

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,17 +20,16 @@ import (
 const eventsUser, eventsPassword = "mailfwd-events", "pw-events-test"
 
 // The quickstart's event grants: the ingress and the workers publish their
-// own event types only; the commented-out reader user, once enabled as the
-// comment says, follows the stream and nothing else.
+// own event types only; the reader user follows the stream (events tail, a
+// webhook's consumer) and nothing else: it cannot publish, purge or delete
+// the stream, read mail, or take over the workers' audit-log consumer.
 func TestEventsQuickstartGrants(t *testing.T) {
 	conf := quickstartAuthConf(t)
-	line := "#> { user: mailfwd-events, password: $MAILFWD_EVENTS_PASSWORD, permissions: $EVENTS_READER }"
-	if !strings.Contains(conf, line) || !strings.Contains(conf, "#> EVENTS_READER: {") {
-		t.Fatalf("auth.conf has no commented-out reader role and user %q", line)
+	line := "{ user: mailfwd-events, password: $MAILFWD_EVENTS_PASSWORD, permissions: $EVENTS_READER }"
+	if !slices.ContainsFunc(strings.Split(conf, "\n"), func(l string) bool { return strings.TrimSpace(l) == line }) {
+		t.Fatalf("auth.conf has no reader user %q", line)
 	}
-	t.Setenv("MAILFWD_EVENTS_PASSWORD", eventsPassword)
-	// Enabled as its comment says: the "#> " prefixes removed.
-	url, slog := startQuickstartNATSWith(t, strings.ReplaceAll(conf, "#> ", ""))
+	url, slog := startQuickstartNATSWith(t, conf)
 	if out, err := runCtl(t, url, "bootstrap"); err != nil {
 		t.Fatalf("bootstrap: %v\n%s", err, out)
 	}
@@ -90,6 +90,42 @@ func TestEventsQuickstartGrants(t *testing.T) {
 	if err := pub(js, "mailfwd.events.delivered.test.dst"); err == nil {
 		t.Error("the reader published an event")
 	}
+	if err := pub(js, "mailfwd.events.audit.queue-purge"); err == nil {
+		t.Error("the reader published an audit event")
+	}
+	// Neither purge nor delete the stream, nor remove, change or drain the
+	// workers' audit-log consumer.
+	st, err := js.Stream(short(t), "EVENTS")
+	if err != nil {
+		t.Fatalf("the reader cannot read the stream's info: %v", err)
+	}
+	if err := st.Purge(short(t)); err == nil {
+		t.Error("the reader purged EVENTS")
+	}
+	if err := js.DeleteStream(short(t), "EVENTS"); err == nil {
+		t.Error("the reader deleted EVENTS")
+	}
+	if err := js.DeleteConsumer(short(t), "EVENTS", events.AuditLogConsumer); err == nil {
+		t.Error("the reader deleted the audit-log consumer")
+	}
+	bad := events.AuditLogConsumerConfig()
+	bad.FilterSubjects = []string{"mailfwd.events.none.>"}
+	if _, err := js.UpdateConsumer(short(t), "EVENTS", bad); err == nil {
+		t.Error("the reader changed the audit-log consumer")
+	}
+	if c, err := js.Consumer(short(t), "EVENTS", events.AuditLogConsumer); err == nil {
+		if _, err := c.Next(jetstream.FetchMaxWait(time.Second)); err == nil {
+			t.Error("the reader took an event from the audit-log consumer")
+		}
+	}
+	// What the admin sees afterwards: the stream and the consumer as they were.
+	_, adminJS, _ := connectAs(t, url, ctlUser)
+	if info, err := adminJS.Stream(short(t), "EVENTS"); err != nil || info.CachedInfo().State.Msgs != 3 {
+		t.Errorf("EVENTS after the reader's attempts: %v", err)
+	}
+	if c, err := adminJS.Consumer(short(t), "EVENTS", events.AuditLogConsumer); err != nil || !slices.Equal(c.CachedInfo().Config.FilterSubjects, events.AuditLogConsumerConfig().FilterSubjects) {
+		t.Errorf("the audit-log consumer after the reader's attempts: %v", err)
+	}
 	if c, err := js.Consumer(ctx, "MAIL", "workers"); err == nil {
 		if _, err := c.Next(jetstream.FetchMaxWait(time.Second)); err == nil {
 			t.Error("the reader fetched mail")
@@ -103,4 +139,12 @@ func TestEventsQuickstartGrants(t *testing.T) {
 	if v := slog.violations(eventsUser, mark); len(v) == 0 {
 		t.Error("the server logged no violation for the reader's forbidden actions")
 	}
+}
+
+// short is a context for one request that the server may refuse by not
+// answering (a denied JetStream API call times out).
+func short(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }

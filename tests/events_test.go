@@ -97,11 +97,35 @@ func TestDeliveryEvents(t *testing.T) {
 				if ev.DSN != "5.1.1" || !strings.Contains(ev.Reply, "User unknown") {
 					t.Errorf("bounced event: %+v", ev)
 				}
+				if ev.DSNQueueID == "" || ev.DSNQueueID == ev.QueueID {
+					t.Errorf("bounced event without the DSN's queue id: %+v", ev)
+				}
 			}
 		}
 		if !equalTypes(types, w) {
 			t.Errorf("%s: events %v, want %v in this order", r, types, w)
 		}
+	}
+	// The DSN's own events are under the queue id the bounce names.
+	bounced := got["perm@alpha.test"][len(got["perm@alpha.test"])-1]
+	if bounced.DSNQueueID == "" {
+		t.FailNow()
+	}
+	var dsnEvents []events.Event
+	waitFor(t, "the DSN's events", 30*time.Second, func() bool {
+		dsnEvents = nil
+		err := events.Follow(ctx, st, events.Filter{QueueIDs: []string{bounced.DSNQueueID}}, events.FollowOptions{All: true, Stop: true},
+			func(s events.Stored) error {
+				dsnEvents = append(dsnEvents, s.Event)
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(dsnEvents) > 0
+	})
+	if ev := dsnEvents[0]; ev.Sender != "" || ev.Recipient != "sender@origin.test" {
+		t.Errorf("the DSN's event: %+v", ev)
 	}
 }
 

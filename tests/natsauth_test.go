@@ -42,6 +42,7 @@ var quickstartPasswords = map[string]string{
 	"MAILFWD_INGRESS_PASSWORD": "pw-ingress-test",
 	"MAILFWD_WORKER_PASSWORD":  "pw-worker-test",
 	"MAILFWD_CTL_PASSWORD":     "pw-ctl-test",
+	"MAILFWD_EVENTS_PASSWORD":  eventsPassword,
 }
 
 func password(user string) string {
@@ -50,6 +51,8 @@ func password(user string) string {
 		return quickstartPasswords["MAILFWD_INGRESS_PASSWORD"]
 	case workerUser:
 		return quickstartPasswords["MAILFWD_WORKER_PASSWORD"]
+	case eventsUser:
+		return quickstartPasswords["MAILFWD_EVENTS_PASSWORD"]
 	}
 	return quickstartPasswords["MAILFWD_CTL_PASSWORD"]
 }

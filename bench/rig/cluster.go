@@ -119,20 +119,14 @@ func (c *NATSCluster) Stop() {
 	}
 }
 
+// PeakRSS is the high-water resident set size of pid in KiB (VmHWM), 0 if
+// it is gone.
+func PeakRSS(pid int) int64 { return procKiB(pid, "status", "VmHWM") }
+
 // RSS is the resident set size of pid in KiB (VmRSS), 0 if it is gone.
 func RSS(pid int) int64 {
 	if pid <= 0 {
 		return 0
 	}
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kib, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kib
-		}
-	}
-	return 0
+	return procKiB(pid, "status", "VmRSS")
 }

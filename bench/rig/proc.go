@@ -178,29 +178,9 @@ func readStat(pid int) (procStat, error) {
 // cutime+cstime they hold for children already reaped (Postfix's smtpd and
 // cleanup processes come and go; their time lands in master's cutime).
 func TreeCPU(root int) time.Duration {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	stats := map[int]procStat{}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := readStat(pid); err == nil {
-			stats[pid] = st
-		}
-	}
 	var total time.Duration
-	for pid, st := range stats {
-		for cur, hops := pid, 0; cur > 1 && hops < 64; hops++ {
-			if cur == root {
-				total += st.self + st.child
-				break
-			}
-			cur = stats[cur].ppid
-		}
+	for _, st := range inTrees(procStats(), func(pid int) bool { return pid == root }) {
+		total += st.self + st.child
 	}
 	return total
 }

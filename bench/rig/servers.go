@@ -116,14 +116,21 @@ func (n *NATS) WaitReady(timeout time.Duration) error {
 
 // Restart starts the server again on the same port and store.
 func (n *NATS) Restart() error {
+	return restart(n.Proc, n.WaitReady, 20, 20*time.Second, 200*time.Millisecond)
+}
+
+// restart starts p again and waits (up to wait) until ready says it
+// serves, trying up to tries times, pause apart (the port may still be
+// held for a moment after a kill).
+func restart(p *Proc, ready func(time.Duration) error, tries int, wait, pause time.Duration) error {
 	var err error
-	for range 20 {
-		if err = n.Start(); err == nil {
-			if err = n.WaitReady(20 * time.Second); err == nil {
+	for range tries {
+		if err = p.Start(); err == nil {
+			if err = ready(wait); err == nil {
 				return nil
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(pause)
 	}
 	return err
 }
@@ -194,16 +201,7 @@ func (m *Minio) WaitReady(timeout time.Duration) error {
 
 // Restart starts MinIO again with the same data and port.
 func (m *Minio) Restart() error {
-	var err error
-	for range 10 {
-		if err = m.Start(); err == nil {
-			if err = m.WaitReady(60 * time.Second); err == nil {
-				return nil
-			}
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	return err
+	return restart(m.Proc, m.WaitReady, 10, 60*time.Second, 300*time.Millisecond)
 }
 
 // URL is the mailfwd blob store URL for bucket.

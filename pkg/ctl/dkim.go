@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -127,40 +126,21 @@ type dkimView struct {
 }
 
 func newDKIMList(g *globals, sf *secretFlags) *cobra.Command {
-	var out printer
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the signing keys and the TXT records to publish (never the private keys)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			st, files, err := sf.load(cmd.Context())
-			if err != nil {
-				return err
-			}
+	return newSecretList(g, sf, "List the signing keys and the TXT records to publish (never the private keys)", "DOMAIN\tSELECTOR\tALGORITHM\tTXT RECORD AT",
+		func(files map[string][]byte) ([]dkimView, error) {
 			ks, err := parseDKIM(files)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			views := []dkimView{}
 			for _, k := range ks.List() {
 				txt, err := k.TXTRecord()
 				if err != nil {
-					return err
+					return nil, err
 				}
 				views = append(views, dkimView{Domain: k.Domain, Selector: k.Selector, Algorithm: k.Algorithm(), DNSName: k.DNSName(), TXT: txt})
 			}
-			return out.print(g.out, views, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "# %s\n", st.Where())
-				fmt.Fprintf(tw, "DOMAIN\tSELECTOR\tALGORITHM\tTXT RECORD AT\n")
-				for _, v := range views {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Domain, v.Selector, v.Algorithm, v.DNSName)
-				}
-			})
+			return views, nil
 		},
-	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
-	return cmd
+		func(v dkimView) string { return v.Domain + "\t" + v.Selector + "\t" + v.Algorithm + "\t" + v.DNSName })
 }

@@ -88,9 +88,6 @@ the DNS resolvers answer; with --to, the next hop of that address accepts SMTP c
   mailfwdctl doctor -n mail --blob-store 's3://mail-bodies?endpoint=minio:9000' --dns-server 10.96.0.10:53 --to postmaster@example.com -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			if minFree < 0 || d.maxClockSkew <= 0 || d.checkTimeout <= 0 {
 				return &ExitError{Code: ExitUsage, Err: errors.New("--min-free-bytes must be ≥ 0, --max-clock-skew and --check-timeout > 0")}
 			}
@@ -122,7 +119,7 @@ the DNS resolvers answer; with --to, the next hop of that address accepts SMTP c
 	}
 	f := cmd.Flags()
 	d.kf.register(f)
-	f.StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	f.StringVar(&d.blobURL, "blob-store", envOr("MAILFWD_BLOB_STORE", ""), "body store URL to check (env MAILFWD_BLOB_STORE)")
 	f.StringSliceVar(&d.dnsServers, "dns-server", nil, "DNS servers host:port to check (default: /etc/resolv.conf), as the workers' --dns-server")
 	f.StringVar(&d.to, "to", "", "an address whose next hop must accept SMTP connections")

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
@@ -15,16 +14,9 @@ import (
 // clock moved a minute ahead fails the check, a moment does not.
 func TestDoctorClockSkew(t *testing.T) {
 	n := testenv.StartNATS(t)
+	BootstrapQueue(t, n.URL(), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
-	q.Close()
 	for _, tc := range []struct {
 		offset time.Duration
 		want   string

@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailfwd/mailfwd/pkg/ctl"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/sink"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
@@ -72,16 +74,30 @@ func detail(rep doctorOut, check string) string {
 
 func bootstrap(t *testing.T, url string, ackWait time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: url, AckWait: ackWait})
+	ctl.BootstrapQueue(t, url, ackWait)
+}
+
+// startQueue starts NATS with the queue bootstrapped (ack wait 30 s) and
+// connects a queue client named name; ctx ends after timeout or with the test.
+func startQueue(t *testing.T, name string, timeout time.Duration) (*testenv.NATS, *queue.Queue, context.Context) {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	bootstrap(t, n.URL(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: name})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.Close()
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(q.Close)
+	return n, q, ctx
+}
+
+// smallMessage is a small message to r@domain with its body inline.
+func smallMessage(domain string) *envelope.Envelope {
+	return &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: domain,
+		Recipients: []envelope.Recipient{{Addr: "r@" + domain}}, Body: []byte("x\r\n"), Size: 3, Parts: 1,
+		Arrived: time.Now().UTC()}
 }
 
 // TestDoctor runs every check against real things on loopback (NATS,
@@ -200,16 +216,8 @@ func badPolicy(t *testing.T) string {
 // TestDoctorNATSAuth: a server with users; the right password is OK, a
 // wrong one a FAIL that says to check the credentials.
 func TestDoctorNATSAuth(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+	s := testenv.StartNATSServer(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
 		Users: []*server.User{{Username: "ctl", Password: "s3cret"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(s.Shutdown)
 	port := strconv.Itoa(s.Addr().(*net.TCPAddr).Port)
 	lo := loopbackOnly(t)
 	_, st, rep := doctor(t, append([]string{"--nats-url", "nats://ctl:s3cret@127.0.0.1:" + port}, lo...)...)
@@ -247,15 +255,7 @@ func TestDoctorS3(t *testing.T) {
 // TestDoctorNoJetStream: a NATS server without JetStream: the jetstream
 // check fails and says so, the layout checks are not attempted.
 func TestDoctorNoJetStream(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(s.Shutdown)
+	s := testenv.StartNATSServer(t, &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true})
 	code, st, rep := doctor(t, append([]string{"--nats-url", "nats://" + s.Addr().String(), "--check-timeout", "2s"}, loopbackOnly(t)...)...)
 	if code != 1 || st["jetstream"] != "FAIL" || st["stream"] != "WARN" || !strings.Contains(detail(rep, "jetstream"), "enable JetStream") {
 		t.Errorf("no JetStream: exit %d %v %s", code, st, detail(rep, "jetstream"))

@@ -161,7 +161,7 @@ func (g *globals) startAudit(ctx context.Context, q *queue.Queue) *audit {
 
 // message emits a per-message event about e's recipients; with print,
 // each is also a line on stderr under the message's queue id.
-func (a *audit) message(t events.Type, e queue.Entry, action, reply string, print bool) {
+func (a *audit) message(t events.Type, e queue.Entry, action, reply, dsnQID string, print bool) {
 	if e.Env == nil {
 		return
 	}
@@ -169,7 +169,7 @@ func (a *audit) message(t events.Type, e queue.Entry, action, reply string, prin
 	for _, r := range e.Env.Recipients {
 		ev := events.Event{Type: t, Time: now, QueueID: e.Env.QueueID, MessageID: e.Env.MsgID, Sender: e.Env.From, Recipient: r.Addr,
 			Destination: e.Env.Domain, Arrived: e.Env.Arrived, Size: e.Env.Size, Attempt: e.Env.Attempts, Actor: a.actor,
-			Action: action, Reply: reply}
+			Action: action, Reply: reply, DSNQueueID: dsnQID}
 		if print {
 			fmt.Fprintln(a.g.errOut, ev.Line())
 		}
@@ -258,12 +258,12 @@ forwarder per --name; a second with the same name takes turns with the first.`,
 
 // final is the last line of a message removed by an operator, under its
 // own queue id (sendmail's and Postfix's "removed"), and its event.
-func (a *audit) final(t events.Type, e queue.Entry, verb string) {
+func (a *audit) final(t events.Type, e queue.Entry, verb, dsnQID string) {
 	stat := "Purged by operator " + a.actor
 	if t == events.OperatorBounced {
 		stat = "Bounced by operator " + a.actor + " (returned to the sender)"
 	}
-	a.message(t, e, "queue."+verb, stat, true)
+	a.message(t, e, "queue."+verb, stat, dsnQID, true)
 }
 
 // filterString says what a queue filter selected, for the audit line.

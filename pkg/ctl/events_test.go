@@ -73,6 +73,14 @@ func TestBounceLeavesAFinalLineAndAuditEvents(t *testing.T) {
 		evs[0].Sender != "s@src.test" || evs[0].Actor == "" || evs[0].Schema != events.Schema {
 		t.Fatalf("events of %s: %+v, want one operator_bounced for r@dst.test with an actor", e.QueueID, evs)
 	}
+	// It names the DSN the bounce queued, whose own events are under that id.
+	if d := evs[0].DSNQueueID; d == "" || d == e.QueueID || !strings.Contains(last, "dsn_queue_id="+d) {
+		t.Fatalf("the bounce does not name its DSN: event %+v, line %q", evs[0], last)
+	}
+	ql := mustCtl(t, 0, "--nats-url", n.URL(), "queue", "list", "-I", evs[0].DSNQueueID)
+	if !strings.Contains(ql.out, evs[0].DSNQueueID) || !strings.Contains(ql.out, "s@src.test") {
+		t.Fatalf("the DSN %s is not in the queue:\n%s", evs[0].DSNQueueID, ql)
+	}
 	audits := tailJSON(t, n.URL(), "--outcome", "audit")
 	if len(audits) != 1 || audits[0].Action != "queue.bounce" || audits[0].Matched != 1 ||
 		!strings.Contains(audits[0].Target, "qid="+e.QueueID) || audits[0].Actor == "" {

@@ -1,7 +1,6 @@
 package ctl_test
 
 import (
-	"context"
 	"encoding/json"
 	"regexp"
 	"strconv"
@@ -12,31 +11,18 @@ import (
 	"github.com/rs/xid"
 
 	"github.com/mailfwd/mailfwd/pkg/ctl"
-	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/queue"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // Issue 20 defect 5: flush on a held domain said "matched 0 deferred
 // envelopes" and exited 0; nothing said the mail is held. It now says how
 // many are held and how to release them, and exits 1 (nothing was flushed).
 func TestFlushOnHeldDomainSaysItIsHeld(t *testing.T) {
-	n := testenv.StartNATS(t)
-	bootstrap(t, n.URL(), 30*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	n, q, ctx := startQueue(t, t.Name(), 30*time.Second)
 	if _, err := q.SetHold(ctx, "held.test", "maintenance"); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "held.test",
-			Recipients: []envelope.Recipient{{Addr: "r@held.test"}}, Body: []byte("x\r\n"), Size: 3, Parts: 1,
-			Arrived: time.Now().UTC()}
+		e := smallMessage("held.test")
 		if err := q.MoveToHeld(ctx, e, strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
@@ -62,18 +48,10 @@ func TestFlushOnHeldDomainSaysItIsHeld(t *testing.T) {
 // hours ago and was deferred again and again shows its arrival as the
 // oldest, not its last deferral.
 func TestQueueStatsOldestSinceArrival(t *testing.T) {
-	n := testenv.StartNATS(t)
-	bootstrap(t, n.URL(), 30*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	n, q, ctx := startQueue(t, t.Name(), 30*time.Second)
 	arrived := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
-	e := &envelope.Envelope{QueueID: xid.NewWithTime(arrived).String(), From: "s@src.test", Domain: "slow.test",
-		Recipients: []envelope.Recipient{{Addr: "r@slow.test"}}, Body: []byte("x\r\n"), Size: 3, Parts: 1, Arrived: arrived}
+	e := smallMessage("slow.test")
+	e.QueueID, e.Arrived = xid.NewWithTime(arrived).String(), arrived
 	// Deferred just now (the stream message is seconds old), arrived three
 	// hours ago. (Each deferral is a new stream message; the worker removes
 	// the copy it moved, so deferring here more than once would leave copies.)

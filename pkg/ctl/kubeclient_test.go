@@ -3,7 +3,6 @@ package ctl_test
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,23 +11,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mailfwd/mailfwd/pkg/ctl"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // mailfwdctl reads and writes ConfigMaps and Secrets over client-go's REST
 // client (kubeclient.go): a write must keep every field it does not manage
 // (binaryData, annotations, labels, other keys).
 func TestKubeWritesKeepWhatMailfwdctlDoesNotManage(t *testing.T) {
-	t.Setenv("MAILFWD_POLICY_DIR", "")
-	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "no-such-kubeconfig"))
-	k := testenv.StartKube(t)
-	cs := k.Client(t)
+	const ns = "keep"
+	k, cs := kubeWithNamespace(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const ns = "keep"
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	meta := metav1.ObjectMeta{Namespace: ns, Annotations: map[string]string{"owner": "ops"}, Labels: map[string]string{"team": "mail"}}
 	cmMeta := meta
 	cmMeta.Name = "policy"

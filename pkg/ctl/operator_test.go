@@ -1,15 +1,11 @@
 package ctl_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/ctl"
-	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/queue"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // Operator commands ask for the body store only when they read or remove a
@@ -17,15 +13,7 @@ import (
 // required), and `queue show` says when it leaves the headers out for lack of it.
 func TestQueueCommandsNeedTheBodyStoreOnlyForBodies(t *testing.T) {
 	t.Setenv("MAILFWD_BLOB_STORE", "")
-	n := testenv.StartNATS(t)
-	bootstrap(t, n.URL(), 30*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	n, q, ctx := startQueue(t, "test", 60*time.Second)
 
 	for _, verb := range []string{"bounce", "purge"} {
 		r := mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", verb, "-I", "nosuch", "--yes")
@@ -33,9 +21,8 @@ func TestQueueCommandsNeedTheBodyStoreOnlyForBodies(t *testing.T) {
 	}
 
 	// A held message whose body is in the body store (not inline).
-	e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "held.test",
-		Recipients: []envelope.Recipient{{Addr: "r@held.test"}}, BodyKey: "k1", Size: 300, Parts: 1,
-		Arrived: time.Now().UTC()}
+	e := smallMessage("held.test")
+	e.Body, e.BodyKey, e.Size = nil, "k1", 300
 	if _, err := q.SetHold(ctx, "held.test", "maintenance"); err != nil {
 		t.Fatal(err)
 	}

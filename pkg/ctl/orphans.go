@@ -32,9 +32,6 @@ an orphan). The workers remove orphans on their own (--orphan-sweep-interval);
 this shows what they will remove, or removes it now.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			if minAge < time.Minute {
 				return &ExitError{Code: ExitUsage, Err: errors.New("--min-age must be at least 1m")}
 			}
@@ -82,7 +79,7 @@ this shows what they will remove, or removes it now.`,
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store (env MAILFWD_BLOB_STORE)")
 	cmd.Flags().Var(config.DurationValue(&minAge, time.Hour), "min-age", "only what is older than this (the workers' --orphan-min-age)")
 	cmd.Flags().BoolVar(&remove, "remove", false, "remove them (asks, or --yes)")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 )
 
@@ -20,6 +21,13 @@ func (p printer) validate() error {
 		return nil
 	}
 	return &ExitError{Code: ExitUsage, Err: fmt.Errorf("-o %q: want table, json or yaml", p.format)}
+}
+
+// register adds -o (table, json or yaml) to cmd and checks its value before
+// cmd runs.
+func (p *printer) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "table, json or yaml")
+	cmd.PreRunE = func(*cobra.Command, []string) error { return p.validate() }
 }
 
 // print writes v as JSON/YAML, or calls table for the human form.

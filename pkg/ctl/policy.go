@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,30 +58,48 @@ func checkKey(k string) error {
 	return nil
 }
 
-// mutate loads, changes, validates and saves, retrying on a concurrent change.
+// mutate loads, changes, validates and saves the policy, showing the change
+// as a diff, retrying on a concurrent change.
 func (g *globals) mutate(ctx context.Context, action string, kf *kubeFlags, dryRun bool, change func(files map[string][]byte) error) error {
 	st, err := kf.store()
 	if err != nil {
 		return err
 	}
-	for attempt := 0; attempt < 5; attempt++ {
+	return g.mutateStore(ctx, action, st, dryRun,
+		func(files map[string][]byte) (string, error) { return "", change(files) },
+		func(before, after map[string][]byte, _ string) bool {
+			diff := diffFiles(before, after)
+			if diff == "" {
+				fmt.Fprintf(g.out, "%s: no change\n", st.Where())
+				return false
+			}
+			fmt.Fprint(g.out, diff)
+			return true
+		})
+}
+
+// mutateStore is the write cycle of mutate and mutateSecret: load st, apply
+// change (which returns a one-line summary for the audit trail), validate
+// the result as policy, show it (show returns false when there is nothing to
+// write), and save it unless dryRun, retrying on a concurrent change.
+func (g *globals) mutateStore(ctx context.Context, action string, st policyStore, dryRun bool,
+	change func(files map[string][]byte) (string, error), show func(before, after map[string][]byte, summary string) bool) error {
+	for range 5 {
 		files, version, err := st.Load(ctx)
 		if err != nil {
 			return err
 		}
 		before := cloneFiles(files)
-		if err := change(files); err != nil {
+		summary, err := change(files)
+		if err != nil {
 			return err
 		}
 		if _, err := validate(files); err != nil {
 			return err
 		}
-		diff := diffFiles(before, files)
-		if diff == "" {
-			fmt.Fprintf(g.out, "%s: no change\n", st.Where())
+		if !show(before, files, summary) {
 			return nil
 		}
-		fmt.Fprint(g.out, diff)
 		if dryRun {
 			fmt.Fprintf(g.out, "%s: valid; not written (dry run)\n", st.Where())
 			return nil
@@ -93,7 +112,7 @@ func (g *globals) mutate(ctx context.Context, action string, kf *kubeFlags, dryR
 			return err
 		}
 		fmt.Fprintf(g.out, "%s: written\n", st.Where())
-		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), "")
+		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), summary)
 		return nil
 	}
 	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
@@ -132,14 +151,7 @@ func newPolicyGet(g *globals, kf *kubeFlags) *cobra.Command {
 		Short: "Show the policy, or one key as sendmail text",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			st, err := kf.store()
-			if err != nil {
-				return err
-			}
-			files, _, err := st.Load(cmd.Context())
+			st, files, err := kf.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -166,7 +178,7 @@ func newPolicyGet(g *globals, kf *kubeFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 
@@ -182,6 +194,17 @@ func countEntries(b []byte) int {
 	return n
 }
 
+// entryLines are b's lines, trimmed, leaving out blank and comment lines.
+func entryLines(b []byte) []string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if t := strings.TrimSpace(l); t != "" && t[0] != '#' {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 func readInput(cmd *cobra.Command, file string) ([]byte, error) {
 	if file == "-" {
 		return io.ReadAll(cmd.InOrStdin())
@@ -195,81 +218,92 @@ func readInput(cmd *cobra.Command, file string) ([]byte, error) {
 
 func newPolicySet(g *globals, kf *kubeFlags) *cobra.Command {
 	var file string
-	var dryRun bool
-	cmd := &cobra.Command{
+	cmd := policyChangeCmd(g, kf, &cobra.Command{
 		Use:   "set KEY -f FILE",
 		Short: "Replace one key with a file's content (- for stdin)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkKey(args[0]); err != nil {
-				return err
-			}
-			if file == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("-f FILE is required (- for stdin)")}
-			}
-			b, err := readInput(cmd, file)
-			if err != nil {
-				return err
-			}
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				files[args[0]] = b
-				return nil
-			})
-		},
-	}
+	}, func(cmd *cobra.Command, args []string) (func(map[string][]byte) error, error) {
+		if err := checkKey(args[0]); err != nil {
+			return nil, err
+		}
+		if file == "" {
+			return nil, &ExitError{Code: ExitUsage, Err: errors.New("-f FILE is required (- for stdin)")}
+		}
+		b, err := readInput(cmd, file)
+		if err != nil {
+			return nil, err
+		}
+		return func(files map[string][]byte) error {
+			files[args[0]] = b
+			return nil
+		}, nil
+	})
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "file with the new content, - for stdin")
+	return cmd
+}
+
+// policyChangeCmd is changeCmd for the policy (ConfigMap or directory).
+func policyChangeCmd(g *globals, kf *kubeFlags, cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (func(files map[string][]byte) error, error)) *cobra.Command {
+	return changeCmd(cmd, plan, func(ctx context.Context, action string, dryRun bool, change func(map[string][]byte) error) error {
+		return g.mutate(ctx, action, kf, dryRun, change)
+	})
+}
+
+// changeCmd finishes cmd as a command that changes the policy or its
+// Secret: plan checks the arguments, reads or asks for what the change
+// needs and returns it, and apply makes it (g.mutate, g.mutateSecret);
+// --dry-run validates and shows the change, writing nothing.
+func changeCmd[C any](cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (C, error), apply func(ctx context.Context, action string, dryRun bool, change C) error) *cobra.Command {
+	var dryRun bool
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		change, err := plan(cmd, args)
+		if err != nil {
+			return err
+		}
+		return apply(cmd.Context(), actionOf(cmd), dryRun, change)
+	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
 }
 
 func newPolicyAdd(g *globals, kf *kubeFlags) *cobra.Command {
-	var dryRun bool
-	cmd := &cobra.Command{
+	return policyChangeCmd(g, kf, &cobra.Command{
 		Use:     "add KEY 'ENTRY'",
 		Short:   "Add (or replace) one entry, e.g. add access 'To:example.com RELAY'",
 		Example: "  mailfwdctl policy add access 'Connect:10.70 RELAY'\n  mailfwdctl policy add mailertable 'mms.mnc001.mcc238.gprs smtp:[10.1.1.1]:[10.1.1.2]'\n  mailfwdctl policy add aliases 'postmaster: ops@example.com'",
 		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			key, entry := args[0], strings.TrimSpace(args[1])
-			if err := checkKey(key); err != nil {
-				return err
-			}
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				lhs := entryKey(key, entry)
-				lines, _ := removeEntry(files[key], key, lhs)
-				lines = append(lines, entry)
-				files[key] = []byte(strings.Join(lines, "\n") + "\n")
-				return nil
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
-	return cmd
+	}, func(_ *cobra.Command, args []string) (func(map[string][]byte) error, error) {
+		key, entry := args[0], strings.TrimSpace(args[1])
+		if err := checkKey(key); err != nil {
+			return nil, err
+		}
+		return func(files map[string][]byte) error {
+			lines, _ := removeEntry(files[key], key, entryKey(key, entry))
+			files[key] = []byte(strings.Join(append(lines, entry), "\n") + "\n")
+			return nil
+		}, nil
+	})
 }
 
 func newPolicyDelete(g *globals, kf *kubeFlags) *cobra.Command {
-	var dryRun bool
-	cmd := &cobra.Command{
+	return policyChangeCmd(g, kf, &cobra.Command{
 		Use:     "delete KEY LHS",
 		Short:   "Delete the entry with this left-hand side, e.g. delete access To:example.com",
 		Example: "  mailfwdctl policy delete access To:mms.mnc002.mcc238.gprs\n  mailfwdctl policy delete aliases postmaster",
 		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkKey(args[0]); err != nil {
-				return err
+	}, func(_ *cobra.Command, args []string) (func(map[string][]byte) error, error) {
+		if err := checkKey(args[0]); err != nil {
+			return nil, err
+		}
+		return func(files map[string][]byte) error {
+			lines, n := removeEntry(files[args[0]], args[0], args[1])
+			if n == 0 {
+				return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("%s has no entry %q", args[0], args[1])}
 			}
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				lines, n := removeEntry(files[args[0]], args[0], args[1])
-				if n == 0 {
-					return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("%s has no entry %q", args[0], args[1])}
-				}
-				files[args[0]] = []byte(strings.Join(lines, "\n") + "\n")
-				return nil
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
-	return cmd
+			files[args[0]] = []byte(strings.Join(lines, "\n") + "\n")
+			return nil
+		}, nil
+	})
 }
 
 // entryKey is the left-hand side of an entry line.
@@ -311,29 +345,25 @@ func removeEntry(b []byte, key, lhs string) ([]string, int) {
 }
 
 func newPolicyEdit(g *globals, kf *kubeFlags) *cobra.Command {
-	var dryRun bool
-	cmd := &cobra.Command{
+	return policyChangeCmd(g, kf, &cobra.Command{
 		Use:   "edit KEY",
 		Short: "Edit one key in $EDITOR; it is validated before it is written",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkKey(args[0]); err != nil {
-				return err
-			}
-			editor := os.Getenv("VISUAL")
-			if editor == "" {
-				editor = os.Getenv("EDITOR")
-			}
-			if editor == "" {
-				editor = "vi"
-			}
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				return editUntilValid(editor, args[0], files)
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
-	return cmd
+	}, func(_ *cobra.Command, args []string) (func(map[string][]byte) error, error) {
+		if err := checkKey(args[0]); err != nil {
+			return nil, err
+		}
+		editor := os.Getenv("VISUAL")
+		if editor == "" {
+			editor = os.Getenv("EDITOR")
+		}
+		if editor == "" {
+			editor = "vi"
+		}
+		return func(files map[string][]byte) error {
+			return editUntilValid(editor, args[0], files)
+		}, nil
+	})
 }
 
 // maxEditRounds bounds how often an invalid edit is re-opened.
@@ -487,11 +517,7 @@ func newPolicyDiff(g *globals, kf *kubeFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := kf.store()
-			if err != nil {
-				return err
-			}
-			cur, _, err := st.Load(cmd.Context())
+			_, cur, err := kf.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -509,38 +535,30 @@ func newPolicyDiff(g *globals, kf *kubeFlags) *cobra.Command {
 
 func newPolicyApply(g *globals, kf *kubeFlags) *cobra.Command {
 	var dir string
-	var dryRun bool
-	cmd := &cobra.Command{
+	cmd := policyChangeCmd(g, kf, &cobra.Command{
 		Use:   "apply -f DIR",
 		Short: "Replace the whole policy with a directory's files (keys missing there are removed)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dir == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("-f DIR is required")}
-			}
-			want, _, err := readPolicyDir(dir, false)
-			if err != nil {
-				return err
-			}
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				for k := range files {
-					delete(files, k)
-				}
-				for k, v := range want {
-					files[k] = v
-				}
-				return nil
-			})
-		},
-	}
+	}, func(*cobra.Command, []string) (func(map[string][]byte) error, error) {
+		if dir == "" {
+			return nil, &ExitError{Code: ExitUsage, Err: errors.New("-f DIR is required")}
+		}
+		want, _, err := readPolicyDir(dir, false)
+		if err != nil {
+			return nil, err
+		}
+		return func(files map[string][]byte) error {
+			clear(files)
+			maps.Copy(files, want)
+			return nil
+		}, nil
+	})
 	cmd.Flags().StringVarP(&dir, "filename", "f", "", "policy directory")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
 }
 
 func newPolicyImport(g *globals, kf *kubeFlags) *cobra.Command {
-	var dryRun bool
-	cmd := &cobra.Command{
+	return policyChangeCmd(g, kf, &cobra.Command{
 		Use:   "import [/etc/mail]",
 		Short: "Import a sendmail configuration directory (access, mailertable, aliases, virtusertable, local-host-names, genericstable, sendmail.mc masquerading)",
 		Long: `Reads the makemap source files of a sendmail /etc/mail directory (access, mailertable,
@@ -549,52 +567,45 @@ virtusertable, local-host-names, genericstable, and aliases from the directory o
 EXPOSED_USER lines of its sendmail.mc, and replaces those keys of the policy. Keys with
 no file are left as they are.`,
 		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := "/etc/mail"
-			if len(args) == 1 {
-				dir = args[0]
+	}, func(_ *cobra.Command, args []string) (func(map[string][]byte) error, error) {
+		dir := "/etc/mail"
+		if len(args) == 1 {
+			dir = args[0]
+		}
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s is not a directory", dir)}
+		}
+		want, found, err := readPolicyDir(dir, dir == "/etc/mail")
+		if err != nil {
+			return nil, err
+		}
+		if mc, err := os.ReadFile(filepath.Join(dir, "sendmail.mc")); err == nil {
+			var local []string
+			for _, l := range entryLines(want["local-host-names"]) {
+				local = append(local, strings.Fields(l)...)
 			}
-			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s is not a directory", dir)}
-			}
-			want, found, err := readPolicyDir(dir, dir == "/etc/mail")
+			masq, notes, err := importSendmailMC(mc, local)
 			if err != nil {
-				return err
+				return nil, &ExitError{Code: ExitInvalid, Err: err}
 			}
-			if mc, err := os.ReadFile(filepath.Join(dir, "sendmail.mc")); err == nil {
-				var local []string
-				for _, l := range strings.Split(string(want["local-host-names"]), "\n") {
-					if t := strings.TrimSpace(l); t != "" && t[0] != '#' {
-						local = append(local, strings.Fields(t)...)
-					}
-				}
-				masq, notes, err := importSendmailMC(mc, local)
-				if err != nil {
-					return &ExitError{Code: ExitInvalid, Err: err}
-				}
-				for _, n := range notes {
-					fmt.Fprintln(g.errOut, "note: "+n)
-				}
-				if masq != "" {
-					want[policy.KeyMasquerade] = []byte(masq)
-					found = append(found, filepath.Join(dir, "sendmail.mc"))
-				}
+			for _, n := range notes {
+				fmt.Fprintln(g.errOut, "note: "+n)
 			}
-			if b, ok := want[policy.KeyGenericstable]; ok {
-				want[policy.KeyGenericstable] = []byte(importGenericstable(b))
+			if masq != "" {
+				want[policy.KeyMasquerade] = []byte(masq)
+				found = append(found, filepath.Join(dir, "sendmail.mc"))
 			}
-			if len(found) == 0 {
-				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("no sendmail map sources (%s) in %s", strings.Join(PolicyKeys[:5], ", "), dir)}
-			}
-			fmt.Fprintf(g.errOut, "importing %s\n", strings.Join(found, ", "))
-			return g.mutate(cmd.Context(), actionOf(cmd), kf, dryRun, func(files map[string][]byte) error {
-				for k, v := range want {
-					files[k] = v
-				}
-				return nil
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
-	return cmd
+		}
+		if b, ok := want[policy.KeyGenericstable]; ok {
+			want[policy.KeyGenericstable] = []byte(importGenericstable(b))
+		}
+		if len(found) == 0 {
+			return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("no sendmail map sources (%s) in %s", strings.Join(PolicyKeys[:5], ", "), dir)}
+		}
+		fmt.Fprintf(g.errOut, "importing %s\n", strings.Join(found, ", "))
+		return func(files map[string][]byte) error {
+			maps.Copy(files, want)
+			return nil
+		}, nil
+	})
 }

@@ -176,15 +176,8 @@ func (f *kubeFixture) assertUnchanged(t *testing.T, name string, before *corev1.
 
 // TestPolicyConfigMap runs the policy commands against a real kube-apiserver.
 func TestPolicyConfigMap(t *testing.T) {
-	t.Setenv("MAILFWD_POLICY_DIR", "") // the --dir default; must not divert to a directory
-	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "no-such-kubeconfig"))
-	k := testenv.StartKube(t)
-	f := &kubeFixture{kube: k, cs: unthrottledClient(t, k)}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := f.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
+	k, cs := kubeWithNamespace(t, testNamespace)
+	f := &kubeFixture{kube: k, cs: cs}
 	fixture := readFixture(t)
 
 	t.Run("import", func(t *testing.T) {
@@ -553,6 +546,23 @@ func TestPolicyConfigMap(t *testing.T) {
 
 // unthrottledClient is k.Client without client-go's client-side rate limit
 // (5 requests/s), which the many checks here would otherwise wait for.
+// kubeWithNamespace starts a kube-apiserver holding namespace ns, with
+// neither the user's kubeconfig nor a policy directory in the way of the
+// commands under test, and returns it with a client.
+func kubeWithNamespace(t *testing.T, ns string) (*testenv.Kube, kubernetes.Interface) {
+	t.Helper()
+	t.Setenv("MAILFWD_POLICY_DIR", "") // the --policy-dir default; must not divert to a directory
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "no-such-kubeconfig"))
+	k := testenv.StartKube(t)
+	cs := unthrottledClient(t, k)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", ns, err)
+	}
+	return k, cs
+}
+
 func unthrottledClient(t *testing.T, k *testenv.Kube) kubernetes.Interface {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mailfwd/mailfwd/pkg/config"
@@ -140,24 +141,14 @@ func (c configMapStore) Where() string {
 }
 
 func (c configMapStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	cm, err := c.client.CoreV1().ConfigMaps(c.namespace).Get(ctx, c.name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		// A missing ConfigMap is an empty policy, but a missing namespace
-		// (a typo in -n) is an error, not an empty policy. A caller that
-		// may not read namespaces gets the empty policy.
-		if _, nerr := c.client.CoreV1().Namespaces().Get(ctx, c.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
-			return nil, "", fmt.Errorf("read %s: namespace %q not found", c.Where(), c.namespace)
-		}
-		return map[string][]byte{}, "", nil
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("read %s: %w", c.Where(), err)
-	}
-	files := map[string][]byte{}
-	for k, v := range cm.Data {
-		files[k] = []byte(v)
-	}
-	return files, cm.ResourceVersion, nil
+	return kubeLoad(ctx, c.client, c.client.CoreV1().ConfigMaps(c.namespace), c.namespace, c.name, c.Where(),
+		func(cm *corev1.ConfigMap) map[string][]byte {
+			files := map[string][]byte{}
+			for k, v := range cm.Data {
+				files[k] = []byte(v)
+			}
+			return files
+		})
 }
 
 func (c configMapStore) Save(ctx context.Context, files map[string][]byte, version string) error {
@@ -165,35 +156,66 @@ func (c configMapStore) Save(ctx context.Context, files map[string][]byte, versi
 	for k, v := range files {
 		data[k] = string(v)
 	}
-	cms := c.client.CoreV1().ConfigMaps(c.namespace)
-	if version == "" {
-		cm := &corev1.ConfigMap{
+	return kubeSave(ctx, c.client.CoreV1().ConfigMaps(c.namespace), c.name, c.Where(), version,
+		&corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: c.name, Namespace: c.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy"}},
 			Data: data,
+		},
+		func(cm *corev1.ConfigMap) { cm.Data = data })
+}
+
+// kubeObject is a ConfigMap or a Secret (a pointer to one).
+type kubeObject interface {
+	runtime.Object
+	metav1.Object
+}
+
+// kubeLoad gets the object and returns its files and version; a missing
+// object is an empty policy, but a missing namespace (a typo in -n) is an
+// error, not an empty policy. A caller that may not read namespaces gets
+// the empty policy.
+func kubeLoad[P kubeObject](ctx context.Context, client coreClient, c kubeObjects[P], namespace, name, where string, files func(P) map[string][]byte) (map[string][]byte, string, error) {
+	obj, err := c.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, nerr := client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
+			return nil, "", fmt.Errorf("read %s: namespace %q not found", where, namespace)
 		}
-		_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mailfwdctl"})
+		return map[string][]byte{}, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", where, err)
+	}
+	return files(obj), obj.GetResourceVersion(), nil
+}
+
+// kubeSave creates the object when there was none (version ""), or else
+// sets the new content on it with update and writes it if it is still at
+// version; a concurrent writer is errConflict.
+func kubeSave[P kubeObject](ctx context.Context, c kubeObjects[P], name, where, version string, create P, update func(P)) error {
+	if version == "" {
+		_, err := c.Create(ctx, create, metav1.CreateOptions{FieldManager: "mailfwdctl"})
 		if apierrors.IsAlreadyExists(err) {
 			return errConflict
 		}
 		if err != nil {
-			return fmt.Errorf("create %s: %w", c.Where(), err)
+			return fmt.Errorf("create %s: %w", where, err)
 		}
 		return nil
 	}
-	cm, err := cms.Get(ctx, c.name, metav1.GetOptions{})
+	cur, err := c.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("read %s: %w", c.Where(), err)
+		return fmt.Errorf("read %s: %w", where, err)
 	}
-	if cm.ResourceVersion != version {
+	if cur.GetResourceVersion() != version {
 		return errConflict
 	}
-	cm.Data = data
-	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
+	update(cur)
+	if _, err := c.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
 		if apierrors.IsConflict(err) {
 			return errConflict
 		}
-		return fmt.Errorf("update %s: %w", c.Where(), err)
+		return fmt.Errorf("update %s: %w", where, err)
 	}
 	return nil
 }
@@ -232,6 +254,21 @@ func (k *kubeFlags) store() (policyStore, error) {
 		return nil, err
 	}
 	return configMapStore{client: cs, namespace: ns, name: k.configMap, kf: k}, nil
+}
+
+// load reads the policy (ConfigMap or directory) as it is now.
+func (k *kubeFlags) load(ctx context.Context) (policyStore, map[string][]byte, error) {
+	return loadNow(ctx, k.store)
+}
+
+// loadNow opens the store and reads it as it is now.
+func loadNow(ctx context.Context, open func() (policyStore, error)) (policyStore, map[string][]byte, error) {
+	st, err := open()
+	if err != nil {
+		return nil, nil, err
+	}
+	files, _, err := st.Load(ctx)
+	return st, files, err
 }
 
 // coreClient is the part of a clientset mailfwdctl uses (ConfigMaps,

@@ -153,9 +153,6 @@ func newQueueList(g *globals) *cobra.Command {
 		Short:   "List queued messages (mailq)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			f, err := ff.filter()
 			if err != nil {
 				return err
@@ -190,7 +187,7 @@ func newQueueList(g *globals) *cobra.Command {
 		},
 	}
 	ff.register(cmd, true)
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().IntVar(&limit, "limit", 0, "stop after this many (0: all)")
 	return cmd
 }
@@ -209,9 +206,6 @@ func newQueueStats(g *globals) *cobra.Command {
 		Short: "Count queued messages by state and domain, with the oldest one's age since arrival (from subject counts, no scan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				s, err := q.Stats(ctx)
 				if err != nil {
@@ -242,7 +236,7 @@ func newQueueStats(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 
@@ -277,9 +271,6 @@ func newQueueShow(g *globals) *cobra.Command {
 		Short: "Show one message: envelope per domain, per-recipient history, body headers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			qid := args[0]
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				res := showResult{QueueID: qid, Envelopes: []listDetail{}}
@@ -348,7 +339,7 @@ func newQueueShow(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to show the message headers (env MAILFWD_BLOB_STORE)")
 	return cmd
 }
@@ -555,7 +546,7 @@ Release it with "mailfwdctl queue release".`,
 					if err := q.Remove(ctx, e); err != nil {
 						return err
 					}
-					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, false)
+					au.message(events.Held, e, "queue.hold", "domain "+h.Domain+" put on hold by "+au.actor, "", false)
 					moved++
 					p.tick()
 				}
@@ -646,7 +637,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 						}
 						if k := env.QueueID + " " + env.Domain; !seen[k] {
 							seen[k] = true
-							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, false)
+							au.message(events.Released, queue.Entry{Env: &env}, "queue.release", "released by "+au.actor, "", false)
 							released++
 							p.tick()
 						}
@@ -671,67 +662,62 @@ func newQueueRelease(g *globals) *cobra.Command {
 }
 
 func newQueueBounce(g *globals) *cobra.Command {
-	var ff filterFlags
-	var of opFlags
-	var blobURL, hostname, reason string
-	cmd := &cobra.Command{
+	var hostname, reason string
+	cmd := g.removeCmd(&cobra.Command{
 		Use:   "bounce",
 		Short: "Return matching deferred or held messages to their senders now (DSN) and remove them",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !ff.any() {
-				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+	}, "body store (env MAILFWD_BLOB_STORE)", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) (string, error) {
+		body := e.Env.Body
+		if body == nil {
+			if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
+				body = b
 			}
-			return g.removeMatching(cmd, &ff, &of, blobURL, "bounce", func(ctx context.Context, q *queue.Queue, store blob.Store, e queue.Entry) error {
-				body := e.Env.Body
-				if body == nil {
-					if b, err := store.Get(ctx, e.Env.BodyKey); err == nil {
-						body = b
-					}
-				}
-				var rcpts []dsn.Recipient
-				for _, r := range e.Env.Recipients {
-					st := "5.0.0"
-					if r.Status != "" {
-						st = r.Status
-					}
-					rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
-				}
-				bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
-				_, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
-				if errors.Is(err, bounce.ErrNotReturnable) {
-					return nil
-				}
-				return err
-			})
-		},
-	}
-	ff.register(cmd, true)
-	of.register(cmd, true)
-	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store (env MAILFWD_BLOB_STORE)")
+		}
+		var rcpts []dsn.Recipient
+		for _, r := range e.Env.Recipients {
+			st := "5.0.0"
+			if r.Status != "" {
+				st = r.Status
+			}
+			rcpts = append(rcpts, dsn.Recipient{Final: r.Addr, Action: dsn.Failed, Status: st, Diagnostic: e.Env.RcptError(r), LastAttempt: time.Now()})
+		}
+		bs := bounce.Sender{Hostname: hostname, Bodies: store, Queue: q}
+		qid, err := bs.Send(ctx, e.Env, body, rcpts, reason, time.Now())
+		if errors.Is(err, bounce.ErrNotReturnable) {
+			return "", nil
+		}
+		return qid, err
+	})
 	cmd.Flags().StringVar(&hostname, "hostname", config.Hostname(), "Reporting-MTA in the DSN")
 	cmd.Flags().StringVar(&reason, "reason", "Message returned by the postmaster", "reason given to the sender")
 	return cmd
 }
 
 func newQueuePurge(g *globals) *cobra.Command {
+	return g.removeCmd(&cobra.Command{
+		Use:   "purge",
+		Short: "Delete matching deferred or held messages without notice",
+	}, "body store, to delete the bodies too (env MAILFWD_BLOB_STORE)", nil)
+}
+
+// removeCmd finishes cmd (queue bounce, purge) as a command that removes
+// the messages its filter flags match (at least one is required), with
+// their bodies from the body store (--blob-store, described by blobUsage),
+// after each (nil: nothing) has done what it must with each one.
+func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(context.Context, *queue.Queue, blob.Store, queue.Entry) (string, error)) *cobra.Command {
 	var ff filterFlags
 	var of opFlags
 	var blobURL string
-	cmd := &cobra.Command{
-		Use:   "purge",
-		Short: "Delete matching deferred or held messages without notice",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !ff.any() {
-				return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
-			}
-			return g.removeMatching(cmd, &ff, &of, blobURL, "purge", nil)
-		},
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if !ff.any() {
+			return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+		}
+		return g.removeMatching(cmd, &ff, &of, blobURL, cmd.Name(), each)
 	}
 	ff.register(cmd, true)
 	of.register(cmd, true)
-	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), "body store, to delete the bodies too (env MAILFWD_BLOB_STORE)")
+	cmd.Flags().StringVar(&blobURL, "blob-store", os.Getenv("MAILFWD_BLOB_STORE"), blobUsage)
 	return cmd
 }
 
@@ -739,7 +725,7 @@ func newQueuePurge(g *globals) *cobra.Command {
 // (ready ones are being delivered), confirm, act on each, remove it, and
 // delete its body when it was the last envelope of its message.
 func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlags, blobURL, verb string,
-	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) error) error {
+	each func(context.Context, *queue.Queue, blob.Store, queue.Entry) (string, error)) error {
 	f, err := ff.filter(queue.StateDeferred, queue.StateHeld, queue.StateFailed)
 	if err != nil {
 		return err
@@ -799,8 +785,9 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 				}
 				continue
 			}
+			var dsnQID string // the DSN a bounce sent
 			if each != nil {
-				if err := each(ctx, q, store, e); err != nil {
+				if dsnQID, err = each(ctx, q, store, e); err != nil {
 					return fmt.Errorf("after %d of %d: %w", done, len(entries), err)
 				}
 			}
@@ -810,7 +797,7 @@ func (g *globals) removeMatching(cmd *cobra.Command, ff *filterFlags, of *opFlag
 			if last, err := q.ReleaseBody(ctx, e.Env); err == nil && last && e.Env.BodyKey != "" && store != nil {
 				_ = store.Delete(ctx, e.Env.BodyKey)
 			}
-			au.final(typ, e, verb)
+			au.final(typ, e, verb, dsnQID)
 			done++
 			p.tick()
 		}

@@ -177,9 +177,6 @@ again; when the policy cannot be read, a warning says so and the flags' limits a
   mailfwdctl quota status --policy-dir var/policy -o yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			sender, user, err := quotaDefaults(senderQuota, userQuota)
 			if err != nil {
 				return err
@@ -230,7 +227,7 @@ again; when the policy cannot be read, a warning says so and the flags' limits a
 	kf.register(cmd.Flags())
 	cmd.Flags().StringVar(&senderQuota, "sender-quota", os.Getenv("MAILFWD_SENDER_QUOTA"), "the ingress's --sender-quota (its \"*\" default), to know the limit of sender domains counted under it (env MAILFWD_SENDER_QUOTA)")
 	cmd.Flags().StringVar(&userQuota, "user-quota", os.Getenv("MAILFWD_USER_QUOTA"), "the ingress's --user-quota (its \"user:*\" default) (env MAILFWD_USER_QUOTA)")
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "output format: table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 

@@ -1,36 +1,23 @@
 package ctl_test
 
 import (
-	"context"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // A worker that has not yet seen the hold go parks the released envelope
 // again; the release's second pass releases it once more. The count is of
 // envelopes, not of moves: one message released is "1 envelopes".
 func TestReleaseCountsAnEnvelopeParkedAgainOnce(t *testing.T) {
-	n := testenv.StartNATS(t)
-	bootstrap(t, n.URL(), 30*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: "stale-worker"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	n, q, ctx := startQueue(t, "stale-worker", 60*time.Second)
 	if _, err := q.SetHold(ctx, "held.test", "maintenance"); err != nil {
 		t.Fatal(err)
 	}
-	e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "held.test",
-		Recipients: []envelope.Recipient{{Addr: "r@held.test"}}, Body: []byte("x\r\n"), Size: 3, Parts: 1,
-		Arrived: time.Now().UTC()}
+	e := smallMessage("held.test")
 	if err := q.MoveToHeld(ctx, e, "1"); err != nil {
 		t.Fatal(err)
 	}

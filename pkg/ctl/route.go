@@ -66,9 +66,6 @@ hosts in preference order with their addresses, and what a worker would do.`,
   mailfwdctl route -n mail --dns-server 10.96.0.10:53 postmaster@example.com`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			ip, err := netip.ParseAddr(client)
 			if err != nil {
 				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("--client %q: %w", client, err)}
@@ -143,7 +140,7 @@ hosts in preference order with their addresses, and what a worker would do.`,
 	}
 	kf.register(cmd.Flags())
 	f := cmd.Flags()
-	f.StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	f.StringVar(&client, "client", "127.0.0.1", "client IP address the mail would come from")
 	f.StringVar(&clientHost, "client-hostname", "", "the client's (verified) host name, for Connect: name rules")
 	f.StringVar(&from, "from", "postmaster@"+config.MailDomain(), "envelope sender")

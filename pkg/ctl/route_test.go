@@ -40,7 +40,7 @@ type rtResult struct {
 // TestRouteAgainstConfigMap runs `mailfwdctl route` on a policy held in a
 // ConfigMap of a real API server, with MX data from a DNS server on loopback.
 func TestRouteAgainstConfigMap(t *testing.T) {
-	kube := testenv.StartKube(t)
+	kube, cs := kubeWithNamespace(t, "mail")
 	dns := testenv.StartDNS(t, `
 $ORIGIN example.net.
 @    60 IN MX 20 mx2.example.net.
@@ -51,10 +51,6 @@ $ORIGIN null.example.
 @    60 IN MX 0 .
 `)
 	ctx := context.Background()
-	cs := kube.Client(t)
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	_, err := cs.CoreV1().ConfigMaps("mail").Create(ctx, &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: "mailfwd-policy"},
 		Data: map[string]string{

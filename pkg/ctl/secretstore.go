@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"github.com/spf13/pflag"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mailfwd/mailfwd/pkg/policy"
@@ -32,56 +35,23 @@ func (s secretStore) Who(ctx context.Context) string { return kubeUser(ctx, s.cl
 func (s secretStore) Where() string { return fmt.Sprintf("Secret %s/%s", s.namespace, s.name) }
 
 func (s secretStore) Load(ctx context.Context) (map[string][]byte, string, error) {
-	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		if _, nerr := s.client.CoreV1().Namespaces().Get(ctx, s.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
-			return nil, "", fmt.Errorf("read %s: namespace %q not found", s.Where(), s.namespace)
-		}
-		return map[string][]byte{}, "", nil
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("read %s: %w", s.Where(), err)
-	}
-	files := map[string][]byte{}
-	for k, v := range sec.Data {
-		files[k] = v
-	}
-	return files, sec.ResourceVersion, nil
+	return kubeLoad(ctx, s.client, s.client.CoreV1().Secrets(s.namespace), s.namespace, s.name, s.Where(),
+		func(sec *corev1.Secret) map[string][]byte {
+			files := make(map[string][]byte, len(sec.Data)) // never nil: the commands add to it
+			maps.Copy(files, sec.Data)
+			return files
+		})
 }
 
 func (s secretStore) Save(ctx context.Context, files map[string][]byte, version string) error {
-	secrets := s.client.CoreV1().Secrets(s.namespace)
-	if version == "" {
-		sec := &corev1.Secret{
+	return kubeSave(ctx, s.client.CoreV1().Secrets(s.namespace), s.name, s.Where(), version,
+		&corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.namespace, Labels: map[string]string{
 				"app.kubernetes.io/name": "mailfwd", "app.kubernetes.io/component": "policy-secret"}},
 			Type: corev1.SecretTypeOpaque,
 			Data: files,
-		}
-		_, err := secrets.Create(ctx, sec, metav1.CreateOptions{FieldManager: "mailfwdctl"})
-		if apierrors.IsAlreadyExists(err) {
-			return errConflict
-		}
-		if err != nil {
-			return fmt.Errorf("create %s: %w", s.Where(), err)
-		}
-		return nil
-	}
-	sec, err := secrets.Get(ctx, s.name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("read %s: %w", s.Where(), err)
-	}
-	if sec.ResourceVersion != version {
-		return errConflict
-	}
-	sec.Data, sec.StringData = files, nil
-	if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{FieldManager: "mailfwdctl"}); err != nil {
-		if apierrors.IsConflict(err) {
-			return errConflict
-		}
-		return fmt.Errorf("update %s: %w", s.Where(), err)
-	}
-	return nil
+		},
+		func(sec *corev1.Secret) { sec.Data, sec.StringData = files, nil })
 }
 
 // secretFlags are kubectl's connection flags plus the Secret's name.
@@ -111,12 +81,45 @@ func (f *secretFlags) store() (policyStore, error) {
 
 // load reads the policy Secret (or the local directory) as it is now.
 func (f *secretFlags) load(ctx context.Context) (policyStore, map[string][]byte, error) {
-	st, err := f.store()
-	if err != nil {
-		return nil, nil, err
+	return loadNow(ctx, f.store)
+}
+
+// newSecretList is the list command of one key of the policy Secret: rows
+// makes the rows to show from the Secret's files, printed as json/yaml or as
+// a table (header, then line of each row) under the store's name.
+func newSecretList[V any](g *globals, sf *secretFlags, short, header string, rows func(files map[string][]byte) ([]V, error), line func(V) string) *cobra.Command {
+	var out printer
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, files, err := sf.load(cmd.Context())
+			if err != nil {
+				return err
+			}
+			views, err := rows(files)
+			if err != nil {
+				return err
+			}
+			return out.print(g.out, views, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "# %s\n%s\n", st.Where(), header)
+				for _, v := range views {
+					fmt.Fprintln(tw, line(v))
+				}
+			})
+		},
 	}
-	files, _, err := st.Load(ctx)
-	return st, files, err
+	out.register(cmd)
+	return cmd
+}
+
+// secretChangeCmd is changeCmd for the policy Secret: the change returns a
+// one-line summary (secrets are never shown as a diff).
+func secretChangeCmd(g *globals, sf *secretFlags, cmd *cobra.Command, plan func(cmd *cobra.Command, args []string) (func(files map[string][]byte) (string, error), error)) *cobra.Command {
+	return changeCmd(cmd, plan, func(ctx context.Context, action string, dryRun bool, change func(map[string][]byte) (string, error)) error {
+		return g.mutateSecret(ctx, action, sf, dryRun, change)
+	})
 }
 
 // mutateSecret loads the Secret, applies change, validates the result as
@@ -127,41 +130,19 @@ func (g *globals) mutateSecret(ctx context.Context, action string, sf *secretFla
 	if err != nil {
 		return err
 	}
-	for range 5 {
-		files, version, err := st.Load(ctx)
-		if err != nil {
-			return err
-		}
-		for k := range files {
-			if !slices.Contains(policy.SecretKeys(), k) {
-				return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
+	return g.mutateStore(ctx, action, st, dryRun,
+		func(files map[string][]byte) (string, error) {
+			for k := range files {
+				if !slices.Contains(policy.SecretKeys(), k) {
+					return "", &ExitError{Code: ExitInvalid, Err: fmt.Errorf("%s has key %q, which is not a policy Secret key (%v)", st.Where(), k, policy.SecretKeys())}
+				}
 			}
-		}
-		before := cloneFiles(files)
-		summary, err := change(files)
-		if err != nil {
-			return err
-		}
-		if _, err := policy.Parse(files); err != nil {
-			return &ExitError{Code: ExitInvalid, Err: fmt.Errorf("invalid policy, nothing written: %w", err)}
-		}
-		fmt.Fprintln(g.out, summary)
-		if dryRun {
-			fmt.Fprintf(g.out, "%s: valid; not written (dry run)\n", st.Where())
-			return nil
-		}
-		err = st.Save(ctx, files, version)
-		if errors.Is(err, errConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(g.out, "%s: written\n", st.Where())
-		g.auditPolicy(ctx, action, st.Who(ctx), st.Where(), changedKeys(before, files), summary)
-		return nil
-	}
-	return fmt.Errorf("%w; gave up after 5 tries", errConflict)
+			return change(files)
+		},
+		func(_, _ map[string][]byte, summary string) bool {
+			fmt.Fprintln(g.out, summary)
+			return true
+		})
 }
 
 // readSecretKeys adds the Secret's keys found in dir to files (policy check

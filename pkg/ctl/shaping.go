@@ -107,9 +107,6 @@ func newShapingStatus(g *globals) *cobra.Command {
 		Short: "Show each limited destination's slots in use, rate state and suspension (and why)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			return g.withShaping(cmd, func(ctx context.Context, b shaping.Bucket) error {
 				kv, err := b.List(ctx, "")
 				if err != nil {
@@ -135,7 +132,7 @@ func newShapingStatus(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "output format: table, json or yaml")
+	out.register(cmd)
 	return cmd
 }
 

@@ -1,30 +1,19 @@
 package ctl_test
 
 import (
-	"context"
 	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/ctl"
-	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/shaping"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // Lifting a destination's suspension is an operator action like the
 // others: an audit line and an audit event (matched 1, or 0 when it was
 // not suspended).
 func TestShapingResumeAudited(t *testing.T) {
-	n := testenv.StartNATS(t)
-	bootstrap(t, n.URL(), 30*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: "test-worker"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	n, q, ctx := startQueue(t, "test-worker", time.Minute)
 	b, err := q.ShapingBucket(ctx)
 	if err != nil {
 		t.Fatal(err)

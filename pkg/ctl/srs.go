@@ -32,15 +32,7 @@ secrets so that bounces to addresses signed before the rotation still come back
 	return cmd
 }
 
-func srsSecrets(files map[string][]byte) []string {
-	var out []string
-	for _, l := range strings.Split(string(files[policy.KeySRS]), "\n") {
-		if t := strings.TrimSpace(l); t != "" && t[0] != '#' {
-			out = append(out, t)
-		}
-	}
-	return out
-}
+func srsSecrets(files map[string][]byte) []string { return entryLines(files[policy.KeySRS]) }
 
 // secretID names a secret without showing it.
 func secretID(secret string) string {
@@ -50,32 +42,29 @@ func secretID(secret string) string {
 
 func newSRSRotate(g *globals, sf *secretFlags) *cobra.Command {
 	var keep int
-	var dryRun bool
-	cmd := &cobra.Command{
+	cmd := secretChangeCmd(g, sf, &cobra.Command{
 		Use:   "rotate",
 		Short: "Generate a new signing secret; keep the newest --keep previous ones for verifying",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if keep < 0 || keep >= 8 {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--keep must be 0 to 7")}
+	}, func(*cobra.Command, []string) (func(map[string][]byte) (string, error), error) {
+		if keep < 0 || keep >= 8 {
+			return nil, &ExitError{Code: ExitUsage, Err: errors.New("--keep must be 0 to 7")}
+		}
+		raw := make([]byte, 24)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, err
+		}
+		secret := base64.RawURLEncoding.EncodeToString(raw)
+		return func(files map[string][]byte) (string, error) {
+			old := srsSecrets(files)
+			if len(old) > keep {
+				old = old[:keep]
 			}
-			raw := make([]byte, 24)
-			if _, err := rand.Read(raw); err != nil {
-				return err
-			}
-			secret := base64.RawURLEncoding.EncodeToString(raw)
-			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
-				old := srsSecrets(files)
-				if len(old) > keep {
-					old = old[:keep]
-				}
-				files[policy.KeySRS] = []byte(strings.Join(append([]string{secret}, old...), "\n") + "\n")
-				return fmt.Sprintf("srs: new signing secret %s; %d previous secret(s) still verify", secretID(secret), len(old)), nil
-			})
-		},
-	}
+			files[policy.KeySRS] = []byte(strings.Join(append([]string{secret}, old...), "\n") + "\n")
+			return fmt.Sprintf("srs: new signing secret %s; %d previous secret(s) still verify", secretID(secret), len(old)), nil
+		}, nil
+	})
 	cmd.Flags().IntVar(&keep, "keep", 1, "previous secrets kept for verifying (bounces in flight)")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
 }
 

@@ -2,12 +2,12 @@ package ctl
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -47,6 +47,15 @@ func parseUsers(files map[string][]byte) (*smtpauth.Users, error) {
 	return p.Users, nil
 }
 
+// loadUsers reads the users key of the policy Secret as it is now.
+func (f *secretFlags) loadUsers(ctx context.Context) (*smtpauth.Users, error) {
+	_, files, err := f.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return parseUsers(files)
+}
+
 type userView struct {
 	Name      string   `json:"name"`
 	Algorithm string   `json:"algorithm"`
@@ -54,38 +63,19 @@ type userView struct {
 }
 
 func newUsersList(g *globals, sf *secretFlags) *cobra.Command {
-	var out printer
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the users and the senders they may use (never the hashes)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			st, files, err := sf.load(cmd.Context())
-			if err != nil {
-				return err
-			}
+	return newSecretList(g, sf, "List the users and the senders they may use (never the hashes)", "NAME\tHASH\tSENDERS",
+		func(files map[string][]byte) ([]userView, error) {
 			us, err := parseUsers(files)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			views := []userView{}
 			for _, u := range us.List() {
 				views = append(views, userView{Name: u.Name, Algorithm: string(u.Hash.Algorithm), Senders: u.Senders})
 			}
-			return out.print(g.out, views, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "# %s\n", st.Where())
-				fmt.Fprintf(tw, "NAME\tHASH\tSENDERS\n")
-				for _, v := range views {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Algorithm, strings.Join(v.Senders, ","))
-				}
-			})
+			return views, nil
 		},
-	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
-	return cmd
+		func(v userView) string { return v.Name + "\t" + v.Algorithm + "\t" + strings.Join(v.Senders, ",") })
 }
 
 // passwordFlags say where the password comes from and how to hash it.
@@ -176,113 +166,99 @@ func userList(us *smtpauth.Users) []smtpauth.User {
 func newUsersAdd(g *globals, sf *secretFlags) *cobra.Command {
 	var pf passwordFlags
 	var senders []string
-	var dryRun bool
-	cmd := &cobra.Command{
+	cmd := secretChangeCmd(g, sf, &cobra.Command{
 		Use:     "add NAME --sender DOMAIN|ADDRESS…",
 		Short:   "Add a user; the password is asked (or read with --password-stdin) and hashed here",
 		Example: "  mailfwdctl users add app1 --sender example.com --sender alerts@example.net\n  printf '%s\\n' \"$PW\" | mailfwdctl users add app2 --sender .apps.example.com --password-stdin",
 		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			if err := smtpauth.CheckName(name); err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			if len(senders) == 0 {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--sender is required (a domain, .parent domain, address, <> or *), once per sender")}
-			}
-			// Check the senders before asking for a password.
-			if _, err := smtpauth.ParseSenders(senders); err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			_, files, err := sf.load(cmd.Context())
+	}, func(cmd *cobra.Command, args []string) (func(map[string][]byte) (string, error), error) {
+		name := args[0]
+		if err := smtpauth.CheckName(name); err != nil {
+			return nil, &ExitError{Code: ExitUsage, Err: err}
+		}
+		if len(senders) == 0 {
+			return nil, &ExitError{Code: ExitUsage, Err: errors.New("--sender is required (a domain, .parent domain, address, <> or *), once per sender")}
+		}
+		// Check the senders before asking for a password.
+		if _, err := smtpauth.ParseSenders(senders); err != nil {
+			return nil, &ExitError{Code: ExitUsage, Err: err}
+		}
+		if us, err := sf.loadUsers(cmd.Context()); err != nil {
+			return nil, err
+		} else if _, ok := us.Lookup(name); ok {
+			return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("user %s exists (change the password with: mailfwdctl users passwd %s)", strings.ToLower(name), name)}
+		}
+		h, err := pf.hash(cmd, g, name)
+		if err != nil {
+			return nil, err
+		}
+		u, err := smtpauth.ParseUserLine(name + " " + h + " " + strings.Join(senders, ","))
+		if err != nil {
+			return nil, &ExitError{Code: ExitUsage, Err: err}
+		}
+		return func(files map[string][]byte) (string, error) {
+			us, err := parseUsers(files)
 			if err != nil {
-				return err
+				return "", err
 			}
-			if us, err := parseUsers(files); err != nil {
-				return err
-			} else if _, ok := us.Lookup(name); ok {
-				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("user %s exists (change the password with: mailfwdctl users passwd %s)", strings.ToLower(name), name)}
+			if _, ok := us.Lookup(u.Name); ok {
+				return "", &ExitError{Code: ExitUsage, Err: fmt.Errorf("user %s exists", u.Name)}
 			}
-			h, err := pf.hash(cmd, g, name)
-			if err != nil {
-				return err
+			if err := setUsers(files, append(userList(us), u)); err != nil {
+				return "", err
 			}
-			u, err := smtpauth.ParseUserLine(name + " " + h + " " + strings.Join(senders, ","))
-			if err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
-				us, err := parseUsers(files)
-				if err != nil {
-					return "", err
-				}
-				if _, ok := us.Lookup(u.Name); ok {
-					return "", &ExitError{Code: ExitUsage, Err: fmt.Errorf("user %s exists", u.Name)}
-				}
-				if err := setUsers(files, append(userList(us), u)); err != nil {
-					return "", err
-				}
-				return fmt.Sprintf("user %s: added (%s), may send as %s", u.Name, u.Hash.Algorithm, strings.Join(u.Senders, ",")), nil
-			})
-		},
-	}
+			return fmt.Sprintf("user %s: added (%s), may send as %s", u.Name, u.Hash.Algorithm, strings.Join(u.Senders, ",")), nil
+		}, nil
+	})
 	pf.register(cmd)
 	cmd.Flags().StringArrayVar(&senders, "sender", nil, "an envelope sender the user may use: example.com, .example.com (subdomains), user@example.com, <> or *; repeat for more")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
 }
 
 func newUsersPasswd(g *globals, sf *secretFlags) *cobra.Command {
 	var pf passwordFlags
-	var dryRun bool
-	cmd := &cobra.Command{
+	cmd := secretChangeCmd(g, sf, &cobra.Command{
 		Use:   "passwd NAME",
 		Short: "Set a user's password (asked, or read with --password-stdin; hashed here)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			_, files, err := sf.load(cmd.Context())
-			if err != nil {
-				return err
-			}
+	}, func(cmd *cobra.Command, args []string) (func(map[string][]byte) (string, error), error) {
+		us, err := sf.loadUsers(cmd.Context())
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := us.Lookup(args[0]); !ok {
+			return nil, &ExitError{Code: ExitNotFound, Err: fmt.Errorf("no user %s (add it with: mailfwdctl users add %s --sender …)", args[0], args[0])}
+		}
+		h, err := pf.hash(cmd, g, args[0])
+		if err != nil {
+			return nil, err
+		}
+		ph, err := smtpauth.ParseHash(h)
+		if err != nil {
+			return nil, err
+		}
+		return func(files map[string][]byte) (string, error) {
 			us, err := parseUsers(files)
 			if err != nil {
-				return err
+				return "", err
 			}
-			if _, ok := us.Lookup(args[0]); !ok {
-				return &ExitError{Code: ExitNotFound, Err: fmt.Errorf("no user %s (add it with: mailfwdctl users add %s --sender …)", args[0], args[0])}
+			list := userList(us)
+			found := ""
+			for i := range list {
+				if list[i].Name == strings.ToLower(args[0]) {
+					list[i].Hash, found = ph, list[i].Name
+				}
 			}
-			h, err := pf.hash(cmd, g, args[0])
-			if err != nil {
-				return err
+			if found == "" {
+				return "", &ExitError{Code: ExitNotFound, Err: fmt.Errorf("no user %s", args[0])}
 			}
-			ph, err := smtpauth.ParseHash(h)
-			if err != nil {
-				return err
+			if err := setUsers(files, list); err != nil {
+				return "", err
 			}
-			return g.mutateSecret(cmd.Context(), actionOf(cmd), sf, dryRun, func(files map[string][]byte) (string, error) {
-				us, err := parseUsers(files)
-				if err != nil {
-					return "", err
-				}
-				list := userList(us)
-				found := ""
-				for i := range list {
-					if list[i].Name == strings.ToLower(args[0]) {
-						list[i].Hash, found = ph, list[i].Name
-					}
-				}
-				if found == "" {
-					return "", &ExitError{Code: ExitNotFound, Err: fmt.Errorf("no user %s", args[0])}
-				}
-				if err := setUsers(files, list); err != nil {
-					return "", err
-				}
-				return fmt.Sprintf("user %s: password changed (%s)", found, ph.Algorithm), nil
-			})
-		},
-	}
+			return fmt.Sprintf("user %s: password changed (%s)", found, ph.Algorithm), nil
+		}, nil
+	})
 	pf.register(cmd)
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and show the change, write nothing")
 	return cmd
 }
 

@@ -135,15 +135,9 @@ func TestUsersDir(t *testing.T) {
 // then signs a message with the key from the Secret and verifies it
 // against the TXT record keygen printed, served by the loopback DNS.
 func TestSmarthostSecret(t *testing.T) {
-	t.Setenv("MAILFWD_POLICY_DIR", "")
-	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "no-such-kubeconfig"))
-	k := testenv.StartKube(t)
-	cs := k.Client(t)
+	k, cs := kubeWithNamespace(t, testNamespace)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	conn := []string{"--kubeconfig", k.Kubeconfig, "-n", testNamespace}
 	secret := func() *corev1.Secret {
 		t.Helper()

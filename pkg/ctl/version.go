@@ -106,9 +106,6 @@ each pod answers, replies are gathered for --wait), then shows the NATS server's
 and the JetStream stream and consumer as they are configured now.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			if maxReplies < 1 || wait <= 0 {
 				return &ExitError{Code: ExitUsage, Err: errors.New("--max-replies must be at least 1 and --wait positive")}
 			}
@@ -125,7 +122,7 @@ and the JetStream stream and consumer as they are configured now.`,
 			return failed
 		},
 	}
-	cmd.Flags().StringVarP(&out.format, "output", "o", "table", "table, json or yaml")
+	out.register(cmd)
 	cmd.Flags().Var(config.DurationValue(&wait, time.Second), "wait", "how long to gather the pods' replies")
 	cmd.Flags().BoolVar(&clientOnly, "client", false, "only mailfwdctl's own version (no NATS)")
 	cmd.Flags().IntVar(&maxReplies, "max-replies", control.DefaultMaxReplies, "pods' replies kept at most")

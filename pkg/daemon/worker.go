@@ -80,6 +80,7 @@ type SweepConfig struct {
 func (o *Worker) Register(fs *flag.FlagSet) {
 	o.Trace.Register(fs)
 	o.Common.register(fs, ":8081")
+	o.Events.registerLinger(fs)
 	fs.Var(&o.DNSServers, "dns-server", "DNS server(s) host:port for MX lookups, comma-separated (default: /etc/resolv.conf)")
 	config.DurationVar(fs, &o.DNSTimeout, "dns-timeout", 5*time.Second, "timeout of one DNS query")
 	fs.UintVar(&o.SMTPPort, "smtp-port", 25, "destination SMTP port for MX and routes without a port")

@@ -94,5 +94,9 @@ func (ev *Event) Line() string {
 	if !ev.Arrived.IsZero() {
 		delay = ev.Time.Sub(ev.Arrived)
 	}
-	return fmt.Sprintf("%s: to=<%s>, delay=%s, stat=%s", ev.QueueID, ev.Recipient, maillog.Delay(delay), stat)
+	line := fmt.Sprintf("%s: to=<%s>, delay=%s, stat=%s", ev.QueueID, ev.Recipient, maillog.Delay(delay), stat)
+	if ev.DSNQueueID != "" {
+		line += ", dsn_queue_id=" + ev.DSNQueueID // the DSN sent to the sender
+	}
+	return line
 }

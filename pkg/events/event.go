@@ -20,9 +20,12 @@ import (
 // higher number may mean fields they do not know.
 const Schema = 1
 
-// Prefix starts every event subject: mailfwd.events.<type>.<destination>,
-// the destination as the queue's subject token (labels reversed,
-// net.example.mail), or mailfwd.events.audit.<action> for operator actions.
+// Prefix starts every event subject: mailfwd.events.<type>.<queue
+// id>.<destination>, the destination as the queue's subject tokens (labels
+// reversed, net.example.mail), or mailfwd.events.audit.<action> for
+// operator actions. Releases before the queue id was in the subject wrote
+// mailfwd.events.<type>.<destination>; readers still find those by type
+// and destination (Filter.Subjects).
 const Prefix = "mailfwd.events"
 
 // DefaultStream is the JetStream stream that holds the events.
@@ -78,6 +81,9 @@ type Event struct {
 	TLS         string    `json:"tls,omitempty"`        // TLSv1.3, TLSv1.2, none
 	TLSVerify   string    `json:"tls_verify,omitempty"` // sendmail's verify=: OK, FAIL, NO, NONE
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	// DSNQueueID is the queue id of the DSN (bounce, or delay warning) this
+	// change sent to the sender: that message's own events are under it.
+	DSNQueueID string `json:"dsn_queue_id,omitempty"`
 
 	// Operator actions (Audit, and the per-message events they cause).
 	Actor   string `json:"actor,omitempty"`   // NATS user, or Kubernetes user for policy writes
@@ -91,7 +97,9 @@ type Event struct {
 // and sequence, cheap enough for every event).
 func NewID() string { return nuid.Next() }
 
-// Subject is where ev is published.
+// Subject is where ev is published. The queue id is a token of its own,
+// so a reader of one message's events (events tail --qid) has the server
+// pick them out instead of reading the whole stream.
 func Subject(ev *Event) string {
 	if ev.Type == Audit {
 		return Prefix + ".audit." + token(ev.Action)
@@ -100,7 +108,7 @@ func Subject(ev *Event) string {
 	if ev.Destination != "" {
 		d = tokens(address.SubjectToken(strings.ToLower(ev.Destination)))
 	}
-	return Prefix + "." + token(string(ev.Type)) + "." + d
+	return Prefix + "." + token(string(ev.Type)) + "." + token(ev.QueueID) + "." + d
 }
 
 // tokens makes every dot-separated part of s a safe token: a destination

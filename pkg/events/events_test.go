@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailfwd/mailfwd/pkg/events"
@@ -27,7 +28,7 @@ type rig struct {
 	st  jetstream.Stream
 }
 
-func start(t *testing.T, cfg events.PublisherConfig) *rig {
+func start(t testing.TB, cfg events.PublisherConfig) *rig {
 	t.Helper()
 	r := &rig{n: testenv.StartNATS(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -138,7 +139,13 @@ func TestPublishAndFilter(t *testing.T) {
 // Events emitted while NATS is down are kept and published once it is back:
 // Emit never waits for the server.
 func TestEventsSurviveAnOutage(t *testing.T) {
-	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 100})
+	for _, linger := range []time.Duration{0, 5 * time.Millisecond} {
+		t.Run("linger="+linger.String(), func(t *testing.T) { eventsSurviveAnOutage(t, linger) })
+	}
+}
+
+func eventsSurviveAnOutage(t *testing.T, linger time.Duration) {
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 100, Linger: linger})
 	r.n.Stop()
 	for i := range 20 {
 		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
@@ -161,9 +168,15 @@ func TestEventsSurviveAnOutage(t *testing.T) {
 // When the stream stays unavailable and the retry buffer is full, events
 // are dropped and counted; Emit still returns.
 func TestEventsDroppedBeyondTheBuffer(t *testing.T) {
+	for _, linger := range []time.Duration{0, 5 * time.Millisecond} {
+		t.Run("linger="+linger.String(), func(t *testing.T) { eventsDroppedBeyondTheBuffer(t, linger) })
+	}
+}
+
+func eventsDroppedBeyondTheBuffer(t *testing.T, linger time.Duration) {
 	var dropped int
 	var mu sync.Mutex
-	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 4, Dropped: func() { mu.Lock(); dropped++; mu.Unlock() }})
+	r := start(t, events.PublisherConfig{Source: "test", RetryBuffer: 4, Linger: linger, Dropped: func() { mu.Lock(); dropped++; mu.Unlock() }})
 	r.n.Stop()
 	for i := range 50 {
 		r.pub.Emit(events.Event{Type: events.Received, QueueID: fmt.Sprintf("q%02d", i), Destination: "example.net"})
@@ -335,5 +348,140 @@ func TestOversizedEventDropped(t *testing.T) {
 	got := r.stored(t, events.Filter{})
 	if r.pub.Dropped() != 1 || len(got) != 1 || got[0].Target != "qid=y" {
 		t.Fatalf("dropped %d, stored %+v; want the big one dropped and the small one stored", r.pub.Dropped(), got)
+	}
+}
+
+// Lingering publishes gathered events together, in the order they were
+// emitted (across several batches), and Close publishes what is gathered.
+func TestLingerKeepsOrder(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", Linger: time.Hour, MaxBatch: 64})
+	const n = 150 // two full batches and a gathered rest that only Close sends
+	for i := range n {
+		r.pub.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("q%03d", i), Destination: "example.net"})
+	}
+	r.flush(t)
+	got := r.stored(t, events.Filter{})
+	if len(got) != n {
+		t.Fatalf("stored %d events, want %d", len(got), n)
+	}
+	for i, ev := range got {
+		if want := fmt.Sprintf("q%03d", i); ev.QueueID != want {
+			t.Fatalf("event %d is %s, want %s: order not kept", i, ev.QueueID, want)
+		}
+	}
+}
+
+// A gathered event is published after Linger without anything else
+// happening.
+func TestLingerPublishesAfterTheDelay(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", Linger: 20 * time.Millisecond})
+	r.pub.Emit(events.Event{Type: events.Delivered, QueueID: "q1", Destination: "example.net"})
+	waitFor(t, "the lingering event stored", func() bool {
+		info, err := r.st.Info(context.Background())
+		return err == nil && info.State.Msgs == 1
+	})
+}
+
+// --qid reads one message's events without the server handing over the
+// rest of the stream: the consumer it makes has only those pending. Events
+// in the older subject form (no queue id) are still found by domain.
+func TestQueueIDFilterIsServerSide(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	for i := range 300 {
+		r.pub.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("other%03d", i), Destination: "example.net"})
+	}
+	r.pub.Emit(events.Event{Type: events.Received, QueueID: "dcb9gghksdudshfsg7r0", Destination: "example.net"})
+	r.pub.Emit(events.Event{Type: events.Delivered, QueueID: "dcb9gghksdudshfsg7r0", Destination: "example.net"})
+	r.flush(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	old := events.Event{Schema: 1, ID: events.NewID(), Type: events.Bounced, Time: time.Now().UTC(), QueueID: "oldform", Destination: "example.net"}
+	data, _ := json.Marshal(old)
+	nc, err := nats.Connect(r.n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "mailfwd.events.bounced.net.example", data); err != nil {
+		t.Fatal(err)
+	}
+
+	f := events.Filter{QueueIDs: []string{"dcb9gghksdudshfsg7r0"}}
+	c, err := r.st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: f.Subjects()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.CachedInfo().NumPending; n != 2 {
+		t.Errorf("the --qid consumer has %d events pending, want the message's 2", n)
+	}
+	if got := ids(r.stored(t, f)); !slices.Equal(got, []string{"received:dcb9gghksdudshfsg7r0", "delivered:dcb9gghksdudshfsg7r0"}) {
+		t.Errorf("--qid read %v", got)
+	}
+	f = events.Filter{Domains: []string{"example.net"}, Types: []events.Type{events.Bounced}}
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r.stored(t, f)); !slices.Equal(got, []string{"bounced:oldform"}) {
+		t.Errorf("an event in the older subject form read by domain: %v", got)
+	}
+}
+
+// stallJS is a JetStream whose publishes hang until released: NATS stalled.
+type stallJS struct {
+	release chan struct{}
+	mu      sync.Mutex
+	got     []string
+}
+
+func (s *stallJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	<-s.release
+	s.mu.Lock()
+	s.got = append(s.got, m.Subject)
+	s.mu.Unlock()
+	return nil, nil
+}
+
+func (s *stallJS) PublishAsyncComplete() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// While lingering, Emit only gathers: a publish that hangs (NATS stalled)
+// holds up the linger loop, never the caller, even past full batches; the
+// events then go out in order.
+func TestLingerNeverBlocksEmit(t *testing.T) {
+	js := &stallJS{release: make(chan struct{})}
+	p := events.NewPublisher(events.PublisherConfig{Source: "test", Linger: time.Millisecond, MaxBatch: 8, RetryBuffer: 1000})
+	p.Start(js)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			p.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("q%03d", i), Destination: "example.net"})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second): // a hang detector, not a speed goal
+		t.Fatal("Emit blocked while the publishes hung")
+	}
+	close(js.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.Close(ctx)
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if len(js.got) != 200 || p.Dropped() != 0 {
+		t.Fatalf("published %d, dropped %d; want all 200", len(js.got), p.Dropped())
+	}
+	for i, s := range js.got {
+		if want := fmt.Sprintf("mailfwd.events.delivered.q%03d.net.example", i); s != want {
+			t.Fatalf("publish %d is %s, want %s: order not kept", i, s, want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -9,10 +10,11 @@ import (
 // valid NATS subject under Prefix with no wildcards and no empty token.
 func FuzzSubject(f *testing.F) {
 	for _, s := range []string{"example.net", "[192.0.2.1]", "[IPv6:2001:db8::1]", "a b.*.>", "", "..", "ex\x00ample.net", "xn--bcher-kva.example"} {
-		f.Add("delivered", "queue.bounce", s)
+		f.Add("delivered", "queue.bounce", s, "dcb9gghksdudshfsg7r0")
 	}
-	f.Fuzz(func(t *testing.T, typ, action, dest string) {
-		for _, ev := range []Event{{Type: Type(typ), Destination: dest}, {Type: Audit, Action: action}} {
+	f.Add("received", "", "com.com", "a.b")
+	f.Fuzz(func(t *testing.T, typ, action, dest, qid string) {
+		for _, ev := range []Event{{Type: Type(typ), Destination: dest, QueueID: qid}, {Type: Audit, Action: action}} {
 			s := Subject(&ev)
 			if !strings.HasPrefix(s, Prefix+".") {
 				t.Fatalf("subject %q outside %s", s, Prefix)
@@ -21,6 +23,18 @@ func FuzzSubject(f *testing.F) {
 				if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n*>\x00") {
 					t.Fatalf("subject %q has a bad token %q (from type %q action %q destination %q)", s, tok, typ, action, dest)
 				}
+			}
+		}
+		// A reader's filter subjects never overlap (a consumer refuses
+		// that), and they select the event's own subject.
+		ev := Event{Type: Delivered, Destination: dest, QueueID: qid}
+		for _, f := range []Filter{{Domains: []string{dest}}, {QueueIDs: []string{qid}}, {QueueIDs: []string{qid, "x"}, Domains: []string{dest, "net"}}} {
+			subs := f.Subjects()
+			if collide(subs) {
+				t.Fatalf("filter %+v: subjects %q overlap", f, subs)
+			}
+			if !slices.ContainsFunc(subs, func(s string) bool { return subjectsCollide(s, Subject(&ev)) }) {
+				t.Fatalf("filter %+v: subjects %q miss the event's %q", f, subs, Subject(&ev))
 			}
 		}
 	})

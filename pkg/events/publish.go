@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,7 +42,17 @@ type PublisherConfig struct {
 	// StallWait is how long Emit may wait for a pending slot before the
 	// event goes to the retry buffer (default 5ms).
 	StallWait time.Duration
-	Logger    *slog.Logger
+	// Linger, when set, gathers the events emitted within this long (at
+	// most MaxBatch of them) and publishes them together: one write to
+	// NATS, one server read and one burst of acks for the lot instead of a
+	// round of wake-ups per event, which is most of an event's cost. It
+	// delays the events by at most Linger; their order is kept. The
+	// ingress publishes at once (its received event must be stored before
+	// the envelope it precedes); the workers linger.
+	Linger time.Duration
+	// MaxBatch bounds what Linger gathers (default 256).
+	MaxBatch int
+	Logger   *slog.Logger
 	// Dropped, when set, is called once per dropped event (a metric).
 	Dropped func()
 }
@@ -87,6 +96,16 @@ type Publisher struct {
 
 	dropped  atomic.Uint64
 	lastDrop atomic.Int64 // unix nanos of the last drop log line
+
+	// batch holds the events gathered while lingering, in emit order
+	// (bmu); one flush publishes at a time (pmu), so batches keep their
+	// order. Emit only appends and wakes the linger loop: a publish that
+	// stalls (the async window full) never holds up the mail path.
+	bmu   sync.Mutex
+	batch []*nats.Msg
+	timer *time.Timer
+	kick  chan struct{}
+	pmu   sync.Mutex
 }
 
 // NewPublisher returns a publisher; call SetJS before the first Emit (the
@@ -101,13 +120,17 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	if cfg.StallWait <= 0 {
 		cfg.StallWait = 5 * time.Millisecond
 	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if host, err := os.Hostname(); err == nil && cfg.Source != "" {
 		cfg.Source += "/" + host
 	}
-	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{}}
+	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{},
+		kick: make(chan struct{}, 1)}
 }
 
 // Start sets the JetStream context and starts the retry loop.
@@ -115,6 +138,31 @@ func (p *Publisher) Start(js AsyncJS) {
 	p.js = js
 	p.wg.Add(1)
 	go p.retryLoop()
+	if p.cfg.Linger > 0 {
+		p.wg.Add(1)
+		go p.lingerLoop()
+	}
+}
+
+// lingerLoop publishes the gathered events when the linger ends or a batch
+// is full.
+func (p *Publisher) lingerLoop() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.kick:
+			p.Flush()
+		}
+	}
+}
+
+func (p *Publisher) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Emit publishes ev (filling Schema, ID, Time and Source when empty).
@@ -134,7 +182,7 @@ func (p *Publisher) Emit(ev Event) {
 	if ev.Source == "" {
 		ev.Source = p.cfg.Source
 	}
-	data, err := json.Marshal(&ev)
+	data, err := ev.Marshal()
 	if err != nil {
 		p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
 		return
@@ -146,7 +194,48 @@ func (p *Publisher) Emit(ev Event) {
 	m := nats.NewMsg(Subject(&ev))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
-	p.publish(m)
+	if p.cfg.Linger <= 0 {
+		p.publish(m)
+		return
+	}
+	p.bmu.Lock()
+	if len(p.batch) >= p.cfg.RetryBuffer { // the loop cannot publish (NATS stalls)
+		p.bmu.Unlock()
+		p.drop(m, errors.New("events: too many events waiting to be published"))
+		return
+	}
+	p.batch = append(p.batch, m)
+	n := len(p.batch)
+	if n == 1 {
+		if p.timer == nil {
+			p.timer = time.AfterFunc(p.cfg.Linger, p.wake)
+		} else {
+			p.timer.Reset(p.cfg.Linger)
+		}
+	}
+	p.bmu.Unlock()
+	if n >= p.cfg.MaxBatch {
+		p.wake()
+	}
+}
+
+// Flush publishes the events gathered while lingering now, in order.
+func (p *Publisher) Flush() {
+	if p == nil {
+		return
+	}
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	p.bmu.Lock()
+	batch := p.batch
+	p.batch = make([]*nats.Msg, 0, min(len(batch), p.cfg.MaxBatch))
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.bmu.Unlock()
+	for _, m := range batch {
+		p.publish(m)
+	}
 }
 
 func (p *Publisher) publish(m *nats.Msg) {
@@ -250,6 +339,7 @@ func (p *Publisher) Close(ctx context.Context) {
 	if p == nil || p.js == nil {
 		return
 	}
+	p.Flush()
 	for {
 		select {
 		case <-p.js.PublishAsyncComplete():

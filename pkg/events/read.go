@@ -50,7 +50,13 @@ func typeList() string {
 	return strings.Join(s, ", ")
 }
 
-// Subjects are the stream subjects f can match.
+// Subjects are the stream subjects f can match: the server picks the
+// events out. Subjects are mailfwd.events.<type>.<queue id>.<destination>;
+// without a queue id the older form mailfwd.events.<type>.<destination>
+// (events published before the queue id was in the subject) is matched
+// too. When the two forms' filters could match one subject (a domain whose
+// reversed labels repeat, like com.com), which a consumer refuses, the
+// filter widens to the types and Match does the rest.
 func (f *Filter) Subjects() []string {
 	types := []string{"*"}
 	if len(f.Types) > 0 {
@@ -59,18 +65,78 @@ func (f *Filter) Subjects() []string {
 			types = append(types, token(string(t)))
 		}
 	}
+	qids := []string{"*"}
+	if len(f.QueueIDs) > 0 {
+		qids = nil
+		for _, q := range f.QueueIDs {
+			qids = append(qids, token(q))
+		}
+	}
 	var out []string
 	for _, t := range types {
 		if len(f.Domains) == 0 {
-			out = append(out, Prefix+"."+t+".>")
+			if len(f.QueueIDs) == 0 {
+				out = append(out, Prefix+"."+t+".>")
+				continue
+			}
+			for _, q := range qids {
+				out = append(out, Prefix+"."+t+"."+q+".>")
+			}
 			continue
 		}
 		for _, d := range f.Domains {
-			tok := address.SubjectToken(d)
-			out = append(out, Prefix+"."+t+"."+tok, Prefix+"."+t+"."+tok+".>")
+			tok := tokens(address.SubjectToken(strings.ToLower(d)))
+			for _, q := range qids {
+				out = append(out, Prefix+"."+t+"."+q+"."+tok, Prefix+"."+t+"."+q+"."+tok+".>")
+			}
+			if len(f.QueueIDs) == 0 { // the older form
+				out = append(out, Prefix+"."+t+"."+tok, Prefix+"."+t+"."+tok+".>")
+			}
+		}
+	}
+	out = dedupe(out)
+	if collide(out) {
+		out = nil
+		for _, t := range types {
+			out = append(out, Prefix+"."+t+".>")
 		}
 	}
 	return out
+}
+
+func dedupe(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+// collide reports whether two of the filters can match one subject.
+func collide(filters []string) bool {
+	for i := range filters {
+		for j := i + 1; j < len(filters); j++ {
+			if subjectsCollide(filters[i], filters[j]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// subjectsCollide reports whether some subject matches both a and b
+// (tokens "*" and a final ">" as NATS reads them).
+func subjectsCollide(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; ; i++ {
+		switch {
+		case i == len(at) && i == len(bt):
+			return true
+		case i == len(at) || i == len(bt):
+			return false // ">" needs one more token
+		case at[i] == ">" || bt[i] == ">":
+			return true
+		case at[i] != bt[i] && at[i] != "*" && bt[i] != "*":
+			return false
+		}
+	}
 }
 
 // Match reports whether ev passes f (subjects aside).

@@ -1,6 +1,7 @@
 package mtasts
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -57,15 +58,9 @@ func (c *Config) Validate() error {
 	if c.DNS == nil {
 		return errors.New("mta-sts: no DNS resolver")
 	}
-	if c.FetchTimeout == 0 {
-		c.FetchTimeout = DefaultFetchTimeout
-	}
-	if c.MaxPolicyBytes == 0 {
-		c.MaxPolicyBytes = DefaultMaxPolicyBytes
-	}
-	if c.MaxCachedPolicies == 0 {
-		c.MaxCachedPolicies = DefaultMaxCachedPolicies
-	}
+	c.FetchTimeout = cmp.Or(c.FetchTimeout, DefaultFetchTimeout)
+	c.MaxPolicyBytes = cmp.Or(c.MaxPolicyBytes, DefaultMaxPolicyBytes)
+	c.MaxCachedPolicies = cmp.Or(c.MaxCachedPolicies, DefaultMaxCachedPolicies)
 	switch {
 	case c.FetchTimeout < 0:
 		return fmt.Errorf("--mta-sts-fetch-timeout must be positive, got %v", c.FetchTimeout)

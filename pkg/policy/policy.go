@@ -310,45 +310,29 @@ func (p *Policy) IsLocal(domain string) bool {
 // blank lines are dropped, keys are lower-cased, tags and actions spelled the
 // canonical way; Parse(p.Files()) yields an equal policy.
 func (p *Policy) Files() map[string][]byte {
-	out := map[string][]byte{}
-	var b strings.Builder
-	for _, r := range p.access.rules {
-		b.WriteString(r.String())
-		b.WriteByte('\n')
+	out := map[string][]byte{
+		KeyAccess:         lineEach(p.access.rules, func(r *accessRule) string { return r.String() }),
+		KeyMailertable:    lineEach(p.mailertable, func(e mtEntry) string { return e.Key + "\t" + e.RHS }),
+		KeyAliases:        lineEach(p.aliasOrder, func(a *aliasEntry) string { return a.Name + ": " + strings.Join(a.Items, ", ") }),
+		KeyVirtusertable:  lineEach(p.virtOrder, func(v *virtEntry) string { return v.Key + "\t" + v.RHS }),
+		KeyLocalHostNames: lineEach(p.localOrder, func(d string) string { return d }),
 	}
-	out[KeyAccess] = []byte(b.String())
-
-	b.Reset()
-	for _, e := range p.mailertable {
-		fmt.Fprintf(&b, "%s\t%s\n", e.Key, e.RHS)
-	}
-	out[KeyMailertable] = []byte(b.String())
-
-	b.Reset()
-	for _, a := range p.aliasOrder {
-		fmt.Fprintf(&b, "%s: %s\n", a.Name, strings.Join(a.Items, ", "))
-	}
-	out[KeyAliases] = []byte(b.String())
-
-	b.Reset()
-	for _, v := range p.virtOrder {
-		fmt.Fprintf(&b, "%s\t%s\n", v.Key, v.RHS)
-	}
-	out[KeyVirtusertable] = []byte(b.String())
-
-	b.Reset()
-	for _, d := range p.localOrder {
-		b.WriteString(d)
-		b.WriteByte('\n')
-	}
-	out[KeyLocalHostNames] = []byte(b.String())
-
 	out[KeySettings] = []byte(p.Settings.text())
 	p.smarthostFiles(out)
 	p.sendersFiles(out)
 	out[KeyShaping] = []byte(p.Shaping.String())
 	out[KeyQuota] = []byte(p.Quotas.String())
 	return out
+}
+
+// lineEach is the text of items, one line each as line makes it.
+func lineEach[T any](items []T, line func(T) string) []byte {
+	var b strings.Builder
+	for _, it := range items {
+		b.WriteString(line(it))
+		b.WriteByte('\n')
+	}
+	return []byte(b.String())
 }
 
 func ruleRef(file string, line int, text string) string {

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"os"
 	"strings"
 	"testing"
 )
@@ -119,25 +118,7 @@ func TestQuotaDocExamples(t *testing.T) {
 		{"../../docs/quotas.md", "## The `quota` policy key"},
 		{"../../README.md", "# quota (ConfigMap)"},
 	} {
-		raw, err := os.ReadFile(f.file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := string(raw)
-		i := strings.Index(s, f.after)
-		if i < 0 {
-			t.Fatalf("%s: no %q", f.file, f.after)
-		}
-		s = s[i:]
-		if !strings.HasPrefix(s, "# quota") {
-			s = s[strings.Index(s, "```\n")+4:]
-		}
-		s = s[:strings.Index(s, "```")]
-		p, err := Parse(map[string][]byte{KeyQuota: []byte(s)})
-		if err != nil {
-			t.Fatalf("%s example: %v\n%s", f.file, err, s)
-		}
-		if p.Quotas.Len() < 3 {
+		if p := parseDocExample(t, f.file, f.after, KeyQuota); p.Quotas.Len() < 3 {
 			t.Errorf("%s example: %d rules", f.file, p.Quotas.Len())
 		}
 	}

@@ -437,35 +437,20 @@ func (p *Policy) SenderRoute(sender, authUser string) (r route.SenderRoute, ok b
 // sendersFiles adds the canonical text of the sender keys to out.
 func (p *Policy) sendersFiles(out map[string][]byte) {
 	s := &p.senders
-	var b strings.Builder
 	opt := func(on bool, word string) string {
 		if on {
 			return "\t" + word
 		}
 		return ""
 	}
-	for _, e := range s.masq.order {
-		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.As, opt(e.Headers, optHeaders))
-	}
-	for _, l := range s.masqLines {
-		b.WriteString(l + "\n")
-	}
-	out[KeyMasquerade] = []byte(b.String())
-	b.Reset()
-	for _, e := range s.generic.order {
-		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.RHS, opt(e.Headers, optHeaders))
-	}
-	out[KeyGenericstable] = []byte(b.String())
-	b.Reset()
-	for _, e := range s.routes.order {
-		fmt.Fprintf(&b, "%s\t%s%s\n", e.Key, e.RHS, opt(e.MailertableFirst, "mailertable-first"))
-	}
-	out[KeySenderRoutes] = []byte(b.String())
-	b.Reset()
-	for _, sec := range s.srsSecrets {
-		b.WriteString(sec + "\n")
-	}
-	out[KeySRS] = []byte(b.String())
+	same := func(l string) string { return l }
+	out[KeyMasquerade] = append(lineEach(s.masq.order, func(e *masqEntry) string { return e.Key + "\t" + e.As + opt(e.Headers, optHeaders) }),
+		lineEach(s.masqLines, same)...)
+	out[KeyGenericstable] = lineEach(s.generic.order, func(e *genericEntry) string { return e.Key + "\t" + e.RHS + opt(e.Headers, optHeaders) })
+	out[KeySenderRoutes] = lineEach(s.routes.order, func(e *senderRouteEntry) string {
+		return e.Key + "\t" + e.RHS + opt(e.MailertableFirst, "mailertable-first")
+	})
+	out[KeySRS] = lineEach(s.srsSecrets, same)
 }
 
 // parseDays parses a duration that may be given in days ("21d").

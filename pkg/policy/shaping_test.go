@@ -96,26 +96,34 @@ func TestShapingDocExamples(t *testing.T) {
 		{"../../docs/shaping.md", "## The `shaping` policy key"},
 		{"../../README.md", "# shaping (ConfigMap)"},
 	} {
-		raw, err := os.ReadFile(f.file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := string(raw)
-		i := strings.Index(s, f.after)
-		if i < 0 {
-			t.Fatalf("%s: no %q", f.file, f.after)
-		}
-		s = s[i:]
-		if !strings.HasPrefix(s, "# shaping") {
-			s = s[strings.Index(s, "```\n")+4:]
-		}
-		s = s[:strings.Index(s, "```")]
-		p, err := Parse(map[string][]byte{KeyShaping: []byte(s)})
-		if err != nil {
-			t.Fatalf("%s example: %v\n%s", f.file, err, s)
-		}
-		if p.Shaping.Len() < 3 {
+		if p := parseDocExample(t, f.file, f.after, KeyShaping); p.Shaping.Len() < 3 {
 			t.Errorf("%s example: %d rules", f.file, p.Shaping.Len())
 		}
 	}
+}
+
+// parseDocExample parses, as the policy key key, the example in file that
+// starts at the line after (a "# key" comment line in a code block), or in
+// the first code block after it (a heading).
+func parseDocExample(t *testing.T, file, after, key string) *Policy {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(raw)
+	i := strings.Index(s, after)
+	if i < 0 {
+		t.Fatalf("%s: no %q", file, after)
+	}
+	s = s[i:]
+	if !strings.HasPrefix(s, "# "+key) {
+		s = s[strings.Index(s, "```\n")+4:]
+	}
+	s = s[:strings.Index(s, "```")]
+	p, err := Parse(map[string][]byte{key: []byte(s)})
+	if err != nil {
+		t.Fatalf("%s example: %v\n%s", file, err, s)
+	}
+	return p
 }

@@ -27,28 +27,37 @@ func SecretKeys() []string { return []string{KeyUsers, KeyAuthinfo, KeyDKIM, Key
 // parseUsers reads "NAME HASH SENDER[,SENDER…]" lines (smtpauth.User).
 // A password that is not a bcrypt or argon2id hash is refused.
 func (p *Policy) parseUsers(lines []line) []error {
-	var errs []error
-	var list []smtpauth.User
-	seen := map[string]int{}
-	for _, l := range lines {
-		u, err := smtpauth.ParseUserLine(stripComment(l.text))
-		if err != nil {
-			errs = append(errs, l.errorf("%v", err))
-			continue
-		}
-		if prev, ok := seen[u.Name]; ok {
-			errs = append(errs, l.errorf("user %s listed twice (first on line %d)", u.Name, prev))
-			continue
-		}
-		seen[u.Name] = l.no
-		list = append(list, u)
-	}
+	list, errs := parseKeyedLines(lines, smtpauth.ParseUserLine, func(u smtpauth.User) string { return u.Name },
+		"user %s listed twice (first on line %d)")
 	us, err := smtpauth.NewUsers(list)
 	if err != nil { // duplicates were reported above
 		return append(errs, &ParseError{File: KeyUsers, Msg: err.Error()})
 	}
 	p.Users = us
 	return errs
+}
+
+// parseKeyedLines parses each line (comments stripped) with parse and
+// returns the items in order, refusing a line whose key is that of an
+// earlier one with dup (formatted with the key and the earlier line).
+func parseKeyedLines[T any](lines []line, parse func(string) (T, error), key func(T) string, dup string) ([]T, []error) {
+	var errs []error
+	var list []T
+	seen := map[string]int{}
+	for _, l := range lines {
+		it, err := parse(stripComment(l.text))
+		if err != nil {
+			errs = append(errs, l.errorf("%v", err))
+			continue
+		}
+		if prev, ok := seen[key(it)]; ok {
+			errs = append(errs, l.errorf(dup, key(it), prev))
+			continue
+		}
+		seen[key(it)] = l.no
+		list = append(list, it)
+	}
+	return list, errs
 }
 
 // parseAuthinfo reads Postfix sasl_passwd lines: "[host]:port user:password".
@@ -103,22 +112,8 @@ func parseHopLines(lines []line, text func(line) string, add func(key, rhs strin
 
 // parseDKIM reads "DOMAIN SELECTOR KEY [h=…]" lines (dkim.Key).
 func (p *Policy) parseDKIM(lines []line) []error {
-	var errs []error
-	var list []dkim.Key
-	seen := map[string]int{}
-	for _, l := range lines {
-		k, err := dkim.ParseKeyLine(stripComment(l.text))
-		if err != nil {
-			errs = append(errs, l.errorf("%v", err))
-			continue
-		}
-		if prev, ok := seen[k.Domain]; ok {
-			errs = append(errs, l.errorf("domain %s has a key already (line %d)", k.Domain, prev))
-			continue
-		}
-		seen[k.Domain] = l.no
-		list = append(list, k)
-	}
+	list, errs := parseKeyedLines(lines, dkim.ParseKeyLine, func(k dkim.Key) string { return k.Domain },
+		"domain %s has a key already (line %d)")
 	ks, err := dkim.NewKeys(list)
 	if err != nil {
 		return append(errs, &ParseError{File: KeyDKIM, Msg: err.Error()})
@@ -131,21 +126,12 @@ func (p *Policy) parseDKIM(lines []line) []error {
 func (p *Policy) smarthostFiles(out map[string][]byte) {
 	out[KeyUsers] = []byte(p.Users.Text())
 
-	var b strings.Builder
 	auth := p.TLS.AuthEntries()
-	for _, k := range sortedKeys(auth) {
-		fmt.Fprintf(&b, "%s\t%s\n", k, auth[k])
-	}
-	out[KeyAuthinfo] = []byte(b.String())
-
-	b.Reset()
+	out[KeyAuthinfo] = lineEach(sortedKeys(auth), func(k string) string { return fmt.Sprintf("%s\t%s", k, auth[k]) })
 	tls := p.TLS.TLSEntries()
-	for _, k := range sortedKeys(tls) {
-		fmt.Fprintf(&b, "%s\t%s\n", k, tls[k])
-	}
-	out[KeyTLSPolicy] = []byte(b.String())
+	out[KeyTLSPolicy] = lineEach(sortedKeys(tls), func(k string) string { return fmt.Sprintf("%s\t%s", k, tls[k]) })
 
-	b.Reset()
+	var b strings.Builder
 	for _, k := range p.DKIM.List() {
 		if l, err := k.Line(); err == nil {
 			b.WriteString(l + "\n")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,20 +46,19 @@ func bigRecipients(e *envelope.Envelope, n int) {
 func TestEnqueueIsAllOrNothingWhenTheStreamRefusesAnEnvelope(t *testing.T) {
 	f := setup(t)
 	ctx := ctxT(t)
-	st, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := st.CachedInfo().Config
-	cfg.MaxMsgSize = 4096
-	if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatalf("limit message size: %v", err)
-	}
+	editMailStream(t, ctx, f.js, func(c *jetstream.StreamConfig) { c.MaxMsgSize = 4096 })
 	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test", "c.test")
 	bigRecipients(envs[1], 8000)
 	if err := f.q.Enqueue(ctx, envs); err == nil {
 		t.Fatal("enqueue of an envelope larger than the stream's max message size succeeded")
 	}
+	f.nothingOfTheMessageStayed(t)
+}
+
+// nothingOfTheMessageStayed fails the test if any envelope or refs entry of
+// a failed accept is in the queue.
+func (f *fixture) nothingOfTheMessageStayed(t *testing.T) {
+	t.Helper()
 	if n := f.streamMsgs(t); n != 0 {
 		t.Fatalf("%d envelopes of the failed message stayed in the stream; want none", n)
 	}
@@ -79,12 +77,7 @@ func TestEnqueueIsAllOrNothingOverMaxPayload(t *testing.T) {
 	if err := f.q.Enqueue(ctx, envs); err == nil {
 		t.Fatal("enqueue of an envelope over max_payload succeeded")
 	}
-	if n := f.streamMsgs(t); n != 0 {
-		t.Fatalf("%d envelopes of the failed message stayed in the stream; want none", n)
-	}
-	if keys := f.refsKeys(t); len(keys) != 0 {
-		t.Fatalf("refs of the failed message stayed: %v", keys)
-	}
+	f.nothingOfTheMessageStayed(t)
 }
 
 // Atomic batches and deferrals live on the same stream, which refuses
@@ -93,10 +86,7 @@ func TestEnqueueIsAllOrNothingOverMaxPayload(t *testing.T) {
 func TestBatchAndDeferralsCoexist(t *testing.T) {
 	f := setup(t)
 	ctx := ctxT(t)
-	st, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mailStream(t, ctx, f.js)
 	if c := st.CachedInfo().Config; !c.AllowAtomicPublish || c.AllowMsgSchedules || c.AllowRollup || !c.DenyPurge || c.AllowMsgTTL {
 		t.Fatalf("stream: allow_atomic %v, allow_msg_schedules %v, allow_rollup %v, deny_purge %v, allow_msg_ttl %v; want true, false, false, true, false",
 			c.AllowAtomicPublish, c.AllowMsgSchedules, c.AllowRollup, c.DenyPurge, c.AllowMsgTTL)
@@ -139,42 +129,15 @@ func TestReleaseBody100DomainsConcurrently(t *testing.T) {
 		t.Fatalf("enqueue: %v", err)
 	}
 	f.fannedOut(t)
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		released int
-		lastAt   = -1
-		errs     []error
-	)
-	start := make(chan struct{})
-	for _, e := range envs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			last, err := f.q.ReleaseBody(ctx, e)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", e.Domain, err))
-				return
-			}
-			if last {
-				if lastAt >= 0 {
-					errs = append(errs, fmt.Errorf("%s: a second release reported last", e.Domain))
-				}
-				lastAt = released
-			}
-			released++
-		}()
+	lasts, err := f.releaseAllAtOnce(ctx, envs)
+	if err != nil {
+		t.Fatalf("release errors: %v", err)
 	}
-	close(start)
-	wg.Wait()
-	if len(errs) > 0 {
-		t.Fatalf("%d release errors: %v", len(errs), errors.Join(errs...))
-	}
-	if lastAt < 0 {
+	if lasts == 0 {
 		t.Fatal("no release reported last: the body would never be deleted")
+	}
+	if lasts > 1 {
+		t.Fatalf("%d releases reported last, want exactly 1", lasts)
 	}
 	for _, e := range envs {
 		done, err := f.q.PartDone(ctx, e)
@@ -203,16 +166,8 @@ func TestBootstrapRefusesLimitsThatDiscardMail(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := setup(t)
 			ctx := ctxT(t)
-			st, err := f.js.Stream(ctx, "MAIL")
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := st.CachedInfo().Config
-			tc.edit(&cfg)
-			if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
-				t.Fatalf("edit stream: %v", err)
-			}
-			err = f.q.Bootstrap(ctx)
+			editMailStream(t, ctx, f.js, tc.edit)
+			err := f.q.Bootstrap(ctx)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("bootstrap over a stream with %s: %v; want an error naming %s", tc.name, err, tc.want)
 			}
@@ -233,10 +188,7 @@ func TestBootstrapDedupeWindowOutlastsAckWait(t *testing.T) {
 	if err := q.Bootstrap(ctx); err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	st, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mailStream(t, ctx, f.js)
 	if d := st.CachedInfo().Config.Duplicates; d <= 10*time.Minute {
 		t.Fatalf("dedupe window %s with an ack wait of 10m; want longer", d)
 	}
@@ -274,13 +226,7 @@ func TestFailedAcceptRemovesItsBody(t *testing.T) {
 	}
 	// The good message's accept record is fanned out by the fixture's
 	// consumer in the background: one record, then its two envelopes.
-	deadline := time.Now().Add(10 * time.Second)
-	n := f.streamMsgs(t)
-	for n != 2 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		n = f.streamMsgs(t)
-	}
-	if n != 2 {
+	if n := f.streamMsgsSettle(t, 2, 10*time.Second); n != 2 {
 		t.Fatalf("%d envelopes in the stream; want the 2 of the good message", n)
 	}
 }

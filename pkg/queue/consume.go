@@ -156,19 +156,34 @@ func (q *Queue) moveDue(st jetstream.Stream, m jetstream.Msg) {
 		_ = m.NakWithDelay(wait)
 		return
 	}
-	pm := nats.NewMsg(ReadySubject(e.Domain))
-	pm.Data = m.Data()
+	pm := readyCopy(m, e.Domain, m.Data(), msgID(e)+".u"+strconv.FormatUint(md.Sequence.Stream, 10))
+	if _, err := q.js.PublishMsg(ctx, pm); err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	// The ready copy must be on disk before the deferred one goes.
+	q.ackWhenDurable(ctx, m)
+}
+
+// readyCopy is a message to domain's ready subject with data, m's headers
+// but NATS's own (the trace context goes on), and the message id id.
+func readyCopy(m jetstream.Msg, domain string, data []byte, id string) *nats.Msg {
+	pm := nats.NewMsg(ReadySubject(domain))
+	pm.Data = data
 	for k, vs := range m.Headers() {
 		if !strings.HasPrefix(k, "Nats-") {
 			pm.Header[k] = vs
 		}
 	}
-	pm.Header.Set(jetstream.MsgIDHeader, msgID(e)+".u"+strconv.FormatUint(md.Sequence.Stream, 10))
-	if _, err := q.js.PublishMsg(ctx, pm); err != nil {
-		_ = m.NakWithDelay(time.Second)
-		return
-	}
-	// The ready copy must be on disk before the deferred one goes (LocalStore).
+	pm.Header.Set(jetstream.MsgIDHeader, id)
+	return pm
+}
+
+// ackWhenDurable acks m once what was published for it is on disk
+// (LocalStore), and has it redelivered in a second if that fails.
+// Unconfirmed, a lost ack redelivers m: handled again, idempotently, but a
+// round of work for nothing.
+func (q *Queue) ackWhenDurable(ctx context.Context, m jetstream.Msg) {
 	if err := q.durable(ctx); err != nil {
 		_ = m.NakWithDelay(time.Second)
 		return
@@ -239,15 +254,7 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(pending))
 	for _, e := range pending {
-		pm := nats.NewMsg(ReadySubject(e.Domain))
-		pm.Data = rec.Envelopes[slices.Index(envs, e)]
-		for k, vs := range m.Headers() {
-			if !strings.HasPrefix(k, "Nats-") {
-				pm.Header[k] = vs
-			}
-		}
-		pm.Header.Set(jetstream.MsgIDHeader, msgID(e))
-		f, err := q.js.PublishMsgAsync(pm)
+		f, err := q.js.PublishMsgAsync(readyCopy(m, e.Domain, rec.Envelopes[slices.Index(envs, e)], msgID(e)))
 		if err != nil {
 			_ = m.NakWithDelay(time.Second)
 			return
@@ -265,14 +272,8 @@ func (q *Queue) fanOut(m jetstream.Msg) {
 			return
 		}
 	}
-	// The envelopes must be on disk before the record goes (LocalStore).
-	if err := q.durable(ctx); err != nil {
-		_ = m.NakWithDelay(time.Second)
-		return
-	}
-	// Unconfirmed, a lost ack redelivers the record: fanned out again,
-	// idempotently, but a round of work for nothing.
-	_ = m.DoubleAck(ctx)
+	// The envelopes must be on disk before the record goes.
+	q.ackWhenDurable(ctx, m)
 }
 
 // fanOutRefs makes sure the refs entry of message qid (its domains doms)

@@ -2,9 +2,9 @@ package queue_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // cutProxy forwards NATS connections to target; when armed, it cuts the
@@ -22,13 +23,20 @@ import (
 // nth and extra change where: before the nth occurrence of marker, plus
 // extra bytes of it.
 type cutProxy struct {
-	ln     net.Listener
+	addr   string
 	armed  atomic.Bool
 	cuts   atomic.Int32
-	wg     sync.WaitGroup
 	marker []byte
 	nth    int
 	extra  int
+}
+
+// ingress connects an ingress's queue client through the proxy (the test's
+// name, publish wait 6 s) and checks the connection; it closes with the test.
+func (px *cutProxy) ingress(t *testing.T, ctx context.Context) *queue.Queue {
+	t.Helper()
+	return connectChecked(t, ctx, queue.Config{URL: "nats://" + px.addr, ClientName: t.Name(),
+		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
 }
 
 func startCutProxy(t *testing.T, target string) *cutProxy {
@@ -39,30 +47,20 @@ func startCutProxy(t *testing.T, target string) *cutProxy {
 // startCutProxyAt is startCutProxy cutting before the nth marker (+extra bytes).
 func startCutProxyAt(t *testing.T, target string, marker []byte, nth, extra int) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, marker: marker, nth: nth, extra: extra}
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); _, _ = io.Copy(c, s); c.Close() }()
-			go func() { defer p.wg.Done(); p.forward(c, s); s.Close(); c.Close() }()
+	p := &cutProxy{marker: marker, nth: nth, extra: extra}
+	p.addr = testenv.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		s, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		back := make(chan struct{})
+		go func() { defer close(back); _, _ = io.Copy(c, s); c.Close() }()
+		p.forward(c, s)
+		s.Close()
+		c.Close()
+		<-back
+	}).String()
 	return p
 }
 
@@ -115,29 +113,18 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksBetweenEnvelopes(t *testing
 	f := setup(t)
 	ctx := ctxT(t)
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("HPUB "+queue.AcceptPrefix+"."), 2, 0)
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
-		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q := px.ingress(t, ctx)
 	envs := newEnvelopes(envelope.NewQueueID(), "a.test", "b.test", "c.test")
 	for _, e := range envs {
 		bigRecipients(e, 400<<10)
 	}
 	px.armed.Store(true)
-	err = q.Enqueue(ctx, envs)
+	err := q.Enqueue(ctx, envs)
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}
 	// A partial count would show at once; look a few times for a late one.
-	st, serr := f.js.Stream(ctx, "MAIL")
-	if serr != nil {
-		t.Fatal(serr)
-	}
+	st := mailStream(t, ctx, f.js)
 	var stored uint64
 	for range 3 {
 		info, ierr := st.Info(ctx, jetstream.WithSubjectFilter("mail.accept.>"))

@@ -8,21 +8,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // TestVerify: the layout Bootstrap makes verifies clean; a consumer made
 // with another ack wait, and a missing stream and buckets, are reported.
 func TestVerify(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL(), AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, n := ConnectTest(t, ctx, Config{AckWait: time.Minute})
 	_, f, err := q.Verify(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -78,14 +71,9 @@ func TestVerify(t *testing.T) {
 // to do, and reported by Verify. A refs bucket with roll-ups (every KV
 // bucket is created so) is fixed in place.
 func TestBootstrapRefusesAStreamThatLetsPublishersRemoveMail(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, _ := ConnectTest(t, ctx, Config{})
 	js, _ := jetstream.New(q.nc)
 	for _, c := range []struct {
 		name   string
@@ -105,19 +93,14 @@ func TestBootstrapRefusesAStreamThatLetsPublishersRemoveMail(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			// A server of its own: a stream deleted and made again at once
 			// on one server can fail while its old files go.
-			n := testenv.StartNATS(t)
-			q, err := Connect(ctx, Config{URL: n.URL()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer q.Close()
+			q, _ := ConnectTest(t, ctx, Config{})
 			js, _ := jetstream.New(q.nc)
 			sc := q.Expected().Stream
 			c.edit(&sc)
 			if _, err := js.CreateStream(ctx, sc); err != nil {
 				t.Fatal(err)
 			}
-			err = q.Bootstrap(ctx)
+			err := q.Bootstrap(ctx)
 			if !errors.Is(err, ErrUnsafeStream) || !strings.Contains(err.Error(), c.fix) {
 				t.Fatalf("bootstrap: %v; want ErrUnsafeStream saying %q", err, c.fix)
 			}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
 	"github.com/mailfwd/mailfwd/pkg/queue"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // A failed envelope is kept on mail.failed.<domain>.<qid>, off the
@@ -17,15 +16,7 @@ import (
 func TestFailKeepsEnvelopeVisible(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n := testenv.StartNATS(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q, _ := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name()})
 	e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "sub.example.com", BodyKey: "k", Parts: 1,
 		Arrived: time.Now().UTC(), LastError: "shared error",
 		Recipients: []envelope.Recipient{{Addr: "a@sub.example.com"}, {Addr: "b@sub.example.com", LastError: "own error", Status: "5.1.1"}}}
@@ -64,15 +55,7 @@ func TestFailKeepsEnvelopeVisible(t *testing.T) {
 func TestFailOversizedEnvelope(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n := testenv.StartNATS(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q, _ := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name()})
 	e := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@src.test", Domain: "big.test", BodyKey: "k", Parts: 1, Arrived: time.Now().UTC()}
 	for i := range 3000 {
 		e.Recipients = append(e.Recipients, envelope.Recipient{Addr: fmt.Sprintf("user%04d@big.test", i),

@@ -27,18 +27,25 @@ type fanFixture struct {
 // ackWait is short so that a record whose fan-out was cut comes back soon.
 const fanAckWait = 2 * time.Second
 
+// oneReadyEach fails the test unless the stream holds exactly one ready
+// envelope for each of domains and nothing else.
+func (f *fanFixture) oneReadyEach(t *testing.T, domains ...string) {
+	t.Helper()
+	got := f.subjects(t, ">")
+	for _, d := range domains {
+		if got[queue.ReadySubject(d)] != 1 {
+			t.Errorf("%s: %d ready envelopes; want exactly 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
+		}
+	}
+	if len(got) != len(domains) {
+		t.Errorf("stream: %v; want the %d ready envelopes only", got, len(domains))
+	}
+}
+
 func setupFan(t *testing.T) *fanFixture {
 	t.Helper()
-	n := testenv.StartNATS(t)
 	ctx := ctxT(t)
-	in, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name() + "-ingress", AckWait: fanAckWait, PublishWait: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Close)
-	if err := in.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	in, n := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name() + "-ingress", AckWait: fanAckWait, PublishWait: 5 * time.Second})
 	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -69,15 +76,8 @@ func (f *fanFixture) subjects(t *testing.T, filter string) map[string]uint64 {
 func (f *fanFixture) worker(t *testing.T, url string) (*queue.Queue, *queue.Consumer) {
 	t.Helper()
 	ctx := ctxT(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: url, ClientName: t.Name() + "-worker", AckWait: fanAckWait,
+	q := connectChecked(t, ctx, queue.Config{URL: url, ClientName: t.Name() + "-worker", AckWait: fanAckWait,
 		PublishWait: 3 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
 	c, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -139,15 +139,7 @@ func TestMultiDomainAcceptIsOneWrite(t *testing.T) {
 	}
 	_, _ = f.worker(t, f.nats.URL())
 	f.settled(t)
-	got := f.subjects(t, ">")
-	for _, d := range []string{"a.test", "b.test", "c.test"} {
-		if got[queue.ReadySubject(d)] != 1 {
-			t.Errorf("%s: %d ready envelopes; want 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
-		}
-	}
-	if len(got) != 3 {
-		t.Errorf("stream after the fan-out: %v; want the three ready envelopes only", got)
-	}
+	f.oneReadyEach(t, "a.test", "b.test", "c.test")
 	if _, err := f.refs(t, qid); err != nil {
 		t.Errorf("refs entry after the fan-out: %v", err)
 	}
@@ -160,19 +152,11 @@ func TestEnqueueIsAllOrNothingWhenTheConnectionBreaksMidRecord(t *testing.T) {
 	f := setupFan(t)
 	ctx := ctxT(t)
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("HPUB "+queue.AcceptPrefix+"."), 1, 60)
-	q, err := queue.Connect(ctx, queue.Config{URL: "nats://" + px.ln.Addr().String(), ClientName: t.Name(),
-		PublishWait: 6 * time.Second, Propagator: propagation.TraceContext{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q := px.ingress(t, ctx)
 	_, _ = f.worker(t, f.nats.URL())
 	qid := envelope.NewQueueID()
 	px.armed.Store(true)
-	err = q.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test"))
+	err := q.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test"))
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}
@@ -201,7 +185,7 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 	ctx := ctxT(t)
 	px := startCutProxy(t, f.nats.URL()[len("nats://"):])
 	px.armed.Store(true)
-	_, _ = f.worker(t, "nats://"+px.ln.Addr().String())
+	_, _ = f.worker(t, "nats://"+px.addr)
 	qid := envelope.NewQueueID()
 	if err := f.in.Enqueue(ctx, newEnvelopes(qid, "a.test", "b.test", "c.test")); err != nil {
 		t.Fatalf("enqueue: %v", err)
@@ -210,15 +194,7 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 	if px.cuts.Load() != 1 {
 		t.Fatalf("the proxy cut %d connections; want 1", px.cuts.Load())
 	}
-	got := f.subjects(t, ">")
-	for _, d := range []string{"a.test", "b.test", "c.test"} {
-		if got[queue.ReadySubject(d)] != 1 {
-			t.Errorf("%s: %d ready envelopes; want exactly 1 (stream: %v)", d, got[queue.ReadySubject(d)], got)
-		}
-	}
-	if len(got) != 3 {
-		t.Errorf("stream: %v; want the three ready envelopes only", got)
-	}
+	f.oneReadyEach(t, "a.test", "b.test", "c.test")
 }
 
 // The fan-out's ack is lost (the connection breaks just before it), and
@@ -229,18 +205,10 @@ func TestFanOutCutBetweenEnvelopesQueuesEachDomainOnce(t *testing.T) {
 func TestFanOutOfACompletedMessageRepublishesNothing(t *testing.T) {
 	f := setupFan(t)
 	ctx := ctxT(t)
-	st, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := st.CachedInfo().Config
-	cfg.Duplicates = 500 * time.Millisecond
-	if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatalf("shorten the dedupe window: %v", err)
-	}
+	editMailStream(t, ctx, f.js, func(c *jetstream.StreamConfig) { c.Duplicates = 500 * time.Millisecond })
 	px := startCutProxyAt(t, f.nats.URL()[len("nats://"):], []byte("PUB $JS.ACK.MAIL.accepts."), 1, 0)
 	px.armed.Store(true)
-	_, _ = f.worker(t, "nats://"+px.ln.Addr().String())
+	_, _ = f.worker(t, "nats://"+px.addr)
 	qid := envelope.NewQueueID()
 	envs := newEnvelopes(qid, "a.test", "b.test", "c.test")
 	if err := f.in.Enqueue(ctx, envs); err != nil {

@@ -237,14 +237,9 @@ func TestLocalStoreFlushFailureFailsTheAccept(t *testing.T) {
 
 // Without LocalStore nothing is flushed by the queue.
 func TestNoLocalStoreNoFlush(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, _ := ConnectTest(t, ctx, Config{})
 	if q.FlushesLocalStore() {
 		t.Fatal("FlushesLocalStore without LocalStore")
 	}

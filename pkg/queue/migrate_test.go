@@ -10,8 +10,21 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
+
+// earlierStream connects to a new NATS server that holds the (empty) stream
+// of an earlier release: schedules on, so roll-ups on, and purge allowed.
+func earlierStream(t *testing.T, ctx context.Context) (*Queue, jetstream.JetStream, jetstream.StreamConfig) {
+	t.Helper()
+	q, _ := ConnectTest(t, ctx, Config{})
+	js, _ := jetstream.New(q.nc)
+	oldCfg := q.Expected().Stream
+	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
+	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
+		t.Fatal(err)
+	}
+	return q, js, oldCfg
+}
 
 // A queue in the stream of an earlier release (schedules on, so roll-ups
 // on and purge allowed) is moved by Migrate into a safe stream: every
@@ -19,20 +32,9 @@ import (
 // deferred envelope the deferrals consumer makes ready when due. A second
 // run has nothing to do.
 func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	js, _ := jetstream.New(q.nc)
-	oldCfg := q.Expected().Stream
-	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
-	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
-		t.Fatal(err)
-	}
+	q, js, _ := earlierStream(t, ctx)
 	env := func(qid, domain string) []byte {
 		e := &envelope.Envelope{QueueID: qid, Domain: domain, BodyKey: "b-" + qid, Recipients: []envelope.Recipient{{Addr: "x@" + domain}}, Parts: 1,
 			Arrived: time.Now().UTC(), NextAttempt: time.Now().Add(500 * time.Millisecond).UTC()}
@@ -132,20 +134,9 @@ func TestMigrateMovesAnEarlierReleasesQueueIntoASafeStream(t *testing.T) {
 // timeout) resumes after the last parked message when run again: every
 // message ends in the new stream exactly once.
 func TestMigrateResumesAfterAStop(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	js, _ := jetstream.New(q.nc)
-	oldCfg := q.Expected().Stream
-	oldCfg.AllowMsgSchedules, oldCfg.DenyPurge = true, false
-	if _, err := js.CreateStream(ctx, oldCfg); err != nil {
-		t.Fatal(err)
-	}
+	q, js, oldCfg := earlierStream(t, ctx)
 	for _, d := range []string{"a.test", "b.test", "c.test"} {
 		if _, err := js.Publish(ctx, ReadySubject(d), []byte(d)); err != nil {
 			t.Fatal(err)

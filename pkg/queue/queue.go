@@ -23,6 +23,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
@@ -115,39 +116,17 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Stream == "" {
-		c.Stream = "MAIL"
-	}
-	if c.Consumer == "" {
-		c.Consumer = "workers"
-	}
-	if c.AcceptConsumer == "" {
-		c.AcceptConsumer = "accepts"
-	}
-	if c.DeferConsumer == "" {
-		c.DeferConsumer = "deferrals"
-	}
-	if c.RefsBucket == "" {
-		c.RefsBucket = "MAIL_REFS"
-	}
-	if c.HoldsBucket == "" {
-		c.HoldsBucket = "MAIL_HOLDS"
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.AckWait == 0 {
-		c.AckWait = 2 * time.Minute
-	}
-	if c.MaxAckPending == 0 {
-		c.MaxAckPending = 20000
-	}
-	if c.PublishWait == 0 {
-		c.PublishWait = 10 * time.Second
-	}
-	if c.EventsStream == "" {
-		c.EventsStream = events.DefaultStream
-	}
+	c.Stream = cmp.Or(c.Stream, "MAIL")
+	c.Consumer = cmp.Or(c.Consumer, "workers")
+	c.AcceptConsumer = cmp.Or(c.AcceptConsumer, "accepts")
+	c.DeferConsumer = cmp.Or(c.DeferConsumer, "deferrals")
+	c.RefsBucket = cmp.Or(c.RefsBucket, "MAIL_REFS")
+	c.HoldsBucket = cmp.Or(c.HoldsBucket, "MAIL_HOLDS")
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.AckWait = cmp.Or(c.AckWait, 2*time.Minute)
+	c.MaxAckPending = cmp.Or(c.MaxAckPending, 20000)
+	c.PublishWait = cmp.Or(c.PublishWait, 10*time.Second)
+	c.EventsStream = cmp.Or(c.EventsStream, events.DefaultStream)
 	if c.Propagator == nil {
 		c.Propagator = propagation.TraceContext{}
 	}

@@ -30,22 +30,9 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	q, err := queue.Connect(ctx, queue.Config{
-		URL:         n.URL(),
-		ClientName:  t.Name(),
-		PublishWait: 5 * time.Second,
-		Propagator:  propagation.TraceContext{},
-	})
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatalf("bootstrap: %v", err)
-	}
+	q, n := queue.BootstrapTest(t, ctx, queue.Config{ClientName: t.Name(), PublishWait: 5 * time.Second, Propagator: propagation.TraceContext{}})
 	cons, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
@@ -66,15 +53,65 @@ func (f *fixture) streamMsgs(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
+	s := mailStream(t, ctx, f.js)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatalf("stream info: %v", err)
 	}
 	return info.State.Msgs
+}
+
+// streamMsgsSettle polls the stream's message count (every 50 ms, at most
+// for within) until it is want, and returns the last count seen.
+func (f *fixture) streamMsgsSettle(t *testing.T, want uint64, within time.Duration) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	n := f.streamMsgs(t)
+	for n != want && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		n = f.streamMsgs(t)
+	}
+	return n
+}
+
+// streamEmpties fails the test unless the stream is empty within that
+// long (acks and terms are not confirmed by the server); when says when.
+func (f *fixture) streamEmpties(t *testing.T, within time.Duration, when string) {
+	t.Helper()
+	if n := f.streamMsgsSettle(t, 0, within); n != 0 {
+		t.Errorf("%s the stream still holds %d messages, want 0", when, n)
+	}
+}
+
+// releaseAllAtOnce releases the body of each of envs, all at once from as
+// many goroutines, and returns how many releases reported the last one,
+// with the errors.
+func (f *fixture) releaseAllAtOnce(ctx context.Context, envs []*envelope.Envelope) (int, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		lasts int
+		errs  []error
+	)
+	start := make(chan struct{})
+	for _, e := range envs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			last, err := f.q.ReleaseBody(ctx, e)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", e.Domain, err))
+			} else if last {
+				lasts++
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return lasts, errors.Join(errs...)
 }
 
 // fannedOut waits (at most 10 s) until the accepts consumer has fanned
@@ -84,10 +121,7 @@ func (f *fixture) fannedOut(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := f.js.Stream(ctx, "MAIL")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
+	s := mailStream(t, ctx, f.js)
 	for {
 		info, err := s.Info(ctx, jetstream.WithSubjectFilter(queue.AcceptPrefix+".>"))
 		if err != nil {
@@ -125,6 +159,41 @@ func newEnvelopes(qid string, domains ...string) []*envelope.Envelope {
 		}
 	}
 	return envs
+}
+
+// connectChecked connects a client made with cfg, checks the connection
+// and closes the client with the test.
+func connectChecked(t *testing.T, ctx context.Context, cfg queue.Config) *queue.Queue {
+	t.Helper()
+	q, err := queue.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	if err := q.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+// mailStream is the MAIL stream as js sees it now.
+func mailStream(t *testing.T, ctx context.Context, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	st, err := js.Stream(ctx, "MAIL")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	return st
+}
+
+// editMailStream changes the MAIL stream's configuration with edit.
+func editMailStream(t *testing.T, ctx context.Context, js jetstream.JetStream, edit func(*jetstream.StreamConfig)) {
+	t.Helper()
+	cfg := mailStream(t, ctx, js).CachedInfo().Config
+	edit(&cfg)
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("edit stream: %v", err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -189,16 +258,7 @@ func TestEnqueuePublishesOneMessagePerEnvelopeWithTraceContext(t *testing.T) {
 		}
 	}
 	// Acks are not confirmed by the server: give them a moment to land.
-	var got uint64
-	for range 50 {
-		if got = f.streamMsgs(t); got == 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got != 0 {
-		t.Errorf("after acks the work queue holds %d messages, want 0", got)
-	}
+	f.streamEmpties(t, 2500*time.Millisecond, "after acks")
 }
 
 func TestEnqueueIsDeduplicated(t *testing.T) {
@@ -296,16 +356,7 @@ func TestDeferSchedulesAndReplaces(t *testing.T) {
 		t.Fatalf("ack: %v", err)
 	}
 	// Nothing of the schedule is left behind in the stream.
-	var n uint64
-	for range 50 {
-		if n = f.streamMsgs(t); n == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if n != 0 {
-		t.Errorf("stream still holds %d messages after the deferred envelope was acked", n)
-	}
+	f.streamEmpties(t, 5*time.Second, "after the deferred envelope was acked")
 }
 
 func TestReleaseBodyAndPartDone(t *testing.T) {
@@ -365,33 +416,9 @@ func TestReleaseBodyConcurrent(t *testing.T) {
 			t.Fatalf("enqueue: %v", err)
 		}
 		f.fannedOut(t)
-		var (
-			wg    sync.WaitGroup
-			mu    sync.Mutex
-			lasts int
-			errs  []error
-		)
-		start := make(chan struct{})
-		for _, e := range envs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				last, err := f.q.ReleaseBody(ctx, e)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", e.Domain, err))
-				}
-				if last {
-					lasts++
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		if len(errs) > 0 {
-			t.Fatalf("round %d: release errors: %v", round, errors.Join(errs...))
+		lasts, err := f.releaseAllAtOnce(ctx, envs)
+		if err != nil {
+			t.Fatalf("round %d: release errors: %v", round, err)
 		}
 		if lasts != 1 {
 			t.Fatalf("round %d: %d releases reported last, want exactly 1", round, lasts)
@@ -459,16 +486,7 @@ func TestFetchReportsUndecodablePayload(t *testing.T) {
 			t.Errorf("term: %v", err)
 		}
 	}
-	var n uint64
-	for range 50 {
-		if n = f.streamMsgs(t); n == 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n != 0 {
-		t.Errorf("terminated messages still in the work queue: %d", n)
-	}
+	f.streamEmpties(t, 2500*time.Millisecond, "after the terms")
 }
 
 // A NATS user who may publish to the queue (a stolen ingress password) and
@@ -499,10 +517,7 @@ func TestGuessedQueueIDCannotPreemptAMessage(t *testing.T) {
 			t.Fatalf("enqueue: %v", err)
 		}
 		// Each domain gets its real envelope (multi-domain: after the fan-out).
-		st, err := f.js.Stream(ctx, "MAIL")
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := mailStream(t, ctx, f.js)
 		for _, d := range doms {
 			found := false
 			for deadline := time.Now().Add(10 * time.Second); !found && time.Now().Before(deadline); {

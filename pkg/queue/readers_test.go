@@ -10,7 +10,6 @@ import (
 
 	"github.com/mailfwd/mailfwd/pkg/control"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // lastStored is the data of the last message on the ready subject of domain.
@@ -54,17 +53,9 @@ func fakeWorker(t *testing.T, url string, b control.Build) func() {
 // inline bodies are written as base64 JSON (what every release reads) while
 // one runs, or while no worker answers; raw once every worker reads raw.
 func TestInlineFormatFollowsTheWorkers(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q, n := BootstrapTest(t, ctx, Config{ClientName: t.Name()})
 	wctx, wcancel := context.WithCancel(context.Background()) // no deadline, as in the daemons
 	defer wcancel()
 	go q.WatchEnvelopeReaders(wctx, 100*time.Millisecond, nil)
@@ -129,17 +120,9 @@ func TestInlineFormatFollowsTheWorkers(t *testing.T) {
 // The orphan sweeper sees the queue id of an envelope in the raw form (its
 // JSON ends at the newline before the body).
 func TestSweeperReadsRawFormEnvelopes(t *testing.T) {
-	n := testenv.StartNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q, err := Connect(ctx, Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	q, _ := BootstrapTest(t, ctx, Config{ClientName: t.Name()})
 	q.rawInline.Store(true)
 	if err := q.Enqueue(ctx, []*envelope.Envelope{testEnvelope("cv0s6tbp0n8g00c2s6t9", "raw.test", "body\r\n")}); err != nil {
 		t.Fatal(err)

@@ -188,7 +188,7 @@ func TestTableAddErrors(t *testing.T) {
 
 func TestTableLookup(t *testing.T) {
 	tab := NewTable()
-	for key, rhs := range map[string]string{
+	addRoutes(t, tab, map[string]string{
 		"example.com":       "smtp:[10.0.0.1]",
 		".example.com":      "smtp:[10.0.0.2]",
 		".sub.example.com":  "smtp:[10.0.0.3]",
@@ -197,11 +197,7 @@ func TestTableLookup(t *testing.T) {
 		"dot.example.net.":  "smtp:[10.0.0.6]",
 		"bücher.example":    "smtp:[10.0.0.7]",
 		"localhost":         "smtp:[10.0.0.8]",
-	} {
-		if err := tab.Add(key, rhs); err != nil {
-			t.Fatalf("Add(%q, %q): %v", key, rhs, err)
-		}
-	}
+	})
 	if tab.Len() != 8 {
 		t.Errorf("Len() = %d, want 8", tab.Len())
 	}
@@ -323,9 +319,36 @@ func hop(name, addrPort string) delivery.Hop {
 	return delivery.Hop{Name: name, Addr: netip.MustParseAddrPort(addrPort)}
 }
 
+// addRoutes adds mailertable entries (key: right-hand side) to tab.
+func addRoutes(t *testing.T, tab *Table, routes map[string]string) {
+	t.Helper()
+	for key, rhs := range routes {
+		if err := tab.Add(key, rhs); err != nil {
+			t.Fatalf("Add(%q, %q): %v", key, rhs, err)
+		}
+	}
+}
+
+// inRelay is in.relay.test's two addresses, on port.
+func inRelay(port string) []delivery.Hop {
+	return []delivery.Hop{hop("in.relay.test", "127.0.0.20:"+port), hop("in.relay.test", "127.0.0.21:"+port)}
+}
+
+// checkRoute fails the test unless r routes domain to want.
+func checkRoute(t *testing.T, r *Router, domain string, want []delivery.Hop) {
+	t.Helper()
+	got, err := r.Route(context.Background(), domain)
+	if err != nil {
+		t.Fatalf("Route(%q): %v", domain, err)
+	}
+	if !reflect.DeepEqual(bare(got), want) {
+		t.Errorf("Route(%q) =\n  %v\nwant\n  %v", domain, got, want)
+	}
+}
+
 func TestRouterRoute(t *testing.T) {
 	r, _ := newRouter(t, routeZone)
-	for key, rhs := range map[string]string{
+	addRoutes(t, r.Table, map[string]string{
 		"static.test":       "smtp:[10.1.1.1]:2525:[10.1.1.2]",
 		"viarelay.test":     "esmtp:relay.test",
 		"viarelayport.test": "esmtp:relay.test:2526",
@@ -334,11 +357,7 @@ func TestRouterRoute(t *testing.T) {
 		"mixed.test":        "smtp:[10.9.9.9]:relay.test",
 		"v6.test":           "smtp:[IPv6:2001:db8::1]",
 		".wild.test":        "[127.0.0.40]:2527",
-	} {
-		if err := r.Table.Add(key, rhs); err != nil {
-			t.Fatalf("Add(%q, %q): %v", key, rhs, err)
-		}
-	}
+	})
 	tests := []struct {
 		name   string
 		domain string
@@ -350,37 +369,21 @@ func TestRouterRoute(t *testing.T) {
 			hop("mx3.example.test", "127.0.0.4:25"),
 			hop("mx3.example.test", "[::1]:25"),
 		}},
-		{"MX with several addresses", "relay.test", []delivery.Hop{
-			hop("in.relay.test", "127.0.0.20:25"),
-			hop("in.relay.test", "127.0.0.21:25"),
-		}},
-		{"implicit MX", "in.relay.test", []delivery.Hop{
-			hop("in.relay.test", "127.0.0.20:25"),
-			hop("in.relay.test", "127.0.0.21:25"),
-		}},
+		{"MX with several addresses", "relay.test", inRelay("25")},
+		{"implicit MX", "in.relay.test", inRelay("25")},
 		{"static literals in order, port on the first", "static.test", []delivery.Hop{
 			hop("[10.1.1.1]", "10.1.1.1:2525"),
 			hop("[10.1.1.2]", "10.1.1.2:25"),
 		}},
-		{"static host name uses its MX", "viarelay.test", []delivery.Hop{
-			hop("in.relay.test", "127.0.0.20:25"),
-			hop("in.relay.test", "127.0.0.21:25"),
-		}},
-		{"static host name with port", "viarelayport.test", []delivery.Hop{
-			hop("in.relay.test", "127.0.0.20:2526"),
-			hop("in.relay.test", "127.0.0.21:2526"),
-		}},
+		{"static host name uses its MX", "viarelay.test", inRelay("25")},
+		{"static host name with port", "viarelayport.test", inRelay("2526")},
 		{"[host name] uses its address, not its MX", "bracketed.test", []delivery.Hop{
 			hop("smarthost.test", "127.0.0.30:25"),
 		}},
 		{"host name without brackets uses its MX", "unbracketed.test", []delivery.Hop{
 			hop("mx1.example.test", "127.0.0.2:25"),
 		}},
-		{"literal then MX host", "mixed.test", []delivery.Hop{
-			hop("[10.9.9.9]", "10.9.9.9:25"),
-			hop("in.relay.test", "127.0.0.20:25"),
-			hop("in.relay.test", "127.0.0.21:25"),
-		}},
+		{"literal then MX host", "mixed.test", append([]delivery.Hop{hop("[10.9.9.9]", "10.9.9.9:25")}, inRelay("25")...)},
 		{"IPv6 literal route", "v6.test", []delivery.Hop{
 			hop("[2001:db8::1]", "[2001:db8::1]:25"),
 		}},
@@ -394,17 +397,8 @@ func TestRouterRoute(t *testing.T) {
 			hop("[IPv6:::1]", "[::1]:25"),
 		}},
 	}
-	ctx := context.Background()
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := r.Route(ctx, tt.domain)
-			if err != nil {
-				t.Fatalf("Route(%q): %v", tt.domain, err)
-			}
-			if !reflect.DeepEqual(bare(got), tt.want) {
-				t.Errorf("Route(%q) =\n  %v\nwant\n  %v", tt.domain, got, tt.want)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { checkRoute(t, r, tt.domain, tt.want) })
 	}
 }
 
@@ -414,23 +408,16 @@ func TestRouterPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Port = 2500
-	ctx := context.Background()
 	tests := []struct {
 		domain string
 		want   []delivery.Hop
 	}{
-		{"relay.test", []delivery.Hop{hop("in.relay.test", "127.0.0.20:2500"), hop("in.relay.test", "127.0.0.21:2500")}},
+		{"relay.test", inRelay("2500")},
 		{"static.test", []delivery.Hop{hop("[10.1.1.1]", "10.1.1.1:2525"), hop("[10.1.1.2]", "10.1.1.2:2500")}},
 		{"[127.0.0.9]", []delivery.Hop{hop("[127.0.0.9]", "127.0.0.9:2500")}},
 	}
 	for _, tt := range tests {
-		got, err := r.Route(ctx, tt.domain)
-		if err != nil {
-			t.Fatalf("Route(%q): %v", tt.domain, err)
-		}
-		if !reflect.DeepEqual(bare(got), tt.want) {
-			t.Errorf("Route(%q) with Port 2500 = %v, want %v", tt.domain, got, tt.want)
-		}
+		checkRoute(t, r, tt.domain, tt.want)
 	}
 }
 
@@ -467,17 +454,13 @@ func TestRouterLiteralSkipsDNS(t *testing.T) {
 
 func TestRouterErrors(t *testing.T) {
 	r, srv := newRouter(t, routeZone)
-	for key, rhs := range map[string]string{
+	addRoutes(t, r.Table, map[string]string{
 		"unknownuser.test":   "error:5.1.1:User unknown",
 		"later.test":         "error:4.3.0:try later",
 		"brokenstatic.test":  "esmtp:missing.relay.test",
 		"brokenliteral.test": "smtp:[missing.relay.test]",
 		"flaky.test":         "esmtp:flaky.relay.test",
-	} {
-		if err := r.Table.Add(key, rhs); err != nil {
-			t.Fatalf("Add(%q, %q): %v", key, rhs, err)
-		}
-	}
+	})
 	srv.SetServfail("servfail.test", true)
 	srv.SetServfail("flaky.relay.test", true)
 

@@ -1,6 +1,7 @@
 package smtpauth
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
@@ -118,18 +119,10 @@ const (
 
 // Validate checks the configuration (zero values take the defaults).
 func (c *BudgetConfig) Validate() error {
-	if c.MaxFailures == 0 {
-		c.MaxFailures = DefaultMaxFailures
-	}
-	if c.MaxUserFailures == 0 {
-		c.MaxUserFailures = DefaultMaxUserFailures
-	}
-	if c.Window == 0 {
-		c.Window = DefaultFailureWindow
-	}
-	if c.MaxClients == 0 {
-		c.MaxClients = DefaultMaxClients
-	}
+	c.MaxFailures = cmp.Or(c.MaxFailures, DefaultMaxFailures)
+	c.MaxUserFailures = cmp.Or(c.MaxUserFailures, DefaultMaxUserFailures)
+	c.Window = cmp.Or(c.Window, DefaultFailureWindow)
+	c.MaxClients = cmp.Or(c.MaxClients, DefaultMaxClients)
 	switch {
 	case c.MaxFailures < 1:
 		return fmt.Errorf("--auth-max-failures must be at least 1, got %d", c.MaxFailures)

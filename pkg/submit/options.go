@@ -3,6 +3,7 @@ package submit
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -73,6 +74,41 @@ func Parse(prog string, args []string) (*Invocation, error) {
 		i++
 		return args[i], nil
 	}
+	str := func(p *string) func(byte, string) error {
+		return func(_ byte, v string) error { *p = v; return nil }
+	}
+	// oneOf sets *p to the value, normalized by norm, if it is one of allowed.
+	oneOf := func(p *string, norm func(string) string, want string, allowed ...string) func(byte, string) error {
+		return func(c byte, v string) error {
+			if n := norm(v); slices.Contains(allowed, n) {
+				*p = n
+				return nil
+			}
+			return fmt.Errorf("-%c %s: want %s", c, v, want)
+		}
+	}
+	noEffect := func(c byte, _ string) error {
+		inv.Notes = append(inv.Notes, fmt.Sprintf("-%c has no effect", c))
+		return nil
+	}
+	// valued are the options that take a value, and what each does with it.
+	valued := map[byte]func(c byte, v string) error{
+		'f': func(_ byte, v string) error {
+			inv.From, inv.FromSet = strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">"), true
+			return nil
+		},
+		'F': str(&inv.FullName),
+		'B': oneOf(&inv.Body, strings.ToUpper, "7BIT or 8BITMIME", "7BIT", "8BITMIME"),
+		'N': str(&inv.DSNNotify),
+		'R': oneOf(&inv.DSNReturn, strings.ToLower, "full or hdrs", "full", "hdrs"),
+		'V': str(&inv.EnvID),
+		'C': str(&inv.ConfigFile),
+		'h': noEffect, 'L': noEffect, 'p': noEffect, 'A': noEffect, 'e': noEffect,
+		'b': func(_ byte, v string) error { return parseB(inv, v, setMode) },
+		'o': func(_ byte, v string) error { return parseO(inv, v) },
+		'O': func(_ byte, v string) error { return parseBigO(inv, v) },
+	}
+	valued['r'] = valued['f']
 	for ; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
@@ -111,9 +147,19 @@ func Parse(prog string, args []string) (*Invocation, error) {
 		}
 		for j := 1; j < len(a); j++ {
 			c, rest := a[j], a[j+1:]
+			if set, ok := valued[c]; ok {
+				// The value is the rest of this argument or the next one.
+				v, err := next(c, rest)
+				if err == nil {
+					err = set(c, v)
+				}
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
 			var err error
 			consumed := false // the option took the rest of this argument
-			var v string
 			switch c {
 			case 't':
 				inv.Extract = true
@@ -127,75 +173,10 @@ func Parse(prog string, args []string) (*Invocation, error) {
 				return nil, fmt.Errorf("-n (no aliasing) is not possible: aliases are applied by the ingress's policy")
 			case 'I':
 				err = setMode(ModeAliases)
-			case 'f', 'r':
-				if v, err = next(c, rest); err == nil {
-					inv.From, inv.FromSet = strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">"), true
-				}
-				consumed = true
-			case 'F':
-				if v, err = next(c, rest); err == nil {
-					inv.FullName = v
-				}
-				consumed = true
-			case 'B':
-				if v, err = next(c, rest); err == nil {
-					switch strings.ToUpper(v) {
-					case "7BIT", "8BITMIME":
-						inv.Body = strings.ToUpper(v)
-					default:
-						err = fmt.Errorf("-B %s: want 7BIT or 8BITMIME", v)
-					}
-				}
-				consumed = true
-			case 'N':
-				if v, err = next(c, rest); err == nil {
-					inv.DSNNotify = v
-				}
-				consumed = true
-			case 'R':
-				if v, err = next(c, rest); err == nil {
-					switch strings.ToLower(v) {
-					case "full", "hdrs":
-						inv.DSNReturn = strings.ToLower(v)
-					default:
-						err = fmt.Errorf("-R %s: want full or hdrs", v)
-					}
-				}
-				consumed = true
-			case 'V':
-				if v, err = next(c, rest); err == nil {
-					inv.EnvID = v
-				}
-				consumed = true
-			case 'C':
-				if v, err = next(c, rest); err == nil {
-					inv.ConfigFile = v
-				}
-				consumed = true
 			case 'd':
 				inv.Debug = true
 				if rest == "" && i+1 < len(args) && len(args[i+1]) > 0 && args[i+1][0] >= '0' && args[i+1][0] <= '9' {
 					i++
-				}
-				consumed = true
-			case 'h', 'L', 'p', 'A', 'e':
-				if _, err = next(c, rest); err == nil {
-					inv.Notes = append(inv.Notes, fmt.Sprintf("-%c has no effect", c))
-				}
-				consumed = true
-			case 'b':
-				if v, err = next(c, rest); err == nil {
-					err = parseB(inv, v, setMode)
-				}
-				consumed = true
-			case 'o':
-				if v, err = next(c, rest); err == nil {
-					err = parseO(inv, v)
-				}
-				consumed = true
-			case 'O':
-				if v, err = next(c, rest); err == nil {
-					err = parseBigO(inv, v)
 				}
 				consumed = true
 			case 'q':

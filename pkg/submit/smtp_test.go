@@ -100,16 +100,11 @@ func TestSubmitSizeLimits(t *testing.T) {
 		t.Errorf("connected to the ingress for a message it cannot take")
 	}
 	// The ingress's SIZE is smaller than ours: refused before MAIL.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return acceptAll{}, nil }))
+	srv := acceptAllServer()
 	srv.MaxMessageBytes = 1500
 	srv.Domain = "small.test"
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	code, _, stderr = runSendmail(t, ln.Addr().String(), big, "-i", "a@x.test")
+	addr = testenv.ServeSMTP(t, srv)
+	code, _, stderr = runSendmail(t, addr, big, "-i", "a@x.test")
 	if code != ExDataErr || !strings.Contains(stderr, "SIZE 1500") {
 		t.Fatalf("exit %d, stderr %q; want 65 naming the ingress's SIZE", code, stderr)
 	}
@@ -192,6 +187,11 @@ func TestConfigErrors(t *testing.T) {
 
 type acceptAll struct{}
 
+// acceptAllServer is an SMTP server that takes (and drops) every message.
+func acceptAllServer() *smtp.Server {
+	return smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return acceptAll{}, nil }))
+}
+
 func (acceptAll) Mail(string, *smtp.MailOptions) error { return nil }
 func (acceptAll) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (acceptAll) Data(r io.Reader) error               { _, err := io.Copy(io.Discard, r); return err }
@@ -236,20 +236,15 @@ func TestSubmitEndlessReply(t *testing.T) {
 // TestSubmitTooManyRecipients: more recipients than the ingress's RCPTMAX
 // is refused before MAIL, as a failure a retry will not fix.
 func TestSubmitTooManyRecipients(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return acceptAll{}, nil }))
+	srv := acceptAllServer()
 	srv.MaxRecipients = 2
 	srv.Domain = "limits.test"
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	code, _, stderr := runSendmail(t, ln.Addr().String(), "x\n", "a@x.test", "b@x.test", "c@x.test")
+	addr := testenv.ServeSMTP(t, srv)
+	code, _, stderr := runSendmail(t, addr, "x\n", "a@x.test", "b@x.test", "c@x.test")
 	if code != ExUnavailable || !strings.Contains(stderr, "RCPTMAX=2") {
 		t.Fatalf("exit %d, stderr %q; want 69 naming RCPTMAX", code, stderr)
 	}
-	if code, _, stderr := runSendmail(t, ln.Addr().String(), "x\n", "a@x.test", "b@x.test"); code != 0 {
+	if code, _, stderr := runSendmail(t, addr, "x\n", "a@x.test", "b@x.test"); code != 0 {
 		t.Fatalf("two recipients: exit %d %s", code, stderr)
 	}
 }

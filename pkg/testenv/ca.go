@@ -2,13 +2,10 @@ package testenv
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net"
 	"testing"
 	"time"
@@ -25,28 +22,8 @@ type CA struct {
 // NewCA returns a fresh test CA valid from one hour ago for 24 hours.
 func NewCA(t testing.TB) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("testenv: CA key: %v", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          caSerial(t),
-		Subject:               pkix.Name{CommonName: "mailfwd test CA", Organization: []string{"mailfwd test"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("testenv: CA certificate: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("testenv: CA certificate: %v", err)
-	}
+	key := newECKey(t)
+	_, cert := newCert(t, rootTemplate("mailfwd test CA", x509.KeyUsageCertSign|x509.KeyUsageCRLSign), nil, &key.PublicKey, key)
 	return &CA{Cert: cert, key: key}
 }
 
@@ -74,46 +51,21 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) tls.Certificate {
 // certificates for tests).
 func (ca *CA) IssueValid(t testing.TB, notBefore, notAfter time.Time, hosts ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("testenv: leaf key: %v", err)
-	}
+	key := newECKey(t)
 	cn := "mailfwd test server"
 	if len(hosts) > 0 {
 		cn = hosts[0]
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: caSerial(t),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: cn},
+		NotBefore:   notBefore,
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatalf("testenv: leaf certificate: %v", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("testenv: leaf certificate: %v", err)
-	}
+	addHosts(tmpl, hosts)
+	der, leaf := newCert(t, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
-}
-
-func caSerial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatalf("testenv: serial: %v", err)
-	}
-	return n
 }
 
 // StartTLSServer accepts TLS connections on 127.0.0.1 with cert, completes
@@ -121,27 +73,13 @@ func caSerial(t testing.TB) *big.Int {
 // listener is closed by t.Cleanup.
 func StartTLSServer(t testing.TB, cert tls.Certificate) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-	if err != nil {
-		t.Fatalf("testenv: TLS listen: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err == nil {
-					_, _ = c.Write([]byte("ok\n"))
-				}
-			}()
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	return ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		tc := tls.Server(c, cfg)
+		if err := tc.Handshake(); err == nil {
+			_, _ = tc.Write([]byte("ok\n"))
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	}).String()
 }

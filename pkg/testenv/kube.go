@@ -3,7 +3,6 @@ package testenv
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -14,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -418,40 +416,19 @@ func writeKubePKI(t testing.TB, dir, token string) kubePKI {
 	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
 		t.Fatalf("testenv: kube: %v", err)
 	}
-	now := time.Now()
 	caKey := newECKey(t)
-	caTmpl := &x509.Certificate{
-		SerialNumber:          kubeSerial(t),
-		Subject:               pkix.Name{CommonName: "mailfwd-test-ca", Organization: []string{"mailfwd test"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatalf("testenv: kube: create CA certificate: %v", err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatalf("testenv: kube: parse CA certificate: %v", err)
-	}
+	caDER, ca := newCert(t, rootTemplate("mailfwd-test-ca", x509.KeyUsageCertSign|x509.KeyUsageCRLSign|x509.KeyUsageDigitalSignature), nil, &caKey.PublicKey, caKey)
 	srvKey := newECKey(t)
 	srvTmpl := &x509.Certificate{
-		SerialNumber: kubeSerial(t),
-		Subject:      pkix.Name{CommonName: "kube-apiserver", Organization: []string{"mailfwd test"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
+		Subject:     pkix.Name{CommonName: "kube-apiserver", Organization: []string{"mailfwd test"}},
+		NotBefore:   ca.NotBefore,
+		NotAfter:    ca.NotAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
 	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatalf("testenv: kube: create serving certificate: %v", err)
-	}
+	srvDER, _ := newCert(t, srvTmpl, ca, &srvKey.PublicKey, caKey)
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatalf("testenv: kube: generate service account key: %v", err)
@@ -481,15 +458,6 @@ func writeKubePKI(t testing.TB, dir, token string) kubePKI {
 	return p
 }
 
-func newECKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("testenv: kube: generate ECDSA key: %v", err)
-	}
-	return key
-}
-
 func pemECKey(t testing.TB, key *ecdsa.PrivateKey) []byte {
 	t.Helper()
 	der, err := x509.MarshalECPrivateKey(key)
@@ -497,15 +465,6 @@ func pemECKey(t testing.TB, key *ecdsa.PrivateKey) []byte {
 		t.Fatalf("testenv: kube: marshal ECDSA key: %v", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
-}
-
-func kubeSerial(t testing.TB) *big.Int {
-	t.Helper()
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatalf("testenv: kube: generate serial number: %v", err)
-	}
-	return serial
 }
 
 func randomToken(t testing.TB) string {

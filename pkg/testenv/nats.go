@@ -57,6 +57,23 @@ func (n *NATS) Start() {
 	n.t.Fatalf("start nats on port %d: %v", n.Port, err)
 }
 
+// StartNATSServer starts a nats-server made from opts as they are (users,
+// no JetStream, …) and returns it once it takes connections; t.Cleanup shuts
+// it down.
+func StartNATSServer(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
 func freePort(t testing.TB) int {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(freeLoopbackAddr(t))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -106,16 +105,7 @@ func TestXOAUTH2Relayhost(t *testing.T) {
 	tokenSrv.StartTLS()
 	t.Cleanup(tokenSrv.Close)
 
-	srv := smtp.NewServer(relay)
-	srv.Domain = "smtp.office365.test"
-	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "smtp.office365.test")}}
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	relayAddr := serveRelay(t, relay, "smtp.office365.test", ca.Issue(t, "smtp.office365.test"))
 
 	line := func(secret string) string {
 		return "xoauth2 user=relay@example.com token_url=" + tokenSrv.URL + "/token client_id=client-1 client_secret=" + secret + " scope=https://outlook.office365.com/.default"
@@ -128,32 +118,7 @@ func TestXOAUTH2Relayhost(t *testing.T) {
 		if d.Auth == nil || d.Auth.OAuth2 == nil || d.Auth.String() != line(secret) {
 			t.Fatalf("decision %+v", d)
 		}
-		conn, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-		cfg, err := b.Config(d, "smtp.office365.test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := smtp.NewClientStartTLS(conn, cfg)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.Hello("mailfwd.test"); err != nil {
-			return err
-		}
-		_, mechs := c.Extension("AUTH")
-		a, err := d.SASL(true, mechs, tokens)
-		if err != nil {
-			return err
-		}
-		if err := c.Auth(a); err != nil {
-			return err
-		}
-		return c.SendMail("a@example.com", []string{"b@example.net"}, strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+		return send(t, b, d, tokens, "smtp.office365.test", relayAddr)
 	}
 	for i := 0; i < 2; i++ {
 		if err := deliver("s3cret"); err != nil {
@@ -171,7 +136,7 @@ func TestXOAUTH2Relayhost(t *testing.T) {
 
 	// A wrong client secret: the token request fails with a clear error
 	// that does not echo the endpoint's body.
-	err = deliver("wrong")
+	err := deliver("wrong")
 	if err == nil || !strings.Contains(err.Error(), "HTTP 401 invalid_client") || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("wrong secret: %v", err)
 	}

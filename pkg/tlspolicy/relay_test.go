@@ -74,22 +74,24 @@ func (s *relaySession) Logout() error { return nil }
 func startRelay(t *testing.T, cert tls.Certificate) (*relay, string) {
 	t.Helper()
 	r := &relay{}
-	srv := smtp.NewServer(r)
-	srv.Domain = "email-smtp.eu-west-1.amazonaws.com"
+	return r, serveRelay(t, r, "email-smtp.eu-west-1.amazonaws.com", cert)
+}
+
+// serveRelay serves be as a relay host named domain that offers STARTTLS
+// with cert, on loopback until the test ends, and returns its address.
+func serveRelay(t *testing.T, be smtp.Backend, domain string, cert tls.Certificate) string {
+	t.Helper()
+	srv := smtp.NewServer(be)
+	srv.Domain = domain
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return r, ln.Addr().String()
+	return testenv.ServeSMTP(t, srv)
 }
 
 // send does what the delivery client will: STARTTLS under the decision's
-// configuration, AUTH with its credentials, one message.
-func send(t *testing.T, b *Builder, d Decision, host, addr string) error {
+// configuration, AUTH with its credentials (an OAuth2 token from tokens),
+// one message.
+func send(t *testing.T, b *Builder, d Decision, tokens *Tokens, host, addr string) error {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -120,7 +122,7 @@ func send(t *testing.T, b *Builder, d Decision, host, addr string) error {
 		return errors.New("no TLS after STARTTLS")
 	}
 	_, mechs := c.Extension("AUTH")
-	a, err := d.SASL(true, mechs, nil)
+	a, err := d.SASL(true, mechs, tokens)
 	if err != nil {
 		return err
 	}
@@ -142,7 +144,7 @@ func TestRelayhostSTARTTLSAndAUTH(t *testing.T) {
 	b := &Builder{Roots: ca.Pool()}
 
 	r, addr := startRelay(t, ca.Issue(t, "email-smtp.eu-west-1.amazonaws.com"))
-	if err := send(t, b, d, "email-smtp.eu-west-1.amazonaws.com", addr); err != nil {
+	if err := send(t, b, d, nil, "email-smtp.eu-west-1.amazonaws.com", addr); err != nil {
 		t.Fatalf("relay delivery: %v", err)
 	}
 	r.mu.Lock()
@@ -154,7 +156,7 @@ func TestRelayhostSTARTTLSAndAUTH(t *testing.T) {
 	// A relay with a certificate for another name: the handshake fails
 	// and the credentials are never sent.
 	imp, impAddr := startRelay(t, ca.Issue(t, "smtp.attacker.example"))
-	err := send(t, b, d, "email-smtp.eu-west-1.amazonaws.com", impAddr)
+	err := send(t, b, d, nil, "email-smtp.eu-west-1.amazonaws.com", impAddr)
 	var ve *VerifyError
 	if !errors.As(err, &ve) {
 		t.Fatalf("impostor relay: %v, want a *VerifyError", err)

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -425,7 +426,8 @@ func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelop
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	log.Error(e.QueueID + ": failed: " + reason)
-	if err := w.giveUpDSN(ctx, e, reason, status, log); err != nil {
+	dsnQID, err := w.giveUpDSN(ctx, e, reason, status, log)
+	if err != nil {
 		log.Error("no DSN for the failed envelope", "err", err)
 	}
 	if err := w.q.Fail(ctx, e, reason, j.Key()); err != nil {
@@ -439,7 +441,7 @@ func (w *Worker) terminal(ctx context.Context, j *queue.Job, e *envelope.Envelop
 		if st == "" {
 			st = status
 		}
-		w.emit(e, r.Addr, events.Event{Type: events.Failed, DSN: st, Reply: envelope.TruncateError(reason)})
+		w.emit(e, r.Addr, events.Event{Type: events.Failed, DSN: st, Reply: envelope.TruncateError(reason), DSNQueueID: dsnQID})
 	}
 	_ = j.Ack(ctx)
 }
@@ -465,7 +467,7 @@ func (w *Worker) emit(e *envelope.Envelope, rcpt string, ev events.Event) {
 }
 
 // giveUpDSN reports every recipient of e as failed (a panic here is an error).
-func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason, status string, log *slog.Logger) (err error) {
+func (w *Worker) giveUpDSN(ctx context.Context, e *envelope.Envelope, reason, status string, log *slog.Logger) (qid string, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic building the DSN: %v", p)
@@ -701,6 +703,25 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		remote = strings.Trim(out.Hop.Name, "[]")
 	}
 	w.cfg.Metrics.Transaction(ended.Sub(started), outcomeTLS(out))
+	// The attempt's events go out when the handling ends, with the queue
+	// id of the DSN it sent (bounce or delay warning), if any.
+	type rcptEvent struct {
+		rcpt string
+		ev   events.Event
+	}
+	var evs []rcptEvent
+	linkDSN := func(qid string, types ...events.Type) {
+		for i := range evs {
+			if slices.Contains(types, evs[i].ev.Type) {
+				evs[i].ev.DSNQueueID = qid
+			}
+		}
+	}
+	defer func() {
+		for _, x := range evs {
+			w.emit(e, x.rcpt, x.ev)
+		}
+	}()
 	for _, r := range results {
 		st := r.status
 		if r.known {
@@ -763,7 +784,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			delayed = append(delayed, dr)
 		}
 		maillog.LogAttempt(ctx, log, a)
-		w.emit(e, r.rcpt.Addr, attemptEvent(a, st, deadline, w.backoff(e.Attempts+1)))
+		evs = append(evs, rcptEvent{r.rcpt.Addr, attemptEvent(a, st, deadline, w.backoff(e.Attempts+1))})
 	}
 
 	if len(failed) > 0 {
@@ -771,7 +792,8 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		if expired {
 			reason = "Cannot send message for " + humanDuration(ended.Sub(e.Arrived))
 		}
-		if err := w.notify(ctx, e, w.headerOf(ctx, e), failed, reason, log); err != nil {
+		qid, err := w.notify(ctx, e, w.headerOf(ctx, e), failed, reason, log)
+		if err != nil {
 			// Keep what this attempt learnt: delivered recipients leave the
 			// envelope, failed ones keep their status and wait for the DSN.
 			p := *e
@@ -781,6 +803,7 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 			}
 			return w.persist(ctx, j, &p, handled, err, log)
 		}
+		linkDSN(qid, events.Bounced, events.Expired)
 	}
 	if len(remaining) > 0 {
 		d := *e
@@ -790,10 +813,11 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		d.Recipients = shareError(&d, remaining)
 		if w.cfg.WarnAfter > 0 && !e.Warned && ended.Sub(e.Arrived) >= w.cfg.WarnAfter {
 			reason := "Warning: message still undelivered after " + humanDuration(ended.Sub(e.Arrived))
-			if err := w.notify(ctx, e, w.headerOf(ctx, e), delayed, reason, log); err != nil {
+			if qid, err := w.notify(ctx, e, w.headerOf(ctx, e), delayed, reason, log); err != nil {
 				log.Warn("could not queue the delay warning; it is tried again at the next attempt", "err", err)
 			} else {
 				d.Warned = true
+				linkDSN(qid, events.Deferred)
 			}
 		}
 		at := ended.Add(w.backoff(d.Attempts))
@@ -930,7 +954,7 @@ func humanDuration(d time.Duration) string {
 
 // notify sends a DSN about e to its sender through the queue. Mail from the
 // null sender (DSNs themselves) never gets one.
-func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) error {
+func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, rcpts []dsn.Recipient, reason string, log *slog.Logger) (string, error) {
 	bs := bounce.Sender{Hostname: w.cfg.Hostname, Bodies: w.bodies, Queue: w.q, ReturnPath: w.cfg.ReturnPath}
 	if w.cfg.DKIM != nil {
 		bs.DKIM = w.cfg.DKIM()
@@ -938,10 +962,10 @@ func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, 
 	qid, err := bs.Send(ctx, e, body, rcpts, reason, w.cfg.Now())
 	if errors.Is(err, bounce.ErrNotReturnable) {
 		log.Info(e.QueueID + ": no DSN for the null sender: " + reason)
-		return nil
+		return "", nil
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	kind := "DSN"
 	if rcpts[0].Action == dsn.Delayed {
@@ -949,7 +973,7 @@ func (w *Worker) notify(ctx context.Context, e *envelope.Envelope, body []byte, 
 	}
 	w.cfg.Metrics.DSN(string(rcpts[0].Action))
 	log.Info(fmt.Sprintf("%s: %s: sender notify: %s", e.QueueID, qid, reason), "dsn_queue_id", qid, "kind", kind)
-	return nil
+	return qid, nil
 }
 
 // attemptEvent is the event of one recipient's attempt, from its log line.

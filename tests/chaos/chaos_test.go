@@ -46,6 +46,39 @@ func waitAccepted(t *testing.T, l *ledger, n int, timeout time.Duration) {
 	}
 }
 
+// loadOn is the chaos tests' usual load on m's ingress: n messages of 1 KiB
+// over 10 sessions, within 3 minutes.
+func loadOn(m *rig.Mailfwd, name string, n int) *load {
+	return &load{name: name, n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
+}
+
+// faultUnderLoad runs loadOn(m, name, n) into l and, once a third of it is
+// accepted, fault, which returns when the system has recovered; then it
+// waits for the load to end and for d to get every accepted message, and
+// returns the time that took from the recovery.
+func faultUnderLoad(t *testing.T, l *ledger, d *dest, m *rig.Mailfwd, name string, n int, fault func() time.Time) time.Duration {
+	t.Helper()
+	done := runLoad(loadOn(m, name, n), l)
+	waitAccepted(t, l, n/3, time.Minute)
+	recovered := fault()
+	<-done
+	return drain(t, l, d, recovered, 2*time.Minute)
+}
+
+// killAndRestart kills a process (SIGKILL), starts it again after pause,
+// and returns the time it was started.
+func killAndRestart(t *testing.T, kill, restart func() error, pause time.Duration) time.Time {
+	t.Helper()
+	if err := kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(pause)
+	if err := restart(); err != nil {
+		t.Fatal(err)
+	}
+	return time.Now()
+}
+
 // TestWorkersSIGKILLed kills worker processes with SIGKILL every 1.5 s
 // during a 10k-message run (CHAOS_N) and restarts them.
 func TestWorkersSIGKILLed(t *testing.T) {
@@ -53,7 +86,8 @@ func TestWorkersSIGKILLed(t *testing.T) {
 	d := startDest(t)
 	m := startStack(t, "file", nil, 2, d.Addr)
 	l := newLedger()
-	ld := &load{name: "wkill", n: n, sessions: 20, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 5 * time.Minute}
+	ld := loadOn(m, "wkill", n)
+	ld.sessions, ld.deadline = 20, 5*time.Minute
 	done := runLoad(ld, l)
 	kills, after := 0, 0
 	recovered := time.Now()
@@ -153,39 +187,36 @@ func TestIngressKilledMidDATA(t *testing.T) {
 	d := startDest(t)
 	m := startStack(t, "file", nil, 1, d.Addr)
 	l := newLedger()
-	n := envN("CHAOS_INGRESS_N", 3000)
-	ld := &load{name: "ikill", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	done := runLoad(ld, l)
-	waitAccepted(t, l, n/3, time.Minute)
-	var stalled []*stalledClient
-	for i := range 5 {
-		stalled = append(stalled, startStalled(t, m.SMTPAddr, fmt.Sprintf("stalled-%d@chaos.test", i)))
-	}
-	if err := m.Ingress.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	replies := make([]string, len(stalled))
-	for i, s := range stalled {
-		wg.Add(1)
-		go func() { defer wg.Done(); replies[i] = s.finish() }()
-	}
-	wg.Wait()
-	for i, r := range replies {
-		if strings.HasPrefix(r, "250") {
-			t.Errorf("stalled client %d got %q from a killed ingress", i, r)
+	var replies []string
+	drained := faultUnderLoad(t, l, d, m, "ikill", envN("CHAOS_INGRESS_N", 3000), func() time.Time {
+		var stalled []*stalledClient
+		for i := range 5 {
+			stalled = append(stalled, startStalled(t, m.SMTPAddr, fmt.Sprintf("stalled-%d@chaos.test", i)))
 		}
-	}
-	time.Sleep(time.Second)
-	if err := m.Ingress.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rig.WaitTCP(m.SMTPAddr, time.Minute, true); err != nil {
-		t.Fatal(err)
-	}
-	recovered := time.Now()
-	<-done
-	drained := drain(t, l, d, recovered, 2*time.Minute)
+		if err := m.Ingress.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		replies = make([]string, len(stalled))
+		for i, s := range stalled {
+			wg.Add(1)
+			go func() { defer wg.Done(); replies[i] = s.finish() }()
+		}
+		wg.Wait()
+		for i, r := range replies {
+			if strings.HasPrefix(r, "250") {
+				t.Errorf("stalled client %d got %q from a killed ingress", i, r)
+			}
+		}
+		time.Sleep(time.Second)
+		if err := m.Ingress.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rig.WaitTCP(m.SMTPAddr, time.Minute, true); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	})
 	for _, msg := range d.Sink.Messages() {
 		if strings.HasPrefix(messageID(msg.Data), "stalled-") {
 			t.Errorf("a message cut off mid-DATA was delivered: %s", messageID(msg.Data))
@@ -201,20 +232,9 @@ func TestNATSRestarted(t *testing.T) {
 	d := startDest(t)
 	m := startStack(t, "file", nil, 2, d.Addr)
 	l := newLedger()
-	n := envN("CHAOS_NATS_N", 3000)
-	ld := &load{name: "nats", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	done := runLoad(ld, l)
-	waitAccepted(t, l, n/3, time.Minute)
-	if err := m.NATS.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	if err := m.NATS.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	recovered := time.Now()
-	<-done
-	drained := drain(t, l, d, recovered, 2*time.Minute)
+	drained := faultUnderLoad(t, l, d, m, "nats", envN("CHAOS_NATS_N", 3000), func() time.Time {
+		return killAndRestart(t, m.NATS.Kill, m.NATS.Restart, 2*time.Second)
+	})
 	report(t, "nats-server SIGKILL+restart", l, d, drained)
 }
 
@@ -231,20 +251,9 @@ func TestMinioRestarted(t *testing.T) {
 	d := startDest(t)
 	m := startStack(t, "s3", minio, 2, d.Addr)
 	l := newLedger()
-	n := envN("CHAOS_MINIO_N", 2000)
-	ld := &load{name: "minio", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	done := runLoad(ld, l)
-	waitAccepted(t, l, n/3, time.Minute)
-	if err := minio.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(3 * time.Second)
-	if err := minio.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	recovered := time.Now()
-	<-done
-	drained := drain(t, l, d, recovered, 2*time.Minute)
+	drained := faultUnderLoad(t, l, d, m, "minio", envN("CHAOS_MINIO_N", 2000), func() time.Time {
+		return killAndRestart(t, minio.Kill, minio.Restart, 3*time.Second)
+	})
 	report(t, "MinIO SIGKILL+restart", l, d, drained)
 }
 
@@ -257,9 +266,7 @@ func TestDestinationOutage(t *testing.T) {
 	l := newLedger()
 	n := envN("CHAOS_DEST_N", 2000)
 	d.Set("refuse")
-	ld := &load{name: "dest", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	done := runLoad(ld, l)
-	<-done
+	<-runLoad(loadOn(m, "dest", n), l)
 	time.Sleep(3 * time.Second)
 	delivered := d.Sink.Count()
 	d.Set("hang")

@@ -4,11 +4,9 @@ package chaos
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,69 +15,6 @@ import (
 
 	"github.com/mailfwd/mailfwd/bench/rig"
 )
-
-// natsCluster is a 3-node JetStream cluster of nats-server processes on
-// loopback.
-type natsCluster struct {
-	nodes   []*rig.Proc
-	ports   []int
-	names   []string
-	clients string // comma-separated client URLs
-}
-
-func startNATSCluster(t *testing.T, dir string) *natsCluster {
-	t.Helper()
-	c := &natsCluster{}
-	var routes []string
-	cports := make([]int, 3)
-	for i := range 3 {
-		p, err := rig.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cp, err := rig.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.ports = append(c.ports, p)
-		cports[i] = cp
-		routes = append(routes, "nats-route://127.0.0.1:"+strconv.Itoa(cp))
-	}
-	var urls []string
-	for i := range 3 {
-		name := fmt.Sprintf("n%d", i+1)
-		nd := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Join(nd, "js"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		conf := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n}\n"+
-			"cluster {\n  name: chaos\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n",
-			name, c.ports[i], filepath.Join(nd, "js"), cports[i], strings.Join(routes, ", "))
-		confPath := filepath.Join(nd, "nats.conf")
-		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		p, err := rig.StartProc("nats-"+name, filepath.Join(nd, "nats.log"), nil, tools.NATSServer, "-c", confPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.nodes = append(c.nodes, p)
-		c.names = append(c.names, name)
-		urls = append(urls, "nats://127.0.0.1:"+strconv.Itoa(c.ports[i]))
-	}
-	c.clients = strings.Join(urls, ",")
-	t.Cleanup(func() {
-		for _, p := range c.nodes {
-			_ = p.Stop(5 * time.Second)
-		}
-	})
-	for i := range 3 {
-		if err := rig.WaitTCP("127.0.0.1:"+strconv.Itoa(c.ports[i]), 20*time.Second, false); err != nil {
-			t.Fatalf("nats %s: %v", c.names[i], err)
-		}
-	}
-	return c
-}
 
 // streamInfo asks the cluster about the MAIL stream.
 func streamInfo(ctx context.Context, urls string) (*jetstream.StreamInfo, error) {
@@ -113,22 +48,24 @@ func streamInfo(ctx context.Context, urls string) (*jetstream.StreamInfo, error)
 func TestStreamLeaderSIGKILLed(t *testing.T) {
 	n := envN("CHAOS_N", 10000)
 	dir := t.TempDir()
-	cl := startNATSCluster(t, dir)
+	cl, err := rig.StartNATSCluster(tools.NATSServer, filepath.Join(dir, "nats"), 3, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
 	d := startDest(t)
 	const workers, concurrency, sessions = 2, 64, 20
-	cluster := []string{"--nats-url", cl.clients, "--replicas", "3"}
 	m, err := rig.StartMailfwd(tools, rig.MailfwdConfig{
-		Dir: filepath.Join(dir, "mailfwd"), Workers: workers, Route: d.Addr,
-		NATS:        &rig.NATS{Proc: cl.nodes[0], Port: cl.ports[0], Dir: dir},
-		IngressArgs: append(append([]string{}, fastIngress...), cluster...),
-		WorkerArgs:  append(append([]string{}, fastWorker...), append(cluster, "--concurrency", strconv.Itoa(concurrency))...),
+		Dir: filepath.Join(dir, "mailfwd"), Workers: workers, Route: d.Addr, Cluster: cl, Replicas: 3,
+		IngressArgs: fastIngress,
+		WorkerArgs:  append(append([]string{}, fastWorker...), "--concurrency", strconv.Itoa(concurrency)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range append(m.Procs(), cl.nodes...) {
+			for _, p := range m.Procs() { // the cluster's nodes too
 				t.Logf("--- %s log (tail) ---\n%s", p.Name, tail(p.LogPath, 3000))
 			}
 		}
@@ -136,7 +73,7 @@ func TestStreamLeaderSIGKILLed(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	info, err := streamInfo(ctx, cl.clients)
+	info, err := streamInfo(ctx, cl.URLs())
 	if err != nil {
 		t.Fatalf("stream info: %v", err)
 	}
@@ -149,31 +86,26 @@ func TestStreamLeaderSIGKILLed(t *testing.T) {
 	done := runLoad(ld, l)
 	waitAccepted(t, l, n/3, 3*time.Minute)
 
-	info, err = streamInfo(ctx, cl.clients)
+	info, err = streamInfo(ctx, cl.URLs())
 	if err != nil {
 		t.Fatalf("stream info before the kill: %v", err)
 	}
 	leader := info.Cluster.Leader
-	idx := -1
-	for i, name := range cl.names {
-		if name == leader {
-			idx = i
-		}
-	}
+	idx := slices.IndexFunc(cl.Nodes, func(n *rig.NATS) bool { return n.Name == "nats-"+leader })
 	if idx < 0 {
-		t.Fatalf("stream leader %q is none of %v", leader, cl.names)
+		t.Fatalf("stream leader %q is none of the nodes", leader)
 	}
 	acceptedAtKill := l.Accepted()
-	if err := cl.nodes[idx].Kill(); err != nil {
+	if err := cl.Nodes[idx].Kill(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("SIGKILLed stream leader %s after %d accepted", leader, acceptedAtKill)
 	time.Sleep(5 * time.Second)
-	if err := cl.nodes[idx].Start(); err != nil {
+	if err := cl.Nodes[idx].Start(); err != nil {
 		t.Fatal(err)
 	}
 	recovered := time.Now()
-	if info, err := streamInfo(ctx, cl.clients); err == nil && info.Cluster != nil {
+	if info, err := streamInfo(ctx, cl.URLs()); err == nil && info.Cluster != nil {
 		t.Logf("stream leader now %s", info.Cluster.Leader)
 	}
 	<-done

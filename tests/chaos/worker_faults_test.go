@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailfwd/mailfwd/bench/rig"
 	"github.com/mailfwd/mailfwd/pkg/sink"
+	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // sendTwo sends one message with two recipients over a fresh session and
@@ -177,75 +177,41 @@ type hostileMX struct {
 
 func startHostileMX(t *testing.T) *hostileMX {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &hostileMX{addr: ln.Addr().String(), sink: sink.New(sink.Config{Hostname: "dest.chaos.test"}),
-		feed: make(chan net.Conn), stop: make(chan struct{})}
+	h := &hostileMX{sink: sink.New(sink.Config{Hostname: "dest.chaos.test"}), feed: make(chan net.Conn), stop: make(chan struct{})}
 	h.hostile.Store(true)
-	go func() { _ = h.sink.Serve(&chanListener{addr: ln.Addr(), ch: h.feed, done: h.stop}) }()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	addr := testenv.ServeTCP(t, func(c net.Conn) {
+		if !h.hostile.Load() {
+			select {
+			case h.feed <- c:
+			case <-h.stop:
+				c.Close()
+			}
+			return
+		}
+		defer c.Close()
+		h.floods.Add(1)
+		c.SetDeadline(time.Now().Add(time.Minute))
+		io.WriteString(c, "220 hostile.chaos.test ESMTP\r\n")
+		var b [512]byte
+		if _, err := c.Read(b[:]); err != nil {
+			return
+		}
+		line := "250-" + strings.Repeat("x", 990) + "\r\n"
 		for {
-			c, err := ln.Accept()
+			n, err := io.WriteString(c, line)
+			h.flooded.Add(int64(n))
 			if err != nil {
 				return
 			}
-			if !h.hostile.Load() {
-				select {
-				case h.feed <- c:
-				case <-h.stop:
-					c.Close()
-				}
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				h.floods.Add(1)
-				c.SetDeadline(time.Now().Add(time.Minute))
-				io.WriteString(c, "220 hostile.chaos.test ESMTP\r\n")
-				var b [512]byte
-				if _, err := c.Read(b[:]); err != nil {
-					return
-				}
-				line := "250-" + strings.Repeat("x", 990) + "\r\n"
-				for {
-					n, err := io.WriteString(c, line)
-					h.flooded.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
+	h.addr = addr.String()
+	go func() { _ = h.sink.Serve(&chanListener{addr: addr, ch: h.feed, done: h.stop}) }()
 	t.Cleanup(func() {
-		ln.Close()
 		close(h.stop)
-		wg.Wait()
 		h.sink.Close()
 	})
 	return h
-}
-
-// peakRSS is a process's high-water resident set (VmHWM) in bytes.
-func peakRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return -1
 }
 
 // TestHostileMX: the destination floods every EHLO reply with endless
@@ -257,8 +223,7 @@ func TestHostileMX(t *testing.T) {
 	m := startStack(t, "file", nil, 2, h.addr)
 	l := newLedger()
 	n := envN("CHAOS_HOSTILE_N", 300)
-	ld := &load{name: "hostile", n: n, sessions: 10, size: 1024, addr: func() string { return m.SMTPAddr }, deadline: 3 * time.Minute}
-	<-runLoad(ld, l)
+	<-runLoad(loadOn(m, "hostile", n), l)
 	// Let the floods run for a while: every attempt meets one.
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && h.floods.Load() < int64(4*n/10); {
 		time.Sleep(100 * time.Millisecond)
@@ -268,7 +233,7 @@ func TestHostileMX(t *testing.T) {
 		if !w.Running() {
 			t.Errorf("%s died under the hostile MX", w.Name)
 		}
-		peak = max(peak, peakRSS(w.Pid()))
+		peak = max(peak, rig.PeakRSS(w.Pid())<<10)
 	}
 	floods, flooded := h.floods.Load(), h.flooded.Load()
 	if h.sink.Count() != 0 {

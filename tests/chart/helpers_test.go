@@ -122,6 +122,7 @@ func renderings(t testing.TB) []rendering {
 		{name: "proxy-protocol", args: []string{"--set", "ingress.proxyProtocol.from={10.0.0.0/8,192.0.2.10}"}},
 		{name: "monitoring-and-netpol", args: []string{"--set", "serviceMonitor.enabled=true,networkPolicy.enabled=true,ingress.service.submission.enabled=true"}},
 		{name: "alerts-and-dashboard", args: []string{"--set", "prometheusRule.enabled=true,grafanaDashboard.enabled=true"}},
+		{name: "events-webhook", args: []string{"--set", "events.webhook.enabled=true,events.webhook.url=https://hooks.example.test/mail,events.webhook.secret.existingSecret=hook,events.webhook.outcomes={bounced,expired}"}},
 	}
 	examples, err := filepath.Glob(filepath.Join(chartDir(t), "examples", "*.yaml"))
 	if err != nil || len(examples) == 0 {

@@ -6,7 +6,12 @@
 // deploy/README.md tells a user (only the images are overridden), sends mail
 // through the ingress Service, lets KEDA scale the workers on a burst, deletes
 // pods under load, operates the queue and the policy with mailfwdctl, and
-// reads a trace back from Jaeger.
+// reads a trace back from Jaeger. The mailfwd images are those of a release
+// built by `make release` (scripts/release.sh), imported with ctr, and the
+// chart is the release's. The checks include a fleet-wide concurrency limit
+// held while KEDA scales, a suspended destination that does not scale the
+// workers, a certificate reloaded from an updated Secret, and the PROXY
+// protocol behind a proxy pod.
 package cluster
 
 import (
@@ -38,7 +43,6 @@ import (
 const (
 	ns          = "mail"
 	sinkDomain  = "sink.test"
-	imageTag    = "0.1.0"
 	natsVersion = "v2.15.2"
 	minioVer    = "v0.0.0-20260212201848-7aac2a2c5b7c"
 	kedaVersion = "v2.21.0"
@@ -63,7 +67,9 @@ var (
 )
 
 func TestCluster(t *testing.T) {
-	for k, v := range map[string]string{"MAILFWD_CLUSTER_REPO": repo, "MAILFWD_CLUSTER_WORK": work, "MAILFWD_KUBECTL": kubectlB, "MAILFWD_HELM_BIN": helmB, "MAILFWD_CTL_BIN": ctlB} {
+	for k, v := range map[string]string{"MAILFWD_CLUSTER_REPO": repo, "MAILFWD_CLUSTER_WORK": work, "MAILFWD_KUBECTL": kubectlB, "MAILFWD_HELM_BIN": helmB, "MAILFWD_CTL_BIN": ctlB,
+		"MAILFWD_CLUSTER_RELEASE": releaseDir, "MAILFWD_CLUSTER_VERSION": version, "MAILFWD_CLUSTER_CONTAINERD": containerd,
+		"MAILFWD_CLUSTER_NODE_IP": nodeIP, "MAILFWD_CLUSTER_POD_CIDR": podCIDR} {
 		if v == "" {
 			t.Fatalf("%s is not set: run make test-cluster (scripts/cluster-test.sh)", k)
 		}
@@ -83,17 +89,22 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
-	c.step("cluster add-ons: PVs, CoreDNS, Jaeger, the sink", c.addons)
+	c.step("cluster add-ons: PVs, CoreDNS, Jaeger, the sinks, the PROXY-protocol proxy", c.addons)
+	c.step("release archives: named and tagged as docs/releases.md says, imported with ctr", c.releaseArchives)
 	c.step("quickstart: NATS ×3 (JetStream, users) and MinIO", c.quickstart)
 	c.step("KEDA from its config/default", c.keda)
-	c.step("chart with KEDA and tracing", c.chart)
-	c.step("policy: relay for the cluster, mailertable to the sink", c.policy)
+	c.step("chart from the release's .tgz with KEDA, tracing and STARTTLS from a Secret", c.chart)
+	c.step("release images: the pods run the imported archives", c.releaseImagesRun)
+	c.step("policy: relay for the cluster, mailertable to the sinks, shaping limit and reply rule", c.policy)
 	c.step("mail through the Service, byte for byte", c.mailThroughService)
-	c.step("burst: KEDA scales the workers; pods deleted under load", c.burst)
+	c.step("burst: KEDA scales the workers; pods deleted under load; the fleet-wide limit holds", c.burst)
 	c.step("operations: policy REJECT, queue hold/release/flush", c.operations)
 	c.step("traces: one message's trace from Jaeger", c.traces)
 	c.step("observability: a delivery's events, every pod's metrics by the ServiceMonitor's selectors", c.observability)
+	c.step("certificate reload: the updated Secret's certificate served by STARTTLS, no restart", c.certReload)
 	c.step("scale-down: workers back to the minimum after the window", c.scaleDown)
+	c.step("suspension: a burst to a suspended domain does not scale the workers", c.suspendedBurst)
+	c.step("PROXY protocol: the real client through a proxy pod; an untrusted header refused", c.proxyProtocol)
 	t.Logf("cluster test steps took %s", time.Since(start).Round(time.Second))
 }
 
@@ -107,6 +118,14 @@ type cluster struct {
 	burstEnd time.Time // when the burst backlog was drained
 	ledger   sync.Map  // Message-ID → body sent, for every message that got a 250
 	qids     sync.Map  // Message-ID → queue id
+
+	// limitedHTTP is sink-limited's HTTP base (limitedDomain's destination).
+	limitedHTTP string
+	limitedIP   string // its pod's address (port 2525)
+	tlsCert     []byte // the DER certificate in the tlsSecret now
+	// images maps each release image reference to the digests it may run
+	// under (the archive's config digest, the manifest digest ctr lists).
+	images map[string][]string
 }
 
 func (c *cluster) step(name string, fn func()) {
@@ -225,7 +244,7 @@ spec:
 `, i, dir)
 	}
 	c.apply(pvs.String())
-	for _, f := range []string{"coredns.yaml", "jaeger.yaml", "sink.yaml"} {
+	for _, f := range []string{"coredns.yaml", "jaeger.yaml", "sink.yaml", "proxy.yaml"} {
 		b, err := os.ReadFile(filepath.Join(repo, "tests/cluster/manifests", f))
 		if err != nil {
 			c.t.Fatal(err)
@@ -235,7 +254,11 @@ spec:
 	c.kubectl("-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=5m")
 	c.kubectl("-n", "observability", "rollout", "status", "deploy/jaeger", "--timeout=5m")
 	c.kubectl("-n", "mailfwd-test", "rollout", "status", "deploy/sink", "--timeout=5m")
+	c.kubectl("-n", "mailfwd-test", "rollout", "status", "deploy/sink-limited", "--timeout=5m")
+	c.kubectl("-n", "mailfwd-test", "rollout", "status", "deploy/smtp-proxy", "--timeout=5m")
 	c.sinkHTTP = "http://" + c.clusterIP("mailfwd-test", "sink") + ":8080"
+	c.limitedHTTP = "http://" + c.clusterIP("mailfwd-test", "sink-limited") + ":8080"
+	c.limitedIP = strings.TrimSpace(c.kubectl("-n", "mailfwd-test", "get", "pods", "-l", "app=sink-limited", "-o", "jsonpath={.items[0].status.podIP}"))
 	c.jaeger = "http://" + c.clusterIP("observability", "jaeger") + ":16686"
 }
 
@@ -362,11 +385,17 @@ patches:
 // chart installs mailfwd as deploy/README.md says, with KEDA (examples/keda.yaml)
 // and Jaeger as the OTLP endpoint; only the image registry is overridden.
 func (c *cluster) chart() {
-	c.helm("install", "mailfwd", filepath.Join(repo, "charts/mailfwd"), "-n", ns,
+	// STARTTLS with a certificate from a Secret, as cert-manager would write it.
+	c.putTLSSecret("create")
+	// docs/releases.md: helm install the release's .tgz with image.registry
+	// where its archives are (here: imported under their own names); the
+	// image tag is the chart's appVersion.
+	c.helm("install", "mailfwd", c.releaseChart(), "-n", ns,
 		"-f", filepath.Join(repo, "charts/mailfwd/examples/keda.yaml"),
 		"--set", "hostname=mail.example.test",
-		"--set", "image.registry=mailfwd.local",
+		"--set", "image.registry="+releaseRegistry,
 		"--set", "tracing.otlpEndpoint=http://jaeger.observability.svc:4318",
+		"--set", "tls.enabled=true", "--set", "tls.secretName="+tlsSecret,
 		"--timeout", "10m")
 	c.kubectl("-n", ns, "rollout", "status", "deploy/mailfwd-ingress", "--timeout=5m")
 	c.kubectl("-n", ns, "rollout", "status", "deploy/mailfwd-worker", "--timeout=5m")
@@ -380,22 +409,55 @@ func (c *cluster) chart() {
 func (c *cluster) policy() {
 	kc := []string{"-n", ns}
 	for _, a := range [][]string{
+		// docs/shaping.md: a fleet-wide limit and a reply rule. First: a pod
+		// that has the last mailertable entry (waited for below) has these.
+		{"policy", "add", "shaping", fmt.Sprintf("%s concurrency=%d", limitedDomain, limitedConc)},
+		{"policy", "add", "shaping", `reply: ^421 4\.7\.0 .*try again later suspend=10m`},
 		{"policy", "add", "access", "Connect:10 RELAY"},
+		{"policy", "add", "mailertable", suspendedDomain + " smtp:[sink.mailfwd-test.svc.cluster.local]"},
+		// The sink pod's own address, not its Service's: the sink then sees
+		// each worker pod's address (kube-proxy masquerades Service traffic).
+		{"policy", "add", "mailertable", limitedDomain + " smtp:[" + c.limitedIP + "]:2525"},
 		{"policy", "add", "mailertable", sinkDomain + " smtp:[sink.mailfwd-test.svc.cluster.local]"},
 	} {
 		if out, err := c.ctl(append(a, kc...)...); err != nil {
 			c.t.Fatalf("%v\n%s", err, out)
 		}
 	}
-	// The pods see the ConfigMap change within the kubelet's sync period.
-	waitUntil(c.t, "the relay rule in the pods", 3*time.Minute, func() bool {
-		return c.rcptCode("probe@"+sinkDomain) == 250
+	// The pods see the ConfigMap change within the kubelet's sync period:
+	// every ingress pod (asked directly: through the Service a probe reaches
+	// one at random) and every worker pod (its log line of the new policy).
+	waitUntil(c.t, "the relay rule in every ingress pod", 3*time.Minute, func() bool {
+		pods := c.ingressPods()
+		for _, p := range pods {
+			if rcptCodeAt(net.JoinHostPort(p.ip, "2525"), "probe@"+sinkDomain) != 250 {
+				return false
+			}
+		}
+		return len(pods) > 0
 	})
+	waitUntil(c.t, "the mailertable in every worker pod", 3*time.Minute, func() bool {
+		pods := strings.Fields(c.kubectl("-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=worker",
+			"--field-selector", "status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}"))
+		for _, p := range pods {
+			logs, err := c.kubectlErr("-n", ns, "logs", p)
+			if err != nil || !strings.Contains(logs, `"mailertable":3`) {
+				return false
+			}
+		}
+		return len(pods) > 0
+	})
+	if out, err := c.ctl("policy", "get", "shaping", "-n", ns); err != nil || !strings.Contains(out, limitedDomain) {
+		c.t.Fatalf("policy get shaping: %v\n%s", err, out)
+	}
 }
 
 // rcptCode opens a session and reports the reply code to RCPT TO rcpt.
-func (c *cluster) rcptCode(rcpt string) int {
-	cl, err := smtp.Dial(c.ingress)
+func (c *cluster) rcptCode(rcpt string) int { return rcptCodeAt(c.ingress, rcpt) }
+
+// rcptCodeAt is rcptCode against addr.
+func rcptCodeAt(addr, rcpt string) int {
+	cl, err := smtp.Dial(addr)
 	if err != nil {
 		return 0
 	}
@@ -421,7 +483,16 @@ var qidRE = regexp.MustCompile(`([A-Za-z0-9]+)\s*$`)
 
 // send submits messages on one connection; it records every 250 in the ledger.
 func (c *cluster) send(from string, msgs []message) (accepted int, err error) {
-	conn, err := net.DialTimeout("tcp", c.ingress, 10*time.Second)
+	return c.sendVia("", c.ingress, from, msgs)
+}
+
+// sendVia is send from local address laddr (empty: the kernel's choice) to addr.
+func (c *cluster) sendVia(laddr, addr, from string, msgs []message) (accepted int, err error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if laddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
+	}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		return 0, err
 	}
@@ -465,11 +536,16 @@ type message struct {
 }
 
 func newMessage(tag string, i int, size int) message {
+	return newMessageTo(tag, i, size, sinkDomain)
+}
+
+// newMessageTo is newMessage to a recipient in domain.
+func newMessageTo(tag string, i int, size int, domain string) message {
 	id := fmt.Sprintf("<%s-%d-%s@client.test>", tag, i, rand.Text()[:8])
 	pad := make([]byte, size)
 	_, _ = rand.Read(pad)
 	body := fmt.Sprintf("From: <a@client.test>\r\nTo: <%s-%d@%s>\r\nSubject: %s %d\r\nMessage-ID: %s\r\n\r\n%s\r\n",
-		tag, i, sinkDomain, tag, i, id, base64.StdEncoding.EncodeToString(pad))
+		tag, i, domain, tag, i, id, base64.StdEncoding.EncodeToString(pad))
 	// Wrap the base64 at 76 columns (RFC 5322 line length).
 	var b strings.Builder
 	for _, line := range strings.Split(body, "\r\n") {
@@ -479,7 +555,7 @@ func newMessage(tag string, i int, size int) message {
 		}
 		b.WriteString(line + "\r\n")
 	}
-	return message{id: id, rcpt: fmt.Sprintf("%s-%d@%s", tag, i, sinkDomain), body: []byte(strings.TrimSuffix(b.String(), "\r\n"))}
+	return message{id: id, rcpt: fmt.Sprintf("%s-%d@%s", tag, i, domain), body: []byte(strings.TrimSuffix(b.String(), "\r\n"))}
 }
 
 type received struct {
@@ -487,25 +563,47 @@ type received struct {
 	Data       []byte
 }
 
+// sinkMessages is what both sinks received.
 func (c *cluster) sinkMessages() []received {
 	c.t.Helper()
-	b, err := httpGet(c.sinkHTTP + "/messages")
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	var out []received
-	if err := json.Unmarshal(b, &out); err != nil {
-		c.t.Fatal(err)
+	for _, s := range []string{c.sinkHTTP, c.limitedHTTP} {
+		b, err := httpGet(s + "/messages")
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		var got []received
+		if err := json.Unmarshal(b, &got); err != nil {
+			c.t.Fatal(err)
+		}
+		out = append(out, got...)
 	}
 	return out
 }
 
+// sinkCount is the number of messages both sinks received (-1: unknown).
 func (c *cluster) sinkCount() int {
-	b, err := httpGet(c.sinkHTTP + "/count")
+	n := 0
+	for _, s := range []string{c.sinkHTTP, c.limitedHTTP} {
+		v := sinkNumber(s + "/count")
+		if v < 0 {
+			return -1
+		}
+		n += v
+	}
+	return n
+}
+
+// sinkNumber reads one of sinkd's counters (/count, /peak); -1: unknown.
+func sinkNumber(u string) int {
+	b, err := httpGet(u)
 	if err != nil {
 		return -1
 	}
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return -1
+	}
 	return n
 }
 
@@ -615,10 +713,13 @@ func (c *cluster) burst() {
 	before := c.sinkCount()
 	t0 := time.Now()
 	var timeline strings.Builder
-	fmt.Fprintf(&timeline, "| t (s) | ready lag | worker pods | delivered |\n|---|---|---|---|\n")
+	fmt.Fprintf(&timeline, "| t (s) | ready lag | worker pods | delivered | %s delivered | its sink's peak deliveries / connections |\n|---|---|---|---|---|---|\n", limitedDomain)
 	stopTL := make(chan struct{})
 	tlDone := make(chan struct{})
 	var maxReplicas atomic.Int64
+	// Every 10th message goes to limitedDomain (concurrency=2 fleet-wide):
+	// the most worker pods seen while some of it was still undelivered.
+	var limitedAcc, limitedPods atomic.Int64
 	go func() {
 		defer close(tlDone)
 		for {
@@ -626,7 +727,13 @@ func (c *cluster) burst() {
 			if int64(r) > maxReplicas.Load() {
 				maxReplicas.Store(int64(r))
 			}
-			fmt.Fprintf(&timeline, "| %d | %d | %d | %d |\n", int(time.Since(t0).Seconds()), c.lag(), r, c.sinkCount()-before)
+			acc := limitedAcc.Load()
+			ld := sinkNumber(c.limitedHTTP + "/count")
+			if ld >= 0 && int64(ld) < acc && int64(r) > limitedPods.Load() {
+				limitedPods.Store(int64(r))
+			}
+			fmt.Fprintf(&timeline, "| %d | %d | %d | %d | %d | %d / %d |\n", int(time.Since(t0).Seconds()), c.lag(), r, c.sinkCount()-before,
+				ld, sinkNumber(c.limitedHTTP+"/peak-deliveries"), sinkNumber(c.limitedHTTP+"/peak"))
 			select {
 			case <-stopTL:
 				return
@@ -651,14 +758,23 @@ func (c *cluster) burst() {
 					if i >= burstSize {
 						break
 					}
-					batch = append(batch, newMessage("burst", i, 1500))
+					if i%10 == 9 {
+						batch = append(batch, newMessageTo("burst", i, 1500, limitedDomain))
+					} else {
+						batch = append(batch, newMessage("burst", i, 1500))
+					}
 				}
 				if len(batch) == 0 {
 					return
 				}
-				if n, err := c.send("b@client.test", batch); err != nil {
+				n, err := c.send("b@client.test", batch)
+				if err != nil {
 					sendErrs.Add(1)
-					_ = n
+				}
+				for _, m := range batch[:n] {
+					if strings.HasSuffix(m.rcpt, "@"+limitedDomain) {
+						limitedAcc.Add(1)
+					}
 				}
 			}
 		}()
@@ -707,6 +823,35 @@ func (c *cluster) burst() {
 	}
 	if d != a {
 		t.Errorf("%d of %d acknowledged messages delivered", d, a)
+	}
+	// The fleet-wide limit: sink-limited only ever gets limitedDomain's mail.
+	// Deliveries in progress (RCPT TO accepted, DATA not answered) and open
+	// connections must both stay within it: a worker frees its slot only
+	// once the sink has closed the connection after its 221.
+	peak, conns, ld := sinkNumber(c.limitedHTTP+"/peak-deliveries"), sinkNumber(c.limitedHTTP+"/peak"), sinkNumber(c.limitedHTTP+"/count")
+	t.Logf("shaping: %s concurrency=%d: its sink took %d messages (%d acknowledged) with at most %d deliveries in progress at once (%d connections open), while the workers ran up to %d pods",
+		limitedDomain, limitedConc, ld, limitedAcc.Load(), peak, conns, limitedPods.Load())
+	if peak > limitedConc || peak < 1 || conns > limitedConc {
+		// Who held them: the sink's session log around each excess.
+		logs, _ := c.kubectlErr("-n", "mailfwd-test", "logs", "deploy/sink-limited")
+		lines := strings.Split(logs, "\n")
+		var excess []string
+		for i, l := range lines {
+			if strings.Contains(l, "session open") && !strings.Contains(l, fmt.Sprintf("open=%d", limitedConc)) && !strings.Contains(l, "open=1") {
+				excess = append(excess, lines[max(i-3, 0):min(i+3, len(lines))]...)
+				excess = append(excess, "--")
+			}
+		}
+		t.Logf("sink-limited's connections around each excess:\n%s", tail(strings.Join(excess, "\n"), 40))
+	}
+	if peak > limitedConc || peak < 1 || conns > limitedConc {
+		t.Errorf("%s's sink had at most %d deliveries in progress and %d connections open at once; the fleet-wide limit is %d", limitedDomain, peak, conns, limitedConc)
+	}
+	if int64(ld) < limitedAcc.Load() {
+		t.Errorf("%s's sink got %d of the %d acknowledged messages", limitedDomain, ld, limitedAcc.Load())
+	}
+	if limitedPods.Load() < 3 {
+		t.Errorf("the workers ran at most %d pods while %s's mail was being delivered, want ≥ 3 (the limit must hold while KEDA scales)", limitedPods.Load(), limitedDomain)
 	}
 	if err := os.WriteFile(filepath.Join(work, "logs", "burst-timeline.md"), []byte(timeline.String()), 0o644); err != nil {
 		t.Log(err)
