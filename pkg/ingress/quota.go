@@ -24,9 +24,12 @@ type Quotas struct {
 }
 
 // charge is a transaction's hold on its quotas: one message of each,
-// given back if the transaction ends without a 250.
+// given back if the transaction ends without a 250. Only what the fleet
+// state counted goes back to it: a message counted on the local share
+// stays counted there (docs/quotas.md), even if NATS answers again by the
+// time the transaction ends.
 type charge struct {
-	quotas []policy.Quota
+	quotas []policy.Quota // counted in the fleet state (MAIL_QUOTAS)
 }
 
 // takeQuotas counts the transaction MAIL FROM starts against the quotas of
@@ -59,7 +62,9 @@ func (ss *session) takeQuotas(from string) error {
 	for _, q := range quotas {
 		wait, refused, local := qc.Rates.Take(ctx, q.Key, q.Limit.Paces())
 		if wait <= 0 {
-			ch.quotas = append(ch.quotas, q)
+			if !local {
+				ch.quotas = append(ch.quotas, q)
+			}
 			continue
 		}
 		ss.giveBack(ch)
