@@ -517,14 +517,21 @@ func (s *scheduler) pump() {
 		// No room to fetch: the waiting mail of a domain whose deliveries
 		// neither end nor progress (for slowLane) goes back to the queue,
 		// so that the mail behind it in the stream can be fetched at all.
-		// A domain that delivers keeps its backlog. The scheduler wakes
+		// A domain that delivers keeps its backlog. Progress alone keeps
+		// it only until StallAfter with no delivery ended: a destination
+		// that answers a line now and then but never ends a reply must not
+		// hold the buffer for its command timeout. The scheduler wakes
 		// when the next lane turns slow: nothing else would (no delivery
 		// ends, nothing is fetched while the buffer is full).
 		for _, l := range s.lanes {
 			if len(l.waiting) == 0 {
 				continue
 			}
-			if slow := l.active().Add(slowLane); now.Before(slow) {
+			slow := l.active().Add(slowLane)
+			if ended := l.lastDone.Add(s.w.cfg.StallAfter); ended.Before(slow) {
+				slow = ended
+			}
+			if now.Before(slow) {
 				if wake.IsZero() || slow.Before(wake) {
 					wake = slow
 				}

@@ -26,6 +26,20 @@ type dribbler struct {
 
 func startDribbler(t testing.TB, gap time.Duration) *dribbler {
 	t.Helper()
+	return startSlowMX(t, gap, false)
+}
+
+// startLineTarpit is an MX that greets and answers EHLO at once, then
+// answers every later command with continuation lines ("250-please
+// wait"), one every gap, and never the last line: each line is progress
+// for the worker, but no delivery ever ends.
+func startLineTarpit(t testing.TB, gap time.Duration) *dribbler {
+	t.Helper()
+	return startSlowMX(t, gap, true)
+}
+
+func startSlowMX(t testing.TB, gap time.Duration, linesForever bool) *dribbler {
+	t.Helper()
 	ln := listen(t)
 	d := &dribbler{addr: ln.Addr().String()}
 	var mu sync.Mutex
@@ -41,6 +55,16 @@ func startDribbler(t testing.TB, gap time.Duration) *dribbler {
 		}
 	})
 	slow := func(c net.Conn, s string) error {
+		for linesForever {
+			select {
+			case <-closed:
+				return net.ErrClosed
+			case <-time.After(gap):
+			}
+			if _, err := c.Write([]byte("250-please wait\r\n")); err != nil {
+				return err
+			}
+		}
 		for i := range len(s) {
 			select {
 			case <-closed:
@@ -294,5 +318,35 @@ func TestFullBufferOfSlowMailMakesRoomForHealthyMail(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "destination slow") {
 		t.Errorf("no tarpit mail was handed back as slow; the scenario did not hold")
+	}
+}
+
+// A destination that answers with a continuation line every 300 ms and
+// never ends a reply makes progress but delivers nothing. Its backlog must
+// still go back to the queue when the fetch buffer is full (no delivery of
+// it ended for StallAfter), or the healthy message behind it in the stream
+// is never fetched.
+func TestProgressingTarpitDoesNotHoldTheFetchBuffer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := newRig(t, ctx, delivery.Config{CommandTimeout: 5 * time.Minute})
+	lt := startLineTarpit(t, 300*time.Millisecond)
+	snk := sink.New(sink.Config{})
+	r.route("lines.test", lt.addr)
+	r.route("healthy.test", snk.Start(t, "127.0.0.1:0"))
+	var logs syncBuffer
+	r.run(Config{Concurrency: 8, DomainConcurrency: 20, AttemptTimeout: time.Hour, StallAfter: 2 * time.Second,
+		BusyDelay: time.Hour, RepanicForTests: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil, nil)
+	for range 40 {
+		r.message(sender, testBody("lines"), map[string][]string{"lines.test": {"u@lines.test"}})
+	}
+	waitFor(t, ctx, "the line tarpit holding connections", func() bool { return lt.open.Load() > 0 })
+	r.message(sender, testBody("healthy"), map[string][]string{"healthy.test": {"h@healthy.test"}})
+	if err := snk.WaitCount(ctx, 1); err != nil {
+		t.Fatalf("the healthy message behind the line tarpit's backlog was not delivered: %v\n%s", err, grep(logs.String(), "handed back"))
+	}
+	if lt.done.Load() != 0 {
+		t.Errorf("the line tarpit accepted %d messages; the scenario did not hold", lt.done.Load())
 	}
 }
