@@ -39,6 +39,12 @@ type GCRA struct {
 	// forwardOnly: nobody calls Give on these keys, so values only
 	// advance and a refusal on the last view seen is sound (no re-read).
 	forwardOnly bool
+	// gate, when set, is asked once a step holds its key's lock: a non-nil
+	// error ends the step before any round trip (Rates: the bucket was
+	// found unreachable while this step waited behind one that timed out,
+	// so it goes to the local share at once instead of paying its own
+	// timeout in turn).
+	gate func() error
 
 	mu     sync.Mutex
 	states map[string]*rateState
@@ -161,6 +167,11 @@ func (g *GCRA) update(ctx context.Context, key string, n int, step func(tat []ti
 	rs := g.stateOf(key)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	if g.gate != nil {
+		if err := g.gate(); err != nil {
+			return err
+		}
+	}
 	fresh := false
 	for range casRetries {
 		if !rs.known {
@@ -320,9 +331,19 @@ func NewRates(b Bucket, cfg RatesConfig) *Rates {
 	r := &Rates{cfg: cfg, log: cfg.Logger, local: map[string]*localPaces{}}
 	if b != nil {
 		r.g = NewGCRA(b, cfg.OpTimeout, cfg.Now)
+		r.g.gate = func() error {
+			if r.fb.active(r.cfg.Now()) {
+				return errLocalShare
+			}
+			return nil
+		}
 	}
 	return r
 }
+
+// errLocalShare: the fallback to the local shares began while a step
+// waited for its key.
+var errLocalShare = errors.New("shaping: on the local share")
 
 // Take admits one event of key under every pace (all or none); otherwise
 // it returns how long until it could and the index of the refusing pace.
@@ -333,7 +354,9 @@ func (r *Rates) Take(ctx context.Context, key string, paces []Pace) (wait time.D
 		if err == nil {
 			return w, i, false
 		}
-		r.unreachable(err)
+		if !errors.Is(err, errLocalShare) {
+			r.unreachable(err)
+		}
 	}
 	w, i := r.localTake(key, paces)
 	return w, i, true
@@ -345,7 +368,7 @@ func (r *Rates) Give(ctx context.Context, key string, paces []Pace) {
 	if r.g == nil || r.fb.active(r.cfg.Now()) {
 		return
 	}
-	if err := r.g.Give(ctx, key, paces); err != nil {
+	if err := r.g.Give(ctx, key, paces); err != nil && !errors.Is(err, errLocalShare) {
 		r.unreachable(err)
 	}
 }

@@ -90,3 +90,53 @@ func TestRatesFallBackToLocalShare(t *testing.T) {
 		t.Fatalf("%d fallbacks reported, want 1", fallbacks.Load())
 	}
 }
+
+// hanging is a Bucket whose reads and writes wait until their context ends
+// (a NATS that accepts requests and never answers), counting the calls.
+type hanging struct {
+	shaping.Bucket
+	calls atomic.Int32
+}
+
+func (h *hanging) wait(ctx context.Context) error {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (h *hanging) Get(ctx context.Context, _ string) ([]byte, uint64, error) {
+	return nil, 0, h.wait(ctx)
+}
+
+func (h *hanging) Create(ctx context.Context, _ string, _ []byte, _ time.Duration) (uint64, error) {
+	return 0, h.wait(ctx)
+}
+
+func (h *hanging) Swap(ctx context.Context, _ string, _ []byte, _ uint64, _ time.Duration) (uint64, error) {
+	return 0, h.wait(ctx)
+}
+
+// Sessions queued on one key while the bucket hangs go to the local share
+// as soon as the first one's round trip times out: one round trip in all,
+// not one timeout each in turn (ten MAILs of one sender domain would have
+// waited 1, 2, … 10 timeouts).
+func TestRatesWaitersSkipAHangingBucket(t *testing.T) {
+	h := &hanging{}
+	r := shaping.NewRates(h, shaping.RatesConfig{OpTimeout: 200 * time.Millisecond})
+	paces := []shaping.Pace{{Rate: 100, Burst: 100}}
+	done := make(chan bool, 10)
+	for range 10 {
+		go func() {
+			_, _, local := r.Take(context.Background(), "d.x", paces)
+			done <- local
+		}()
+	}
+	for range 10 {
+		if !<-done {
+			t.Fatal("a Take with the bucket hanging was not decided on the local share")
+		}
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("%d round trips to the hanging bucket, want 1 (the waiters behind it go to the local share)", n)
+	}
+}
