@@ -297,26 +297,9 @@ func BenchmarkHealthyBesideSlowHops(b *testing.B) {
 // the healthy message, behind the tarpit's backlog in the stream, was not
 // even fetched until that look; in the benchmark, 2.45 s.)
 func TestFullBufferOfSlowMailMakesRoomForHealthyMail(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r := newRig(t, ctx, delivery.Config{CommandTimeout: 5 * time.Minute})
 	tp := startTarpit(t)
-	snk := sink.New(sink.Config{})
-	r.route("tarpit.test", tp.addr)
-	r.route("healthy.test", snk.Start(t, "127.0.0.1:0"))
-	var logs syncBuffer
-	r.run(Config{Concurrency: 8, DomainConcurrency: 20, AttemptTimeout: time.Hour, StallAfter: time.Hour,
-		BusyDelay: time.Hour, RepanicForTests: true,
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil, nil)
-	for range 40 {
-		r.message(sender, testBody("tarpit"), map[string][]string{"tarpit.test": {"u@tarpit.test"}})
-	}
-	waitFor(t, ctx, "the tarpit holding connections", func() bool { return tp.open.Load() > 0 })
-	r.message(sender, testBody("healthy"), map[string][]string{"healthy.test": {"h@healthy.test"}})
-	if err := snk.WaitCount(ctx, 1); err != nil {
-		t.Fatalf("the healthy message behind the tarpit's backlog was not delivered: %v\n%s", err, grep(logs.String(), "handed back"))
-	}
-	if !strings.Contains(logs.String(), "destination slow") {
+	logs := healthyBehindBacklog(t, tp.addr, &tp.open, time.Hour)
+	if !strings.Contains(logs, "destination slow") {
 		t.Errorf("no tarpit mail was handed back as slow; the scenario did not hold")
 	}
 }
@@ -327,26 +310,36 @@ func TestFullBufferOfSlowMailMakesRoomForHealthyMail(t *testing.T) {
 // it ended for StallAfter), or the healthy message behind it in the stream
 // is never fetched.
 func TestProgressingTarpitDoesNotHoldTheFetchBuffer(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r := newRig(t, ctx, delivery.Config{CommandTimeout: 5 * time.Minute})
 	lt := startLineTarpit(t, 300*time.Millisecond)
-	snk := sink.New(sink.Config{})
-	r.route("lines.test", lt.addr)
-	r.route("healthy.test", snk.Start(t, "127.0.0.1:0"))
-	var logs syncBuffer
-	r.run(Config{Concurrency: 8, DomainConcurrency: 20, AttemptTimeout: time.Hour, StallAfter: 2 * time.Second,
-		BusyDelay: time.Hour, RepanicForTests: true,
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil, nil)
-	for range 40 {
-		r.message(sender, testBody("lines"), map[string][]string{"lines.test": {"u@lines.test"}})
-	}
-	waitFor(t, ctx, "the line tarpit holding connections", func() bool { return lt.open.Load() > 0 })
-	r.message(sender, testBody("healthy"), map[string][]string{"healthy.test": {"h@healthy.test"}})
-	if err := snk.WaitCount(ctx, 1); err != nil {
-		t.Fatalf("the healthy message behind the line tarpit's backlog was not delivered: %v\n%s", err, grep(logs.String(), "handed back"))
-	}
+	healthyBehindBacklog(t, lt.addr, &lt.open, 2*time.Second)
 	if lt.done.Load() != 0 {
 		t.Errorf("the line tarpit accepted %d messages; the scenario did not hold", lt.done.Load())
 	}
+}
+
+// healthyBehindBacklog fills a worker's fetch buffer (Concurrency 8: 16)
+// with 40 messages for the slow MX at slowAddr, then queues one healthy
+// message behind them and fails unless it is delivered; it returns the
+// worker's log.
+func healthyBehindBacklog(t *testing.T, slowAddr string, open *atomic.Int64, stallAfter time.Duration) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := newRig(t, ctx, delivery.Config{CommandTimeout: 5 * time.Minute})
+	snk := sink.New(sink.Config{})
+	r.route("slow.test", slowAddr)
+	r.route("healthy.test", snk.Start(t, "127.0.0.1:0"))
+	var logs syncBuffer
+	r.run(Config{Concurrency: 8, DomainConcurrency: 20, AttemptTimeout: time.Hour, StallAfter: stallAfter,
+		BusyDelay: time.Hour, RepanicForTests: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil, nil)
+	for range 40 {
+		r.message(sender, testBody("slow"), map[string][]string{"slow.test": {"u@slow.test"}})
+	}
+	waitFor(t, ctx, "the slow MX holding connections", func() bool { return open.Load() > 0 })
+	r.message(sender, testBody("healthy"), map[string][]string{"healthy.test": {"h@healthy.test"}})
+	if err := snk.WaitCount(ctx, 1); err != nil {
+		t.Fatalf("the healthy message behind the slow MX's backlog was not delivered: %v\n%s", err, grep(logs.String(), "handed back"))
+	}
+	return logs.String()
 }
