@@ -37,6 +37,8 @@
 //	BENCH_SIZES=1,10,100      only the cells of these message sizes (KiB); with BENCH_PROFILE=1
 //	                     also the profiled cells
 //	BENCH_PROFILE_VARIANTS=single,chart,r3   the profiled configurations
+//	BENCH_EVENTS=0       skip the event stream's cost (events.go: mailfwd-file-sync with
+//	                     events on and off, interleaved); BENCH_EVENTS_RUNS=7 runs per cell
 //	BENCH_WAN=0          skip the WAN rows (wan.go: destination behind a latency proxy,
 //	                     Postfix vs mailfwd-file-sync, 4 connections each)
 //	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way;
@@ -183,7 +185,9 @@ type system struct {
 	cpu        func() time.Duration // nil: not a relay (the ceiling)
 	// rss is the memory reported per cell in KiB: the summed PSS of every
 	// process of the relay (rig.TreePSS), the same way for every system.
-	rss   func() int64
+	rss func() int64
+	// procs is each relay process's CPU time by name (nil: not broken down).
+	procs func() map[string]time.Duration
 	close func()
 }
 
@@ -305,6 +309,11 @@ func run() error {
 			return fmt.Errorf("cost growth: %w", err)
 		}
 	}
+	if os.Getenv("BENCH_EVENTS") != "0" && ctx.Err() == nil {
+		if err := eventsCost(ctx, tools, work, o, rec); err != nil {
+			return fmt.Errorf("events cost: %w", err)
+		}
+	}
 	if os.Getenv("BENCH_WAN") != "0" && ctx.Err() == nil {
 		if err := wan(ctx, tools, work, o); err != nil {
 			return fmt.Errorf("wan: %w", err)
@@ -331,6 +340,7 @@ type mailfwdVariant struct {
 	syncAlways    bool   // nats-server sync_interval always
 	localStore    bool   // every accept flushed (syncfs of the server's store) before the 250
 	inlineBodyMax string // the ingress's --inline-body-max; "" its default (128 KiB)
+	noEvents      bool   // --events=false on ingress and workers
 	cluster       bool   // a 3-node NATS cluster, R3
 	durability    string
 }
@@ -346,6 +356,9 @@ var mailfwdVariants = map[string]mailfwdVariant{
 	// before the 250.
 	"mailfwd-file-sync": {blob: "file", localStore: true,
 		durability: "on disk before the 250: envelope (body inline ≤128 KiB) written by nats-server, then syncfs of its store (group commit); larger bodies fsynced files"},
+	// The same without the event stream (the events section's control).
+	"mailfwd-file-sync-noevents": {blob: "file", localStore: true, noEvents: true,
+		durability: "as mailfwd-file-sync, event stream off (--events=false)"},
 	// Round 1's single-node configuration: JetStream fsyncs every write,
 	// bodies in files.
 	"mailfwd-jsync":       {blob: "file", syncAlways: true, inlineBodyMax: "0", durability: "body fsync + JetStream sync always"},
@@ -404,6 +417,10 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 	if v.inlineBodyMax != "" {
 		cfg.IngressArgs = append(cfg.IngressArgs, "--inline-body-max", v.inlineBodyMax)
 	}
+	if v.noEvents {
+		cfg.IngressArgs = append(cfg.IngressArgs, "--events=false")
+		cfg.WorkerArgs = append(cfg.WorkerArgs, "--events=false")
+	}
 	s.durability = v.durability
 	m, stop, err := startMailfwd(tools, cfg, v.cluster, sink)
 	if err != nil {
@@ -411,6 +428,13 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 	}
 	s.addr, s.cpu = m.SMTPAddr, m.CPU
 	s.rss = func() int64 { return rig.TreePSS(procPids(m.Procs())...) }
+	s.procs = func() map[string]time.Duration {
+		cpu := map[string]time.Duration{}
+		for _, p := range m.Procs() {
+			cpu[p.Name] += p.CPU()
+		}
+		return cpu
+	}
 	s.close = stop
 	return s, nil
 }

@@ -22,7 +22,7 @@ import (
 func BenchmarkEvents(b *testing.B) {
 	for _, on := range []bool{false, true} {
 		b.Run(fmt.Sprintf("events=%v", on), func(b *testing.B) {
-			e := newEnv(b, envOptions{blob: "fs",
+			e := newEnv(b, envOptions{blob: "fs", inlineMax: daemon.DefaultInlineBodyMax, // the default: bodies in the envelope
 				ingressSetup: func(in *daemon.Ingress) { in.Events.Enabled = on },
 				workerSetup:  func(wk *daemon.Worker) { wk.Events.Enabled = on },
 			})
