@@ -38,7 +38,8 @@
 //	                     also the profiled cells
 //	BENCH_PROFILE_VARIANTS=single,chart,r3   the profiled configurations
 //	BENCH_EVENTS=0       skip the event stream's cost (events.go: mailfwd-file-sync with
-//	                     events on and off, interleaved); BENCH_EVENTS_RUNS=7 runs per cell
+//	                     events on and off, interleaved); BENCH_EVENTS_RUNS=7 runs per cell,
+//	                     BENCH_EVENTS_N=3000 messages per run (quick: 1000)
 //	BENCH_WAN=0          skip the WAN rows (wan.go: destination behind a latency proxy,
 //	                     Postfix vs mailfwd-file-sync, 4 connections each)
 //	BENCH_WAN_N=300      messages per WAN run (quick: 100); BENCH_WAN_DELAY_MS=25 one way;

@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,10 +55,10 @@ func LogOperatorEvents(ctx context.Context, c jetstream.Consumer, log *slog.Logg
 			}
 			continue
 		}
-		var ev Event
-		if err := json.Unmarshal(m.Data(), &ev); err == nil {
-			LogOperatorEvent(ctx, log, &ev)
-		}
+		_ = decode(m.Data(), nil, func(_ []byte, ev *Event) error {
+			LogOperatorEvent(ctx, log, ev)
+			return nil
+		})
 		_ = m.Ack()
 	}
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -38,4 +39,36 @@ func FuzzSubject(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Whatever a stream message holds, Unpack returns valid JSON parts or an
+// error, and a message EmitAll could write comes back as its events.
+func FuzzUnpack(f *testing.F) {
+	for _, s := range []string{`{"schema":1,"id":"a"}`, `[{"id":"a"},{"id":"b"}]`, `[`, `[1,2]`, ` `, `[{"id":"a"}]]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parts, err := Unpack(data)
+		if err != nil {
+			return
+		}
+		for _, p := range parts {
+			if !json.Valid(p) {
+				t.Fatalf("Unpack(%q): part %q is not JSON", data, p)
+			}
+		}
+		if len(parts) > 1 {
+			if again, err := Unpack(joinArray(toBytes(parts))); err != nil || len(again) != len(parts) {
+				t.Fatalf("Unpack of its own join: %d parts, %v; want %d", len(again), err, len(parts))
+			}
+		}
+	})
+}
+
+func toBytes(parts []json.RawMessage) [][]byte {
+	out := make([][]byte, len(parts))
+	for i, p := range parts {
+		out[i] = p
+	}
+	return out
 }

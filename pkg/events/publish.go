@@ -21,6 +21,9 @@ const MaxEventBytes = 60 << 10
 // *Publisher is a valid Emitter that drops everything (events off).
 type Emitter interface {
 	Emit(ev Event)
+	// EmitAll emits evs in order; those that share a subject may be
+	// stored together.
+	EmitAll(evs []Event)
 }
 
 // AsyncJS is what the publisher needs of JetStream.
@@ -167,9 +170,54 @@ func (p *Publisher) wake() {
 
 // Emit publishes ev (filling Schema, ID, Time and Source when empty).
 func (p *Publisher) Emit(ev Event) {
+	p.EmitAll([]Event{ev})
+}
+
+// EmitAll publishes evs in order (filling Schema, ID, Time and Source when
+// empty). Consecutive events that share a subject (one envelope's
+// recipients with the same change) are stored together, as one stream
+// message holding a JSON array of them (at most MaxEventBytes): a stored
+// message and its PubAck cost the server and both clients far more than
+// an event's bytes. The message's Nats-Msg-Id is its first event's id.
+func (p *Publisher) EmitAll(evs []Event) {
 	if p == nil || p.js == nil {
 		return
 	}
+	var (
+		subject, id string
+		parts       [][]byte
+		size        int
+	)
+	for i := range evs {
+		ev := &evs[i]
+		p.fill(ev)
+		data, err := ev.Marshal()
+		if err != nil {
+			p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
+			continue
+		}
+		subj := Subject(ev)
+		if len(data) > MaxEventBytes {
+			p.drop(nats.NewMsg(subj), 1, fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventBytes))
+			continue
+		}
+		if len(parts) > 0 && (subj != subject || size+len(data)+1 > MaxEventBytes) {
+			p.enqueue(subject, id, parts)
+			parts = parts[:0]
+		}
+		if len(parts) == 0 {
+			subject, id, size = subj, ev.ID, 1 // the array's brackets
+		}
+		parts = append(parts, data)
+		size += len(data) + 1
+	}
+	if len(parts) > 0 {
+		p.enqueue(subject, id, parts)
+	}
+}
+
+// fill sets ev's Schema, ID, Time and Source when empty.
+func (p *Publisher) fill(ev *Event) {
 	if ev.Schema == 0 {
 		ev.Schema = Schema
 	}
@@ -182,18 +230,18 @@ func (p *Publisher) Emit(ev Event) {
 	if ev.Source == "" {
 		ev.Source = p.cfg.Source
 	}
-	data, err := ev.Marshal()
-	if err != nil {
-		p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
-		return
+}
+
+// enqueue publishes one stream message of the encoded events parts (all
+// for subject): the event itself, or a JSON array of several.
+func (p *Publisher) enqueue(subject, id string, parts [][]byte) {
+	m := nats.NewMsg(subject)
+	if len(parts) == 1 {
+		m.Data = parts[0]
+	} else {
+		m.Data = joinArray(parts)
 	}
-	if len(data) > MaxEventBytes {
-		p.drop(nats.NewMsg(Subject(&ev)), fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventBytes))
-		return
-	}
-	m := nats.NewMsg(Subject(&ev))
-	m.Data = data
-	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	m.Header.Set(jetstream.MsgIDHeader, id)
 	if p.cfg.Linger <= 0 {
 		p.publish(m)
 		return
@@ -201,7 +249,7 @@ func (p *Publisher) Emit(ev Event) {
 	p.bmu.Lock()
 	if len(p.batch) >= p.cfg.RetryBuffer { // the loop cannot publish (NATS stalls)
 		p.bmu.Unlock()
-		p.drop(m, errors.New("events: too many events waiting to be published"))
+		p.drop(m, len(parts), errors.New("events: too many events waiting to be published"))
 		return
 	}
 	p.batch = append(p.batch, m)
@@ -217,6 +265,23 @@ func (p *Publisher) Emit(ev Event) {
 	if n >= p.cfg.MaxBatch {
 		p.wake()
 	}
+}
+
+// joinArray is the JSON array of the encoded events parts.
+func joinArray(parts [][]byte) []byte {
+	n := 1
+	for _, b := range parts {
+		n += len(b) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, b := range parts {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, b...)
+	}
+	return append(out, ']')
 }
 
 // Flush publishes the events gathered while lingering now, in order.
@@ -256,7 +321,7 @@ func permanent(err error) bool {
 // the server refused it.
 func (p *Publisher) failed(m *nats.Msg, err error) {
 	if permanent(err) {
-		p.drop(m, err)
+		p.drop(m, Count(m.Data), err)
 		return
 	}
 	p.mu.Lock()
@@ -268,18 +333,19 @@ func (p *Publisher) failed(m *nats.Msg, err error) {
 	}
 	select {
 	case <-p.done:
-		p.drop(m, err)
+		p.drop(m, Count(m.Data), err)
 		return
 	default:
 	}
 	select {
 	case p.retry <- m:
 	default:
-		p.drop(m, err)
+		p.drop(m, Count(m.Data), err)
 	}
 }
 
-func (p *Publisher) drop(m *nats.Msg, err error) {
+// drop gives up m, which holds n events.
+func (p *Publisher) drop(m *nats.Msg, n int, err error) {
 	p.mu.Lock()
 	if old := p.ring[p.ringI]; old != nil {
 		delete(p.held, old)
@@ -287,14 +353,16 @@ func (p *Publisher) drop(m *nats.Msg, err error) {
 	p.ring[p.ringI] = m
 	p.ringI = (p.ringI + 1) % len(p.ring)
 	p.mu.Unlock()
-	n := p.dropped.Add(1)
+	total := p.dropped.Add(uint64(n))
 	if p.cfg.Dropped != nil {
-		p.cfg.Dropped()
+		for range n {
+			p.cfg.Dropped()
+		}
 	}
 	now := time.Now().UnixNano()
 	if last := p.lastDrop.Load(); now-last >= int64(time.Second) && p.lastDrop.CompareAndSwap(last, now) {
 		p.cfg.Logger.Warn("events: the event stream is not taking events; dropping them (mail is not affected)",
-			"subject", m.Subject, "dropped_total", n, "err", err)
+			"subject", m.Subject, "dropped_total", total, "err", err)
 	}
 }
 
@@ -354,7 +422,7 @@ func (p *Publisher) Close(ctx context.Context) {
 			for {
 				select {
 				case m := <-p.retry:
-					p.drop(m, ctx.Err())
+					p.drop(m, Count(m.Data), ctx.Err())
 				default:
 					return
 				}

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -163,11 +164,54 @@ func (f *Filter) Match(ev *Event) bool {
 
 // Stored is one event as read from the stream: the event, its raw JSON
 // (as published; what -o json prints and the webhook posts) and its
-// stream sequence.
+// stream sequence (shared by the events stored together).
 type Stored struct {
 	Event
 	Raw []byte
 	Seq uint64
+}
+
+// Unpack splits a stream message into its events' JSON: the message is
+// one event (an object) or several that share its subject (an array;
+// Publisher.EmitAll). A message that is neither is an error.
+func Unpack(data []byte) ([]json.RawMessage, error) {
+	data = bytes.TrimLeft(data, " \t\r\n")
+	if len(data) > 0 && data[0] == '[' {
+		var parts []json.RawMessage
+		if err := json.Unmarshal(data, &parts); err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+		return parts, nil
+	}
+	if !json.Valid(data) {
+		return nil, errors.New("events: a stream message that is not JSON")
+	}
+	return []json.RawMessage{data}, nil
+}
+
+// Count is how many events a stream message holds (0 if none can be read).
+func Count(data []byte) int {
+	parts, _ := Unpack(data)
+	return len(parts)
+}
+
+// decode calls fn for each event of stream message data that decodes and
+// matches f, in order; it stops at fn's first error.
+func decode(data []byte, f *Filter, fn func(raw []byte, ev *Event) error) error {
+	parts, err := Unpack(data)
+	if err != nil {
+		return nil // not an event: skipped
+	}
+	for _, raw := range parts {
+		var ev Event
+		if json.Unmarshal(raw, &ev) != nil || (f != nil && !f.Match(&ev)) {
+			continue
+		}
+		if err := fn(raw, &ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // FollowOptions say where a read starts and whether it stops.
@@ -233,11 +277,10 @@ func Follow(ctx context.Context, st jetstream.Stream, f Filter, o FollowOptions,
 		if err != nil {
 			return fmt.Errorf("events: %w", err)
 		}
-		s := Stored{Raw: m.Data(), Seq: meta.Sequence.Stream}
-		if json.Unmarshal(m.Data(), &s.Event) == nil && f.Match(&s.Event) {
-			if err := fn(s); err != nil {
-				return err
-			}
+		if err := decode(m.Data(), &f, func(raw []byte, ev *Event) error {
+			return fn(Stored{Event: *ev, Raw: raw, Seq: meta.Sequence.Stream})
+		}); err != nil {
+			return err
 		}
 		if o.Stop && meta.NumPending == 0 {
 			return nil

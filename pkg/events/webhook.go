@@ -6,7 +6,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -133,31 +132,38 @@ func (f *Forwarder) Run(ctx context.Context, st jetstream.Stream) error {
 			sleep(ctx, f.MinBackoff)
 			continue
 		}
-		var ev Event
-		if json.Unmarshal(m.Data(), &ev) != nil || !f.Filter.Match(&ev) {
-			_ = m.Ack() // not for this endpoint (or not an event)
-			continue
-		}
-		if !f.deliver(ctx, m, &ev) {
-			// Stopped: the event goes back at once for the next forwarder
-			// (a killed one's comes back after AckWait).
+		// Each event of the stream message (several recipients' events
+		// are stored together) is posted on its own, in order; events not
+		// for this endpoint, and messages that are not events, are acked.
+		var last string
+		if decode(m.Data(), &f.Filter, func(raw []byte, ev *Event) error {
+			if !f.deliver(ctx, m, raw, ev) {
+				return ctx.Err()
+			}
+			last = ev.ID
+			return nil
+		}) != nil {
+			// Stopped: the message goes back at once for the next
+			// forwarder (a killed one's comes back after AckWait); the
+			// events of it already posted are posted again.
 			_ = m.Nak()
 			return nil
 		}
 		if err := m.DoubleAck(ctx); err != nil && ctx.Err() == nil {
-			// The ack may be lost: the event can be posted once more. The
+			// The ack may be lost: the events can be posted once more. The
 			// receiver deduplicates by X-Mailfwd-Event-Id.
-			f.Logger.Warn("events webhook: ack failed; the event may be posted again", "event_id", ev.ID, "err", err)
+			f.Logger.Warn("events webhook: ack failed; the events may be posted again", "event_id", last, "err", err)
 		}
 	}
 	return nil
 }
 
-// deliver posts m until the endpoint answers 2xx; false when ctx ended.
-func (f *Forwarder) deliver(ctx context.Context, m jetstream.Msg, ev *Event) bool {
+// deliver posts raw, the JSON of ev (an event of m), until the endpoint
+// answers 2xx; false when ctx ended.
+func (f *Forwarder) deliver(ctx context.Context, m jetstream.Msg, raw []byte, ev *Event) bool {
 	wait := f.MinBackoff
 	for attempt := 1; ; attempt++ {
-		err := f.post(ctx, m.Data(), ev.ID)
+		err := f.post(ctx, raw, ev.ID)
 		if err == nil {
 			if attempt > 1 {
 				f.Logger.Info("events webhook: delivered after retries", "event_id", ev.ID, "attempts", attempt)

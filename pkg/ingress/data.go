@@ -633,12 +633,14 @@ func (s *Server) emitAll(envs []*envelope.Envelope, ev events.Event) {
 		return
 	}
 	for _, e := range envs {
-		for _, r := range e.Recipients {
+		evs := make([]events.Event, len(e.Recipients))
+		for i, r := range e.Recipients {
 			x := ev
 			x.QueueID, x.MessageID, x.Sender, x.Recipient, x.Destination = e.QueueID, e.MsgID, e.From, r.Addr, e.Domain
 			x.Arrived, x.Size = e.Arrived, e.Size
-			s.cfg.Events.Emit(x)
+			evs[i] = x
 		}
+		s.cfg.Events.EmitAll(evs) // stored together: one stream message per envelope
 	}
 }
 

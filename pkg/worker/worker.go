@@ -451,9 +451,11 @@ func (w *Worker) emitAll(e *envelope.Envelope, ev events.Event) {
 	if w.cfg.Events == nil {
 		return
 	}
-	for _, r := range e.Recipients {
-		w.emit(e, r.Addr, ev)
+	evs := make([]events.Event, len(e.Recipients))
+	for i, r := range e.Recipients {
+		evs[i] = w.event(e, r.Addr, ev)
 	}
+	w.cfg.Events.EmitAll(evs)
 }
 
 // emit sends ev about recipient rcpt of e.
@@ -461,9 +463,14 @@ func (w *Worker) emit(e *envelope.Envelope, rcpt string, ev events.Event) {
 	if w.cfg.Events == nil {
 		return
 	}
+	w.cfg.Events.Emit(w.event(e, rcpt, ev))
+}
+
+// event is ev about recipient rcpt of e.
+func (w *Worker) event(e *envelope.Envelope, rcpt string, ev events.Event) events.Event {
 	ev.QueueID, ev.MessageID, ev.Sender, ev.Recipient, ev.Destination = e.QueueID, e.MsgID, e.From, rcpt, e.Domain
 	ev.Arrived, ev.Size = e.Arrived, e.Size
-	w.cfg.Events.Emit(ev)
+	return ev
 }
 
 // giveUpDSN reports every recipient of e as failed (a panic here is an error).
@@ -718,9 +725,14 @@ func (w *Worker) handle(ctx context.Context, j *queue.Job, e *envelope.Envelope,
 		}
 	}
 	defer func() {
-		for _, x := range evs {
-			w.emit(e, x.rcpt, x.ev)
+		if w.cfg.Events == nil {
+			return
 		}
+		out := make([]events.Event, len(evs))
+		for i, x := range evs {
+			out[i] = w.event(e, x.rcpt, x.ev)
+		}
+		w.cfg.Events.EmitAll(out) // the recipients with the same outcome are stored together
 	}()
 	for _, r := range results {
 		st := r.status
