@@ -485,3 +485,52 @@ func TestLingerNeverBlocksEmit(t *testing.T) {
 		}
 	}
 }
+
+// failJS is a JetStream that takes no more events: each publish waits its
+// stall time and fails, and no PubAck ever comes.
+type failJS struct {
+	mu       sync.Mutex
+	attempts []time.Time
+}
+
+func (f *failJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	time.Sleep(5 * time.Millisecond)
+	f.mu.Lock()
+	f.attempts = append(f.attempts, time.Now())
+	f.mu.Unlock()
+	return nil, jetstream.ErrTooManyStalledMsgs
+}
+
+func (f *failJS) PublishAsyncComplete() <-chan struct{} { return make(chan struct{}) }
+
+// Close gives up when its context ends, even with thousands of events
+// still gathered (each publish stalling): it stops publishing then, and
+// every event it could not publish is counted as dropped.
+func TestCloseEndsWithItsContextWhileNATSStalls(t *testing.T) {
+	js := &failJS{}
+	p := events.NewPublisher(events.PublisherConfig{Source: "test", Linger: time.Hour, MaxBatch: 100000, RetryBuffer: 100000})
+	p.Start(js)
+	const n = 2000
+	for i := range n {
+		p.Emit(events.Event{Type: events.Delivered, QueueID: fmt.Sprintf("q%05d", i), Destination: "example.net"})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	p.Close(ctx)
+	deadline, _ := ctx.Deadline()
+	js.mu.Lock()
+	late := 0
+	for _, at := range js.attempts {
+		if at.After(deadline.Add(50 * time.Millisecond)) { // one publish may be under way at the deadline
+			late++
+		}
+	}
+	attempts := len(js.attempts)
+	js.mu.Unlock()
+	if late > 0 {
+		t.Fatalf("%d of %d publishes were tried after Close's context ended", late, attempts)
+	}
+	if p.Dropped() != n {
+		t.Fatalf("dropped %d, want all %d counted", p.Dropped(), n)
+	}
+}

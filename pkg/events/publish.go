@@ -109,6 +109,9 @@ type Publisher struct {
 	timer *time.Timer
 	kick  chan struct{}
 	pmu   sync.Mutex
+	// quit ends the linger loop's flush when Close's time is up.
+	quit    context.Context
+	quitNow context.CancelFunc
 }
 
 // NewPublisher returns a publisher; call SetJS before the first Emit (the
@@ -132,8 +135,9 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	if host, err := os.Hostname(); err == nil && cfg.Source != "" {
 		cfg.Source += "/" + host
 	}
+	quit, quitNow := context.WithCancel(context.Background())
 	return &Publisher{cfg: cfg, retry: make(chan *nats.Msg, cfg.RetryBuffer), done: make(chan struct{}), held: map[*nats.Msg]struct{}{},
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), quit: quit, quitNow: quitNow}
 }
 
 // Start sets the JetStream context and starts the retry loop.
@@ -156,7 +160,7 @@ func (p *Publisher) lingerLoop() {
 		case <-p.done:
 			return
 		case <-p.kick:
-			p.Flush()
+			p.flush(p.quit)
 		}
 	}
 }
@@ -286,6 +290,12 @@ func joinArray(parts [][]byte) []byte {
 
 // Flush publishes the events gathered while lingering now, in order.
 func (p *Publisher) Flush() {
+	p.flush(context.Background())
+}
+
+// flush is Flush until ctx ends; what it has not published by then is
+// dropped and counted (NATS stalled: each publish may wait StallWait).
+func (p *Publisher) flush(ctx context.Context) {
 	if p == nil {
 		return
 	}
@@ -298,7 +308,13 @@ func (p *Publisher) Flush() {
 		p.timer.Stop()
 	}
 	p.bmu.Unlock()
-	for _, m := range batch {
+	for i, m := range batch {
+		if ctx.Err() != nil {
+			for _, m := range batch[i:] {
+				p.drop(m, Count(m.Data), ctx.Err())
+			}
+			return
+		}
 		p.publish(m)
 	}
 }
@@ -407,7 +423,10 @@ func (p *Publisher) Close(ctx context.Context) {
 	if p == nil || p.js == nil {
 		return
 	}
-	p.Flush()
+	// The linger loop's flush in progress ends with ctx too (quit).
+	stop := context.AfterFunc(ctx, p.quitNow)
+	defer stop()
+	p.flush(ctx)
 	for {
 		select {
 		case <-p.js.PublishAsyncComplete():
