@@ -56,6 +56,7 @@ var (
 // into the envelopes, the body is stored as received.
 func (ss *session) Data(r io.Reader) (err error) {
 	start := time.Now()
+	ss.inData.Store(true) // not abandoned, whatever the outcome
 	if !ss.s.cfg.RepanicForTests {
 		defer func() {
 			if p := recover(); p != nil {
@@ -180,7 +181,7 @@ func (ss *session) Data(r io.Reader) (err error) {
 }
 
 func (ss *session) queued() error {
-	ss.quota.Store(nil) // the message counts on its quotas
+	ss.quota.counted() // the message counts on its quotas
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + ss.qid}
 }
 

@@ -136,6 +136,13 @@ type Config struct {
 	// Quotas are the fleet-wide sender quotas checked at MAIL FROM (nil:
 	// none; quota.go).
 	Quotas *Quotas
+	// MaxAbandonedTransactions is how many transactions a session may end
+	// before DATA (RSET, a new MAIL FROM, every recipient refused): the
+	// next MAIL FROM is 421 4.7.0 and the session ends (sendmail counts
+	// MAIL without DATA, Postfix its junk commands). It bounds the work a
+	// MAIL FROM / RSET loop makes, the sender quotas' KV writes among it.
+	// 0: DefaultMaxAbandonedTransactions; negative: no limit.
+	MaxAbandonedTransactions int
 }
 
 // Defaults of Config's session limits.
@@ -148,6 +155,10 @@ const (
 	DefaultMaxDataLineLength = 1 << 20
 	// DefaultMinDataRate is Postfix's smtpd_min_data_rate (bytes/s).
 	DefaultMinDataRate = 500
+	// DefaultMaxAbandonedTransactions: as many as the default error
+	// budget (--max-errors-per-session): a client that sends its messages
+	// never comes near it.
+	DefaultMaxAbandonedTransactions = 20
 )
 
 // HostResolver does the forward-confirmed reverse lookup of clients.
@@ -205,6 +216,9 @@ func New(cfg Config, q Queue, bodies BodyStore) (*Server, error) {
 	}
 	if cfg.MinDataRate == 0 {
 		cfg.MinDataRate = DefaultMinDataRate
+	}
+	if cfg.MaxAbandonedTransactions == 0 {
+		cfg.MaxAbandonedTransactions = DefaultMaxAbandonedTransactions
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 5 * time.Minute
@@ -452,9 +466,16 @@ type session struct {
 	user       *smtpauth.User // after a successful AUTH; kept across transactions
 	authCancel context.CancelFunc
 	submission bool // a submission listener's session: MAIL needs AUTH
-	// quota is the transaction's count on its sender quotas, until its 250
-	// (atomic: a forced close's Logout runs on another goroutine).
-	quota atomic.Pointer[charge]
+	// quota is the session's count on its sender quotas: the transaction's
+	// until its 250, or an abandoned one's until the next MAIL FROM or
+	// Logout (quota.go; locked: a forced close's Logout may run on another
+	// goroutine).
+	quota quotaHold
+	// abandoned counts transactions that ended before DATA
+	// (MaxAbandonedTransactions); inData: this transaction's DATA or BDAT
+	// began (set on go-smtp's data goroutine).
+	abandoned int
+	inData    atomic.Bool
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -463,12 +484,18 @@ func (ss *session) Reset() {
 	if wire := wireOf(ss.conn.Conn()); wire != nil {
 		wire.endData() // go-smtp resets after a message transfer, once it has read it all
 	}
-	ss.giveBack(ss.quota.Swap(nil)) // a transaction that ended without its 250
+	// A transaction that ended without its 250 keeps its quota charge for
+	// the next MAIL FROM (quota.go); one that never got to DATA counts
+	// toward MaxAbandonedTransactions.
+	if ss.hasFrom && !ss.inData.Load() {
+		ss.abandoned++
+	}
+	ss.inData.Store(false)
 	ss.qid, ss.from, ss.hasFrom, ss.eightBit, ss.utf8, ss.rcpts, ss.targets, ss.fwd = "", "", false, false, false, nil, nil, nil
 }
 
 func (ss *session) Logout() error {
-	ss.giveBack(ss.quota.Swap(nil))
+	ss.giveBack(ss.quota.end())
 	if ss.authCancel != nil {
 		ss.authCancel()
 	}
@@ -477,6 +504,15 @@ func (ss *session) Logout() error {
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	ss.Reset()
+	if limit := ss.s.cfg.MaxAbandonedTransactions; limit > 0 && ss.abandoned >= limit {
+		ss.s.log.Info("MAIL refused: too many abandoned transactions; closing the session", "client", ss.client.Addr.String(),
+			"from", from, "abandoned", ss.abandoned, "max_abandoned_transactions", limit)
+		ss.s.cfg.Metrics.LimitRefused("abandoned_transactions")
+		if wire := wireOf(ss.conn.Conn()); wire != nil {
+			wire.closeAfterReply()
+		}
+		return reply(Reject(421, "4.7.0", fmt.Sprintf("%s Error: too many abandoned transactions (%d without DATA), closing connection", ss.s.cfg.Hostname, limit)), "")
+	}
 	if err := ss.checkUser(); err != nil {
 		return reply(err, "")
 	}
