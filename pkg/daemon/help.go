@@ -11,7 +11,7 @@ var helpGroups = []config.FlagGroup{
 	{Title: "Queue (NATS JetStream)", Flags: []string{"nats-*", "bootstrap", "ack-wait", "replicas"}},
 	{Title: "Body store", Flags: []string{"blob-store", "inline-body-max"}},
 	{Title: "Policy", Flags: []string{"policy-*", "relay-networks", "relay-domains", "route"}},
-	{Title: "Session limits (ingress)", Flags: []string{"max-recipients", "max-line-length", "read-timeout", "write-timeout", "max-sessions", "max-sessions-per-client", "max-connections-per-client-per-minute", "client-limit-exceptions", "max-errors-per-session", "max-hops", "store-timeout", "max-message-size", "max-in-flight-bytes", "max-in-flight-bytes-per-client", "max-data-line-length", "max-recipient-overshoot", "min-data-rate"}},
+	{Title: "Session limits (ingress)", Flags: []string{"max-recipients", "max-line-length", "read-timeout", "write-timeout", "max-sessions", "max-sessions-per-client", "max-connections-per-client-per-minute", "client-limit-exceptions", "max-errors-per-session", "max-hops", "store-timeout", "max-message-size", "max-in-flight-bytes", "max-in-flight-bytes-per-client", "max-data-line-length", "max-recipient-overshoot", "min-data-rate", "max-abandoned-transactions"}},
 	{Title: "Sender quotas (ingress, fleet-wide)", Flags: []string{"sender-quota", "user-quota"}},
 	{Title: "SMTP AUTH (ingress)", Flags: []string{"auth-*", "submission-auth-exceptions"}},
 	{Title: "DKIM", Flags: []string{"dkim-*"}},

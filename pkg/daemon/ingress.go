@@ -231,6 +231,7 @@ func (o *Ingress) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.SMTPSListen, "smtps-listen", "", "implicit-TLS listener (port 465, RFC 8314); needs --tls-cert; empty disables")
 	fs.Var(&o.SubmissionAuthExceptions, "submission-auth-exceptions", "client networks that may send on --submission-listen and --smtps-listen without SMTP AUTH (CIDR or address, comma-separated; default none: MAIL before AUTH gets 530 5.7.0)")
 	fs.IntVar(&o.SMTP.MaxRecipientOvershoot, "max-recipient-overshoot", ingress.DefaultMaxRecipientOvershoot, "recipients over --max-recipients a transaction may send (each answered 452 4.5.3) before further ones count toward --max-errors-per-session, as Postfix's smtpd_recipient_overshoot_limit")
+	fs.IntVar(&o.SMTP.MaxAbandonedTransactions, "max-abandoned-transactions", ingress.DefaultMaxAbandonedTransactions, "transactions a session may end before DATA (RSET, a new MAIL FROM, every recipient refused); the next MAIL FROM gets 421 4.7.0 and the session is closed, as sendmail counts MAIL without DATA (0: no limit)")
 	fs.IntVar(&o.SMTP.MinDataRate, "min-data-rate", ingress.DefaultMinDataRate, "slowest a message may come, in bytes per second (Postfix smtpd_min_data_rate): a transfer may take --read-timeout plus one second per this many bytes; slower clients get 421 4.4.2 and nothing is queued (0: no minimum)")
 	fs.IntVar(&o.SMTP.MaxDataLineLength, "max-data-line-length", ingress.DefaultMaxDataLineLength, "longest line of message data (the body streams: no memory is held per line; header lines are bounded at 64 KiB); longer gets 500 5.5.2 and the session ends")
 	fs.IntVar(&o.AuthBudget.MaxFailures, "auth-max-failures", smtpauth.DefaultMaxFailures, "failed SMTP AUTH attempts a client (IPv6: one /64) has within --auth-failure-window; the next gets 421 4.7.0 and the session is closed")
@@ -340,6 +341,9 @@ func (o *Ingress) Validate() error {
 	if o.SMTP.MaxRecipientOvershoot < 1 {
 		errs = append(errs, errors.New("--max-recipient-overshoot must be at least 1"))
 	}
+	if o.SMTP.MaxAbandonedTransactions < 0 {
+		errs = append(errs, errors.New("--max-abandoned-transactions must be 0 (no limit) or more"))
+	}
 	if _, _, err := o.quotaDefaults(); err != nil {
 		errs = append(errs, err)
 	}
@@ -397,6 +401,9 @@ func RunIngress(ctx context.Context, o Ingress, log *slog.Logger, tp trace.Trace
 	o.SMTP.SubmissionAuthExceptions, _ = ingress.ParseNetworks(o.SubmissionAuthExceptions)
 	if o.SMTP.MinDataRate == 0 {
 		o.SMTP.MinDataRate = -1 // the flag's 0 is "no minimum"; Config's 0 the default
+	}
+	if o.SMTP.MaxAbandonedTransactions == 0 {
+		o.SMTP.MaxAbandonedTransactions = -1 // the flag's 0 is "no limit"; Config's 0 the default
 	}
 	o.SMTP.DKIMSignNetworks, o.SMTP.DKIMSignRelayClients, _ = o.dkimSigningNetworks()
 	if os.Getenv("GOMEMLIMIT") == "" {

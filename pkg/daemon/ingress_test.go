@@ -24,7 +24,7 @@ func TestIngressLimitFlags(t *testing.T) {
 	if o.SMTP.MaxHops != 25 || o.SMTP.MaxSessionsPerClient != 50 || o.SMTP.MaxConnectionsPerClientPerMinute != 600 ||
 		o.SMTP.MaxErrorsPerSession != 20 || o.SMTP.MaxInFlightBytes != 80<<20 ||
 		o.SMTP.MaxRecipientOvershoot != 1000 || o.SMTP.MaxDataLineLength != 1<<20 || o.SMTP.MinDataRate != 500 ||
-		o.AuthBudget.MaxUserFailures != 20 || len(o.SubmissionAuthExceptions) != 0 {
+		o.SMTP.MaxAbandonedTransactions != 20 || o.AuthBudget.MaxUserFailures != 20 || len(o.SubmissionAuthExceptions) != 0 {
 		t.Errorf("defaults: %+v", o.SMTP)
 	}
 	if ex, _ := o.clientLimitExceptions(); len(ex) != 2 {
@@ -56,6 +56,7 @@ func TestIngressLimitFlags(t *testing.T) {
 		{"--max-recipient-overshoot", "0", "--max-recipient-overshoot"},
 		{"--max-data-line-length", "500", "--max-data-line-length"},
 		{"--min-data-rate", "-1", "--min-data-rate"},
+		{"--max-abandoned-transactions", "-1", "--max-abandoned-transactions"},
 		{"--max-in-flight-bytes-per-client", "-1", "--max-in-flight-bytes-per-client"},
 	} {
 		if _, err := parse(bad.flag, bad.val); err == nil || !strings.Contains(err.Error(), bad.want) {
