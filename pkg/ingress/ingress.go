@@ -189,6 +189,8 @@ type Server struct {
 	conns    map[*conn]struct{} // open sessions, closed by Shutdown at its deadline
 	clients  map[netip.Addr]*clientState
 	swept    time.Time
+	live     int           // sessions not yet logged out
+	liveDone chan struct{} // closed when live drops to 0 (made by waitLoggedOut)
 }
 
 // New builds an ingress server.
@@ -351,12 +353,71 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// smtp.Server.Close is a no-op once Shutdown has run (it returns
 		// ErrServerClosed without touching connections), so close them here.
 		s.closeSessions()
+		// A closed session may still be inside its quota take; its
+		// Logout gives the count back (quota.go). Wait for that before
+		// the caller closes NATS and the process exits, a little.
+		if h := testHookClosedWait; h != nil {
+			h()
+		}
+		if !s.waitLoggedOut(closedSessionsGrace) {
+			s.log.Warn("closed sessions still running after the grace; their sender quota counts may stay taken", "grace", closedSessionsGrace)
+		}
 		return nil
 	}
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// closedSessionsGrace bounds how long Shutdown waits, after closing the
+// sessions left at its deadline, for them to end (a quota take in progress
+// and its give-back: a round trip each, 2 s at most). It is within the
+// chart's terminationGraceMarginSeconds (10).
+const closedSessionsGrace = 5 * time.Second
+
+// testHookClosedWait, when set (tests), is called as Shutdown starts
+// waiting for the sessions it closed.
+var testHookClosedWait func()
+
+// sessionOpened and loggedOut count sessions between newSession and their
+// Logout (quota counts are given back in Logout).
+func (s *Server) sessionOpened() {
+	s.mu.Lock()
+	s.live++
+	s.mu.Unlock()
+}
+
+func (s *Server) loggedOut() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live--
+	if s.live == 0 && s.liveDone != nil {
+		close(s.liveDone)
+		s.liveDone = nil
+	}
+}
+
+// waitLoggedOut waits until every session has logged out, at most d.
+func (s *Server) waitLoggedOut(d time.Duration) bool {
+	s.mu.Lock()
+	if s.live == 0 {
+		s.mu.Unlock()
+		return true
+	}
+	if s.liveDone == nil {
+		s.liveDone = make(chan struct{})
+	}
+	done := s.liveDone
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // closeSessions closes every open session's connection.
@@ -396,6 +457,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if wire := wireOf(c.Conn()); wire != nil {
 		ss.submission = wire.submission
 	}
+	s.sessionOpened()
 	return ss, nil
 }
 
@@ -476,6 +538,7 @@ type session struct {
 	// began (set on go-smtp's data goroutine).
 	abandoned int
 	inData    atomic.Bool
+	logout    sync.Once
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -495,10 +558,13 @@ func (ss *session) Reset() {
 }
 
 func (ss *session) Logout() error {
-	ss.giveBack(ss.quota.end())
-	if ss.authCancel != nil {
-		ss.authCancel()
-	}
+	ss.logout.Do(func() {
+		ss.giveBack(ss.quota.end())
+		if ss.authCancel != nil {
+			ss.authCancel()
+		}
+		ss.s.loggedOut()
+	})
 	return nil
 }
 

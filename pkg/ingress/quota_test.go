@@ -333,3 +333,60 @@ func TestQuotaForcedLogoutMidTakeGivesBack(t *testing.T) {
 		t.Fatalf("third MAIL: %v, want 450 (user quota hourly=2)", r)
 	}
 }
+
+// Security review, defect 2 (the process's end): Shutdown at its deadline
+// closes the sessions still open and returned at once, while a closed
+// session could still be inside its quota take, its give-back still to
+// come; the daemon then closed NATS and exited, and the count stayed
+// taken. Now Shutdown waits (a few seconds at most) for the closed
+// sessions to have ended, their counts given back.
+func TestQuotaForcedShutdownGivesBackBeforeReturning(t *testing.T) {
+	f, bucket := quotaFixture(t, "hourly=10", nil)
+	const key = "d.shut.test"
+	entered, release := make(chan struct{}), make(chan struct{})
+	var first sync.Once
+	hook := func(k string) {
+		if k != key {
+			return
+		}
+		first.Do(func() { // the take: held until the session is closed
+			close(entered)
+			<-release
+		})
+	}
+	bucket.beforeWrite.Store(&hook)
+	waiting := make(chan struct{})
+	ingress.SetClosedWaitHook(func() { close(waiting) })
+	t.Cleanup(func() { ingress.SetClosedWaitHook(nil) })
+
+	c := dial(t, f.addr)
+	c.expect(250, "EHLO client.test")
+	if err := c.writeLine("MAIL FROM:<a@shut.test>"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("MAIL FROM never reached its quota take")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the drain deadline has passed: open sessions are closed
+	done := make(chan error, 1)
+	go func() { done <- f.srv.Shutdown(ctx) }()
+	c.expectClosed()
+	// Release the take once Shutdown waits for the closed session, or
+	// has returned without waiting (the defect).
+	select {
+	case <-waiting:
+	case err := <-done:
+		close(release)
+		t.Fatalf("Shutdown returned (%v) while a closed session was still inside its quota take", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if w := bucket.writesTo(key); w != 2 {
+		t.Fatalf("when Shutdown returned, %s had %d writes; want 2 (the take and its give-back)", key, w)
+	}
+}
