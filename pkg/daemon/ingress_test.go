@@ -24,7 +24,7 @@ func TestIngressLimitFlags(t *testing.T) {
 	if o.SMTP.MaxHops != 25 || o.SMTP.MaxSessionsPerClient != 50 || o.SMTP.MaxConnectionsPerClientPerMinute != 600 ||
 		o.SMTP.MaxErrorsPerSession != 20 || o.SMTP.MaxInFlightBytes != 80<<20 ||
 		o.SMTP.MaxRecipientOvershoot != 1000 || o.SMTP.MaxDataLineLength != 1<<20 || o.SMTP.MinDataRate != 500 ||
-		o.SMTP.MaxAbandonedTransactions != 20 || o.AuthBudget.MaxUserFailures != 20 || len(o.SubmissionAuthExceptions) != 0 {
+		o.SMTP.MaxAbandonedTransactions != 50 || o.AuthBudget.MaxUserFailures != 20 || len(o.SubmissionAuthExceptions) != 0 {
 		t.Errorf("defaults: %+v", o.SMTP)
 	}
 	if ex, _ := o.clientLimitExceptions(); len(ex) != 2 {

@@ -138,9 +138,9 @@ type Config struct {
 	Quotas *Quotas
 	// MaxAbandonedTransactions is how many transactions a session may end
 	// before DATA (RSET, a new MAIL FROM, every recipient refused): the
-	// next MAIL FROM is 421 4.7.0 and the session ends (sendmail counts
-	// MAIL without DATA, Postfix its junk commands). It bounds the work a
-	// MAIL FROM / RSET loop makes, the sender quotas' KV writes among it.
+	// next MAIL FROM is 421 4.7.0 and the session ends (about Postfix's
+	// smtpd_junk_command_limit). It bounds the work a MAIL FROM / RSET
+	// loop makes, the sender quotas' KV writes among it.
 	// 0: DefaultMaxAbandonedTransactions; negative: no limit.
 	MaxAbandonedTransactions int
 }
@@ -155,10 +155,11 @@ const (
 	DefaultMaxDataLineLength = 1 << 20
 	// DefaultMinDataRate is Postfix's smtpd_min_data_rate (bytes/s).
 	DefaultMinDataRate = 500
-	// DefaultMaxAbandonedTransactions: as many as the default error
-	// budget (--max-errors-per-session): a client that sends its messages
+	// DefaultMaxAbandonedTransactions: an abandoned transaction is at
+	// least two commands (MAIL FROM, RSET), so 50 is about Postfix's
+	// smtpd_junk_command_limit (100); a client that sends its messages
 	// never comes near it.
-	DefaultMaxAbandonedTransactions = 20
+	DefaultMaxAbandonedTransactions = 50
 )
 
 // HostResolver does the forward-confirmed reverse lookup of clients.
