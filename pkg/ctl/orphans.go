@@ -57,7 +57,7 @@ this shows what they will remove, or removes it now.`,
 							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Kind, o.Key, o.Since.Local().Format(time.RFC3339),
 								time.Since(o.Since).Round(time.Second))
 						}
-						fmt.Fprintf(tw, "\t\t\t\nTotal: %d orphans older than %s\n", len(orphans), minAge)
+						fmt.Fprintf(tw, "\nTotal: %d orphans older than %s\n", len(orphans), minAge)
 					})
 				}
 				if len(orphans) == 0 {

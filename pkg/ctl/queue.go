@@ -171,6 +171,10 @@ func newQueueList(g *globals) *cobra.Command {
 					return err
 				}
 				return out.print(g.out, items, func(tw *tabwriter.Writer) {
+					if len(items) == 0 {
+						fmt.Fprintln(tw, "Mail queue is empty")
+						return
+					}
 					fmt.Fprintln(tw, "QUEUE-ID\tSTATE\tARRIVED\tSIZE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS\tLAST-ERROR")
 					for _, it := range items {
 						next := "-"
@@ -181,7 +185,7 @@ func newQueueList(g *globals) *cobra.Command {
 							it.Arrived.Local().Format("Jan _2 15:04:05"), it.Size, it.Attempts, next, it.Sender,
 							strings.Join(it.Recipients, ","), truncate(it.LastError, 60))
 					}
-					fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t\nTotal: %d envelopes\n", len(items))
+					fmt.Fprintf(tw, "\nTotal: %d envelopes\n", len(items))
 				})
 			})
 		},
