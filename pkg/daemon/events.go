@@ -34,7 +34,7 @@ func (e *Events) register(fs *flag.FlagSet) {
 	fs.Int64Var(&e.MaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first (set at bootstrap)")
 	fs.IntVar(&e.MaxPending, "events-max-pending", 4096, "event publishes awaiting their ack at once")
 	fs.IntVar(&e.Buffer, "events-buffer", 8192, "events kept for another try while the stream does not take them; beyond it events are dropped, counted and logged")
-	fs.Var(&e.Types, "events-types", "publish only these event types (comma-separated, repeatable; default all): e.g. deferred,bounced,expired,failed,not_queued costs nothing for mail delivered at once (docs/events.md)")
+	fs.Var(&e.Types, "events-types", "publish only these event types (comma-separated, repeatable; default all): with deferred,bounced,expired,failed,not_queued nothing is published for mail delivered at once (docs/events.md)")
 }
 
 // types checks --events-types.
