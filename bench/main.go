@@ -342,6 +342,7 @@ type mailfwdVariant struct {
 	localStore    bool   // every accept flushed (syncfs of the server's store) before the 250
 	inlineBodyMax string // the ingress's --inline-body-max; "" its default (128 KiB)
 	noEvents      bool   // --events=false on ingress and workers
+	eventTypes    string // --events-types on ingress and workers ("": all)
 	cluster       bool   // a 3-node NATS cluster, R3
 	durability    string
 }
@@ -360,6 +361,8 @@ var mailfwdVariants = map[string]mailfwdVariant{
 	// The same without the event stream (the events section's control).
 	"mailfwd-file-sync-noevents": {blob: "file", localStore: true, noEvents: true,
 		durability: "as mailfwd-file-sync, event stream off (--events=false)"},
+	"mailfwd-file-sync-failures": {blob: "file", localStore: true, eventTypes: "deferred,bounced,expired,failed,not_queued",
+		durability: "as mailfwd-file-sync, failure events only (--events-types)"},
 	// Round 1's single-node configuration: JetStream fsyncs every write,
 	// bodies in files.
 	"mailfwd-jsync":       {blob: "file", syncAlways: true, inlineBodyMax: "0", durability: "body fsync + JetStream sync always"},
@@ -421,6 +424,10 @@ func startSystem(tools rig.Tools, work, name string, minio *rig.Minio) (*system,
 	if v.noEvents {
 		cfg.IngressArgs = append(cfg.IngressArgs, "--events=false")
 		cfg.WorkerArgs = append(cfg.WorkerArgs, "--events=false")
+	}
+	if v.eventTypes != "" {
+		cfg.IngressArgs = append(cfg.IngressArgs, "--events-types="+v.eventTypes)
+		cfg.WorkerArgs = append(cfg.WorkerArgs, "--events-types="+v.eventTypes)
 	}
 	s.durability = v.durability
 	m, stop, err := startMailfwd(tools, cfg, v.cluster, sink)

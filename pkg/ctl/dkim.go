@@ -1,7 +1,6 @@
 package ctl
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -45,7 +44,7 @@ func newDKIMKeygen(g *globals, sf *secretFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if domain == "" || selector == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--domain and --selector are required")}
+				return usageError("--domain and --selector are required")
 			}
 			d, err := address.Domain(domain)
 			if err != nil {

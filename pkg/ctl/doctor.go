@@ -89,7 +89,7 @@ the DNS resolvers answer; with --to, the next hop of that address accepts SMTP c
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if minFree < 0 || d.maxClockSkew <= 0 || d.checkTimeout <= 0 {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--min-free-bytes must be ≥ 0, --max-clock-skew and --check-timeout > 0")}
+				return usageError("--min-free-bytes must be ≥ 0, --max-clock-skew and --check-timeout > 0")
 			}
 			d.minFreeBytes = uint64(minFree)
 			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)

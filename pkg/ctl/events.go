@@ -3,7 +3,6 @@ package ctl
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -212,7 +211,7 @@ forwarder per --name; a second with the same name takes turns with the first.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if url == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--url is required")}
+				return usageError("--url is required")
 			}
 			f, err := ff.filter()
 			if err != nil {

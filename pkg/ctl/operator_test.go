@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mailfwd/mailfwd/pkg/ctl"
+	"github.com/mailfwd/mailfwd/pkg/envelope"
 )
 
 // Operator commands ask for the body store only when they read or remove a
@@ -61,4 +62,28 @@ func TestNoPolicySourceSaidPlainly(t *testing.T) {
 		t.Errorf("doctor without Kubernetes: %s", r)
 	}
 	mustContain(t, "doctor policy check", r.out, "no policy directory")
+}
+
+// `queue list` on an empty queue says so, as mailq does, and never prints
+// a line of blanks (the table's separator padded by the tab writer).
+func TestQueueListEmptyAndNoBlankPaddedLines(t *testing.T) {
+	n, q, ctx := startQueue(t, "test", 60*time.Second)
+	r := mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", "list")
+	mustContain(t, "empty queue", r.out, "Mail queue is empty")
+	noBlankPadded(t, r.out)
+	if err := q.Enqueue(ctx, []*envelope.Envelope{smallMessage("alpha.test")}); err != nil {
+		t.Fatal(err)
+	}
+	r = mustCtl(t, ctl.ExitOK, "--nats-url", n.URL(), "queue", "list")
+	mustContain(t, "one message", r.out, "Total: 1 envelopes")
+	noBlankPadded(t, r.out)
+}
+
+func noBlankPadded(t *testing.T, out string) {
+	t.Helper()
+	for i, line := range strings.Split(out, "\n") {
+		if line != "" && strings.TrimSpace(line) == "" {
+			t.Fatalf("line %d is only blanks: %q\n%s", i+1, line, out)
+		}
+	}
 }

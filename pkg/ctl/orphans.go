@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -33,10 +32,10 @@ this shows what they will remove, or removes it now.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if minAge < time.Minute {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--min-age must be at least 1m")}
+				return usageError("--min-age must be at least 1m")
 			}
 			if blobURL == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--blob-store is required (bodies are listed)")}
+				return usageError("--blob-store is required (bodies are listed)")
 			}
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				store, err := blob.Open(ctx, blobURL)
@@ -57,7 +56,7 @@ this shows what they will remove, or removes it now.`,
 							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Kind, o.Key, o.Since.Local().Format(time.RFC3339),
 								time.Since(o.Since).Round(time.Second))
 						}
-						fmt.Fprintf(tw, "\t\t\t\nTotal: %d orphans older than %s\n", len(orphans), minAge)
+						fmt.Fprintf(tw, "\nTotal: %d orphans older than %s\n", len(orphans), minAge)
 					})
 				}
 				if len(orphans) == 0 {

@@ -227,7 +227,7 @@ func newPolicySet(g *globals, kf *kubeFlags) *cobra.Command {
 			return nil, err
 		}
 		if file == "" {
-			return nil, &ExitError{Code: ExitUsage, Err: errors.New("-f FILE is required (- for stdin)")}
+			return nil, usageError("-f FILE is required (- for stdin)")
 		}
 		b, err := readInput(cmd, file)
 		if err != nil {
@@ -511,7 +511,7 @@ func newPolicyDiff(g *globals, kf *kubeFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("-f DIR is required")}
+				return usageError("-f DIR is required")
 			}
 			want, _, err := readPolicyDir(dir, false)
 			if err != nil {
@@ -541,7 +541,7 @@ func newPolicyApply(g *globals, kf *kubeFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}, func(*cobra.Command, []string) (func(map[string][]byte) error, error) {
 		if dir == "" {
-			return nil, &ExitError{Code: ExitUsage, Err: errors.New("-f DIR is required")}
+			return nil, usageError("-f DIR is required")
 		}
 		want, _, err := readPolicyDir(dir, false)
 		if err != nil {

@@ -243,7 +243,7 @@ func registerPolicyDir(pf *pflag.FlagSet, p *string, usage string) {
 
 // errNoPolicySource is what a command that reads the policy says on a host
 // with neither a policy directory nor a Kubernetes cluster, in one line.
-var errNoPolicySource = &ExitError{Code: ExitUsage, Err: errors.New("no policy directory and no Kubernetes cluster here (no kubeconfig, not in a pod): give --policy-dir DIR (env MAILFWD_POLICY_DIR), or --kubeconfig for a cluster")}
+var errNoPolicySource = usageError("no policy directory and no Kubernetes cluster here (no kubeconfig, not in a pod): give --policy-dir DIR (env MAILFWD_POLICY_DIR), or --kubeconfig for a cluster")
 
 func (k *kubeFlags) store() (policyStore, error) {
 	if k.dir != "" {

@@ -171,6 +171,10 @@ func newQueueList(g *globals) *cobra.Command {
 					return err
 				}
 				return out.print(g.out, items, func(tw *tabwriter.Writer) {
+					if len(items) == 0 {
+						fmt.Fprintln(tw, "Mail queue is empty")
+						return
+					}
 					fmt.Fprintln(tw, "QUEUE-ID\tSTATE\tARRIVED\tSIZE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS\tLAST-ERROR")
 					for _, it := range items {
 						next := "-"
@@ -181,7 +185,7 @@ func newQueueList(g *globals) *cobra.Command {
 							it.Arrived.Local().Format("Jan _2 15:04:05"), it.Size, it.Attempts, next, it.Sender,
 							strings.Join(it.Recipients, ","), truncate(it.LastError, 60))
 					}
-					fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t\nTotal: %d envelopes\n", len(items))
+					fmt.Fprintf(tw, "\nTotal: %d envelopes\n", len(items))
 				})
 			})
 		},
@@ -375,7 +379,7 @@ func (g *globals) confirm(cmd *cobra.Command, o *opFlags, question string) error
 	}
 	in := cmd.InOrStdin()
 	if f, ok := in.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
-		return &ExitError{Code: ExitUsage, Err: errors.New("refusing without --yes (no terminal to confirm on)")}
+		return usageError("refusing without --yes (no terminal to confirm on)")
 	}
 	fmt.Fprintf(g.errOut, "%s [y/N] ", question)
 	line, err := bufio.NewReader(in).ReadString('\n')
@@ -515,7 +519,7 @@ Release it with "mailfwdctl queue release".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if domain == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
+				return usageError("--domain is required")
 			}
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateDeferred}}
@@ -573,7 +577,7 @@ func newQueueRelease(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if domain == "" {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--domain is required")}
+				return usageError("--domain is required")
 			}
 			return g.withQueue(cmd, func(ctx context.Context, q *queue.Queue) error {
 				f := queue.Filter{Domains: []string{domain}, States: []queue.State{queue.StateHeld}}
@@ -711,7 +715,7 @@ func (g *globals) removeCmd(cmd *cobra.Command, blobUsage string, each func(cont
 	cmd.Args = cobra.NoArgs
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if !ff.any() {
-			return &ExitError{Code: ExitUsage, Err: errors.New("give at least one filter (--domain, -R, -S, -I, …)")}
+			return usageError("give at least one filter (--domain, -R, -S, -I, …)")
 		}
 		return g.removeMatching(cmd, &ff, &of, blobURL, cmd.Name(), each)
 	}

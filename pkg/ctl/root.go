@@ -4,6 +4,7 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -36,6 +37,9 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
+
+// usageError is a usage error (exit 2) saying msg.
+func usageError(msg string) error { return &ExitError{Code: ExitUsage, Err: errors.New(msg)} }
 
 type globals struct {
 	natsURL      string

@@ -31,7 +31,7 @@ func newSend(g *globals) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(to) == 0 {
-				return &ExitError{Code: ExitUsage, Err: errors.New("at least one --to is required")}
+				return usageError("at least one --to is required")
 			}
 			var body []byte
 			switch bodyFile {

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -48,7 +47,7 @@ func newSRSRotate(g *globals, sf *secretFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}, func(*cobra.Command, []string) (func(map[string][]byte) (string, error), error) {
 		if keep < 0 || keep >= 8 {
-			return nil, &ExitError{Code: ExitUsage, Err: errors.New("--keep must be 0 to 7")}
+			return nil, usageError("--keep must be 0 to 7")
 		}
 		raw := make([]byte, 24)
 		if _, err := rand.Read(raw); err != nil {

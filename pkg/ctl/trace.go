@@ -160,7 +160,7 @@ func newTraceStop(g *globals) *cobra.Command {
 				return err
 			}
 			if all == (len(args) > 0) {
-				return &ExitError{Code: ExitUsage, Err: errors.New("give trace ids or --all (see mailfwdctl trace list)")}
+				return usageError("give trace ids or --all (see mailfwdctl trace list)")
 			}
 			return g.withTraces(cmd, func(ctx context.Context, st *smtptrace.Store) error {
 				if all {

@@ -3,7 +3,6 @@ package ctl
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -112,7 +111,7 @@ func (p *passwordFlags) hash(cmd *cobra.Command, g *globals, user string) (strin
 	} else {
 		f, ok := in.(*os.File)
 		if !ok || !term.IsTerminal(int(f.Fd())) {
-			return "", &ExitError{Code: ExitUsage, Err: errors.New("standard input is not a terminal: use --password-stdin to read the password from it")}
+			return "", usageError("standard input is not a terminal: use --password-stdin to read the password from it")
 		}
 		fmt.Fprintf(g.errOut, "Password for %s: ", user)
 		a, err := term.ReadPassword(int(f.Fd()))
@@ -127,12 +126,12 @@ func (p *passwordFlags) hash(cmd *cobra.Command, g *globals, user string) (strin
 			return "", err
 		}
 		if string(a) != string(b) {
-			return "", &ExitError{Code: ExitUsage, Err: errors.New("the passwords differ; nothing written")}
+			return "", usageError("the passwords differ; nothing written")
 		}
 		pw = string(a)
 	}
 	if pw == "" {
-		return "", &ExitError{Code: ExitUsage, Err: errors.New("empty password")}
+		return "", usageError("empty password")
 	}
 	h, err := smtpauth.Hash(alg, pw)
 	if err != nil {
@@ -177,7 +176,7 @@ func newUsersAdd(g *globals, sf *secretFlags) *cobra.Command {
 			return nil, &ExitError{Code: ExitUsage, Err: err}
 		}
 		if len(senders) == 0 {
-			return nil, &ExitError{Code: ExitUsage, Err: errors.New("--sender is required (a domain, .parent domain, address, <> or *), once per sender")}
+			return nil, usageError("--sender is required (a domain, .parent domain, address, <> or *), once per sender")
 		}
 		// Check the senders before asking for a password.
 		if _, err := smtpauth.ParseSenders(senders); err != nil {

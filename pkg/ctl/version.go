@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -107,7 +106,7 @@ and the JetStream stream and consumer as they are configured now.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if maxReplies < 1 || wait <= 0 {
-				return &ExitError{Code: ExitUsage, Err: errors.New("--max-replies must be at least 1 and --wait positive")}
+				return usageError("--max-replies must be at least 1 and --wait positive")
 			}
 			rep := versionReport{Client: control.Local("mailfwdctl"), Pods: []control.Build{}}
 			var failed error

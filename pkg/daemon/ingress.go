@@ -87,6 +87,9 @@ func (c *Common) validate() error {
 	if c.AckWait < 5*time.Second {
 		errs = append(errs, errors.New("--ack-wait must be at least 5s"))
 	}
+	if _, err := c.Events.types(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

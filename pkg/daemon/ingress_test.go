@@ -100,3 +100,38 @@ func TestDKIMSigningNetworksFlag(t *testing.T) {
 		}
 	}
 }
+
+// --events-types names event types; a mistyped one stops the daemon at
+// start with the valid names, not later at the first event.
+func TestEventsTypesFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // error substring; "" valid
+		n    int    // types selected (0: all)
+	}{
+		{nil, "", 0},
+		{[]string{"--events-types", "deferred,Bounced", "--events-types", "expired"}, "", 3},
+		{[]string{"--events-types", "bounce"}, `unknown event type "bounce"`, 0},
+	} {
+		var o Ingress
+		fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
+		o.Register(fs)
+		if err := fs.Parse(append([]string{"--blob-store", "file:///tmp/x"}, c.args...)); err != nil {
+			t.Fatal(err)
+		}
+		err := o.Validate()
+		if c.want != "" {
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--events-types") {
+				t.Errorf("%v: error %v, want one naming --events-types and %q", c.args, err, c.want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%v: %v", c.args, err)
+			continue
+		}
+		if set, _ := o.Events.types(); len(set) != c.n {
+			t.Errorf("%v: %d types selected, want %d", c.args, len(set), c.n)
+		}
+	}
+}

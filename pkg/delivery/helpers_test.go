@@ -152,14 +152,15 @@ type discardLog struct{}
 func (discardLog) Printf(string, ...interface{}) {}
 func (discardLog) Println(...interface{})        {}
 
-// startRaw serves a fixed greeting line and closes each connection.
-func startRaw(t testing.TB, greeting string) (addr string, accepted *atomic.Int32) {
+// serveLoopback accepts connections on a loopback port and runs serve
+// on each (in its own goroutine; the connection is closed after), until
+// the test ends.
+func serveLoopback(t testing.TB, serve func(net.Conn)) (addr string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	accepted = new(atomic.Int32)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -169,17 +170,28 @@ func startRaw(t testing.TB, greeting string) (addr string, accepted *atomic.Int3
 			if err != nil {
 				return
 			}
-			accepted.Add(1)
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, greeting)
-			c.Close()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// startRaw serves a fixed greeting line and closes each connection.
+func startRaw(t testing.TB, greeting string) (addr string, accepted *atomic.Int32) {
+	t.Helper()
+	accepted = new(atomic.Int32)
+	addr = serveLoopback(t, func(c net.Conn) {
+		accepted.Add(1)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, greeting)
 	})
-	return ln.Addr().String(), accepted
+	return addr, accepted
 }
 
 // countingDialer counts dials per address and keeps the conns.

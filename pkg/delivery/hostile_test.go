@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,51 +17,32 @@ import (
 // bytes it managed to write per connection.
 func startHostile(t *testing.T, atGreeting bool) (addr string, written *atomic.Int64, closed chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	written = new(atomic.Int64)
 	closed = make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	addr = serveLoopback(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(40 * time.Second))
+		line := "-" + strings.Repeat("x", 990) + "\r\n"
+		flood := func(code string) {
+			for {
+				n, err := io.WriteString(c, code+line)
+				written.Add(int64(n))
+				if err != nil {
+					closed <- struct{}{}
+					return
+				}
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(40 * time.Second))
-				line := "-" + strings.Repeat("x", 990) + "\r\n"
-				flood := func(code string) {
-					for {
-						n, err := io.WriteString(c, code+line)
-						written.Add(int64(n))
-						if err != nil {
-							closed <- struct{}{}
-							return
-						}
-					}
-				}
-				if atGreeting {
-					flood("220")
-					return
-				}
-				io.WriteString(c, "220 hostile.test ESMTP\r\n")
-				if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
-					return
-				}
-				flood("250")
-			}()
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String(), written, closed
+		if atGreeting {
+			flood("220")
+			return
+		}
+		io.WriteString(c, "220 hostile.test ESMTP\r\n")
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			return
+		}
+		flood("250")
+	})
+	return addr, written, closed
 }
 
 // An MX that answers with endless continuation lines costs at most

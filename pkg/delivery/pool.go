@@ -58,12 +58,38 @@ type conn struct {
 const reuseUnchecked = 2 * time.Second
 
 // reset sends RSET and then EHLO again (go-smtp forgets the EHLO state on
-// Reset), leaving the session ready for a new transaction.
+// Reset), leaving the session ready for a new transaction. A refused RSET
+// leaves a session that still answers but is not reused: it ends with QUIT
+// (quit, bounded) before the error is returned. (A refused EHLO after it
+// cannot: go-smtp's client keeps the EHLO error and sends nothing more.)
 func (cn *conn) reset(helo string) error {
 	if err := cn.sc.Reset(); err != nil {
+		if refusal(err) {
+			cn.quit()
+		}
 		return err
 	}
 	return cn.sc.Hello(helo)
+}
+
+// refusedError is a reply refusing a step read outside go-smtp's client
+// (STARTTLS), as that client gives it (an SMTPError, for refusal), with a
+// text of its own.
+type refusedError struct {
+	text  string
+	reply *smtp.SMTPError
+}
+
+func (e *refusedError) Error() string { return e.text }
+func (e *refusedError) Unwrap() error { return e.reply }
+
+// refusal reports whether err is a reply refusing a command other than
+// 421: the session is still usable, and one that is given up ends with
+// QUIT, as Postfix's does. Anything else (a lost connection, a timeout, a
+// reply over the bound, 421: the server is closing) just closes.
+func refusal(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code != 421
 }
 
 // quit sends QUIT (bounded), waits for the server to close the connection
@@ -93,17 +119,40 @@ func (cn *conn) quit() {
 // no more than the FIN's arrival. A hostile or broken one that keeps the
 // connection open after 221 (or keeps sending) costs at most wait, then
 // we close anyway.
-func (cn *conn) awaitClose(wait time.Duration) {
-	if cn.raw.SetReadDeadline(time.Now().Add(wait)) != nil {
+func (cn *conn) awaitClose(wait time.Duration) { awaitClose(cn.raw, wait) }
+
+// awaitClose is conn.awaitClose on raw.
+func awaitClose(raw net.Conn, wait time.Duration) {
+	if raw.SetReadDeadline(time.Now().Add(wait)) != nil {
 		return
 	}
 	var buf [512]byte
 	for left := quitDrainBytes; left > 0; {
-		n, err := cn.raw.Read(buf[:min(len(buf), left)])
+		n, err := raw.Read(buf[:min(len(buf), left)])
 		if err != nil { // EOF: closed; a reset, timeout or reply bound: done too
 			return
 		}
 		left -= n
+	}
+}
+
+// quitRefusedHello ends with QUIT a session whose EHLO (and HELO) the
+// server refused: go-smtp's client keeps that error and sends nothing
+// more, so QUIT and its 221 go on raw directly, bounded as quit's, then
+// the bounded wait for the server's close; raw is closed after. (A
+// refused greeting: go-smtp has closed the connection, the QUIT fails at
+// once.)
+func (c *Client) quitRefusedHello(raw net.Conn) {
+	defer raw.Close()
+	wait := min(c.cfg.CommandTimeout, quitTimeout)
+	if raw.SetDeadline(time.Now().Add(wait)) != nil {
+		return
+	}
+	if _, err := io.WriteString(raw, "QUIT\r\n"); err != nil {
+		return
+	}
+	if _, _, err := textproto.NewReader(bufio.NewReaderSize(raw, 512)).ReadResponse(221); err == nil {
+		awaitClose(raw, min(wait, quitCloseWait))
 	}
 }
 
@@ -390,11 +439,26 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		raw.Close()
 		return nil, r, tlsFailed
 	}
+	// refuse gives up a session that still answers (the policy or the
+	// server refused the hop after EHLO): it ends with QUIT as a retired
+	// connection does (bounded; ctx still aborts it), then closes.
+	refuse := func(cn *conn, r result, tlsFailed bool) (*conn, result, bool) {
+		smtptrace.Failed(top, r.String())
+		cn.quit()
+		stop()
+		return nil, r, tlsFailed
+	}
 
 	sc := c.newSMTP(raw)
 	if err := sc.Hello(c.cfg.HeloName); err != nil {
 		r, _ := stepError(ctx, name, "greeting", err)
 		log.Debug("greeting/EHLO failed", "relay", name, "addr", hop.Addr, "status", r.String())
+		if refusal(err) && ctx.Err() == nil {
+			smtptrace.Failed(top, r.String())
+			c.quitRefusedHello(raw)
+			stop()
+			return nil, r, false
+		}
 		return fail(r, false)
 	}
 	cn := &conn{raw: raw, wire: wire, sc: sc, hop: hop, key: sec.key, tlsDesc: "tls=none", verify: "NONE", tap: top}
@@ -402,27 +466,32 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 	offered, _ := sc.Extension("STARTTLS")
 	if required && !offered {
 		log.Info("TLS is required, but STARTTLS was not offered", "relay", name, "addr", hop.Addr, "tls_level", sec.describe())
-		return fail(result{Enhanced: "4.7.4", Text: fmt.Sprintf(
+		return refuse(cn, result{Enhanced: "4.7.4", Text: fmt.Sprintf(
 			"TLS is required (%s), but was not offered by host %s", sec.describe(), name)}, false)
 	}
 	if offered && tryTLS {
 		tcfg, err := c.secTLSConfig(sec, hop)
 		if err != nil {
-			return fail(result{Enhanced: "4.7.5", Text: fmt.Sprintf("TLS policy for %s: %v", name, err)}, false)
+			return refuse(cn, result{Enhanced: "4.7.5", Text: fmt.Sprintf("TLS policy for %s: %v", name, err)}, false)
 		}
 		tc, err := c.startTLS(ctx, raw, tcfg)
 		if err != nil {
 			log.Info("STARTTLS failed", "relay", name, "addr", hop.Addr, "tls_level", sec.describe(), "err", err)
+			end := fail
+			if refusal(err) && ctx.Err() == nil {
+				// STARTTLS answered with an error: the plain session goes on.
+				end = func(r result, tlsFailed bool) (*conn, result, bool) { return refuse(cn, r, tlsFailed) }
+			}
 			if required && ctx.Err() == nil {
 				var ve *tlspolicy.VerifyError
 				what := "the TLS handshake failed"
 				if errors.As(err, &ve) || strings.Contains(err.Error(), "dane:") {
 					what = "the server certificate was not verified"
 				}
-				return fail(result{Enhanced: "4.7.5", Text: fmt.Sprintf(
+				return end(result{Enhanced: "4.7.5", Text: fmt.Sprintf(
 					"TLS is required (%s), but %s with host %s: %s", sec.describe(), what, name, oneLine(err.Error()))}, true)
 			}
-			return fail(lostResult(ctx, name, "STARTTLS", err), true)
+			return end(lostResult(ctx, name, "STARTTLS", err), true)
 		}
 		// A traced session records the dialog inside TLS from here on (the
 		// conn below only sees ciphertext); untraced, this is tc itself.
@@ -447,8 +516,11 @@ func (c *Client) open(ctx context.Context, hop Hop, sec *security, tryTLS bool, 
 		return fail(result{Enhanced: "4.7.4", Text: fmt.Sprintf("TLS is required, but was not established with host %s", name)}, false)
 	}
 	if sec.d.Auth != nil {
-		if r, ok := c.auth(cn, sec, log); !ok {
-			return fail(r, false)
+		if r, err := c.auth(cn, sec, log); r != nil {
+			if err == nil || refusal(err) {
+				return refuse(cn, *r, false)
+			}
+			return fail(*r, false)
 		}
 	}
 	if !stop() {
@@ -492,7 +564,8 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn, cfg *tls.Config) (*
 	if _, msg, err := textproto.NewReader(br).ReadResponse(220); err != nil {
 		var pe *textproto.Error
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("STARTTLS refused: %d %s", pe.Code, oneLine(pe.Msg))
+			return nil, &refusedError{text: fmt.Sprintf("STARTTLS refused: %d %s", pe.Code, oneLine(pe.Msg)),
+				reply: &smtp.SMTPError{Code: pe.Code, Message: pe.Msg}}
 		}
 		return nil, fmt.Errorf("read STARTTLS reply: %w", err)
 	} else if br.Buffered() > 0 {

@@ -193,29 +193,32 @@ func hostOf(name string) string {
 // LOGIN or XOAUTH2, as the relay offers and the credentials allow. Any
 // failure is temporary for the hop (as Postfix's smtp_sasl_auth_enforce):
 // mail is never sent unauthenticated to a relay it has credentials for.
-func (c *Client) auth(cn *conn, sec *security, log *slog.Logger) (result, bool) {
+// failed is nil once authenticated; otherwise err is what the exchange
+// ended with (nil: nothing was sent), for the caller to tell a session
+// that still answers (it ends with QUIT) from a lost one.
+func (c *Client) auth(cn *conn, sec *security, log *slog.Logger) (failed *result, err error) {
 	name := cn.hop.Name
 	offered, mechs := cn.sc.Extension("AUTH")
 	if !offered {
-		return result{Enhanced: "4.7.0", Text: fmt.Sprintf(
-			"Credentials (authinfo %s) are configured, but host %s does not offer AUTH", sec.d.AuthKey, name)}, false
+		return &result{Enhanced: "4.7.0", Text: fmt.Sprintf(
+			"Credentials (authinfo %s) are configured, but host %s does not offer AUTH", sec.d.AuthKey, name)}, nil
 	}
 	a, err := sec.d.SASL(cn.tls, mechs, c.cfg.Tokens)
 	if err != nil {
-		return result{Enhanced: "4.7.0", Text: fmt.Sprintf("SASL authentication with %s not attempted: %v", name, err)}, false
+		return &result{Enhanced: "4.7.0", Text: fmt.Sprintf("SASL authentication with %s not attempted: %v", name, err)}, nil
 	}
 	if err := cn.sc.Auth(&boundedSASL{Client: a, left: maxAuthChallenges}); err != nil {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			log.Warn("SASL authentication failed", "relay", name, "addr", cn.hop.Addr, "authinfo", sec.d.AuthKey,
 				"user", sec.d.Auth.User, "reply", fmt.Sprintf("%d %s", se.Code, oneLine(se.Message)))
-			return result{Enhanced: "4.7.8", Text: fmt.Sprintf(
-				"SASL authentication failed; server %s said: %d %s", name, se.Code, oneLine(se.Message))}, false
+			return &result{Enhanced: "4.7.8", Text: fmt.Sprintf(
+				"SASL authentication failed; server %s said: %d %s", name, se.Code, oneLine(se.Message))}, err
 		}
-		return result{Enhanced: "4.4.2", Text: fmt.Sprintf("Lost connection with %s during AUTH: %v", name, err)}, false
+		return &result{Enhanced: "4.4.2", Text: fmt.Sprintf("Lost connection with %s during AUTH: %v", name, err)}, err
 	}
 	log.Debug("authenticated", "relay", name, "addr", cn.hop.Addr, "authinfo", sec.d.AuthKey, "user", sec.d.Auth.User)
-	return result{}, true
+	return nil, nil
 }
 
 // maxAuthChallenges bounds the 334 challenges one AUTH exchange answers:

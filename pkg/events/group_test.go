@@ -133,3 +133,15 @@ func TestUnpack(t *testing.T) {
 		}
 	}
 }
+
+// With Types set, only those types are published: the others cost nothing
+// and are not counted as dropped.
+func TestPublisherTypes(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test", Types: map[events.Type]bool{events.Bounced: true}})
+	r.pub.EmitAll(envelopeEvents(3, "250 ok")) // 3 delivered, 1 bounced
+	r.pub.Emit(events.Event{Type: events.Received, QueueID: "q8", Destination: "example.net"})
+	r.flush(t)
+	if got := r.stored(t, events.Filter{}); !slices.Equal(rcpts(got), []string{"bounced:r0@example.net"}) || r.pub.Dropped() != 0 {
+		t.Fatalf("stored %v (dropped %d), want the bounced event only", rcpts(got), r.pub.Dropped())
+	}
+}

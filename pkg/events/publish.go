@@ -55,7 +55,10 @@ type PublisherConfig struct {
 	Linger time.Duration
 	// MaxBatch bounds what Linger gathers (default 256).
 	MaxBatch int
-	Logger   *slog.Logger
+	// Types, when set, are the only types published; the others are
+	// skipped at once (not encoded, not counted as dropped).
+	Types  map[Type]bool
+	Logger *slog.Logger
 	// Dropped, when set, is called once per dropped event (a metric).
 	Dropped func()
 }
@@ -194,6 +197,9 @@ func (p *Publisher) EmitAll(evs []Event) {
 	)
 	for i := range evs {
 		ev := &evs[i]
+		if p.cfg.Types != nil && !p.cfg.Types[ev.Type] {
+			continue
+		}
 		p.fill(ev)
 		data, err := ev.Marshal()
 		if err != nil {

@@ -254,37 +254,71 @@ func connPaces(d Dest) []Pace { return []Pace{{Rate: d.Limit.NewConns, Burst: d.
 
 // TakeConn takes one new connection of every destination of dests that
 // limits them (GCRA, fleet-wide; a local share while the bucket cannot be
-// reached). It returns how long until one is due when it is not yet; then
-// that destination's was not taken. It never blocks beyond the bucket's
-// round trips.
-func (s *Shaper) TakeConn(ctx context.Context, dests []Dest) (time.Duration, error) {
+// reached). When one is not due yet it returns rest, the destinations
+// whose connection is still to take (that one and those after it), and
+// how long until it is due: the caller waits and asks again for rest only,
+// as the steps of those before stay taken (asking again for all would take
+// them once more, and a domain whose next hop's pace binds would get fewer
+// connections than its own pace). rest nil: every step is taken. With two
+// or more destinations it first looks at every pace (this process's view,
+// no round trip once seen), so that one not due usually takes none. It
+// never blocks beyond the bucket's round trips.
+func (s *Shaper) TakeConn(ctx context.Context, dests []Dest) (rest []Dest, wait time.Duration, err error) {
+	limited := 0
 	for _, d := range dests {
+		if d.Limit.NewConns > 0 {
+			limited++
+		}
+	}
+	if limited > 1 {
+		var late Dest
+		for _, d := range dests {
+			if d.Limit.NewConns > 0 {
+				if w := s.connStep(ctx, d, true); w > wait {
+					wait, late = w, d
+				}
+			}
+		}
+		if wait > 0 {
+			s.throttled(late, "new-connections")
+			return dests, wait, nil
+		}
+	}
+	for i, d := range dests {
 		if d.Limit.NewConns <= 0 {
 			continue
 		}
-		var wait time.Duration
-		if !s.useLocal() {
-			var err error
-			wait, _, err = s.gcra.Take(ctx, connKey(d), connPaces(d))
-			if err != nil {
-				s.unreachable(err)
-				wait = s.localConn(d)
-			}
-		} else {
-			wait = s.localConn(d)
-		}
-		if wait > 0 {
-			// An earlier destination's step (a domain's, when its next
-			// hop has a limit too) stays taken: conservative, and rare.
+		if wait := s.connStep(ctx, d, false); wait > 0 {
 			s.throttled(d, "new-connections")
-			return wait, nil
+			return dests[i:], wait, nil
 		}
 	}
-	return 0, nil
+	return nil, 0, nil
 }
 
-// localConn takes d's new connection from its local share's pace.
-func (s *Shaper) localConn(d Dest) time.Duration {
+// connStep takes d's new connection (look: only says how long until one
+// is due) from the fleet's pace, or from the local share while the bucket
+// cannot be reached.
+func (s *Shaper) connStep(ctx context.Context, d Dest, look bool) time.Duration {
+	if !s.useLocal() {
+		var wait time.Duration
+		var err error
+		if look {
+			wait, err = s.gcra.Due(ctx, connKey(d), connPaces(d))
+		} else {
+			wait, _, err = s.gcra.Take(ctx, connKey(d), connPaces(d))
+		}
+		if err == nil {
+			return wait
+		}
+		s.unreachable(err)
+	}
+	return s.localConn(d, look)
+}
+
+// localConn takes d's new connection from its local share's pace (look:
+// only says how long until one is due).
+func (s *Shaper) localConn(d Dest, look bool) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sh := s.localShareOf(d)
@@ -292,6 +326,12 @@ func (s *Shaper) localConn(d Dest) time.Duration {
 		sh.connPace = rate.NewLimiter(rate.Limit(d.Limit.NewConns/LocalShareDivisor), 1)
 	}
 	now := s.cfg.Now()
+	if look {
+		if tokens := sh.connPace.TokensAt(now); tokens < 1 {
+			return time.Duration((1 - tokens) / float64(sh.connPace.Limit()) * float64(time.Second))
+		}
+		return 0
+	}
 	r := sh.connPace.ReserveN(now, 1)
 	if wait := r.DelayFrom(now); wait > 0 {
 		r.CancelAt(now)

@@ -2,6 +2,7 @@ package shaping_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,14 +147,95 @@ func TestNewConnsAreShared(t *testing.T) {
 		}
 		l.Release()
 	}
-	if wait, err := a.TakeConn(ctx, []shaping.Dest{d}); err != nil || wait != 0 {
-		t.Fatalf("first connection: wait %v, %v", wait, err)
+	if rest, wait, err := a.TakeConn(ctx, []shaping.Dest{d}); err != nil || rest != nil || wait != 0 {
+		t.Fatalf("first connection: rest %v, wait %v, %v", rest, wait, err)
 	}
-	wait, err := c.TakeConn(ctx, []shaping.Dest{d})
-	if err != nil || wait <= 0 || wait > time.Second {
-		t.Fatalf("second connection at 1/s from another shaper: wait %v, %v", wait, err)
+	rest, wait, err := c.TakeConn(ctx, []shaping.Dest{d})
+	if err != nil || len(rest) != 1 || wait <= 0 || wait > time.Second {
+		t.Fatalf("second connection at 1/s from another shaper: rest %v, wait %v, %v", rest, wait, err)
 	}
 	if _, den := c.Acquire(ctx, []shaping.Dest{d}); den == nil || den.Reason != "new-connections" {
 		t.Fatalf("admission while no connection is due: %+v", den)
+	}
+}
+
+// clock is a settable time for the paces.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// A domain and its next hop both limited in new connections (1/s each),
+// on the fleet state: when the hop's step is refused after the domain's
+// was taken (another worker took the hop's after this one last saw it),
+// TakeConn returns the hop alone as still to take, and asking again for it
+// leaves the domain's pace at one connection spent: the domain's next is
+// due one interval after the first, not two.
+func TestTakeConnAsksAgainOnlyForTheRest(t *testing.T) {
+	_, b := bucket(t)
+	ctx := context.Background()
+	clk := &clock{now: time.Now()}
+	dom := shaping.Dest{Key: "d.dom.test", Name: "dom.test", Limit: shaping.Limit{NewConns: 1}}
+	hop := shaping.Dest{Key: "h.hop.test", Name: "[hop.test]", Limit: shaping.Limit{NewConns: 1}}
+	a := shaping.New(b, shaping.Config{Owner: "a", Now: clk.Now})
+	c := shaping.New(b, shaping.Config{Owner: "c", Now: clk.Now})
+	if rest, _, _ := a.TakeConn(ctx, []shaping.Dest{hop}); rest != nil {
+		t.Fatal("the hop's first connection was refused")
+	}
+	clk.add(time.Second) // a's view: the hop is due again
+	if rest, _, _ := c.TakeConn(ctx, []shaping.Dest{hop}); rest != nil {
+		t.Fatal("the other worker's connection to the hop was refused")
+	}
+	rest, wait, err := a.TakeConn(ctx, []shaping.Dest{dom, hop})
+	if err != nil || len(rest) != 1 || rest[0] != hop || wait <= 0 || wait > time.Second {
+		t.Fatalf("domain taken, hop refused: rest %v, wait %v, %v", rest, wait, err)
+	}
+	clk.add(wait)
+	if rest, wait, err := a.TakeConn(ctx, rest); err != nil || rest != nil {
+		t.Fatalf("the hop after its wait: rest %v, wait %v, %v", rest, wait, err)
+	}
+	clk.add(time.Second - wait)
+	if rest, wait, err := c.TakeConn(ctx, []shaping.Dest{dom}); err != nil || rest != nil {
+		t.Fatalf("the domain's next connection one interval after its first: rest %v, wait %v, %v", rest, wait, err)
+	}
+}
+
+// The same on the local share (NATS down): while the hop is not due,
+// TakeConn takes nothing (it looks at every pace first) and returns both;
+// the domain's step is still there after.
+func TestTakeConnLocalShareTakesNoneWhileOneIsNotDue(t *testing.T) {
+	n, b := bucket(t)
+	n.Stop()
+	ctx := context.Background()
+	clk := &clock{now: time.Now()}
+	// At 4/s the local share is 1/s.
+	dom := shaping.Dest{Key: "d.dom.test", Name: "dom.test", Limit: shaping.Limit{NewConns: shaping.LocalShareDivisor}}
+	hop := shaping.Dest{Key: "h.hop.test", Name: "[hop.test]", Limit: shaping.Limit{NewConns: shaping.LocalShareDivisor}}
+	a := shaping.New(b, shaping.Config{Owner: "a", Now: clk.Now, OpTimeout: 500 * time.Millisecond})
+	if rest, _, _ := a.TakeConn(ctx, []shaping.Dest{hop}); rest != nil {
+		t.Fatal("the hop's first connection on the local share was refused")
+	}
+	rest, wait, err := a.TakeConn(ctx, []shaping.Dest{dom, hop})
+	if err != nil || len(rest) != 2 || wait <= 0 || wait > time.Second {
+		t.Fatalf("while the hop is not due: rest %v, wait %v, %v", rest, wait, err)
+	}
+	clk.add(wait)
+	if rest, wait, err := a.TakeConn(ctx, rest); err != nil || rest != nil {
+		t.Fatalf("both after the wait: rest %v, wait %v, %v", rest, wait, err)
+	}
+	if rest, _, _ := a.TakeConn(ctx, []shaping.Dest{dom}); rest == nil {
+		t.Fatal("the domain's local pace gave two connections at once at 1/s")
 	}
 }

@@ -53,13 +53,17 @@ func ShapedDial(shaper func() *shaping.Shaper, rules func() *shaping.Rules, dial
 	}
 }
 
-// takeConn waits until sh gives a new connection to every one of dests.
+// takeConn waits until sh gives a new connection to every one of dests;
+// after a wait it asks again only for those not given yet (each step is
+// taken once per connection). If ctx ends while it waits, the steps
+// already given stay taken.
 func takeConn(ctx context.Context, sh *shaping.Shaper, dests []shaping.Dest) error {
 	for len(dests) > 0 {
-		wait, err := sh.TakeConn(ctx, dests)
-		if err != nil || wait <= 0 {
+		rest, wait, err := sh.TakeConn(ctx, dests)
+		if err != nil || len(rest) == 0 {
 			return err
 		}
+		dests = rest
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

@@ -79,3 +79,30 @@ func TestEventsWebhookDeployment(t *testing.T) {
 		t.Error("MAILFWD_WEBHOOK_SECRET rendered without events.webhook.secret.existingSecret")
 	}
 }
+
+// events.types reaches the ingress and the workers as --events-types; by
+// default neither has it (every type is published).
+func TestEventsTypesValue(t *testing.T) {
+	helm := helmBin(t)
+	for _, c := range []struct {
+		set  []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"--set", "events.types={deferred,bounced,expired}"}, "--events-types=deferred,bounced,expired"},
+	} {
+		out, err := template(t, helm, c.set...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := parseManifests(t, out)
+		for _, name := range []string{"mailfwd-ingress", "mailfwd-worker"} {
+			var d appsv1.Deployment
+			mustFind(t, objs, "Deployment", name).into(t, &d)
+			args := strings.Join(d.Spec.Template.Spec.Containers[0].Args, " ")
+			if got := strings.Contains(args, "--events-types"); got != (c.want != "") || (c.want != "" && !strings.Contains(args, c.want)) {
+				t.Errorf("%v: %s args %q, want %q", c.set, name, args, c.want)
+			}
+		}
+	}
+}
