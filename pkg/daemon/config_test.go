@@ -32,13 +32,16 @@ func runIngressMain(t *testing.T, args ...string) (int, Ingress, string) {
 // configure with "--" names (issue 21: flags and env only; one flat list).
 func TestDaemonConfigFileAndHelp(t *testing.T) {
 	conf := filepath.Join(t.TempDir(), "ingress.conf")
-	if err := os.WriteFile(conf, []byte("# one machine\nlisten = 127.0.0.1:2600\nhostname = mail.example.test\nrelay-networks = 10.0.0.0/8\nread-timeout = 1d\n"), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte("# one machine\nlisten = 127.0.0.1:2600\nhostname = mail.example.test\nrelay-networks = 10.0.0.0/8\nread-timeout = 1d\nmax-abandoned-transactions = 7\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("MAILFWD_LISTEN", "")
 	code, o, stderr := runIngressMain(t, "--config", conf, "--banner", "hi")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if o.SMTP.MaxAbandonedTransactions != 7 {
+		t.Errorf("from --config: max-abandoned-transactions %d, want 7", o.SMTP.MaxAbandonedTransactions)
 	}
 	if o.Listen != "127.0.0.1:2600" || o.SMTP.Hostname != "mail.example.test" || o.SMTP.ReadTimeout != 24*time.Hour || o.SMTP.Banner != "hi" {
 		t.Errorf("from --config: listen %q hostname %q read-timeout %v banner %q", o.Listen, o.SMTP.Hostname, o.SMTP.ReadTimeout, o.SMTP.Banner)
