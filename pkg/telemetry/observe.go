@@ -12,7 +12,7 @@ import (
 // query or alert on one of them has a series (at 0) before the first event.
 var (
 	// IngressLimits are the ingress limits that refuse something.
-	IngressLimits = []string{"sessions", "sessions_per_client", "connection_rate", "error_budget", "in_flight_bytes", "in_flight_bytes_per_client", "hops", "quota"}
+	IngressLimits = []string{"sessions", "sessions_per_client", "connection_rate", "error_budget", "in_flight_bytes", "in_flight_bytes_per_client", "hops", "quota", "abandoned_transactions"}
 	// AuthFailureReasons are why an AUTH failed.
 	AuthFailureReasons = []string{"bad_credentials", "budget_spent", "temporary", "other"}
 	// ReplyClasses are the SMTP reply classes the ingress counts.
@@ -57,7 +57,7 @@ func newObserve(reg *prometheus.Registry) *observe {
 	o := &observe{
 		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailfwd_ingress_limit_refusals_total",
-			Help: "Things an ingress limit refused, by limit (sessions, sessions_per_client, connection_rate, error_budget, in_flight_bytes, in_flight_bytes_per_client, hops, quota: a sender quota, see mailfwd_ingress_quota_refused_total).",
+			Help: "Things an ingress limit refused, by limit (sessions, sessions_per_client, connection_rate, error_budget, in_flight_bytes, in_flight_bytes_per_client, hops, quota: a sender quota, see mailfwd_ingress_quota_refused_total; abandoned_transactions: --max-abandoned-transactions).",
 		}, []string{"limit"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailfwd_ingress_auth_failures_total",
