@@ -33,7 +33,7 @@ func (e *Events) register(fs *flag.FlagSet) {
 	fs.DurationVar(&e.MaxAge, "events-max-age", queue.DefaultEventsMaxAge, "retention of the EVENTS stream by age (set at bootstrap)")
 	fs.Int64Var(&e.MaxBytes, "events-max-bytes", queue.DefaultEventsMaxBytes, "retention of the EVENTS stream by size; the oldest events go first (set at bootstrap)")
 	fs.IntVar(&e.MaxPending, "events-max-pending", 4096, "event publishes awaiting their ack at once")
-	fs.IntVar(&e.Buffer, "events-buffer", 8192, "events kept for another try while the stream does not take them; beyond it events are dropped, counted and logged")
+	fs.IntVar(&e.Buffer, "events-buffer", 8192, "event messages (an event, or one envelope's events stored together) kept for another try while the stream does not take them; beyond it their events are dropped, counted and logged")
 	fs.Var(&e.Types, "events-types", "publish only these event types (comma-separated, repeatable; default all): with deferred,bounced,expired,failed,not_queued nothing is published for mail delivered at once (docs/events.md)")
 }
 

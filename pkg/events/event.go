@@ -17,9 +17,9 @@ import (
 )
 
 // Schema is the version of Event's layout. Readers check it: an event with a
-// higher number may mean fields they do not know. 2: a stream message may
-// hold several events (a JSON array; Unpack); the fields are version 1's.
-const Schema = 2
+// higher number may mean fields they do not know. A stream message holds
+// one event or several (a JSON array; Unpack).
+const Schema = 1
 
 // Prefix starts every event subject: mailfwd.events.<type>.<queue
 // id>.<destination>, the destination as the queue's subject tokens (labels

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/mailfwd/mailfwd/pkg/events"
 )
 
@@ -143,5 +146,29 @@ func TestPublisherTypes(t *testing.T) {
 	r.flush(t)
 	if got := r.stored(t, events.Filter{}); !slices.Equal(rcpts(got), []string{"bounced:r0@example.net"}) || r.pub.Dropped() != 0 {
 		t.Fatalf("stored %v (dropped %d), want the bounced event only", rcpts(got), r.pub.Dropped())
+	}
+}
+
+// A stream message whose array holds things that are not events ({} or
+// null) yields no event for them: a reader does not post or print empties.
+func TestReadersSkipArrayElementsThatAreNotEvents(t *testing.T) {
+	r := start(t, events.PublisherConfig{Source: "test"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	good := `{"schema":1,"id":"e1","type":"delivered","time":"2026-12-07T10:00:00Z","queue_id":"q9","recipient":"a@example.net","destination":"example.net"}`
+	nc, err := nats.Connect(r.n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "mailfwd.events.delivered.q9.net.example", []byte(`[{},null,`+good+`,{"id":"x"}]`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.stored(t, events.Filter{}); len(got) != 1 || got[0].ID != "e1" {
+		t.Fatalf("read %+v, want only the one event", got)
 	}
 }

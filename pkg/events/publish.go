@@ -38,8 +38,10 @@ type PublisherConfig struct {
 	// MaxPending bounds the publishes waiting for their PubAck (default
 	// 4096). It is also the JetStream context's async limit: see NewJS.
 	MaxPending int
-	// RetryBuffer bounds the events kept for another try after a failed
-	// publish (default 8192). Beyond it an event is dropped, counted and
+	// RetryBuffer bounds the stream messages (an event, or the events of
+	// one envelope stored together, at most MaxEventBytes) kept for another
+	// try after a failed publish, and those gathered while lingering
+	// (default 8192). Beyond it a message's events are dropped, counted and
 	// logged: mail is never held back for its events.
 	RetryBuffer int
 	// StallWait is how long Emit may wait for a pending slot before the
@@ -181,7 +183,7 @@ func (p *Publisher) Emit(ev Event) {
 }
 
 // EmitAll publishes evs in order (filling Schema, ID, Time and Source when
-// empty). Consecutive events that share a subject (one envelope's
+// empty, in evs itself: pass a slice of fresh events). Consecutive events that share a subject (one envelope's
 // recipients with the same change) are stored together, as one stream
 // message holding a JSON array of them (at most MaxEventBytes): a stored
 // message and its PubAck cost the server and both clients far more than

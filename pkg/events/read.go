@@ -204,8 +204,8 @@ func decode(data []byte, f *Filter, fn func(raw []byte, ev *Event) error) error 
 	}
 	for _, raw := range parts {
 		var ev Event
-		if json.Unmarshal(raw, &ev) != nil || (f != nil && !f.Match(&ev)) {
-			continue
+		if json.Unmarshal(raw, &ev) != nil || ev.Valid() != nil || (f != nil && !f.Match(&ev)) {
+			continue // not an event ({} or null in an array is not one)
 		}
 		if err := fn(raw, &ev); err != nil {
 			return err

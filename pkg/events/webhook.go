@@ -137,6 +137,9 @@ func (f *Forwarder) Run(ctx context.Context, st jetstream.Stream) error {
 		// for this endpoint, and messages that are not events, are acked.
 		var last string
 		if decode(m.Data(), &f.Filter, func(raw []byte, ev *Event) error {
+			if last != "" {
+				_ = m.InProgress() // a long group keeps the message ours (AckWait)
+			}
 			if !f.deliver(ctx, m, raw, ev) {
 				return ctx.Err()
 			}
