@@ -33,6 +33,7 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/ctl"
 	"github.com/mailfwd/mailfwd/pkg/daemon"
 	"github.com/mailfwd/mailfwd/pkg/queue"
+	"github.com/mailfwd/mailfwd/pkg/shaping"
 	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
@@ -495,4 +496,65 @@ func BenchmarkQuotaCost(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
 		})
 	}
+}
+
+// An ingress that starts before its quota bucket exists (a NATS from an
+// older bootstrap, the bootstrap job not run yet) keeps the local share
+// until the bucket appears, then counts in the fleet's bucket without a
+// restart. Before, it stayed on the local share until restarted.
+func TestQuotaBucketMadeAfterTheIngressStarted(t *testing.T) {
+	n := quotaFleetNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(ctx, shaping.QuotaBucketName); err != nil {
+		t.Fatal(err)
+	}
+	p := startIngressProc(t, n.URL(), "file://"+filepath.Join(t.TempDir(), "bodies"), "--sender-quota", "hourly=1000")
+	if !strings.Contains(p.logs.String(), "sender quota state unavailable") {
+		t.Fatalf("no warning that the quota bucket is missing:\n%s", p.logs.String())
+	}
+	if r, err := sendQuota(p.smtp, "a@early.test", "", quotaClient{rsetOnly: true}); err != nil || r.code != 250 {
+		t.Fatalf("before the bucket: %+v %v", r, err)
+	}
+
+	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), AckWait: 10 * time.Second, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, shaping.QuotaBucketName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ingress tries the bucket again after its retry interval and the
+	// local share's degraded period (seconds): mail counts in it then.
+	waitFor(t, "a count in the fleet's bucket", time.Minute, func() bool {
+		r, err := sendQuota(p.smtp, "a@late.test", "x@dest.test", quotaClient{})
+		if err != nil || r.code != 250 {
+			t.Fatalf("after the bucket: %+v %v", r, err)
+		}
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			return false
+		}
+		for k := range keys.Keys() {
+			if strings.Contains(k, "late") {
+				return true
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+		return false
+	})
 }

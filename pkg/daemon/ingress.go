@@ -580,12 +580,10 @@ func (o *Ingress) quotas(ctx context.Context, q *queue.Queue, watcher *policy.Wa
 		rules = func() *policy.Quotas { return static }
 	}
 	qm := metrics.Quotas()
-	b, err := q.QuotaBucket(ctx)
+	b, err := q.LazyQuotaBucket(ctx)
 	if err != nil {
-		log.Warn("sender quota state unavailable; each ingress keeps a local share of every quota", "component", "ingress", "err", err,
-			"share", "1/"+strconv.Itoa(shaping.LocalShareDivisor))
-		qm.LocalFallback()
-		b = nil
+		log.Warn("sender quota state unavailable; each ingress keeps a local share of every quota until it opens", "component", "ingress", "err", err,
+			"share", "1/"+strconv.Itoa(shaping.LocalShareDivisor)) // counted at the first quota taken
 	}
 	return &ingress.Quotas{Rules: rules, Metrics: qm, Rates: shaping.NewRates(b, shaping.RatesConfig{
 		Logger: log.With("component", "ingress"), What: "sender quotas", OnFallback: qm.LocalFallback})}

@@ -452,11 +452,9 @@ func RunWorker(ctx context.Context, o Worker, log *slog.Logger, tp trace.TracerP
 	o.Engine.LocalAddrs, _ = o.localAddrs()
 	o.Engine.DomainLimits = flagLimits
 	o.Engine.Shaping = shapingRules.Load
-	var sb shaping.Bucket
-	if b, err := q.ShapingBucket(ctx); err != nil {
-		log.Warn("fleet-wide limits are kept as local shares: no shaping bucket", "component", "worker", "err", err)
-	} else {
-		sb = b
+	sb, err := q.LazyShapingBucket(ctx)
+	if err != nil {
+		log.Warn("fleet-wide limits are kept as local shares until the shaping bucket opens", "component", "worker", "err", err)
 	}
 	o.Engine.ShapingMetrics = metrics.Shaping()
 	shaper := shaping.New(sb, shaping.Config{Owner: o.Delivery.HeloName + "/" + strconv.Itoa(os.Getpid()), Logger: log,

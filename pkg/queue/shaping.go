@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,6 +45,122 @@ func (q *Queue) ShapingBucket(ctx context.Context) (shaping.Bucket, error) {
 // QuotaBucket opens the sender quotas' bucket (made by Bootstrap).
 func (q *Queue) QuotaBucket(ctx context.Context) (shaping.Bucket, error) {
 	return q.stateBucket(ctx, shaping.QuotaBucketName)
+}
+
+// LazyShapingBucket is ShapingBucket for a daemon: when the bucket cannot
+// be opened now (NATS or JetStream not up yet, not bootstrapped), the
+// error says why and the bucket returned opens itself at a later use (at
+// most one try per BucketRetry); until then each call fails, and the
+// shaper keeps its local shares as when NATS is down.
+func (q *Queue) LazyShapingBucket(ctx context.Context) (shaping.Bucket, error) {
+	return q.lazyBucket(ctx, shaping.BucketName)
+}
+
+// LazyQuotaBucket is QuotaBucket for the ingress, opened later if not now
+// (LazyShapingBucket).
+func (q *Queue) LazyQuotaBucket(ctx context.Context) (shaping.Bucket, error) {
+	return q.lazyBucket(ctx, shaping.QuotaBucketName)
+}
+
+// BucketRetry is how often a lazy bucket tries to open.
+var BucketRetry = 5 * time.Second
+
+func (q *Queue) lazyBucket(ctx context.Context, name string) (shaping.Bucket, error) {
+	b, err := q.stateBucket(ctx, name)
+	if err == nil {
+		return b, nil
+	}
+	return &lazyKV{q: q, name: name, next: time.Now().Add(BucketRetry), err: err}, err
+}
+
+// lazyKV is a state bucket that could not be opened yet.
+type lazyKV struct {
+	q    *Queue
+	name string
+	mu   sync.Mutex
+	b    shaping.Bucket
+	next time.Time // no try before
+	err  error     // the last try's
+}
+
+var _ shaping.Bucket = (*lazyKV)(nil)
+
+// open returns the bucket, trying to open it when its time has come.
+func (l *lazyKV) open(ctx context.Context) (shaping.Bucket, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.b != nil {
+		return l.b, nil
+	}
+	if time.Now().Before(l.next) {
+		return nil, l.err
+	}
+	b, err := l.q.stateBucket(ctx, l.name)
+	if err != nil {
+		l.next, l.err = time.Now().Add(BucketRetry), err
+		return nil, err
+	}
+	l.b = b
+	if l.q.cfg.Logger != nil {
+		l.q.cfg.Logger.Info("state bucket opened; fleet-wide counts in use again", "bucket", l.name)
+	}
+	return b, nil
+}
+
+func (l *lazyKV) Create(ctx context.Context, key string, val []byte, ttl time.Duration) (uint64, error) {
+	b, err := l.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return b.Create(ctx, key, val, ttl)
+}
+
+func (l *lazyKV) Swap(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	b, err := l.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return b.Swap(ctx, key, val, rev, ttl)
+}
+
+func (l *lazyKV) Get(ctx context.Context, key string) ([]byte, uint64, error) {
+	b, err := l.open(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	return b.Get(ctx, key)
+}
+
+func (l *lazyKV) Delete(ctx context.Context, key string, rev uint64) error {
+	b, err := l.open(ctx)
+	if err != nil {
+		return err
+	}
+	return b.Delete(ctx, key, rev)
+}
+
+func (l *lazyKV) List(ctx context.Context, prefix string) (map[string][]byte, error) {
+	b, err := l.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return b.List(ctx, prefix)
+}
+
+// Watch waits for the bucket to open (trying every BucketRetry), then
+// watches it.
+func (l *lazyKV) Watch(ctx context.Context, prefix string, fn func(key string, val []byte)) error {
+	for {
+		b, err := l.open(ctx)
+		if err == nil {
+			return b.Watch(ctx, prefix, fn)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(BucketRetry):
+		}
+	}
 }
 
 func (q *Queue) stateBucket(ctx context.Context, name string) (shaping.Bucket, error) {
