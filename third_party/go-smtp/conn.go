@@ -985,11 +985,14 @@ func (c *Conn) handleStartTLS() {
 		return
 	}
 
+	// mailfwd patch 22: Close (Server.Close) reads c.conn under the lock.
+	c.locker.Lock()
 	if c.server.WrapTLSConn != nil {
 		c.conn = c.server.WrapTLSConn(tlsConn, c.conn)
 	} else {
 		c.conn = tlsConn
 	}
+	c.locker.Unlock()
 	c.init()
 
 	// Reset all state and close the previous Session.

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -410,5 +411,48 @@ func TestSendQuitLeavesConnectionOpen(t *testing.T) {
 				t.Fatalf("after Quit the connection must be closed: %d, %v", n, err)
 			}
 		})
+	}
+}
+
+// Patch 22: Server.Close (Conn.Close reads the connection under the lock)
+// while a STARTTLS handshake has just finished and the connection is being
+// replaced by its TLS layer: the replacement is made under the same lock.
+// The hook holds the connection's goroutine back a little so that Close
+// comes first; the scenario runs 5 times.
+func TestCloseDuringStartTLSIsNotARace(t *testing.T) {
+	keypair := selfSigned(t)
+	for i := 0; i < 5; i++ {
+		closeDuringStartTLS(t, keypair)
+	}
+}
+
+func closeDuringStartTLS(t *testing.T, keypair tls.Certificate) {
+	handshaken := make(chan struct{})
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{keypair}}
+		s.OnStartTLS = func(error) {
+			close(handshaken)
+			time.Sleep(20 * time.Millisecond) // Close reads the connection first
+		}
+	})
+	defer c.Close()
+	io.WriteString(c, "STARTTLS\r\n")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "220 ") {
+		t.Fatalf("STARTTLS reply %q", scanner.Text())
+	}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-handshaken:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnStartTLS not called")
+	}
+	s.Close() // while the connection's goroutine swaps in the TLS layer
+	// The session ends: the client reads the close, not a hang.
+	tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(tc); err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "closed") && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("after Close: %v", err)
 	}
 }
