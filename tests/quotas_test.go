@@ -191,16 +191,22 @@ func quotaFleetNATS(t *testing.T) *testenv.NATS {
 
 func queuedMsgs(t *testing.T, url string) uint64 {
 	t.Helper()
+	return streamMsgs(t, jsClient(t, url))
+}
+
+// jsClient is a JetStream client of the server at url, closed with the test.
+func jsClient(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return streamMsgs(t, js)
+	return js
 }
 
 // TestQuotaSharedByTwoIngressProcesses: two ingress processes on one NATS
@@ -506,15 +512,7 @@ func TestQuotaBucketMadeAfterTheIngressStarted(t *testing.T) {
 	n := quotaFleetNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsClient(t, n.URL())
 	if err := js.DeleteKeyValue(ctx, shaping.QuotaBucketName); err != nil {
 		t.Fatal(err)
 	}

@@ -86,11 +86,32 @@ func sample() []events.Event {
 }
 
 func ids(evs []events.Event) []string {
+	return keyed(evs, func(e events.Event) string { return e.QueueID })
+}
+
+// keyed is "type:key(e)" for each event.
+func keyed(evs []events.Event, key func(events.Event) string) []string {
 	var out []string
 	for _, e := range evs {
-		out = append(out, string(e.Type)+":"+e.QueueID)
+		out = append(out, string(e.Type)+":"+key(e))
 	}
 	return out
+}
+
+// rawJS is a JetStream client of the rig's server of its own, for
+// publishing what a Publisher would not.
+func (r *rig) rawJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(r.n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
 
 func TestPublishAndFilter(t *testing.T) {
@@ -397,16 +418,7 @@ func TestQueueIDFilterIsServerSide(t *testing.T) {
 	defer cancel()
 	old := events.Event{Schema: 1, ID: events.NewID(), Type: events.Bounced, Time: time.Now().UTC(), QueueID: "oldform", Destination: "example.net"}
 	data, _ := json.Marshal(old)
-	nc, err := nats.Connect(r.n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.Publish(ctx, "mailfwd.events.bounced.net.example", data); err != nil {
+	if _, err := r.rawJS(t).Publish(ctx, "mailfwd.events.bounced.net.example", data); err != nil {
 		t.Fatal(err)
 	}
 

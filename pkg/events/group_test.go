@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/mailfwd/mailfwd/pkg/events"
 )
 
@@ -28,11 +25,7 @@ func envelopeEvents(n int, reply string) []events.Event {
 }
 
 func rcpts(evs []events.Event) []string {
-	var out []string
-	for _, e := range evs {
-		out = append(out, string(e.Type)+":"+e.Recipient)
-	}
-	return out
+	return keyed(evs, func(e events.Event) string { return e.Recipient })
 }
 
 // The recipients of one envelope with the same change are one stream
@@ -156,16 +149,7 @@ func TestReadersSkipArrayElementsThatAreNotEvents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	good := `{"schema":1,"id":"e1","type":"delivered","time":"2026-12-07T10:00:00Z","queue_id":"q9","recipient":"a@example.net","destination":"example.net"}`
-	nc, err := nats.Connect(r.n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.Publish(ctx, "mailfwd.events.delivered.q9.net.example", []byte(`[{},null,`+good+`,{"id":"x"}]`)); err != nil {
+	if _, err := r.rawJS(t).Publish(ctx, "mailfwd.events.delivered.q9.net.example", []byte(`[{},null,`+good+`,{"id":"x"}]`)); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.stored(t, events.Filter{}); len(got) != 1 || got[0].ID != "e1" {
