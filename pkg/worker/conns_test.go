@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/shaping"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 // throttleCount records the shaper's throttles by destination.
@@ -44,15 +42,7 @@ func (c *throttleCount) get(key string) int {
 func TestShapedDialTakesDomainStepPerConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	n := testenv.StartNATS(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, q := bootstrapped(t, ctx)
 	b, err := q.ShapingBucket(ctx)
 	if err != nil {
 		t.Fatal(err)

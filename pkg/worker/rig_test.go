@@ -27,7 +27,9 @@ type rig struct {
 	dc    *delivery.Client
 }
 
-func newRig(t testing.TB, ctx context.Context, dcfg delivery.Config) *rig {
+// bootstrapped starts a nats-server and returns a queue client of it with
+// the stream, consumers and buckets made; the client closes with the test.
+func bootstrapped(t testing.TB, ctx context.Context) (*testenv.NATS, *queue.Queue) {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name(), PublishWait: 5 * time.Second})
@@ -38,6 +40,12 @@ func newRig(t testing.TB, ctx context.Context, dcfg delivery.Config) *rig {
 	if err := q.Bootstrap(ctx); err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
+	return n, q
+}
+
+func newRig(t testing.TB, ctx context.Context, dcfg delivery.Config) *rig {
+	t.Helper()
+	n, q := bootstrapped(t, ctx)
 	cons, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)

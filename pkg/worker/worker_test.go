@@ -18,10 +18,8 @@ import (
 	"github.com/mailfwd/mailfwd/pkg/blob"
 	"github.com/mailfwd/mailfwd/pkg/delivery"
 	"github.com/mailfwd/mailfwd/pkg/envelope"
-	"github.com/mailfwd/mailfwd/pkg/queue"
 	"github.com/mailfwd/mailfwd/pkg/route"
 	"github.com/mailfwd/mailfwd/pkg/sink"
-	"github.com/mailfwd/mailfwd/pkg/testenv"
 )
 
 func TestBackoff(t *testing.T) {
@@ -111,15 +109,7 @@ func TestRunDeliversRetriesAndCleansUp(t *testing.T) {
 	ctx, cancelTest := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancelTest()
 
-	n := testenv.StartNATS(t)
-	q, err := queue.Connect(ctx, queue.Config{URL: n.URL(), ClientName: t.Name(), PublishWait: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("queue connect: %v", err)
-	}
-	t.Cleanup(q.Close)
-	if err := q.Bootstrap(ctx); err != nil {
-		t.Fatalf("bootstrap: %v", err)
-	}
+	n, q := bootstrapped(t, ctx)
 	cons, err := q.Consumer(ctx)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
