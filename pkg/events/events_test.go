@@ -506,10 +506,10 @@ type failJS struct {
 }
 
 func (f *failJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	time.Sleep(5 * time.Millisecond)
 	f.mu.Lock()
-	f.attempts = append(f.attempts, time.Now())
+	f.attempts = append(f.attempts, time.Now()) // when the attempt starts
 	f.mu.Unlock()
+	time.Sleep(5 * time.Millisecond)
 	return nil, jetstream.ErrTooManyStalledMsgs
 }
 
@@ -533,13 +533,15 @@ func TestCloseEndsWithItsContextWhileNATSStalls(t *testing.T) {
 	js.mu.Lock()
 	late := 0
 	for _, at := range js.attempts {
-		if at.After(deadline.Add(50 * time.Millisecond)) { // one publish may be under way at the deadline
+		if at.After(deadline) {
 			late++
 		}
 	}
 	attempts := len(js.attempts)
 	js.mu.Unlock()
-	if late > 0 {
+	// The flush and the retry loop may each start one publish between
+	// their last look at the context and its end; not more.
+	if late > 2 {
 		t.Fatalf("%d of %d publishes were tried after Close's context ended", late, attempts)
 	}
 	if p.Dropped() != n {

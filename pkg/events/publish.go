@@ -196,6 +196,8 @@ func (p *Publisher) EmitAll(evs []Event) {
 		subject, id string
 		parts       [][]byte
 		size        int
+		last        *Event // the event subj was made for
+		subj        string
 	)
 	for i := range evs {
 		ev := &evs[i]
@@ -208,7 +210,9 @@ func (p *Publisher) EmitAll(evs []Event) {
 			p.cfg.Logger.Error("events: cannot encode an event", "type", ev.Type, "queue_id", ev.QueueID, "err", err)
 			continue
 		}
-		subj := Subject(ev)
+		if last == nil || !sameSubject(last, ev) { // an envelope's recipients share it
+			subj, last = Subject(ev), ev
+		}
 		if len(data) > MaxEventBytes {
 			p.drop(nats.NewMsg(subj), 1, fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventBytes))
 			continue
@@ -226,6 +230,11 @@ func (p *Publisher) EmitAll(evs []Event) {
 	if len(parts) > 0 {
 		p.enqueue(subject, id, parts)
 	}
+}
+
+// sameSubject reports whether a and b have the same Subject.
+func sameSubject(a, b *Event) bool {
+	return a.Type == b.Type && a.QueueID == b.QueueID && a.Destination == b.Destination && a.Action == b.Action
 }
 
 // fill sets ev's Schema, ID, Time and Source when empty.
